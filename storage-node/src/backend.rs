@@ -1,0 +1,257 @@
+//! The redb file under a member's data directory, and typed access to its meta table.
+//!
+//! Helpers that must run inside a transaction take `&WriteTransaction` or `&ReadTransaction`,
+//! so the compiler enforces what etcd marks with an `Unsafe` prefix.
+
+use std::path::{Path, PathBuf};
+
+use redb::{Database, ReadTransaction, ReadableDatabase, ReadableTable, WriteTransaction};
+use thiserror::Error;
+
+use crate::schema::{self, AUTH_ROLES, AUTH_USERS, KV, LEASES, META};
+
+/// Name of the database file inside the data directory.
+pub const DB_FILE: &str = "member.redb";
+
+/// A storage failure. The engine cannot continue past one without reloading from disk.
+#[derive(Debug, Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// redb reported a failure.
+    #[error("backend: {0}")]
+    Redb(#[from] redb::Error),
+    /// The data directory could not be used.
+    #[error("backend: {path}: {source}")]
+    Io {
+        /// Path involved.
+        path: PathBuf,
+        /// Cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A stored value does not decode: the file is corrupt or of another format.
+    #[error("backend: corrupt value in {table}: {detail}")]
+    Corrupt {
+        /// Table or meta key holding the value.
+        table: &'static str,
+        /// What is wrong.
+        detail: String,
+    },
+    /// The files were written by a build with another on-disk format.
+    #[error("backend: data format {found} is not supported (this build reads {expected})")]
+    Format {
+        /// Format found on disk.
+        found: u64,
+        /// Format this build writes.
+        expected: u64,
+    },
+}
+
+macro_rules! redb_from {
+    ($($t:ty),*) => {$(
+        impl From<$t> for Error {
+            fn from(e: $t) -> Self {
+                Error::Redb(e.into())
+            }
+        }
+    )*};
+}
+redb_from!(
+    redb::StorageError,
+    redb::TableError,
+    redb::TransactionError,
+    redb::CommitError,
+    redb::DatabaseError
+);
+
+/// Result of backend operations.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// The member's database.
+pub struct Backend {
+    db: Database,
+    path: PathBuf,
+}
+
+impl Backend {
+    /// Opens (or creates) the database in `dir`, creating the directory and every table.
+    pub fn open(dir: &Path) -> Result<Backend> {
+        std::fs::create_dir_all(dir).map_err(|source| Error::Io {
+            path: dir.to_path_buf(),
+            source,
+        })?;
+        let path = dir.join(DB_FILE);
+        let db = Database::create(&path)?;
+        let backend = Backend { db, path };
+        backend.init()?;
+        Ok(backend)
+    }
+
+    /// Opens a database held in memory only (benchmarks and model tests).
+    pub fn in_memory() -> Result<Backend> {
+        let db = Database::builder().create_with_backend(redb::backends::InMemoryBackend::new())?;
+        let backend = Backend {
+            db,
+            path: PathBuf::new(),
+        };
+        backend.init()?;
+        Ok(backend)
+    }
+
+    fn init(&self) -> Result<()> {
+        let txn = self.db.begin_write()?;
+        txn.open_table(KV)?;
+        txn.open_table(LEASES)?;
+        txn.open_table(AUTH_USERS)?;
+        txn.open_table(AUTH_ROLES)?;
+        match get_u64(&txn.open_table(META)?, schema::meta::FORMAT_VERSION)? {
+            None => put_u64(&txn, schema::meta::FORMAT_VERSION, schema::FORMAT_VERSION)?,
+            Some(v) if v == schema::FORMAT_VERSION => {}
+            Some(found) => {
+                return Err(Error::Format {
+                    found,
+                    expected: schema::FORMAT_VERSION,
+                });
+            }
+        }
+        txn.commit()?;
+        Ok(())
+    }
+
+    /// Starts a write transaction; its changes are durable once `commit` returns.
+    pub fn begin_write(&self) -> Result<WriteTransaction> {
+        Ok(self.db.begin_write()?)
+    }
+
+    /// Starts a read transaction on the last committed state.
+    pub fn begin_read(&self) -> Result<ReadTransaction> {
+        Ok(self.db.begin_read()?)
+    }
+
+    /// Size of the database file in bytes (0 in memory).
+    pub fn size(&self) -> u64 {
+        std::fs::metadata(&self.path).map(|m| m.len()).unwrap_or(0)
+    }
+
+    /// Bytes of the file holding live data.
+    pub fn size_in_use(&self) -> Result<u64> {
+        let txn = self.db.begin_write()?;
+        let stats = txn.stats()?;
+        let in_use = stats.stored_bytes() + stats.metadata_bytes() + stats.fragmented_bytes();
+        txn.abort()?;
+        Ok(in_use)
+    }
+}
+
+/// Reads a u64 meta value from any readable meta table.
+pub fn get_u64(
+    table: &impl ReadableTable<&'static str, &'static [u8]>,
+    key: &'static str,
+) -> Result<Option<u64>> {
+    match table.get(key)? {
+        None => Ok(None),
+        Some(v) => {
+            let bytes: [u8; 8] = v.value().try_into().map_err(|_| Error::Corrupt {
+                table: key,
+                detail: format!("expected 8 bytes, found {}", v.value().len()),
+            })?;
+            Ok(Some(u64::from_be_bytes(bytes)))
+        }
+    }
+}
+
+/// Reads a u64 meta value in a read transaction (0 when absent).
+pub fn read_u64(txn: &ReadTransaction, key: &'static str) -> Result<u64> {
+    Ok(get_u64(&txn.open_table(META)?, key)?.unwrap_or(0))
+}
+
+/// Writes a u64 meta value.
+pub fn put_u64(txn: &WriteTransaction, key: &'static str, value: u64) -> Result<()> {
+    txn.open_table(META)?
+        .insert(key, value.to_be_bytes().as_slice())?;
+    Ok(())
+}
+
+/// Reads a serialized meta value in a read transaction.
+pub fn read_value<T: serde::de::DeserializeOwned>(
+    txn: &ReadTransaction,
+    key: &'static str,
+) -> Result<Option<T>> {
+    let table = txn.open_table(META)?;
+    let Some(v) = table.get(key)? else {
+        return Ok(None);
+    };
+    decode(key, v.value()).map(Some)
+}
+
+/// Writes a serialized meta value.
+pub fn put_value<T: serde::Serialize>(
+    txn: &WriteTransaction,
+    key: &'static str,
+    value: &T,
+) -> Result<()> {
+    let bytes = encode(value);
+    txn.open_table(META)?.insert(key, bytes.as_slice())?;
+    Ok(())
+}
+
+/// Encodes a stored value (postcard: compact and deterministic).
+pub fn encode<T: serde::Serialize>(value: &T) -> Vec<u8> {
+    // Serializing plain data types into a Vec cannot fail.
+    postcard::to_stdvec(value).unwrap_or_default()
+}
+
+/// Decodes a stored value, naming `table` in the error.
+pub fn decode<T: serde::de::DeserializeOwned>(table: &'static str, bytes: &[u8]) -> Result<T> {
+    postcard::from_bytes(bytes).map_err(|e| Error::Corrupt {
+        table,
+        detail: e.to_string(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn meta_values_survive_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let b = Backend::open(dir.path()).unwrap();
+            let txn = b.begin_write().unwrap();
+            put_u64(&txn, schema::meta::CONSISTENT_INDEX, 42).unwrap();
+            txn.commit().unwrap();
+        }
+        let b = Backend::open(dir.path()).unwrap();
+        let txn = b.begin_read().unwrap();
+        assert_eq!(read_u64(&txn, schema::meta::CONSISTENT_INDEX).unwrap(), 42);
+        assert_eq!(read_u64(&txn, schema::meta::AUTH_REVISION).unwrap(), 0);
+    }
+
+    #[test]
+    fn a_store_of_another_format_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let b = Backend::open(dir.path()).unwrap();
+            let txn = b.begin_write().unwrap();
+            put_u64(&txn, schema::meta::FORMAT_VERSION, 99).unwrap();
+            txn.commit().unwrap();
+        }
+        let err = Backend::open(dir.path()).err().unwrap();
+        assert!(matches!(err, Error::Format { found: 99, .. }), "{err}");
+    }
+
+    #[test]
+    fn a_corrupt_meta_value_is_reported() {
+        let b = Backend::in_memory().unwrap();
+        let txn = b.begin_write().unwrap();
+        txn.open_table(META)
+            .unwrap()
+            .insert(schema::meta::AUTH_REVISION, [1u8, 2].as_slice())
+            .unwrap();
+        txn.commit().unwrap();
+        let txn = b.begin_read().unwrap();
+        let err = read_u64(&txn, schema::meta::AUTH_REVISION).unwrap_err();
+        assert!(err.to_string().contains("corrupt"), "{err}");
+    }
+}

@@ -1,0 +1,31 @@
+//! Mend's storage node: an etcd-v3-compatible key-value engine that carries the fix for etcd
+//! issue 11651 (auth operations that did not persist the consistent index).
+//!
+//! This crate holds the state machine: everything a member does with a committed log entry,
+//! and every read it serves from its own state. Replication and the gRPC API build on it.
+//!
+//! # Layout
+//! Modules depend only on those above them in this list:
+//! - [`api`]: request and response values mirroring etcd's protobuf messages, and request
+//!   validation.
+//! - [`schema`]: every table and meta key of the on-disk format.
+//! - [`backend`]: the redb database and typed meta access.
+//! - [`mvcc`]: revisions, the key index, range/put/delete, compaction, HashKV, the event feed.
+//! - [`lease`]: lease grant/revoke and key attachment.
+//! - [`auth`]: users, roles, permissions, AuthRevision, tokens, permission checks.
+//! - [`entry`]: log entries and cluster membership.
+//! - [`apply`]: applying one request: auth check, state checks, writes.
+//! - [`store`]: the engine as a whole: open, apply batches atomically with the consistent
+//!   index (the fix), reads, status, and the fault switch that brings the bug back.
+
+pub mod api;
+pub mod apply;
+pub mod auth;
+pub mod backend;
+pub mod entry;
+pub mod lease;
+pub mod mvcc;
+pub mod schema;
+pub mod store;
+
+pub use store::{Outcome, Status, Store, StoreConfig};

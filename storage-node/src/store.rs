@@ -1,0 +1,436 @@
+//! The engine as a whole: open a data directory, apply committed entries, serve reads.
+//!
+//! # The fix for etcd 11651
+//! Each batch of entries is applied in one redb write transaction, and that same transaction
+//! records the consistent index (index and term of the last applied entry) for every kind of
+//! entry: KV, txn, compaction, lease, auth, membership, blank. Either all of a batch's effects
+//! and its index reach the disk or none do, so after any crash the entries above the persisted
+//! index are exactly those whose effects are missing, and replaying the log from there is
+//! idempotent. Entries at or below the applied index are skipped.
+//!
+//! # The fault switch
+//! [`StoreConfig::unsafe_reproduce_etcd_11651`] brings the bug back on purpose, for tests and
+//! demos: auth entries then commit their effects without the consistent index, as etcd did
+//! before PR 11652, so a restart before the next KV write re-applies them and this member's
+//! AuthRevision drifts ahead of its peers'.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::time::{Duration, Instant};
+
+use crate::api::{Event, KeyInterval, PermissionType, RangeRequest, RangeResponse, Response};
+use crate::apply::{ApplyError, Engine, Failure, Limits};
+use crate::auth::{self, AuthInfo, AuthStore, Role, User};
+use crate::backend::{self, Backend, put_u64, put_value, read_u64, read_value};
+use crate::entry::{Entry, EntryPayload, LogId, StoredMembership};
+use crate::lease::{Lease, Leases};
+use crate::mvcc::{self, HashKv, KvState};
+use crate::schema::meta;
+
+/// Engine settings. Those that shape applied results must be equal on every member.
+#[derive(Clone, Debug)]
+pub struct StoreConfig {
+    /// How long a simple token lives without use (etcd: `--auth-token-ttl`, 300 s).
+    pub token_ttl: Duration,
+    /// Lease TTLs below this are raised to it, in seconds (etcd derives 2 s from its default
+    /// election timeout).
+    pub min_lease_ttl: i64,
+    /// Most operations in one txn branch (etcd: `--max-txn-ops`, 128).
+    pub max_txn_ops: usize,
+    /// Reproduce etcd issue 11651: auth entries commit without the consistent index. Never
+    /// enable this outside tests and demos: a restart then replays auth changes.
+    pub unsafe_reproduce_etcd_11651: bool,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        StoreConfig {
+            token_ttl: Duration::from_secs(300),
+            min_lease_ttl: 2,
+            max_txn_ops: crate::api::DEFAULT_MAX_TXN_OPS,
+            unsafe_reproduce_etcd_11651: false,
+        }
+    }
+}
+
+/// What applying one entry did.
+#[derive(Debug)]
+pub enum Outcome {
+    /// The entry was at or below the applied index: already applied, nothing done.
+    Skipped,
+    /// A blank entry advanced the index.
+    Blank,
+    /// A membership entry was recorded.
+    Membership,
+    /// A request was applied or refused; a refusal changed no data.
+    Command {
+        /// The response, or why the request was refused.
+        response: Result<Response, ApplyError>,
+        /// KV changes in revision order (empty for refusals and non-KV requests).
+        events: Vec<Event>,
+    },
+}
+
+/// A point-in-time view of the engine, for status RPCs and metrics.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Status {
+    /// Last applied entry whose effects are on disk (what a restart resumes after).
+    pub consistent_index: LogId,
+    /// Last applied entry (ahead of `consistent_index` only under the fault switch).
+    pub applied: LogId,
+    /// Current KV revision.
+    pub revision: i64,
+    /// Revision of the last compaction.
+    pub compact_revision: i64,
+    /// Live keys.
+    pub key_count: u64,
+    /// Granted leases.
+    pub lease_count: u64,
+    /// Whether authentication is on.
+    pub auth_enabled: bool,
+    /// The AuthRevision.
+    pub auth_revision: u64,
+    /// Size of the database file in bytes.
+    pub db_size: u64,
+    /// Whether the etcd 11651 fault switch is on.
+    pub unsafe_reproduce_etcd_11651: bool,
+    /// Entries applied since open.
+    pub applied_entries: u64,
+    /// Entries skipped as already applied since open.
+    pub skipped_entries: u64,
+    /// Requests refused at apply since open, by [`ApplyError::reason`].
+    pub rejections: BTreeMap<&'static str, u64>,
+}
+
+#[derive(Default)]
+struct Counters {
+    applied: u64,
+    skipped: u64,
+    rejected: BTreeMap<&'static str, u64>,
+}
+
+struct State {
+    engine: Engine,
+    applied: LogId,
+    persisted: LogId,
+    membership: Option<StoredMembership>,
+    counters: Counters,
+}
+
+impl State {
+    fn load(backend: &Backend, config: &StoreConfig) -> backend::Result<State> {
+        let txn = backend.begin_read()?;
+        let (kv, attached) = KvState::load(&txn)?;
+        let leases = Leases::load(&txn, attached)?;
+        let auth = AuthStore::load(&txn, config.token_ttl)?;
+        let persisted = LogId {
+            index: read_u64(&txn, meta::CONSISTENT_INDEX)?,
+            term: read_u64(&txn, meta::CONSISTENT_TERM)?,
+        };
+        let membership = read_value(&txn, meta::MEMBERSHIP)?;
+        Ok(State {
+            engine: Engine { kv, leases, auth },
+            applied: persisted,
+            persisted,
+            membership,
+            counters: Counters::default(),
+        })
+    }
+}
+
+/// One member's engine.
+pub struct Store {
+    backend: Backend,
+    config: StoreConfig,
+    state: RwLock<State>,
+}
+
+impl Store {
+    /// Opens the store in `dir`, creating it when empty, and rebuilds the in-memory index.
+    pub fn open(dir: &Path, config: StoreConfig) -> backend::Result<Store> {
+        Store::with_backend(Backend::open(dir)?, config)
+    }
+
+    /// A store held in memory only (benchmarks and model tests).
+    pub fn in_memory(config: StoreConfig) -> backend::Result<Store> {
+        Store::with_backend(Backend::in_memory()?, config)
+    }
+
+    fn with_backend(backend: Backend, config: StoreConfig) -> backend::Result<Store> {
+        if config.unsafe_reproduce_etcd_11651 {
+            tracing::warn!(
+                "FAULT SWITCH ON: unsafe_reproduce_etcd_11651 - auth changes are committed without \
+                 the consistent index, as in etcd before PR 11652; a restart will replay them and \
+                 this member's AuthRevision will drift. For tests and demos only."
+            );
+        }
+        let state = State::load(&backend, &config)?;
+        tracing::info!(
+            consistent_index = state.persisted.index,
+            revision = state.engine.kv.current,
+            auth_revision = state.engine.auth.revision(),
+            "store opened"
+        );
+        Ok(Store {
+            backend,
+            config,
+            state: RwLock::new(state),
+        })
+    }
+
+    fn read(&self) -> RwLockReadGuard<'_, State> {
+        // Writers reload the state after any failure, so a poisoned lock holds a usable state.
+        self.state.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn write(&self) -> RwLockWriteGuard<'_, State> {
+        self.state.write().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Applies one committed entry.
+    pub fn apply(&self, entry: &Entry) -> backend::Result<Outcome> {
+        let mut outcomes = self.apply_batch(std::slice::from_ref(entry))?;
+        Ok(outcomes.pop().unwrap_or(Outcome::Skipped))
+    }
+
+    /// Applies committed entries, in order, in one write transaction that also records the
+    /// consistent index. On a storage error nothing of the batch is kept (the in-memory state
+    /// is reloaded from disk) and the error is returned: the caller must stop applying.
+    #[tracing::instrument(level = "debug", skip_all, fields(first = entries.first().map(|e| e.log_id.index), count = entries.len()))]
+    pub fn apply_batch(&self, entries: &[Entry]) -> backend::Result<Vec<Outcome>> {
+        let mut state = self.write();
+        let result = self.apply_locked(&mut state, entries);
+        if let Err(error) = &result {
+            tracing::error!(%error, "apply failed; reloading state from disk");
+            match State::load(&self.backend, &self.config) {
+                Ok(mut fresh) => {
+                    fresh.counters = std::mem::take(&mut state.counters);
+                    *state = fresh;
+                }
+                Err(reload) => tracing::error!(error = %reload, "reload after failed apply failed"),
+            }
+        }
+        result
+    }
+
+    fn apply_locked(&self, state: &mut State, entries: &[Entry]) -> backend::Result<Vec<Outcome>> {
+        let txn = self.backend.begin_write()?;
+        let limits = Limits {
+            min_lease_ttl: self.config.min_lease_ttl,
+            max_txn_ops: self.config.max_txn_ops,
+        };
+        let now = Instant::now();
+        let mut persist = None;
+        let mut outcomes = Vec::with_capacity(entries.len());
+        for entry in entries {
+            if entry.log_id.index <= state.applied.index {
+                state.counters.skipped += 1;
+                outcomes.push(Outcome::Skipped);
+                continue;
+            }
+            let outcome = match &entry.payload {
+                EntryPayload::Blank => Outcome::Blank,
+                EntryPayload::Membership(membership) => {
+                    let stored = StoredMembership {
+                        log_id: entry.log_id,
+                        membership: membership.clone(),
+                    };
+                    put_value(&txn, meta::MEMBERSHIP, &stored)?;
+                    state.membership = Some(stored);
+                    Outcome::Membership
+                }
+                EntryPayload::Normal(cmd) => match state.engine.apply(&txn, limits, cmd, now) {
+                    Ok((response, events)) => Outcome::Command {
+                        response: Ok(response),
+                        events,
+                    },
+                    Err(Failure::Storage(e)) => return Err(e),
+                    Err(Failure::Rejected(reason)) => {
+                        if matches!(reason, ApplyError::Auth(auth::Error::OldRevision)) {
+                            tracing::warn!(
+                                index = entry.log_id.index,
+                                header_auth_revision = cmd.header.auth_revision,
+                                auth_revision = state.engine.auth.revision(),
+                                "rejected entry proposed at an older AuthRevision"
+                            );
+                        }
+                        *state.counters.rejected.entry(reason.reason()).or_default() += 1;
+                        Outcome::Command {
+                            response: Err(reason),
+                            events: Vec::new(),
+                        }
+                    }
+                },
+            };
+            let bugged = self.config.unsafe_reproduce_etcd_11651
+                && matches!(&entry.payload, EntryPayload::Normal(cmd) if cmd.request.is_auth());
+            if !bugged {
+                persist = Some(entry.log_id);
+            }
+            state.applied = entry.log_id;
+            state.counters.applied += 1;
+            outcomes.push(outcome);
+        }
+        if let Some(log_id) = persist {
+            put_u64(&txn, meta::CONSISTENT_INDEX, log_id.index)?;
+            put_u64(&txn, meta::CONSISTENT_TERM, log_id.term)?;
+        }
+        txn.commit()?;
+        if let Some(log_id) = persist {
+            state.persisted = log_id;
+        }
+        Ok(outcomes)
+    }
+
+    /// Serves a range from the last applied state (a serializable read).
+    pub fn range(&self, req: &RangeRequest) -> mvcc::Result<RangeResponse> {
+        let state = self.read();
+        let txn = self.backend.begin_read()?;
+        mvcc::range_committed(&txn, &state.engine.kv, req)
+    }
+
+    /// Checksums the KV history up to `revision` (0: the current one).
+    pub fn hash_kv(&self, revision: i64) -> mvcc::Result<HashKv> {
+        let state = self.read();
+        let txn = self.backend.begin_read()?;
+        mvcc::hash_kv(&txn, &state.engine.kv, revision)
+    }
+
+    /// Changes to keys in `[key, range_end)` from revision `from` on (Watch catch-up).
+    pub fn events_since(
+        &self,
+        from: i64,
+        key: &[u8],
+        range_end: &[u8],
+    ) -> mvcc::Result<Vec<Event>> {
+        let state = self.read();
+        let txn = self.backend.begin_read()?;
+        mvcc::events_since(
+            &txn,
+            &state.engine.kv,
+            from,
+            &KeyInterval::of(key, range_end),
+        )
+    }
+
+    /// The engine's counters and positions.
+    pub fn status(&self) -> Status {
+        let state = self.read();
+        Status {
+            consistent_index: state.persisted,
+            applied: state.applied,
+            revision: state.engine.kv.current,
+            compact_revision: state.engine.kv.compacted,
+            key_count: state.engine.kv.live_keys,
+            lease_count: state.engine.leases.all().count() as u64,
+            auth_enabled: state.engine.auth.enabled(),
+            auth_revision: state.engine.auth.revision(),
+            db_size: self.backend.size(),
+            unsafe_reproduce_etcd_11651: self.config.unsafe_reproduce_etcd_11651,
+            applied_entries: state.counters.applied,
+            skipped_entries: state.counters.skipped,
+            rejections: state.counters.rejected.clone(),
+        }
+    }
+
+    /// Last applied entry.
+    pub fn applied(&self) -> LogId {
+        self.read().applied
+    }
+
+    /// Bytes of the database file holding live data.
+    pub fn db_size_in_use(&self) -> backend::Result<u64> {
+        self.backend.size_in_use()
+    }
+
+    /// The membership as last applied.
+    pub fn membership(&self) -> Option<StoredMembership> {
+        self.read().membership.clone()
+    }
+
+    /// Whether auth is on, and the AuthRevision (etcd's AuthStatus).
+    pub fn auth_status(&self) -> (bool, u64) {
+        let state = self.read();
+        (state.engine.auth.enabled(), state.engine.auth.revision())
+    }
+
+    /// A user by name.
+    pub fn user(&self, name: &str) -> auth::Result<User> {
+        self.read().engine.auth.user(name).cloned()
+    }
+
+    /// Names of all users, sorted.
+    pub fn users(&self) -> Vec<String> {
+        self.read()
+            .engine
+            .auth
+            .users()
+            .map(|u| u.name.clone())
+            .collect()
+    }
+
+    /// A role by name.
+    pub fn role(&self, name: &str) -> auth::Result<Role> {
+        self.read().engine.auth.role(name).cloned()
+    }
+
+    /// Names of all roles, sorted.
+    pub fn roles(&self) -> Vec<String> {
+        self.read()
+            .engine
+            .auth
+            .roles()
+            .map(|r| r.name.clone())
+            .collect()
+    }
+
+    /// Verifies a login and returns the AuthRevision it was checked at; the proposer then
+    /// proposes an Authenticate entry. bcrypt runs outside the store lock.
+    pub fn check_password(&self, name: &str, password: &str) -> auth::Result<u64> {
+        let (hash, revision) = {
+            let state = self.read();
+            (
+                state.engine.auth.password_hash(name)?,
+                state.engine.auth.revision(),
+            )
+        };
+        match bcrypt::verify(password, &hash) {
+            Ok(true) => Ok(revision),
+            _ => Err(auth::Error::AuthFailed),
+        }
+    }
+
+    /// The user and current AuthRevision a token stands for: the header to propose with.
+    pub fn auth_info_from_token(&self, token: &str, now: Instant) -> auth::Result<AuthInfo> {
+        self.read().engine.auth.info_from_token(token, now)
+    }
+
+    /// Checks an access against the local auth store (serializable reads are checked here,
+    /// writes again at apply).
+    pub fn check_permission(
+        &self,
+        info: &AuthInfo,
+        key: &[u8],
+        range_end: &[u8],
+        access: PermissionType,
+    ) -> auth::Result<()> {
+        self.read()
+            .engine
+            .auth
+            .check_op(info, key, range_end, access)
+    }
+
+    /// Lease `id`, with its attached keys.
+    pub fn lease(&self, id: i64) -> Option<Lease> {
+        self.read().engine.leases.get(id).cloned()
+    }
+
+    /// All leases.
+    pub fn leases(&self) -> Vec<Lease> {
+        self.read().engine.leases.all().cloned().collect()
+    }
+}
+
+#[cfg(test)]
+mod tests;
