@@ -104,7 +104,8 @@ impl Backend {
         txn.open_table(LEASES)?;
         txn.open_table(AUTH_USERS)?;
         txn.open_table(AUTH_ROLES)?;
-        match get_u64(&txn.open_table(META)?, schema::meta::FORMAT_VERSION)? {
+        let format = get_u64(&txn.open_table(META)?, schema::meta::FORMAT_VERSION)?;
+        match format {
             None => put_u64(&txn, schema::meta::FORMAT_VERSION, schema::FORMAT_VERSION)?,
             Some(v) if v == schema::FORMAT_VERSION => {}
             Some(found) => {

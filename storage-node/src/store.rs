@@ -432,5 +432,3 @@ impl Store {
     }
 }
 
-#[cfg(test)]
-mod tests;
