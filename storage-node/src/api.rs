@@ -641,7 +641,7 @@ fn branch_writes(ops: &[RequestOp]) -> Result<(Vec<Vec<u8>>, Vec<KeyInterval>), 
             }
         }
         puts.extend(then_puts);
-        puts.extend(else_puts.into_iter());
+        puts.extend(else_puts);
         dels.extend(then_dels);
         dels.extend(else_dels);
     }

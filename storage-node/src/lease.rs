@@ -58,7 +58,7 @@ impl Leases {
     /// Loads the granted leases and attaches the live keys that name one.
     pub(crate) fn load(
         txn: &ReadTransaction,
-        attached: Vec<(Vec<u8>, i64)>,
+        attached: Vec<crate::mvcc::Attached>,
     ) -> Result<Leases, backend::Error> {
         let mut leases = BTreeMap::new();
         for item in txn.open_table(LEASES)?.iter()? {
@@ -141,15 +141,15 @@ impl Leases {
     /// Follows the attachments changed by applied KV events.
     pub(crate) fn observe(&mut self, events: &[Event]) {
         for event in events {
-            if let Some(prev) = event.prev_kv.as_ref().filter(|p| p.lease != 0) {
-                if let Some(lease) = self.leases.get_mut(&prev.lease) {
-                    lease.keys.remove(&prev.key);
-                }
+            if let Some(prev) = &event.prev_kv
+                && let Some(lease) = self.leases.get_mut(&prev.lease)
+            {
+                lease.keys.remove(&prev.key);
             }
-            if event.kind == EventKind::Put && event.kv.lease != 0 {
-                if let Some(lease) = self.leases.get_mut(&event.kv.lease) {
-                    lease.keys.insert(event.kv.key.clone());
-                }
+            if event.kind == EventKind::Put
+                && let Some(lease) = self.leases.get_mut(&event.kv.lease)
+            {
+                lease.keys.insert(event.kv.key.clone());
             }
         }
     }

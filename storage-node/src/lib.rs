@@ -17,6 +17,7 @@
 //! - [`apply`]: applying one request: auth check, state checks, writes.
 //! - [`store`]: the engine as a whole: open, apply batches atomically with the consistent
 //!   index (the fix), reads, status, and the fault switch that brings the bug back.
+//! - [`tools`]: offline tools: the etcd 11651 demo and `dump-db`.
 
 pub mod api;
 pub mod apply;
@@ -27,5 +28,6 @@ pub mod lease;
 pub mod mvcc;
 pub mod schema;
 pub mod store;
+pub mod tools;
 
 pub use store::{Outcome, Status, Store, StoreConfig};

@@ -431,4 +431,3 @@ impl Store {
         self.read().engine.leases.all().cloned().collect()
     }
 }
-

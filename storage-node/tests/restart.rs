@@ -8,9 +8,9 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 
 use common::*;
+use storage_node::Store;
 use storage_node::api::*;
 use storage_node::entry::Entry;
-use storage_node::Store;
 
 /// The seed's trigger on one member: auth on, then a role grant with no KV write after it.
 fn auth_then_grant(store: &Store, log: &mut Log) {
@@ -37,8 +37,18 @@ fn restart_after_grant_keeps_auth_revision() {
     };
     let store = restart_and_replay(dir.path(), config(), &log);
     assert_eq!(store.auth_status().1, before);
-    assert_eq!(store.status().consistent_index.index, log.entries.len() as u64);
-    let write = log.push(RequestHeader { id: 0, username: "root".into(), auth_revision: before }, put("app/k", "v"));
+    assert_eq!(
+        store.status().consistent_index.index,
+        log.entries.len() as u64
+    );
+    let write = log.push(
+        RequestHeader {
+            id: 0,
+            username: "root".into(),
+            auth_revision: before,
+        },
+        put("app/k", "v"),
+    );
     assert!(response(store.apply(&write).unwrap()).is_ok());
     assert_eq!(value(&store, "app/k").as_deref(), Some("v"));
 }
@@ -51,17 +61,42 @@ fn fault_switch_replays_the_grant_and_rejects_writes_at_the_previous_revision() 
         let store = Store::open(dir.path(), faulty()).unwrap();
         auth_then_grant(&store, &mut log);
         let status = store.status();
-        assert!(status.consistent_index.index < status.applied.index, "auth entries left the index behind");
+        assert!(
+            status.consistent_index.index < status.applied.index,
+            "auth entries left the index behind"
+        );
         status.auth_revision
     };
     let store = restart_and_replay(dir.path(), faulty(), &log);
-    assert_eq!(store.auth_status().1, before + 1, "the replayed grant incremented the AuthRevision again");
+    assert_eq!(
+        store.auth_status().1,
+        before + 1,
+        "the replayed grant incremented the AuthRevision again"
+    );
     // A peer that did not restart still has `before` and proposes with it.
-    let write = log.push(RequestHeader { id: 0, username: "root".into(), auth_revision: before }, put("app/k", "v"));
-    assert_eq!(response(store.apply(&write).unwrap()).unwrap_err(), "auth: revision in header is old");
-    assert_eq!(value(&store, "app/k"), None, "the write is silently missing on this member");
+    let write = log.push(
+        RequestHeader {
+            id: 0,
+            username: "root".into(),
+            auth_revision: before,
+        },
+        put("app/k", "v"),
+    );
+    assert_eq!(
+        response(store.apply(&write).unwrap()).unwrap_err(),
+        "auth: revision in header is old"
+    );
+    assert_eq!(
+        value(&store, "app/k"),
+        None,
+        "the write is silently missing on this member"
+    );
     assert_eq!(store.status().rejections.get("auth_old_revision"), Some(&1));
-    assert_eq!(store.status().applied.index, write.log_id.index, "and its applied index advanced anyway");
+    assert_eq!(
+        store.status().applied.index,
+        write.log_id.index,
+        "and its applied index advanced anyway"
+    );
 }
 
 #[test]
@@ -76,7 +111,11 @@ fn fault_switch_persists_the_index_again_with_the_next_kv_write() {
     let store = restart_and_replay(dir.path(), faulty(), &log);
     let reference = Store::in_memory(config()).unwrap();
     reference.apply_batch(&log.entries).unwrap();
-    assert_eq!(fingerprint(&store), fingerprint(&reference), "a KV write after the grant hides the bug");
+    assert_eq!(
+        fingerprint(&store),
+        fingerprint(&reference),
+        "a KV write after the grant hides the bug"
+    );
 }
 
 #[test]
@@ -95,7 +134,12 @@ fn replaying_the_whole_log_after_a_drop_gives_identical_state() {
     assert_eq!(fingerprint(&store), fingerprint(&reference));
     let status = store.status();
     assert_eq!(status.skipped_entries, half as u64);
-    assert!(status.rejections.get("auth_old_revision").is_some() && status.rejections.get("permission_denied").is_some(), "the workload exercises refusals: {:?}", status.rejections);
+    assert!(
+        status.rejections.contains_key("auth_old_revision")
+            && status.rejections.contains_key("permission_denied"),
+        "the workload exercises refusals: {:?}",
+        status.rejections
+    );
     assert!(status.compact_revision > 0, "and compaction");
 }
 
@@ -115,10 +159,20 @@ const CHILD_DIR: &str = "MEND_TEST_APPLY_CHILD_DIR";
 fn sigkill_mid_apply_then_replay_gives_identical_state() {
     let (log, reference) = workload(11, 600);
     let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("log.bin"), postcard::to_stdvec(&log.entries).unwrap()).unwrap();
+    std::fs::write(
+        dir.path().join("log.bin"),
+        postcard::to_stdvec(&log.entries).unwrap(),
+    )
+    .unwrap();
     let mut child = KillOnDrop(
         Command::new(std::env::current_exe().unwrap())
-            .args(["--exact", "apply_child", "--ignored", "--nocapture", "--test-threads=1"])
+            .args([
+                "--exact",
+                "apply_child",
+                "--ignored",
+                "--nocapture",
+                "--test-threads=1",
+            ])
             .env(CHILD_DIR, dir.path())
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
@@ -142,7 +196,10 @@ fn sigkill_mid_apply_then_replay_gives_identical_state() {
 
     let store = Store::open(&dir.path().join("data"), config()).unwrap();
     let recovered = store.status().consistent_index.index;
-    assert!(recovered >= acknowledged, "entry {acknowledged} was acknowledged but the store resumed at {recovered}");
+    assert!(
+        recovered >= acknowledged,
+        "entry {acknowledged} was acknowledged but the store resumed at {recovered}"
+    );
     assert!(recovered < log.entries.len() as u64, "killed mid-way");
     store.apply_batch(&log.entries).unwrap();
     assert_eq!(fingerprint(&store), fingerprint(&reference));
@@ -154,7 +211,8 @@ fn sigkill_mid_apply_then_replay_gives_identical_state() {
 #[ignore = "child process of sigkill_mid_apply_then_replay_gives_identical_state"]
 fn apply_child() {
     let dir = std::path::PathBuf::from(std::env::var(CHILD_DIR).expect("run by the parent test"));
-    let entries: Vec<Entry> = postcard::from_bytes(&std::fs::read(dir.join("log.bin")).unwrap()).unwrap();
+    let entries: Vec<Entry> =
+        postcard::from_bytes(&std::fs::read(dir.join("log.bin")).unwrap()).unwrap();
     let store = Store::open(&dir.join("data"), config()).unwrap();
     let mut out = std::io::stdout();
     for entry in &entries {

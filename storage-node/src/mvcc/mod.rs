@@ -70,6 +70,9 @@ pub struct HashKv {
     pub hash_revision: i64,
 }
 
+/// A live key and the lease it is attached to.
+pub(crate) type Attached = (Vec<u8>, i64);
+
 /// The in-memory half of the KV store: the index and the revision counters.
 pub(crate) struct KvState {
     pub(crate) index: Index,
@@ -82,10 +85,8 @@ pub(crate) struct KvState {
 }
 
 impl KvState {
-    /// Rebuilds the index from the `kv` table; also returns each live key's lease, if any.
-    pub(crate) fn load(
-        txn: &ReadTransaction,
-    ) -> Result<(KvState, Vec<(Vec<u8>, i64)>), backend::Error> {
+    /// Rebuilds the index from the `kv` table; also returns the live keys attached to a lease.
+    pub(crate) fn load(txn: &ReadTransaction) -> Result<(KvState, Vec<Attached>), backend::Error> {
         let table = txn.open_table(KV)?;
         let mut index = Index::default();
         let mut current = 0;

@@ -17,7 +17,10 @@ impl Kv {
         Kv { backend, state }
     }
 
-    fn write<T>(&mut self, f: impl FnOnce(&mut KvWriter<'_, '_>) -> Result<T>) -> Result<(T, Vec<Event>)> {
+    fn write<T>(
+        &mut self,
+        f: impl FnOnce(&mut KvWriter<'_, '_>) -> Result<T>,
+    ) -> Result<(T, Vec<Event>)> {
         let txn = self.backend.begin_write().unwrap();
         let mut w = KvWriter::new(&txn, &mut self.state)?;
         let out = f(&mut w)?;
@@ -27,12 +30,20 @@ impl Kv {
     }
 
     fn put(&mut self, key: &str, value: &str) -> i64 {
-        let req = PutRequest { key: key.into(), value: value.into(), ..Default::default() };
+        let req = PutRequest {
+            key: key.into(),
+            value: value.into(),
+            ..Default::default()
+        };
         self.write(|w| w.put(&req)).unwrap().0.revision
     }
 
     fn delete(&mut self, key: &str, end: &str) -> DeleteRangeResponse {
-        let req = DeleteRangeRequest { key: key.into(), range_end: end.into(), prev_kv: true };
+        let req = DeleteRangeRequest {
+            key: key.into(),
+            range_end: end.into(),
+            prev_kv: true,
+        };
         self.write(|w| w.delete_range(&req)).unwrap().0
     }
 
@@ -41,8 +52,18 @@ impl Kv {
     }
 
     fn get(&self, key: &str, end: &str, revision: i64) -> Result<Vec<(String, String)>> {
-        let req = RangeRequest { key: key.into(), range_end: end.into(), revision, ..Default::default() };
-        Ok(self.range(req)?.kvs.into_iter().map(|kv| (s(&kv.key), s(&kv.value))).collect())
+        let req = RangeRequest {
+            key: key.into(),
+            range_end: end.into(),
+            revision,
+            ..Default::default()
+        };
+        Ok(self
+            .range(req)?
+            .kvs
+            .into_iter()
+            .map(|kv| (s(&kv.key), s(&kv.value)))
+            .collect())
     }
 
     fn compact(&mut self, rev: i64) -> Result<()> {
@@ -62,7 +83,9 @@ fn s(b: &[u8]) -> String {
 }
 
 fn pairs(list: &[(&str, &str)]) -> Vec<(String, String)> {
-    list.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    list.iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
 }
 
 #[test]
@@ -71,14 +94,29 @@ fn put_sets_revisions_and_versions_like_etcd() {
     assert_eq!(kv.put("a", "1"), 1);
     assert_eq!(kv.put("b", "1"), 2);
     assert_eq!(kv.put("a", "2"), 3);
-    let a = kv.range(RangeRequest { key: "a".into(), ..Default::default() }).unwrap();
+    let a = kv
+        .range(RangeRequest {
+            key: "a".into(),
+            ..Default::default()
+        })
+        .unwrap();
     assert_eq!(a.revision, 3);
     let a = &a.kvs[0];
     assert_eq!((a.create_revision, a.mod_revision, a.version), (1, 3, 2));
     kv.delete("a", "");
     assert_eq!(kv.put("a", "3"), 5);
-    let a = &kv.range(RangeRequest { key: "a".into(), ..Default::default() }).unwrap().kvs[0];
-    assert_eq!((a.create_revision, a.mod_revision, a.version), (5, 5, 1), "a new life after delete");
+    let a = &kv
+        .range(RangeRequest {
+            key: "a".into(),
+            ..Default::default()
+        })
+        .unwrap()
+        .kvs[0];
+    assert_eq!(
+        (a.create_revision, a.mod_revision, a.version),
+        (5, 5, 1),
+        "a new life after delete"
+    );
 }
 
 #[test]
@@ -89,13 +127,35 @@ fn range_serves_single_keys_ranges_prefixes_everything_and_past_revisions() {
     }
     kv.put("a", "new");
     assert_eq!(kv.get("ab", "", 0).unwrap(), pairs(&[("ab", "ab")]));
-    assert_eq!(kv.get("ab", "b", 0).unwrap(), pairs(&[("ab", "ab"), ("abc", "abc")]));
-    assert_eq!(kv.get("a", "b", 0).unwrap().len(), 3, "prefix a via range end b");
-    assert_eq!(kv.get("b", "\0", 0).unwrap(), pairs(&[("b", "b"), ("c", "c")]));
+    assert_eq!(
+        kv.get("ab", "b", 0).unwrap(),
+        pairs(&[("ab", "ab"), ("abc", "abc")])
+    );
+    assert_eq!(
+        kv.get("a", "b", 0).unwrap().len(),
+        3,
+        "prefix a via range end b"
+    );
+    assert_eq!(
+        kv.get("b", "\0", 0).unwrap(),
+        pairs(&[("b", "b"), ("c", "c")])
+    );
     assert_eq!(kv.get("\0", "\0", 0).unwrap().len(), 5);
-    assert_eq!(kv.get("a", "", 1).unwrap(), pairs(&[("a", "a")]), "value at revision 1");
-    assert_eq!(kv.get("c", "", 4).unwrap(), pairs(&[]), "c did not exist yet");
-    assert_eq!(kv.get("z", "a", 0).unwrap(), pairs(&[]), "an inverted range is empty");
+    assert_eq!(
+        kv.get("a", "", 1).unwrap(),
+        pairs(&[("a", "a")]),
+        "value at revision 1"
+    );
+    assert_eq!(
+        kv.get("c", "", 4).unwrap(),
+        pairs(&[]),
+        "c did not exist yet"
+    );
+    assert_eq!(
+        kv.get("z", "a", 0).unwrap(),
+        pairs(&[]),
+        "an inverted range is empty"
+    );
 }
 
 #[test]
@@ -104,14 +164,46 @@ fn range_limit_sets_more_and_count_covers_the_whole_range() {
     for k in ["k1", "k2", "k3", "k4"] {
         kv.put(k, "v");
     }
-    let r = kv.range(RangeRequest { key: "k".into(), range_end: "l".into(), limit: 2, ..Default::default() }).unwrap();
+    let r = kv
+        .range(RangeRequest {
+            key: "k".into(),
+            range_end: "l".into(),
+            limit: 2,
+            ..Default::default()
+        })
+        .unwrap();
     assert_eq!((r.kvs.len(), r.more, r.count), (2, true, 4));
-    let r = kv.range(RangeRequest { key: "k".into(), range_end: "l".into(), limit: 4, ..Default::default() }).unwrap();
+    let r = kv
+        .range(RangeRequest {
+            key: "k".into(),
+            range_end: "l".into(),
+            limit: 4,
+            ..Default::default()
+        })
+        .unwrap();
     assert_eq!((r.kvs.len(), r.more, r.count), (4, false, 4));
-    let r = kv.range(RangeRequest { key: "k".into(), range_end: "l".into(), count_only: true, ..Default::default() }).unwrap();
+    let r = kv
+        .range(RangeRequest {
+            key: "k".into(),
+            range_end: "l".into(),
+            count_only: true,
+            ..Default::default()
+        })
+        .unwrap();
     assert_eq!((r.kvs.len(), r.count), (0, 4));
-    let r = kv.range(RangeRequest { key: "k".into(), range_end: "l".into(), keys_only: true, ..Default::default() }).unwrap();
-    assert!(r.kvs.iter().all(|kv| kv.value.is_empty() && !kv.key.is_empty()));
+    let r = kv
+        .range(RangeRequest {
+            key: "k".into(),
+            range_end: "l".into(),
+            keys_only: true,
+            ..Default::default()
+        })
+        .unwrap();
+    assert!(
+        r.kvs
+            .iter()
+            .all(|kv| kv.value.is_empty() && !kv.key.is_empty())
+    );
 }
 
 #[test]
@@ -122,16 +214,36 @@ fn range_sorts_by_every_target_in_both_orders() {
     kv.put("c", "1");
     kv.put("b", "4");
     let keys = |target, order| {
-        let req = RangeRequest { key: "\0".into(), range_end: "\0".into(), sort_target: target, sort_order: order, ..Default::default() };
-        kv.range(req).unwrap().kvs.iter().map(|kv| s(&kv.key)).collect::<Vec<_>>().join("")
+        let req = RangeRequest {
+            key: "\0".into(),
+            range_end: "\0".into(),
+            sort_target: target,
+            sort_order: order,
+            ..Default::default()
+        };
+        kv.range(req)
+            .unwrap()
+            .kvs
+            .iter()
+            .map(|kv| s(&kv.key))
+            .collect::<Vec<_>>()
+            .join("")
     };
     assert_eq!(keys(SortTarget::Key, SortOrder::None), "abc");
     assert_eq!(keys(SortTarget::Key, SortOrder::Descend), "cba");
     assert_eq!(keys(SortTarget::Value, SortOrder::Ascend), "cab");
-    assert_eq!(keys(SortTarget::Value, SortOrder::None), "cab", "non-key target defaults to ascending");
+    assert_eq!(
+        keys(SortTarget::Value, SortOrder::None),
+        "cab",
+        "non-key target defaults to ascending"
+    );
     assert_eq!(keys(SortTarget::Mod, SortOrder::Descend), "bca");
     assert_eq!(keys(SortTarget::Create, SortOrder::Ascend), "bac");
-    assert_eq!(keys(SortTarget::Version, SortOrder::Descend), "bac", "ties keep key order");
+    assert_eq!(
+        keys(SortTarget::Version, SortOrder::Descend),
+        "bac",
+        "ties keep key order"
+    );
 }
 
 #[test]
@@ -140,9 +252,18 @@ fn sorted_range_with_limit_sorts_before_truncating() {
     for k in ["a", "b", "c"] {
         kv.put(k, "v");
     }
-    let req = RangeRequest { key: "\0".into(), range_end: "\0".into(), limit: 1, sort_order: SortOrder::Descend, ..Default::default() };
+    let req = RangeRequest {
+        key: "\0".into(),
+        range_end: "\0".into(),
+        limit: 1,
+        sort_order: SortOrder::Descend,
+        ..Default::default()
+    };
     let r = kv.range(req).unwrap();
-    assert_eq!((s(&r.kvs[0].key), r.more, r.count), ("c".to_string(), true, 3));
+    assert_eq!(
+        (s(&r.kvs[0].key), r.more, r.count),
+        ("c".to_string(), true, 3)
+    );
 }
 
 #[test]
@@ -152,11 +273,46 @@ fn range_filters_by_mod_and_create_revision() {
     kv.put("b", "1"); // 2
     kv.put("c", "1"); // 3
     kv.put("a", "2"); // 4
-    let keys = |req: RangeRequest| kv.range(RangeRequest { key: "\0".into(), range_end: "\0".into(), ..req }).unwrap().kvs.iter().map(|kv| s(&kv.key)).collect::<String>();
-    assert_eq!(keys(RangeRequest { min_mod_revision: 3, ..Default::default() }), "ac");
-    assert_eq!(keys(RangeRequest { max_mod_revision: 3, ..Default::default() }), "bc");
-    assert_eq!(keys(RangeRequest { min_create_revision: 2, ..Default::default() }), "bc");
-    assert_eq!(keys(RangeRequest { max_create_revision: 1, ..Default::default() }), "a");
+    let keys = |req: RangeRequest| {
+        kv.range(RangeRequest {
+            key: "\0".into(),
+            range_end: "\0".into(),
+            ..req
+        })
+        .unwrap()
+        .kvs
+        .iter()
+        .map(|kv| s(&kv.key))
+        .collect::<String>()
+    };
+    assert_eq!(
+        keys(RangeRequest {
+            min_mod_revision: 3,
+            ..Default::default()
+        }),
+        "ac"
+    );
+    assert_eq!(
+        keys(RangeRequest {
+            max_mod_revision: 3,
+            ..Default::default()
+        }),
+        "bc"
+    );
+    assert_eq!(
+        keys(RangeRequest {
+            min_create_revision: 2,
+            ..Default::default()
+        }),
+        "bc"
+    );
+    assert_eq!(
+        keys(RangeRequest {
+            max_create_revision: 1,
+            ..Default::default()
+        }),
+        "a"
+    );
 }
 
 #[test]
@@ -167,35 +323,86 @@ fn delete_range_returns_prev_kvs_under_one_revision() {
     }
     let d = kv.delete("a", "c");
     assert_eq!((d.deleted, d.revision), (2, 4));
-    assert_eq!(d.prev_kvs.iter().map(|kv| s(&kv.key)).collect::<String>(), "ab");
+    assert_eq!(
+        d.prev_kvs.iter().map(|kv| s(&kv.key)).collect::<String>(),
+        "ab"
+    );
     let d = kv.delete("zzz", "");
-    assert_eq!((d.deleted, d.revision), (0, 4), "deleting nothing does not advance the revision");
+    assert_eq!(
+        (d.deleted, d.revision),
+        (0, 4),
+        "deleting nothing does not advance the revision"
+    );
     assert_eq!(kv.state.live_keys, 1);
 }
 
 #[test]
 fn put_with_ignore_flags_keeps_the_current_value_or_lease() {
     let mut kv = Kv::new();
-    let req = PutRequest { key: "k".into(), value: "v".into(), lease: 7, ..Default::default() };
+    let req = PutRequest {
+        key: "k".into(),
+        value: "v".into(),
+        lease: 7,
+        ..Default::default()
+    };
     kv.write(|w| w.put(&req)).unwrap();
-    let keep_value = PutRequest { key: "k".into(), ignore_value: true, lease: 8, ..Default::default() };
+    let keep_value = PutRequest {
+        key: "k".into(),
+        ignore_value: true,
+        lease: 8,
+        ..Default::default()
+    };
     kv.write(|w| w.put(&keep_value)).unwrap();
-    let got = &kv.range(RangeRequest { key: "k".into(), ..Default::default() }).unwrap().kvs[0];
+    let got = &kv
+        .range(RangeRequest {
+            key: "k".into(),
+            ..Default::default()
+        })
+        .unwrap()
+        .kvs[0];
     assert_eq!((s(&got.value), got.lease, got.version), ("v".into(), 8, 2));
-    let keep_lease = PutRequest { key: "k".into(), value: "w".into(), ignore_lease: true, ..Default::default() };
+    let keep_lease = PutRequest {
+        key: "k".into(),
+        value: "w".into(),
+        ignore_lease: true,
+        ..Default::default()
+    };
     kv.write(|w| w.put(&keep_lease)).unwrap();
-    let got = &kv.range(RangeRequest { key: "k".into(), ..Default::default() }).unwrap().kvs[0];
+    let got = &kv
+        .range(RangeRequest {
+            key: "k".into(),
+            ..Default::default()
+        })
+        .unwrap()
+        .kvs[0];
     assert_eq!((s(&got.value), got.lease), ("w".into(), 8));
-    let missing = PutRequest { key: "nope".into(), ignore_value: true, ..Default::default() };
-    assert!(matches!(kv.write(|w| w.put(&missing)), Err(Error::KeyNotFound)));
+    let missing = PutRequest {
+        key: "nope".into(),
+        ignore_value: true,
+        ..Default::default()
+    };
+    assert!(matches!(
+        kv.write(|w| w.put(&missing)),
+        Err(Error::KeyNotFound)
+    ));
 }
 
 #[test]
 fn empty_keys_are_refused() {
     let mut kv = Kv::new();
-    let put = PutRequest { key: vec![], value: "v".into(), ..Default::default() };
-    assert!(matches!(kv.write(|w| w.put(&put)), Err(Error::Invalid(InvalidRequest::EmptyKey))));
-    assert!(matches!(kv.range(RangeRequest::default()), Err(Error::Invalid(InvalidRequest::EmptyKey))));
+    let put = PutRequest {
+        key: vec![],
+        value: "v".into(),
+        ..Default::default()
+    };
+    assert!(matches!(
+        kv.write(|w| w.put(&put)),
+        Err(Error::Invalid(InvalidRequest::EmptyKey))
+    ));
+    assert!(matches!(
+        kv.range(RangeRequest::default()),
+        Err(Error::Invalid(InvalidRequest::EmptyKey))
+    ));
     assert_eq!(kv.state.current, 0);
 }
 
@@ -209,13 +416,27 @@ fn compaction_discards_history_and_bounds_readable_revisions() {
     kv.put("c", "1"); // 5
     kv.compact(4).unwrap();
     assert!(matches!(kv.get("a", "", 3), Err(Error::Compacted)));
-    assert_eq!(kv.get("a", "", 4).unwrap(), pairs(&[("a", "2")]), "the compaction revision stays readable");
-    assert_eq!(kv.get("\0", "\0", 5).unwrap(), pairs(&[("a", "2"), ("c", "1")]));
+    assert_eq!(
+        kv.get("a", "", 4).unwrap(),
+        pairs(&[("a", "2")]),
+        "the compaction revision stays readable"
+    );
+    assert_eq!(
+        kv.get("\0", "\0", 5).unwrap(),
+        pairs(&[("a", "2"), ("c", "1")])
+    );
     assert!(matches!(kv.get("a", "", 6), Err(Error::FutureRev)));
     assert!(matches!(kv.compact(4), Err(Error::Compacted)));
     assert!(matches!(kv.compact(3), Err(Error::Compacted)));
     assert!(matches!(kv.compact(9), Err(Error::FutureRev)));
-    let records = kv.backend.begin_read().unwrap().open_table(KV).unwrap().len().unwrap();
+    let records = kv
+        .backend
+        .begin_read()
+        .unwrap()
+        .open_table(KV)
+        .unwrap()
+        .len()
+        .unwrap();
     assert_eq!(records, 2, "only a@2 and c@5 remain");
 }
 
@@ -229,7 +450,11 @@ fn hash_kv_is_equal_for_equal_histories_and_fixed_for_a_past_revision() {
     assert_eq!(a.hash(0).unwrap(), b.hash(0).unwrap());
     let at2 = a.hash(2).unwrap();
     a.put("z", "3");
-    assert_eq!(a.hash(2).unwrap(), at2, "later writes do not change a past hash");
+    assert_eq!(
+        a.hash(2).unwrap(),
+        at2,
+        "later writes do not change a past hash"
+    );
     b.put("z", "different");
     assert_ne!(a.hash(3).unwrap().hash, b.hash(3).unwrap().hash);
     assert_eq!(a.hash(0).unwrap().hash_revision, 3);
@@ -243,17 +468,54 @@ fn hash_kv_is_equal_for_equal_histories_and_fixed_for_a_past_revision() {
 fn writes_report_events_with_previous_values() {
     let mut kv = Kv::new();
     kv.put("a", "1");
-    let req = PutRequest { key: "a".into(), value: "2".into(), ..Default::default() };
+    let req = PutRequest {
+        key: "a".into(),
+        value: "2".into(),
+        ..Default::default()
+    };
     let (_, events) = kv.write(|w| w.put(&req)).unwrap();
     assert_eq!(events.len(), 1);
-    assert_eq!((events[0].kind, s(&events[0].kv.value)), (EventKind::Put, "2".into()));
+    assert_eq!(
+        (events[0].kind, s(&events[0].kv.value)),
+        (EventKind::Put, "2".into())
+    );
     assert_eq!(s(&events[0].prev_kv.as_ref().unwrap().value), "1");
     kv.delete("a", "");
-    let all = events_since(&kv.backend.begin_read().unwrap(), &kv.state, 1, &KeyInterval::of(b"a", b"")).unwrap();
-    let kinds: Vec<_> = all.iter().map(|e| (e.kind, e.kv.mod_revision, e.prev_kv.as_ref().map(|p| s(&p.value)))).collect();
-    assert_eq!(kinds, vec![(EventKind::Put, 1, None), (EventKind::Put, 2, Some("1".into())), (EventKind::Delete, 3, Some("2".into()))]);
+    let all = events_since(
+        &kv.backend.begin_read().unwrap(),
+        &kv.state,
+        1,
+        &KeyInterval::of(b"a", b""),
+    )
+    .unwrap();
+    let kinds: Vec<_> = all
+        .iter()
+        .map(|e| {
+            (
+                e.kind,
+                e.kv.mod_revision,
+                e.prev_kv.as_ref().map(|p| s(&p.value)),
+            )
+        })
+        .collect();
+    assert_eq!(
+        kinds,
+        vec![
+            (EventKind::Put, 1, None),
+            (EventKind::Put, 2, Some("1".into())),
+            (EventKind::Delete, 3, Some("2".into()))
+        ]
+    );
     kv.compact(2).unwrap();
-    assert!(matches!(events_since(&kv.backend.begin_read().unwrap(), &kv.state, 1, &KeyInterval::of(b"a", b"")), Err(Error::Compacted)));
+    assert!(matches!(
+        events_since(
+            &kv.backend.begin_read().unwrap(),
+            &kv.state,
+            1,
+            &KeyInterval::of(b"a", b"")
+        ),
+        Err(Error::Compacted)
+    ));
 }
 
 #[test]
@@ -262,8 +524,15 @@ fn reads_inside_a_write_see_its_own_changes() {
     kv.put("a", "old");
     let (seen, _) = kv
         .write(|w| {
-            w.put(&PutRequest { key: "a".into(), value: "new".into(), ..Default::default() })?;
-            w.range(&RangeRequest { key: "a".into(), ..Default::default() })
+            w.put(&PutRequest {
+                key: "a".into(),
+                value: "new".into(),
+                ..Default::default()
+            })?;
+            w.range(&RangeRequest {
+                key: "a".into(),
+                ..Default::default()
+            })
         })
         .unwrap();
     assert_eq!((s(&seen.kvs[0].value), seen.revision), ("new".into(), 2));
@@ -273,13 +542,30 @@ fn reads_inside_a_write_see_its_own_changes() {
 fn compares_on_missing_keys_follow_etcd() {
     let mut kv = Kv::new();
     kv.put("a", "v");
-    let cmp = |target, result, key: &str| Compare { target, result, key: key.into(), range_end: vec![] };
+    let cmp = |target, result, key: &str| Compare {
+        target,
+        result,
+        key: key.into(),
+        range_end: vec![],
+    };
     let (results, _) = kv
         .write(|w| {
             Ok(vec![
-                w.compare(&cmp(CompareTarget::Version(0), CompareResult::Equal, "missing"))?,
-                w.compare(&cmp(CompareTarget::Value(vec![]), CompareResult::Equal, "missing"))?,
-                w.compare(&cmp(CompareTarget::Value(b"v".to_vec()), CompareResult::Equal, "a"))?,
+                w.compare(&cmp(
+                    CompareTarget::Version(0),
+                    CompareResult::Equal,
+                    "missing",
+                ))?,
+                w.compare(&cmp(
+                    CompareTarget::Value(vec![]),
+                    CompareResult::Equal,
+                    "missing",
+                ))?,
+                w.compare(&cmp(
+                    CompareTarget::Value(b"v".to_vec()),
+                    CompareResult::Equal,
+                    "a",
+                ))?,
                 w.compare(&cmp(CompareTarget::Create(0), CompareResult::Greater, "a"))?,
                 w.compare(&cmp(CompareTarget::Mod(1), CompareResult::Less, "a"))?,
             ])
@@ -297,10 +583,17 @@ fn the_index_is_rebuilt_from_disk() {
     kv.put("c", "1");
     kv.compact(3).unwrap();
     let (reloaded, _) = KvState::load(&kv.backend.begin_read().unwrap()).unwrap();
-    assert_eq!((reloaded.current, reloaded.compacted, reloaded.live_keys), (4, 3, 2));
+    assert_eq!(
+        (reloaded.current, reloaded.compacted, reloaded.live_keys),
+        (4, 3, 2)
+    );
     kv.compact(4).unwrap();
     kv.delete("\0", "\0");
     kv.compact(5).unwrap();
     let (reloaded, _) = KvState::load(&kv.backend.begin_read().unwrap()).unwrap();
-    assert_eq!((reloaded.current, reloaded.live_keys), (5, 0), "the revision survives compacting everything away");
+    assert_eq!(
+        (reloaded.current, reloaded.live_keys),
+        (5, 0),
+        "the revision survives compacting everything away"
+    );
 }

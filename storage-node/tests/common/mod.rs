@@ -19,11 +19,17 @@ pub struct Log {
 
 impl Log {
     pub fn next_id(&self) -> LogId {
-        LogId { term: 1, index: self.entries.len() as u64 + 1 }
+        LogId {
+            term: 1,
+            index: self.entries.len() as u64 + 1,
+        }
     }
 
     pub fn push_payload(&mut self, payload: EntryPayload) -> Entry {
-        let entry = Entry { log_id: self.next_id(), payload };
+        let entry = Entry {
+            log_id: self.next_id(),
+            payload,
+        };
         self.entries.push(entry.clone());
         entry
     }
@@ -38,14 +44,23 @@ impl Log {
 pub fn header(store: &Store, user: &str) -> RequestHeader {
     let (enabled, revision) = store.auth_status();
     if enabled {
-        RequestHeader { id: 0, username: user.into(), auth_revision: revision }
+        RequestHeader {
+            id: 0,
+            username: user.into(),
+            auth_revision: revision,
+        }
     } else {
         RequestHeader::default()
     }
 }
 
 /// Proposes through `store`'s member and applies on it: returns the local response.
-pub fn propose(store: &Store, log: &mut Log, user: &str, request: Request) -> Result<Response, String> {
+pub fn propose(
+    store: &Store,
+    log: &mut Log,
+    user: &str,
+    request: Request,
+) -> Result<Response, String> {
     let entry = log.push(header(store, user), request);
     response(store.apply(&entry).expect("apply"))
 }
@@ -58,11 +73,19 @@ pub fn response(outcome: Outcome) -> Result<Response, String> {
 }
 
 pub fn put(key: &str, value: &str) -> Request {
-    Request::Put(PutRequest { key: key.into(), value: value.into(), ..Default::default() })
+    Request::Put(PutRequest {
+        key: key.into(),
+        value: value.into(),
+        ..Default::default()
+    })
 }
 
 pub fn del(key: &str, end: &str) -> Request {
-    Request::DeleteRange(DeleteRangeRequest { key: key.into(), range_end: end.into(), prev_kv: false })
+    Request::DeleteRange(DeleteRangeRequest {
+        key: key.into(),
+        range_end: end.into(),
+        prev_kv: false,
+    })
 }
 
 pub fn auth(req: AuthRequest) -> Request {
@@ -70,23 +93,48 @@ pub fn auth(req: AuthRequest) -> Request {
 }
 
 pub fn user_add(name: &str) -> Request {
-    auth(AuthRequest::UserAdd { name: name.into(), hashed_password: Some(hash_password("pw", COST).expect("hash")) })
+    auth(AuthRequest::UserAdd {
+        name: name.into(),
+        hashed_password: Some(hash_password("pw", COST).expect("hash")),
+    })
 }
 
 pub fn grant_role(user: &str, role: &str) -> Request {
-    auth(AuthRequest::UserGrantRole { user: user.into(), role: role.into() })
+    auth(AuthRequest::UserGrantRole {
+        user: user.into(),
+        role: role.into(),
+    })
 }
 
 pub fn grant_perm(role: &str, key: &str, end: &str) -> Request {
-    let perm = Permission { perm_type: PermissionType::ReadWrite, key: key.into(), range_end: end.into() };
-    auth(AuthRequest::RoleGrantPermission { name: role.into(), perm })
+    let perm = Permission {
+        perm_type: PermissionType::ReadWrite,
+        key: key.into(),
+        range_end: end.into(),
+    };
+    auth(AuthRequest::RoleGrantPermission {
+        name: role.into(),
+        perm,
+    })
 }
 
 /// Values of the keys in `[key, end)` as the store serves them now.
 pub fn values(store: &Store, key: &str, end: &str) -> Vec<(String, String)> {
-    let req = RangeRequest { key: key.into(), range_end: end.into(), ..Default::default() };
+    let req = RangeRequest {
+        key: key.into(),
+        range_end: end.into(),
+        ..Default::default()
+    };
     let resp = store.range(&req).expect("range");
-    resp.kvs.into_iter().map(|kv| (String::from_utf8_lossy(&kv.key).into(), String::from_utf8_lossy(&kv.value).into())).collect()
+    resp.kvs
+        .into_iter()
+        .map(|kv| {
+            (
+                String::from_utf8_lossy(&kv.key).into(),
+                String::from_utf8_lossy(&kv.value).into(),
+            )
+        })
+        .collect()
 }
 
 pub fn value(store: &Store, key: &str) -> Option<String> {
@@ -114,7 +162,10 @@ pub fn config() -> StoreConfig {
 }
 
 pub fn faulty() -> StoreConfig {
-    StoreConfig { unsafe_reproduce_etcd_11651: true, ..StoreConfig::default() }
+    StoreConfig {
+        unsafe_reproduce_etcd_11651: true,
+        ..StoreConfig::default()
+    }
 }
 
 /// What must be equal between two members holding the same data.
@@ -142,7 +193,11 @@ pub fn fingerprint(store: &Store) -> Fingerprint {
         auth_enabled: status.auth_enabled,
         users: store.users(),
         roles: store.roles(),
-        leases: store.leases().into_iter().map(|l| (l.id, l.keys.len())).collect(),
+        leases: store
+            .leases()
+            .into_iter()
+            .map(|l| (l.id, l.keys.len()))
+            .collect(),
     }
 }
 
@@ -185,16 +240,38 @@ pub fn workload(seed: u64, n: usize) -> (Log, Store) {
             8 => del(&key, ""),
             9 => del("app/1", "app/2"),
             10 => Request::Txn(TxnRequest {
-                compare: vec![Compare { result: CompareResult::Greater, target: CompareTarget::Version(1), key: key.clone().into(), range_end: vec![] }],
-                success: vec![RequestOp::DeleteRange(DeleteRangeRequest { key: key.clone().into(), ..Default::default() })],
-                failure: vec![RequestOp::Put(PutRequest { key: key.clone().into(), value: value.into(), ..Default::default() })],
+                compare: vec![Compare {
+                    result: CompareResult::Greater,
+                    target: CompareTarget::Version(1),
+                    key: key.clone().into(),
+                    range_end: vec![],
+                }],
+                success: vec![RequestOp::DeleteRange(DeleteRangeRequest {
+                    key: key.clone().into(),
+                    ..Default::default()
+                })],
+                failure: vec![RequestOp::Put(PutRequest {
+                    key: key.clone().into(),
+                    value: value.into(),
+                    ..Default::default()
+                })],
             }),
             11 => {
                 next_lease += 1;
-                Request::LeaseGrant(LeaseGrantRequest { id: next_lease, ttl: 60 })
+                Request::LeaseGrant(LeaseGrantRequest {
+                    id: next_lease,
+                    ttl: 60,
+                })
             }
-            12 => Request::Put(PutRequest { key: key.into(), value: value.into(), lease: next_lease, ..Default::default() }),
-            13 => Request::LeaseRevoke(LeaseRevokeRequest { id: 1 + rng.below(next_lease as u64) as i64 }),
+            12 => Request::Put(PutRequest {
+                key: key.into(),
+                value: value.into(),
+                lease: next_lease,
+                ..Default::default()
+            }),
+            13 => Request::LeaseRevoke(LeaseRevokeRequest {
+                id: 1 + rng.below(next_lease as u64) as i64,
+            }),
             14 => {
                 h = header(&reference, "root");
                 grant_perm("app", &format!("extra/{}", rng.below(5)), "")
@@ -205,13 +282,22 @@ pub fn workload(seed: u64, n: usize) -> (Log, Store) {
                 h.auth_revision = h.auth_revision.saturating_sub(1);
                 put(&key, "stale")
             }
-            17 => Request::Compaction(CompactionRequest { revision: reference.status().revision - 3, physical: false }),
+            17 => Request::Compaction(CompactionRequest {
+                revision: reference.status().revision - 3,
+                physical: false,
+            }),
             18 => {
                 log.push_payload(EntryPayload::Blank);
-                reference.apply(log.entries.last().expect("entry")).expect("apply");
+                reference
+                    .apply(log.entries.last().expect("entry"))
+                    .expect("apply");
                 continue;
             }
-            _ => Request::Range(RangeRequest { key: "app/".into(), range_end: "app0".into(), ..Default::default() }),
+            _ => Request::Range(RangeRequest {
+                key: "app/".into(),
+                range_end: "app0".into(),
+                ..Default::default()
+            }),
         };
         let entry = log.push(h, request);
         reference.apply(&entry).expect("apply");
