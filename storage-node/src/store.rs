@@ -27,6 +27,7 @@ use crate::entry::{Entry, EntryPayload, LogId, StoredMembership};
 use crate::lease::{Lease, Leases};
 use crate::mvcc::{self, HashKv, KvState};
 use crate::schema::meta;
+use crate::snapshot::{self, SnapshotMeta};
 
 /// Engine settings. Those that shape applied results must be equal on every member.
 #[derive(Clone, Debug)]
@@ -281,6 +282,45 @@ impl Store {
             state.persisted = log_id;
         }
         Ok(outcomes)
+    }
+
+    /// Writes a consistent snapshot of everything applied so far to `out`.
+    pub fn write_snapshot(
+        &self,
+        out: impl std::io::Write,
+    ) -> Result<SnapshotMeta, snapshot::Error> {
+        let (meta, txn) = {
+            let state = self.read();
+            let meta = SnapshotMeta {
+                applied: state.applied,
+                membership: state.membership.clone(),
+            };
+            // Opened under the lock, the read transaction sees exactly the effects up to `applied`.
+            (meta, self.backend.begin_read()?)
+        };
+        snapshot::write(&txn, &meta, out)?;
+        Ok(meta)
+    }
+
+    /// Replaces the whole state with a snapshot read from `input`, atomically: on any error
+    /// the store keeps what it had.
+    pub fn install_snapshot(
+        &self,
+        input: impl std::io::Read,
+    ) -> Result<SnapshotMeta, snapshot::Error> {
+        let mut state = self.write();
+        let txn = self.backend.begin_write()?;
+        let meta = snapshot::install(&txn, input)?;
+        txn.commit().map_err(backend::Error::from)?;
+        let mut fresh = State::load(&self.backend, &self.config)?;
+        fresh.counters = std::mem::take(&mut state.counters);
+        *state = fresh;
+        tracing::info!(
+            applied_index = meta.applied.index,
+            revision = state.engine.kv.current,
+            "installed snapshot"
+        );
+        Ok(meta)
     }
 
     /// Serves a range from the last applied state (a serializable read).

@@ -223,3 +223,60 @@ fn apply_child() {
     let mut line = String::new();
     let _ = std::io::stdin().read_line(&mut line);
 }
+
+#[test]
+fn an_installed_snapshot_reproduces_the_source_and_replaces_what_was_there() {
+    let (log, reference) = workload(3, 300);
+    let mut bytes = Vec::new();
+    let meta = reference.write_snapshot(&mut bytes).unwrap();
+    assert_eq!(meta.applied.index, log.entries.len() as u64);
+
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let target = Store::open(dir.path(), config()).unwrap();
+        let mut other = Log::default();
+        propose(&target, &mut other, "", put("stale", "data")).unwrap();
+        assert_eq!(target.install_snapshot(bytes.as_slice()).unwrap(), meta);
+        assert_eq!(fingerprint(&target), fingerprint(&reference));
+        assert_eq!(value(&target, "stale"), None);
+    }
+    let reopened = Store::open(dir.path(), config()).unwrap();
+    assert_eq!(
+        fingerprint(&reopened),
+        fingerprint(&reference),
+        "the install is durable"
+    );
+    assert_eq!(reopened.status().consistent_index, meta.applied);
+    assert!(
+        reopened.check_password("alice", "pw").is_ok(),
+        "users come with their hashes"
+    );
+}
+
+#[test]
+fn a_damaged_snapshot_is_refused_and_changes_nothing() {
+    let (_, reference) = workload(5, 100);
+    let mut bytes = Vec::new();
+    reference.write_snapshot(&mut bytes).unwrap();
+    let target = Store::in_memory(config()).unwrap();
+    let mut log = Log::default();
+    propose(&target, &mut log, "", put("keep", "me")).unwrap();
+    let before = fingerprint(&target);
+
+    let truncated = &bytes[..bytes.len() - 10];
+    let err = target.install_snapshot(truncated).unwrap_err().to_string();
+    assert!(err.contains("corrupt"), "{err}");
+    let mut flipped = bytes.clone();
+    let middle = flipped.len() / 2;
+    flipped[middle] ^= 0xff;
+    assert!(target.install_snapshot(flipped.as_slice()).is_err());
+    assert!(
+        target
+            .install_snapshot(&b"not a snapshot"[..])
+            .unwrap_err()
+            .to_string()
+            .contains("bad magic")
+    );
+    assert_eq!(fingerprint(&target), before);
+    assert_eq!(value(&target, "keep").as_deref(), Some("me"));
+}
