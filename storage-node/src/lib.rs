@@ -18,12 +18,14 @@
 //! - [`snapshot`]: streaming a consistent copy of every table out, and installing one.
 //! - [`store`]: the engine as a whole: open, apply batches atomically with the consistent
 //!   index (the fix), reads, status, and the fault switch that brings the bug back.
+//! - [`cli`]: the serving node's flags, in etcd's spelling, and bootstrap identities.
 //! - [`tools`]: offline tools: the etcd 11651 demo and `dump-db`.
 
 pub mod api;
 pub mod apply;
 pub mod auth;
 pub mod backend;
+pub mod cli;
 pub mod entry;
 pub mod lease;
 pub mod mvcc;

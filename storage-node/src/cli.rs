@@ -1,0 +1,373 @@
+//! The node's command-line flags, in etcd's spelling, and what they mean for cluster
+//! bootstrap: member IDs, the initial cluster, and the URLs to listen on.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, ValueEnum};
+use thiserror::Error;
+
+/// Flags of a serving member (etcd's names and defaults where etcd has the flag).
+#[derive(Args, Clone, Debug)]
+pub struct ServeArgs {
+    /// Human-readable name of this member; must match its entry in --initial-cluster.
+    #[arg(long, env = "ETCD_NAME", default_value = "default")]
+    pub name: String,
+    /// Directory for the member's data (default: <name>.mend).
+    #[arg(long, env = "ETCD_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// URLs to listen on for client traffic (comma-separated).
+    #[arg(
+        long,
+        env = "ETCD_LISTEN_CLIENT_URLS",
+        default_value = "http://localhost:2379",
+        value_delimiter = ','
+    )]
+    pub listen_client_urls: Vec<String>,
+    /// Client URLs to advertise to the rest of the cluster.
+    #[arg(
+        long,
+        env = "ETCD_ADVERTISE_CLIENT_URLS",
+        default_value = "http://localhost:2379",
+        value_delimiter = ','
+    )]
+    pub advertise_client_urls: Vec<String>,
+    /// URLs to listen on for peer (raft) traffic.
+    #[arg(
+        long,
+        env = "ETCD_LISTEN_PEER_URLS",
+        default_value = "http://localhost:2380",
+        value_delimiter = ','
+    )]
+    pub listen_peer_urls: Vec<String>,
+    /// This member's peer URLs as advertised to the cluster.
+    #[arg(
+        long,
+        env = "ETCD_INITIAL_ADVERTISE_PEER_URLS",
+        default_value = "http://localhost:2380",
+        value_delimiter = ','
+    )]
+    pub initial_advertise_peer_urls: Vec<String>,
+    /// Initial cluster configuration: name=peer-url pairs, comma-separated.
+    #[arg(
+        long,
+        env = "ETCD_INITIAL_CLUSTER",
+        default_value = "default=http://localhost:2380"
+    )]
+    pub initial_cluster: String,
+    /// `new` to bootstrap a cluster, `existing` to join one that already added this member.
+    #[arg(long, env = "ETCD_INITIAL_CLUSTER_STATE", value_enum, default_value_t = ClusterState::New)]
+    pub initial_cluster_state: ClusterState,
+    /// Token that makes member and cluster IDs unique to this cluster.
+    #[arg(
+        long,
+        env = "ETCD_INITIAL_CLUSTER_TOKEN",
+        default_value = "etcd-cluster"
+    )]
+    pub initial_cluster_token: String,
+    /// URLs serving /metrics, /health and /readyz over HTTP.
+    #[arg(long, env = "ETCD_LISTEN_METRICS_URLS", value_delimiter = ',')]
+    pub listen_metrics_urls: Vec<String>,
+    /// bcrypt cost for hashing user passwords.
+    #[arg(long, env = "ETCD_BCRYPT_COST", default_value_t = 10, value_parser = clap::value_parser!(u32).range(4..=31))]
+    pub bcrypt_cost: u32,
+    /// Lifetime of an unused simple auth token, in seconds.
+    #[arg(long, env = "ETCD_AUTH_TOKEN_TTL", default_value_t = 300)]
+    pub auth_token_ttl: u64,
+    /// Largest client request accepted, in bytes.
+    #[arg(long, env = "ETCD_MAX_REQUEST_BYTES", default_value_t = 1_572_864)]
+    pub max_request_bytes: usize,
+    /// Most operations in one txn branch.
+    #[arg(long, env = "ETCD_MAX_TXN_OPS", default_value_t = 128)]
+    pub max_txn_ops: usize,
+    /// Leader heartbeat interval in milliseconds.
+    #[arg(long, env = "ETCD_HEARTBEAT_INTERVAL", default_value_t = 100)]
+    pub heartbeat_interval: u64,
+    /// Election timeout in milliseconds.
+    #[arg(long, env = "ETCD_ELECTION_TIMEOUT", default_value_t = 1000)]
+    pub election_timeout: u64,
+    /// Applied entries between snapshots (log entries before them are then purged).
+    #[arg(long, env = "ETCD_SNAPSHOT_COUNT", default_value_t = 100_000)]
+    pub snapshot_count: u64,
+    /// Log format.
+    #[arg(long, env = "MEND_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+    /// FAULT SWITCH, tests and demos only: reproduce etcd issue 11651 (auth changes commit
+    /// without the consistent index, so a restart replays them and AuthRevisions drift).
+    #[arg(long, env = "MEND_UNSAFE_REPRODUCE_ETCD_11651")]
+    pub unsafe_reproduce_etcd_11651: bool,
+}
+
+/// `--initial-cluster-state`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum ClusterState {
+    /// Bootstrap a new cluster from --initial-cluster.
+    New,
+    /// Join a cluster that already lists this member (added with MemberAdd).
+    Existing,
+}
+
+/// `--log-format`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Flags that contradict each other or cannot be parsed.
+#[derive(Debug, Error, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Error {
+    /// A malformed --initial-cluster entry.
+    #[error("--initial-cluster: {0:?} is not name=url")]
+    ClusterEntry(String),
+    /// This member is not in --initial-cluster.
+    #[error("--initial-cluster has no member named {0:?} (set --name or fix --initial-cluster)")]
+    NotInCluster(String),
+    /// --initial-advertise-peer-urls disagree with --initial-cluster.
+    #[error(
+        "--initial-advertise-peer-urls {advertised:?} do not match --initial-cluster's {listed:?} for {name:?}"
+    )]
+    PeerUrlMismatch {
+        /// Member name.
+        name: String,
+        /// URLs given by --initial-advertise-peer-urls.
+        advertised: Vec<String>,
+        /// URLs --initial-cluster lists for the member.
+        listed: Vec<String>,
+    },
+    /// A URL that is not `http://host:port`.
+    #[error("{flag}: {url:?} is not http://host:port")]
+    Url {
+        /// The flag.
+        flag: &'static str,
+        /// The value.
+        url: String,
+    },
+    /// Two members would get one ID.
+    #[error("--initial-cluster lists the peer URLs {0:?} twice")]
+    DuplicatePeer(Vec<String>),
+}
+
+/// The members named by --initial-cluster: name → peer URLs.
+pub fn parse_initial_cluster(spec: &str) -> Result<BTreeMap<String, Vec<String>>, Error> {
+    let mut members: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for part in spec.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let (name, url) = part
+            .split_once('=')
+            .ok_or_else(|| Error::ClusterEntry(part.to_string()))?;
+        if name.is_empty() || url.is_empty() {
+            return Err(Error::ClusterEntry(part.to_string()));
+        }
+        members
+            .entry(name.to_string())
+            .or_default()
+            .push(url.to_string());
+    }
+    for urls in members.values_mut() {
+        urls.sort();
+    }
+    Ok(members)
+}
+
+/// A member's ID: a hash of its sorted peer URLs and the cluster token, as etcd derives it, so
+/// every member computes the same IDs from the same flags. Never 0.
+pub fn member_id(peer_urls: &[String], token: &str) -> u64 {
+    let mut urls = peer_urls.to_vec();
+    urls.sort();
+    fnv1a(urls.concat().as_bytes(), token.as_bytes()).max(1)
+}
+
+/// The cluster's ID from its initial member IDs.
+pub fn cluster_id(member_ids: impl IntoIterator<Item = u64>) -> u64 {
+    let mut ids: Vec<u64> = member_ids.into_iter().collect();
+    ids.sort();
+    let bytes: Vec<u8> = ids.iter().flat_map(|id| id.to_be_bytes()).collect();
+    fnv1a(&bytes, b"").max(1)
+}
+
+fn fnv1a(a: &[u8], b: &[u8]) -> u64 {
+    a.iter().chain(b).fold(0xcbf2_9ce4_8422_2325u64, |h, byte| {
+        (h ^ u64::from(*byte)).wrapping_mul(0x0000_0100_0000_01b3)
+    })
+}
+
+/// The socket address of an `http://host:port` URL (`localhost` is 127.0.0.1).
+pub fn socket_addr(flag: &'static str, url: &str) -> Result<SocketAddr, Error> {
+    let bad = || Error::Url {
+        flag,
+        url: url.to_string(),
+    };
+    let rest = url.strip_prefix("http://").ok_or_else(bad)?;
+    let hostport = rest.trim_end_matches('/');
+    let (host, port) = hostport.rsplit_once(':').ok_or_else(bad)?;
+    let port: u16 = port.parse().map_err(|_| bad())?;
+    let host = match host.trim_start_matches('[').trim_end_matches(']') {
+        "localhost" => "127.0.0.1",
+        h => h,
+    };
+    let ip = host.parse().map_err(|_| bad())?;
+    Ok(SocketAddr::new(ip, port))
+}
+
+impl ServeArgs {
+    /// The data directory (`--data-dir`, or `<name>.mend`).
+    pub fn data_dir(&self) -> PathBuf {
+        self.data_dir
+            .clone()
+            .unwrap_or_else(|| PathBuf::from(format!("{}.mend", self.name)))
+    }
+
+    /// The initial members (name → peer URLs), checked against this member's own flags.
+    pub fn initial_members(&self) -> Result<BTreeMap<String, Vec<String>>, Error> {
+        let members = parse_initial_cluster(&self.initial_cluster)?;
+        let listed = members
+            .get(&self.name)
+            .ok_or_else(|| Error::NotInCluster(self.name.clone()))?;
+        let mut advertised = self.initial_advertise_peer_urls.clone();
+        advertised.sort();
+        if &advertised != listed {
+            return Err(Error::PeerUrlMismatch {
+                name: self.name.clone(),
+                advertised,
+                listed: listed.clone(),
+            });
+        }
+        let mut seen = std::collections::BTreeSet::new();
+        for urls in members.values() {
+            if !seen.insert(urls.clone()) {
+                return Err(Error::DuplicatePeer(urls.clone()));
+            }
+            for url in urls {
+                socket_addr("--initial-cluster", url)?;
+            }
+        }
+        Ok(members)
+    }
+
+    /// Heartbeat interval.
+    pub fn heartbeat(&self) -> Duration {
+        Duration::from_millis(self.heartbeat_interval)
+    }
+
+    /// Election timeout.
+    pub fn election(&self) -> Duration {
+        Duration::from_millis(self.election_timeout)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        serve: ServeArgs,
+    }
+
+    fn args(extra: &[&str]) -> ServeArgs {
+        let mut argv = vec!["storage-node"];
+        argv.extend_from_slice(extra);
+        Cli::try_parse_from(argv).unwrap().serve
+    }
+
+    #[test]
+    fn defaults_match_etcd() {
+        let a = args(&[]);
+        assert_eq!(a.name, "default");
+        assert_eq!(a.data_dir(), PathBuf::from("default.mend"));
+        assert_eq!(a.listen_client_urls, vec!["http://localhost:2379"]);
+        assert_eq!(a.max_request_bytes, 1_572_864);
+        assert_eq!(a.initial_cluster_state, ClusterState::New);
+        assert!(!a.unsafe_reproduce_etcd_11651);
+        assert_eq!(a.initial_members().unwrap().len(), 1);
+    }
+
+    #[test]
+    fn a_three_member_cluster_parses_and_ids_are_stable_and_distinct() {
+        let cluster = "n1=http://127.0.0.1:2380,n2=http://127.0.0.1:2381,n3=http://127.0.0.1:2382";
+        let a = args(&[
+            "--name",
+            "n2",
+            "--initial-cluster",
+            cluster,
+            "--initial-advertise-peer-urls",
+            "http://127.0.0.1:2381",
+        ]);
+        let members = a.initial_members().unwrap();
+        let ids: Vec<u64> = members
+            .values()
+            .map(|urls| member_id(urls, "tok"))
+            .collect();
+        assert_eq!(ids.len(), 3);
+        assert!(ids[0] != ids[1] && ids[1] != ids[2] && ids[0] != ids[2]);
+        assert_eq!(member_id(&["http://127.0.0.1:2381".into()], "tok"), ids[1]);
+        assert_ne!(
+            member_id(&["http://127.0.0.1:2381".into()], "other"),
+            ids[1],
+            "the token makes IDs cluster-specific"
+        );
+        assert_eq!(cluster_id(ids.clone()), cluster_id(ids.into_iter().rev()));
+    }
+
+    #[test]
+    fn inconsistent_bootstrap_flags_are_refused_with_a_clear_message() {
+        let a = args(&[
+            "--name",
+            "n9",
+            "--initial-cluster",
+            "n1=http://127.0.0.1:2380",
+        ]);
+        assert_eq!(
+            a.initial_members().unwrap_err().to_string(),
+            "--initial-cluster has no member named \"n9\" (set --name or fix --initial-cluster)"
+        );
+        let a = args(&[
+            "--name",
+            "n1",
+            "--initial-cluster",
+            "n1=http://127.0.0.1:2390",
+        ]);
+        assert!(matches!(
+            a.initial_members(),
+            Err(Error::PeerUrlMismatch { .. })
+        ));
+        assert!(matches!(
+            parse_initial_cluster("n1"),
+            Err(Error::ClusterEntry(_))
+        ));
+        let a = args(&[
+            "--name",
+            "a",
+            "--initial-cluster",
+            "a=http://localhost:2380,b=http://localhost:2380",
+        ]);
+        assert!(matches!(a.initial_members(), Err(Error::DuplicatePeer(_))));
+    }
+
+    #[test]
+    fn urls_resolve_to_socket_addresses() {
+        assert_eq!(
+            socket_addr("f", "http://localhost:2379").unwrap(),
+            "127.0.0.1:2379".parse().unwrap()
+        );
+        assert_eq!(
+            socket_addr("f", "http://[::1]:80/").unwrap(),
+            "[::1]:80".parse().unwrap()
+        );
+        assert!(socket_addr("f", "https://localhost:2379").is_err());
+        assert!(socket_addr("f", "http://localhost").is_err());
+        assert!(socket_addr("f", "http://example.com:1").is_err());
+    }
+
+    #[test]
+    fn unknown_cluster_state_is_refused() {
+        assert!(Cli::try_parse_from(["storage-node", "--initial-cluster-state", "maybe"]).is_err());
+    }
+}
