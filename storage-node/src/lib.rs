@@ -35,3 +35,24 @@ pub mod store;
 pub mod tools;
 
 pub use store::{Outcome, Status, Store, StoreConfig};
+
+/// Code generated from the `.proto` files: the etcd v3 API and Mend's peer protocol.
+#[allow(missing_docs, clippy::all, clippy::pedantic)]
+pub mod pb {
+    /// etcd's key-value messages.
+    pub mod mvccpb {
+        tonic::include_proto!("mvccpb");
+    }
+    /// etcd's auth messages.
+    pub mod authpb {
+        tonic::include_proto!("authpb");
+    }
+    /// etcd's v3 services and their messages.
+    pub mod etcdserverpb {
+        tonic::include_proto!("etcdserverpb");
+    }
+    /// Mend's member-to-member service.
+    pub mod mendpeer {
+        tonic::include_proto!("mendpeer");
+    }
+}
