@@ -1,10 +1,7 @@
 //! Compiles the etcd v3 API and Mend's peer protocol with protox: no system `protoc` needed.
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let files = [
-        "proto/etcdserverpb/rpc.proto",
-        "proto/mendpeer/peer.proto",
-    ];
+    let files = ["proto/etcdserverpb/rpc.proto", "proto/mendpeer/peer.proto"];
     for file in files {
         println!("cargo:rerun-if-changed={file}");
     }

@@ -91,6 +91,20 @@ pub enum Request {
 }
 
 impl Request {
+    /// A short name for logs and metrics.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Request::Range(_) => "range",
+            Request::Put(_) => "put",
+            Request::DeleteRange(_) => "delete_range",
+            Request::Txn(_) => "txn",
+            Request::Compaction(_) => "compaction",
+            Request::LeaseGrant(_) => "lease_grant",
+            Request::LeaseRevoke(_) => "lease_revoke",
+            Request::Auth(_) => "auth",
+        }
+    }
+
     /// Whether this is an auth operation (the kind etcd before PR 11652 applied without
     /// persisting the consistent index).
     pub fn is_auth(&self) -> bool {

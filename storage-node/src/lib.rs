@@ -15,6 +15,7 @@
 //! - [`auth`]: users, roles, permissions, AuthRevision, tokens, permission checks.
 //! - [`entry`]: log entries and cluster membership.
 //! - [`apply`]: applying one request: auth check, state checks, writes.
+//! - [`raft`]: openraft types, the durable raft log, the engine as raft state machine.
 //! - [`snapshot`]: streaming a consistent copy of every table out, and installing one.
 //! - [`store`]: the engine as a whole: open, apply batches atomically with the consistent
 //!   index (the fix), reads, status, and the fault switch that brings the bug back.
@@ -29,6 +30,7 @@ pub mod cli;
 pub mod entry;
 pub mod lease;
 pub mod mvcc;
+pub mod raft;
 pub mod schema;
 pub mod snapshot;
 pub mod store;
