@@ -14,6 +14,10 @@ use openraft::type_config::alias;
 use crate::api::Command;
 use crate::entry::Member;
 
+pub mod waiters;
+
+pub use waiters::Waiters;
+
 openraft::declare_raft_types!(
     /// Mend's raft types: etcd-style commands over members with names and URLs.
     pub TypeConfig:
