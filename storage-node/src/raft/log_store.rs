@@ -1,0 +1,395 @@
+//! The durable raft log: entries, the vote, and the committed and last purged log IDs, in a
+//! redb file of their own beside the engine's ([`LOG_FILE`]; the engine's is
+//! [`crate::backend::DB_FILE`]).
+//!
+//! A separate file keeps the log's fsyncs (one per append) apart from the engine's (one per
+//! applied batch), and lets either be inspected or rebuilt without the other.
+//!
+//! # Durability
+//! Every write commits one redb transaction with redb's default durability, `Immediate`:
+//! `commit` returns only once the data is fsynced. openraft learns that a write is done (the
+//! `IOFlushed` callback, or `save_vote` returning) only after that commit returned.
+//!
+//! # Format
+//! Table `raft_log`: log index → postcard bytes of the openraft entry. Table `raft_meta`:
+//! `format_version`, `vote`, `committed`, `last_purged`, each postcard-encoded. Indexes are
+//! openraft's (from 0), not the engine's (see [`crate::raft`]).
+
+use std::fmt::Debug;
+use std::io;
+use std::ops::{Bound, RangeBounds};
+use std::path::Path;
+use std::sync::Arc;
+
+use openraft::OptionalSend;
+use openraft::storage::{IOFlushed, LogState, RaftLogReader, RaftLogStorage};
+use redb::{
+    Database, ReadTransaction, ReadableDatabase, ReadableTable, TableDefinition, WriteTransaction,
+};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use super::{Entry, Error, LogId, TypeConfig, Vote, blocking};
+
+/// Name of the raft log file inside the data directory.
+pub const LOG_FILE: &str = "raft.redb";
+
+/// On-disk format written by this build; opening a log of another format fails.
+const FORMAT_VERSION: u64 = 1;
+
+/// Log entries: index → postcard-encoded openraft entry.
+const LOG: TableDefinition<u64, &[u8]> = TableDefinition::new("raft_log");
+
+/// Single values, by the names in [`key`].
+const META: TableDefinition<&str, &[u8]> = TableDefinition::new("raft_meta");
+
+/// Keys of [`META`].
+mod key {
+    /// Format of the file (u64).
+    pub const FORMAT_VERSION: &str = "format_version";
+    /// The last saved vote.
+    pub const VOTE: &str = "vote";
+    /// The last saved committed log ID (absent: none saved).
+    pub const COMMITTED: &str = "committed";
+    /// The last purged log ID: entries at or below it are gone.
+    pub const LAST_PURGED: &str = "last_purged";
+}
+
+/// Everything a member's raft log holds, read by offline tools.
+#[derive(Debug, Default)]
+pub struct LogContents {
+    /// The last saved vote.
+    pub vote: Option<Vote>,
+    /// The last saved committed log ID.
+    pub committed: Option<LogId>,
+    /// Entries at or below this were purged.
+    pub last_purged: Option<LogId>,
+    /// The entries still held, in index order.
+    pub entries: Vec<Entry>,
+}
+
+/// The raft log of one member. Clones share the same file (openraft's log reader is a clone).
+#[derive(Clone)]
+pub struct LogStore {
+    db: Arc<Database>,
+}
+
+impl LogStore {
+    /// Opens (or creates) the raft log in `dir`. Blocking: call it before starting raft, or
+    /// from a blocking task.
+    pub fn open(dir: &Path) -> Result<LogStore, Error> {
+        std::fs::create_dir_all(dir).map_err(|source| Error::Io {
+            path: dir.to_path_buf(),
+            source,
+        })?;
+        let db = Database::create(dir.join(LOG_FILE))?;
+        let txn = db.begin_write()?;
+        txn.open_table(LOG)?;
+        let found: Option<u64> = get_meta(&txn.open_table(META)?, key::FORMAT_VERSION)?;
+        match found {
+            None => put_meta(&txn, key::FORMAT_VERSION, &FORMAT_VERSION)?,
+            Some(v) if v == FORMAT_VERSION => {}
+            Some(found) => {
+                return Err(Error::Format {
+                    found,
+                    expected: FORMAT_VERSION,
+                });
+            }
+        }
+        txn.commit()?;
+        Ok(LogStore { db: Arc::new(db) })
+    }
+
+    /// Reads the whole raft log of a stopped member in `dir` (for `dump-log`). Fails if the
+    /// file is missing or a running member holds it.
+    pub fn read_all(dir: &Path) -> Result<LogContents, Error> {
+        let path = dir.join(LOG_FILE);
+        std::fs::metadata(&path).map_err(|source| Error::Io {
+            path: path.clone(),
+            source,
+        })?;
+        // Opened writable although only read: redb refuses a read-only open of a file that
+        // needs recovery, which is exactly the state a killed member leaves behind. Recovery
+        // is what the member itself would do on its next start.
+        let db = Database::open(&path)?;
+        let txn = db.begin_read()?;
+        let meta = txn.open_table(META)?;
+        let found: Option<u64> = get_meta(&meta, key::FORMAT_VERSION)?;
+        if found != Some(FORMAT_VERSION) {
+            return Err(Error::Format {
+                found: found.unwrap_or(0),
+                expected: FORMAT_VERSION,
+            });
+        }
+        Ok(LogContents {
+            vote: get_meta(&meta, key::VOTE)?,
+            committed: get_meta(&meta, key::COMMITTED)?,
+            last_purged: get_meta(&meta, key::LAST_PURGED)?,
+            entries: read_entries(&txn, 0, None)?,
+        })
+    }
+
+    /// Reads in a blocking task, on a snapshot of the last committed state.
+    async fn read<T, F>(&self, f: F) -> Result<T, Error>
+    where
+        T: Send + 'static,
+        F: FnOnce(&ReadTransaction) -> Result<T, Error> + Send + 'static,
+    {
+        let db = self.db.clone();
+        blocking(move || f(&db.begin_read()?)).await
+    }
+
+    /// Runs `f` in one write transaction in a blocking task and commits it durably.
+    async fn write<F>(&self, f: F) -> Result<(), Error>
+    where
+        F: FnOnce(&WriteTransaction) -> Result<(), Error> + Send + 'static,
+    {
+        let db = self.db.clone();
+        blocking(move || {
+            let txn = db.begin_write()?;
+            f(&txn)?;
+            // The durability rule: this commit uses redb's default durability (`Immediate`), so
+            // it returns only once the write is fsynced. Every caller reports completion to
+            // openraft after this returns, never before: a vote, an entry, a committed or
+            // purged log ID openraft acts on is already on disk.
+            txn.commit()?;
+            Ok(())
+        })
+        .await
+    }
+}
+
+impl RaftLogReader<TypeConfig> for LogStore {
+    async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + OptionalSend>(
+        &mut self,
+        range: RB,
+    ) -> Result<Vec<Entry>, io::Error> {
+        let (from, until) = index_bounds(&range);
+        Ok(self.read(move |txn| read_entries(txn, from, until)).await?)
+    }
+
+    async fn read_vote(&mut self) -> Result<Option<Vote>, io::Error> {
+        Ok(self
+            .read(|txn| get_meta(&txn.open_table(META)?, key::VOTE))
+            .await?)
+    }
+}
+
+impl RaftLogStorage<TypeConfig> for LogStore {
+    type LogReader = LogStore;
+
+    async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, io::Error> {
+        Ok(self
+            .read(|txn| {
+                let last_purged: Option<LogId> =
+                    get_meta(&txn.open_table(META)?, key::LAST_PURGED)?;
+                let last = match txn.open_table(LOG)?.last()? {
+                    Some((_, v)) => Some(decode::<Entry>("entry", v.value())?.log_id),
+                    // With every entry purged, the last log ID is the last purged one.
+                    None => last_purged,
+                };
+                Ok(LogState {
+                    last_purged_log_id: last_purged,
+                    last_log_id: last,
+                })
+            })
+            .await?)
+    }
+
+    async fn get_log_reader(&mut self) -> Self::LogReader {
+        self.clone()
+    }
+
+    async fn save_vote(&mut self, vote: &Vote) -> Result<(), io::Error> {
+        let vote = *vote;
+        // Returns only after the durable commit in `write`: the vote is on disk before
+        // openraft answers any vote request with it.
+        Ok(self
+            .write(move |txn| put_meta(txn, key::VOTE, &vote))
+            .await?)
+    }
+
+    async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), io::Error> {
+        Ok(self
+            .write(move |txn| match committed {
+                Some(id) => put_meta(txn, key::COMMITTED, &id),
+                None => {
+                    txn.open_table(META)?.remove(key::COMMITTED)?;
+                    Ok(())
+                }
+            })
+            .await?)
+    }
+
+    async fn read_committed(&mut self) -> Result<Option<LogId>, io::Error> {
+        Ok(self
+            .read(|txn| get_meta(&txn.open_table(META)?, key::COMMITTED))
+            .await?)
+    }
+
+    async fn append<I>(
+        &mut self,
+        entries: I,
+        callback: IOFlushed<TypeConfig>,
+    ) -> Result<(), io::Error>
+    where
+        I: IntoIterator<Item = Entry> + OptionalSend,
+        I::IntoIter: OptionalSend,
+    {
+        let entries: Vec<Entry> = entries.into_iter().collect();
+        self.write(move |txn| {
+            let mut log = txn.open_table(LOG)?;
+            for entry in &entries {
+                log.insert(entry.log_id.index(), encode("entry", entry)?.as_slice())?;
+            }
+            Ok(())
+        })
+        .await?;
+        // The entries are committed and fsynced: readable now, and durable, so the flush can
+        // be reported before returning.
+        callback.io_completed(Ok(()));
+        Ok(())
+    }
+
+    async fn truncate_after(&mut self, last_log_id: Option<LogId>) -> Result<(), io::Error> {
+        let from = last_log_id.map_or(0, |id| id.index() + 1);
+        Ok(self
+            .write(move |txn| {
+                txn.open_table(LOG)?.retain_in(from.., |_, _| false)?;
+                Ok(())
+            })
+            .await?)
+    }
+
+    async fn purge(&mut self, log_id: LogId) -> Result<(), io::Error> {
+        Ok(self
+            .write(move |txn| {
+                // One transaction: the marker and the deletion land together, so the log never
+                // shows a gap below its first entry that the marker does not explain.
+                put_meta(txn, key::LAST_PURGED, &log_id)?;
+                txn.open_table(LOG)?
+                    .retain_in(..=log_id.index(), |_, _| false)?;
+                Ok(())
+            })
+            .await?)
+    }
+}
+
+/// A range of indexes as `[from, until)`, `until` `None` for no upper end.
+fn index_bounds(range: &impl RangeBounds<u64>) -> (u64, Option<u64>) {
+    let from = match range.start_bound() {
+        Bound::Included(&i) => i,
+        Bound::Excluded(&i) => i.saturating_add(1),
+        Bound::Unbounded => 0,
+    };
+    let until = match range.end_bound() {
+        Bound::Included(&i) => i.checked_add(1),
+        Bound::Excluded(&i) => Some(i),
+        Bound::Unbounded => None,
+    };
+    (from, until)
+}
+
+/// Entries with index in `[from, until)`, checking each is stored under its own index.
+fn read_entries(txn: &ReadTransaction, from: u64, until: Option<u64>) -> Result<Vec<Entry>, Error> {
+    let log = txn.open_table(LOG)?;
+    let items = match until {
+        // redb refuses an inverted range; an empty one simply holds nothing.
+        Some(until) if until <= from => return Ok(Vec::new()),
+        Some(until) => log.range(from..until)?,
+        None => log.range(from..)?,
+    };
+    let mut entries = Vec::new();
+    for item in items {
+        let (k, v) = item?;
+        let entry: Entry = decode("entry", v.value())?;
+        if entry.log_id.index() != k.value() {
+            return Err(Error::Corrupt {
+                what: "entry",
+                detail: format!("index {} stored under {}", entry.log_id.index(), k.value()),
+            });
+        }
+        entries.push(entry);
+    }
+    Ok(entries)
+}
+
+fn get_meta<T: DeserializeOwned>(
+    table: &impl ReadableTable<&'static str, &'static [u8]>,
+    key: &'static str,
+) -> Result<Option<T>, Error> {
+    match table.get(key)? {
+        None => Ok(None),
+        Some(v) => decode(key, v.value()).map(Some),
+    }
+}
+
+fn put_meta<T: Serialize>(
+    txn: &WriteTransaction,
+    key: &'static str,
+    value: &T,
+) -> Result<(), Error> {
+    txn.open_table(META)?
+        .insert(key, encode(key, value)?.as_slice())?;
+    Ok(())
+}
+
+fn encode<T: Serialize>(what: &'static str, value: &T) -> Result<Vec<u8>, Error> {
+    postcard::to_stdvec(value).map_err(|e| Error::Encode {
+        what,
+        detail: e.to_string(),
+    })
+}
+
+fn decode<T: DeserializeOwned>(what: &'static str, bytes: &[u8]) -> Result<T, Error> {
+    postcard::from_bytes(bytes).map_err(|e| Error::Corrupt {
+        what,
+        detail: e.to_string(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_raft_log_does_not_share_the_engine_file() {
+        assert_ne!(LOG_FILE, crate::backend::DB_FILE);
+    }
+
+    #[test]
+    fn index_bounds_cover_every_bound_kind() {
+        assert_eq!(index_bounds(&(3..7)), (3, Some(7)));
+        assert_eq!(index_bounds(&(3..=7)), (3, Some(8)));
+        assert_eq!(index_bounds(&(..)), (0, None));
+        assert_eq!(index_bounds(&(5..)), (5, None));
+        assert_eq!(index_bounds(&(..=u64::MAX)), (0, None));
+        assert_eq!(
+            index_bounds(&(Bound::Excluded(2), Bound::Unbounded)),
+            (3, None)
+        );
+    }
+
+    #[test]
+    fn a_log_of_another_format_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        drop(LogStore::open(dir.path()).unwrap());
+        {
+            let db = Database::create(dir.path().join(LOG_FILE)).unwrap();
+            let txn = db.begin_write().unwrap();
+            put_meta(&txn, key::FORMAT_VERSION, &99u64).unwrap();
+            txn.commit().unwrap();
+        }
+        let err = LogStore::open(dir.path()).err().unwrap();
+        assert!(matches!(err, Error::Format { found: 99, .. }), "{err}");
+        let err = LogStore::read_all(dir.path()).unwrap_err();
+        assert!(matches!(err, Error::Format { found: 99, .. }), "{err}");
+    }
+
+    #[test]
+    fn read_all_of_a_missing_log_names_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let err = LogStore::read_all(dir.path()).unwrap_err();
+        assert!(err.to_string().contains(LOG_FILE), "{err}");
+    }
+}
