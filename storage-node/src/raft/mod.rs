@@ -2,10 +2,10 @@
 //! values and the engine's own log types ([`crate::entry`]).
 //!
 //! # Layout
-//! - this file: [`TypeConfig`], short aliases, the raft layer's [`Error`], and conversions to and
-//!   from the engine's types.
+//! - this file: [`TypeConfig`], short aliases, the raft layer's [`enum@Error`], and
+//!   conversions to and from the engine's types.
 //! - [`log_store`]: the durable raft log (its own redb file beside the engine's).
-//! - `state_machine`: the engine as openraft's state machine; snapshots.
+//! - [`state_machine`]: the engine as openraft's state machine; snapshots.
 //! - [`waiters`]: hands each applied command's local result to the request waiting for it.
 //!
 //! # Log indexes
@@ -26,9 +26,11 @@ use crate::entry::{self, Member};
 use crate::{backend, snapshot};
 
 pub mod log_store;
+pub mod state_machine;
 pub mod waiters;
 
 pub use log_store::{LogContents, LogStore};
+pub use state_machine::{SnapshotBuilder, StateMachine};
 pub use waiters::Waiters;
 
 openraft::declare_raft_types!(
@@ -41,6 +43,8 @@ openraft::declare_raft_types!(
         LeaderId = openraft::impls::leader_id_std::LeaderId<u64, u64>,
 );
 
+/// A member running raft over the engine.
+pub type Raft = openraft::Raft<TypeConfig, StateMachine>;
 /// A raft log ID.
 pub type LogId = alias::LogIdOf<TypeConfig>;
 /// A raft log entry.

@@ -1,0 +1,242 @@
+//! The engine as openraft's state machine, and its snapshots.
+//!
+//! # Applied state
+//! The engine's persisted consistent index is openraft's last applied log ID (shifted by one,
+//! see [`crate::raft`]): no separate record is kept. Under the fault switch
+//! ([`crate::StoreConfig::unsafe_reproduce_etcd_11651`]) that index lags behind auth entries
+//! after a restart, so openraft applies them a second time: that replay is the reproduction of
+//! etcd 11651 and is deliberately left as the engine reports it.
+//!
+//! # Applying
+//! Entries that the stream already holds are applied together, in one engine transaction (one
+//! fsync), then each command's outcome goes to its [`Waiters`] entry and every openraft
+//! responder is answered. A storage error stops applying and is returned to openraft.
+//!
+//! # Snapshots
+//! A snapshot is the engine's own checksummed stream ([`Store::write_snapshot`]), held in
+//! memory. The current one lives in memory only and is not persisted: the engine is durable on
+//! its own, so after a restart openraft rebuilds a snapshot when it needs one (it does so at
+//! startup if the log was purged). A persisted snapshot would also be wrong under the fault
+//! switch: openraft installs a snapshot newer than the applied state at startup, which would
+//! hide the replay the switch exists to reproduce.
+
+use std::io::{self, Cursor};
+use std::sync::{Arc, Mutex};
+
+use futures_util::{FutureExt, Stream, TryStreamExt};
+use openraft::storage::{EntryResponder, RaftStateMachine};
+use openraft::{OptionalSend, RaftSnapshotBuilder};
+
+use super::{
+    Error, LogId, Snapshot, SnapshotData, SnapshotMeta, StoredMembership, TypeConfig, Waiters,
+    blocking, entry_to_engine, log_id_from_engine, stored_membership_from_engine,
+};
+use crate::entry::EntryPayload;
+use crate::snapshot;
+use crate::store::{Outcome, Store};
+
+/// The current snapshot, shared by the state machine and the builders it hands out.
+type Slot = Arc<Mutex<Option<Current>>>;
+
+#[derive(Clone)]
+struct Current {
+    meta: SnapshotMeta,
+    data: Arc<Vec<u8>>,
+}
+
+/// Makes `meta`/`data` the current snapshot unless the current one is newer (a build that
+/// started before an install finished must not replace the installed snapshot).
+fn keep(slot: &Slot, meta: SnapshotMeta, data: Arc<Vec<u8>>) {
+    // The critical section only swaps a value, so a poisoned lock still holds a usable one.
+    let mut current = slot.lock().unwrap_or_else(|p| p.into_inner());
+    if current
+        .as_ref()
+        .is_none_or(|c| c.meta.last_log_id <= meta.last_log_id)
+    {
+        *current = Some(Current { meta, data });
+    }
+}
+
+/// openraft's snapshot meta for what the engine's stream covers.
+fn meta_from_engine(meta: snapshot::SnapshotMeta) -> Result<SnapshotMeta, Error> {
+    Ok(SnapshotMeta {
+        last_log_id: log_id_from_engine(meta.applied),
+        last_membership: stored_membership_from_engine(meta.membership)?,
+    })
+}
+
+/// The engine, driven by openraft.
+pub struct StateMachine {
+    store: Arc<Store>,
+    waiters: Arc<Waiters>,
+    current: Slot,
+}
+
+impl StateMachine {
+    /// The state machine over `store`, completing `waiters` as commands apply.
+    pub fn new(store: Arc<Store>, waiters: Arc<Waiters>) -> StateMachine {
+        StateMachine {
+            store,
+            waiters,
+            current: Slot::default(),
+        }
+    }
+
+    /// Applies one batch in one engine transaction, then hands out the outcomes.
+    async fn apply_batch(&self, batch: Vec<EntryResponder<TypeConfig>>) -> Result<(), Error> {
+        let (entries, responders): (Vec<_>, Vec<_>) = batch
+            .into_iter()
+            .map(|(entry, responder)| (entry_to_engine(entry), responder))
+            .unzip();
+        let ids: Vec<Option<u64>> = entries
+            .iter()
+            .map(|e| match &e.payload {
+                EntryPayload::Normal(cmd) => Some(cmd.header.id),
+                _ => None,
+            })
+            .collect();
+        let store = self.store.clone();
+        let outcomes = match blocking(move || Ok(store.apply_batch(&entries)?)).await {
+            Ok(outcomes) => outcomes,
+            Err(e) => {
+                // Nothing of the batch was kept and raft stops here: tell the waiters now
+                // rather than leave them to time out.
+                for id in ids.into_iter().flatten() {
+                    self.waiters.cancel(id);
+                }
+                return Err(e);
+            }
+        };
+        for ((id, outcome), responder) in ids.into_iter().zip(outcomes).zip(responders) {
+            match (id, outcome) {
+                (Some(id), outcome @ Outcome::Command { .. }) => self.waiters.complete(id, outcome),
+                // The engine had applied this command before (its index was past it), so
+                // there is no local result to hand over.
+                (Some(id), _) => self.waiters.cancel(id),
+                (None, _) => {}
+            }
+            if let Some(responder) = responder {
+                responder.send(());
+            }
+        }
+        Ok(())
+    }
+}
+
+impl RaftStateMachine<TypeConfig> for StateMachine {
+    type SnapshotData = SnapshotData;
+    type SnapshotBuilder = SnapshotBuilder;
+
+    async fn applied_state(&mut self) -> Result<(Option<LogId>, StoredMembership), io::Error> {
+        // Both come from the engine's in-memory state under its lock, without touching redb,
+        // so this is cheap enough for an async thread.
+        let applied = log_id_from_engine(self.store.applied());
+        let membership = stored_membership_from_engine(self.store.membership())?;
+        Ok((applied, membership))
+    }
+
+    #[tracing::instrument(level = "debug", skip_all)]
+    async fn apply<Strm>(&mut self, mut entries: Strm) -> Result<(), io::Error>
+    where
+        Strm: Stream<Item = Result<EntryResponder<TypeConfig>, io::Error>> + Unpin + OptionalSend,
+    {
+        let mut ended = false;
+        while !ended {
+            let Some(first) = entries.try_next().await? else {
+                break;
+            };
+            let mut batch = vec![first];
+            // Take what the stream has ready without waiting: one transaction for all of it.
+            // A pending poll consumes nothing, so dropping its future loses no entry.
+            while let Some(next) = entries.try_next().now_or_never() {
+                match next? {
+                    Some(item) => batch.push(item),
+                    None => {
+                        ended = true;
+                        break;
+                    }
+                }
+            }
+            self.apply_batch(batch).await?;
+        }
+        Ok(())
+    }
+
+    async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
+        SnapshotBuilder {
+            store: self.store.clone(),
+            current: self.current.clone(),
+        }
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        meta: &SnapshotMeta,
+        snapshot: Self::SnapshotData,
+    ) -> Result<(), io::Error> {
+        let data = snapshot.into_inner();
+        let store = self.store.clone();
+        let (installed, data) = blocking(move || {
+            let installed = store.install_snapshot(data.as_slice())?;
+            Ok((installed, data))
+        })
+        .await?;
+        let found = log_id_from_engine(installed.applied);
+        if found != meta.last_log_id {
+            return Err(Error::SnapshotMismatch {
+                expected: meta.last_log_id,
+                found,
+            }
+            .into());
+        }
+        keep(&self.current, meta.clone(), Arc::new(data));
+        Ok(())
+    }
+
+    async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot>, io::Error> {
+        let current = self
+            .current
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        // openraft takes the data by value: each caller gets its own copy of the bytes.
+        Ok(current.map(|c| Snapshot {
+            meta: c.meta,
+            snapshot: Cursor::new(Vec::clone(&c.data)),
+        }))
+    }
+}
+
+/// Builds a snapshot of the engine off the state machine's task.
+pub struct SnapshotBuilder {
+    store: Arc<Store>,
+    current: Slot,
+}
+
+impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
+    type SnapshotData = SnapshotData;
+
+    async fn build_snapshot(&mut self) -> Result<Snapshot, io::Error> {
+        let store = self.store.clone();
+        // The engine streams from one read transaction opened under its lock, so the bytes and
+        // the meta describe the same applied entry even while entries keep applying.
+        let (meta, data) = blocking(move || {
+            let mut data = Vec::new();
+            let meta = store.write_snapshot(&mut data)?;
+            Ok((meta, data))
+        })
+        .await?;
+        let meta = meta_from_engine(meta)?;
+        let data = Arc::new(data);
+        keep(&self.current, meta.clone(), data.clone());
+        tracing::info!(
+            last_log_id = ?meta.last_log_id,
+            bytes = data.len(),
+            "built snapshot"
+        );
+        Ok(Snapshot {
+            meta,
+            snapshot: Cursor::new(Vec::clone(&data)),
+        })
+    }
+}
