@@ -1,21 +1,22 @@
-//! The `storage-node` command.
-//!
-//! Today it offers the engine's offline tools: `demo` plays etcd issue 11651 on three members
-//! with the fix and with the fault switch, and `dump-db` prints what a stopped member holds.
-//! Serving the etcd API comes with replication.
+//! The `storage-node` command: without a subcommand it serves as a cluster member, with
+//! etcd's flags; the subcommands are offline tools (`demo`, `dump-db`).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use storage_node::cli::{LogFormat, ServeArgs};
 use storage_node::tools::{demo, dump};
 
-/// Mend's etcd-compatible storage node.
+/// Mend's etcd-compatible storage node. Without a subcommand it runs a cluster member
+/// configured with etcd's flags.
 #[derive(Parser)]
-#[command(name = "storage-node", version, about)]
+#[command(name = "storage-node", version, about, args_conflicts_with_subcommands = true)]
 struct Cli {
     #[command(subcommand)]
-    command: Cmd,
+    command: Option<Cmd>,
+    #[command(flatten)]
+    serve: ServeArgs,
 }
 
 #[derive(Subcommand)]
@@ -39,15 +40,26 @@ enum Cmd {
     },
 }
 
+fn init_logging(default_filter: &str, format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| default_filter.into());
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => builder.init(),
+    }
+}
+
 fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "error".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
-    match Cli::parse().command {
+    let cli = Cli::parse();
+    let Some(command) = cli.command else {
+        init_logging("info,openraft=warn", cli.serve.log_format);
+        return serve(cli.serve);
+    };
+    init_logging("error", LogFormat::Text);
+    match command {
         Cmd::Demo {
             data_dir,
             bcrypt_cost,
@@ -106,5 +118,40 @@ fn run_demo(data_dir: Option<PathBuf>, bcrypt_cost: u32) -> ExitCode {
     } else {
         println!("UNEXPECTED: the rounds above do not show what the demo promises.");
         ExitCode::FAILURE
+    }
+}
+
+fn serve(args: ServeArgs) -> ExitCode {
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("storage-node: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(storage_node::server::member::run(args, shutdown_signal())) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = %e, "member stopped");
+            eprintln!("storage-node: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Resolves on SIGTERM or SIGINT.
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
+        (Ok(mut term), Ok(mut int)) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
+            }
+        }
+        // Without signal handlers, Ctrl-C through tokio is the remaining way to stop cleanly.
+        _ => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
     }
 }

@@ -461,6 +461,11 @@ impl Store {
             .check_op(info, key, range_end, access)
     }
 
+    /// Checks that the caller may read or change the auth store (etcd's `IsAdminPermitted`).
+    pub fn check_admin(&self, info: &AuthInfo) -> auth::Result<()> {
+        self.read().engine.auth.check_admin(info)
+    }
+
     /// Lease `id`, with its attached keys.
     pub fn lease(&self, id: i64) -> Option<Lease> {
         self.read().engine.leases.get(id).cloned()

@@ -71,7 +71,7 @@ fn txn_runs_the_branch_its_compares_choose_under_one_revision() {
         ),
     ));
     assert!(t.succeeded);
-    assert_eq!(t.revision, 2, "two puts, one revision");
+    assert_eq!(t.revision, 3, "k at 2, then two puts in one revision");
     match &t.responses[2] {
         ResponseOp::Range(r) => assert_eq!(r.kvs[0].value, b"x", "a txn reads its own writes"),
         other => panic!("{other:?}"),
@@ -109,7 +109,7 @@ fn txn_runs_the_branch_its_compares_choose_under_one_revision() {
         ),
     ));
     assert_eq!(
-        t.revision, 3,
+        t.revision, 4,
         "a read-only txn does not advance the revision"
     );
 }
@@ -199,7 +199,7 @@ fn a_txn_that_would_fail_half_way_changes_nothing() {
     let status = s.status();
     assert_eq!(
         (status.revision, status.key_count, status.applied.index),
-        (0, 0, 4)
+        (1, 0, 4)
     );
     assert_eq!(
         status.consistent_index.index, 4,
@@ -255,7 +255,7 @@ fn leases_attach_keys_and_revoking_deletes_them_in_one_revision() {
     assert_eq!(
         granted,
         Response::LeaseGrant(LeaseGrantResponse {
-            revision: 0,
+            revision: 1,
             id: 7,
             ttl: 2
         }),
@@ -314,7 +314,7 @@ fn leases_attach_keys_and_revoking_deletes_them_in_one_revision() {
     .unwrap();
     assert_eq!(
         revoked,
-        Response::LeaseRevoke(LeaseRevokeResponse { revision: 4 })
+        Response::LeaseRevoke(LeaseRevokeResponse { revision: 5 })
     );
     assert_eq!(
         values(&s, "\0", "\0"),
@@ -546,7 +546,7 @@ fn a_batch_applies_in_order_and_reports_each_entry() {
     let outcomes = s.apply_batch(&entries).unwrap();
     assert_eq!(outcomes.len(), 64);
     assert!(
-        matches!(&outcomes[63], Outcome::Command { response: Ok(Response::Put(p)), .. } if p.revision == 64)
+        matches!(&outcomes[63], Outcome::Command { response: Ok(Response::Put(p)), .. } if p.revision == 65)
     );
     let status = s.status();
     assert_eq!(
@@ -555,7 +555,7 @@ fn a_batch_applies_in_order_and_reports_each_entry() {
             status.revision,
             status.consistent_index.index
         ),
-        (64, 64, 64)
+        (64, 65, 64)
     );
 }
 

@@ -142,7 +142,8 @@ proptest! {
     fn mvcc_matches_the_model(ops in proptest::collection::vec(op(), 1..80)) {
         let store = Store::in_memory(storage_node::StoreConfig::default()).unwrap();
         let mut log = Log::default();
-        let mut model = Model { history: vec![BTreeMap::new()], compacted: 0 };
+        // As in etcd, an empty store is at revision 1 (revisions 0 and 1 are both empty).
+        let mut model = Model { history: vec![BTreeMap::new(); 2], compacted: 0 };
         let mut apply = |request: Request| response(store.apply(&log.push(RequestHeader::default(), request)).unwrap());
         for op in ops {
             match op {

@@ -89,7 +89,8 @@ impl KvState {
     pub(crate) fn load(txn: &ReadTransaction) -> Result<(KvState, Vec<Attached>), backend::Error> {
         let table = txn.open_table(KV)?;
         let mut index = Index::default();
-        let mut current = 0;
+        // As in etcd, an empty store is at revision 1: the first write makes revision 2.
+        let mut current = 1;
         for item in table.iter()? {
             let (k, v) = item?;
             let (main, sub) = k.value();

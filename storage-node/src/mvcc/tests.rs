@@ -91,20 +91,21 @@ fn pairs(list: &[(&str, &str)]) -> Vec<(String, String)> {
 #[test]
 fn put_sets_revisions_and_versions_like_etcd() {
     let mut kv = Kv::new();
-    assert_eq!(kv.put("a", "1"), 1);
-    assert_eq!(kv.put("b", "1"), 2);
-    assert_eq!(kv.put("a", "2"), 3);
+    // As in etcd, an empty store is at revision 1: the first write makes revision 2.
+    assert_eq!(kv.put("a", "1"), 2);
+    assert_eq!(kv.put("b", "1"), 3);
+    assert_eq!(kv.put("a", "2"), 4);
     let a = kv
         .range(RangeRequest {
             key: "a".into(),
             ..Default::default()
         })
         .unwrap();
-    assert_eq!(a.revision, 3);
+    assert_eq!(a.revision, 4);
     let a = &a.kvs[0];
-    assert_eq!((a.create_revision, a.mod_revision, a.version), (1, 3, 2));
+    assert_eq!((a.create_revision, a.mod_revision, a.version), (2, 4, 2));
     kv.delete("a", "");
-    assert_eq!(kv.put("a", "3"), 5);
+    assert_eq!(kv.put("a", "3"), 6);
     let a = &kv
         .range(RangeRequest {
             key: "a".into(),
@@ -114,7 +115,7 @@ fn put_sets_revisions_and_versions_like_etcd() {
         .kvs[0];
     assert_eq!(
         (a.create_revision, a.mod_revision, a.version),
-        (5, 5, 1),
+        (6, 6, 1),
         "a new life after delete"
     );
 }
@@ -142,12 +143,12 @@ fn range_serves_single_keys_ranges_prefixes_everything_and_past_revisions() {
     );
     assert_eq!(kv.get("\0", "\0", 0).unwrap().len(), 5);
     assert_eq!(
-        kv.get("a", "", 1).unwrap(),
+        kv.get("a", "", 2).unwrap(),
         pairs(&[("a", "a")]),
-        "value at revision 1"
+        "value at revision 2"
     );
     assert_eq!(
-        kv.get("c", "", 4).unwrap(),
+        kv.get("c", "", 5).unwrap(),
         pairs(&[]),
         "c did not exist yet"
     );
@@ -269,10 +270,10 @@ fn sorted_range_with_limit_sorts_before_truncating() {
 #[test]
 fn range_filters_by_mod_and_create_revision() {
     let mut kv = Kv::new();
-    kv.put("a", "1"); // 1
-    kv.put("b", "1"); // 2
-    kv.put("c", "1"); // 3
-    kv.put("a", "2"); // 4
+    kv.put("a", "1"); // 2
+    kv.put("b", "1"); // 3
+    kv.put("c", "1"); // 4
+    kv.put("a", "2"); // 5
     let keys = |req: RangeRequest| {
         kv.range(RangeRequest {
             key: "\0".into(),
@@ -287,28 +288,28 @@ fn range_filters_by_mod_and_create_revision() {
     };
     assert_eq!(
         keys(RangeRequest {
-            min_mod_revision: 3,
+            min_mod_revision: 4,
             ..Default::default()
         }),
         "ac"
     );
     assert_eq!(
         keys(RangeRequest {
-            max_mod_revision: 3,
+            max_mod_revision: 4,
             ..Default::default()
         }),
         "bc"
     );
     assert_eq!(
         keys(RangeRequest {
-            min_create_revision: 2,
+            min_create_revision: 3,
             ..Default::default()
         }),
         "bc"
     );
     assert_eq!(
         keys(RangeRequest {
-            max_create_revision: 1,
+            max_create_revision: 2,
             ..Default::default()
         }),
         "a"
@@ -322,7 +323,7 @@ fn delete_range_returns_prev_kvs_under_one_revision() {
         kv.put(k, k);
     }
     let d = kv.delete("a", "c");
-    assert_eq!((d.deleted, d.revision), (2, 4));
+    assert_eq!((d.deleted, d.revision), (2, 5));
     assert_eq!(
         d.prev_kvs.iter().map(|kv| s(&kv.key)).collect::<String>(),
         "ab"
@@ -330,7 +331,7 @@ fn delete_range_returns_prev_kvs_under_one_revision() {
     let d = kv.delete("zzz", "");
     assert_eq!(
         (d.deleted, d.revision),
-        (0, 4),
+        (0, 5),
         "deleting nothing does not advance the revision"
     );
     assert_eq!(kv.state.live_keys, 1);
@@ -403,31 +404,31 @@ fn empty_keys_are_refused() {
         kv.range(RangeRequest::default()),
         Err(Error::Invalid(InvalidRequest::EmptyKey))
     ));
-    assert_eq!(kv.state.current, 0);
+    assert_eq!(kv.state.current, 1, "an empty store is at revision 1");
 }
 
 #[test]
 fn compaction_discards_history_and_bounds_readable_revisions() {
     let mut kv = Kv::new();
-    kv.put("a", "1"); // 1
-    kv.put("a", "2"); // 2
-    kv.put("b", "1"); // 3
-    kv.delete("b", ""); // 4
-    kv.put("c", "1"); // 5
-    kv.compact(4).unwrap();
-    assert!(matches!(kv.get("a", "", 3), Err(Error::Compacted)));
+    kv.put("a", "1"); // 2
+    kv.put("a", "2"); // 3
+    kv.put("b", "1"); // 4
+    kv.delete("b", ""); // 5
+    kv.put("c", "1"); // 6
+    kv.compact(5).unwrap();
+    assert!(matches!(kv.get("a", "", 4), Err(Error::Compacted)));
     assert_eq!(
-        kv.get("a", "", 4).unwrap(),
+        kv.get("a", "", 5).unwrap(),
         pairs(&[("a", "2")]),
         "the compaction revision stays readable"
     );
     assert_eq!(
-        kv.get("\0", "\0", 5).unwrap(),
+        kv.get("\0", "\0", 6).unwrap(),
         pairs(&[("a", "2"), ("c", "1")])
     );
-    assert!(matches!(kv.get("a", "", 6), Err(Error::FutureRev)));
+    assert!(matches!(kv.get("a", "", 7), Err(Error::FutureRev)));
+    assert!(matches!(kv.compact(5), Err(Error::Compacted)));
     assert!(matches!(kv.compact(4), Err(Error::Compacted)));
-    assert!(matches!(kv.compact(3), Err(Error::Compacted)));
     assert!(matches!(kv.compact(9), Err(Error::FutureRev)));
     let records = kv
         .backend
@@ -437,7 +438,7 @@ fn compaction_discards_history_and_bounds_readable_revisions() {
         .unwrap()
         .len()
         .unwrap();
-    assert_eq!(records, 2, "only a@2 and c@5 remain");
+    assert_eq!(records, 2, "only a@3 and c@6 remain");
 }
 
 #[test]
@@ -448,20 +449,20 @@ fn hash_kv_is_equal_for_equal_histories_and_fixed_for_a_past_revision() {
         kv.put("y", "2");
     }
     assert_eq!(a.hash(0).unwrap(), b.hash(0).unwrap());
-    let at2 = a.hash(2).unwrap();
+    let at3 = a.hash(3).unwrap();
     a.put("z", "3");
     assert_eq!(
-        a.hash(2).unwrap(),
-        at2,
+        a.hash(3).unwrap(),
+        at3,
         "later writes do not change a past hash"
     );
     b.put("z", "different");
-    assert_ne!(a.hash(3).unwrap().hash, b.hash(3).unwrap().hash);
-    assert_eq!(a.hash(0).unwrap().hash_revision, 3);
-    a.compact(2).unwrap();
-    assert!(matches!(a.hash(1), Err(Error::Compacted)));
-    assert!(matches!(a.hash(4), Err(Error::FutureRev)));
-    assert_eq!(a.hash(3).unwrap().compact_revision, 2);
+    assert_ne!(a.hash(4).unwrap().hash, b.hash(4).unwrap().hash);
+    assert_eq!(a.hash(0).unwrap().hash_revision, 4);
+    a.compact(3).unwrap();
+    assert!(matches!(a.hash(2), Err(Error::Compacted)));
+    assert!(matches!(a.hash(5), Err(Error::FutureRev)));
+    assert_eq!(a.hash(4).unwrap().compact_revision, 3);
 }
 
 #[test]
@@ -501,17 +502,17 @@ fn writes_report_events_with_previous_values() {
     assert_eq!(
         kinds,
         vec![
-            (EventKind::Put, 1, None),
-            (EventKind::Put, 2, Some("1".into())),
-            (EventKind::Delete, 3, Some("2".into()))
+            (EventKind::Put, 2, None),
+            (EventKind::Put, 3, Some("1".into())),
+            (EventKind::Delete, 4, Some("2".into()))
         ]
     );
-    kv.compact(2).unwrap();
+    kv.compact(3).unwrap();
     assert!(matches!(
         events_since(
             &kv.backend.begin_read().unwrap(),
             &kv.state,
-            1,
+            2,
             &KeyInterval::of(b"a", b"")
         ),
         Err(Error::Compacted)
@@ -535,7 +536,7 @@ fn reads_inside_a_write_see_its_own_changes() {
             })
         })
         .unwrap();
-    assert_eq!((s(&seen.kvs[0].value), seen.revision), ("new".into(), 2));
+    assert_eq!((s(&seen.kvs[0].value), seen.revision), ("new".into(), 3));
 }
 
 #[test]
@@ -581,19 +582,19 @@ fn the_index_is_rebuilt_from_disk() {
     kv.put("b", "1");
     kv.delete("a", "");
     kv.put("c", "1");
-    kv.compact(3).unwrap();
+    kv.compact(4).unwrap();
     let (reloaded, _) = KvState::load(&kv.backend.begin_read().unwrap()).unwrap();
     assert_eq!(
         (reloaded.current, reloaded.compacted, reloaded.live_keys),
-        (4, 3, 2)
+        (5, 4, 2)
     );
-    kv.compact(4).unwrap();
-    kv.delete("\0", "\0");
     kv.compact(5).unwrap();
+    kv.delete("\0", "\0");
+    kv.compact(6).unwrap();
     let (reloaded, _) = KvState::load(&kv.backend.begin_read().unwrap()).unwrap();
     assert_eq!(
         (reloaded.current, reloaded.live_keys),
-        (5, 0),
+        (6, 0),
         "the revision survives compacting everything away"
     );
 }

@@ -7,6 +7,9 @@
 //! - [`log_store`]: the durable raft log (its own redb file beside the engine's).
 //! - [`state_machine`]: the engine as openraft's state machine; snapshots.
 //! - [`waiters`]: hands each applied command's local result to the request waiting for it.
+//! - [`network`]: the peer protocol over gRPC, both sides.
+//! - [`node`]: a running member: proposals answered from the local apply, read points,
+//!   membership changes, leader transfer.
 //!
 //! # Log indexes
 //! openraft numbers its log from 0: `Raft::initialize` writes the first membership at index 0.
@@ -26,6 +29,8 @@ use crate::entry::{self, Member};
 use crate::{backend, snapshot};
 
 pub mod log_store;
+pub mod network;
+pub mod node;
 pub mod state_machine;
 pub mod waiters;
 
