@@ -11,7 +11,12 @@ use storage_node::tools::{demo, dump};
 /// Mend's etcd-compatible storage node. Without a subcommand it runs a cluster member
 /// configured with etcd's flags.
 #[derive(Parser)]
-#[command(name = "storage-node", version, about, args_conflicts_with_subcommands = true)]
+#[command(
+    name = "storage-node",
+    version,
+    about,
+    args_conflicts_with_subcommands = true
+)]
 struct Cli {
     #[command(subcommand)]
     command: Option<Cmd>,
@@ -35,6 +40,11 @@ enum Cmd {
     /// Print a stopped member's consistent index, revisions, AuthRevision, users, roles, leases
     /// and membership.
     DumpDb {
+        /// The member's data directory (`--data-dir` of the node).
+        data_dir: PathBuf,
+    },
+    /// Print a stopped member's raft log: vote, committed index, and one line per entry.
+    DumpLog {
         /// The member's data directory (`--data-dir` of the node).
         data_dir: PathBuf,
     },
@@ -64,16 +74,21 @@ fn main() -> ExitCode {
             data_dir,
             bcrypt_cost,
         } => run_demo(data_dir, bcrypt_cost),
-        Cmd::DumpDb { data_dir } => match dump::dump_db(&data_dir) {
-            Ok(text) => {
-                print!("{text}");
-                ExitCode::SUCCESS
-            }
-            Err(e) => {
-                eprintln!("storage-node dump-db: {e}");
-                ExitCode::FAILURE
-            }
-        },
+        Cmd::DumpDb { data_dir } => print_or_fail("dump-db", dump::dump_db(&data_dir)),
+        Cmd::DumpLog { data_dir } => print_or_fail("dump-log", dump::dump_log(&data_dir)),
+    }
+}
+
+fn print_or_fail(tool: &str, result: Result<String, impl std::fmt::Display>) -> ExitCode {
+    match result {
+        Ok(text) => {
+            print!("{text}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("storage-node {tool}: {e}");
+            ExitCode::FAILURE
+        }
     }
 }
 
@@ -122,7 +137,10 @@ fn run_demo(data_dir: Option<PathBuf>, bcrypt_cost: u32) -> ExitCode {
 }
 
 fn serve(args: ServeArgs) -> ExitCode {
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(r) => r,
         Err(e) => {
             eprintln!("storage-node: cannot start the async runtime: {e}");
@@ -142,7 +160,10 @@ fn serve(args: ServeArgs) -> ExitCode {
 /// Resolves on SIGTERM or SIGINT.
 async fn shutdown_signal() {
     use tokio::signal::unix::{SignalKind, signal};
-    match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
+    match (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) {
         (Ok(mut term), Ok(mut int)) => {
             tokio::select! {
                 _ = term.recv() => {}

@@ -98,3 +98,84 @@ pub fn dump_db(dir: &Path) -> Result<String, backend::Error> {
     }
     Ok(out)
 }
+
+/// Renders the raft log of the stopped member in `dir` (etcd-dump-log's view): the vote, the
+/// committed and purged positions, and one line per entry. Indexes are the engine's, as
+/// `dump-db` and `endpoint status` show them.
+pub fn dump_log(dir: &Path) -> Result<String, crate::raft::Error> {
+    use crate::entry::EntryPayload;
+    use crate::raft::{self, LogStore};
+
+    let file = dir.join(raft::log_store::LOG_FILE);
+    if !file.exists() {
+        return Err(raft::Error::Io {
+            path: file,
+            source: std::io::Error::new(std::io::ErrorKind::NotFound, "no raft log here"),
+        });
+    }
+    let contents = LogStore::read_all(dir)?;
+    let position = |id: Option<raft::LogId>| match id {
+        Some(id) => {
+            let id = raft::log_id_to_engine(&id);
+            format!("index {} (term {})", id.index, id.term)
+        }
+        None => "none".to_string(),
+    };
+    let mut out = String::new();
+    let _ = writeln!(out, "data dir:   {}", dir.display());
+    match &contents.vote {
+        Some(vote) => {
+            let _ = writeln!(out, "vote:       {vote}");
+        }
+        None => {
+            let _ = writeln!(out, "vote:       none");
+        }
+    }
+    let _ = writeln!(out, "committed:  {}", position(contents.committed));
+    let _ = writeln!(out, "purged to:  {}", position(contents.last_purged));
+    let _ = writeln!(out, "entries:    {}", contents.entries.len());
+    let _ = writeln!(out, "{:>8} {:>6}  {:<12} detail", "index", "term", "type");
+    for entry in contents.entries {
+        let entry = raft::entry_to_engine(entry);
+        let (kind, detail) = match &entry.payload {
+            EntryPayload::Blank => ("blank", String::new()),
+            EntryPayload::Membership(m) => {
+                let voters: Vec<String> = m
+                    .configs
+                    .iter()
+                    .map(|c| {
+                        let ids: Vec<String> = c.iter().map(|id| format!("{id:x}")).collect();
+                        format!("[{}]", ids.join(","))
+                    })
+                    .collect();
+                let learners: Vec<String> = m
+                    .members
+                    .keys()
+                    .filter(|id| !m.is_voter(**id))
+                    .map(|id| format!("{id:x}"))
+                    .collect();
+                (
+                    "membership",
+                    format!(
+                        "voters={} learners=[{}]",
+                        voters.join("+"),
+                        learners.join(",")
+                    ),
+                )
+            }
+            EntryPayload::Normal(cmd) => (
+                cmd.request.kind(),
+                format!(
+                    "id={:x} user={:?} auth_revision={}",
+                    cmd.header.id, cmd.header.username, cmd.header.auth_revision
+                ),
+            ),
+        };
+        let _ = writeln!(
+            out,
+            "{:>8} {:>6}  {kind:<12} {detail}",
+            entry.log_id.index, entry.log_id.term
+        );
+    }
+    Ok(out)
+}

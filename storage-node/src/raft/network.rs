@@ -1,0 +1,367 @@
+//! Member-to-member traffic on the peer port: openraft's RPCs, and the requests a follower
+//! sends its leader (forwarded writes, read points, membership lookups).
+//!
+//! Every message travels as postcard bytes inside the `mendpeer.Peer` gRPC service; a reply is
+//! a postcard `Result<T, String>`, so a remote refusal arrives as text and a transport failure
+//! as a gRPC status. Every call has a deadline.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use openraft::error::{NetworkError, RPCError, ReplicationClosed, StreamingError, Unreachable};
+use openraft::network::{RPCOption, RaftNetworkFactory, v2::RaftNetworkV2};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, TransferLeaderRequest,
+    TransferLeaderResponse, VoteRequest, VoteResponse,
+};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use tonic::transport::{Channel, Endpoint};
+
+use super::{SnapshotData, TypeConfig, Vote};
+use crate::entry::Member;
+use crate::pb::mendpeer::Blob;
+use crate::pb::mendpeer::peer_client::PeerClient;
+
+/// Largest peer message: snapshots travel whole, so this bounds the data a member can hold.
+pub const MAX_PEER_MESSAGE: usize = 1 << 30;
+
+/// The peer RPCs.
+#[derive(Clone, Copy, Debug)]
+pub enum Rpc {
+    /// openraft AppendEntries.
+    AppendEntries,
+    /// openraft Vote.
+    Vote,
+    /// A whole snapshot.
+    InstallSnapshot,
+    /// Leadership handed over.
+    TransferLeader,
+    /// A forwarded write.
+    Propose,
+    /// A linearizable read point.
+    ReadIndex,
+    /// The cluster's membership.
+    Membership,
+}
+
+/// Why a peer call failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum PeerError {
+    /// The peer URL is not usable.
+    #[error("bad peer URL {url}: {reason}")]
+    BadUrl {
+        /// The URL.
+        url: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// The peer could not be reached or the transport failed.
+    #[error("peer unreachable: {0}")]
+    Unreachable(String),
+    /// The peer did not answer in time.
+    #[error("peer did not answer within {0:?}")]
+    Timeout(Duration),
+    /// The peer answered with a refusal.
+    #[error("{0}")]
+    Remote(String),
+    /// A message could not be encoded or decoded.
+    #[error("peer message encoding: {0}")]
+    Codec(#[from] postcard::Error),
+}
+
+/// Encodes a value for the wire.
+pub fn encode<T: Serialize>(value: &T) -> Result<Blob, postcard::Error> {
+    Ok(Blob {
+        data: postcard::to_stdvec(value)?,
+    })
+}
+
+/// Decodes a value from the wire.
+pub fn decode<T: DeserializeOwned>(blob: &Blob) -> Result<T, postcard::Error> {
+    postcard::from_bytes(&blob.data)
+}
+
+/// Lazily connected gRPC channels to peers, shared by every client of this member.
+#[derive(Clone, Default)]
+pub struct Peers {
+    channels: Arc<Mutex<HashMap<String, Channel>>>,
+}
+
+impl Peers {
+    /// A client for the peer at `url` (connects on first use, reconnects after failures).
+    pub fn client(&self, url: &str) -> Result<PeerClient<Channel>, PeerError> {
+        let mut channels = self.channels.lock().unwrap_or_else(|p| p.into_inner());
+        let channel = match channels.get(url) {
+            Some(c) => c.clone(),
+            None => {
+                let endpoint =
+                    Endpoint::from_shared(url.to_string()).map_err(|e| PeerError::BadUrl {
+                        url: url.to_string(),
+                        reason: e.to_string(),
+                    })?;
+                let channel = endpoint
+                    .connect_timeout(Duration::from_secs(1))
+                    .tcp_nodelay(true)
+                    .connect_lazy();
+                channels.insert(url.to_string(), channel.clone());
+                channel
+            }
+        };
+        Ok(PeerClient::new(channel)
+            .max_decoding_message_size(MAX_PEER_MESSAGE)
+            .max_encoding_message_size(MAX_PEER_MESSAGE))
+    }
+
+    /// Calls `rpc` on the peer at `url` with `req`, waiting at most `timeout`.
+    pub async fn call<Req: Serialize, Resp: DeserializeOwned>(
+        &self,
+        url: &str,
+        rpc: Rpc,
+        req: &Req,
+        timeout: Duration,
+    ) -> Result<Resp, PeerError> {
+        let mut client = self.client(url)?;
+        let mut request = tonic::Request::new(encode(req)?);
+        request.set_timeout(timeout);
+        let call = async move {
+            match rpc {
+                Rpc::AppendEntries => client.append_entries(request).await,
+                Rpc::Vote => client.vote(request).await,
+                Rpc::InstallSnapshot => client.install_snapshot(request).await,
+                Rpc::TransferLeader => client.transfer_leader(request).await,
+                Rpc::Propose => client.propose(request).await,
+                Rpc::ReadIndex => client.read_index(request).await,
+                Rpc::Membership => client.membership(request).await,
+            }
+        };
+        let reply = match tokio::time::timeout(timeout, call).await {
+            Err(_) => return Err(PeerError::Timeout(timeout)),
+            Ok(Err(status)) if status.code() == tonic::Code::DeadlineExceeded => {
+                return Err(PeerError::Timeout(timeout));
+            }
+            Ok(Err(status)) => return Err(PeerError::Unreachable(status.message().to_string())),
+            Ok(Ok(reply)) => reply.into_inner(),
+        };
+        decode::<Result<Resp, String>>(&reply)?.map_err(PeerError::Remote)
+    }
+}
+
+/// Picks the URL a member is reached on.
+fn peer_url(node: &Member) -> Option<&str> {
+    node.peer_urls.first().map(String::as_str)
+}
+
+/// Builds openraft's per-target network clients.
+#[derive(Clone)]
+pub struct NetworkFactory {
+    /// Shared channels.
+    pub peers: Peers,
+}
+
+impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
+    type Network = Network;
+
+    async fn new_client(&mut self, target: u64, node: &Member) -> Network {
+        Network {
+            target,
+            url: peer_url(node).map(str::to_string),
+            peers: self.peers.clone(),
+        }
+    }
+}
+
+/// openraft's client for one target member.
+pub struct Network {
+    target: u64,
+    url: Option<String>,
+    peers: Peers,
+}
+
+impl Network {
+    async fn call<Req: Serialize, Resp: DeserializeOwned>(
+        &self,
+        rpc: Rpc,
+        req: &Req,
+        timeout: Duration,
+    ) -> Result<Resp, PeerError> {
+        let url = self.url.as_deref().ok_or_else(|| {
+            PeerError::Unreachable(format!("member {:x} has no peer URL", self.target))
+        })?;
+        self.peers.call(url, rpc, req, timeout).await
+    }
+}
+
+fn rpc_error(e: PeerError) -> RPCError<TypeConfig> {
+    match e {
+        PeerError::Unreachable(_) | PeerError::BadUrl { .. } => {
+            RPCError::Unreachable(Unreachable::new(&e))
+        }
+        _ => RPCError::Network(NetworkError::new(&e)),
+    }
+}
+
+fn streaming_error(e: PeerError) -> StreamingError<TypeConfig> {
+    match e {
+        PeerError::Unreachable(_) | PeerError::BadUrl { .. } => {
+            StreamingError::Unreachable(Unreachable::new(&e))
+        }
+        _ => StreamingError::Network(NetworkError::new(&e)),
+    }
+}
+
+impl RaftNetworkV2<TypeConfig> for Network {
+    type SnapshotData = SnapshotData;
+
+    async fn append_entries(
+        &mut self,
+        rpc: AppendEntriesRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<AppendEntriesResponse<TypeConfig>, RPCError<TypeConfig>> {
+        self.call(Rpc::AppendEntries, &rpc, option.hard_ttl())
+            .await
+            .map_err(rpc_error)
+    }
+
+    async fn vote(
+        &mut self,
+        rpc: VoteRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<VoteResponse<TypeConfig>, RPCError<TypeConfig>> {
+        self.call(Rpc::Vote, &rpc, option.hard_ttl())
+            .await
+            .map_err(rpc_error)
+    }
+
+    async fn full_snapshot(
+        &mut self,
+        vote: Vote,
+        snapshot: openraft::type_config::alias::SnapshotOf<TypeConfig, SnapshotData>,
+        cancel: impl Future<Output = ReplicationClosed> + Send + 'static,
+        option: RPCOption,
+    ) -> Result<SnapshotResponse<TypeConfig>, StreamingError<TypeConfig>> {
+        let message = (vote, snapshot.meta, snapshot.snapshot.into_inner());
+        // A snapshot can take long to send and install; the per-RPC soft TTL is for small
+        // messages, so give it a generous bound of its own.
+        let timeout = option.hard_ttl().max(Duration::from_secs(60));
+        tokio::select! {
+            closed = cancel => Err(StreamingError::Closed(closed)),
+            reply = self.call(Rpc::InstallSnapshot, &message, timeout) => reply.map_err(streaming_error),
+        }
+    }
+
+    async fn transfer_leader(
+        &mut self,
+        req: TransferLeaderRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<TransferLeaderResponse<TypeConfig>, RPCError<TypeConfig>> {
+        self.call(Rpc::TransferLeader, &req, option.hard_ttl())
+            .await
+            .map_err(rpc_error)
+    }
+}
+
+/// The receiving side of the peer protocol.
+pub struct PeerService {
+    node: Arc<super::node::Node>,
+}
+
+impl PeerService {
+    /// Serves peer traffic for `node`.
+    pub fn new(node: Arc<super::node::Node>) -> PeerService {
+        PeerService { node }
+    }
+
+    /// The tonic service, with message limits large enough for whole snapshots.
+    pub fn into_server(self) -> crate::pb::mendpeer::peer_server::PeerServer<PeerService> {
+        crate::pb::mendpeer::peer_server::PeerServer::new(self)
+            .max_decoding_message_size(MAX_PEER_MESSAGE)
+            .max_encoding_message_size(MAX_PEER_MESSAGE)
+    }
+}
+
+type Reply = Result<tonic::Response<Blob>, tonic::Status>;
+
+fn reply<T: Serialize>(result: Result<T, String>) -> Reply {
+    encode(&result)
+        .map(tonic::Response::new)
+        .map_err(|e| tonic::Status::internal(format!("encoding reply: {e}")))
+}
+
+fn request<T: DeserializeOwned>(req: tonic::Request<Blob>) -> Result<T, tonic::Status> {
+    decode(req.get_ref())
+        .map_err(|e| tonic::Status::invalid_argument(format!("bad peer message: {e}")))
+}
+
+#[tonic::async_trait]
+impl crate::pb::mendpeer::peer_server::Peer for PeerService {
+    async fn append_entries(&self, req: tonic::Request<Blob>) -> Reply {
+        let rpc: AppendEntriesRequest<TypeConfig> = request(req)?;
+        reply(
+            self.node
+                .raft
+                .append_entries(rpc)
+                .await
+                .map_err(|e| e.to_string()),
+        )
+    }
+
+    async fn vote(&self, req: tonic::Request<Blob>) -> Reply {
+        let rpc: VoteRequest<TypeConfig> = request(req)?;
+        reply(self.node.raft.vote(rpc).await.map_err(|e| e.to_string()))
+    }
+
+    async fn install_snapshot(&self, req: tonic::Request<Blob>) -> Reply {
+        let (vote, meta, data): (
+            Vote,
+            openraft::type_config::alias::SnapshotMetaOf<TypeConfig>,
+            Vec<u8>,
+        ) = request(req)?;
+        let snapshot = openraft::Snapshot {
+            meta,
+            snapshot: std::io::Cursor::new(data),
+        };
+        reply(
+            self.node
+                .raft
+                .install_full_snapshot(vote, snapshot)
+                .await
+                .map_err(|e| e.to_string()),
+        )
+    }
+
+    async fn transfer_leader(&self, req: tonic::Request<Blob>) -> Reply {
+        let rpc: TransferLeaderRequest<TypeConfig> = request(req)?;
+        reply(
+            self.node
+                .raft
+                .handle_transfer_leader(rpc)
+                .await
+                .map_err(|e| e.to_string()),
+        )
+    }
+
+    async fn propose(&self, req: tonic::Request<Blob>) -> Reply {
+        let proposal: super::node::Proposal = request(req)?;
+        reply::<super::node::ForwardReply>(Ok(self.node.serve_forwarded(proposal).await))
+    }
+
+    async fn read_index(&self, _req: tonic::Request<Blob>) -> Reply {
+        // `None` tells the follower to look for the leader again.
+        reply::<Option<u64>>(match self.node.leader_read_index().await {
+            Ok(index) => Ok(Some(index)),
+            Err(super::node::NodeError::NotLeader) => Ok(None),
+            Err(e) => Err(e.to_string()),
+        })
+    }
+
+    async fn membership(&self, _req: tonic::Request<Blob>) -> Reply {
+        reply::<(u64, Vec<super::node::MemberInfo>)>(Ok((
+            self.node.cluster_id,
+            self.node.members(),
+        )))
+    }
+}

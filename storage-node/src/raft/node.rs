@@ -1,0 +1,693 @@
+//! One running member: the raft instance, the engine, and what the etcd API needs from
+//! replication: proposals answered from the local apply, linearizable read points, membership
+//! changes and leader transfer.
+//!
+//! As in etcd, a write sent to a follower is forwarded to the leader, and the client is answered
+//! from the result of applying the entry on *this* member: the waiter for the request ID is
+//! registered before proposing, and the state machine completes it when the entry applies here.
+//! That is what lets members with different AuthRevisions give different answers under the
+//! fault switch, exactly as etcd before PR 11652 did.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use openraft::ChangeMembers;
+use openraft::ServerState;
+use openraft::error::{ClientWriteError, RaftError};
+use openraft::metrics::RaftMetrics;
+use openraft::type_config::async_runtime::WatchReceiver;
+use serde::{Deserialize, Serialize};
+
+use super::network::{PeerError, Peers, Rpc};
+use super::waiters::Waiters;
+use super::{Raft, TypeConfig};
+use crate::api::{Command, Request, RequestHeader, Response};
+use crate::apply::ApplyError;
+use crate::entry::Member;
+use crate::store::{Outcome, Store};
+
+/// What can go wrong serving a request through replication.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum NodeError {
+    /// The request was applied and refused by the engine on this member.
+    #[error(transparent)]
+    Apply(#[from] ApplyError),
+    /// No leader is known (election in progress, or no quorum).
+    #[error("no leader")]
+    NoLeader,
+    /// The operation must run on the leader, and this member is not it.
+    #[error("not leader")]
+    NotLeader,
+    /// The operation did not finish in time; it may still take effect.
+    #[error("request timed out")]
+    Timeout,
+    /// The member named in a membership request is not in the cluster.
+    #[error("member not found")]
+    MemberNotFound,
+    /// A member with these peer URLs is already in the cluster.
+    #[error("peer URLs already exist")]
+    PeerUrlExists,
+    /// Promote was asked for a member that is not a learner.
+    #[error("can only promote a learner member")]
+    NotLearner,
+    /// Promote was asked for a learner that has not caught up.
+    #[error("can only promote a learner member which is in sync with leader")]
+    LearnerNotReady,
+    /// The request would leave the cluster without a voter.
+    #[error("cannot remove the last voting member")]
+    LastVoter,
+    /// MoveLeader named a member that cannot lead (a learner).
+    #[error("bad leader transferee")]
+    BadTransferee,
+    /// Leadership did not move in time.
+    #[error("leadership transfer timed out")]
+    TransferTimeout,
+    /// A peer call failed.
+    #[error(transparent)]
+    Peer(#[from] PeerError),
+    /// Raft stopped or failed.
+    #[error("raft: {0}")]
+    Raft(String),
+}
+
+/// A change that only the leader can make; followers forward it.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub enum Proposal {
+    /// A client request for the log.
+    Command(Command),
+    /// Add a learner (the first step of etcd's MemberAdd).
+    AddLearner {
+        /// New member's ID.
+        id: u64,
+        /// Its addresses.
+        member: Member,
+    },
+    /// A membership change.
+    Change(ChangeMembers<u64, Member>),
+    /// Promote a learner, if the leader finds it caught up (etcd's MemberPromote).
+    Promote {
+        /// The learner's ID.
+        id: u64,
+    },
+}
+
+/// One member as MemberList shows it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MemberInfo {
+    /// Member ID.
+    pub id: u64,
+    /// Name, peer and client URLs.
+    pub member: Member,
+    /// Whether it is a learner (not voting).
+    pub is_learner: bool,
+}
+
+/// The replication figures of etcd's Status RPC.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RaftStatus {
+    /// The leader's ID, 0 when none is known.
+    pub leader: u64,
+    /// Current term.
+    pub term: u64,
+    /// Index of the last entry in this member's log.
+    pub last_log_index: u64,
+    /// Index of the last applied entry.
+    pub applied_index: u64,
+    /// Last index covered by the latest snapshot, 0 without one.
+    pub snapshot_index: u64,
+    /// Whether this member is a learner.
+    pub is_learner: bool,
+    /// Whether this member is the leader.
+    pub is_leader: bool,
+}
+
+/// Counters exported on `/metrics`.
+#[derive(Debug, Default)]
+pub struct Counters {
+    /// Leader changes seen since start.
+    pub leader_changes: AtomicU64,
+    /// Proposals of this member's clients applied here.
+    pub proposals_committed: AtomicU64,
+    /// Proposals of this member's clients that failed or timed out.
+    pub proposals_failed: AtomicU64,
+}
+
+/// A running member.
+pub struct Node {
+    /// This member's ID.
+    pub id: u64,
+    /// The cluster's ID.
+    pub cluster_id: u64,
+    /// The raft instance.
+    pub raft: Raft,
+    /// The engine.
+    pub store: Arc<Store>,
+    waiters: Arc<Waiters>,
+    peers: Peers,
+    next_request: AtomicU64,
+    timeout: Duration,
+    counters: Arc<Counters>,
+}
+
+impl Node {
+    /// Wraps a started raft instance.
+    pub fn new(
+        id: u64,
+        cluster_id: u64,
+        raft: Raft,
+        store: Arc<Store>,
+        waiters: Arc<Waiters>,
+        peers: Peers,
+        timeout: Duration,
+    ) -> Node {
+        // etcd's request IDs: the member's low 16 bits, then a millisecond timestamp and a
+        // counter, so IDs stay unique across members and restarts.
+        let millis = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or_default();
+        let first = ((id & 0xffff) << 48) | ((millis & 0xff_ffff_ffff) << 8);
+        Node {
+            id,
+            cluster_id,
+            raft,
+            store,
+            waiters,
+            peers,
+            next_request: AtomicU64::new(first),
+            timeout,
+            counters: Arc::new(Counters::default()),
+        }
+    }
+
+    /// The member's counters.
+    pub fn counters(&self) -> &Counters {
+        &self.counters
+    }
+
+    /// Counts leader changes until raft stops (run as a task for the member's lifetime).
+    pub fn count_leader_changes(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let mut metrics = self.raft.metrics();
+        let counters = self.counters.clone();
+        async move {
+            let mut leader = metrics.borrow_watched().current_leader;
+            while metrics.changed().await.is_ok() {
+                let now = metrics.borrow_watched().current_leader;
+                if now != leader && now.is_some() {
+                    counters.leader_changes.fetch_add(1, Ordering::Relaxed);
+                }
+                leader = now;
+            }
+        }
+    }
+
+    /// How long a request may take.
+    pub fn request_timeout(&self) -> Duration {
+        self.timeout
+    }
+
+    /// Peer channels, shared with raft's network.
+    pub fn peers(&self) -> &Peers {
+        &self.peers
+    }
+
+    fn metrics(&self) -> RaftMetrics<TypeConfig> {
+        self.raft.metrics().borrow_watched().clone()
+    }
+
+    /// The leader and its addresses, when one is known.
+    pub fn leader(&self) -> Option<(u64, Member)> {
+        let metrics = self.raft.metrics();
+        let m = metrics.borrow_watched();
+        let id = m.current_leader?;
+        let member = m.membership_config.membership().get_node(&id).cloned()?;
+        Some((id, member))
+    }
+
+    /// Whether this member leads.
+    pub fn is_leader(&self) -> bool {
+        self.raft.metrics().borrow_watched().state == ServerState::Leader
+    }
+
+    /// Term, indexes, leader and role, for Status. Indexes are the engine's (openraft's plus
+    /// one, see [`super::log_id_to_engine`]), so they match the consistent index and dump-db.
+    pub fn raft_status(&self) -> RaftStatus {
+        let m = self.metrics();
+        let membership = m.membership_config.membership();
+        let engine = |id: Option<&super::LogId>| id.map(|l| super::log_id_to_engine(l).index);
+        RaftStatus {
+            leader: m.current_leader.unwrap_or_default(),
+            term: m.current_term,
+            last_log_index: m.last_log_index.map(|i| i + 1).unwrap_or_default(),
+            applied_index: engine(m.last_applied.as_ref()).unwrap_or_default(),
+            snapshot_index: engine(m.snapshot.as_ref()).unwrap_or_default(),
+            is_learner: membership.learner_ids().any(|id| id == self.id),
+            is_leader: m.state == ServerState::Leader,
+        }
+    }
+
+    /// Every member, voters first by ID, then learners.
+    pub fn members(&self) -> Vec<MemberInfo> {
+        let m = self.metrics();
+        let membership = m.membership_config.membership();
+        let voters: BTreeSet<u64> = membership.voter_ids().collect();
+        membership
+            .nodes()
+            .map(|(id, member)| MemberInfo {
+                id: *id,
+                member: member.clone(),
+                is_learner: !voters.contains(id),
+            })
+            .collect()
+    }
+
+    /// Proposes `request` on behalf of the caller described by `header` (user and
+    /// AuthRevision; the ID is assigned here) and returns the result of applying it on this
+    /// member.
+    #[tracing::instrument(level = "debug", skip_all, fields(member_id = %format_args!("{:x}", self.id), kind = request.kind()))]
+    pub async fn propose(
+        &self,
+        header: RequestHeader,
+        request: Request,
+    ) -> Result<Response, NodeError> {
+        let id = self.next_request.fetch_add(1, Ordering::Relaxed);
+        let command = Command {
+            header: RequestHeader { id, ..header },
+            request,
+        };
+        let deadline = Instant::now() + self.timeout;
+        let applied = self.waiters.register(id);
+        let result = async {
+            self.submit(Proposal::Command(command), deadline).await?;
+            match tokio::time::timeout_at(deadline.into(), applied).await {
+                Ok(Ok(Outcome::Command { response, .. })) => Ok(response?),
+                Ok(Ok(_)) | Ok(Err(_)) => Err(NodeError::Raft(
+                    "the entry was applied without a command result".into(),
+                )),
+                Err(_) => Err(NodeError::Timeout),
+            }
+        }
+        .await;
+        match &result {
+            // A refusal at apply still committed the entry.
+            Ok(_) | Err(NodeError::Apply(_)) => {
+                self.counters
+                    .proposals_committed
+                    .fetch_add(1, Ordering::Relaxed);
+            }
+            Err(_) => {
+                self.counters
+                    .proposals_failed
+                    .fetch_add(1, Ordering::Relaxed);
+                self.waiters.cancel(id);
+            }
+        }
+        result
+    }
+
+    /// Hands a proposal to the leader (this member or a peer), retrying while leadership is
+    /// unknown or moving, until `deadline`.
+    async fn submit(&self, proposal: Proposal, deadline: Instant) -> Result<(), NodeError> {
+        loop {
+            let refusal = match self.execute_local(&proposal).await {
+                Ok(()) => return Ok(()),
+                Err(Refusal::Failed(e)) => return Err(e),
+                Err(Refusal::NotLeader) => match self.leader() {
+                    Some((leader, member)) if leader != self.id => {
+                        let url = member.peer_urls.first().cloned().unwrap_or_default();
+                        let remaining = deadline.saturating_duration_since(Instant::now());
+                        match self
+                            .peers
+                            .call::<_, ForwardReply>(&url, Rpc::Propose, &proposal, remaining)
+                            .await
+                        {
+                            Ok(ForwardReply::Done) => return Ok(()),
+                            Ok(ForwardReply::NotLeader) => NodeError::NotLeader,
+                            Ok(ForwardReply::Failed(rejection)) => return Err(rejection.into()),
+                            Err(PeerError::Timeout(_)) => return Err(NodeError::Timeout),
+                            Err(e) => NodeError::Peer(e),
+                        }
+                    }
+                    _ => NodeError::NoLeader,
+                },
+            };
+            let remaining = deadline.saturating_duration_since(Instant::now());
+            if remaining.is_zero() {
+                return Err(match refusal {
+                    NodeError::NoLeader | NodeError::NotLeader => NodeError::NoLeader,
+                    other => other,
+                });
+            }
+            // Wait for the leadership view to change (or a short while, if it does not) before
+            // trying again: the refusal means no entry was appended, so retrying is safe.
+            let current = self.raft.metrics().borrow_watched().current_leader;
+            let _ = self
+                .raft
+                .wait(Some(remaining.min(Duration::from_millis(50))))
+                .metrics(|m| m.current_leader != current, "leader change")
+                .await;
+        }
+    }
+
+    /// Runs a proposal here if this member leads.
+    async fn execute_local(&self, proposal: &Proposal) -> Result<(), Refusal> {
+        // Asking openraft on a follower would work too, but it logs every refusal as an error.
+        if !self.is_leader() {
+            return Err(Refusal::NotLeader);
+        }
+        let result = match proposal.clone() {
+            Proposal::Command(command) => self.raft.client_write(command).await.map(|_| ()),
+            Proposal::AddLearner { id, member } => {
+                self.raft.add_learner(id, member, false).await.map(|_| ())
+            }
+            Proposal::Change(change) => {
+                self.raft.change_membership(change, false).await.map(|_| ())
+            }
+            Proposal::Promote { id } => {
+                self.check_learner_ready(id).map_err(Refusal::Failed)?;
+                let voters = ChangeMembers::AddVoterIds(BTreeSet::from([id]));
+                self.raft.change_membership(voters, false).await.map(|_| ())
+            }
+        };
+        result.map_err(|e| match e {
+            RaftError::APIError(ClientWriteError::ForwardToLeader(_)) => Refusal::NotLeader,
+            RaftError::APIError(other) => Refusal::Failed(NodeError::Raft(other.to_string())),
+            RaftError::Fatal(fatal) => Refusal::Failed(NodeError::Raft(fatal.to_string())),
+        })
+    }
+
+    /// Serves a forwarded proposal (the peer side of [`Rpc::Propose`]).
+    pub async fn serve_forwarded(&self, proposal: Proposal) -> ForwardReply {
+        match self.execute_local(&proposal).await {
+            Ok(()) => ForwardReply::Done,
+            Err(Refusal::NotLeader) => ForwardReply::NotLeader,
+            Err(Refusal::Failed(e)) => ForwardReply::Failed(Rejection::from(e)),
+        }
+    }
+
+    /// Waits until this member has applied everything committed when the call began, as
+    /// confirmed by the leader (etcd's ReadIndex): after it, a local read is linearizable.
+    pub async fn read_index(&self) -> Result<(), NodeError> {
+        let deadline = Instant::now() + self.timeout;
+        let index = loop {
+            if self.is_leader() {
+                match self.leader_read_index().await {
+                    Ok(index) => break index,
+                    Err(NodeError::NotLeader) => {}
+                    Err(e) => return Err(e),
+                }
+            } else if let Some((_, member)) = self.leader() {
+                let url = member.peer_urls.first().cloned().unwrap_or_default();
+                let remaining = deadline.saturating_duration_since(Instant::now());
+                match self
+                    .peers
+                    .call::<_, Option<u64>>(&url, Rpc::ReadIndex, &(), remaining)
+                    .await
+                {
+                    Ok(Some(index)) => break index,
+                    Ok(None) => {}
+                    Err(PeerError::Timeout(_)) => return Err(NodeError::Timeout),
+                    Err(_) => {}
+                }
+            }
+            let remaining = deadline.saturating_duration_since(Instant::now());
+            if remaining.is_zero() {
+                return Err(NodeError::NoLeader);
+            }
+            let current = self.raft.metrics().borrow_watched().current_leader;
+            let _ = self
+                .raft
+                .wait(Some(remaining.min(Duration::from_millis(50))))
+                .metrics(|m| m.current_leader != current, "leader change")
+                .await;
+        };
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        self.raft
+            .wait(Some(remaining))
+            .applied_index_at_least(Some(index), "read index")
+            .await
+            .map(|_| ())
+            .map_err(|_| NodeError::Timeout)
+    }
+
+    /// On the leader: confirms leadership with a quorum and returns the index a linearizable
+    /// read must wait for.
+    pub async fn leader_read_index(&self) -> Result<u64, NodeError> {
+        match self
+            .raft
+            .get_read_log_id(openraft::ReadPolicy::ReadIndex)
+            .await
+        {
+            Ok((read, _)) => Ok(read.log_id().index),
+            Err(RaftError::APIError(openraft::error::LinearizableReadError::ForwardToLeader(
+                _,
+            ))) => Err(NodeError::NotLeader),
+            Err(RaftError::APIError(e)) => Err(NodeError::Raft(e.to_string())),
+            Err(RaftError::Fatal(e)) => Err(NodeError::Raft(e.to_string())),
+        }
+    }
+
+    /// etcd's MemberAdd: a new member with a fresh ID, as a learner or a voter.
+    pub async fn member_add(
+        &self,
+        peer_urls: Vec<String>,
+        is_learner: bool,
+    ) -> Result<MemberInfo, NodeError> {
+        let members = self.members();
+        if members
+            .iter()
+            .any(|m| m.member.peer_urls.iter().any(|u| peer_urls.contains(u)))
+        {
+            return Err(NodeError::PeerUrlExists);
+        }
+        let id = new_member_id(&peer_urls, members.iter().map(|m| m.id));
+        let member = Member {
+            name: String::new(),
+            peer_urls,
+            client_urls: Vec::new(),
+        };
+        let deadline = Instant::now() + self.timeout;
+        self.submit(
+            Proposal::AddLearner {
+                id,
+                member: member.clone(),
+            },
+            deadline,
+        )
+        .await?;
+        if !is_learner {
+            self.submit(
+                Proposal::Change(ChangeMembers::AddVoterIds(BTreeSet::from([id]))),
+                deadline,
+            )
+            .await?;
+        }
+        Ok(MemberInfo {
+            id,
+            member,
+            is_learner,
+        })
+    }
+
+    /// etcd's MemberRemove.
+    pub async fn member_remove(&self, id: u64) -> Result<(), NodeError> {
+        let members = self.members();
+        let target = members
+            .iter()
+            .find(|m| m.id == id)
+            .ok_or(NodeError::MemberNotFound)?;
+        let change = if target.is_learner {
+            ChangeMembers::RemoveNodes(BTreeSet::from([id]))
+        } else {
+            if members.iter().filter(|m| !m.is_learner).count() == 1 {
+                return Err(NodeError::LastVoter);
+            }
+            ChangeMembers::RemoveVoters(BTreeSet::from([id]))
+        };
+        self.submit(Proposal::Change(change), Instant::now() + self.timeout)
+            .await
+    }
+
+    /// etcd's MemberUpdate: new peer URLs for a member.
+    pub async fn member_update(&self, id: u64, peer_urls: Vec<String>) -> Result<(), NodeError> {
+        let members = self.members();
+        let target = members
+            .iter()
+            .find(|m| m.id == id)
+            .ok_or(NodeError::MemberNotFound)?;
+        if members
+            .iter()
+            .any(|m| m.id != id && m.member.peer_urls.iter().any(|u| peer_urls.contains(u)))
+        {
+            return Err(NodeError::PeerUrlExists);
+        }
+        let member = Member {
+            peer_urls,
+            ..target.member.clone()
+        };
+        self.submit(
+            Proposal::Change(ChangeMembers::SetNodes(BTreeMap::from([(id, member)]))),
+            Instant::now() + self.timeout,
+        )
+        .await
+    }
+
+    /// Records this member's name and client URLs in the membership (etcd publishes them
+    /// through raft when a member starts).
+    pub async fn publish(&self, me: Member) -> Result<(), NodeError> {
+        let current = self
+            .members()
+            .into_iter()
+            .find(|m| m.id == self.id)
+            .ok_or(NodeError::MemberNotFound)?;
+        if current.member == me {
+            return Ok(());
+        }
+        self.submit(
+            Proposal::Change(ChangeMembers::SetNodes(BTreeMap::from([(self.id, me)]))),
+            Instant::now() + self.timeout,
+        )
+        .await
+    }
+
+    /// etcd's MemberPromote: a caught-up learner becomes a voter. The leader, which alone
+    /// knows how far the learner got, decides; followers forward the request.
+    pub async fn member_promote(&self, id: u64) -> Result<(), NodeError> {
+        let target = self
+            .members()
+            .into_iter()
+            .find(|m| m.id == id)
+            .ok_or(NodeError::MemberNotFound)?;
+        if !target.is_learner {
+            return Err(NodeError::NotLearner);
+        }
+        self.submit(Proposal::Promote { id }, Instant::now() + self.timeout)
+            .await
+    }
+
+    /// On the leader: whether learner `id` has caught up enough to vote.
+    fn check_learner_ready(&self, id: u64) -> Result<(), NodeError> {
+        let m = self.metrics();
+        let membership = m.membership_config.membership();
+        if membership.get_node(&id).is_none() {
+            return Err(NodeError::MemberNotFound);
+        }
+        if membership.voter_ids().any(|v| v == id) {
+            return Err(NodeError::NotLearner);
+        }
+        let last = m.last_log_index.unwrap_or_default();
+        let matched = m
+            .replication
+            .as_ref()
+            .and_then(|r| r.get(&id).cloned().flatten())
+            .map(|l| l.index)
+            .unwrap_or_default();
+        // etcd's rule: a learner is ready when its match index reaches 90% of the leader's.
+        if (matched as f64) < 0.9 * (last as f64) {
+            return Err(NodeError::LearnerNotReady);
+        }
+        Ok(())
+    }
+
+    /// etcd's MoveLeader: on the leader, hand leadership to `target` and wait until it leads.
+    pub async fn move_leader(&self, target: u64) -> Result<(), NodeError> {
+        let members = self.members();
+        let info = members
+            .iter()
+            .find(|m| m.id == target)
+            .ok_or(NodeError::MemberNotFound)?;
+        if info.is_learner {
+            return Err(NodeError::BadTransferee);
+        }
+        if !self.is_leader() {
+            return Err(NodeError::NotLeader);
+        }
+        if target == self.id {
+            return Ok(());
+        }
+        self.raft
+            .trigger()
+            .transfer_leader(target)
+            .await
+            .map_err(|e| NodeError::Raft(e.to_string()))?;
+        self.raft
+            .wait(Some(self.timeout))
+            .current_leader(target, "move leader")
+            .await
+            .map(|_| ())
+            .map_err(|_| NodeError::TransferTimeout)
+    }
+}
+
+enum Refusal {
+    NotLeader,
+    Failed(NodeError),
+}
+
+/// The leader's answer to a forwarded proposal.
+#[derive(Debug, Serialize, Deserialize)]
+pub enum ForwardReply {
+    /// Committed and applied on the leader.
+    Done,
+    /// The receiver does not lead (any more); nothing was appended.
+    NotLeader,
+    /// Refused for another reason.
+    Failed(Rejection),
+}
+
+/// Why the leader refused a forwarded proposal, as it travels back to the follower.
+#[derive(Debug, Serialize, Deserialize)]
+pub enum Rejection {
+    /// The member is unknown.
+    MemberNotFound,
+    /// The member is not a learner.
+    NotLearner,
+    /// The learner has not caught up.
+    LearnerNotReady,
+    /// Anything else, as text.
+    Other(String),
+}
+
+impl From<NodeError> for Rejection {
+    fn from(e: NodeError) -> Rejection {
+        match e {
+            NodeError::MemberNotFound => Rejection::MemberNotFound,
+            NodeError::NotLearner => Rejection::NotLearner,
+            NodeError::LearnerNotReady => Rejection::LearnerNotReady,
+            other => Rejection::Other(other.to_string()),
+        }
+    }
+}
+
+impl From<Rejection> for NodeError {
+    fn from(r: Rejection) -> NodeError {
+        match r {
+            Rejection::MemberNotFound => NodeError::MemberNotFound,
+            Rejection::NotLearner => NodeError::NotLearner,
+            Rejection::LearnerNotReady => NodeError::LearnerNotReady,
+            Rejection::Other(message) => NodeError::Raft(message),
+        }
+    }
+}
+
+/// A member ID for MemberAdd: derived from the peer URLs, the time and randomness, unique
+/// among `taken` and never 0.
+fn new_member_id(peer_urls: &[String], taken: impl Iterator<Item = u64>) -> u64 {
+    let taken: BTreeSet<u64> = taken.collect();
+    loop {
+        let mut random = [0u8; 8];
+        // Without OS randomness the time and URLs still make IDs distinct in practice.
+        let _ = getrandom::fill(&mut random);
+        let nanos = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or_default();
+        let id = crate::cli::member_id(peer_urls, &format!("{nanos}")) ^ u64::from_le_bytes(random);
+        if id != 0 && !taken.contains(&id) {
+            return id;
+        }
+    }
+}

@@ -1,0 +1,171 @@
+//! The HTTP endpoint on `--listen-metrics-urls`: `/metrics` in Prometheus' text format,
+//! `/health` in etcd's JSON shape, and `/readyz`.
+
+use std::fmt::Write as _;
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::IntoResponse;
+use axum::routing::get;
+use tokio::net::TcpListener;
+
+use crate::raft::node::Node;
+
+/// Serves the endpoint on `listener` until `shutdown` resolves.
+pub async fn serve(
+    listener: TcpListener,
+    node: Arc<Node>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let app = Router::new()
+        .route("/metrics", get(metrics))
+        .route("/health", get(health))
+        .route("/readyz", get(readyz))
+        .with_state(node);
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown)
+        .await
+}
+
+async fn metrics(State(node): State<Arc<Node>>) -> impl IntoResponse {
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        render(&node),
+    )
+}
+
+/// The Prometheus exposition of this member's figures.
+pub fn render(node: &Node) -> String {
+    let status = node.store.status();
+    let raft = node.raft_status();
+    let counters = node.counters();
+    let mut out = String::new();
+    let mut gauge = |name: &str, help: &str, kind: &str, value: u64| {
+        let _ = writeln!(
+            out,
+            "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}"
+        );
+    };
+    gauge(
+        "mend_auth_revision",
+        "AuthRevision of this member's auth store.",
+        "gauge",
+        status.auth_revision,
+    );
+    gauge(
+        "mend_consistent_index",
+        "Index of the last entry whose effects are persisted.",
+        "gauge",
+        status.consistent_index.index,
+    );
+    gauge(
+        "mend_applied_index",
+        "Index of the last applied entry.",
+        "gauge",
+        raft.applied_index,
+    );
+    gauge("mend_raft_term", "Current raft term.", "gauge", raft.term);
+    gauge(
+        "mend_raft_index",
+        "Index of the last entry in this member's raft log.",
+        "gauge",
+        raft.last_log_index,
+    );
+    gauge(
+        "mend_raft_snapshot_index",
+        "Last log index covered by this member's latest snapshot (built or installed).",
+        "gauge",
+        raft.snapshot_index,
+    );
+    gauge(
+        "mend_mvcc_revision",
+        "Current revision of the key-value store.",
+        "gauge",
+        status.revision.max(0) as u64,
+    );
+    gauge(
+        "mend_mvcc_keys",
+        "Live keys in the key-value store.",
+        "gauge",
+        status.key_count,
+    );
+    gauge(
+        "mend_db_size_bytes",
+        "Size of the engine's database file.",
+        "gauge",
+        status.db_size,
+    );
+    gauge(
+        "mend_is_leader",
+        "1 when this member is the raft leader.",
+        "gauge",
+        u64::from(raft.is_leader),
+    );
+    gauge(
+        "mend_has_leader",
+        "1 when this member knows a leader.",
+        "gauge",
+        u64::from(raft.leader != 0),
+    );
+    gauge(
+        "mend_leader_changes_seen_total",
+        "Leader changes this member has seen since it started.",
+        "counter",
+        counters.leader_changes.load(Ordering::Relaxed),
+    );
+    gauge(
+        "mend_proposals_committed_total",
+        "Proposals from this member's clients that were applied here.",
+        "counter",
+        counters.proposals_committed.load(Ordering::Relaxed),
+    );
+    gauge(
+        "mend_proposals_failed_total",
+        "Proposals from this member's clients that failed or timed out.",
+        "counter",
+        counters.proposals_failed.load(Ordering::Relaxed),
+    );
+    gauge(
+        "mend_unsafe_reproduce_etcd_11651",
+        "1 when the fault switch reproducing etcd issue 11651 is on.",
+        "gauge",
+        u64::from(status.unsafe_reproduce_etcd_11651),
+    );
+    let _ = writeln!(
+        out,
+        "# HELP mend_apply_rejections_total Entries applied as refusals, by reason.\n\
+         # TYPE mend_apply_rejections_total counter"
+    );
+    for (reason, count) in &status.rejections {
+        let _ = writeln!(
+            out,
+            "mend_apply_rejections_total{{reason=\"{reason}\"}} {count}"
+        );
+    }
+    out
+}
+
+async fn health(State(node): State<Arc<Node>>) -> impl IntoResponse {
+    let healthy = node.raft_status().leader != 0;
+    let (code, body) = if healthy {
+        (StatusCode::OK, r#"{"health":"true","reason":""}"#)
+    } else {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            r#"{"health":"false","reason":"RAFT NO LEADER"}"#,
+        )
+    };
+    (code, [(header::CONTENT_TYPE, "application/json")], body)
+}
+
+async fn readyz(State(node): State<Arc<Node>>) -> impl IntoResponse {
+    if node.raft_status().leader != 0 {
+        (StatusCode::OK, "ok\n")
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "no leader\n")
+    }
+}

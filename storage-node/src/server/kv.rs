@@ -1,0 +1,112 @@
+//! etcd's KV service: Range, Put, DeleteRange, Txn, Compact.
+//!
+//! Writes and linearizable ranges go through raft; serializable ranges are served from this
+//! member's state after a local permission check, as etcd does.
+
+use tonic::{Request, Response, Status};
+
+use super::{Api, convert, error};
+use crate::api::{self, PermissionType};
+use crate::pb::etcdserverpb::{
+    CompactionRequest, CompactionResponse, DeleteRangeRequest, DeleteRangeResponse, PutRequest,
+    PutResponse, RangeRequest, RangeResponse, TxnRequest, TxnResponse, kv_server::Kv,
+};
+
+impl Api {
+    /// Serves a range from this member's state: linearizable ranges wait for a read point.
+    pub(super) async fn local_range(
+        &self,
+        caller: Option<crate::auth::AuthInfo>,
+        req: api::RangeRequest,
+    ) -> Result<api::RangeResponse, Status> {
+        req.validate().map_err(Status::from)?;
+        if !req.serializable {
+            self.read_index().await?;
+        }
+        let info = Self::local_identity(caller);
+        self.node
+            .store
+            .check_permission(&info, &req.key, &req.range_end, PermissionType::Read)
+            .map_err(Status::from)?;
+        self.node.store.range(&req).map_err(Status::from)
+    }
+}
+
+#[tonic::async_trait]
+impl Kv for Api {
+    #[tracing::instrument(level = "debug", skip_all)]
+    async fn range(
+        &self,
+        request: Request<RangeRequest>,
+    ) -> Result<Response<RangeResponse>, Status> {
+        let caller = self.caller(&request)?;
+        let req = convert::range_request(request.into_inner())?;
+        let resp = self.local_range(caller, req).await?;
+        let header = self.header(resp.revision);
+        Ok(Response::new(convert::range_response(resp, header)))
+    }
+
+    #[tracing::instrument(level = "debug", skip_all)]
+    async fn put(&self, request: Request<PutRequest>) -> Result<Response<PutResponse>, Status> {
+        let caller = self.caller(&request)?;
+        self.check_size(request.get_ref())?;
+        let req = convert::put_request(request.into_inner());
+        req.validate().map_err(Status::from)?;
+        match self.propose(caller, api::Request::Put(req)).await? {
+            api::Response::Put(resp) => {
+                let header = self.header(resp.revision);
+                Ok(Response::new(convert::put_response(resp, header)))
+            }
+            other => Err(error::unexpected(other)),
+        }
+    }
+
+    #[tracing::instrument(level = "debug", skip_all)]
+    async fn delete_range(
+        &self,
+        request: Request<DeleteRangeRequest>,
+    ) -> Result<Response<DeleteRangeResponse>, Status> {
+        let caller = self.caller(&request)?;
+        self.check_size(request.get_ref())?;
+        let req = convert::delete_range_request(request.into_inner());
+        req.validate().map_err(Status::from)?;
+        match self.propose(caller, api::Request::DeleteRange(req)).await? {
+            api::Response::DeleteRange(resp) => {
+                let header = self.header(resp.revision);
+                Ok(Response::new(convert::delete_range_response(resp, header)))
+            }
+            other => Err(error::unexpected(other)),
+        }
+    }
+
+    #[tracing::instrument(level = "debug", skip_all)]
+    async fn txn(&self, request: Request<TxnRequest>) -> Result<Response<TxnResponse>, Status> {
+        let caller = self.caller(&request)?;
+        self.check_size(request.get_ref())?;
+        let req = convert::txn_request(request.into_inner())?;
+        req.validate(self.max_txn_ops).map_err(Status::from)?;
+        match self.propose(caller, api::Request::Txn(req)).await? {
+            api::Response::Txn(resp) => {
+                let header = self.header(resp.revision);
+                Ok(Response::new(convert::txn_response(resp, header)))
+            }
+            other => Err(error::unexpected(other)),
+        }
+    }
+
+    #[tracing::instrument(level = "debug", skip_all)]
+    async fn compact(
+        &self,
+        request: Request<CompactionRequest>,
+    ) -> Result<Response<CompactionResponse>, Status> {
+        let caller = self.caller(&request)?;
+        let req = convert::compaction_request(request.into_inner());
+        match self.propose(caller, api::Request::Compaction(req)).await? {
+            api::Response::Compaction(resp) => {
+                let header = self.header(resp.revision);
+                Ok(Response::new(convert::compaction_response(resp, header)))
+            }
+            other => Err(error::unexpected(other)),
+        }
+    }
+}

@@ -1,0 +1,389 @@
+//! Starting and stopping a member: identity, engine, raft, the peer and client gRPC servers,
+//! the metrics endpoint, and bootstrap (`new` clusters initialise raft, members joining an
+//! `existing` cluster learn their ID from the peers).
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tonic::transport::server::TcpIncoming;
+
+use crate::cli::{self, ClusterState, ServeArgs};
+use crate::entry::Member;
+use crate::raft::log_store::LogStore;
+use crate::raft::network::{NetworkFactory, PeerService, Peers, Rpc};
+use crate::raft::node::{MemberInfo, Node};
+use crate::raft::state_machine::StateMachine;
+use crate::raft::waiters::Waiters;
+use crate::store::{Store, StoreConfig};
+
+/// Why a member could not start or stopped with an error.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// A flag is wrong.
+    #[error(transparent)]
+    Flags(#[from] cli::Error),
+    /// The data directory could not be used.
+    #[error("data directory {path}: {source}")]
+    DataDir {
+        /// The directory.
+        path: PathBuf,
+        /// What failed.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The engine could not open.
+    #[error("engine: {0}")]
+    Store(#[from] crate::backend::Error),
+    /// The raft log could not open.
+    #[error("raft log: {0}")]
+    Log(String),
+    /// Raft failed to start or initialise.
+    #[error("raft: {0}")]
+    Raft(String),
+    /// A listener could not bind.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// What failed.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A member joining an existing cluster could not find itself in the peers' membership.
+    #[error("joining an existing cluster: {0}")]
+    Join(String),
+    /// A server stopped with an error.
+    #[error("server: {0}")]
+    Serve(String),
+}
+
+/// What a member remembers about itself across restarts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+struct Identity {
+    member_id: u64,
+    cluster_id: u64,
+}
+
+const IDENTITY_FILE: &str = "member.json";
+
+fn read_identity(dir: &Path) -> Result<Option<Identity>, Error> {
+    let path = dir.join(IDENTITY_FILE);
+    match std::fs::read(&path) {
+        Ok(bytes) => serde_json::from_slice(&bytes)
+            .map(Some)
+            .map_err(|e| Error::DataDir {
+                path,
+                source: std::io::Error::new(std::io::ErrorKind::InvalidData, e),
+            }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(source) => Err(Error::DataDir { path, source }),
+    }
+}
+
+fn write_identity(dir: &Path, identity: Identity) -> Result<(), Error> {
+    let path = dir.join(IDENTITY_FILE);
+    let io = |source| Error::DataDir {
+        path: path.clone(),
+        source,
+    };
+    let bytes = serde_json::to_vec_pretty(&identity)
+        .map_err(|e| io(std::io::Error::new(std::io::ErrorKind::InvalidData, e)))?;
+    // Write then rename, and sync, so a crash never leaves a half-written identity.
+    let tmp = dir.join(format!("{IDENTITY_FILE}.tmp"));
+    std::fs::write(&tmp, bytes).map_err(io)?;
+    std::fs::File::open(&tmp)
+        .and_then(|f| f.sync_all())
+        .map_err(io)?;
+    std::fs::rename(&tmp, &path).map_err(io)?;
+    Ok(())
+}
+
+/// Asks the peers in `--initial-cluster` for the membership and finds this member by its
+/// advertised peer URLs (etcd's "get cluster from remote peers").
+async fn discover(args: &ServeArgs, peers: &Peers) -> Result<Identity, Error> {
+    let members = args.initial_members()?;
+    let mut advertised = args.initial_advertise_peer_urls.clone();
+    advertised.sort();
+    let urls: Vec<String> = members
+        .iter()
+        .filter(|(name, _)| **name != args.name)
+        .flat_map(|(_, urls)| urls.clone())
+        .collect();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let mut last_error = String::from("no peers listed in --initial-cluster");
+    loop {
+        for url in &urls {
+            match peers
+                .call::<_, (u64, Vec<MemberInfo>)>(
+                    url,
+                    Rpc::Membership,
+                    &(),
+                    Duration::from_secs(2),
+                )
+                .await
+            {
+                Ok((cluster_id, list)) => {
+                    let found = list.iter().find(|m| {
+                        let mut urls = m.member.peer_urls.clone();
+                        urls.sort();
+                        urls == advertised
+                    });
+                    return match found {
+                        Some(m) => Ok(Identity {
+                            member_id: m.id,
+                            cluster_id,
+                        }),
+                        None => Err(Error::Join(format!(
+                            "no member with peer URLs {advertised:?} in the cluster at {url}; \
+                             add it first (etcdctl member add)"
+                        ))),
+                    };
+                }
+                Err(e) => last_error = format!("{url}: {e}"),
+            }
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return Err(Error::Join(format!("no peer answered: {last_error}")));
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// The member's servers after start: the addresses they listen on, and the node.
+pub struct Running {
+    /// The node.
+    pub node: Arc<Node>,
+    /// Where clients connect.
+    pub client_addrs: Vec<SocketAddr>,
+    /// Where peers connect.
+    pub peer_addrs: Vec<SocketAddr>,
+}
+
+async fn bind_all(flag: &'static str, urls: &[String]) -> Result<Vec<TcpListener>, Error> {
+    let mut listeners = Vec::new();
+    for url in urls {
+        let addr = cli::socket_addr(flag, url)?;
+        let listener = TcpListener::bind(addr)
+            .await
+            .map_err(|source| Error::Bind { addr, source })?;
+        listeners.push(listener);
+    }
+    Ok(listeners)
+}
+
+/// Runs a member until `shutdown` resolves, then stops it cleanly.
+pub async fn run(args: ServeArgs, shutdown: impl Future<Output = ()>) -> Result<(), Error> {
+    let dir = args.data_dir();
+    std::fs::create_dir_all(&dir).map_err(|source| Error::DataDir {
+        path: dir.clone(),
+        source,
+    })?;
+    let peers = Peers::default();
+
+    // Bind first: a port in use is the commonest start failure and must be reported before
+    // anything is written to the data directory.
+    let peer_listeners = bind_all("--listen-peer-urls", &args.listen_peer_urls).await?;
+    let client_listeners = bind_all("--listen-client-urls", &args.listen_client_urls).await?;
+    let metrics_listeners = bind_all("--listen-metrics-urls", &args.listen_metrics_urls).await?;
+
+    let (identity, bootstrap) = match read_identity(&dir)? {
+        Some(identity) => (identity, None),
+        None => match args.initial_cluster_state {
+            ClusterState::New => {
+                let members = args.initial_members()?;
+                let ids: BTreeMap<u64, Member> = members
+                    .iter()
+                    .map(|(name, urls)| {
+                        let id = cli::member_id(urls, &args.initial_cluster_token);
+                        let client_urls = if *name == args.name {
+                            args.advertise_client_urls.clone()
+                        } else {
+                            Vec::new()
+                        };
+                        let member = Member {
+                            name: name.clone(),
+                            peer_urls: urls.clone(),
+                            client_urls,
+                        };
+                        (id, member)
+                    })
+                    .collect();
+                let identity = Identity {
+                    member_id: cli::member_id(&members[&args.name], &args.initial_cluster_token),
+                    cluster_id: cli::cluster_id(ids.keys().copied()),
+                };
+                (identity, Some(ids))
+            }
+            ClusterState::Existing => (discover(&args, &peers).await?, None),
+        },
+    };
+    write_identity(&dir, identity)?;
+    let span = tracing::info_span!("member", member_id = %format_args!("{:x}", identity.member_id));
+    let _entered = span.enter();
+
+    let store = Arc::new(Store::open(
+        &dir,
+        StoreConfig {
+            token_ttl: Duration::from_secs(args.auth_token_ttl),
+            max_txn_ops: args.max_txn_ops,
+            unsafe_reproduce_etcd_11651: args.unsafe_reproduce_etcd_11651,
+            ..StoreConfig::default()
+        },
+    )?);
+    let log_store = LogStore::open(&dir).map_err(|e| Error::Log(e.to_string()))?;
+    let waiters = Arc::new(Waiters::new());
+    let state_machine = StateMachine::new(store.clone(), waiters.clone());
+    let config = openraft::Config {
+        cluster_name: format!("{:x}", identity.cluster_id),
+        heartbeat_interval: args.heartbeat_interval,
+        election_timeout_min: args.election_timeout,
+        election_timeout_max: args.election_timeout * 2,
+        snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(args.snapshot_count),
+        // etcd keeps 5000 entries after a snapshot so slow followers catch up from the log.
+        max_in_snapshot_log_to_keep: args.snapshot_count.min(5000),
+        ..openraft::Config::default()
+    };
+    let config = Arc::new(config.validate().map_err(|e| Error::Raft(e.to_string()))?);
+    let raft = openraft::Raft::new(
+        identity.member_id,
+        config,
+        NetworkFactory {
+            peers: peers.clone(),
+        },
+        log_store,
+        state_machine,
+    )
+    .await
+    .map_err(|e| Error::Raft(e.to_string()))?;
+
+    let request_timeout = Duration::from_secs(5) + 2 * args.election();
+    let node = Arc::new(Node::new(
+        identity.member_id,
+        identity.cluster_id,
+        raft.clone(),
+        store,
+        waiters,
+        peers,
+        request_timeout,
+    ));
+
+    if let Some(members) = bootstrap {
+        let initialized = raft
+            .is_initialized()
+            .await
+            .map_err(|e| Error::Raft(e.to_string()))?;
+        if !initialized {
+            // Every member of a new cluster initialises with the same configuration; openraft
+            // treats identical initial memberships as one. Peers are not served yet, so no
+            // vote can arrive first; if one did (a restart after a partial bootstrap), the
+            // cluster already exists and joining it is what initialising would have done.
+            tracing::info!(members = members.len(), "bootstrapping a new cluster");
+            match raft.initialize(members).await {
+                Ok(()) => {}
+                Err(openraft::error::RaftError::APIError(
+                    openraft::error::InitializeError::NotAllowed(e),
+                )) => tracing::info!(reason = %e, "cluster already bootstrapped"),
+                Err(e) => return Err(Error::Raft(e.to_string())),
+            }
+        }
+    }
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let stopped = move || {
+        let mut rx = stop_rx.clone();
+        async move {
+            let _ = rx.wait_for(|s| *s).await;
+        }
+    };
+    let mut servers = tokio::task::JoinSet::new();
+    for listener in peer_listeners {
+        let service = PeerService::new(node.clone()).into_server();
+        let signal = stopped();
+        servers.spawn(async move {
+            tonic::transport::Server::builder()
+                .add_service(service)
+                .serve_with_incoming_shutdown(TcpIncoming::from(listener), signal)
+                .await
+                .map_err(|e| Error::Serve(format!("peer: {e}")))
+        });
+    }
+
+    for listener in client_listeners {
+        let router = super::services(node.clone(), &args);
+        let signal = stopped();
+        servers.spawn(async move {
+            router
+                .serve_with_incoming_shutdown(TcpIncoming::from(listener), signal)
+                .await
+                .map_err(|e| Error::Serve(format!("client: {e}")))
+        });
+    }
+    for listener in metrics_listeners {
+        let node = node.clone();
+        let signal = stopped();
+        servers.spawn(async move {
+            super::http::serve(listener, node, signal)
+                .await
+                .map_err(|e| Error::Serve(format!("metrics: {e}")))
+        });
+    }
+
+    let me = Member {
+        name: args.name.clone(),
+        peer_urls: args.initial_advertise_peer_urls.clone(),
+        client_urls: args.advertise_client_urls.clone(),
+    };
+    let publisher = tokio::spawn(publish(node.clone(), me));
+    tokio::spawn(node.count_leader_changes());
+    tracing::info!(
+        name = %args.name,
+        cluster = %format_args!("{:x}", identity.cluster_id),
+        fault_switch = args.unsafe_reproduce_etcd_11651,
+        "member serving"
+    );
+
+    let failure = tokio::select! {
+        () = shutdown => None,
+        Some(result) = servers.join_next() => Some(match result {
+            Ok(Ok(())) => Error::Serve("a server stopped unexpectedly".into()),
+            Ok(Err(e)) => e,
+            Err(e) => Error::Serve(e.to_string()),
+        }),
+    };
+    tracing::info!("shutting down");
+    publisher.abort();
+    let _ = stop_tx.send(true);
+    while servers.join_next().await.is_some() {}
+    raft.shutdown()
+        .await
+        .map_err(|e| Error::Raft(e.to_string()))?;
+    match failure {
+        Some(e) => Err(e),
+        None => Ok(()),
+    }
+}
+
+/// Records this member's name and client URLs in the membership once a leader can take it,
+/// retrying until it succeeds (the task is cancelled at shutdown).
+async fn publish(node: Arc<Node>, me: Member) {
+    let mut wait = Duration::from_millis(100);
+    loop {
+        match node.publish(me.clone()).await {
+            Ok(()) => {
+                tracing::info!(name = %me.name, "published member attributes");
+                return;
+            }
+            Err(e) => tracing::debug!(error = %e, "publishing member attributes; will retry"),
+        }
+        tokio::time::sleep(wait).await;
+        wait = (wait * 2).min(Duration::from_secs(2));
+    }
+}

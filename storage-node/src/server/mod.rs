@@ -1,0 +1,151 @@
+//! The etcd v3 gRPC API on the client port, and the member's HTTP endpoint.
+//!
+//! # Layout
+//! - this file: [`Api`], shared by every service: the caller's identity from the `token`
+//!   metadata, response headers, proposing through raft, request size limits.
+//! - `kv`, `lease`, `watch`, `cluster`, `maintenance`, `auth`: one file per etcd service.
+//! - `convert`: protobuf messages to and from the engine's values, in one place.
+//! - `error`: engine and replication errors as etcd's gRPC codes and messages, in one table.
+//! - `http`: `/metrics`, `/health`, `/readyz`.
+//! - `member`: starting and stopping a member.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use prost::Message;
+use tonic::transport::server::Router;
+
+use crate::api::{Request, RequestHeader, Response};
+use crate::auth::AuthInfo;
+use crate::cli::ServeArgs;
+use crate::pb::etcdserverpb::{
+    ResponseHeader, auth_server::AuthServer, cluster_server::ClusterServer, kv_server::KvServer,
+    lease_server::LeaseServer, maintenance_server::MaintenanceServer, watch_server::WatchServer,
+};
+use crate::raft::node::Node;
+
+pub mod auth;
+pub mod cluster;
+pub mod convert;
+pub mod error;
+pub mod http;
+pub mod kv;
+pub mod lease;
+pub mod maintenance;
+pub mod member;
+pub mod watch;
+
+use error::ServerError;
+
+/// gRPC framing and field overhead allowed on top of `--max-request-bytes` (etcd's figure).
+const GRPC_OVERHEAD_BYTES: usize = 512 * 1024;
+
+/// What every service shares: the node and the limits from the flags.
+#[derive(Clone)]
+pub struct Api {
+    node: Arc<Node>,
+    bcrypt_cost: u32,
+    max_request_bytes: usize,
+    max_txn_ops: usize,
+}
+
+/// The etcd services on one router, ready to serve on a listener.
+pub fn services(node: Arc<Node>, args: &ServeArgs) -> Router {
+    let api = Api {
+        node,
+        bcrypt_cost: args.bcrypt_cost,
+        max_request_bytes: args.max_request_bytes,
+        max_txn_ops: args.max_txn_ops,
+    };
+    let limit = args.max_request_bytes + GRPC_OVERHEAD_BYTES;
+    tonic::transport::Server::builder()
+        .add_service(KvServer::new(api.clone()).max_decoding_message_size(limit))
+        .add_service(WatchServer::new(api.clone()).max_decoding_message_size(limit))
+        .add_service(LeaseServer::new(api.clone()).max_decoding_message_size(limit))
+        .add_service(ClusterServer::new(api.clone()).max_decoding_message_size(limit))
+        .add_service(MaintenanceServer::new(api.clone()).max_decoding_message_size(limit))
+        .add_service(AuthServer::new(api).max_decoding_message_size(limit))
+}
+
+impl Api {
+    /// The caller's identity from the `token` metadata etcd clients send after Authenticate;
+    /// `None` without a token.
+    fn caller<T>(&self, request: &tonic::Request<T>) -> Result<Option<AuthInfo>, tonic::Status> {
+        let Some(token) = request.metadata().get("token") else {
+            return Ok(None);
+        };
+        let token = token.to_str().map_err(|_| ServerError::InvalidAuthToken)?;
+        self.node
+            .store
+            .auth_info_from_token(token, Instant::now())
+            .map(Some)
+            .map_err(|_| ServerError::InvalidAuthToken.into())
+    }
+
+    /// The header a proposal carries for this caller (etcd fills user and AuthRevision only
+    /// when the request has a token).
+    fn proposal_header(caller: Option<AuthInfo>) -> RequestHeader {
+        match caller {
+            Some(info) => RequestHeader {
+                id: 0,
+                username: info.username,
+                auth_revision: info.revision,
+            },
+            None => RequestHeader::default(),
+        }
+    }
+
+    /// The identity local checks run as: the token's, or nobody.
+    fn local_identity(caller: Option<AuthInfo>) -> AuthInfo {
+        caller.unwrap_or_default()
+    }
+
+    /// Membership changes and leader moves need the root role when auth is on.
+    fn check_cluster_admin<T>(&self, request: &tonic::Request<T>) -> Result<(), tonic::Status> {
+        let info = Self::local_identity(self.caller(request)?);
+        self.node
+            .store
+            .check_admin(&info)
+            .map_err(tonic::Status::from)
+    }
+
+    /// The response header: cluster, member, store revision and raft term.
+    fn header(&self, revision: i64) -> Option<ResponseHeader> {
+        Some(ResponseHeader {
+            cluster_id: self.node.cluster_id,
+            member_id: self.node.id,
+            revision,
+            raft_term: self.node.raft_status().term,
+        })
+    }
+
+    /// The header with the store's current revision.
+    fn current_header(&self) -> Option<ResponseHeader> {
+        self.header(self.node.store.status().revision)
+    }
+
+    /// Refuses requests larger than `--max-request-bytes`, as etcd does before proposing.
+    fn check_size(&self, message: &impl Message) -> Result<(), tonic::Status> {
+        if message.encoded_len() > self.max_request_bytes {
+            return Err(ServerError::RequestTooLarge.into());
+        }
+        Ok(())
+    }
+
+    /// Proposes `request` for `caller` and returns this member's apply result.
+    async fn propose(
+        &self,
+        caller: Option<AuthInfo>,
+        request: Request,
+    ) -> Result<Response, tonic::Status> {
+        self.node
+            .propose(Self::proposal_header(caller), request)
+            .await
+            .map_err(error::node_status)
+    }
+
+    /// Waits for a linearizable read point.
+    async fn read_index(&self) -> Result<(), tonic::Status> {
+        self.node.read_index().await.map_err(error::node_status)
+    }
+}

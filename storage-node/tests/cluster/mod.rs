@@ -1,0 +1,380 @@
+//! A cluster of real `storage-node` processes on loopback for integration tests: free ports,
+//! temporary data directories, `etcdctl` against any member, and every child killed when the
+//! cluster is dropped (also when a test panics).
+
+#![allow(dead_code)]
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+/// How long a condition may take before a test fails.
+pub const DEADLINE: Duration = Duration::from_secs(60);
+
+/// Options for starting members.
+#[derive(Clone, Debug, Default)]
+pub struct Options {
+    /// Turn the etcd 11651 fault switch on.
+    pub fault_switch: bool,
+    /// `--snapshot-count`, when set.
+    pub snapshot_count: Option<u64>,
+}
+
+/// One member process and its addresses.
+pub struct Member {
+    /// `--name`.
+    pub name: String,
+    /// Client port.
+    pub client_port: u16,
+    /// Peer port.
+    pub peer_port: u16,
+    /// Metrics port.
+    pub metrics_port: u16,
+    /// Data directory.
+    pub dir: PathBuf,
+    child: Option<Child>,
+    initial_cluster: String,
+    state: &'static str,
+    options: Options,
+}
+
+fn free_port() -> u16 {
+    // Port 0 asks the OS for a free port; the listener is dropped just before the member binds.
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
+    listener.local_addr().expect("local address").port()
+}
+
+/// Waits until `condition` holds or the deadline passes; returns whether it held.
+pub fn wait_until(deadline: Duration, mut condition: impl FnMut() -> bool) -> bool {
+    let end = Instant::now() + deadline;
+    loop {
+        if condition() {
+            return true;
+        }
+        if Instant::now() >= end {
+            return false;
+        }
+        // Polling interval, not synchronisation: the condition is re-checked until the deadline.
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+impl Member {
+    fn new(name: &str, root: &std::path::Path, options: &Options) -> Member {
+        Member {
+            name: name.to_string(),
+            client_port: free_port(),
+            peer_port: free_port(),
+            metrics_port: free_port(),
+            dir: root.join(name),
+            child: None,
+            initial_cluster: String::new(),
+            state: "new",
+            options: options.clone(),
+        }
+    }
+
+    /// The client URL.
+    pub fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.client_port)
+    }
+
+    /// The peer URL.
+    pub fn peer_url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.peer_port)
+    }
+
+    /// Starts the process (with the flags it was configured with).
+    pub fn start(&mut self) {
+        assert!(self.child.is_none(), "{} is already running", self.name);
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_storage-node"));
+        cmd.arg("--name")
+            .arg(&self.name)
+            .arg("--data-dir")
+            .arg(&self.dir)
+            .arg("--listen-client-urls")
+            .arg(self.endpoint())
+            .arg("--advertise-client-urls")
+            .arg(self.endpoint())
+            .arg("--listen-peer-urls")
+            .arg(self.peer_url())
+            .arg("--initial-advertise-peer-urls")
+            .arg(self.peer_url())
+            .arg("--listen-metrics-urls")
+            .arg(format!("http://127.0.0.1:{}", self.metrics_port))
+            .arg("--initial-cluster")
+            .arg(&self.initial_cluster)
+            .arg("--initial-cluster-state")
+            .arg(self.state)
+            .arg("--bcrypt-cost")
+            .arg("4")
+            .arg("--heartbeat-interval")
+            .arg("50")
+            .arg("--election-timeout")
+            .arg("500");
+        if self.options.fault_switch {
+            cmd.arg("--unsafe-reproduce-etcd-11651");
+        }
+        if let Some(count) = self.options.snapshot_count {
+            cmd.arg("--snapshot-count").arg(count.to_string());
+        }
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.with_extension("log"))
+            .expect("member log file");
+        cmd.stdout(Stdio::null()).stderr(log);
+        self.child = Some(cmd.spawn().expect("spawn storage-node"));
+    }
+
+    /// SIGKILL, and reap.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// SIGTERM, and wait for a clean exit; returns whether the exit status was success.
+    pub fn stop(&mut self) -> bool {
+        let Some(mut child) = self.child.take() else {
+            return true;
+        };
+        let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+        let end = Instant::now() + DEADLINE;
+        loop {
+            match child.try_wait() {
+                Ok(Some(status)) => return status.success(),
+                Ok(None) if Instant::now() < end => std::thread::sleep(Duration::from_millis(20)),
+                _ => {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    return false;
+                }
+            }
+        }
+    }
+
+    /// Whether the process is still running.
+    pub fn is_running(&mut self) -> bool {
+        match &mut self.child {
+            Some(child) => matches!(child.try_wait(), Ok(None)),
+            None => false,
+        }
+    }
+
+    /// GET `path` on the metrics port: status code and body.
+    pub fn http_get(&self, path: &str) -> Option<(u16, String)> {
+        let mut stream = TcpStream::connect(("127.0.0.1", self.metrics_port)).ok()?;
+        stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+        write!(
+            stream,
+            "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
+        )
+        .ok()?;
+        let mut response = String::new();
+        stream.read_to_string(&mut response).ok()?;
+        let code = response.split_whitespace().nth(1)?.parse().ok()?;
+        let body = response
+            .split_once("\r\n\r\n")
+            .map(|(_, b)| b.to_string())?;
+        Some((code, body))
+    }
+
+    /// One metric's value from `/metrics`.
+    pub fn metric(&self, name: &str) -> Option<f64> {
+        let (_, body) = self.http_get("/metrics")?;
+        body.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+    }
+
+    /// Whether the member reports a leader on `/health`.
+    pub fn healthy(&self) -> bool {
+        matches!(self.http_get("/health"), Some((200, _)))
+    }
+
+    /// The member's log so far (for failure messages).
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.with_extension("log")).unwrap_or_default()
+    }
+}
+
+/// Members on loopback.
+pub struct Cluster {
+    /// The members, in start order.
+    pub members: Vec<Member>,
+    root: tempfile::TempDir,
+    options: Options,
+}
+
+impl Cluster {
+    /// Starts `n` members as a new cluster and waits until all see a leader.
+    pub fn start(n: usize, options: Options) -> Cluster {
+        let root = tempfile::tempdir().expect("temporary directory");
+        let mut members: Vec<Member> = (1..=n)
+            .map(|i| Member::new(&format!("node{i}"), root.path(), &options))
+            .collect();
+        let initial = members
+            .iter()
+            .map(|m| format!("{}={}", m.name, m.peer_url()))
+            .collect::<Vec<_>>()
+            .join(",");
+        for m in &mut members {
+            m.initial_cluster = initial.clone();
+            m.start();
+        }
+        let cluster = Cluster {
+            members,
+            root,
+            options,
+        };
+        cluster.wait_healthy();
+        cluster
+    }
+
+    /// Waits until every running member reports a leader.
+    pub fn wait_healthy(&self) {
+        let ok = wait_until(DEADLINE, || {
+            self.members
+                .iter()
+                .filter(|m| m.child.is_some())
+                .all(Member::healthy)
+        });
+        assert!(ok, "cluster not healthy in time:\n{}", self.logs());
+    }
+
+    /// Every member's log, for failure messages.
+    pub fn logs(&self) -> String {
+        self.members
+            .iter()
+            .map(|m| {
+                let lines: Vec<String> = m
+                    .log()
+                    .lines()
+                    .filter(|l| !l.contains("heartbeat") && !l.contains("ReplicationCore"))
+                    .map(str::to_string)
+                    .collect();
+                format!("--- {} ---\n{}", m.name, tail(&lines.join("\n"), 40))
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
+    /// Member `i` (0-based).
+    pub fn member(&mut self, i: usize) -> &mut Member {
+        &mut self.members[i]
+    }
+
+    /// All client endpoints, comma-separated.
+    pub fn endpoints(&self) -> String {
+        self.members
+            .iter()
+            .filter(|m| m.child.is_some())
+            .map(Member::endpoint)
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    /// Runs `etcdctl` (API v3) against member `i`.
+    pub fn etcdctl(&self, i: usize, args: &[&str]) -> Output {
+        etcdctl(&self.members[i].endpoint(), args)
+    }
+
+    /// Index of the member that currently leads, as `/metrics` says.
+    pub fn leader(&self) -> Option<usize> {
+        self.members
+            .iter()
+            .position(|m| m.child.is_some() && m.metric("mend_is_leader") == Some(1.0))
+    }
+
+    /// Waits for a leader and returns its index.
+    pub fn wait_leader(&self) -> usize {
+        let mut found = None;
+        let ok = wait_until(DEADLINE, || {
+            found = self.leader();
+            found.is_some()
+        });
+        assert!(ok, "no leader in time:\n{}", self.logs());
+        found.unwrap_or_default()
+    }
+
+    /// A new member prepared to join (not started, not added): returns its index.
+    pub fn prepare_joiner(&mut self, name: &str) -> usize {
+        let mut member = Member::new(name, self.root.path(), &self.options);
+        let mut initial: Vec<String> = self
+            .members
+            .iter()
+            .map(|m| format!("{}={}", m.name, m.peer_url()))
+            .collect();
+        initial.push(format!("{}={}", member.name, member.peer_url()));
+        member.initial_cluster = initial.join(",");
+        member.state = "existing";
+        self.members.push(member);
+        self.members.len() - 1
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for m in &mut self.members {
+            m.kill();
+        }
+    }
+}
+
+/// The last `n` lines of `text`.
+pub fn tail(text: &str, n: usize) -> String {
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+/// Runs `etcdctl` (API v3) against `endpoints`.
+pub fn etcdctl(endpoints: &str, args: &[&str]) -> Output {
+    etcdctl_with_input(endpoints, args, None)
+}
+
+/// Runs `etcdctl` (API v3) against `endpoints`, feeding `input` on stdin.
+pub fn etcdctl_with_input(endpoints: &str, args: &[&str], input: Option<&[u8]>) -> Output {
+    let endpoints = endpoints.replace("http://", "");
+    let mut child = Command::new("etcdctl")
+        .env("ETCDCTL_API", "3")
+        .arg("--endpoints")
+        .arg(endpoints)
+        .arg("--dial-timeout=5s")
+        .arg("--command-timeout=20s")
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run etcdctl (apt-get install -y etcd-client)");
+    if let Some(mut stdin) = child.stdin.take() {
+        // A closed stdin is what etcdctl sees without input; a write error means it exited.
+        let _ = stdin.write_all(input.unwrap_or_default());
+    }
+    child.wait_with_output().expect("etcdctl output")
+}
+
+/// stdout of a successful command; panics with stderr otherwise.
+pub fn ok(output: Output) -> String {
+    assert!(
+        output.status.success(),
+        "command failed: {}\nstdout: {}",
+        String::from_utf8_lossy(&output.stderr),
+        String::from_utf8_lossy(&output.stdout)
+    );
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+/// stderr of a failed command; panics if it succeeded.
+pub fn fails(output: Output) -> String {
+    assert!(
+        !output.status.success(),
+        "command unexpectedly succeeded: {}",
+        String::from_utf8_lossy(&output.stdout)
+    );
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}

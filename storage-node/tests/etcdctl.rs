@@ -1,0 +1,375 @@
+//! Compatibility with the real client: Debian's `etcdctl` 3.4 against Mend clusters, each
+//! check asserted on what etcdctl prints.
+
+mod cluster;
+
+use cluster::{Cluster, Options, fails, ok};
+
+#[test]
+fn single_member_serves_put_get_delete_through_etcdctl() {
+    let c = Cluster::start(1, Options::default());
+    assert_eq!(ok(c.etcdctl(0, &["put", "foo", "bar"])), "OK\n");
+    assert_eq!(ok(c.etcdctl(0, &["put", "foo2", "baz"])), "OK\n");
+    assert_eq!(ok(c.etcdctl(0, &["get", "foo"])), "foo\nbar\n");
+    assert_eq!(
+        ok(c.etcdctl(0, &["get", "foo", "--prefix"])),
+        "foo\nbar\nfoo2\nbaz\n"
+    );
+    assert_eq!(
+        ok(c.etcdctl(0, &["get", "foo", "--prefix", "--keys-only"])),
+        "foo\n\nfoo2\n\n"
+    );
+    assert_eq!(
+        ok(c.etcdctl(0, &["get", "foo", "--prefix", "--limit=1"])),
+        "foo\nbar\n"
+    );
+    // Revision 2 is the first put: foo2 did not exist yet.
+    assert_eq!(
+        ok(c.etcdctl(0, &["get", "foo", "--prefix", "--rev=2"])),
+        "foo\nbar\n"
+    );
+    assert_eq!(ok(c.etcdctl(0, &["del", "foo"])), "1\n");
+    assert_eq!(ok(c.etcdctl(0, &["get", "foo"])), "");
+    assert_eq!(
+        ok(c.etcdctl(0, &["get", "--consistency=s", "foo2"])),
+        "foo2\nbaz\n"
+    );
+}
+
+#[test]
+fn get_with_json_output_carries_etcd_header_and_base64_pairs() {
+    let c = Cluster::start(1, Options::default());
+    ok(c.etcdctl(0, &["put", "k", "v"]));
+    let json: serde_json::Value =
+        serde_json::from_str(&ok(c.etcdctl(0, &["get", "k", "-w", "json"]))).expect("json");
+    let header = &json["header"];
+    assert!(header["cluster_id"].as_u64().unwrap_or(0) != 0, "{json}");
+    assert!(header["member_id"].as_u64().unwrap_or(0) != 0, "{json}");
+    assert_eq!(header["revision"].as_i64(), Some(2), "{json}");
+    assert!(header["raft_term"].as_u64().unwrap_or(0) >= 1, "{json}");
+    assert_eq!(json["count"].as_i64(), Some(1));
+    // base64("k") = "aw==", base64("v") = "dg=="
+    assert_eq!(json["kvs"][0]["key"], "aw==");
+    assert_eq!(json["kvs"][0]["value"], "dg==");
+    assert_eq!(json["kvs"][0]["version"].as_i64(), Some(1));
+}
+
+#[test]
+fn txn_and_compaction_behave_as_in_etcd() {
+    let c = Cluster::start(1, Options::default());
+    ok(c.etcdctl(0, &["put", "k", "1"]));
+    let txn = |script: &str| {
+        ok(cluster::etcdctl_with_input(
+            &c.members[0].endpoint(),
+            &["txn"],
+            Some(script.as_bytes()),
+        ))
+    };
+    assert_eq!(
+        txn("value(\"k\") = \"1\"\n\nput k 2\n\nput k 3\n\n"),
+        "SUCCESS\n\nOK\n"
+    );
+    assert_eq!(
+        txn("value(\"k\") = \"1\"\n\nput k 4\n\nget k\n\n"),
+        "FAILURE\n\nk\n2\n"
+    );
+    assert_eq!(ok(c.etcdctl(0, &["get", "k"])), "k\n2\n");
+    assert_eq!(
+        ok(c.etcdctl(0, &["compaction", "3"])),
+        "compacted revision 3\n"
+    );
+    let err = fails(c.etcdctl(0, &["get", "k", "--rev=2"]));
+    assert!(
+        err.contains("etcdserver: mvcc: required revision has been compacted"),
+        "{err}"
+    );
+}
+
+#[test]
+fn bad_input_gets_etcds_errors_and_changes_nothing() {
+    let c = Cluster::start(1, Options::default());
+    let err = fails(c.etcdctl(0, &["put", "", "v"]));
+    assert!(err.contains("etcdserver: key is not provided"), "{err}");
+    // Above the server's 1.5 MiB limit, below etcdctl's own 2 MiB send limit.
+    let big = vec![b'x'; 1_700_000];
+    let err = fails(cluster::etcdctl_with_input(
+        &c.members[0].endpoint(),
+        &["put", "big"],
+        Some(&big),
+    ));
+    assert!(err.contains("request is too large"), "{err}");
+    let err = fails(c.etcdctl(0, &["get", "k", "--rev=100"]));
+    assert!(
+        err.contains("etcdserver: mvcc: required revision is a future revision"),
+        "{err}"
+    );
+    let err = fails(c.etcdctl(0, &["member", "remove", "1234"]));
+    assert!(err.contains("etcdserver: member not found"), "{err}");
+    let json: serde_json::Value =
+        serde_json::from_str(&ok(c.etcdctl(0, &["get", "", "--prefix", "-w", "json"])))
+            .expect("json");
+    assert_eq!(json["header"]["revision"].as_i64(), Some(1), "{json}");
+}
+
+#[test]
+fn endpoint_status_health_and_hashkv_report_every_member() {
+    let c = Cluster::start(3, Options::default());
+    ok(c.etcdctl(0, &["put", "a", "1"]));
+    let endpoints = c.endpoints();
+    let out = cluster::etcdctl(&endpoints, &["endpoint", "status"]);
+    let status = ok(out.clone());
+    let lines: Vec<&str> = status.lines().collect();
+    assert_eq!(
+        lines.len(),
+        3,
+        "{status} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(lines.len(), 3, "{status}");
+    let leaders = lines
+        .iter()
+        .filter(|l| l.contains(", true, false, "))
+        .count();
+    assert_eq!(leaders, 1, "exactly one leader, no learners:\n{status}");
+    for line in &lines {
+        assert!(line.contains("3.5.0"), "{line}");
+    }
+    // etcdctl 3.4 prints health reports on stderr.
+    let out = cluster::etcdctl(&endpoints, &["endpoint", "health"]);
+    assert!(out.status.success());
+    let health = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(health.matches("is healthy").count(), 3, "{health}");
+    // Every member applied the put: equal hashes at the same revision.
+    assert!(cluster::wait_until(cluster::DEADLINE, || {
+        let out = ok(cluster::etcdctl(
+            &endpoints,
+            &["endpoint", "hashkv", "--rev=2"],
+        ));
+        let hashes: std::collections::BTreeSet<&str> =
+            out.lines().filter_map(|l| l.rsplit(", ").next()).collect();
+        hashes.len() == 1 && out.lines().count() == 3
+    }));
+}
+
+#[test]
+fn auth_users_roles_and_permissions_work_through_etcdctl() {
+    let c = Cluster::start(3, Options::default());
+    let ctl = |i: usize, args: &[&str]| c.etcdctl(i, args);
+    assert_eq!(
+        ok(ctl(0, &["user", "add", "root:rootpw"])),
+        "User root created\n"
+    );
+    assert_eq!(
+        ok(ctl(0, &["user", "add", "alice:alicepw"])),
+        "User alice created\n"
+    );
+    assert_eq!(ok(ctl(0, &["role", "add", "app"])), "Role app created\n");
+    assert_eq!(
+        ok(ctl(
+            0,
+            &[
+                "role",
+                "grant-permission",
+                "app",
+                "readwrite",
+                "app/",
+                "--prefix=true"
+            ]
+        )),
+        "Role app updated\n"
+    );
+    assert_eq!(
+        ok(ctl(0, &["user", "grant-role", "alice", "app"])),
+        "Role app is granted to user alice\n"
+    );
+    assert_eq!(
+        ok(ctl(0, &["user", "grant-role", "root", "root"])),
+        "Role root is granted to user root\n"
+    );
+    assert_eq!(ok(ctl(0, &["auth", "enable"])), "Authentication Enabled\n");
+
+    // Tokens are registered through raft: a login on one member works on every member.
+    assert_eq!(
+        ok(ctl(1, &["--user", "alice:alicepw", "put", "app/x", "1"])),
+        "OK\n"
+    );
+    assert_eq!(
+        ok(ctl(2, &["--user", "alice:alicepw", "get", "app/x"])),
+        "app/x\n1\n"
+    );
+    let err = fails(ctl(2, &["--user", "alice:alicepw", "put", "other", "1"]));
+    assert!(err.contains("etcdserver: permission denied"), "{err}");
+    let err = fails(ctl(0, &["get", "app/x"]));
+    assert!(err.contains("etcdserver: user name is empty"), "{err}");
+    let err = fails(ctl(0, &["--user", "alice:wrong", "get", "app/x"]));
+    assert!(
+        err.contains("etcdserver: authentication failed, invalid user ID or password"),
+        "{err}"
+    );
+    assert_eq!(
+        ok(ctl(0, &["--user", "root:rootpw", "role", "get", "app"])),
+        "Role app\nKV Read:\n\t[app/, app0) (prefix app/)\nKV Write:\n\t[app/, app0) (prefix app/)\n"
+    );
+    let users = ok(ctl(1, &["--user", "root:rootpw", "user", "list"]));
+    assert_eq!(users, "alice\nroot\n");
+}
+
+#[test]
+fn member_list_add_and_remove_through_etcdctl() {
+    let mut c = Cluster::start(3, Options::default());
+    let list = ok(c.etcdctl(0, &["member", "list"]));
+    assert_eq!(list.lines().count(), 3, "{list}");
+    for name in ["node1", "node2", "node3"] {
+        assert!(
+            list.lines()
+                .any(|l| l.contains(&format!(", started, {name}, ")) && l.ends_with(", false")),
+            "{list}"
+        );
+    }
+    let joiner = c.prepare_joiner("node4");
+    let peer = c.members[joiner].peer_url();
+    let added = ok(c.etcdctl(
+        1,
+        &[
+            "member",
+            "add",
+            "node4",
+            &format!("--peer-urls={peer}"),
+            "--learner",
+        ],
+    ));
+    assert!(
+        added.contains("Member ") && added.contains(" added to cluster "),
+        "{added}"
+    );
+    assert!(
+        added.contains("ETCD_INITIAL_CLUSTER_STATE=\"existing\""),
+        "{added}"
+    );
+    let list = ok(c.etcdctl(0, &["member", "list"]));
+    let line = list
+        .lines()
+        .find(|l| l.contains(&peer))
+        .unwrap_or_else(|| panic!("new member missing:\n{list}"));
+    assert!(
+        line.contains(", unstarted, ") && line.ends_with(", true"),
+        "{line}"
+    );
+    let id = line.split(", ").next().expect("id").to_string();
+    assert_eq!(
+        ok(c.etcdctl(0, &["member", "remove", &id])),
+        format!("Member {id} removed from cluster {:>16}\n", cluster_id(&c))
+    );
+    let list = ok(c.etcdctl(2, &["member", "list"]));
+    assert_eq!(list.lines().count(), 3, "{list}");
+}
+
+#[test]
+fn move_leader_hands_leadership_to_the_chosen_member() {
+    let c = Cluster::start(3, Options::default());
+    let leader = c.wait_leader();
+    let target = (leader + 1) % 3;
+    let target_id = member_id(&c, target);
+    let out = ok(cluster::etcdctl(
+        &c.endpoints(),
+        &["move-leader", &target_id],
+    ));
+    assert!(out.contains("Leadership transferred from "), "{out}");
+    assert!(out.contains(&format!(" to {target_id}")), "{out}");
+    assert!(cluster::wait_until(cluster::DEADLINE, || c.leader() == Some(target)));
+}
+
+/// Member `i`'s ID in hex, as etcdctl prints it.
+fn member_id(c: &Cluster, i: usize) -> String {
+    let json: serde_json::Value =
+        serde_json::from_str(&ok(c.etcdctl(i, &["endpoint", "status", "-w", "json"])))
+            .expect("json");
+    format!(
+        "{:x}",
+        json[0]["Status"]["header"]["member_id"]
+            .as_u64()
+            .expect("member_id")
+    )
+}
+
+/// The cluster ID in hex, as etcdctl prints it.
+fn cluster_id(c: &Cluster) -> String {
+    let json: serde_json::Value =
+        serde_json::from_str(&ok(c.etcdctl(0, &["endpoint", "status", "-w", "json"])))
+            .expect("json");
+    format!(
+        "{:x}",
+        json[0]["Status"]["header"]["cluster_id"]
+            .as_u64()
+            .expect("cluster_id")
+    )
+}
+
+#[test]
+fn member_update_changes_peer_urls_and_the_last_voter_cannot_be_removed() {
+    let c = Cluster::start(1, Options::default());
+    let id = member_id(&c, 0);
+    let err = fails(c.etcdctl(0, &["member", "remove", &id]));
+    assert!(
+        err.contains("cannot remove the last voting member"),
+        "{err}"
+    );
+    // Updating to the URL it already has changes nothing but must be accepted.
+    let peer = c.members[0].peer_url();
+    let out = ok(c.etcdctl(
+        0,
+        &["member", "update", &id, &format!("--peer-urls={peer}")],
+    ));
+    assert!(
+        out.contains(&format!("Member {id} updated in cluster")),
+        "{out}"
+    );
+    let err = fails(c.etcdctl(
+        0,
+        &["member", "update", "1234", &format!("--peer-urls={peer}")],
+    ));
+    assert!(err.contains("etcdserver: member not found"), "{err}");
+    assert_eq!(ok(c.etcdctl(0, &["put", "still", "serving"])), "OK\n");
+}
+
+#[test]
+fn services_not_served_yet_answer_unimplemented() {
+    use storage_node::pb::etcdserverpb::{
+        DefragmentRequest, LeaseTimeToLiveRequest, WatchRequest, lease_client::LeaseClient,
+        maintenance_client::MaintenanceClient, watch_client::WatchClient,
+    };
+    let c = Cluster::start(1, Options::default());
+    let endpoint = c.members[0].endpoint();
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    runtime.block_on(async {
+        let channel = tonic::transport::Endpoint::from_shared(endpoint)
+            .expect("endpoint")
+            .connect()
+            .await
+            .expect("connect");
+        let mut watch = WatchClient::new(channel.clone());
+        let requests = tokio_stream_once(WatchRequest::default());
+        let status = watch
+            .watch(requests)
+            .await
+            .expect_err("watch is not served");
+        assert_eq!(status.code(), tonic::Code::Unimplemented);
+        let status = LeaseClient::new(channel.clone())
+            .lease_time_to_live(LeaseTimeToLiveRequest { id: 1, keys: false })
+            .await
+            .expect_err("time-to-live is not served");
+        assert_eq!(status.code(), tonic::Code::Unimplemented);
+        let status = MaintenanceClient::new(channel)
+            .defragment(DefragmentRequest {})
+            .await
+            .expect_err("defragment is not served");
+        assert_eq!(status.code(), tonic::Code::Unimplemented);
+    });
+}
+
+/// A request stream of one message.
+fn tokio_stream_once<T: Send + 'static>(
+    item: T,
+) -> impl tonic::codegen::tokio_stream::Stream<Item = T> + Send + 'static {
+    tonic::codegen::tokio_stream::iter(vec![item])
+}

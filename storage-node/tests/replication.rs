@@ -1,0 +1,247 @@
+//! Replication with real processes: elections, writes through every member, leader loss,
+//! restarts, learners, removal, snapshot catch-up, clean shutdown.
+
+mod cluster;
+
+use cluster::{Cluster, DEADLINE, Options, ok, wait_until};
+
+/// The value of `key` as member `i` serves it without a quorum read.
+fn local_get(c: &Cluster, i: usize, key: &str) -> Option<String> {
+    let out = c.etcdctl(i, &["get", "--consistency=s", key]);
+    if !out.status.success() {
+        return None;
+    }
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    text.lines().nth(1).map(str::to_string)
+}
+
+/// Number of keys member `i` holds, served locally.
+fn local_count(c: &Cluster, i: usize) -> Option<i64> {
+    // etcdctl 3.4 has no --count-only; the JSON count is the range's size whatever the limit.
+    let out = c.etcdctl(
+        i,
+        &[
+            "get",
+            "--consistency=s",
+            "",
+            "--prefix",
+            "--limit=1",
+            "-w",
+            "json",
+        ],
+    );
+    if !out.status.success() {
+        return None;
+    }
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+    Some(json["count"].as_i64().unwrap_or(0))
+}
+
+#[test]
+fn writes_through_every_member_are_visible_on_all() {
+    let c = Cluster::start(3, Options::default());
+    for i in 0..3 {
+        assert_eq!(
+            ok(c.etcdctl(i, &["put", &format!("k{i}"), &format!("v{i}")])),
+            "OK\n"
+        );
+    }
+    for reader in 0..3 {
+        for i in 0..3 {
+            // Linearizable reads see every acknowledged write, whichever member serves them.
+            assert_eq!(
+                ok(c.etcdctl(reader, &["get", &format!("k{i}")])),
+                format!("k{i}\nv{i}\n")
+            );
+        }
+    }
+}
+
+#[test]
+fn leader_sigkill_elects_a_new_leader_and_loses_no_acknowledged_write() {
+    let mut c = Cluster::start(3, Options::default());
+    let leader = c.wait_leader();
+    let mut acknowledged = Vec::new();
+    for n in 0..20 {
+        let key = format!("key{n:02}");
+        ok(c.etcdctl((leader + 1 + n) % 3, &["put", &key, "x"]));
+        acknowledged.push(key);
+    }
+    c.member(leader).kill();
+    let new_leader = c.wait_leader();
+    assert_ne!(new_leader, leader);
+    let survivor = (leader + 1) % 3;
+    ok(c.etcdctl(survivor, &["put", "after", "kill"]));
+    for key in &acknowledged {
+        assert_eq!(
+            ok(c.etcdctl(survivor, &["get", key])),
+            format!("{key}\nx\n")
+        );
+    }
+    // The killed member comes back and catches up with what it missed.
+    c.member(leader).start();
+    assert!(
+        wait_until(DEADLINE, || local_get(&c, leader, "after").as_deref()
+            == Some("kill")),
+        "{}",
+        c.logs()
+    );
+}
+
+#[test]
+fn restarting_every_member_in_turn_keeps_all_data() {
+    let mut c = Cluster::start(3, Options::default());
+    for round in 0..3 {
+        ok(c.etcdctl((round + 1) % 3, &["put", &format!("r{round}"), "v"]));
+        assert!(
+            c.member(round).stop(),
+            "member did not shut down cleanly on SIGTERM"
+        );
+        ok(c.etcdctl(
+            (round + 2) % 3,
+            &["put", &format!("while-down{round}"), "v"],
+        ));
+        c.member(round).start();
+        c.wait_healthy();
+    }
+    assert!(wait_until(DEADLINE, || (0..3).all(|i| local_count(&c, i) == Some(6))));
+}
+
+#[test]
+fn learner_catches_up_then_is_promoted() {
+    let mut c = Cluster::start(3, Options::default());
+    for n in 0..10 {
+        ok(c.etcdctl(0, &["put", &format!("pre{n}"), "v"]));
+    }
+    let j = c.prepare_joiner("node4");
+    let peer = c.members[j].peer_url();
+    ok(c.etcdctl(
+        0,
+        &[
+            "member",
+            "add",
+            "node4",
+            &format!("--peer-urls={peer}"),
+            "--learner",
+        ],
+    ));
+    c.member(j).start();
+    assert!(
+        wait_until(DEADLINE, || local_count(&c, j) == Some(10)),
+        "learner did not catch up:\n{}",
+        c.logs()
+    );
+    // Once running, the member publishes its name and client URLs through raft.
+    let mut line = String::new();
+    assert!(
+        wait_until(DEADLINE, || {
+            let list = ok(c.etcdctl(0, &["member", "list"]));
+            line = list
+                .lines()
+                .find(|l| l.contains(&peer))
+                .unwrap_or_default()
+                .to_string();
+            line.contains(", started, node4, ")
+        }),
+        "{line}"
+    );
+    assert!(line.ends_with(", true"), "still a learner: {line}");
+    let id = line.split(", ").next().expect("id").to_string();
+    let promoted = ok(cluster::etcdctl(
+        &c.endpoints(),
+        &["member", "promote", &id],
+    ));
+    assert!(
+        promoted.contains(&format!("Member {id} promoted in cluster")),
+        "{promoted}"
+    );
+    let list = ok(c.etcdctl(j, &["member", "list"]));
+    let line = list.lines().find(|l| l.contains(&peer)).expect("listed");
+    assert!(line.ends_with(", false"), "{line}");
+    // The promoted member serves writes like any voter.
+    ok(c.etcdctl(j, &["put", "from-node4", "v"]));
+    assert_eq!(ok(c.etcdctl(0, &["get", "from-node4"])), "from-node4\nv\n");
+}
+
+#[test]
+fn removed_member_leaves_the_cluster_which_keeps_serving() {
+    let mut c = Cluster::start(3, Options::default());
+    let leader = c.wait_leader();
+    let victim = (leader + 1) % 3;
+    let list = ok(c.etcdctl(leader, &["member", "list"]));
+    let name = c.members[victim].name.clone();
+    let id = list
+        .lines()
+        .find(|l| l.contains(&format!(", {name}, ")))
+        .and_then(|l| l.split(", ").next())
+        .expect("victim listed")
+        .to_string();
+    ok(c.etcdctl(leader, &["member", "remove", &id]));
+    c.member(victim).kill();
+    let list = ok(c.etcdctl(leader, &["member", "list"]));
+    assert_eq!(list.lines().count(), 2, "{list}");
+    let other = 3 - leader - victim;
+    ok(c.etcdctl(other, &["put", "after-remove", "v"]));
+    assert_eq!(
+        ok(c.etcdctl(leader, &["get", "after-remove"])),
+        "after-remove\nv\n"
+    );
+}
+
+#[test]
+fn member_added_after_compaction_catches_up_from_a_snapshot() {
+    let mut c = Cluster::start(
+        3,
+        Options {
+            snapshot_count: Some(20),
+            ..Options::default()
+        },
+    );
+    for n in 0..60 {
+        ok(c.etcdctl(n % 3, &["put", &format!("k{n:02}"), &format!("v{n}")]));
+    }
+    ok(c.etcdctl(0, &["compaction", "30"]));
+    // The leader has taken a snapshot and purged the log before it.
+    assert!(
+        wait_until(DEADLINE, || {
+            let leader = c.leader().unwrap_or(0);
+            c.members[leader]
+                .metric("mend_raft_snapshot_index")
+                .unwrap_or(0.0)
+                > 0.0
+        }),
+        "{}",
+        c.logs()
+    );
+    let j = c.prepare_joiner("node4");
+    let peer = c.members[j].peer_url();
+    ok(c.etcdctl(
+        0,
+        &[
+            "member",
+            "add",
+            "node4",
+            &format!("--peer-urls={peer}"),
+            "--learner",
+        ],
+    ));
+    c.member(j).start();
+    assert!(
+        wait_until(DEADLINE, || local_count(&c, j) == Some(60)),
+        "joiner did not catch up:\n{}",
+        c.logs()
+    );
+    // It got there by a snapshot: the log it would otherwise replay was purged.
+    assert!(
+        c.members[j]
+            .metric("mend_raft_snapshot_index")
+            .unwrap_or(0.0)
+            > 0.0
+    );
+    assert_eq!(local_get(&c, j, "k59").as_deref(), Some("v59"));
+    let err = cluster::fails(c.etcdctl(j, &["get", "--consistency=s", "k00", "--rev=10"]));
+    assert!(
+        err.contains("required revision has been compacted"),
+        "{err}"
+    );
+}
