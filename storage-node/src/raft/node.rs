@@ -382,7 +382,13 @@ impl Node {
     /// Serves a forwarded proposal (the peer side of [`Rpc::Propose`]).
     pub async fn serve_forwarded(&self, proposal: Proposal) -> ForwardReply {
         match self.execute_local(&proposal).await {
-            Ok(()) => ForwardReply::Done,
+            Ok(()) => {
+                // The follower answers its client from its own apply, which waits until it
+                // learns the new commit index; a heartbeat now tells it at once instead of
+                // with the next scheduled one.
+                let _ = self.raft.trigger().heartbeat().await;
+                ForwardReply::Done
+            }
             Err(Refusal::NotLeader) => ForwardReply::NotLeader,
             Err(Refusal::Failed(e)) => ForwardReply::Failed(Rejection::from(e)),
         }
