@@ -37,6 +37,16 @@ fn local_count(c: &Cluster, i: usize) -> Option<i64> {
     Some(json["count"].as_i64().unwrap_or(0))
 }
 
+/// Adds a learner with etcdctl (through member 0) and starts it: its index and peer URL.
+fn add_learner(c: &mut Cluster, name: &str) -> (usize, String) {
+    let j = c.prepare_joiner(name);
+    let peer = c.members[j].peer_url();
+    let url = format!("--peer-urls={peer}");
+    ok(c.etcdctl(0, &["member", "add", name, &url, "--learner"]));
+    c.member(j).start();
+    (j, peer)
+}
+
 #[test]
 fn writes_through_every_member_are_visible_on_all() {
     let c = Cluster::start(3, Options::default());
@@ -113,19 +123,7 @@ fn learner_catches_up_then_is_promoted() {
     for n in 0..10 {
         ok(c.etcdctl(0, &["put", &format!("pre{n}"), "v"]));
     }
-    let j = c.prepare_joiner("node4");
-    let peer = c.members[j].peer_url();
-    ok(c.etcdctl(
-        0,
-        &[
-            "member",
-            "add",
-            "node4",
-            &format!("--peer-urls={peer}"),
-            "--learner",
-        ],
-    ));
-    c.member(j).start();
+    let (j, peer) = add_learner(&mut c, "node4");
     assert!(
         wait_until(DEADLINE, || local_count(&c, j) == Some(10)),
         "learner did not catch up:\n{}",
@@ -213,19 +211,7 @@ fn member_added_after_compaction_catches_up_from_a_snapshot() {
         "{}",
         c.logs()
     );
-    let j = c.prepare_joiner("node4");
-    let peer = c.members[j].peer_url();
-    ok(c.etcdctl(
-        0,
-        &[
-            "member",
-            "add",
-            "node4",
-            &format!("--peer-urls={peer}"),
-            "--learner",
-        ],
-    ));
-    c.member(j).start();
+    let (j, _) = add_learner(&mut c, "node4");
     assert!(
         wait_until(DEADLINE, || local_count(&c, j) == Some(60)),
         "joiner did not catch up:\n{}",

@@ -35,6 +35,8 @@ pub enum Rpc {
     AppendEntries,
     /// openraft Vote.
     Vote,
+    /// openraft Pre-Vote.
+    PreVote,
     /// A whole snapshot.
     InstallSnapshot,
     /// Leadership handed over.
@@ -131,6 +133,7 @@ impl Peers {
             match rpc {
                 Rpc::AppendEntries => client.append_entries(request).await,
                 Rpc::Vote => client.vote(request).await,
+                Rpc::PreVote => client.pre_vote(request).await,
                 Rpc::InstallSnapshot => client.install_snapshot(request).await,
                 Rpc::TransferLeader => client.transfer_leader(request).await,
                 Rpc::Propose => client.propose(request).await,
@@ -236,6 +239,16 @@ impl RaftNetworkV2<TypeConfig> for Network {
             .map_err(rpc_error)
     }
 
+    async fn pre_vote(
+        &mut self,
+        rpc: VoteRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<VoteResponse<TypeConfig>, RPCError<TypeConfig>> {
+        self.call(Rpc::PreVote, &rpc, option.hard_ttl())
+            .await
+            .map_err(rpc_error)
+    }
+
     async fn full_snapshot(
         &mut self,
         vote: Vote,
@@ -312,6 +325,17 @@ impl crate::pb::mendpeer::peer_server::Peer for PeerService {
     async fn vote(&self, req: tonic::Request<Blob>) -> Reply {
         let rpc: VoteRequest<TypeConfig> = request(req)?;
         reply(self.node.raft.vote(rpc).await.map_err(|e| e.to_string()))
+    }
+
+    async fn pre_vote(&self, req: tonic::Request<Blob>) -> Reply {
+        let rpc: VoteRequest<TypeConfig> = request(req)?;
+        reply(
+            self.node
+                .raft
+                .pre_vote(rpc)
+                .await
+                .map_err(|e| e.to_string()),
+        )
     }
 
     async fn install_snapshot(&self, req: tonic::Request<Blob>) -> Reply {

@@ -264,6 +264,23 @@ impl Node {
             .collect()
     }
 
+    /// Member `id` as MemberList shows it.
+    fn member(&self, id: u64) -> Result<MemberInfo, NodeError> {
+        self.members()
+            .into_iter()
+            .find(|m| m.id == id)
+            .ok_or(NodeError::MemberNotFound)
+    }
+
+    /// Replaces member `id`'s name and addresses in the membership.
+    async fn set_member(&self, id: u64, member: Member) -> Result<(), NodeError> {
+        self.submit(
+            Proposal::Change(ChangeMembers::SetNodes(BTreeMap::from([(id, member)]))),
+            Instant::now() + self.timeout,
+        )
+        .await
+    }
+
     /// Proposes `request` on behalf of the caller described by `header` (user and
     /// AuthRevision; the ID is assigned here) and returns the result of applying it on this
     /// member.
@@ -534,40 +551,22 @@ impl Node {
             peer_urls,
             ..target.member.clone()
         };
-        self.submit(
-            Proposal::Change(ChangeMembers::SetNodes(BTreeMap::from([(id, member)]))),
-            Instant::now() + self.timeout,
-        )
-        .await
+        self.set_member(id, member).await
     }
 
     /// Records this member's name and client URLs in the membership (etcd publishes them
     /// through raft when a member starts).
     pub async fn publish(&self, me: Member) -> Result<(), NodeError> {
-        let current = self
-            .members()
-            .into_iter()
-            .find(|m| m.id == self.id)
-            .ok_or(NodeError::MemberNotFound)?;
-        if current.member == me {
+        if self.member(self.id)?.member == me {
             return Ok(());
         }
-        self.submit(
-            Proposal::Change(ChangeMembers::SetNodes(BTreeMap::from([(self.id, me)]))),
-            Instant::now() + self.timeout,
-        )
-        .await
+        self.set_member(self.id, me).await
     }
 
     /// etcd's MemberPromote: a caught-up learner becomes a voter. The leader, which alone
     /// knows how far the learner got, decides; followers forward the request.
     pub async fn member_promote(&self, id: u64) -> Result<(), NodeError> {
-        let target = self
-            .members()
-            .into_iter()
-            .find(|m| m.id == id)
-            .ok_or(NodeError::MemberNotFound)?;
-        if !target.is_learner {
+        if !self.member(id)?.is_learner {
             return Err(NodeError::NotLearner);
         }
         self.submit(Proposal::Promote { id }, Instant::now() + self.timeout)
@@ -600,12 +599,7 @@ impl Node {
 
     /// etcd's MoveLeader: on the leader, hand leadership to `target` and wait until it leads.
     pub async fn move_leader(&self, target: u64) -> Result<(), NodeError> {
-        let members = self.members();
-        let info = members
-            .iter()
-            .find(|m| m.id == target)
-            .ok_or(NodeError::MemberNotFound)?;
-        if info.is_learner {
+        if self.member(target)?.is_learner {
             return Err(NodeError::BadTransferee);
         }
         if !self.is_leader() {

@@ -249,6 +249,9 @@ pub async fn run(args: ServeArgs, shutdown: impl Future<Output = ()>) -> Result<
         snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(args.snapshot_count),
         // etcd keeps 5000 entries after a snapshot so slow followers catch up from the log.
         max_in_snapshot_log_to_keep: args.snapshot_count.min(5000),
+        // A member that restarts or is cut off must not depose a healthy leader by bumping the
+        // term (etcd 3.5 turns pre-vote on by default for the same reason).
+        enable_pre_vote: Some(true),
         ..openraft::Config::default()
     };
     let config = Arc::new(config.validate().map_err(|e| Error::Raft(e.to_string()))?);
