@@ -150,7 +150,7 @@ fn learner_catches_up_then_is_promoted() {
         &["member", "promote", &id],
     ));
     assert!(
-        promoted.contains(&format!("Member {id} promoted in cluster")),
+        promoted.contains(&format!("Member {id:>16} promoted in cluster")),
         "{promoted}"
     );
     let list = ok(c.etcdctl(j, &["member", "list"]));

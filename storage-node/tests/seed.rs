@@ -67,7 +67,8 @@ fn play_seed(c: &mut Cluster) -> Vec<u64> {
             "--prefix=true",
         ],
     ));
-    // First restart, before any KV write.
+    // First restart, before any KV write, once the member has applied the grant.
+    wait_applied_equal(c);
     assert!(c.member(0).stop());
     c.member(0).start();
     c.wait_healthy();
@@ -84,7 +85,8 @@ fn play_seed(c: &mut Cluster) -> Vec<u64> {
         ];
         ok(c.etcdctl(2, &[&["--user", ROOT][..], &grant[..]].concat()));
     }
-    // Second restart, again before any KV write.
+    // Second restart, again before any KV write and after applying the grants.
+    wait_applied_equal(c);
     assert!(c.member(1).stop());
     c.member(1).start();
     c.wait_healthy();

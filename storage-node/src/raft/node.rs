@@ -15,7 +15,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use openraft::ChangeMembers;
 use openraft::ServerState;
-use openraft::error::{ClientWriteError, RaftError};
+use openraft::error::{ChangeMembershipError, ClientWriteError, RaftError};
 use openraft::metrics::RaftMetrics;
 use openraft::type_config::async_runtime::WatchReceiver;
 use serde::{Deserialize, Serialize};
@@ -62,6 +62,9 @@ pub enum NodeError {
     /// MoveLeader named a member that cannot lead (a learner).
     #[error("bad leader transferee")]
     BadTransferee,
+    /// Another membership change is still being committed.
+    #[error("a membership change is in progress")]
+    Busy,
     /// Leadership did not move in time.
     #[error("leadership transfer timed out")]
     TransferTimeout,
@@ -274,10 +277,9 @@ impl Node {
 
     /// Replaces member `id`'s name and addresses in the membership.
     async fn set_member(&self, id: u64, member: Member) -> Result<(), NodeError> {
-        self.submit(
-            Proposal::Change(ChangeMembers::SetNodes(BTreeMap::from([(id, member)]))),
-            Instant::now() + self.timeout,
-        )
+        self.change_membership(Proposal::Change(ChangeMembers::SetNodes(BTreeMap::from([
+            (id, member),
+        ]))))
         .await
     }
 
@@ -325,6 +327,13 @@ impl Node {
         result
     }
 
+    /// Hands a membership change to the leader and waits until this member applied it, so
+    /// the answer (which lists the members) shows the change, as etcd's does.
+    async fn change_membership(&self, proposal: Proposal) -> Result<(), NodeError> {
+        self.submit(proposal, Instant::now() + self.timeout).await?;
+        self.read_index().await
+    }
+
     /// Hands a proposal to the leader (this member or a peer), retrying while leadership is
     /// unknown or moving, until `deadline`.
     async fn submit(&self, proposal: Proposal, deadline: Instant) -> Result<(), NodeError> {
@@ -332,6 +341,7 @@ impl Node {
             let refusal = match self.execute_local(&proposal).await {
                 Ok(()) => return Ok(()),
                 Err(Refusal::Failed(e)) => return Err(e),
+                Err(Refusal::Busy) => NodeError::Busy,
                 Err(Refusal::NotLeader) => match self.leader() {
                     Some((leader, member)) if leader != self.id => {
                         let url = member.peer_urls.first().cloned().unwrap_or_default();
@@ -343,6 +353,7 @@ impl Node {
                         {
                             Ok(ForwardReply::Done) => return Ok(()),
                             Ok(ForwardReply::NotLeader) => NodeError::NotLeader,
+                            Ok(ForwardReply::Busy) => NodeError::Busy,
                             Ok(ForwardReply::Failed(rejection)) => return Err(rejection.into()),
                             Err(PeerError::Timeout(_)) => return Err(NodeError::Timeout),
                             Err(e) => NodeError::Peer(e),
@@ -358,13 +369,21 @@ impl Node {
                     other => other,
                 });
             }
-            // Wait for the leadership view to change (or a short while, if it does not) before
-            // trying again: the refusal means no entry was appended, so retrying is safe.
-            let current = self.raft.metrics().borrow_watched().current_leader;
+            // Wait for the leadership or membership view to change (or a short while, if it
+            // does not) before trying again: the refusal means no entry was appended, so
+            // retrying is safe.
+            let (leader, membership) = {
+                let m = self.raft.metrics();
+                let m = m.borrow_watched();
+                (m.current_leader, m.membership_config.clone())
+            };
             let _ = self
                 .raft
                 .wait(Some(remaining.min(Duration::from_millis(50))))
-                .metrics(|m| m.current_leader != current, "leader change")
+                .metrics(
+                    |m| m.current_leader != leader || m.membership_config != membership,
+                    "leader or membership change",
+                )
                 .await;
         }
     }
@@ -391,6 +410,9 @@ impl Node {
         };
         result.map_err(|e| match e {
             RaftError::APIError(ClientWriteError::ForwardToLeader(_)) => Refusal::NotLeader,
+            RaftError::APIError(ClientWriteError::ChangeMembershipError(
+                ChangeMembershipError::InProgress(_),
+            )) => Refusal::Busy,
             RaftError::APIError(other) => Refusal::Failed(NodeError::Raft(other.to_string())),
             RaftError::Fatal(fatal) => Refusal::Failed(NodeError::Raft(fatal.to_string())),
         })
@@ -407,6 +429,7 @@ impl Node {
                 ForwardReply::Done
             }
             Err(Refusal::NotLeader) => ForwardReply::NotLeader,
+            Err(Refusal::Busy) => ForwardReply::Busy,
             Err(Refusal::Failed(e)) => ForwardReply::Failed(Rejection::from(e)),
         }
     }
@@ -508,6 +531,7 @@ impl Node {
             )
             .await?;
         }
+        self.read_index().await?;
         Ok(MemberInfo {
             id,
             member,
@@ -530,8 +554,13 @@ impl Node {
             }
             ChangeMembers::RemoveVoters(BTreeSet::from([id]))
         };
-        self.submit(Proposal::Change(change), Instant::now() + self.timeout)
-            .await
+        if id == self.id {
+            // A member that removed itself will not hear of later commits to wait for.
+            return self
+                .submit(Proposal::Change(change), Instant::now() + self.timeout)
+                .await;
+        }
+        self.change_membership(Proposal::Change(change)).await
     }
 
     /// etcd's MemberUpdate: new peer URLs for a member.
@@ -569,8 +598,7 @@ impl Node {
         if !self.member(id)?.is_learner {
             return Err(NodeError::NotLearner);
         }
-        self.submit(Proposal::Promote { id }, Instant::now() + self.timeout)
-            .await
+        self.change_membership(Proposal::Promote { id }).await
     }
 
     /// On the leader: whether learner `id` has caught up enough to vote.
@@ -624,6 +652,8 @@ impl Node {
 
 enum Refusal {
     NotLeader,
+    /// Another membership change is not committed yet; nothing was appended.
+    Busy,
     Failed(NodeError),
 }
 
@@ -634,6 +664,8 @@ pub enum ForwardReply {
     Done,
     /// The receiver does not lead (any more); nothing was appended.
     NotLeader,
+    /// Another membership change is in progress; nothing was appended.
+    Busy,
     /// Refused for another reason.
     Failed(Rejection),
 }

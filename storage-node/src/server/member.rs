@@ -14,6 +14,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tonic::transport::server::TcpIncoming;
 
+use super::authority::RepairAuthority;
 use crate::cli::{self, ClusterState, ServeArgs};
 use crate::entry::Member;
 use crate::raft::log_store::LogStore;
@@ -73,6 +74,9 @@ struct Identity {
 }
 
 const IDENTITY_FILE: &str = "member.json";
+
+/// How long open connections may take to finish after SIGTERM before they are cut.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
 fn read_identity(dir: &Path) -> Result<Option<Identity>, Error> {
     let path = dir.join(IDENTITY_FILE);
@@ -324,7 +328,7 @@ pub async fn run(args: ServeArgs, shutdown: impl Future<Output = ()>) -> Result<
         let signal = stopped();
         servers.spawn(async move {
             router
-                .serve_with_incoming_shutdown(TcpIncoming::from(listener), signal)
+                .serve_with_incoming_shutdown(client_connections(listener), signal)
                 .await
                 .map_err(|e| Error::Serve(format!("client: {e}")))
         });
@@ -363,15 +367,34 @@ pub async fn run(args: ServeArgs, shutdown: impl Future<Output = ()>) -> Result<
     };
     tracing::info!("shutting down");
     publisher.abort();
+    // Stop accepting work, then stop raft: requests still in flight (a forwarded write waiting
+    // for its commit, say) then end with an error instead of holding the servers open.
     let _ = stop_tx.send(true);
-    while servers.join_next().await.is_some() {}
-    raft.shutdown()
-        .await
-        .map_err(|e| Error::Raft(e.to_string()))?;
+    let stopped_raft = raft.shutdown().await;
+    let drain = async { while servers.join_next().await.is_some() {} };
+    if tokio::time::timeout(SHUTDOWN_GRACE, drain).await.is_err() {
+        tracing::warn!(grace = ?SHUTDOWN_GRACE, "connections still open; closing them");
+        servers.shutdown().await;
+    }
+    stopped_raft.map_err(|e| Error::Raft(e.to_string()))?;
     match failure {
         Some(e) => Err(e),
         None => Ok(()),
     }
+}
+
+/// Client connections, each behind the `:authority` repair etcd's Go client 3.4 needs.
+fn client_connections(
+    listener: TcpListener,
+) -> impl futures_util::Stream<Item = std::io::Result<RepairAuthority<tokio::net::TcpStream>>> {
+    futures_util::stream::unfold(listener, |listener| async move {
+        let connection = listener.accept().await.map(|(stream, _)| {
+            // gRPC messages are small and latency-bound: do not wait to coalesce them.
+            let _ = stream.set_nodelay(true);
+            RepairAuthority::new(stream)
+        });
+        Some((connection, listener))
+    })
 }
 
 /// Records this member's name and client URLs in the membership once a leader can take it,

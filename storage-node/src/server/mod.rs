@@ -6,6 +6,8 @@
 //! - `kv`, `lease`, `watch`, `cluster`, `maintenance`, `auth`: one file per etcd service.
 //! - `convert`: protobuf messages to and from the engine's values, in one place.
 //! - `error`: engine and replication errors as etcd's gRPC codes and messages, in one table.
+//! - `authority`: repairs the `:authority` etcd's Go client 3.4 sends (a whole URL), which
+//!   Rust's HTTP/2 server would refuse.
 //! - `http`: `/metrics`, `/health`, `/readyz`.
 //! - `member`: starting and stopping a member.
 
@@ -25,6 +27,7 @@ use crate::pb::etcdserverpb::{
 use crate::raft::node::Node;
 
 pub mod auth;
+pub mod authority;
 pub mod cluster;
 pub mod convert;
 pub mod error;

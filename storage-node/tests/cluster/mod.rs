@@ -338,7 +338,6 @@ pub fn etcdctl(endpoints: &str, args: &[&str]) -> Output {
 
 /// Runs `etcdctl` (API v3) against `endpoints`, feeding `input` on stdin.
 pub fn etcdctl_with_input(endpoints: &str, args: &[&str], input: Option<&[u8]>) -> Output {
-    let endpoints = endpoints.replace("http://", "");
     let mut child = Command::new("etcdctl")
         .env("ETCDCTL_API", "3")
         .arg("--endpoints")

@@ -1,0 +1,543 @@
+//! Repairs the HTTP/2 `:authority` that etcd's Go client 3.4 sends on connections it dials to
+//! one endpoint (`etcdctl --endpoints http://host:port endpoint status`, `endpoint hashkv`,
+//! `move-leader`, logins): the whole URL, `http://host:port`. Go's gRPC server accepts it;
+//! Rust's `h2` refuses the request as malformed. This filter sits between the socket and the
+//! HTTP/2 server and rewrites such values to `host:port`, so those clients work unchanged.
+//!
+//! # How
+//! The client's byte stream is parsed into frames. Every request header block (a HEADERS frame
+//! and its CONTINUATION frames) is HPACK-decoded with a decoder that follows the client's
+//! dynamic table, repaired, and re-encoded with literal representations *without indexing*:
+//! the server's HPACK table then never changes, so it cannot diverge from what the client
+//! believes it holds (the client's table is mirrored by our decoder, not by the server).
+//! All other frames pass through byte for byte; the server-to-client direction is untouched.
+
+use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+use tonic::transport::server::{Connected, TcpConnectInfo};
+
+/// The client connection preface (RFC 9113 §3.4).
+const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+const FRAME_HEADER: usize = 9;
+const HEADERS: u8 = 0x1;
+const CONTINUATION: u8 = 0x9;
+const END_STREAM: u8 = 0x1;
+const END_HEADERS: u8 = 0x4;
+const PADDED: u8 = 0x8;
+const PRIORITY: u8 = 0x20;
+/// The frame size every HTTP/2 peer must accept (SETTINGS_MAX_FRAME_SIZE's initial value).
+const MAX_FRAME: usize = 16_384;
+/// Largest frame or header block accepted: well above anything a client sends.
+const MAX_BUFFERED: usize = 1 << 24;
+
+/// A client connection whose request headers have their `:authority` repaired.
+pub struct RepairAuthority<S> {
+    inner: S,
+    /// Bytes read from the client, not yet processed.
+    raw: Vec<u8>,
+    /// Processed bytes, ready for the server.
+    ready: Vec<u8>,
+    /// How much of `ready` the server has taken.
+    taken: usize,
+    preface_seen: bool,
+    /// A header block waiting for its CONTINUATION frames: stream, flags, priority, fragments.
+    pending: Option<Pending>,
+    decoder: hpack::Decoder<'static>,
+    eof: bool,
+}
+
+struct Pending {
+    stream: u32,
+    flags: u8,
+    priority: Option<[u8; 5]>,
+    block: Vec<u8>,
+}
+
+fn invalid(message: impl Into<String>) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, message.into())
+}
+
+/// The authority part of a value that is not a valid one by itself, or `None` when the value
+/// has no usable authority (the header is then dropped).
+fn repaired_authority(value: &[u8]) -> Option<Vec<u8>> {
+    let text = std::str::from_utf8(value).ok()?;
+    let rest = text
+        .strip_prefix("http://")
+        .or_else(|| text.strip_prefix("https://"))
+        .unwrap_or(text);
+    let authority = rest.split('/').next().unwrap_or_default();
+    let valid = !authority.is_empty()
+        && authority
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-._~:[]@!$&'()*+,;=%".contains(&b));
+    valid.then(|| authority.as_bytes().to_vec())
+}
+
+/// Whether `value` is already acceptable as an `:authority`.
+fn is_valid_authority(value: &[u8]) -> bool {
+    repaired_authority(value).is_some_and(|a| a == value)
+}
+
+/// An HPACK integer with an `prefix`-bit prefix, the first byte's high bits set to `flags`.
+fn put_integer(out: &mut Vec<u8>, flags: u8, prefix: u8, value: usize) {
+    let mut encoded = hpack::encoder::encode_integer(value, prefix);
+    if let Some(first) = encoded.first_mut() {
+        *first |= flags;
+    }
+    out.extend_from_slice(&encoded);
+}
+
+/// A header block of literal fields without indexing (RFC 7541 §6.2.2), no Huffman coding.
+fn encode_block(headers: &[(Vec<u8>, Vec<u8>)]) -> Vec<u8> {
+    let mut out = Vec::new();
+    for (name, value) in headers {
+        out.push(0x00);
+        put_integer(&mut out, 0x00, 7, name.len());
+        out.extend_from_slice(name);
+        put_integer(&mut out, 0x00, 7, value.len());
+        out.extend_from_slice(value);
+    }
+    out
+}
+
+fn push_frame(out: &mut Vec<u8>, kind: u8, flags: u8, stream: u32, payload: &[u8]) {
+    let len = payload.len() as u32;
+    out.extend_from_slice(&len.to_be_bytes()[1..]);
+    out.push(kind);
+    out.push(flags);
+    out.extend_from_slice(&stream.to_be_bytes());
+    out.extend_from_slice(payload);
+}
+
+impl<S> RepairAuthority<S> {
+    /// Filters the client connection `inner`.
+    pub fn new(inner: S) -> Self {
+        RepairAuthority {
+            inner,
+            raw: Vec::new(),
+            ready: Vec::new(),
+            taken: 0,
+            preface_seen: false,
+            pending: None,
+            decoder: hpack::Decoder::new(),
+            eof: false,
+        }
+    }
+
+    /// Moves every complete unit of `raw` into `ready`.
+    fn process(&mut self) -> io::Result<()> {
+        if !self.preface_seen {
+            if self.raw.len() < PREFACE.len() {
+                return Ok(());
+            }
+            if &self.raw[..PREFACE.len()] != PREFACE {
+                // Not HTTP/2 prior knowledge: let the server answer it as it sees fit.
+                self.preface_seen = true;
+                self.pending = None;
+                return Err(invalid("not an HTTP/2 client connection preface"));
+            }
+            self.ready.extend_from_slice(PREFACE);
+            self.raw.drain(..PREFACE.len());
+            self.preface_seen = true;
+        }
+        let mut at = 0;
+        while self.raw.len() - at >= FRAME_HEADER {
+            let head = &self.raw[at..at + FRAME_HEADER];
+            let len = usize::from(head[0]) << 16 | usize::from(head[1]) << 8 | usize::from(head[2]);
+            if len > MAX_BUFFERED {
+                return Err(invalid(format!("HTTP/2 frame of {len} bytes")));
+            }
+            if self.raw.len() - at < FRAME_HEADER + len {
+                break;
+            }
+            let (kind, flags) = (head[3], head[4]);
+            let stream = u32::from_be_bytes([head[5], head[6], head[7], head[8]]) & 0x7fff_ffff;
+            let frame = at..at + FRAME_HEADER + len;
+            let payload = at + FRAME_HEADER..at + FRAME_HEADER + len;
+            match kind {
+                HEADERS => {
+                    let payload = self.raw[payload].to_vec();
+                    self.start_block(stream, flags, &payload)?;
+                }
+                CONTINUATION => {
+                    let payload = self.raw[payload].to_vec();
+                    self.continue_block(stream, flags, &payload)?;
+                }
+                _ if self.pending.is_some() => {
+                    return Err(invalid("a frame interrupted a header block"));
+                }
+                _ => self.ready.extend_from_slice(&self.raw[frame]),
+            }
+            at += FRAME_HEADER + len;
+        }
+        self.raw.drain(..at);
+        Ok(())
+    }
+
+    fn start_block(&mut self, stream: u32, flags: u8, payload: &[u8]) -> io::Result<()> {
+        if self.pending.is_some() {
+            return Err(invalid("HEADERS inside an unfinished header block"));
+        }
+        let mut body = payload;
+        let mut padding = 0;
+        if flags & PADDED != 0 {
+            let (&pad, rest) = body
+                .split_first()
+                .ok_or_else(|| invalid("PADDED HEADERS without a pad length"))?;
+            padding = usize::from(pad);
+            body = rest;
+        }
+        let priority = if flags & PRIORITY != 0 {
+            if body.len() < 5 {
+                return Err(invalid("HEADERS too short for its priority"));
+            }
+            let mut p = [0u8; 5];
+            p.copy_from_slice(&body[..5]);
+            body = &body[5..];
+            Some(p)
+        } else {
+            None
+        };
+        if padding > body.len() {
+            return Err(invalid("HEADERS padding longer than the frame"));
+        }
+        let fragment = &body[..body.len() - padding];
+        self.pending = Some(Pending {
+            stream,
+            flags,
+            priority,
+            block: fragment.to_vec(),
+        });
+        if flags & END_HEADERS != 0 {
+            self.finish_block()?;
+        }
+        Ok(())
+    }
+
+    fn continue_block(&mut self, stream: u32, flags: u8, payload: &[u8]) -> io::Result<()> {
+        let pending = self
+            .pending
+            .as_mut()
+            .ok_or_else(|| invalid("CONTINUATION without HEADERS"))?;
+        if pending.stream != stream {
+            return Err(invalid("CONTINUATION on another stream"));
+        }
+        if pending.block.len() + payload.len() > MAX_BUFFERED {
+            return Err(invalid("header block too large"));
+        }
+        pending.block.extend_from_slice(payload);
+        if flags & END_HEADERS != 0 {
+            self.finish_block()?;
+        }
+        Ok(())
+    }
+
+    /// Decodes the pending block, repairs `:authority`, and emits it re-encoded.
+    fn finish_block(&mut self) -> io::Result<()> {
+        let Some(pending) = self.pending.take() else {
+            return Ok(());
+        };
+        let decoded = self
+            .decoder
+            .decode(&pending.block)
+            .map_err(|e| invalid(format!("HPACK: {e:?}")))?;
+        let mut headers = Vec::with_capacity(decoded.len());
+        for (name, value) in decoded {
+            if name == b":authority" && !is_valid_authority(&value) {
+                // No authority at all is valid HTTP/2; a broken one is not: drop what cannot
+                // be repaired.
+                if let Some(authority) = repaired_authority(&value) {
+                    headers.push((name, authority));
+                }
+            } else {
+                headers.push((name, value));
+            }
+        }
+        let block = encode_block(&headers);
+        let mut flags = (pending.flags & END_STREAM) | END_HEADERS;
+        let mut first = Vec::new();
+        if let Some(priority) = pending.priority {
+            flags |= PRIORITY;
+            first.extend_from_slice(&priority);
+        }
+        let room = MAX_FRAME - first.len();
+        let (head, mut rest) = block.split_at(block.len().min(room));
+        first.extend_from_slice(head);
+        if rest.is_empty() {
+            push_frame(&mut self.ready, HEADERS, flags, pending.stream, &first);
+            return Ok(());
+        }
+        push_frame(
+            &mut self.ready,
+            HEADERS,
+            flags & !END_HEADERS,
+            pending.stream,
+            &first,
+        );
+        while !rest.is_empty() {
+            let (chunk, tail) = rest.split_at(rest.len().min(MAX_FRAME));
+            let last = if tail.is_empty() { END_HEADERS } else { 0 };
+            push_frame(&mut self.ready, CONTINUATION, last, pending.stream, chunk);
+            rest = tail;
+        }
+        Ok(())
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for RepairAuthority<S> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        loop {
+            if this.taken < this.ready.len() {
+                let n = (this.ready.len() - this.taken).min(buf.remaining());
+                buf.put_slice(&this.ready[this.taken..this.taken + n]);
+                this.taken += n;
+                if this.taken == this.ready.len() {
+                    this.ready.clear();
+                    this.taken = 0;
+                }
+                return Poll::Ready(Ok(()));
+            }
+            if this.eof {
+                // Whatever is left is an incomplete frame: hand it over for the server to judge.
+                if !this.raw.is_empty() {
+                    this.ready = std::mem::take(&mut this.raw);
+                    continue;
+                }
+                return Poll::Ready(Ok(()));
+            }
+            let mut chunk = [0u8; 16 * 1024];
+            let mut read = ReadBuf::new(&mut chunk);
+            match Pin::new(&mut this.inner).poll_read(cx, &mut read) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Ready(Ok(())) => {
+                    let filled = read.filled();
+                    if filled.is_empty() {
+                        this.eof = true;
+                        continue;
+                    }
+                    this.raw.extend_from_slice(filled);
+                    if this.raw.len() > MAX_BUFFERED + FRAME_HEADER {
+                        return Poll::Ready(Err(invalid("HTTP/2 frame too large")));
+                    }
+                    this.process()?;
+                }
+            }
+        }
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for RepairAuthority<S> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+}
+
+impl Connected for RepairAuthority<TcpStream> {
+    type ConnectInfo = TcpConnectInfo;
+
+    fn connect_info(&self) -> Self::ConnectInfo {
+        self.inner.connect_info()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::AsyncReadExt;
+
+    /// A client stream: preface, SETTINGS, then `blocks` as HEADERS frames on streams 1, 3, ...
+    /// (encoded with indexing and Huffman off/on as hpack's encoder does), each followed by a
+    /// DATA frame.
+    fn client_stream(blocks: &[Vec<(&[u8], &[u8])>]) -> (Vec<u8>, Vec<Vec<u8>>) {
+        let mut encoder = hpack::Encoder::new();
+        let mut out = PREFACE.to_vec();
+        push_frame(&mut out, 0x4, 0, 0, &[]);
+        let mut data_frames = Vec::new();
+        for (i, headers) in blocks.iter().enumerate() {
+            let stream = 2 * i as u32 + 1;
+            let block = encoder.encode(headers.iter().copied());
+            // Split the block over HEADERS + CONTINUATION to exercise reassembly.
+            let (a, b) = block.split_at(block.len() / 2);
+            push_frame(&mut out, HEADERS, 0, stream, a);
+            push_frame(&mut out, CONTINUATION, END_HEADERS, stream, b);
+            let mut data = Vec::new();
+            push_frame(
+                &mut data,
+                0x0,
+                END_STREAM,
+                stream,
+                format!("body{i}").as_bytes(),
+            );
+            out.extend_from_slice(&data);
+            data_frames.push(data);
+        }
+        (out, data_frames)
+    }
+
+    /// Reads everything the filter yields for `input`, fed in chunks of `chunk` bytes.
+    async fn filtered(input: Vec<u8>, chunk: usize) -> io::Result<Vec<u8>> {
+        let (mut client, server) = tokio::io::duplex(64);
+        let writer = tokio::spawn(async move {
+            use tokio::io::AsyncWriteExt;
+            for piece in input.chunks(chunk) {
+                client.write_all(piece).await?;
+            }
+            client.shutdown().await
+        });
+        let mut out = Vec::new();
+        RepairAuthority::new(server).read_to_end(&mut out).await?;
+        writer.await.map_err(io::Error::other)??;
+        Ok(out)
+    }
+
+    /// Splits a filtered stream into its frames (after the preface).
+    fn frames(stream: &[u8]) -> Vec<(u8, u8, u32, Vec<u8>)> {
+        assert_eq!(&stream[..PREFACE.len()], PREFACE);
+        let mut rest = &stream[PREFACE.len()..];
+        let mut out = Vec::new();
+        while !rest.is_empty() {
+            let len = usize::from(rest[0]) << 16 | usize::from(rest[1]) << 8 | usize::from(rest[2]);
+            let stream = u32::from_be_bytes([rest[5], rest[6], rest[7], rest[8]]);
+            out.push((rest[3], rest[4], stream, rest[9..9 + len].to_vec()));
+            rest = &rest[9 + len..];
+        }
+        out
+    }
+
+    #[tokio::test]
+    async fn url_authorities_are_repaired_and_everything_else_kept() {
+        let bad: Vec<(&[u8], &[u8])> = vec![
+            (b":method", b"POST"),
+            (b":scheme", b"http"),
+            (b":path", b"/etcdserverpb.Maintenance/Status"),
+            (b":authority", b"http://127.0.0.1:2379"),
+            (b"content-type", b"application/grpc"),
+        ];
+        let good: Vec<(&[u8], &[u8])> = vec![
+            (b":method", b"POST"),
+            (b":scheme", b"http"),
+            (b":path", b"/etcdserverpb.KV/Range"),
+            (b":authority", b"127.0.0.1:2379"),
+            (b"content-type", b"application/grpc"),
+            (b"token", b"abc.1"),
+        ];
+        // The second and third blocks reuse the client's dynamic table entries.
+        let (input, data) = client_stream(&[bad.clone(), good.clone(), bad.clone()]);
+        for chunk in [1, 3, 7, 4096] {
+            let out = filtered(input.clone(), chunk).await.expect("filtered");
+            let frames = frames(&out);
+            let mut decoder = hpack::Decoder::new();
+            let mut blocks = Vec::new();
+            let mut datas = Vec::new();
+            for (kind, flags, stream, payload) in &frames {
+                match *kind {
+                    HEADERS => {
+                        assert_ne!(flags & END_HEADERS, 0, "one frame per block");
+                        blocks.push(decoder.decode(payload).expect("decodes"));
+                    }
+                    0x0 => {
+                        let mut frame = Vec::new();
+                        push_frame(&mut frame, 0x0, *flags, *stream, payload);
+                        datas.push(frame);
+                    }
+                    _ => {}
+                }
+            }
+            assert_eq!(datas, data, "DATA frames pass through unchanged");
+            let expect = |h: &[(&[u8], &[u8])]| -> Vec<(Vec<u8>, Vec<u8>)> {
+                h.iter()
+                    .map(|(n, v)| {
+                        let v: &[u8] = if *n == b":authority" {
+                            b"127.0.0.1:2379"
+                        } else {
+                            v
+                        };
+                        (n.to_vec(), v.to_vec())
+                    })
+                    .collect()
+            };
+            assert_eq!(blocks, vec![expect(&bad), expect(&good), expect(&bad)]);
+        }
+    }
+
+    #[test]
+    fn authorities_are_judged_as_h2_does() {
+        assert!(is_valid_authority(b"127.0.0.1:2379"));
+        assert!(is_valid_authority(b"example.com"));
+        assert!(!is_valid_authority(b"http://127.0.0.1:2379"));
+        assert_eq!(
+            repaired_authority(b"https://node-1.mend:2379/").as_deref(),
+            Some(&b"node-1.mend:2379"[..])
+        );
+        assert_eq!(repaired_authority(b"#initially=[http://x]"), None);
+    }
+
+    #[tokio::test]
+    async fn a_stream_that_is_not_http2_is_refused() {
+        let err = filtered(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n".to_vec(), 64)
+            .await
+            .expect_err("refused");
+        assert_eq!(err.kind(), io::ErrorKind::InvalidData);
+    }
+
+    #[tokio::test]
+    async fn a_large_header_block_is_split_across_frames() {
+        let big = vec![b'x'; 40_000];
+        let headers: Vec<(&[u8], &[u8])> = vec![
+            (b":method", b"POST"),
+            (b":authority", b"http://127.0.0.1:1"),
+            (b"big", &big),
+        ];
+        let (input, _) = client_stream(&[headers]);
+        let out = filtered(input, 4096).await.expect("filtered");
+        let frames = frames(&out);
+        let kinds: Vec<u8> = frames.iter().map(|f| f.0).collect();
+        assert!(kinds.contains(&CONTINUATION), "{kinds:?}");
+        assert!(frames.iter().all(|f| f.3.len() <= MAX_FRAME));
+        let block: Vec<u8> = frames
+            .iter()
+            .filter(|f| f.0 == HEADERS || f.0 == CONTINUATION)
+            .flat_map(|f| f.3.clone())
+            .collect();
+        let decoded = hpack::Decoder::new().decode(&block).expect("decodes");
+        assert_eq!(
+            decoded[1],
+            (b":authority".to_vec(), b"127.0.0.1:1".to_vec())
+        );
+        assert_eq!(decoded[2].1.len(), 40_000);
+    }
+}
