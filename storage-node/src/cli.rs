@@ -196,7 +196,26 @@ fn fnv1a(a: &[u8], b: &[u8]) -> u64 {
     })
 }
 
-/// The socket address of an `http://host:port` URL (`localhost` is 127.0.0.1).
+/// Checks that an advertised URL is `http://host:port`, where the host may be a DNS name
+/// (peers and clients resolve it; only listen URLs must be IP addresses, as in etcd).
+pub fn check_url(flag: &'static str, url: &str) -> Result<(), Error> {
+    let bad = || Error::Url {
+        flag,
+        url: url.to_string(),
+    };
+    let rest = url.strip_prefix("http://").ok_or_else(bad)?;
+    let hostport = rest.trim_end_matches('/');
+    let (host, port) = hostport.rsplit_once(':').ok_or_else(bad)?;
+    port.parse::<u16>().map_err(|_| bad())?;
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    let hostname_ok = !host.is_empty()
+        && host
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.' || b == b':');
+    if hostname_ok { Ok(()) } else { Err(bad()) }
+}
+
+/// The socket address of an `http://ip:port` URL to listen on (`localhost` is 127.0.0.1).
 pub fn socket_addr(flag: &'static str, url: &str) -> Result<SocketAddr, Error> {
     let bad = || Error::Url {
         flag,
@@ -243,7 +262,7 @@ impl ServeArgs {
                 return Err(Error::DuplicatePeer(urls.clone()));
             }
             for url in urls {
-                socket_addr("--initial-cluster", url)?;
+                check_url("--initial-cluster", url)?;
             }
         }
         Ok(members)
@@ -364,6 +383,12 @@ mod tests {
         assert!(socket_addr("f", "https://localhost:2379").is_err());
         assert!(socket_addr("f", "http://localhost").is_err());
         assert!(socket_addr("f", "http://example.com:1").is_err());
+        // Advertised URLs may name hosts (Kubernetes members are reached by DNS names).
+        assert!(check_url("f", "http://node-0.mend.default.svc:2380").is_ok());
+        assert!(check_url("f", "http://10.0.0.1:2380").is_ok());
+        assert!(check_url("f", "http://node 0:2380").is_err());
+        assert!(check_url("f", "ftp://node:2380").is_err());
+        assert!(check_url("f", "http://node").is_err());
     }
 
     #[test]

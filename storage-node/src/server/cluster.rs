@@ -29,7 +29,7 @@ fn check_peer_urls(urls: &[String]) -> Result<(), Status> {
         ));
     }
     for url in urls {
-        crate::cli::socket_addr("peerURLs", url)
+        crate::cli::check_url("peerURLs", url)
             .map_err(|e| Status::invalid_argument(format!("etcdserver: {e}")))?;
     }
     Ok(())
