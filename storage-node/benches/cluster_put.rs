@@ -15,7 +15,7 @@ fn main() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(4000);
-    let (endpoints, _cluster) = match std::env::var("MEND_BENCH_ENDPOINTS") {
+    let (endpoints, cluster) = match std::env::var("MEND_BENCH_ENDPOINTS") {
         Ok(list) => (
             list.split(',').map(str::to_string).collect::<Vec<_>>(),
             None,
@@ -39,6 +39,25 @@ fn main() {
                 eprintln!("load failed: {e}");
                 std::process::exit(1);
             }
+        }
+    }
+    if let Some(c) = &cluster {
+        // Resident memory of each member after the load (Linux /proc), for the notes.
+        for m in &c.members {
+            let rss = m
+                .pid()
+                .and_then(|pid| std::fs::read_to_string(format!("/proc/{pid}/status")).ok())
+                .and_then(|s| {
+                    s.lines()
+                        .find(|l| l.starts_with("VmRSS:"))
+                        .map(str::to_string)
+                })
+                .unwrap_or_else(|| "VmRSS: unknown".into());
+            println!(
+                "{}: {}",
+                m.name,
+                rss.split_whitespace().skip(1).collect::<Vec<_>>().join(" ")
+            );
         }
     }
 }

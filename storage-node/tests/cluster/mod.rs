@@ -158,6 +158,11 @@ impl Member {
         }
     }
 
+    /// The process ID, while running.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     /// Whether the process is still running.
     pub fn is_running(&mut self) -> bool {
         match &mut self.child {
