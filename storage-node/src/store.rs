@@ -42,6 +42,12 @@ pub struct StoreConfig {
     /// Reproduce etcd issue 11651: auth entries commit without the consistent index. Never
     /// enable this outside tests and demos: a restart then replays auth changes.
     pub unsafe_reproduce_etcd_11651: bool,
+    /// `None`: every applied batch is fsync'd before `apply_batch` returns. `Some(d)`: batches
+    /// commit atomically but are fsync'd at most every `d` (and before every snapshot), as
+    /// etcd's backend does; a crash then loses the last applied batches, which the caller must
+    /// still hold in its log to apply again (the raft log does: it is only purged below a
+    /// snapshot, and a snapshot first makes everything it covers durable).
+    pub apply_sync_interval: Option<Duration>,
 }
 
 impl Default for StoreConfig {
@@ -51,6 +57,7 @@ impl Default for StoreConfig {
             min_lease_ttl: 2,
             max_txn_ops: crate::api::DEFAULT_MAX_TXN_OPS,
             unsafe_reproduce_etcd_11651: false,
+            apply_sync_interval: None,
         }
     }
 }
@@ -117,6 +124,8 @@ struct State {
     persisted: LogId,
     membership: Option<StoredMembership>,
     counters: Counters,
+    /// When the last fsync'd commit happened (for `apply_sync_interval`).
+    last_sync: Instant,
 }
 
 impl State {
@@ -136,6 +145,7 @@ impl State {
             persisted,
             membership,
             counters: Counters::default(),
+            last_sync: Instant::now(),
         })
     }
 }
@@ -216,12 +226,21 @@ impl Store {
     }
 
     fn apply_locked(&self, state: &mut State, entries: &[Entry]) -> backend::Result<Vec<Outcome>> {
-        let txn = self.backend.begin_write()?;
+        let mut txn = self.backend.begin_write()?;
+        let now = Instant::now();
+        let sync = match self.config.apply_sync_interval {
+            None => true,
+            Some(interval) => now.duration_since(state.last_sync) >= interval,
+        };
+        if !sync {
+            // Atomic but not yet fsync'd: the next synced commit persists it too.
+            txn.set_durability(redb::Durability::None)
+                .map_err(|e| backend::Error::from(redb::Error::from(e)))?;
+        }
         let limits = Limits {
             min_lease_ttl: self.config.min_lease_ttl,
             max_txn_ops: self.config.max_txn_ops,
         };
-        let now = Instant::now();
         let mut persist = None;
         let mut outcomes = Vec::with_capacity(entries.len());
         for entry in entries {
@@ -278,19 +297,41 @@ impl Store {
             put_u64(&txn, meta::CONSISTENT_TERM, log_id.term)?;
         }
         txn.commit()?;
+        if sync {
+            state.last_sync = now;
+        }
         if let Some(log_id) = persist {
             state.persisted = log_id;
         }
         Ok(outcomes)
     }
 
-    /// Writes a consistent snapshot of everything applied so far to `out`.
+    /// Makes every applied batch durable (a no-op cost when each batch already was).
+    pub fn sync(&self) -> backend::Result<()> {
+        let mut state = self.write();
+        self.sync_locked(&mut state)
+    }
+
+    fn sync_locked(&self, state: &mut State) -> backend::Result<()> {
+        // An empty commit with the default (immediate) durability persists every earlier
+        // non-durable commit with it.
+        self.backend.begin_write()?.commit()?;
+        state.last_sync = Instant::now();
+        Ok(())
+    }
+
+    /// Writes a consistent snapshot of everything applied so far to `out`. Everything the
+    /// snapshot covers is made durable first: whoever keeps the snapshot may then drop the log
+    /// entries below it.
     pub fn write_snapshot(
         &self,
         out: impl std::io::Write,
     ) -> Result<SnapshotMeta, snapshot::Error> {
         let (meta, txn) = {
-            let state = self.read();
+            let mut state = self.write();
+            if self.config.apply_sync_interval.is_some() {
+                self.sync_locked(&mut state)?;
+            }
             let meta = SnapshotMeta {
                 applied: state.applied,
                 membership: state.membership.clone(),

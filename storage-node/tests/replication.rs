@@ -88,7 +88,8 @@ fn leader_sigkill_elects_a_new_leader_and_loses_no_acknowledged_write() {
             format!("{key}\nx\n")
         );
     }
-    // The killed member comes back and catches up with what it missed.
+    // The killed member comes back with everything it had applied (its engine replays what
+    // the kill cut off from its own log) and catches up with what it missed.
     c.member(leader).start();
     assert!(
         wait_until(DEADLINE, || local_get(&c, leader, "after").as_deref()
@@ -96,6 +97,31 @@ fn leader_sigkill_elects_a_new_leader_and_loses_no_acknowledged_write() {
         "{}",
         c.logs()
     );
+    assert_eq!(local_count(&c, leader), Some(acknowledged.len() as i64 + 1));
+}
+
+#[test]
+fn sigkill_of_every_member_loses_no_acknowledged_write() {
+    let mut c = Cluster::start(3, Options::default());
+    for n in 0..30 {
+        ok(c.etcdctl(n % 3, &["put", &format!("k{n:02}"), "v"]));
+    }
+    // No clean shutdown anywhere: whatever each engine had not yet fsync'd is replayed from
+    // the raft log at start.
+    for i in 0..3 {
+        c.member(i).kill();
+    }
+    for i in 0..3 {
+        c.member(i).start();
+    }
+    c.wait_healthy();
+    for i in 0..3 {
+        assert!(
+            wait_until(DEADLINE, || local_count(&c, i) == Some(30)),
+            "member {i} lost writes:\n{}",
+            c.logs()
+        );
+    }
 }
 
 #[test]

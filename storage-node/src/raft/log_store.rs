@@ -144,14 +144,33 @@ impl LogStore {
     where
         F: FnOnce(&WriteTransaction) -> Result<(), Error> + Send + 'static,
     {
+        self.write_with(redb::Durability::Immediate, f).await
+    }
+
+    /// Writes without waiting for the disk: for values openraft can lose and recompute (the
+    /// committed log ID); the next durable write persists them too.
+    async fn write_lazily<F>(&self, f: F) -> Result<(), Error>
+    where
+        F: FnOnce(&WriteTransaction) -> Result<(), Error> + Send + 'static,
+    {
+        self.write_with(redb::Durability::None, f).await
+    }
+
+    async fn write_with<F>(&self, durability: redb::Durability, f: F) -> Result<(), Error>
+    where
+        F: FnOnce(&WriteTransaction) -> Result<(), Error> + Send + 'static,
+    {
         let db = self.db.clone();
         blocking(move || {
-            let txn = db.begin_write()?;
+            let mut txn = db.begin_write()?;
+            txn.set_durability(durability)
+                .map_err(|e| Error::Redb(redb::Error::from(e)))?;
             f(&txn)?;
-            // The durability rule: this commit uses redb's default durability (`Immediate`), so
-            // it returns only once the write is fsynced. Every caller reports completion to
-            // openraft after this returns, never before: a vote, an entry, a committed or
-            // purged log ID openraft acts on is already on disk.
+            // The durability rule: except for `write_lazily`, this commit is `Immediate`, so it
+            // returns only once the write is fsynced. Every caller reports completion to
+            // openraft after this returns, never before: a vote, an entry or a purged log ID
+            // openraft acts on is already on disk. The committed log ID is the exception
+            // openraft allows: losing it only means learning it again from the leader.
             txn.commit()?;
             Ok(())
         })
@@ -211,7 +230,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), io::Error> {
         Ok(self
-            .write(move |txn| match committed {
+            .write_lazily(move |txn| match committed {
                 Some(id) => put_meta(txn, key::COMMITTED, &id),
                 None => {
                     txn.open_table(META)?.remove(key::COMMITTED)?;
