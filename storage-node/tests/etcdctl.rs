@@ -340,8 +340,8 @@ fn member_update_changes_peer_urls_and_the_last_voter_cannot_be_removed() {
 #[test]
 fn services_not_served_yet_answer_unimplemented() {
     use storage_node::pb::etcdserverpb::{
-        DefragmentRequest, LeaseTimeToLiveRequest, WatchRequest, lease_client::LeaseClient,
-        maintenance_client::MaintenanceClient, watch_client::WatchClient,
+        DefragmentRequest, LeaseTimeToLiveRequest, lease_client::LeaseClient,
+        maintenance_client::MaintenanceClient,
     };
     let c = Cluster::start(1, Options::default());
     let endpoint = c.members[0].endpoint();
@@ -352,13 +352,6 @@ fn services_not_served_yet_answer_unimplemented() {
             .connect()
             .await
             .expect("connect");
-        let mut watch = WatchClient::new(channel.clone());
-        let requests = tokio_stream_once(WatchRequest::default());
-        let status = watch
-            .watch(requests)
-            .await
-            .expect_err("watch is not served");
-        assert_eq!(status.code(), tonic::Code::Unimplemented);
         let status = LeaseClient::new(channel.clone())
             .lease_time_to_live(LeaseTimeToLiveRequest { id: 1, keys: false })
             .await
@@ -370,11 +363,4 @@ fn services_not_served_yet_answer_unimplemented() {
             .expect_err("defragment is not served");
         assert_eq!(status.code(), tonic::Code::Unimplemented);
     });
-}
-
-/// A request stream of one message.
-fn tokio_stream_once<T: Send + 'static>(
-    item: T,
-) -> impl tonic::codegen::tokio_stream::Stream<Item = T> + Send + 'static {
-    tonic::codegen::tokio_stream::iter(vec![item])
 }

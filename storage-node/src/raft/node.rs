@@ -207,6 +207,11 @@ impl Node {
         }
     }
 
+    /// A receiver that changes whenever this member applied entries (watchers wait on it).
+    pub fn applied_changes(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.waiters.applied()
+    }
+
     /// How long a request may take.
     pub fn request_timeout(&self) -> Duration {
         self.timeout

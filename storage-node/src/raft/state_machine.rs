@@ -119,6 +119,7 @@ impl StateMachine {
                 responder.send(());
             }
         }
+        self.waiters.notify_applied();
         Ok(())
     }
 }
@@ -190,6 +191,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             .into());
         }
         keep(&self.current, meta.clone(), Arc::new(data));
+        self.waiters.notify_applied();
         Ok(())
     }
 
