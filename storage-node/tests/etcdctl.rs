@@ -340,8 +340,7 @@ fn member_update_changes_peer_urls_and_the_last_voter_cannot_be_removed() {
 #[test]
 fn services_not_served_yet_answer_unimplemented() {
     use storage_node::pb::etcdserverpb::{
-        DefragmentRequest, LeaseTimeToLiveRequest, lease_client::LeaseClient,
-        maintenance_client::MaintenanceClient,
+        AlarmRequest, DefragmentRequest, maintenance_client::MaintenanceClient,
     };
     let c = Cluster::start(1, Options::default());
     let endpoint = c.members[0].endpoint();
@@ -352,10 +351,10 @@ fn services_not_served_yet_answer_unimplemented() {
             .connect()
             .await
             .expect("connect");
-        let status = LeaseClient::new(channel.clone())
-            .lease_time_to_live(LeaseTimeToLiveRequest { id: 1, keys: false })
+        let status = MaintenanceClient::new(channel.clone())
+            .alarm(AlarmRequest::default())
             .await
-            .expect_err("time-to-live is not served");
+            .expect_err("alarms are not served");
         assert_eq!(status.code(), tonic::Code::Unimplemented);
         let status = MaintenanceClient::new(channel)
             .defragment(DefragmentRequest {})

@@ -8,6 +8,7 @@
 //! - [`state_machine`]: the engine as openraft's state machine; snapshots.
 //! - [`waiters`]: hands each applied command's local result to the request waiting for it.
 //! - [`network`]: the peer protocol over gRPC, both sides.
+//! - [`lessor`]: lease expiry on the leader; renewals forwarded to it.
 //! - [`node`]: a running member: proposals answered from the local apply, read points,
 //!   membership changes, leader transfer.
 //!
@@ -28,6 +29,7 @@ use crate::api::Command;
 use crate::entry::{self, Member};
 use crate::{backend, snapshot};
 
+pub mod lessor;
 pub mod log_store;
 pub mod network;
 pub mod node;

@@ -45,6 +45,8 @@ pub enum Rpc {
     Propose,
     /// A linearizable read point.
     ReadIndex,
+    /// A lease renewal or query on the leader.
+    Lease,
     /// The cluster's membership.
     Membership,
 }
@@ -138,6 +140,7 @@ impl Peers {
                 Rpc::TransferLeader => client.transfer_leader(request).await,
                 Rpc::Propose => client.propose(request).await,
                 Rpc::ReadIndex => client.read_index(request).await,
+                Rpc::Lease => client.lease(request).await,
                 Rpc::Membership => client.membership(request).await,
             }
         };
@@ -380,6 +383,12 @@ impl crate::pb::mendpeer::peer_server::Peer for PeerService {
             Err(super::node::NodeError::NotLeader) => Ok(None),
             Err(e) => Err(e.to_string()),
         })
+    }
+
+    async fn lease(&self, req: tonic::Request<Blob>) -> Reply {
+        let query: super::lessor::LeaseQuery = request(req)?;
+        // `None` outside: this member does not lead (any more).
+        reply::<Option<super::lessor::LeaseAnswer>>(Ok(self.node.lease_on_leader(query)))
     }
 
     async fn membership(&self, _req: tonic::Request<Blob>) -> Reply {

@@ -20,6 +20,7 @@ use openraft::metrics::RaftMetrics;
 use openraft::type_config::async_runtime::WatchReceiver;
 use serde::{Deserialize, Serialize};
 
+use super::lessor::{LeaseAnswer, LeaseQuery, Lessor};
 use super::network::{PeerError, Peers, Rpc};
 use super::waiters::Waiters;
 use super::{Raft, TypeConfig};
@@ -153,6 +154,7 @@ pub struct Node {
     next_request: AtomicU64,
     timeout: Duration,
     counters: Arc<Counters>,
+    lessor: Lessor,
 }
 
 impl Node {
@@ -183,6 +185,61 @@ impl Node {
             next_request: AtomicU64::new(first),
             timeout,
             counters: Arc::new(Counters::default()),
+            lessor: Lessor::default(),
+        }
+    }
+
+    /// Lease deadlines (meaningful while this member leads).
+    pub fn lessor(&self) -> &Lessor {
+        &self.lessor
+    }
+
+    /// Answers a lease renewal or query if this member leads; `None` otherwise.
+    pub fn lease_on_leader(&self, query: LeaseQuery) -> Option<LeaseAnswer> {
+        let status = self.raft_status();
+        if !status.is_leader {
+            return None;
+        }
+        let id = match query {
+            LeaseQuery::Renew(id) | LeaseQuery::TimeToLive(id) => id,
+        };
+        let ttl = self.store.lease(id).map(|l| l.ttl);
+        Some(self.lessor.answer(query, ttl, status.term, Instant::now()))
+    }
+
+    /// Renews or queries a lease on the leader, forwarding when this member follows.
+    pub async fn lease(&self, query: LeaseQuery) -> Result<LeaseAnswer, NodeError> {
+        let deadline = Instant::now() + self.timeout;
+        loop {
+            if let Some(answer) = self.lease_on_leader(query) {
+                return Ok(answer);
+            }
+            if let Some((leader, member)) = self.leader()
+                && leader != self.id
+            {
+                let url = member.peer_urls.first().cloned().unwrap_or_default();
+                let remaining = deadline.saturating_duration_since(Instant::now());
+                match self
+                    .peers
+                    .call::<_, Option<LeaseAnswer>>(&url, Rpc::Lease, &query, remaining)
+                    .await
+                {
+                    Ok(Some(answer)) => return Ok(answer),
+                    Ok(None) => {}
+                    Err(PeerError::Timeout(_)) => return Err(NodeError::Timeout),
+                    Err(_) => {}
+                }
+            }
+            let remaining = deadline.saturating_duration_since(Instant::now());
+            if remaining.is_zero() {
+                return Err(NodeError::NoLeader);
+            }
+            let leader = self.raft.metrics().borrow_watched().current_leader;
+            let _ = self
+                .raft
+                .wait(Some(remaining.min(Duration::from_millis(50))))
+                .metrics(|m| m.current_leader != leader, "leader change")
+                .await;
         }
     }
 

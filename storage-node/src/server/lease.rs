@@ -1,6 +1,6 @@
-//! etcd's Lease service: LeaseGrant, LeaseRevoke and LeaseLeases go through the engine.
-//! Expiry is not driven yet, so LeaseKeepAlive and LeaseTimeToLive answer `Unimplemented`
-//! rather than report a remaining TTL that nothing enforces.
+//! etcd's Lease service. Grant and revoke go through raft; KeepAlive and TimeToLive ask the
+//! leader, which alone tracks expiry (see [`crate::raft::lessor`]); expired leases are revoked
+//! by the leader through raft.
 
 use tonic::{Request, Response, Status, Streaming};
 
@@ -11,11 +11,16 @@ use crate::pb::etcdserverpb::{
     LeaseLeasesRequest, LeaseLeasesResponse, LeaseRevokeRequest, LeaseRevokeResponse, LeaseStatus,
     LeaseTimeToLiveRequest, LeaseTimeToLiveResponse, lease_server::Lease,
 };
+use crate::raft::lessor::LeaseQuery;
 
 #[tonic::async_trait]
 impl Lease for Api {
-    type LeaseKeepAliveStream =
-        tonic::codegen::tokio_stream::Empty<Result<LeaseKeepAliveResponse, Status>>;
+    type LeaseKeepAliveStream = std::pin::Pin<
+        Box<
+            dyn tonic::codegen::tokio_stream::Stream<Item = Result<LeaseKeepAliveResponse, Status>>
+                + Send,
+        >,
+    >;
 
     #[tracing::instrument(level = "debug", skip_all)]
     async fn lease_grant(
@@ -24,10 +29,13 @@ impl Lease for Api {
     ) -> Result<Response<LeaseGrantResponse>, Status> {
         let caller = self.caller(&request)?;
         let req = request.into_inner();
-        let grant = api::LeaseGrantRequest {
-            ttl: req.ttl,
-            id: req.id,
+        // As etcd: ID 0 asks the server to choose one (positive, never 0).
+        let id = if req.id == 0 {
+            random_lease_id()
+        } else {
+            req.id
         };
+        let grant = api::LeaseGrantRequest { ttl: req.ttl, id };
         match self
             .propose(caller, api::Request::LeaseGrant(grant))
             .await?
@@ -62,22 +70,61 @@ impl Lease for Api {
         }
     }
 
+    #[tracing::instrument(level = "debug", skip_all)]
     async fn lease_keep_alive(
         &self,
-        _: Request<Streaming<LeaseKeepAliveRequest>>,
+        request: Request<Streaming<LeaseKeepAliveRequest>>,
     ) -> Result<Response<Self::LeaseKeepAliveStream>, Status> {
-        Err(Status::unimplemented(
-            "lease keep-alive is not supported by Mend yet",
-        ))
+        let api = self.clone();
+        let incoming = request.into_inner();
+        // One renewal per request, answered in order; a lease the leader does not know is
+        // answered with TTL 0, which clients read as expired.
+        let stream =
+            futures_util::stream::unfold((api, incoming), |(api, mut incoming)| async move {
+                let request = match incoming.message().await {
+                    Ok(Some(request)) => request,
+                    Ok(None) => return None,
+                    Err(e) => return Some((Err(e), (api, incoming))),
+                };
+                let answer = api
+                    .node
+                    .lease(LeaseQuery::Renew(request.id))
+                    .await
+                    .map_err(error::node_status)
+                    .map(|answer| LeaseKeepAliveResponse {
+                        header: api.current_header(),
+                        id: request.id,
+                        ttl: answer.map(|(ttl, _)| ttl).unwrap_or(0),
+                    });
+                Some((answer, (api, incoming)))
+            });
+        Ok(Response::new(Box::pin(stream)))
     }
 
+    #[tracing::instrument(level = "debug", skip_all)]
     async fn lease_time_to_live(
         &self,
-        _: Request<LeaseTimeToLiveRequest>,
+        request: Request<LeaseTimeToLiveRequest>,
     ) -> Result<Response<LeaseTimeToLiveResponse>, Status> {
-        Err(Status::unimplemented(
-            "lease time-to-live is not supported by Mend yet",
-        ))
+        let req = request.into_inner();
+        let answer = self
+            .node
+            .lease(LeaseQuery::TimeToLive(req.id))
+            .await
+            .map_err(error::node_status)?;
+        // etcd answers an unknown lease with TTL -1 rather than an error.
+        let (granted_ttl, ttl) = answer.unwrap_or((0, -1));
+        let keys = match (req.keys, self.node.store.lease(req.id)) {
+            (true, Some(lease)) => lease.keys.into_iter().collect(),
+            _ => Vec::new(),
+        };
+        Ok(Response::new(LeaseTimeToLiveResponse {
+            header: self.current_header(),
+            id: req.id,
+            ttl,
+            granted_ttl,
+            keys,
+        }))
     }
 
     #[tracing::instrument(level = "debug", skip_all)]
@@ -95,5 +142,24 @@ impl Lease for Api {
                 .map(|l| LeaseStatus { id: l.id })
                 .collect(),
         }))
+    }
+}
+
+/// A fresh lease ID: positive, never 0 (etcd's "no lease").
+fn random_lease_id() -> i64 {
+    loop {
+        let mut bytes = [0u8; 8];
+        if getrandom::fill(&mut bytes).is_err() {
+            // Without OS randomness the clock still gives distinct IDs in practice.
+            let nanos = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_nanos() as u64)
+                .unwrap_or(1);
+            bytes = nanos.to_le_bytes();
+        }
+        let id = (u64::from_le_bytes(bytes) >> 1) as i64;
+        if id != 0 {
+            return id;
+        }
     }
 }

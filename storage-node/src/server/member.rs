@@ -360,6 +360,7 @@ pub async fn run(args: ServeArgs, shutdown: impl Future<Output = ()>) -> Result<
     };
     let publisher = tokio::spawn(publish(node.clone(), me));
     tokio::spawn(node.count_leader_changes());
+    let lessor = tokio::spawn(crate::raft::lessor::run(node.clone()));
     tracing::info!(
         name = %args.name,
         cluster = %format_args!("{:x}", identity.cluster_id),
@@ -377,6 +378,7 @@ pub async fn run(args: ServeArgs, shutdown: impl Future<Output = ()>) -> Result<
     };
     tracing::info!("shutting down");
     publisher.abort();
+    lessor.abort();
     // Stop accepting work, then stop raft: requests still in flight (a forwarded write waiting
     // for its commit, say) then end with an error instead of holding the servers open.
     let _ = stop_tx.send(true);
