@@ -1,0 +1,283 @@
+//! From probes of the members to findings: AuthRevision drift, data divergence (HashKV or key
+//! counts at the same revision), lagging and unreachable members.
+//!
+//! Pure: it takes the recent probe rounds as values and returns findings. A member that is
+//! still applying looks different from its peers for a moment, so two rules keep in-flight
+//! changes from passing for divergence: members are only compared within a round where they
+//! report the same applied index (nothing was in flight between them), and a finding counts
+//! only once it has held in `consecutive` such rounds in a row.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+/// What one probe of one member found.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Observation {
+    /// The member's ID.
+    pub member: u64,
+    /// Whether it answered at all.
+    pub reachable: bool,
+    /// Whether it leads.
+    pub is_leader: bool,
+    /// Raft term it reports.
+    pub raft_term: u64,
+    /// Last index in its log.
+    pub raft_index: u64,
+    /// Last applied index.
+    pub applied_index: u64,
+    /// Its auth store's AuthRevision.
+    pub auth_revision: u64,
+    /// Its key-value store revision.
+    pub revision: i64,
+    /// Live keys it holds.
+    pub key_count: u64,
+    /// HashKV and the revision it was computed at, when taken.
+    pub hash: Option<(u32, i64)>,
+}
+
+/// All members probed at about the same time.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Round {
+    /// One observation per member.
+    pub members: Vec<Observation>,
+}
+
+/// Something wrong with the cluster's data.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Finding {
+    /// Members disagree on the AuthRevision: writes through the lower ones are being dropped
+    /// on the higher ones (etcd 11651).
+    AuthRevisionDrift {
+        /// Each member's AuthRevision.
+        revisions: BTreeMap<u64, u64>,
+    },
+    /// Members hold different data at the same revision.
+    DataDivergence {
+        /// Members grouped by what they hold (HashKV, or key count when no hash was taken).
+        groups: Vec<BTreeSet<u64>>,
+    },
+    /// A member applies far behind the others.
+    Lagging {
+        /// The member.
+        member: u64,
+        /// How many entries behind the most advanced member it is.
+        behind: u64,
+    },
+    /// A member did not answer.
+    Unreachable {
+        /// The member.
+        member: u64,
+    },
+}
+
+/// When a difference becomes a finding.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Tolerance {
+    /// Rounds in a row a difference must persist.
+    pub consecutive: usize,
+    /// Applied entries a member may trail by before it counts as lagging.
+    pub max_lag: u64,
+}
+
+impl Default for Tolerance {
+    fn default() -> Self {
+        Tolerance {
+            consecutive: 3,
+            max_lag: 1000,
+        }
+    }
+}
+
+/// Findings that held in each of the last `tolerance.consecutive` rounds (`history` is
+/// oldest first). Fewer rounds than that give no findings: not enough evidence yet.
+pub fn detect(history: &[Round], tolerance: Tolerance) -> Vec<Finding> {
+    let needed = tolerance.consecutive.max(1);
+    if history.len() < needed {
+        return Vec::new();
+    }
+    let recent = &history[history.len() - needed..];
+    let per_round: Vec<Vec<Finding>> = recent.iter().map(|r| in_round(r, tolerance)).collect();
+    let mut findings = Vec::new();
+    for finding in &per_round[needed - 1] {
+        if per_round[..needed - 1]
+            .iter()
+            .all(|earlier| earlier.iter().any(|f| same_kind(f, finding)))
+        {
+            findings.push(finding.clone());
+        }
+    }
+    findings
+}
+
+/// Whether two findings describe the same problem (values may move between rounds: an
+/// AuthRevision drift stays a drift while revisions keep growing).
+fn same_kind(a: &Finding, b: &Finding) -> bool {
+    match (a, b) {
+        (Finding::AuthRevisionDrift { .. }, Finding::AuthRevisionDrift { .. }) => true,
+        (Finding::DataDivergence { groups: x }, Finding::DataDivergence { groups: y }) => x == y,
+        (Finding::Lagging { member: x, .. }, Finding::Lagging { member: y, .. }) => x == y,
+        (Finding::Unreachable { member: x }, Finding::Unreachable { member: y }) => x == y,
+        _ => false,
+    }
+}
+
+/// What one round shows by itself.
+fn in_round(round: &Round, tolerance: Tolerance) -> Vec<Finding> {
+    let mut findings = Vec::new();
+    let up: Vec<&Observation> = round.members.iter().filter(|o| o.reachable).collect();
+    for o in round.members.iter().filter(|o| !o.reachable) {
+        findings.push(Finding::Unreachable { member: o.member });
+    }
+    let Some(newest) = up.iter().map(|o| o.applied_index).max() else {
+        return findings;
+    };
+    for o in &up {
+        let behind = newest - o.applied_index;
+        if behind > tolerance.max_lag {
+            findings.push(Finding::Lagging {
+                member: o.member,
+                behind,
+            });
+        }
+    }
+    // Compare data only between members that applied exactly the same entries.
+    let mut by_applied: BTreeMap<u64, Vec<&Observation>> = BTreeMap::new();
+    for o in &up {
+        by_applied.entry(o.applied_index).or_default().push(o);
+    }
+    let Some(settled) = by_applied.values().max_by_key(|g| g.len()) else {
+        return findings;
+    };
+    if settled.len() < 2 {
+        return findings;
+    }
+    let revisions: BTreeMap<u64, u64> = settled
+        .iter()
+        .map(|o| (o.member, o.auth_revision))
+        .collect();
+    let distinct: BTreeSet<u64> = revisions.values().copied().collect();
+    if distinct.len() > 1 {
+        findings.push(Finding::AuthRevisionDrift { revisions });
+    }
+    let groups = data_groups(settled);
+    if groups.len() > 1 {
+        findings.push(Finding::DataDivergence { groups });
+    }
+    findings
+}
+
+/// Members grouped by the data they hold: by HashKV when every member hashed at the same
+/// revision, else by (revision, key count).
+fn data_groups(members: &[&Observation]) -> Vec<BTreeSet<u64>> {
+    let hashes: BTreeSet<Option<i64>> = members.iter().map(|o| o.hash.map(|(_, at)| at)).collect();
+    let comparable_hashes = hashes.len() == 1 && !hashes.contains(&None);
+    let mut groups: BTreeMap<(u64, i64, u64), BTreeSet<u64>> = BTreeMap::new();
+    for o in members {
+        let key = match o.hash {
+            Some((hash, _)) if comparable_hashes => (u64::from(hash), 0, 0),
+            _ => (0, o.revision, o.key_count),
+        };
+        groups.entry(key).or_default().insert(o.member);
+    }
+    let mut groups: Vec<BTreeSet<u64>> = groups.into_values().collect();
+    // Largest group first, then by lowest member ID, so equal evidence gives equal output.
+    groups.sort_by(|a, b| b.len().cmp(&a.len()).then_with(|| a.cmp(b)));
+    groups
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn member(id: u64, auth: u64, keys: u64, hash: u32) -> Observation {
+        Observation {
+            member: id,
+            reachable: true,
+            is_leader: id == 1,
+            raft_term: 2,
+            raft_index: 100,
+            applied_index: 100,
+            auth_revision: auth,
+            revision: 50,
+            key_count: keys,
+            hash: Some((hash, 50)),
+        }
+    }
+
+    fn rounds(n: usize, round: Round) -> Vec<Round> {
+        vec![round; n]
+    }
+
+    #[test]
+    fn the_seed_signature_is_drift_and_divergence() {
+        let round = Round {
+            members: vec![
+                member(1, 9, 3, 0xaaa),
+                member(2, 8, 4, 0xbbb),
+                member(3, 7, 5, 0xccc),
+            ],
+        };
+        let findings = detect(&rounds(3, round), Tolerance::default());
+        assert!(
+            matches!(&findings[0], Finding::AuthRevisionDrift { revisions } if revisions[&3] == 7)
+        );
+        assert!(matches!(&findings[1], Finding::DataDivergence { groups } if groups.len() == 3));
+    }
+
+    #[test]
+    fn agreeing_members_give_no_finding() {
+        let round = Round {
+            members: vec![member(1, 5, 3, 7), member(2, 5, 3, 7), member(3, 5, 3, 7)],
+        };
+        assert!(detect(&rounds(5, round), Tolerance::default()).is_empty());
+    }
+
+    #[test]
+    fn a_member_still_applying_is_not_divergent() {
+        let mut behind = member(3, 4, 2, 1);
+        behind.applied_index = 99;
+        let round = Round {
+            members: vec![member(1, 5, 3, 7), member(2, 5, 3, 7), behind],
+        };
+        assert!(detect(&rounds(3, round), Tolerance::default()).is_empty());
+    }
+
+    #[test]
+    fn a_difference_must_persist_before_it_counts() {
+        let bad = Round {
+            members: vec![member(1, 6, 3, 7), member(2, 5, 3, 7), member(3, 5, 3, 7)],
+        };
+        let good = Round {
+            members: vec![member(1, 5, 3, 7), member(2, 5, 3, 7), member(3, 5, 3, 7)],
+        };
+        let history = vec![bad.clone(), good, bad.clone()];
+        assert!(detect(&history, Tolerance::default()).is_empty());
+        assert!(
+            detect(&rounds(2, bad.clone()), Tolerance::default()).is_empty(),
+            "too few rounds"
+        );
+        assert_eq!(detect(&rounds(3, bad), Tolerance::default()).len(), 1);
+    }
+
+    #[test]
+    fn unreachable_and_lagging_members_are_reported() {
+        let mut down = member(3, 5, 3, 7);
+        down.reachable = false;
+        let mut slow = member(2, 5, 3, 7);
+        slow.applied_index = 10;
+        let round = Round {
+            members: vec![member(1, 5, 3, 7), slow, down],
+        };
+        let findings = detect(
+            &rounds(3, round),
+            Tolerance {
+                consecutive: 3,
+                max_lag: 50,
+            },
+        );
+        assert!(findings.contains(&Finding::Unreachable { member: 3 }));
+        assert!(findings.contains(&Finding::Lagging {
+            member: 2,
+            behind: 90
+        }));
+    }
+}

@@ -1,0 +1,14 @@
+//! Mend's operator: runs, watches and heals `StorageCluster`s.
+//!
+//! # Layout
+//! The healing loop is probe → detector → planner → executor, the same on Kubernetes and for
+//! local processes. Built so far, the pure decision half:
+//! - [`detector`]: probe rounds in, findings out (AuthRevision drift, divergence, lagging and
+//!   unreachable members), with tolerance for changes still in flight.
+//! - [`planner`]: findings and members in, a recovery plan (or a reason to wait) out.
+//!
+//! The controller, probe, executor and platforms (`kube`, `local`) come with the operator and
+//! self-healing issues.
+
+pub mod detector;
+pub mod planner;
