@@ -6,9 +6,18 @@
 //! - [`detector`]: probe rounds in, findings out (AuthRevision drift, divergence, lagging and
 //!   unreachable members), with tolerance for changes still in flight.
 //! - [`planner`]: findings and members in, a recovery plan (or a reason to wait) out.
+//! - [`crd_yaml`]: the `StorageCluster` CRD as YAML, for `manifests/crd.yaml`.
 //!
 //! The controller, probe, executor and platforms (`kube`, `local`) come with the operator and
 //! self-healing issues.
 
 pub mod detector;
 pub mod planner;
+
+use kube::CustomResourceExt;
+
+/// The `StorageCluster` CustomResourceDefinition as YAML (what `operator crd` prints and
+/// `manifests/crd.yaml` holds).
+pub fn crd_yaml() -> Result<String, serde_saphyr::SerializeError> {
+    serde_saphyr::to_string(&crds::StorageCluster::crd())
+}

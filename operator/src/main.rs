@@ -2,11 +2,39 @@
 //!
 //! It will run `StorageCluster`s: on Kubernetes as a kube-runtime controller (`operator run`), and
 //! without Kubernetes as a supervisor of local storage-node processes (`operator local`), with the
-//! same probe → detector → planner → executor healing loop in both. The decision half
-//! (detector, planner) is in the library; the binary comes with the operator and self-healing
-//! issues. Until then it only says so.
+//! same probe → detector → planner → executor healing loop in both. Today it prints the CRD
+//! (`operator crd`); the controller and `operator local` come with the operator and self-healing
+//! issues.
 
-fn main() {
-    eprintln!("operator: not built yet; see README.md for what runs today");
-    std::process::exit(2);
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// Mend's operator for self-healing, etcd-compatible key-value clusters.
+#[derive(Parser)]
+#[command(name = "operator", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Print the StorageCluster CustomResourceDefinition as YAML (manifests/crd.yaml).
+    Crd,
+}
+
+fn main() -> ExitCode {
+    match Cli::parse().command {
+        Cmd::Crd => match operator::crd_yaml() {
+            Ok(yaml) => {
+                print!("{yaml}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("operator crd: {e}");
+                ExitCode::FAILURE
+            }
+        },
+    }
 }
