@@ -199,37 +199,48 @@ fn fnv1a(a: &[u8], b: &[u8]) -> u64 {
 /// Checks that an advertised URL is `http://host:port`, where the host may be a DNS name
 /// (peers and clients resolve it; only listen URLs must be IP addresses, as in etcd).
 pub fn check_url(flag: &'static str, url: &str) -> Result<(), Error> {
-    let bad = || Error::Url {
-        flag,
-        url: url.to_string(),
-    };
-    let rest = url.strip_prefix("http://").ok_or_else(bad)?;
-    let hostport = rest.trim_end_matches('/');
-    let (host, port) = hostport.rsplit_once(':').ok_or_else(bad)?;
-    port.parse::<u16>().map_err(|_| bad())?;
-    let host = host.trim_start_matches('[').trim_end_matches(']');
+    let (host, _) = host_port(flag, url)?;
     let hostname_ok = !host.is_empty()
         && host
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.' || b == b':');
-    if hostname_ok { Ok(()) } else { Err(bad()) }
+    if hostname_ok {
+        Ok(())
+    } else {
+        Err(Error::Url {
+            flag,
+            url: url.to_string(),
+        })
+    }
 }
 
-/// The socket address of an `http://ip:port` URL to listen on (`localhost` is 127.0.0.1).
-pub fn socket_addr(flag: &'static str, url: &str) -> Result<SocketAddr, Error> {
+/// The host (brackets of an IPv6 literal removed) and port of an `http://host:port` URL.
+fn host_port<'a>(flag: &'static str, url: &'a str) -> Result<(&'a str, u16), Error> {
     let bad = || Error::Url {
         flag,
         url: url.to_string(),
     };
     let rest = url.strip_prefix("http://").ok_or_else(bad)?;
-    let hostport = rest.trim_end_matches('/');
-    let (host, port) = hostport.rsplit_once(':').ok_or_else(bad)?;
-    let port: u16 = port.parse().map_err(|_| bad())?;
-    let host = match host.trim_start_matches('[').trim_end_matches(']') {
-        "localhost" => "127.0.0.1",
-        h => h,
+    let (host, port) = rest
+        .trim_end_matches('/')
+        .rsplit_once(':')
+        .ok_or_else(bad)?;
+    let port = port.parse().map_err(|_| bad())?;
+    Ok((host.trim_start_matches('[').trim_end_matches(']'), port))
+}
+
+/// The socket address of an `http://ip:port` URL to listen on (`localhost` is 127.0.0.1).
+pub fn socket_addr(flag: &'static str, url: &str) -> Result<SocketAddr, Error> {
+    let (host, port) = host_port(flag, url)?;
+    let host = if host == "localhost" {
+        "127.0.0.1"
+    } else {
+        host
     };
-    let ip = host.parse().map_err(|_| bad())?;
+    let ip = host.parse().map_err(|_| Error::Url {
+        flag,
+        url: url.to_string(),
+    })?;
     Ok(SocketAddr::new(ip, port))
 }
 

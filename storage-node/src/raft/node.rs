@@ -210,18 +210,40 @@ impl Node {
     /// Renews or queries a lease on the leader, forwarding when this member follows.
     pub async fn lease(&self, query: LeaseQuery) -> Result<LeaseAnswer, NodeError> {
         let deadline = Instant::now() + self.timeout;
+        self.on_leader(deadline, Rpc::Lease, &query, || async move {
+            Ok(self.lease_on_leader(query))
+        })
+        .await
+    }
+
+    /// Gets an answer from the leader: `local` when this member leads, otherwise `rpc` to the
+    /// leader; retried while leadership is unknown or moving, until `deadline`. `None` from
+    /// either means "not the leader (any more)".
+    async fn on_leader<Req, Resp, F>(
+        &self,
+        deadline: Instant,
+        rpc: Rpc,
+        req: &Req,
+        local: impl Fn() -> F,
+    ) -> Result<Resp, NodeError>
+    where
+        Req: Serialize,
+        Resp: serde::de::DeserializeOwned,
+        F: std::future::Future<Output = Result<Option<Resp>, NodeError>>,
+    {
         loop {
-            if let Some(answer) = self.lease_on_leader(query) {
-                return Ok(answer);
-            }
-            if let Some((leader, member)) = self.leader()
+            if self.is_leader() {
+                if let Some(answer) = local().await? {
+                    return Ok(answer);
+                }
+            } else if let Some((leader, member)) = self.leader()
                 && leader != self.id
             {
                 let url = member.peer_urls.first().cloned().unwrap_or_default();
                 let remaining = deadline.saturating_duration_since(Instant::now());
                 match self
                     .peers
-                    .call::<_, Option<LeaseAnswer>>(&url, Rpc::Lease, &query, remaining)
+                    .call::<_, Option<Resp>>(&url, rpc, req, remaining)
                     .await
                 {
                     Ok(Some(answer)) => return Ok(answer),
@@ -234,13 +256,19 @@ impl Node {
             if remaining.is_zero() {
                 return Err(NodeError::NoLeader);
             }
-            let leader = self.raft.metrics().borrow_watched().current_leader;
-            let _ = self
-                .raft
-                .wait(Some(remaining.min(Duration::from_millis(50))))
-                .metrics(|m| m.current_leader != leader, "leader change")
-                .await;
+            self.wait_for_leader_change(remaining).await;
         }
+    }
+
+    /// Waits until the known leader changes, at most `limit` and never more than 50 ms: a
+    /// retry then sees the new leader, or tries again after a short pause.
+    async fn wait_for_leader_change(&self, limit: Duration) {
+        let leader = self.raft.metrics().borrow_watched().current_leader;
+        let _ = self
+            .raft
+            .wait(Some(limit.min(Duration::from_millis(50))))
+            .metrics(|m| m.current_leader != leader, "leader change")
+            .await;
     }
 
     /// The member's counters.
@@ -500,38 +528,15 @@ impl Node {
     /// confirmed by the leader (etcd's ReadIndex): after it, a local read is linearizable.
     pub async fn read_index(&self) -> Result<(), NodeError> {
         let deadline = Instant::now() + self.timeout;
-        let index = loop {
-            if self.is_leader() {
+        let index = self
+            .on_leader(deadline, Rpc::ReadIndex, &(), || async move {
                 match self.leader_read_index().await {
-                    Ok(index) => break index,
-                    Err(NodeError::NotLeader) => {}
-                    Err(e) => return Err(e),
+                    Ok(index) => Ok(Some(index)),
+                    Err(NodeError::NotLeader) => Ok(None),
+                    Err(e) => Err(e),
                 }
-            } else if let Some((_, member)) = self.leader() {
-                let url = member.peer_urls.first().cloned().unwrap_or_default();
-                let remaining = deadline.saturating_duration_since(Instant::now());
-                match self
-                    .peers
-                    .call::<_, Option<u64>>(&url, Rpc::ReadIndex, &(), remaining)
-                    .await
-                {
-                    Ok(Some(index)) => break index,
-                    Ok(None) => {}
-                    Err(PeerError::Timeout(_)) => return Err(NodeError::Timeout),
-                    Err(_) => {}
-                }
-            }
-            let remaining = deadline.saturating_duration_since(Instant::now());
-            if remaining.is_zero() {
-                return Err(NodeError::NoLeader);
-            }
-            let current = self.raft.metrics().borrow_watched().current_leader;
-            let _ = self
-                .raft
-                .wait(Some(remaining.min(Duration::from_millis(50))))
-                .metrics(|m| m.current_leader != current, "leader change")
-                .await;
-        };
+            })
+            .await?;
         let remaining = deadline.saturating_duration_since(Instant::now());
         self.raft
             .wait(Some(remaining))
