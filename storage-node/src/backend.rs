@@ -47,22 +47,30 @@ pub enum Error {
     },
 }
 
-macro_rules! redb_from {
-    ($($t:ty),*) => {$(
-        impl From<$t> for Error {
+/// Implements `From` for each of redb's specific errors on an error enum with a
+/// `Redb(redb::Error)` variant, so `?` works on every redb call.
+macro_rules! redb_errors_into {
+    ($error:ty) => {
+        $crate::backend::redb_errors_into!(
+            $error;
+            redb::StorageError,
+            redb::TableError,
+            redb::TransactionError,
+            redb::CommitError,
+            redb::DatabaseError
+        );
+    };
+    ($error:ty; $($t:ty),*) => {$(
+        impl From<$t> for $error {
             fn from(e: $t) -> Self {
-                Error::Redb(e.into())
+                Self::Redb(e.into())
             }
         }
     )*};
 }
-redb_from!(
-    redb::StorageError,
-    redb::TableError,
-    redb::TransactionError,
-    redb::CommitError,
-    redb::DatabaseError
-);
+pub(crate) use redb_errors_into;
+
+redb_errors_into!(Error);
 
 /// Result of backend operations.
 pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -131,22 +131,7 @@ pub enum Error {
     Task(#[from] tokio::task::JoinError),
 }
 
-macro_rules! redb_from {
-    ($($t:ty),*) => {$(
-        impl From<$t> for Error {
-            fn from(e: $t) -> Self {
-                Error::Redb(e.into())
-            }
-        }
-    )*};
-}
-redb_from!(
-    redb::StorageError,
-    redb::TableError,
-    redb::TransactionError,
-    redb::CommitError,
-    redb::DatabaseError
-);
+crate::backend::redb_errors_into!(Error);
 
 impl From<Error> for io::Error {
     /// openraft's storage traits speak `io::Error`; the kind keeps corruption apart from
