@@ -165,17 +165,20 @@ fn in_round(round: &Round, tolerance: Tolerance) -> Vec<Finding> {
     findings
 }
 
-/// Members grouped by the data they hold: by HashKV when every member hashed at the same
-/// revision, else by (revision, key count).
+/// Members grouped by the data they hold. Members that applied the same entries must also
+/// agree on the store revision and key count — a revision that differs at an equal applied
+/// index is the seed's signature, which etcd's own checks skip — and, when every member hashed
+/// at one common revision, on that HashKV too.
 fn data_groups(members: &[&Observation]) -> Vec<BTreeSet<u64>> {
     let hashes: BTreeSet<Option<i64>> = members.iter().map(|o| o.hash.map(|(_, at)| at)).collect();
     let comparable_hashes = hashes.len() == 1 && !hashes.contains(&None);
-    let mut groups: BTreeMap<(u64, i64, u64), BTreeSet<u64>> = BTreeMap::new();
+    let mut groups: BTreeMap<(u32, i64, u64), BTreeSet<u64>> = BTreeMap::new();
     for o in members {
-        let key = match o.hash {
-            Some((hash, _)) if comparable_hashes => (u64::from(hash), 0, 0),
-            _ => (0, o.revision, o.key_count),
+        let hash = match o.hash {
+            Some((hash, _)) if comparable_hashes => hash,
+            _ => 0,
         };
+        let key = (hash, o.revision, o.key_count);
         groups.entry(key).or_default().insert(o.member);
     }
     let mut groups: Vec<BTreeSet<u64>> = groups.into_values().collect();
@@ -221,6 +224,23 @@ mod tests {
             matches!(&findings[0], Finding::AuthRevisionDrift { revisions } if revisions[&3] == 7)
         );
         assert!(matches!(&findings[1], Finding::DataDivergence { groups } if groups.len() == 3));
+    }
+
+    #[test]
+    fn equal_applied_index_with_a_different_revision_is_divergence() {
+        // The hash at the common (older) revision agrees; the members' current data does not.
+        let mut dropped = member(3, 5, 2, 7);
+        dropped.revision = 49;
+        let round = Round {
+            members: vec![member(1, 5, 3, 7), member(2, 5, 3, 7), dropped],
+        };
+        let findings = detect(&rounds(3, round), Tolerance::default());
+        assert_eq!(
+            findings,
+            vec![Finding::DataDivergence {
+                groups: vec![BTreeSet::from([1, 2]), BTreeSet::from([3])]
+            }]
+        );
     }
 
     #[test]

@@ -6,6 +6,7 @@
 //! - [`detector`]: probe rounds in, findings out (AuthRevision drift, divergence, lagging and
 //!   unreachable members), with tolerance for changes still in flight.
 //! - [`planner`]: findings and members in, a recovery plan (or a reason to wait) out.
+//! - [`probe`]: one probe round of every member over the etcd v3 API.
 //! - [`crd_yaml`]: the `StorageCluster` CRD as YAML, for `manifests/crd.yaml`.
 //!
 //! The controller, probe, executor and platforms (`kube`, `local`) come with the operator and
@@ -13,6 +14,7 @@
 
 pub mod detector;
 pub mod planner;
+pub mod probe;
 
 use kube::CustomResourceExt;
 

@@ -40,6 +40,27 @@ pub struct Member {
     options: Options,
 }
 
+/// The `storage-node` binary: cargo names it for this package's tests and benches; other
+/// packages' tests (the operator's) find it beside their own test binary's directory, where a
+/// workspace build puts it.
+pub fn storage_node_bin() -> PathBuf {
+    if let Some(path) = option_env!("CARGO_BIN_EXE_storage-node") {
+        return PathBuf::from(path);
+    }
+    let exe = std::env::current_exe().expect("test binary path");
+    let profile_dir = exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .expect("target/<profile>/deps");
+    let bin = profile_dir.join("storage-node");
+    assert!(
+        bin.exists(),
+        "{} not built: run the workspace's tests (cargo nextest run --workspace)",
+        bin.display()
+    );
+    bin
+}
+
 fn free_port() -> u16 {
     // Port 0 asks the OS for a free port; the listener is dropped just before the member binds.
     let listener = TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
@@ -89,7 +110,7 @@ impl Member {
     /// Starts the process (with the flags it was configured with).
     pub fn start(&mut self) {
         assert!(self.child.is_none(), "{} is already running", self.name);
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_storage-node"));
+        let mut cmd = Command::new(storage_node_bin());
         cmd.arg("--name")
             .arg(&self.name)
             .arg("--data-dir")
