@@ -22,3 +22,16 @@ fn the_committed_crd_parses_into_the_kubernetes_type_unchanged() {
     // Equal after a round trip through the typed form: no field was unknown or lost.
     assert_eq!(parsed, crds::StorageCluster::crd());
 }
+
+#[test]
+fn the_example_storage_cluster_parses_with_the_values_it_states() {
+    let example: crds::StorageCluster =
+        serde_saphyr::from_str(include_str!("../../manifests/storagecluster-example.yaml"))
+            .expect("manifests/storagecluster-example.yaml parses as a StorageCluster");
+    assert_eq!(example.metadata.name.as_deref(), Some("example"));
+    assert_eq!(example.spec.replicas, 3);
+    assert_eq!(example.spec.storage.size, "1Gi");
+    assert!(example.spec.auth.enabled);
+    assert_eq!(example.spec.healing.mode, crds::HealingMode::Automatic);
+    assert_eq!(example.spec.healing.probe_interval_seconds, 10);
+}
