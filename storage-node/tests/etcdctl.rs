@@ -363,3 +363,53 @@ fn services_not_served_yet_answer_unimplemented() {
         assert_eq!(status.code(), tonic::Code::Unimplemented);
     });
 }
+
+#[test]
+fn metrics_health_and_readiness_endpoints_report_the_member() {
+    let c = Cluster::start(1, Options::default());
+    ok(c.etcdctl(0, &["put", "k", "v"]));
+    let m = &c.members[0];
+    let (code, metrics) = m.http_get("/metrics").expect("metrics");
+    assert_eq!(code, 200);
+    for name in [
+        "mend_auth_revision",
+        "mend_consistent_index",
+        "mend_applied_index",
+        "mend_mvcc_revision",
+        "mend_mvcc_keys",
+        "mend_db_size_bytes",
+        "mend_apply_rejections_total",
+        "mend_is_leader",
+        "mend_leader_changes_seen_total",
+        "mend_proposals_committed_total",
+        "mend_proposals_failed_total",
+        "mend_unsafe_reproduce_etcd_11651",
+    ] {
+        assert!(
+            metrics.contains(&format!("# TYPE {name} ")),
+            "{name} missing:\n{metrics}"
+        );
+    }
+    assert_eq!(m.metric("mend_is_leader"), Some(1.0));
+    assert_eq!(m.metric("mend_mvcc_keys"), Some(1.0));
+    assert_eq!(m.metric("mend_mvcc_revision"), Some(2.0));
+    assert_eq!(m.metric("mend_unsafe_reproduce_etcd_11651"), Some(0.0));
+    assert!(m.metric("mend_proposals_committed_total").unwrap_or(0.0) >= 1.0);
+    let (code, health) = m.http_get("/health").expect("health");
+    assert_eq!(
+        (code, health.as_str()),
+        (200, r#"{"health":"true","reason":""}"#)
+    );
+    assert_eq!(m.http_get("/readyz").map(|(code, _)| code), Some(200));
+}
+
+#[test]
+fn an_inverted_range_is_empty_and_changes_nothing() {
+    let c = Cluster::start(1, Options::default());
+    ok(c.etcdctl(0, &["put", "a", "1"]));
+    ok(c.etcdctl(0, &["put", "c", "3"]));
+    // [c, a) holds nothing, as in etcd.
+    assert_eq!(ok(c.etcdctl(0, &["get", "c", "a"])), "");
+    assert_eq!(ok(c.etcdctl(0, &["del", "c", "a"])), "0\n");
+    assert_eq!(ok(c.etcdctl(0, &["get", "a", "d"])), "a\n1\nc\n3\n");
+}
