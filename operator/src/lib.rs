@@ -7,13 +7,17 @@
 //!   unreachable members), with tolerance for changes still in flight.
 //! - [`planner`]: findings and members in, a recovery plan (or a reason to wait) out.
 //! - [`probe`]: one probe round of every member over the etcd v3 API.
+//! - [`executor`]: runs a plan against a real cluster (etcd API + [`platform`]).
+//! - [`platform`]: where members live; [`platform::local`] runs them as local processes.
 //! - [`crd_yaml`]: the `StorageCluster` CRD as YAML, for `manifests/crd.yaml`.
 //!
 //! The controller, probe, executor and platforms (`kube`, `local`) come with the operator and
 //! self-healing issues.
 
 pub mod detector;
+pub mod executor;
 pub mod planner;
+pub mod platform;
 pub mod probe;
 
 use kube::CustomResourceExt;

@@ -61,10 +61,19 @@ pub fn storage_node_bin() -> PathBuf {
     bin
 }
 
+/// A port that is free now, chosen below Linux's ephemeral range (32768–60999): a port the
+/// OS hands out for port 0 can be taken by any outgoing connection's source port before the
+/// member binds it, which the many client and peer connections of these tests make likely.
 fn free_port() -> u16 {
-    // Port 0 asks the OS for a free port; the listener is dropped just before the member binds.
-    let listener = TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
-    listener.local_addr().expect("local address").port()
+    let mut seed = [0u8; 2];
+    loop {
+        // Randomness only spreads parallel tests apart; freedom is checked by binding.
+        let _ = getrandom::fill(&mut seed);
+        let port = 15_000 + u16::from_le_bytes(seed) % 17_000;
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
 }
 
 /// Waits until `condition` holds or the deadline passes; returns whether it held.
@@ -252,7 +261,7 @@ impl Cluster {
             m.initial_cluster = initial.clone();
             m.start();
         }
-        let cluster = Cluster {
+        let mut cluster = Cluster {
             members,
             root,
             options,
@@ -262,14 +271,29 @@ impl Cluster {
     }
 
     /// Waits until every running member reports a leader.
-    pub fn wait_healthy(&self) {
+    pub fn wait_healthy(&mut self) {
         let ok = wait_until(DEADLINE, || {
-            self.members
-                .iter()
-                .filter(|m| m.child.is_some())
-                .all(Member::healthy)
+            let exited = self
+                .members
+                .iter_mut()
+                .any(|m| m.child.is_some() && !m.is_running());
+            exited
+                || self
+                    .members
+                    .iter()
+                    .filter(|m| m.child.is_some())
+                    .all(Member::healthy)
         });
-        assert!(ok, "cluster not healthy in time:\n{}", self.logs());
+        let exited: Vec<String> = self
+            .members
+            .iter_mut()
+            .filter_map(|m| (m.child.is_some() && !m.is_running()).then(|| m.name.clone()))
+            .collect();
+        assert!(
+            ok && exited.is_empty(),
+            "cluster not healthy in time (exited: {exited:?}):\n{}",
+            self.logs()
+        );
     }
 
     /// Every member's log, for failure messages.

@@ -1,0 +1,235 @@
+//! Members as local `storage-node` processes, each with its own data directory under a work
+//! directory; wiped data is moved to `backups/` rather than deleted. Children are killed when
+//! the platform is dropped.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use super::{Error, Platform, Result};
+
+/// One member process and its addresses.
+#[derive(Debug)]
+pub struct LocalMember {
+    /// `--name`.
+    pub name: String,
+    /// Client port on 127.0.0.1.
+    pub client_port: u16,
+    /// Peer port on 127.0.0.1.
+    pub peer_port: u16,
+    /// Metrics port on 127.0.0.1.
+    pub metrics_port: u16,
+    child: Option<Child>,
+}
+
+impl LocalMember {
+    /// Client URL.
+    pub fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.client_port)
+    }
+
+    /// Peer URL.
+    pub fn peer_url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.peer_port)
+    }
+}
+
+/// Local processes under one work directory.
+#[derive(Debug)]
+pub struct LocalPlatform {
+    binary: PathBuf,
+    workdir: PathBuf,
+    node_args: Vec<String>,
+    /// The members, in creation order.
+    pub members: Vec<LocalMember>,
+}
+
+/// A port that is free now, below Linux's ephemeral range (32768–60999), so no outgoing
+/// connection takes it between this check and the member binding it.
+fn free_port() -> Result<u16> {
+    let mut seed = [0u8; 2];
+    for _ in 0..1000 {
+        // Randomness only spreads members and parallel runs apart; binding checks freedom.
+        let _ = getrandom::fill(&mut seed);
+        let port = 15_000 + u16::from_le_bytes(seed) % 17_000;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return Ok(port);
+        }
+    }
+    Err(Error::Io(std::io::Error::new(
+        std::io::ErrorKind::AddrInUse,
+        "no free port found between 15000 and 32000",
+    )))
+}
+
+impl LocalPlatform {
+    /// Plans `replicas` members named `node1`… under `workdir`; nothing starts yet.
+    pub fn new(
+        binary: PathBuf,
+        workdir: &Path,
+        replicas: usize,
+        node_args: Vec<String>,
+    ) -> Result<LocalPlatform> {
+        std::fs::create_dir_all(workdir.join("backups")).map_err(Error::Io)?;
+        let mut members = Vec::with_capacity(replicas);
+        for i in 1..=replicas {
+            members.push(LocalMember {
+                name: format!("node{i}"),
+                client_port: free_port()?,
+                peer_port: free_port()?,
+                metrics_port: free_port()?,
+                child: None,
+            });
+        }
+        Ok(LocalPlatform {
+            binary,
+            workdir: workdir.to_path_buf(),
+            node_args,
+            members,
+        })
+    }
+
+    fn member(&self, name: &str) -> Result<&LocalMember> {
+        self.members
+            .iter()
+            .find(|m| m.name == name)
+            .ok_or_else(|| Error::UnknownMember(name.to_string()))
+    }
+
+    fn member_mut(&mut self, name: &str) -> Result<&mut LocalMember> {
+        self.members
+            .iter_mut()
+            .find(|m| m.name == name)
+            .ok_or_else(|| Error::UnknownMember(name.to_string()))
+    }
+
+    fn data_dir(&self, name: &str) -> PathBuf {
+        self.workdir.join(name)
+    }
+
+    /// `--initial-cluster` for every member.
+    pub fn initial_cluster(&self) -> String {
+        self.members
+            .iter()
+            .map(|m| format!("{}={}", m.name, m.peer_url()))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    fn spawn(&mut self, name: &str, state: &str) -> Result<()> {
+        let initial_cluster = self.initial_cluster();
+        let dir = self.data_dir(name);
+        let binary = self.binary.clone();
+        let node_args = self.node_args.clone();
+        let log_path = self.workdir.join(format!("{name}.log"));
+        let member = self.member_mut(name)?;
+        if member.child.is_some() {
+            return Ok(());
+        }
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log_path)
+            .map_err(Error::Io)?;
+        let mut cmd = Command::new(binary);
+        cmd.args(["--name", &member.name])
+            .arg("--data-dir")
+            .arg(&dir)
+            .args(["--listen-client-urls", &member.endpoint()])
+            .args(["--advertise-client-urls", &member.endpoint()])
+            .args(["--listen-peer-urls", &member.peer_url()])
+            .args(["--initial-advertise-peer-urls", &member.peer_url()])
+            .args([
+                "--listen-metrics-urls",
+                &format!("http://127.0.0.1:{}", member.metrics_port),
+            ])
+            .args(["--initial-cluster", &initial_cluster])
+            .args(["--initial-cluster-state", state])
+            .args(&node_args)
+            .stdout(Stdio::null())
+            .stderr(log);
+        member.child = Some(cmd.spawn().map_err(Error::Io)?);
+        Ok(())
+    }
+
+    /// Starts every member as a new cluster.
+    pub fn start_all(&mut self) -> Result<()> {
+        let names: Vec<String> = self.members.iter().map(|m| m.name.clone()).collect();
+        for name in names {
+            self.spawn(&name, "new")?;
+        }
+        Ok(())
+    }
+
+    /// Starts a stopped member again with its data.
+    pub fn restart(&mut self, name: &str) -> Result<()> {
+        self.spawn(name, "new")
+    }
+
+    /// The client URL of `name`.
+    pub fn endpoint(&self, name: &str) -> Result<String> {
+        Ok(self.member(name)?.endpoint())
+    }
+}
+
+impl Platform for LocalPlatform {
+    fn stop(&mut self, name: &str) -> Result<()> {
+        let member = self.member_mut(name)?;
+        let Some(mut child) = member.child.take() else {
+            return Ok(());
+        };
+        let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            match child.try_wait() {
+                Ok(Some(_)) => return Ok(()),
+                Ok(None) if Instant::now() < deadline => {
+                    // Polling a child's exit: there is no portable blocking wait with a timeout.
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                _ => {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    return Ok(());
+                }
+            }
+        }
+    }
+
+    fn backup_and_wipe(&mut self, name: &str) -> Result<PathBuf> {
+        let dir = self.data_dir(name);
+        let stamp = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis())
+            .unwrap_or_default();
+        let backup = self.workdir.join("backups").join(format!("{name}-{stamp}"));
+        if dir.exists() {
+            std::fs::rename(&dir, &backup).map_err(Error::Io)?;
+        }
+        Ok(backup)
+    }
+
+    fn start_joining(&mut self, name: &str) -> Result<()> {
+        self.spawn(name, "existing")
+    }
+
+    fn peer_url(&self, name: &str) -> Result<String> {
+        Ok(self.member(name)?.peer_url())
+    }
+
+    fn endpoint(&self, name: &str) -> Result<String> {
+        LocalPlatform::endpoint(self, name)
+    }
+}
+
+impl Drop for LocalPlatform {
+    fn drop(&mut self) {
+        for m in &mut self.members {
+            if let Some(mut child) = m.child.take() {
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+        }
+    }
+}

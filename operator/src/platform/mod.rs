@@ -1,0 +1,36 @@
+//! Where members live: the seam between the healing logic and processes or pods. The
+//! executor asks a platform to stop a member, back up and wipe its data, and start it again
+//! empty to join the cluster; everything else goes through the etcd API.
+
+use std::path::PathBuf;
+
+pub mod local;
+
+/// Why a platform operation failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// No member has that name.
+    #[error("no member named {0}")]
+    UnknownMember(String),
+    /// A file or process operation failed.
+    #[error(transparent)]
+    Io(std::io::Error),
+}
+
+/// Result of platform operations.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Operations on members' processes and data.
+pub trait Platform {
+    /// Stops member `name` (cleanly when possible); stopping a stopped member is a no-op.
+    fn stop(&mut self, name: &str) -> Result<()>;
+    /// Moves member `name`'s data aside (the backup) and leaves it empty; returns the backup.
+    fn backup_and_wipe(&mut self, name: &str) -> Result<PathBuf>;
+    /// Starts member `name` with empty data to join the existing cluster.
+    fn start_joining(&mut self, name: &str) -> Result<()>;
+    /// The peer URL member `name` is reached on.
+    fn peer_url(&self, name: &str) -> Result<String>;
+    /// The client URL of member `name`.
+    fn endpoint(&self, name: &str) -> Result<String>;
+}
