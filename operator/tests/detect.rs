@@ -4,12 +4,13 @@
 
 #[path = "../../storage-node/tests/cluster/mod.rs"]
 mod cluster;
+mod common;
 
 use std::time::Duration;
 
 use cluster::{Cluster, DEADLINE, Options, ok, wait_until};
 use operator::detector::{self, Finding, Tolerance};
-use operator::planner::{self, Decision, Member, Mode};
+use operator::planner::{self, Decision, Mode};
 use operator::probe::Prober;
 
 const ROOT: (&str, &str) = ("root", "rootpw");
@@ -55,34 +56,7 @@ fn probe_rounds(c: &Cluster, n: usize) -> Vec<detector::Round> {
         Duration::from_secs(5),
     );
     let runtime = tokio::runtime::Runtime::new().expect("runtime");
-    let mut rounds = Vec::new();
-    // Probe until n consecutive rounds saw every member at one applied index (writes settled).
-    assert!(wait_until(DEADLINE, || {
-        let round = runtime.block_on(prober.round());
-        let applied: std::collections::BTreeSet<u64> =
-            round.members.iter().map(|o| o.applied_index).collect();
-        if applied.len() == 1 && round.members.iter().all(|o| o.reachable) {
-            rounds.push(round);
-        } else {
-            rounds.clear();
-        }
-        rounds.len() >= n
-    }));
-    rounds
-}
-
-fn members(round: &detector::Round) -> Vec<Member> {
-    round
-        .members
-        .iter()
-        .map(|o| Member {
-            id: o.member,
-            healthy: o.reachable,
-            is_leader: o.is_leader,
-            voter: true,
-            auth_revision: o.auth_revision,
-        })
-        .collect()
+    common::settled_rounds(&runtime, &prober, n, DEADLINE)
 }
 
 #[test]
@@ -114,7 +88,7 @@ fn drift_on_a_real_cluster_is_found_and_planned_from_the_lowest_auth_revision() 
             .any(|f| matches!(f, Finding::DataDivergence { .. })),
         "the write through member 1 is missing on the restarted member: {findings:?}"
     );
-    match planner::plan(&findings, &members(last), Mode::Automatic) {
+    match planner::plan(&findings, &common::members(last), Mode::Automatic) {
         Decision::Heal(plan) => {
             assert_ne!(plan.source, restarted);
             assert!(
@@ -136,7 +110,7 @@ fn with_the_fix_the_same_script_gives_no_finding() {
     assert_eq!(
         planner::plan(
             &findings,
-            &members(rounds.last().expect("a round")),
+            &common::members(rounds.last().expect("a round")),
             Mode::Automatic
         ),
         Decision::Healthy

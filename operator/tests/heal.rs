@@ -4,36 +4,23 @@
 
 #[path = "../../storage-node/tests/cluster/mod.rs"]
 mod cluster;
+mod common;
 
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use cluster::{DEADLINE, etcdctl, ok, storage_node_bin, wait_until};
+use cluster::{DEADLINE, etcdctl, ok, storage_node_bin};
 use operator::detector::{self, Finding, Round, Tolerance};
 use operator::executor::Executor;
-use operator::planner::{self, Decision, Member, Mode};
+use operator::planner::{self, Decision, Mode};
 use operator::platform::Platform;
 use operator::platform::local::LocalPlatform;
 use operator::probe::Prober;
 
 const ROOT: &str = "root:rootpw";
 
-/// Probes until `n` rounds in a row found every member reachable at one applied index.
 fn settled_rounds(runtime: &tokio::runtime::Runtime, prober: &Prober, n: usize) -> Vec<Round> {
-    let mut rounds: Vec<Round> = Vec::new();
-    let settled = wait_until(DEADLINE, || {
-        let round = runtime.block_on(prober.round());
-        let applied: std::collections::BTreeSet<u64> =
-            round.members.iter().map(|o| o.applied_index).collect();
-        if applied.len() == 1 && round.members.iter().all(|o| o.reachable) {
-            rounds.push(round);
-        } else {
-            rounds.clear();
-        }
-        rounds.len() >= n
-    });
-    assert!(settled, "members never settled: {rounds:?}");
-    rounds
+    common::settled_rounds(runtime, prober, n, DEADLINE)
 }
 
 #[test]
@@ -112,17 +99,7 @@ fn the_seed_is_detected_and_healed_and_no_acknowledged_write_is_lost() {
         "{findings:?}"
     );
     let last = rounds.last().expect("a round");
-    let members: Vec<Member> = last
-        .members
-        .iter()
-        .map(|o| Member {
-            id: o.member,
-            healthy: o.reachable,
-            is_leader: o.is_leader,
-            voter: true,
-            auth_revision: o.auth_revision,
-        })
-        .collect();
+    let members = common::members(last);
     let Decision::Heal(plan) = planner::plan(&findings, &members, Mode::Automatic) else {
         panic!("expected a plan for {findings:?}");
     };

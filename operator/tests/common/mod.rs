@@ -1,0 +1,55 @@
+//! Helpers shared by the operator's real-process tests: settled probe rounds and the planner's
+//! view of a round.
+
+#![allow(dead_code)]
+
+use std::collections::BTreeSet;
+
+use operator::detector::Round;
+use operator::planner::Member;
+use operator::probe::Prober;
+
+/// Probes until `n` rounds in a row found every member reachable at one applied index (no
+/// write in flight between them), or panics at `deadline`.
+pub fn settled_rounds(
+    runtime: &tokio::runtime::Runtime,
+    prober: &Prober,
+    n: usize,
+    deadline: std::time::Duration,
+) -> Vec<Round> {
+    let end = std::time::Instant::now() + deadline;
+    let mut rounds: Vec<Round> = Vec::new();
+    loop {
+        let round = runtime.block_on(prober.round());
+        let applied: BTreeSet<u64> = round.members.iter().map(|o| o.applied_index).collect();
+        if applied.len() == 1 && round.members.iter().all(|o| o.reachable) {
+            rounds.push(round);
+        } else {
+            rounds.clear();
+        }
+        if rounds.len() >= n {
+            return rounds;
+        }
+        assert!(
+            std::time::Instant::now() < end,
+            "members never settled: {rounds:?}"
+        );
+        // Polling interval between probe rounds, not synchronisation.
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
+/// The planner's view of the members in `round` (all voters).
+pub fn members(round: &Round) -> Vec<Member> {
+    round
+        .members
+        .iter()
+        .map(|o| Member {
+            id: o.member,
+            healthy: o.reachable,
+            is_leader: o.is_leader,
+            voter: true,
+            auth_revision: o.auth_revision,
+        })
+        .collect()
+}
