@@ -6,13 +6,14 @@
 
 #[path = "../../storage-node/tests/cluster/mod.rs"]
 mod cluster;
+#[path = "../tests/common/mod.rs"]
+mod common;
 
-use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use operator::detector::{self, Finding, Tolerance};
 use operator::executor::Executor;
-use operator::planner::{self, Decision, Member, Mode};
+use operator::planner::{self, Decision, Mode};
 use operator::platform::Platform;
 use operator::platform::local::LocalPlatform;
 use operator::probe::Prober;
@@ -100,26 +101,11 @@ fn run(runtime: &tokio::runtime::Runtime, keys: usize) -> (Duration, Duration) {
     };
     let detected = diverged.elapsed();
     let last = history.last().expect("a round");
-    let members: Vec<Member> = last
-        .members
-        .iter()
-        .map(|o| Member {
-            id: o.member,
-            healthy: o.reachable,
-            is_leader: o.is_leader,
-            voter: true,
-            auth_revision: o.auth_revision,
-        })
-        .collect();
+    let members = common::members(last);
     let Decision::Heal(plan) = planner::plan(&findings, &members, Mode::Automatic) else {
         panic!("no plan for {findings:?}");
     };
-    let names: BTreeMap<u64, String> = last
-        .members
-        .iter()
-        .zip(&platform.members)
-        .map(|(o, m)| (o.member, m.name.clone()))
-        .collect();
+    let names = common::names(last, &platform);
     let started = Instant::now();
     let mut executor = Executor::new(
         &mut platform,

@@ -6,7 +6,6 @@
 mod cluster;
 mod common;
 
-use std::collections::BTreeMap;
 use std::time::Duration;
 
 use cluster::{DEADLINE, etcdctl, ok, storage_node_bin};
@@ -105,12 +104,7 @@ fn the_seed_is_detected_and_healed_and_no_acknowledged_write_is_lost() {
     };
 
     // Heal.
-    let names: BTreeMap<u64, String> = last
-        .members
-        .iter()
-        .zip(&platform.members)
-        .map(|(o, m)| (o.member, m.name.clone()))
-        .collect();
+    let names = common::names(last, &platform);
     let mut executor = Executor::new(
         &mut platform,
         names,

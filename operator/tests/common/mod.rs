@@ -5,8 +5,11 @@
 
 use std::collections::BTreeSet;
 
+use std::collections::BTreeMap;
+
 use operator::detector::Round;
 use operator::planner::Member;
+use operator::platform::local::LocalPlatform;
 use operator::probe::Prober;
 
 /// Probes until `n` rounds in a row found every member reachable at one applied index (no
@@ -51,5 +54,16 @@ pub fn members(round: &Round) -> Vec<Member> {
             voter: true,
             auth_revision: o.auth_revision,
         })
+        .collect()
+}
+
+/// Member ID → name, pairing the round's observations with the platform's members (both in
+/// endpoint order).
+pub fn names(round: &Round, platform: &LocalPlatform) -> BTreeMap<u64, String> {
+    round
+        .members
+        .iter()
+        .zip(&platform.members)
+        .map(|(o, m)| (o.member, m.name.clone()))
         .collect()
 }
