@@ -66,8 +66,10 @@ pub struct StorageClusterSpec {
     #[x_kube(validation = Rule::new("self % 2 == 1").message("replicas must be odd (1, 3, 5 or 7) so a majority survives a member loss"))]
     #[schemars(range(min = 1, max = 7))]
     pub replicas: i32,
-    /// storage-node container image.
+    /// storage-node container image. The default names no published image yet: it is a
+    /// placeholder, so set this to where you push a storage-node build.
     #[serde(default = "default_image")]
+    #[schemars(length(min = 1))]
     pub image: String,
     /// Each member's volume.
     #[serde(default)]
@@ -87,18 +89,37 @@ pub struct StorageClusterSpec {
 }
 
 /// A member's volume.
+// The storage-class rule sits on the object, not the field: a rule on an optional field runs
+// only when both old and new values exist, so setting or removing the class would slip through.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[x_kube(validation = Rule::new(STORAGE_CLASS_FROZEN).message(STORAGE_CLASS_FROZEN_MESSAGE).field_path(".storageClassName"))]
 #[serde(rename_all = "camelCase")]
 pub struct Storage {
-    /// Volume size, a Kubernetes quantity.
+    /// Volume size, a Kubernetes quantity such as `1Gi`.
     #[serde(default = "default_storage_size")]
+    // The bound keeps the API server's cost estimate of the CEL rule small.
+    #[schemars(length(max = 32))]
+    #[x_kube(validation = Rule::new(QUANTITY).message("storage.size must be a positive Kubernetes quantity such as 1Gi, 512Mi or 10G"))]
     pub size: String,
-    /// StorageClass of the volumes; the cluster default when empty. Cannot change once set:
-    /// existing volumes would not follow.
+    /// StorageClass of the volumes; the cluster default when absent. Fixed at creation: existing
+    /// volumes would not follow a change.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[x_kube(validation = Rule::new("self == oldSelf").message("storage.storageClassName is immutable: create a new StorageCluster to move to another storage class"))]
     pub storage_class_name: Option<String>,
 }
+
+/// CEL: `storageClassName` is neither set, changed nor removed after creation.
+const STORAGE_CLASS_FROZEN: &str = "has(self.storageClassName) == has(oldSelf.storageClassName) \
+    && (!has(self.storageClassName) || self.storageClassName == oldSelf.storageClassName)";
+
+/// What the API server answers when [`STORAGE_CLASS_FROZEN`] fails.
+const STORAGE_CLASS_FROZEN_MESSAGE: &str = "storage.storageClassName cannot be set, changed or \
+    removed after creation (existing volumes would not follow): put back the previous value, or \
+    create a new StorageCluster with the storage class you want";
+
+/// CEL: a positive quantity in Kubernetes' notation: digits, an optional fraction and an optional
+/// binary or decimal suffix (signs and exponents are left out: a volume size never needs them),
+/// and not zero (the second match).
+const QUANTITY: &str = r"self.matches('^([0-9]+(\\.[0-9]*)?|\\.[0-9]+)(Ki|Mi|Gi|Ti|Pi|Ei|k|M|G|T|P|E)?$') && !self.matches('^[0.]*[A-Za-z]*$')";
 
 impl Default for Storage {
     fn default() -> Self {
@@ -285,7 +306,7 @@ pub struct HealingStatus {
 }
 
 /// What the operator observed and did (Kubernetes API conventions).
-#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct StorageClusterStatus {
     /// The `metadata.generation` this status describes.
@@ -293,6 +314,8 @@ pub struct StorageClusterStatus {
     pub observed_generation: Option<i64>,
     /// Available, Progressing, Degraded, Diverged, Healing.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    // One entry per type, merged by type under server-side apply, as Kubernetes' own conditions.
+    #[x_kube(merge_strategy = ListMerge::Map(vec!["type".into()]))]
     pub conditions: Vec<Condition>,
     /// Lifecycle phase.
     #[serde(default)]
@@ -311,6 +334,7 @@ pub struct StorageClusterStatus {
     pub leader: Option<String>,
     /// Every member.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[x_kube(merge_strategy = ListMerge::Map(vec!["name".into()]))]
     pub members: Vec<MemberStatus>,
     /// Highest minus lowest AuthRevision among members (0 when they agree).
     #[serde(default)]
@@ -325,7 +349,7 @@ fn default_replicas() -> i32 {
 }
 
 fn default_image() -> String {
-    // Placeholder registry path: manifests/ builds and names the real image.
+    // A placeholder: no registry publishes this image yet (see the field's documentation).
     "ghcr.io/mend-dev/storage-node:latest".to_string()
 }
 
