@@ -12,7 +12,8 @@ use clap::{Parser, Subcommand};
 
 /// Mend's operator for self-healing, etcd-compatible key-value clusters.
 #[derive(Parser)]
-#[command(name = "operator", version, about)]
+// Without a subcommand there is nothing to do: show the help and exit 2, as for any usage error.
+#[command(name = "operator", version, about, arg_required_else_help = true)]
 struct Cli {
     #[command(subcommand)]
     command: Cmd,

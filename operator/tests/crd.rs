@@ -1,33 +1,107 @@
-//! `manifests/crd.yaml` is exactly what the types generate, and parses as a
-//! CustomResourceDefinition.
+//! `manifests/crd.yaml` is exactly what `operator crd` prints and parses strictly as a
+//! CustomResourceDefinition; the example resource parses as a `StorageCluster`.
+
+use std::process::Command;
 
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::CustomResourceExt;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use serde_json::Value;
 
 const COMMITTED: &str = include_str!("../../manifests/crd.yaml");
+const EXAMPLE: &str = include_str!("../../manifests/storagecluster-example.yaml");
+
+/// `operator` run with `args`: its exit code, stdout and stderr.
+fn operator(args: &[&str]) -> (Option<i32>, String, String) {
+    let output = Command::new(env!("CARGO_BIN_EXE_operator"))
+        .args(args)
+        .output()
+        .expect("operator runs");
+    (
+        output.status.code(),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+/// Parses `yaml` into `T`, refusing any field `T` does not know. k8s-openapi's and serde's
+/// deserializers skip unknown fields silently, so the typed value is written back out and every
+/// field of the YAML must be found in it with the same value.
+fn parse_strict<T: DeserializeOwned + Serialize>(yaml: &str) -> Result<T, String> {
+    let raw: Value = serde_saphyr::from_str(yaml).map_err(|e| e.to_string())?;
+    let typed: T = serde_saphyr::from_str(yaml).map_err(|e| e.to_string())?;
+    let back = serde_json::to_value(&typed).map_err(|e| e.to_string())?;
+    let mut lost = Vec::new();
+    missing_from(&raw, &back, String::new(), &mut lost);
+    if lost.is_empty() {
+        Ok(typed)
+    } else {
+        Err(format!("fields unknown to the type: {lost:?}"))
+    }
+}
+
+/// Paths of `raw` whose value `typed` does not hold (extra fields in `typed`, such as defaults,
+/// are fine).
+fn missing_from(raw: &Value, typed: &Value, path: String, out: &mut Vec<String>) {
+    match (raw, typed) {
+        (Value::Object(raw), Value::Object(typed)) => {
+            for (key, value) in raw {
+                match typed.get(key) {
+                    Some(kept) => missing_from(value, kept, format!("{path}.{key}"), out),
+                    None => out.push(format!("{path}.{key}")),
+                }
+            }
+        }
+        (Value::Array(raw), Value::Array(typed)) if raw.len() == typed.len() => {
+            for (i, (value, kept)) in raw.iter().zip(typed).enumerate() {
+                missing_from(value, kept, format!("{path}[{i}]"), out);
+            }
+        }
+        (Value::Number(a), Value::Number(b)) if a.as_f64() == b.as_f64() => {}
+        (raw, typed) if raw == typed => {}
+        (raw, typed) => out.push(format!("{path}: {raw} became {typed}")),
+    }
+}
 
 #[test]
-fn the_committed_crd_is_the_generated_one() {
-    let generated = operator::crd_yaml().expect("CRD serializes");
+fn the_committed_crd_is_what_operator_crd_prints() {
+    let (code, stdout, stderr) = operator(&["crd"]);
+    assert_eq!(code, Some(0), "operator crd failed: {stderr}");
     assert!(
-        COMMITTED == generated,
+        COMMITTED == stdout,
         "manifests/crd.yaml is stale: regenerate it with\n  cargo run -p operator -- crd > manifests/crd.yaml"
     );
 }
 
 #[test]
-fn the_committed_crd_parses_into_the_kubernetes_type_unchanged() {
+fn operator_without_a_subcommand_prints_help_and_exits_2() {
+    let (code, _, stderr) = operator(&[]);
+    assert_eq!(code, Some(2));
+    assert!(stderr.contains("Usage: operator"), "{stderr}");
+    assert!(stderr.contains("crd"), "{stderr}");
+}
+
+#[test]
+fn the_committed_crd_parses_strictly_into_the_kubernetes_type() {
     let parsed: CustomResourceDefinition =
-        serde_saphyr::from_str(COMMITTED).expect("manifests/crd.yaml parses as a CRD");
-    // Equal after a round trip through the typed form: no field was unknown or lost.
+        parse_strict(COMMITTED).unwrap_or_else(|e| panic!("manifests/crd.yaml: {e}"));
     assert_eq!(parsed, crds::StorageCluster::crd());
 }
 
 #[test]
-fn the_example_storage_cluster_parses_with_the_values_it_states() {
-    let example: crds::StorageCluster =
-        serde_saphyr::from_str(include_str!("../../manifests/storagecluster-example.yaml"))
-            .expect("manifests/storagecluster-example.yaml parses as a StorageCluster");
+fn the_strict_parse_refuses_a_field_the_type_does_not_know() {
+    let with_typo = COMMITTED.replacen("  scope: Namespaced", "  scope: Namespaced\n  scoep: x", 1);
+    assert_eq!(
+        parse_strict::<CustomResourceDefinition>(&with_typo).err(),
+        Some(r#"fields unknown to the type: [".spec.scoep"]"#.to_string())
+    );
+}
+
+#[test]
+fn the_example_storage_cluster_parses_strictly_with_the_values_it_states() {
+    let example: crds::StorageCluster = parse_strict(EXAMPLE)
+        .unwrap_or_else(|e| panic!("manifests/storagecluster-example.yaml: {e}"));
     assert_eq!(example.metadata.name.as_deref(), Some("example"));
     assert_eq!(example.spec.replicas, 3);
     assert_eq!(example.spec.storage.size, "1Gi");
