@@ -69,7 +69,10 @@ fn free_port() -> u16 {
     loop {
         // Randomness only spreads parallel tests apart; freedom is checked by binding.
         let _ = getrandom::fill(&mut seed);
-        let port = 15_000 + u16::from_le_bytes(seed) % 17_000;
+        // Each test process draws from its own 1000-port band (by process ID), so tests running
+        // in parallel rarely pick a port another is about to bind.
+        let band = (std::process::id() % 17) as u16;
+        let port = 15_000 + band * 1000 + u16::from_le_bytes(seed) % 1000;
         if TcpListener::bind(("127.0.0.1", port)).is_ok() {
             return port;
         }
