@@ -44,15 +44,15 @@ pub struct LocalPlatform {
     pub members: Vec<LocalMember>,
 }
 
-/// A port that is free now, below Linux's ephemeral range (32768–60999), so no outgoing
-/// connection takes it between this check and the member binding it.
-fn free_port() -> Result<u16> {
+/// A port that is free now and not in `taken`, below Linux's ephemeral range (32768–60999), so
+/// no outgoing connection takes it between this check and the member binding it.
+fn free_port(taken: &[u16]) -> Result<u16> {
     let mut seed = [0u8; 2];
     for _ in 0..1000 {
         // Randomness only spreads members and parallel runs apart; binding checks freedom.
         let _ = getrandom::fill(&mut seed);
         let port = 15_000 + u16::from_le_bytes(seed) % 17_000;
-        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+        if !taken.contains(&port) && std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
             return Ok(port);
         }
     }
@@ -72,12 +72,18 @@ impl LocalPlatform {
     ) -> Result<LocalPlatform> {
         std::fs::create_dir_all(workdir.join("backups")).map_err(Error::Io)?;
         let mut members = Vec::with_capacity(replicas);
+        let mut taken = Vec::with_capacity(replicas * 3);
         for i in 1..=replicas {
+            let mut port = || -> Result<u16> {
+                let port = free_port(&taken)?;
+                taken.push(port);
+                Ok(port)
+            };
             members.push(LocalMember {
                 name: format!("node{i}"),
-                client_port: free_port()?,
-                peer_port: free_port()?,
-                metrics_port: free_port()?,
+                client_port: port()?,
+                peer_port: port()?,
+                metrics_port: port()?,
                 child: None,
             });
         }

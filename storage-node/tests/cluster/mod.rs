@@ -64,7 +64,12 @@ pub fn storage_node_bin() -> PathBuf {
 /// A port that is free now, chosen below Linux's ephemeral range (32768–60999): a port the
 /// OS hands out for port 0 can be taken by any outgoing connection's source port before the
 /// member binds it, which the many client and peer connections of these tests make likely.
+/// A port is handed out at most once per test process, so one cluster never gets the same port
+/// twice; another process may still take it before the member binds (see [`Cluster::start`]).
 fn free_port() -> u16 {
+    static HANDED_OUT: std::sync::Mutex<std::collections::BTreeSet<u16>> =
+        std::sync::Mutex::new(std::collections::BTreeSet::new());
+    let mut handed_out = HANDED_OUT.lock().unwrap_or_else(|p| p.into_inner());
     let mut seed = [0u8; 2];
     loop {
         // Randomness only spreads parallel tests apart; freedom is checked by binding.
@@ -73,7 +78,8 @@ fn free_port() -> u16 {
         // in parallel rarely pick a port another is about to bind.
         let band = (std::process::id() % 17) as u16;
         let port = 15_000 + band * 1000 + u16::from_le_bytes(seed) % 1000;
-        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+        if !handed_out.contains(&port) && TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            handed_out.insert(port);
             return port;
         }
     }
@@ -249,8 +255,25 @@ pub struct Cluster {
 }
 
 impl Cluster {
-    /// Starts `n` members as a new cluster and waits until all see a leader.
+    /// Starts `n` members as a new cluster and waits until all see a leader. A port checked
+    /// free can still be taken by another process before the member binds it; the cluster is
+    /// then started again on other ports (a few times at most).
     pub fn start(n: usize, options: Options) -> Cluster {
+        let mut attempt = 1;
+        loop {
+            let mut cluster = Cluster::spawn(n, options.clone());
+            match cluster.wait_healthy_or_port_taken() {
+                Ok(()) => return cluster,
+                Err(log) if attempt < 3 => {
+                    eprintln!("a port was taken before a member bound it, starting again:\n{log}");
+                    attempt += 1;
+                }
+                Err(log) => panic!("ports kept being taken:\n{log}"),
+            }
+        }
+    }
+
+    fn spawn(n: usize, options: Options) -> Cluster {
         let root = tempfile::tempdir().expect("temporary directory");
         let mut members: Vec<Member> = (1..=n)
             .map(|i| Member::new(&format!("node{i}"), root.path(), &options))
@@ -264,13 +287,29 @@ impl Cluster {
             m.initial_cluster = initial.clone();
             m.start();
         }
-        let mut cluster = Cluster {
+        Cluster {
             members,
             root,
             options,
-        };
-        cluster.wait_healthy();
-        cluster
+        }
+    }
+
+    /// Like [`Cluster::wait_healthy`], but a member that exited because its port was taken is
+    /// reported (with the logs) instead of failing the test.
+    fn wait_healthy_or_port_taken(&mut self) -> Result<(), String> {
+        wait_until(DEADLINE, || {
+            self.members.iter_mut().any(|m| !m.is_running())
+                || self.members.iter().all(Member::healthy)
+        });
+        let port_taken = self
+            .members
+            .iter_mut()
+            .any(|m| !m.is_running() && m.log().contains("Address already in use"));
+        if port_taken {
+            return Err(self.logs());
+        }
+        self.wait_healthy();
+        Ok(())
     }
 
     /// Waits until every running member reports a leader.
