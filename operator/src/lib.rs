@@ -16,9 +16,11 @@
 
 pub mod detector;
 pub mod executor;
+pub mod healer;
 pub mod planner;
 pub mod platform;
 pub mod probe;
+pub mod status;
 
 use kube::CustomResourceExt;
 
