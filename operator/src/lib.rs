@@ -14,6 +14,8 @@
 //! The controller, probe, executor and platforms (`kube`, `local`) come with the operator and
 //! self-healing issues.
 
+pub mod bootstrap;
+pub mod demo;
 pub mod detector;
 pub mod executor;
 pub mod healer;
@@ -21,6 +23,8 @@ pub mod planner;
 pub mod platform;
 pub mod probe;
 pub mod status;
+pub mod supervisor;
+pub mod yaml;
 
 use kube::CustomResourceExt;
 

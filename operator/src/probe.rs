@@ -68,10 +68,14 @@ impl Prober {
 
     /// Probes every member once.
     pub async fn round(&self) -> Round {
-        let mut partials = Vec::with_capacity(self.endpoints.len());
-        for endpoint in &self.endpoints {
-            partials.push(self.first_pass(endpoint).await);
-        }
+        // All members at once: the closer in time their answers, the likelier they report the
+        // same applied index while clients keep writing, which is when they can be compared.
+        let partials: Vec<Partial> = futures_util::future::join_all(
+            self.endpoints
+                .iter()
+                .map(|endpoint| self.first_pass(endpoint)),
+        )
+        .await;
         // Hash everyone at the lowest revision anyone reports: every member has it (or has
         // compacted it, which the hash call then reports).
         let common = partials
