@@ -114,12 +114,13 @@ impl Supervisor {
             path: config.workdir.clone(),
             source,
         })?;
-        let platform = LocalPlatform::open(
+        let mut platform = LocalPlatform::open(
             config.storage_node.clone(),
             &config.workdir,
             spec.replicas as usize,
             config.node_args.clone(),
         )?;
+        platform.set_backup_retention(spec.healing.backup_retention as usize);
         let credentials = if spec.auth.enabled {
             Some(credentials(&config.workdir)?)
         } else {

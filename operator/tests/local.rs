@@ -80,11 +80,27 @@ impl LocalOperator {
         self.child = Some(cmd.spawn().expect("spawn operator"));
     }
 
+    /// The operator's output so far.
+    fn full_log(&self) -> String {
+        std::fs::read_to_string(self.dir().join("operator.log")).unwrap_or_default()
+    }
+
+    /// The end of the operator's output (for failure messages), with the members' logs.
     fn log(&self) -> String {
-        tail(
-            &std::fs::read_to_string(self.dir().join("operator.log")).unwrap_or_default(),
-            60,
-        )
+        let mut out = tail(&self.full_log(), 80);
+        for name in ["node1", "node2", "node3"] {
+            let log =
+                std::fs::read_to_string(self.dir().join(format!("{name}.log"))).unwrap_or_default();
+            let lines: Vec<&str> = log
+                .lines()
+                .filter(|l| !l.contains("heartbeat") && !l.contains("ReplicationCore"))
+                .collect();
+            out.push_str(&format!(
+                "\n--- {name} ---\n{}",
+                tail(&lines.join("\n"), 25)
+            ));
+        }
+        out
     }
 
     fn status(&self) -> Option<StorageClusterStatus> {

@@ -46,6 +46,8 @@ pub struct LocalPlatform {
     binary: PathBuf,
     workdir: PathBuf,
     node_args: Vec<String>,
+    /// Backups kept in `backups/` (the oldest beyond it are deleted).
+    backup_retention: usize,
     /// The members, in creation order.
     pub members: Vec<LocalMember>,
 }
@@ -97,6 +99,7 @@ impl LocalPlatform {
             binary,
             workdir: workdir.to_path_buf(),
             node_args,
+            backup_retention: usize::MAX,
             members,
         })
     }
@@ -134,6 +137,7 @@ impl LocalPlatform {
                     binary,
                     workdir: workdir.to_path_buf(),
                     node_args,
+                    backup_retention: usize::MAX,
                     members,
                 }
             }
@@ -214,6 +218,37 @@ impl LocalPlatform {
     /// Whether member `name` has data that names it (it ran before).
     pub fn has_data(&self, name: &str) -> bool {
         self.data_dir(name).join("member.json").exists()
+    }
+
+    /// Keeps at most `n` backups, deleting the oldest after each new one (all by default).
+    pub fn set_backup_retention(&mut self, n: usize) {
+        self.backup_retention = n;
+    }
+
+    /// Deletes the oldest backups beyond the retention.
+    fn prune_backups(&self) -> Result<()> {
+        let dir = self.workdir.join("backups");
+        let mut backups: Vec<(u128, PathBuf)> = std::fs::read_dir(&dir)
+            .map_err(Error::Io)?
+            .filter_map(|entry| {
+                let path = entry.ok()?.path();
+                let stamp = path
+                    .file_name()?
+                    .to_str()?
+                    .rsplit_once('-')?
+                    .1
+                    .parse()
+                    .ok()?;
+                Some((stamp, path))
+            })
+            .collect();
+        backups.sort();
+        let excess = backups.len().saturating_sub(self.backup_retention);
+        for (_, path) in backups.into_iter().take(excess) {
+            tracing::info!(backup = %path.display(), "deleting a backup beyond the retention");
+            std::fs::remove_dir_all(&path).map_err(Error::Io)?;
+        }
+        Ok(())
     }
 
     /// Member `name`'s log file.
@@ -370,6 +405,7 @@ impl Platform for LocalPlatform {
         let backup = self.workdir.join("backups").join(format!("{name}-{stamp}"));
         if dir.exists() {
             std::fs::rename(&dir, &backup).map_err(Error::Io)?;
+            self.prune_backups()?;
         }
         Ok(backup)
     }
@@ -396,5 +432,61 @@ impl Drop for LocalPlatform {
                 let _ = std::fs::remove_file(self.workdir.join(format!("{}.pid", m.name)));
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backups_beyond_the_retention_are_deleted_oldest_first() {
+        let work = tempfile::tempdir().expect("workdir");
+        let mut platform =
+            LocalPlatform::new(PathBuf::from("storage-node"), work.path(), 3, Vec::new())
+                .expect("platform");
+        platform.set_backup_retention(2);
+        for old in ["node2-100", "node3-200"] {
+            std::fs::create_dir_all(work.path().join("backups").join(old)).expect("old backup");
+        }
+        std::fs::create_dir_all(work.path().join("node1")).expect("data");
+        std::fs::write(work.path().join("node1").join("member.json"), "{}").expect("data");
+        let backup = platform.backup_and_wipe("node1").expect("backup");
+        assert!(
+            backup.join("member.json").exists(),
+            "the data moved into the backup"
+        );
+        assert!(
+            !work.path().join("node1").exists(),
+            "the member's directory is wiped"
+        );
+        let mut left: Vec<String> = std::fs::read_dir(work.path().join("backups"))
+            .expect("backups")
+            .filter_map(|e| e.ok()?.file_name().into_string().ok())
+            .collect();
+        left.sort();
+        assert_eq!(left.len(), 2);
+        assert!(!left.contains(&"node2-100".to_string()), "{left:?}");
+        assert!(left.contains(&"node3-200".to_string()), "{left:?}");
+    }
+
+    #[test]
+    fn a_work_directory_of_another_size_is_refused() {
+        let work = tempfile::tempdir().expect("workdir");
+        let first = LocalPlatform::open(PathBuf::from("storage-node"), work.path(), 3, Vec::new())
+            .expect("platform");
+        let ports: Vec<u16> = first.members.iter().map(|m| m.client_port).collect();
+        drop(first);
+        let again = LocalPlatform::open(PathBuf::from("storage-node"), work.path(), 3, Vec::new())
+            .expect("reopened");
+        let reopened: Vec<u16> = again.members.iter().map(|m| m.client_port).collect();
+        assert_eq!(ports, reopened, "ports are kept across runs");
+        let error = LocalPlatform::open(PathBuf::from("storage-node"), work.path(), 5, Vec::new())
+            .expect_err("size change");
+        assert!(
+            error
+                .to_string()
+                .contains("holds 3 members but the spec asks for 5")
+        );
     }
 }
