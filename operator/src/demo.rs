@@ -68,6 +68,7 @@ pub async fn run(workdir: PathBuf, storage_node: PathBuf) -> Result<String> {
         workdir.display()
     );
     let mut sup = Supervisor::open(Config {
+        name: "demo".into(),
         spec: spec()?,
         workdir,
         storage_node,
