@@ -292,13 +292,13 @@ impl<'p, P: Platform> Executor<'p, P> {
                         .await
                         .map_err(|s| api("MemberRemove", source, &s))?;
                 }
-                self.platform.stop(&name)?;
+                self.platform.stop(&name).await?;
                 Ok(())
             }
             Step::Backup { member } => {
                 let name = self.name(member)?;
-                let backup = self.platform.backup_and_wipe(&name)?;
-                tracing::info!(member = %name, backup = %backup.display(), "data backed up");
+                let backup = self.platform.backup_and_wipe(&name).await?;
+                tracing::info!(member = %name, %backup, "data backed up");
                 Ok(())
             }
             // The backup moved the data away: the member's directory is already empty.
@@ -334,7 +334,7 @@ impl<'p, P: Platform> Executor<'p, P> {
                 self.names.retain(|_, n| *n != name);
                 self.names.insert(new_id, name.clone());
                 progress.renamed.insert(member, new_id);
-                self.platform.start_joining(&name)?;
+                self.platform.start_joining(&name).await?;
                 Ok(())
             }
             Step::WaitCaughtUp { member } => {

@@ -260,9 +260,51 @@ impl LocalPlatform {
     pub fn stop_all(&mut self) -> Result<()> {
         let names: Vec<String> = self.members.iter().map(|m| m.name.clone()).collect();
         for name in names {
-            Platform::stop(self, &name)?;
+            self.stop_member(&name)?;
         }
         Ok(())
+    }
+
+    /// Stops member `name`: SIGTERM, then SIGKILL if it has not exited within 30 s.
+    pub fn stop_member(&mut self, name: &str) -> Result<()> {
+        let member = self.member_mut(name)?;
+        let Some(mut child) = member.child.take() else {
+            return Ok(());
+        };
+        let _ = std::fs::remove_file(self.workdir.join(format!("{name}.pid")));
+        let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            match child.try_wait() {
+                Ok(Some(_)) => return Ok(()),
+                Ok(None) if Instant::now() < deadline => {
+                    // Polling a child's exit: there is no portable blocking wait with a timeout.
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                _ => {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    return Ok(());
+                }
+            }
+        }
+    }
+
+    /// Moves member `name`'s data directory into `backups/` (keeping the newest
+    /// `backup_retention`); returns the backup's path.
+    pub fn move_data_aside(&mut self, name: &str) -> Result<PathBuf> {
+        let dir = self.data_dir(name);
+        let stamp = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis())
+            .unwrap_or_default();
+        let backup = self.workdir.join("backups").join(format!("{name}-{stamp}"));
+        if dir.exists() {
+            std::fs::rename(&dir, &backup).map_err(Error::Io)?;
+            self.prune_backups()?;
+        }
+        Ok(backup)
     }
 
     fn member(&self, name: &str) -> Result<&LocalMember> {
@@ -370,47 +412,19 @@ pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
     std::fs::rename(&tmp, path).map_err(Error::Io)
 }
 
+// Local process operations block for at most a member's clean stop; the supervisor runs one
+// cluster, so they run inline rather than on a blocking pool.
 impl Platform for LocalPlatform {
-    fn stop(&mut self, name: &str) -> Result<()> {
-        let member = self.member_mut(name)?;
-        let Some(mut child) = member.child.take() else {
-            return Ok(());
-        };
-        let _ = std::fs::remove_file(self.workdir.join(format!("{name}.pid")));
-        let pid = nix::unistd::Pid::from_raw(child.id() as i32);
-        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            match child.try_wait() {
-                Ok(Some(_)) => return Ok(()),
-                Ok(None) if Instant::now() < deadline => {
-                    // Polling a child's exit: there is no portable blocking wait with a timeout.
-                    std::thread::sleep(Duration::from_millis(20));
-                }
-                _ => {
-                    let _ = child.kill();
-                    let _ = child.wait();
-                    return Ok(());
-                }
-            }
-        }
+    async fn stop(&mut self, name: &str) -> Result<()> {
+        self.stop_member(name)
     }
 
-    fn backup_and_wipe(&mut self, name: &str) -> Result<PathBuf> {
-        let dir = self.data_dir(name);
-        let stamp = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_millis())
-            .unwrap_or_default();
-        let backup = self.workdir.join("backups").join(format!("{name}-{stamp}"));
-        if dir.exists() {
-            std::fs::rename(&dir, &backup).map_err(Error::Io)?;
-            self.prune_backups()?;
-        }
-        Ok(backup)
+    async fn backup_and_wipe(&mut self, name: &str) -> Result<String> {
+        self.move_data_aside(name)
+            .map(|backup| backup.display().to_string())
     }
 
-    fn start_joining(&mut self, name: &str) -> Result<()> {
+    async fn start_joining(&mut self, name: &str) -> Result<()> {
         self.spawn(name, "existing")
     }
 
@@ -451,7 +465,7 @@ mod tests {
         }
         std::fs::create_dir_all(work.path().join("node1")).expect("data");
         std::fs::write(work.path().join("node1").join("member.json"), "{}").expect("data");
-        let backup = platform.backup_and_wipe("node1").expect("backup");
+        let backup = platform.move_data_aside("node1").expect("backup");
         assert!(
             backup.join("member.json").exists(),
             "the data moved into the backup"
