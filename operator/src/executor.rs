@@ -259,17 +259,27 @@ impl<'p, P: Platform> Executor<'p, P> {
         progress: &mut Progress,
         mut saved: impl FnMut(&Progress),
     ) -> Result<()> {
+        while !progress.done() {
+            saved(progress);
+            self.run_next(progress).await?;
+        }
+        saved(progress);
+        Ok(())
+    }
+
+    /// Runs the step at `progress.next` and advances past it. The caller records `progress`
+    /// before (so a restart repeats this step) and after.
+    pub async fn run_next(&mut self, progress: &mut Progress) -> Result<()> {
+        let Some(step) = progress.plan.steps.get(progress.next).cloned() else {
+            return Ok(());
+        };
         self.names = progress.names.clone();
         let source = progress.name(progress.current(progress.plan.source))?;
         let source_endpoint = self.platform.endpoint(&source)?;
-        while let Some(step) = progress.plan.steps.get(progress.next).cloned() {
-            saved(progress);
-            tracing::info!(?step, index = progress.next, "heal step");
-            self.step(&step, progress, &source_endpoint).await?;
-            progress.names = self.names.clone();
-            progress.next += 1;
-        }
-        saved(progress);
+        tracing::info!(?step, index = progress.next, "heal step");
+        self.step(&step, progress, &source_endpoint).await?;
+        progress.names = self.names.clone();
+        progress.next += 1;
         Ok(())
     }
 
