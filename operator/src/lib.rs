@@ -9,11 +9,14 @@
 //! - [`probe`]: one probe round of every member over the etcd v3 API.
 //! - [`executor`]: runs a plan against a real cluster (etcd API + [`platform`]).
 //! - [`platform`]: where members live; [`platform::local`] runs them as local processes.
+//! - [`controller`]: the Kubernetes controller (`operator run`): member pods, Services,
+//!   volumes, status, auth bootstrap, leader election.
 //! - [`crd_yaml`]: the `StorageCluster` CRD as YAML, for `manifests/crd.yaml`.
 //!
 //! The controller, probe, executor and platforms (`kube`, `local`) come with the operator and
 //! self-healing issues.
 
+pub mod controller;
 pub mod detector;
 pub mod executor;
 pub mod planner;

@@ -23,6 +23,8 @@ struct Cli {
 enum Cmd {
     /// Print the StorageCluster CustomResourceDefinition as YAML (manifests/crd.yaml).
     Crd,
+    /// Run the Kubernetes controller: reconcile every StorageCluster (leader-elected).
+    Run(operator::controller::RunArgs),
 }
 
 fn main() -> ExitCode {
@@ -37,5 +39,6 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
+        Cmd::Run(args) => operator::controller::run_cli(args),
     }
 }

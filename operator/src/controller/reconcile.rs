@@ -1,0 +1,392 @@
+//! One reconcile of one `StorageCluster`, read top to bottom as the procedure:
+//! refuse an invalid spec, ensure the root credentials, create what is missing, probe, bootstrap
+//! auth, write the status.
+//!
+//! # A second reconcile is a no-op
+//! Children are applied only when missing, or, for Services and the PodDisruptionBudget, when
+//! their [`APPLIED_HASH`](super::resources::APPLIED_HASH) differs from the desired object's.
+//! Pods and volume claims are never re-applied: their specs are immutable where it matters
+//! (flags, volume), and changing a running member is the healing loop's one-at-a-time job. The
+//! status is written only when it differs from the one stored. So a reconcile of a cluster whose
+//! children and members are as the last reconcile left them makes reads only: no create, no
+//! patch, no Event.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use crds::{HealingMode, StorageCluster, StorageClusterStatus, condition};
+use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod, Secret, Service};
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{Api, ListParams, Patch, PatchParams};
+use kube::runtime::controller::Action;
+use kube::runtime::events::{Event, EventType};
+use kube::runtime::reflector::ObjectRef;
+use kube::{Resource, ResourceExt};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use tracing::{info, instrument, warn};
+
+use super::observe::{self, Seen};
+use super::resources::{self, ClusterState};
+use super::{Context, Error, FIELD_MANAGER, Result};
+
+/// Length of a generated root password (alphanumeric: about 190 bits).
+const PASSWORD_LEN: usize = 32;
+
+/// Reconciles `cluster`: the entry point the Controller calls.
+#[instrument(skip_all, fields(cluster = %cluster.name_any(), namespace = cluster.namespace().unwrap_or_default()))]
+pub async fn reconcile(cluster: Arc<StorageCluster>, ctx: Arc<Context>) -> Result<Action> {
+    let _timer = ctx.metrics.reconcile();
+    let action = Reconciler::new(&cluster, &ctx).run().await?;
+    ctx.succeeded(&ObjectRef::from_obj(cluster.as_ref()));
+    Ok(action)
+}
+
+/// Counts the failure and retries `cluster` after a backoff that doubles with each failure in a
+/// row (conflicts and unreachable API servers included).
+pub fn error_policy(cluster: Arc<StorageCluster>, error: &Error, ctx: Arc<Context>) -> Action {
+    ctx.metrics.failure(error.label());
+    let delay = ctx.backoff(ObjectRef::from_obj(cluster.as_ref()));
+    warn!(cluster = %cluster.name_any(), %error, ?delay, "reconcile failed");
+    Action::requeue(delay)
+}
+
+/// The live children of one cluster, by name.
+struct Live {
+    pods: BTreeMap<String, ObjectMeta>,
+    pvcs: BTreeMap<String, ObjectMeta>,
+    services: BTreeMap<String, ObjectMeta>,
+    pdbs: BTreeMap<String, ObjectMeta>,
+}
+
+struct Reconciler<'a> {
+    cluster: &'a StorageCluster,
+    ctx: &'a Context,
+    namespace: String,
+}
+
+impl<'a> Reconciler<'a> {
+    fn new(cluster: &'a StorageCluster, ctx: &'a Context) -> Self {
+        Reconciler {
+            cluster,
+            ctx,
+            namespace: cluster.namespace().unwrap_or_default(),
+        }
+    }
+
+    fn api<K>(&self) -> Api<K>
+    where
+        K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>,
+    {
+        Api::namespaced(self.ctx.client.clone(), &self.namespace)
+    }
+
+    async fn run(&self) -> Result<Action> {
+        if let Some(problem) = resources::spec_problem(self.cluster) {
+            return self.refuse(problem).await;
+        }
+        let credentials = self.root_credentials().await?;
+        let live = self.live_children().await?;
+        let created = self.apply_children(&live).await?;
+
+        let names = resources::member_names(self.cluster);
+        let endpoints: Vec<String> = names
+            .iter()
+            .map(|m| resources::client_url(self.cluster, m))
+            .collect();
+        let pods = names
+            .iter()
+            .filter(|n| live.pods.contains_key(*n) || created.contains(n))
+            .count();
+        let round = if self.cluster.spec.healing.mode == HealingMode::Disabled || pods == 0 {
+            None
+        } else {
+            let key = format!("{}/{}", self.namespace, self.cluster.name_any());
+            Some(
+                self.ctx
+                    .members
+                    .probe(key, endpoints.clone(), credentials.clone())
+                    .await,
+            )
+        };
+        if let (Some(round), Some((_, password))) = (&round, &credentials) {
+            let reachable = round.members.iter().filter(|m| m.reachable).count();
+            if reachable == names.len() {
+                self.bootstrap_auth(&endpoints, password).await?;
+            }
+        }
+
+        let seen = Seen {
+            generation: self.cluster.metadata.generation,
+            names: &names,
+            endpoints: &endpoints,
+            pods: pods as i32,
+            selector: resources::selector(self.cluster),
+            round: round.as_ref(),
+        };
+        let status = observe::status(&seen, self.cluster.status.as_ref(), &Time(Timestamp::now()));
+        self.write_status(status).await?;
+        Ok(Action::requeue(Duration::from_secs(u64::from(
+            self.cluster.spec.healing.probe_interval_seconds,
+        ))))
+    }
+
+    /// An invalid spec: say what to fix in a condition and a Warning Event, create nothing, and
+    /// wait for the spec to change.
+    async fn refuse(&self, problem: String) -> Result<Action> {
+        warn!(%problem, "invalid spec");
+        let previous = self.cluster.status.clone().unwrap_or_default();
+        let mut conditions: Vec<_> = previous
+            .conditions
+            .iter()
+            .filter(|c| c.type_ != condition::PROGRESSING)
+            .cloned()
+            .collect();
+        conditions.push(observe::condition(
+            &previous.conditions,
+            condition::PROGRESSING,
+            false,
+            "InvalidSpec",
+            problem.clone(),
+            self.cluster.metadata.generation,
+            &Time(Timestamp::now()),
+        ));
+        let status = StorageClusterStatus {
+            observed_generation: self.cluster.metadata.generation,
+            conditions,
+            ..previous
+        };
+        if self.write_status(status).await? {
+            self.event(EventType::Warning, "InvalidSpec", "Validate", problem)
+                .await?;
+        }
+        Ok(Action::await_change())
+    }
+
+    /// The root user's name and password when auth is on: from `spec.auth.rootSecretRef`, or
+    /// from the Secret the operator generates (once: an existing one is never overwritten).
+    async fn root_credentials(&self) -> Result<Option<(String, String)>> {
+        let auth = &self.cluster.spec.auth;
+        if !auth.enabled {
+            return Ok(None);
+        }
+        let secrets: Api<Secret> = self.api();
+        let name = match &auth.root_secret_ref {
+            Some(name) => name.clone(),
+            None => resources::generated_secret_name(self.cluster),
+        };
+        let secret = match secrets.get_opt(&name).await? {
+            Some(secret) => secret,
+            None if auth.root_secret_ref.is_some() => {
+                return Err(Error::Secret {
+                    name,
+                    reason: "not found: create it with keys username and password, or remove \
+                             spec.auth.rootSecretRef to have one generated"
+                        .to_string(),
+                });
+            }
+            None => {
+                let secret = resources::root_secret(self.cluster, &generate_password()?);
+                self.apply(&secrets, &secret).await?;
+                info!(secret = %name, "generated root credentials");
+                secret
+            }
+        };
+        let field = |key: &str| {
+            secret
+                .data
+                .as_ref()
+                .and_then(|d| d.get(key))
+                .and_then(|v| String::from_utf8(v.0.clone()).ok())
+                .filter(|v| !v.is_empty())
+                .ok_or_else(|| Error::Secret {
+                    name: name.clone(),
+                    reason: format!("no UTF-8 value under key {key}"),
+                })
+        };
+        Ok(Some((field("username")?, field("password")?)))
+    }
+
+    async fn list<K>(&self) -> Result<BTreeMap<String, ObjectMeta>>
+    where
+        K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
+            + Clone
+            + DeserializeOwned
+            + std::fmt::Debug,
+    {
+        let params = ListParams::default().labels(&resources::selector(self.cluster));
+        let list = self.api::<K>().list(&params).await?;
+        Ok(list
+            .items
+            .into_iter()
+            .map(|o| (o.name_any(), o.meta().clone()))
+            .collect())
+    }
+
+    async fn live_children(&self) -> Result<Live> {
+        Ok(Live {
+            pods: self.list::<Pod>().await?,
+            pvcs: self.list::<PersistentVolumeClaim>().await?,
+            services: self.list::<Service>().await?,
+            pdbs: self.list::<PodDisruptionBudget>().await?,
+        })
+    }
+
+    /// Server-side apply of `object` under the operator's field manager, taking over fields
+    /// someone else set (the operator owns its children).
+    async fn apply<K>(&self, api: &Api<K>, object: &K) -> Result<()>
+    where
+        K: Resource + Clone + DeserializeOwned + Serialize + std::fmt::Debug,
+    {
+        let params = PatchParams::apply(FIELD_MANAGER).force();
+        api.patch(&object.name_any(), &params, &Patch::Apply(object))
+            .await?;
+        Ok(())
+    }
+
+    /// Applies `object` unless `live` holds it with the same applied hash.
+    async fn apply_if_changed<K>(
+        &self,
+        live: &BTreeMap<String, ObjectMeta>,
+        object: &K,
+    ) -> Result<bool>
+    where
+        K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
+            + Clone
+            + DeserializeOwned
+            + Serialize
+            + std::fmt::Debug,
+    {
+        let current = live
+            .get(&object.name_any())
+            .and_then(resources::applied_hash);
+        if current.is_some() && current == resources::applied_hash(object.meta()) {
+            return Ok(false);
+        }
+        self.apply(&self.api::<K>(), object).await?;
+        Ok(true)
+    }
+
+    /// Creates missing children and updates changed Services and the PodDisruptionBudget.
+    /// Returns the members whose pods it created.
+    async fn apply_children(&self, live: &Live) -> Result<Vec<String>> {
+        let cluster = self.cluster;
+        self.apply_if_changed(&live.services, &resources::peer_service(cluster))
+            .await?;
+        self.apply_if_changed(&live.services, &resources::client_service(cluster))
+            .await?;
+        self.apply_if_changed(&live.pdbs, &resources::pod_disruption_budget(cluster))
+            .await?;
+        let names = resources::member_names(cluster);
+        let pvcs: Api<PersistentVolumeClaim> = self.api();
+        let pods: Api<Pod> = self.api();
+        // A member whose volume is gone while other members have data joins the running
+        // cluster (`existing`); otherwise it founds the cluster or restarts on its own data,
+        // where the node ignores the flag.
+        let has_data: BTreeSet<&String> = names
+            .iter()
+            .filter(|m| live.pvcs.contains_key(&resources::pvc_name(m)))
+            .collect();
+        let mut created = Vec::new();
+        for member in &names {
+            let state = if has_data.is_empty() || has_data.contains(member) {
+                ClusterState::New
+            } else {
+                ClusterState::Existing
+            };
+            if !live.pvcs.contains_key(&resources::pvc_name(member)) {
+                self.apply(&pvcs, &resources::pvc(cluster, member)).await?;
+            }
+            if !live.pods.contains_key(member) {
+                self.apply(&pods, &resources::member_pod(cluster, member, state))
+                    .await?;
+                created.push(member.clone());
+            }
+        }
+        if !created.is_empty() {
+            info!(members = ?created, "created member pods");
+            self.event(
+                EventType::Normal,
+                "MembersCreated",
+                "CreateMembers",
+                format!("created member pods {}", created.join(", ")),
+            )
+            .await?;
+        }
+        Ok(created)
+    }
+
+    async fn bootstrap_auth(&self, endpoints: &[String], password: &str) -> Result<()> {
+        let enabled = self
+            .ctx
+            .members
+            .bootstrap_auth(endpoints.to_vec(), password.to_string())
+            .await?;
+        if enabled {
+            info!("auth enabled");
+            self.event(
+                EventType::Normal,
+                "AuthEnabled",
+                "BootstrapAuth",
+                "created the root user and role and enabled authentication".to_string(),
+            )
+            .await?;
+        }
+        Ok(())
+    }
+
+    /// Writes `status` with server-side apply on the status subresource, unless it is the
+    /// stored one. Returns whether it wrote.
+    async fn write_status(&self, status: StorageClusterStatus) -> Result<bool> {
+        if self.cluster.status.as_ref() == Some(&status) {
+            return Ok(false);
+        }
+        let patch = serde_json::json!({
+            "apiVersion": StorageCluster::api_version(&()),
+            "kind": StorageCluster::kind(&()),
+            "status": status,
+        });
+        let params = PatchParams::apply(FIELD_MANAGER).force();
+        self.api::<StorageCluster>()
+            .patch_status(&self.cluster.name_any(), &params, &Patch::Apply(&patch))
+            .await?;
+        Ok(true)
+    }
+
+    async fn event(
+        &self,
+        type_: EventType,
+        reason: &str,
+        action: &str,
+        note: String,
+    ) -> Result<()> {
+        let event = Event {
+            type_,
+            reason: reason.to_string(),
+            note: Some(note),
+            action: action.to_string(),
+            secondary: None,
+        };
+        self.ctx
+            .recorder
+            .publish(&event, &self.cluster.object_ref(&()))
+            .await?;
+        Ok(())
+    }
+}
+
+/// A random alphanumeric password.
+fn generate_password() -> Result<String> {
+    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
+    let mut bytes = [0u8; PASSWORD_LEN];
+    getrandom::fill(&mut bytes).map_err(|e| Error::Random(e.to_string()))?;
+    // 256 is not a multiple of 62: the first 8 letters come slightly more often, which costs
+    // well under a bit of the password's ~190.
+    Ok(bytes
+        .iter()
+        .map(|b| char::from(ALPHABET[usize::from(*b) % ALPHABET.len()]))
+        .collect())
+}
