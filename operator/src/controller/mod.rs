@@ -60,31 +60,39 @@ pub use run::{RunArgs, run, run_cli};
 /// The field manager of every server-side apply the operator makes.
 pub const FIELD_MANAGER: &str = "mend-operator";
 
-/// Every (verb, API group, resource) the operator calls, and so exactly what its ClusterRole
-/// grants (`manifests/rbac.yaml`; a test holds the two equal, and the mocked API server tests
-/// check every request they see against this table).
+/// Every (verb, API group, resource) the operator calls, and so exactly what its RBAC grants
+/// (`manifests/rbac.yaml`: the Lease rules in a Role in the operator's namespace, the rest in
+/// the ClusterRole). A test holds the two equal, and the mocked API server tests check every
+/// request they see against this table.
 pub const API_CALLS: &[(&str, &str, &str)] = &[
     // The watched resource, and its status written by server-side apply.
     ("list", "mend.dev", "storageclusters"),
     ("watch", "mend.dev", "storageclusters"),
     ("patch", "mend.dev", "storageclusters/status"),
     // Children: listed by label each reconcile, watched by the Controller (`owns`), created and
-    // updated by server-side apply (a PATCH). Nothing is deleted: owner references do that.
+    // updated by server-side apply: a PATCH, which the API server authorizes as `create` too
+    // when the object does not exist yet. Nothing is deleted: owner references do that.
     ("list", "", "pods"),
     ("watch", "", "pods"),
+    ("create", "", "pods"),
     ("patch", "", "pods"),
     ("list", "", "persistentvolumeclaims"),
     ("watch", "", "persistentvolumeclaims"),
+    ("create", "", "persistentvolumeclaims"),
     ("patch", "", "persistentvolumeclaims"),
     ("list", "", "services"),
     ("watch", "", "services"),
+    ("create", "", "services"),
     ("patch", "", "services"),
     ("list", "policy", "poddisruptionbudgets"),
     ("watch", "policy", "poddisruptionbudgets"),
+    ("create", "policy", "poddisruptionbudgets"),
     ("patch", "policy", "poddisruptionbudgets"),
     // Root credentials: read by name, created by server-side apply; never listed or watched,
-    // so the operator cannot read Secrets it was not pointed at.
+    // so the operator cannot read Secrets it was not pointed at (a ClusterRole cannot name
+    // them in advance: they live in each cluster's namespace).
     ("get", "", "secrets"),
+    ("create", "", "secrets"),
     ("patch", "", "secrets"),
     // Events: kube-runtime's Recorder creates one, and patches it when it repeats.
     ("create", "events.k8s.io", "events"),
