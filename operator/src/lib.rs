@@ -13,8 +13,8 @@
 //!   volumes, status, auth bootstrap, leader election.
 //! - [`crd_yaml`]: the `StorageCluster` CRD as YAML, for `manifests/crd.yaml`.
 //!
-//! The controller, probe, executor and platforms (`kube`, `local`) come with the operator and
-//! self-healing issues.
+//! The Kubernetes platform for the executor and `operator local` come with the self-healing
+//! issue.
 
 pub mod controller;
 pub mod detector;

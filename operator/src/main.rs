@@ -2,9 +2,9 @@
 //!
 //! It will run `StorageCluster`s: on Kubernetes as a kube-runtime controller (`operator run`), and
 //! without Kubernetes as a supervisor of local storage-node processes (`operator local`), with the
-//! same probe → detector → planner → executor healing loop in both. Today it prints the CRD
-//! (`operator crd`); the controller and `operator local` come with the operator and self-healing
-//! issues.
+//! same probe → detector → planner → executor healing loop in both. Today it runs the controller
+//! (`operator run`) and prints the CRD (`operator crd`); `operator local` comes with the
+//! self-healing issue.
 
 use std::process::ExitCode;
 
