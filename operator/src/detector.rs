@@ -18,6 +18,10 @@ pub struct Observation {
     pub reachable: bool,
     /// Whether it leads.
     pub is_leader: bool,
+    /// Whether it is a learner (replicates without voting).
+    pub is_learner: bool,
+    /// Database size in bytes.
+    pub db_size: i64,
     /// Raft term it reports.
     pub raft_term: u64,
     /// Last index in its log.
@@ -196,6 +200,8 @@ mod tests {
             member: id,
             reachable: true,
             is_leader: id == 1,
+            is_learner: false,
+            db_size: 4096,
             raft_term: 2,
             raft_index: 100,
             applied_index: 100,

@@ -9,9 +9,9 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use storage_node::pb::etcdserverpb::{
-    AuthenticateRequest, MemberAddRequest, MemberPromoteRequest, MemberRemoveRequest,
-    MoveLeaderRequest, StatusRequest, StatusResponse, auth_client::AuthClient,
-    cluster_client::ClusterClient, maintenance_client::MaintenanceClient,
+    AuthenticateRequest, Member as EtcdMember, MemberAddRequest, MemberListRequest,
+    MemberPromoteRequest, MemberRemoveRequest, MoveLeaderRequest, StatusRequest, StatusResponse,
+    auth_client::AuthClient, cluster_client::ClusterClient, maintenance_client::MaintenanceClient,
 };
 use tonic::metadata::MetadataValue;
 use tonic::transport::{Channel, Endpoint};
@@ -44,8 +44,80 @@ pub enum Error {
     Timeout(String),
 }
 
+/// An API error of `call` on `endpoint`.
+fn api(call: &'static str, endpoint: &str, status: &tonic::Status) -> Error {
+    Error::Api {
+        call,
+        endpoint: endpoint.to_string(),
+        status: status.message().to_string(),
+    }
+}
+
 /// Result of executor operations.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Where a heal stands: the plan, the next step to run, and the members' names and IDs as
+/// re-adding changes them. Saved after every step, so an operator that stops mid-heal
+/// resumes where it was: every step checks whether it is already done before acting.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Progress {
+    /// The plan being run.
+    pub plan: Plan,
+    /// Index in the plan of the step to run next (the step running, while one runs).
+    pub next: usize,
+    /// Current member ID → member name.
+    pub names: BTreeMap<u64, String>,
+    /// Members re-added during this heal: ID in the plan → new ID.
+    pub renamed: BTreeMap<u64, u64>,
+}
+
+impl Progress {
+    /// A heal of `plan` that has not started, for the members `names` (ID → name).
+    pub fn new(plan: Plan, names: BTreeMap<u64, String>) -> Progress {
+        Progress {
+            plan,
+            next: 0,
+            names,
+            renamed: BTreeMap::new(),
+        }
+    }
+
+    /// Whether every step has run.
+    pub fn done(&self) -> bool {
+        self.next >= self.plan.steps.len()
+    }
+
+    /// Names of members this heal has removed and not yet started again: nobody but the
+    /// executor may start them (their data is being moved, or they must join as new members).
+    pub fn held_out(&self) -> Vec<String> {
+        let index = |wanted: &Step| self.plan.steps.iter().position(|s| s == wanted);
+        self.plan
+            .steps
+            .iter()
+            .filter_map(|step| match step {
+                Step::Remove { member } => Some(*member),
+                _ => None,
+            })
+            .filter(|member| {
+                let removed =
+                    index(&Step::Remove { member: *member }).is_some_and(|i| i < self.next);
+                let started =
+                    index(&Step::AddLearner { member: *member }).is_some_and(|i| i < self.next);
+                removed && !started
+            })
+            .filter_map(|member| self.names.get(&member).cloned())
+            .collect()
+    }
+
+    /// The member's ID now (re-added members have a new one).
+    fn current(&self, member: u64) -> u64 {
+        self.renamed.get(&member).copied().unwrap_or(member)
+    }
+
+    fn name(&self, id: u64) -> Result<String> {
+        self.names.get(&id).cloned().ok_or(Error::UnknownMember(id))
+    }
+}
 
 /// Runs plans on one cluster.
 pub struct Executor<'p, P: Platform> {
@@ -176,116 +248,167 @@ impl<'p, P: Platform> Executor<'p, P> {
 
     /// Runs every step of `plan` in order.
     pub async fn run(&mut self, plan: &Plan) -> Result<()> {
-        let source = self.name(plan.source)?;
+        let mut progress = Progress::new(plan.clone(), self.names.clone());
+        self.resume(&mut progress, |_| {}).await
+    }
+
+    /// Runs the steps of `progress` from `progress.next` on, calling `saved` before each step
+    /// and once at the end, so the caller can record where the heal stands.
+    pub async fn resume(
+        &mut self,
+        progress: &mut Progress,
+        mut saved: impl FnMut(&Progress),
+    ) -> Result<()> {
+        self.names = progress.names.clone();
+        let source = progress.name(progress.current(progress.plan.source))?;
         let source_endpoint = self.platform.endpoint(&source)?;
-        // IDs of members re-added during this heal: plan ID → new ID.
-        let mut renamed: BTreeMap<u64, u64> = BTreeMap::new();
-        for step in &plan.steps {
-            tracing::info!(?step, "heal step");
-            match *step {
-                Step::MoveLeader { to } => self.move_leader(to).await?,
-                Step::Remove { member } => {
-                    let name = self.name(member)?;
-                    let (channel, token) = self.connect(&source_endpoint).await?;
+        while let Some(step) = progress.plan.steps.get(progress.next).cloned() {
+            saved(progress);
+            tracing::info!(?step, index = progress.next, "heal step");
+            self.step(&step, progress, &source_endpoint).await?;
+            progress.names = self.names.clone();
+            progress.next += 1;
+        }
+        saved(progress);
+        Ok(())
+    }
+
+    /// One step; each checks first whether it is already done (a resumed heal re-runs the
+    /// step it was in).
+    async fn step(&mut self, step: &Step, progress: &mut Progress, source: &str) -> Result<()> {
+        match *step {
+            Step::MoveLeader { to } => self.move_leader(progress.current(to)).await,
+            Step::Remove { member } => {
+                let name = self.name(member)?;
+                if self
+                    .member_list(source)
+                    .await?
+                    .iter()
+                    .any(|m| m.id == member)
+                {
+                    let (channel, token) = self.connect(source).await?;
                     ClusterClient::new(channel)
                         .member_remove(Self::request(MemberRemoveRequest { id: member }, &token))
                         .await
-                        .map_err(|s| Error::Api {
-                            call: "MemberRemove",
-                            endpoint: source_endpoint.clone(),
-                            status: s.message().to_string(),
-                        })?;
-                    self.platform.stop(&name)?;
+                        .map_err(|s| api("MemberRemove", source, &s))?;
                 }
-                Step::Backup { member } => {
-                    let name = self.name(member)?;
-                    let backup = self.platform.backup_and_wipe(&name)?;
-                    tracing::info!(member = %name, backup = %backup.display(), "data backed up");
-                }
-                // The backup moved the data away: the member's directory is already empty.
-                Step::Wipe { .. } => {}
-                Step::AddLearner { member } => {
-                    let name = self.name(member)?;
-                    let peer = self.platform.peer_url(&name)?;
-                    let (channel, token) = self.connect(&source_endpoint).await?;
-                    let added = ClusterClient::new(channel)
-                        .member_add(Self::request(
-                            MemberAddRequest {
-                                peer_ur_ls: vec![peer],
-                                is_learner: true,
-                            },
-                            &token,
-                        ))
-                        .await
-                        .map_err(|s| Error::Api {
-                            call: "MemberAdd",
-                            endpoint: source_endpoint.clone(),
-                            status: s.message().to_string(),
-                        })?
-                        .into_inner();
-                    let new_id = added.member.map(|m| m.id).unwrap_or_default();
-                    self.names.remove(&member);
-                    self.names.insert(new_id, name.clone());
-                    renamed.insert(member, new_id);
-                    self.platform.start_joining(&name)?;
-                }
-                Step::WaitCaughtUp { member } => {
-                    let id = renamed.get(&member).copied().unwrap_or(member);
-                    let name = self.name(id)?;
-                    let endpoint = self.platform.endpoint(&name)?;
-                    let target = self.status(&source_endpoint).await?.raft_applied_index;
-                    self.wait_for(
-                        &format!("{name} to catch up"),
-                        self.timeout * 12,
-                        || async {
-                            self.status(&endpoint)
-                                .await
-                                .is_ok_and(|s| s.raft_applied_index >= target)
-                        },
-                    )
-                    .await?;
-                }
-                Step::Promote { member } => {
-                    let id = renamed.get(&member).copied().unwrap_or(member);
-                    self.wait_for("the learner's promotion", self.timeout * 6, || async {
-                        let Ok((channel, token)) = self.connect(&source_endpoint).await else {
-                            return false;
-                        };
+                self.platform.stop(&name)?;
+                Ok(())
+            }
+            Step::Backup { member } => {
+                let name = self.name(member)?;
+                let backup = self.platform.backup_and_wipe(&name)?;
+                tracing::info!(member = %name, backup = %backup.display(), "data backed up");
+                Ok(())
+            }
+            // The backup moved the data away: the member's directory is already empty.
+            Step::Wipe { .. } => Ok(()),
+            Step::AddLearner { member } => {
+                let name = self.name(progress.current(member))?;
+                let peer = self.platform.peer_url(&name)?;
+                let existing = self
+                    .member_list(source)
+                    .await?
+                    .into_iter()
+                    .find(|m| m.peer_ur_ls.contains(&peer));
+                let new_id = match existing {
+                    Some(added) => added.id,
+                    None => {
+                        let (channel, token) = self.connect(source).await?;
                         ClusterClient::new(channel)
-                            .member_promote(Self::request(MemberPromoteRequest { id }, &token))
+                            .member_add(Self::request(
+                                MemberAddRequest {
+                                    peer_ur_ls: vec![peer],
+                                    is_learner: true,
+                                },
+                                &token,
+                            ))
                             .await
-                            .is_ok()
-                    })
-                    .await?;
-                }
-                Step::Verify { member } => {
-                    let id = renamed.get(&member).copied().unwrap_or(member);
-                    let name = self.name(id)?;
-                    let endpoint = self.platform.endpoint(&name)?;
-                    self.wait_for(
-                        &format!("{name} to agree with the source"),
-                        self.timeout * 6,
-                        || async {
-                            match (
-                                self.status(&source_endpoint).await,
-                                self.status(&endpoint).await,
-                            ) {
-                                (Ok(a), Ok(b)) => {
-                                    let revision = |s: &StatusResponse| {
-                                        s.header.as_ref().map(|h| h.revision).unwrap_or_default()
-                                    };
-                                    a.raft_applied_index == b.raft_applied_index
-                                        && revision(&a) == revision(&b)
-                                }
-                                _ => false,
+                            .map_err(|s| api("MemberAdd", source, &s))?
+                            .into_inner()
+                            .member
+                            .map(|m| m.id)
+                            .unwrap_or_default()
+                    }
+                };
+                self.names.retain(|_, n| *n != name);
+                self.names.insert(new_id, name.clone());
+                progress.renamed.insert(member, new_id);
+                self.platform.start_joining(&name)?;
+                Ok(())
+            }
+            Step::WaitCaughtUp { member } => {
+                let name = self.name(progress.current(member))?;
+                let endpoint = self.platform.endpoint(&name)?;
+                let target = self.status(source).await?.raft_applied_index;
+                self.wait_for(
+                    &format!("{name} to catch up"),
+                    self.timeout * 12,
+                    || async {
+                        self.status(&endpoint)
+                            .await
+                            .is_ok_and(|s| s.raft_applied_index >= target)
+                    },
+                )
+                .await
+            }
+            Step::Promote { member } => {
+                let id = progress.current(member);
+                self.wait_for("the learner's promotion", self.timeout * 6, || async {
+                    let Ok(members) = self.member_list(source).await else {
+                        return false;
+                    };
+                    match members.iter().find(|m| m.id == id) {
+                        Some(m) if !m.is_learner => return true,
+                        Some(_) => {}
+                        None => return false,
+                    }
+                    let Ok((channel, token)) = self.connect(source).await else {
+                        return false;
+                    };
+                    ClusterClient::new(channel)
+                        .member_promote(Self::request(MemberPromoteRequest { id }, &token))
+                        .await
+                        .is_ok()
+                })
+                .await
+            }
+            Step::Verify { member } => {
+                let name = self.name(progress.current(member))?;
+                let endpoint = self.platform.endpoint(&name)?;
+                self.wait_for(
+                    &format!("{name} to agree with the source"),
+                    self.timeout * 6,
+                    || async {
+                        match (self.status(source).await, self.status(&endpoint).await) {
+                            (Ok(a), Ok(b)) => {
+                                let revision = |s: &StatusResponse| {
+                                    s.header.as_ref().map(|h| h.revision).unwrap_or_default()
+                                };
+                                a.raft_applied_index == b.raft_applied_index
+                                    && revision(&a) == revision(&b)
                             }
-                        },
-                    )
-                    .await?;
-                }
+                            _ => false,
+                        }
+                    },
+                )
+                .await
             }
         }
-        Ok(())
+    }
+
+    /// The cluster's members as `endpoint` lists them.
+    async fn member_list(&self, endpoint: &str) -> Result<Vec<EtcdMember>> {
+        let (channel, token) = self.connect(endpoint).await?;
+        Ok(ClusterClient::new(channel)
+            .member_list(Self::request(
+                MemberListRequest { linearizable: true },
+                &token,
+            ))
+            .await
+            .map_err(|s| api("MemberList", endpoint, &s))?
+            .into_inner()
+            .members)
     }
 
     async fn move_leader(&self, to: u64) -> Result<()> {

@@ -13,15 +13,21 @@
 //!   volumes, status, auth bootstrap, leader election.
 //! - [`crd_yaml`]: the `StorageCluster` CRD as YAML, for `manifests/crd.yaml`.
 //!
-//! The Kubernetes platform for the executor and `operator local` come with the self-healing
-//! issue.
+//! Healing on Kubernetes (a `platform::kube` for the executor, driven from the controller)
+//! comes with the self-healing issue.
 
+pub mod bootstrap;
 pub mod controller;
+pub mod demo;
 pub mod detector;
 pub mod executor;
+pub mod healer;
 pub mod planner;
 pub mod platform;
 pub mod probe;
+pub mod status;
+pub mod supervisor;
+pub mod yaml;
 
 use kube::CustomResourceExt;
 

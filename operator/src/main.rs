@@ -1,20 +1,25 @@
 //! Mend's operator.
 //!
-//! It will run `StorageCluster`s: on Kubernetes as a kube-runtime controller (`operator run`), and
-//! without Kubernetes as a supervisor of local storage-node processes (`operator local`), with the
-//! same probe → detector → planner → executor healing loop in both. Today it runs the controller
-//! (`operator run`) and prints the CRD (`operator crd`); `operator local` comes with the
-//! self-healing issue.
+//! Runs `StorageCluster`s on Kubernetes as a kube-runtime controller (`operator run`), and
+//! without Kubernetes as a supervisor of local storage-node processes (`operator local`, and
+//! `operator demo` which plays the etcd 11651 failure and heals it), and prints the CRD
+//! (`operator crd`). The same probe → detector → planner → executor loop
+//! heals on Kubernetes and locally.
 
+use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{Parser, Subcommand, ValueEnum};
+use operator::supervisor::{Config, Supervisor};
 
 /// Mend's operator for self-healing, etcd-compatible key-value clusters.
 #[derive(Parser)]
 // Without a subcommand there is nothing to do: show the help and exit 2, as for any usage error.
 #[command(name = "operator", version, about, arg_required_else_help = true)]
 struct Cli {
+    /// Log lines as text or JSON (on stderr).
+    #[arg(long, global = true, env = "MEND_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
     #[command(subcommand)]
     command: Cmd,
 }
@@ -25,10 +30,58 @@ enum Cmd {
     Crd,
     /// Run the Kubernetes controller: reconcile every StorageCluster (leader-elected).
     Run(operator::controller::RunArgs),
+    /// Run a StorageCluster as local storage-node processes: start and restart its members,
+    /// turn auth on, probe, detect divergence and heal it, until Ctrl-C.
+    Local {
+        /// The StorageCluster YAML (as for kubectl apply).
+        spec: PathBuf,
+        /// Keeps member data, backups, status.json and root-credentials; reuse it to resume.
+        #[arg(long)]
+        workdir: PathBuf,
+        /// An extra flag for every storage-node started (repeatable), e.g.
+        /// --node-arg=--unsafe-reproduce-etcd-11651.
+        #[arg(long = "node-arg", allow_hyphen_values = true)]
+        node_args: Vec<String>,
+        /// The storage-node binary; by default the one beside this operator binary.
+        #[arg(long, env = "MEND_STORAGE_NODE")]
+        storage_node: Option<PathBuf>,
+    },
+    /// Watch the etcd 11651 failure happen on three local members and get healed; exits 0
+    /// only if every acknowledged write is on every member at the end.
+    Demo {
+        /// Work directory to keep (a temporary one, removed afterwards, by default).
+        #[arg(long)]
+        workdir: Option<PathBuf>,
+        /// The storage-node binary; by default the one beside this operator binary.
+        #[arg(long, env = "MEND_STORAGE_NODE")]
+        storage_node: Option<PathBuf>,
+    },
+}
+
+/// `--log-format`.
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| "info,tower=warn,h2=warn".into());
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => builder.init(),
+    }
 }
 
 fn main() -> ExitCode {
-    match Cli::parse().command {
+    let cli = Cli::parse();
+    match cli.command {
         Cmd::Crd => match operator::crd_yaml() {
             Ok(yaml) => {
                 print!("{yaml}");
@@ -39,6 +92,137 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
-        Cmd::Run(args) => operator::controller::run_cli(args),
+        Cmd::Run(args) => {
+            init_logging(cli.log_format);
+            operator::controller::run_cli(args)
+        }
+        Cmd::Local {
+            spec,
+            workdir,
+            node_args,
+            storage_node,
+        } => {
+            init_logging(cli.log_format);
+            exit(
+                "operator local",
+                local(spec, workdir, node_args, storage_node),
+            )
+        }
+        Cmd::Demo {
+            workdir,
+            storage_node,
+        } => {
+            init_logging(cli.log_format);
+            exit("operator demo", demo(workdir, storage_node))
+        }
     }
+}
+
+fn exit(what: &str, result: anyhow::Result<()>) -> ExitCode {
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("{what}: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// The storage-node binary: as given, or beside this executable (where cargo builds both).
+fn storage_node_binary(given: Option<PathBuf>) -> anyhow::Result<PathBuf> {
+    if let Some(path) = given {
+        return Ok(path);
+    }
+    let beside = std::env::current_exe()?.with_file_name("storage-node");
+    anyhow::ensure!(
+        beside.exists(),
+        "{} not found: build it (cargo build --release) or pass --storage-node",
+        beside.display()
+    );
+    Ok(beside)
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?)
+}
+
+/// Resolves on Ctrl-C or SIGTERM.
+async fn shutdown_signal() {
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        () = term => {}
+    }
+}
+
+fn local(
+    spec: PathBuf,
+    workdir: PathBuf,
+    node_args: Vec<String>,
+    storage_node: Option<PathBuf>,
+) -> anyhow::Result<()> {
+    let yaml =
+        std::fs::read_to_string(&spec).map_err(|e| anyhow::anyhow!("{}: {e}", spec.display()))?;
+    let cluster: crds::StorageCluster = operator::yaml::parse_strict(&yaml)
+        .map_err(|e| anyhow::anyhow!("{} is not a StorageCluster: {e}", spec.display()))?;
+    let mut sup = Supervisor::open(Config {
+        spec: cluster.spec,
+        workdir,
+        storage_node: storage_node_binary(storage_node)?,
+        node_args,
+        print_table: true,
+    })?;
+    runtime()?.block_on(async {
+        let shutdown = shutdown_signal();
+        tokio::pin!(shutdown);
+        loop {
+            tokio::select! {
+                biased;
+                () = &mut shutdown => break,
+                ticked = sup.tick() => {
+                    if let Err(e) = ticked {
+                        tracing::error!(error = %e, "tick failed");
+                    }
+                }
+            }
+            tokio::select! {
+                biased;
+                () = &mut shutdown => break,
+                () = tokio::time::sleep(sup.interval()) => {}
+            }
+        }
+        tracing::info!("stopping members");
+        sup.shutdown()?;
+        anyhow::Ok(())
+    })
+}
+
+fn demo(workdir: Option<PathBuf>, storage_node: Option<PathBuf>) -> anyhow::Result<()> {
+    let storage_node = storage_node_binary(storage_node)?;
+    let temp = match &workdir {
+        Some(_) => None,
+        None => Some(tempfile::tempdir()?),
+    };
+    let workdir = match (workdir, &temp) {
+        (Some(dir), _) => dir,
+        (None, Some(temp)) => temp.path().to_path_buf(),
+        (None, None) => anyhow::bail!("no work directory"),
+    };
+    let summary = runtime()?.block_on(async {
+        tokio::select! {
+            result = operator::demo::run(workdir, storage_node) => result.map_err(anyhow::Error::from),
+            () = shutdown_signal() => Err(anyhow::anyhow!("interrupted")),
+        }
+    })?;
+    println!("\n{summary}");
+    Ok(())
 }

@@ -40,7 +40,7 @@ pub enum Mode {
 }
 
 /// One step of a recovery plan.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum Step {
     /// Hand leadership to the member (MoveLeader).
     MoveLeader {
@@ -85,7 +85,7 @@ pub enum Step {
 }
 
 /// A recovery plan.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Plan {
     /// The member whose data every other member is rebuilt from.
     pub source: u64,

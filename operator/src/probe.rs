@@ -68,10 +68,14 @@ impl Prober {
 
     /// Probes every member once.
     pub async fn round(&self) -> Round {
-        let mut partials = Vec::with_capacity(self.endpoints.len());
-        for endpoint in &self.endpoints {
-            partials.push(self.first_pass(endpoint).await);
-        }
+        // All members at once: the closer in time their answers, the likelier they report the
+        // same applied index while clients keep writing, which is when they can be compared.
+        let partials: Vec<Partial> = futures_util::future::join_all(
+            self.endpoints
+                .iter()
+                .map(|endpoint| self.first_pass(endpoint)),
+        )
+        .await;
         // Hash everyone at the lowest revision anyone reports: every member has it (or has
         // compacted it, which the hash call then reports).
         let common = partials
@@ -112,6 +116,8 @@ impl Prober {
                 member: 0,
                 reachable: false,
                 is_leader: false,
+                is_learner: false,
+                db_size: 0,
                 raft_term: 0,
                 raft_index: 0,
                 applied_index: 0,
@@ -206,6 +212,8 @@ impl Prober {
                 member: header.member_id,
                 reachable: true,
                 is_leader: status.leader != 0 && status.leader == header.member_id,
+                is_learner: status.is_learner,
+                db_size: status.db_size,
                 raft_term: status.raft_term,
                 raft_index: status.raft_index,
                 applied_index: status.raft_applied_index,

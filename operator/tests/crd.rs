@@ -5,9 +5,7 @@ use std::process::Command;
 
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::CustomResourceExt;
-use strict::parse_strict;
-
-mod strict;
+use operator::yaml::parse_strict;
 
 const COMMITTED: &str = include_str!("../../manifests/crd.yaml");
 const EXAMPLE: &str = include_str!("../../manifests/storagecluster-example.yaml");

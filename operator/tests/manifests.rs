@@ -11,11 +11,17 @@ use k8s_openapi::api::core::v1::{Namespace, ServiceAccount};
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, PolicyRule, Role, RoleBinding};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use operator::controller::API_CALLS;
+use operator::yaml::parse_strict;
 use serde::Deserialize;
 use serde_json::Value;
-use strict::{from_value_strict, parse_strict};
 
-mod strict;
+/// `raw` (one document of a manifest) parsed strictly into `T`.
+fn from_value_strict<T: serde::de::DeserializeOwned + serde::Serialize>(
+    raw: Value,
+) -> Result<T, String> {
+    let yaml = serde_saphyr::to_string(&raw).map_err(|e| e.to_string())?;
+    parse_strict(&yaml)
+}
 
 fn manifests() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../manifests")

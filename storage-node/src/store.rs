@@ -126,6 +126,8 @@ struct State {
     counters: Counters,
     /// When the last fsync'd commit happened (for `apply_sync_interval`).
     last_sync: Instant,
+    /// Whether a commit since then was not fsync'd.
+    unsynced: bool,
 }
 
 impl State {
@@ -146,6 +148,7 @@ impl State {
             membership,
             counters: Counters::default(),
             last_sync: Instant::now(),
+            unsynced: false,
         })
     }
 }
@@ -299,6 +302,9 @@ impl Store {
         txn.commit()?;
         if sync {
             state.last_sync = now;
+            state.unsynced = false;
+        } else {
+            state.unsynced = true;
         }
         if let Some(log_id) = persist {
             state.persisted = log_id;
@@ -312,11 +318,26 @@ impl Store {
         self.sync_locked(&mut state)
     }
 
+    /// Makes applied batches durable once they have waited `apply_sync_interval`, as etcd's
+    /// backend commits its batch on a timer: an idle member does not keep its last applies
+    /// unsynced (a crash would then lose them from the engine, to be re-applied from the log).
+    pub fn sync_if_due(&self) -> backend::Result<()> {
+        let Some(interval) = self.config.apply_sync_interval else {
+            return Ok(());
+        };
+        let mut state = self.write();
+        if state.unsynced && state.last_sync.elapsed() >= interval {
+            self.sync_locked(&mut state)?;
+        }
+        Ok(())
+    }
+
     fn sync_locked(&self, state: &mut State) -> backend::Result<()> {
         // An empty commit with the default (immediate) durability persists every earlier
         // non-durable commit with it.
         self.backend.begin_write()?.commit()?;
         state.last_sync = Instant::now();
+        state.unsynced = false;
         Ok(())
     }
 

@@ -11,16 +11,17 @@ use crds::{StorageCluster, StorageClusterSpec};
 use futures_util::future::BoxFuture;
 use http::{Method, Request, Response, StatusCode};
 use k8s_openapi::api::coordination::v1::LeaseSpec;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, Time};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
 use k8s_openapi::jiff::Timestamp;
 use kube::Client;
 use kube::client::Body;
 use kube::runtime::events::Recorder;
 use serde_json::{Value, json};
 
-use super::members::{BootstrapError, Members};
+use super::members::Members;
 use super::metrics::Metrics;
 use super::{API_CALLS, Context};
+use crate::bootstrap;
 use crate::detector::{Observation, Round};
 
 /// A stored `StorageCluster` named `name` in `default`, generation 1.
@@ -40,19 +41,16 @@ pub fn observation(id: u64, leader: bool, auth_revision: u64) -> Observation {
         member: id,
         reachable: true,
         is_leader: leader,
+        is_learner: false,
         raft_term: 2,
         raft_index: 10,
         applied_index: 10,
         auth_revision,
         revision: 4,
         key_count: 3,
+        db_size: 20480,
         hash: Some((0xabcd, 4)),
     }
-}
-
-/// `seconds` after a fixed instant.
-pub fn time(seconds: i64) -> Time {
-    Time(Timestamp::from_second(1_700_000_000 + seconds).expect("valid time"))
 }
 
 /// A Lease held by `holder`, renewed at `renewed`, for `duration` seconds.
@@ -101,8 +99,9 @@ impl Members for FakeMembers {
     fn bootstrap_auth(
         &self,
         _endpoints: Vec<String>,
+        _user: String,
         _password: String,
-    ) -> BoxFuture<'static, Result<bool, BootstrapError>> {
+    ) -> BoxFuture<'static, Result<bool, bootstrap::Error>> {
         let enabled_now = !self.auth_enabled.swap(true, Ordering::SeqCst);
         if enabled_now {
             self.bootstraps.fetch_add(1, Ordering::SeqCst);

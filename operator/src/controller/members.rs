@@ -1,5 +1,5 @@
 //! The controller's view of the members themselves, over the etcd v3 API: probe rounds and the
-//! auth bootstrap. [`Members`] is the seam the reconciler calls; [`Grpc`] is the real one, and
+//! auth bootstrap ([`crate::bootstrap`]). [`Members`] is the seam the reconciler calls; [`Grpc`] is the real one, and
 //! tests pass a fake so the mocked API server sees only Kubernetes calls.
 
 use std::collections::HashMap;
@@ -7,36 +7,10 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures_util::future::BoxFuture;
-use storage_node::pb::etcdserverpb::{
-    AuthEnableRequest, AuthRoleAddRequest, AuthStatusRequest, AuthUserAddRequest,
-    AuthUserGrantRoleRequest, auth_client::AuthClient,
-};
-use tonic::transport::{Channel, Endpoint};
 
+use crate::bootstrap;
 use crate::detector::Round;
 use crate::probe::Prober;
-
-/// The root user and role etcd's auth needs before it can be enabled.
-pub const ROOT: &str = "root";
-
-/// Why the auth bootstrap did not finish (it is retried on the next reconcile).
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum BootstrapError {
-    /// No member could be reached.
-    #[error("no member reachable at {0:?}")]
-    Unreachable(Vec<String>),
-    /// A member refused a step.
-    #[error("{step} on {endpoint}: {status}")]
-    Refused {
-        /// The step (`user add`, `role add`, `grant`, `auth enable`).
-        step: &'static str,
-        /// The member asked.
-        endpoint: String,
-        /// What it answered.
-        status: String,
-    },
-}
 
 /// Probing and bootstrapping a cluster's members.
 pub trait Members: Send + Sync {
@@ -49,13 +23,15 @@ pub trait Members: Send + Sync {
         credentials: Option<(String, String)>,
     ) -> BoxFuture<'static, Round>;
 
-    /// Creates the root user with `password`, the root role, grants it and enables auth, unless
-    /// auth is on already. `Ok(true)` when this call enabled it.
+    /// Creates the root user `user` with `password`, grants it the root role and enables auth,
+    /// unless auth is on already, through the first member that answers. `Ok(true)` when this
+    /// call enabled it.
     fn bootstrap_auth(
         &self,
         endpoints: Vec<String>,
+        user: String,
         password: String,
-    ) -> BoxFuture<'static, Result<bool, BootstrapError>>;
+    ) -> BoxFuture<'static, Result<bool, bootstrap::Error>>;
 }
 
 /// The real members, over gRPC, every call bounded by `timeout`.
@@ -107,105 +83,23 @@ impl Members for Grpc {
     fn bootstrap_auth(
         &self,
         endpoints: Vec<String>,
+        user: String,
         password: String,
-    ) -> BoxFuture<'static, Result<bool, BootstrapError>> {
+    ) -> BoxFuture<'static, Result<bool, bootstrap::Error>> {
         let timeout = self.timeout;
         Box::pin(async move {
+            let mut last = None;
             for endpoint in &endpoints {
-                if let Some(channel) = connect(endpoint, timeout).await {
-                    return bootstrap(AuthClient::new(channel), endpoint, &password, timeout).await;
+                match bootstrap::enable_auth(endpoint, &user, &password, timeout).await {
+                    // Another member may answer.
+                    Err(e @ bootstrap::Error::Connect { .. }) => last = Some(e),
+                    done => return done,
                 }
             }
-            Err(BootstrapError::Unreachable(endpoints))
+            Err(last.unwrap_or_else(|| bootstrap::Error::Connect {
+                endpoint: String::new(),
+                message: "no member to ask".to_string(),
+            }))
         })
     }
-}
-
-async fn connect(endpoint: &str, timeout: Duration) -> Option<Channel> {
-    let endpoint = Endpoint::from_shared(endpoint.to_string())
-        .ok()?
-        .connect_timeout(timeout)
-        .timeout(timeout);
-    tokio::time::timeout(timeout, endpoint.connect())
-        .await
-        .ok()?
-        .ok()
-}
-
-fn request<T>(message: T, timeout: Duration) -> tonic::Request<T> {
-    let mut request = tonic::Request::new(message);
-    request.set_timeout(timeout);
-    request
-}
-
-/// `call` bounded by `timeout`, its reply unwrapped.
-async fn bounded<T>(
-    timeout: Duration,
-    call: impl Future<Output = Result<tonic::Response<T>, tonic::Status>>,
-) -> Result<T, tonic::Status> {
-    match tokio::time::timeout(timeout, call).await {
-        Ok(reply) => reply.map(tonic::Response::into_inner),
-        Err(_) => Err(tonic::Status::deadline_exceeded("timed out")),
-    }
-}
-
-/// The bootstrap against one member. Each auth change bumps the members' AuthRevision, so it
-/// only runs while auth is off, and a step that finds its work done ("already exists") counts
-/// as done: a bootstrap cut short by a crash resumes.
-async fn bootstrap(
-    mut auth: AuthClient<Channel>,
-    endpoint: &str,
-    password: &str,
-    timeout: Duration,
-) -> Result<bool, BootstrapError> {
-    let refused = |step: &'static str, status: tonic::Status| BootstrapError::Refused {
-        step,
-        endpoint: endpoint.to_string(),
-        status: status.message().to_string(),
-    };
-    let tolerate_existing = |step: &'static str, status: tonic::Status| {
-        if status.message().contains("already exists") {
-            Ok(())
-        } else {
-            Err(refused(step, status))
-        }
-    };
-    // AuthStatus needs no token, so a failure here is the member's, not auth's.
-    let status = bounded(
-        timeout,
-        auth.auth_status(request(AuthStatusRequest {}, timeout)),
-    )
-    .await
-    .map_err(|s| refused("auth status", s))?;
-    if status.enabled {
-        return Ok(false);
-    }
-    let user = AuthUserAddRequest {
-        name: ROOT.to_string(),
-        password: password.to_string(),
-        ..AuthUserAddRequest::default()
-    };
-    if let Err(s) = bounded(timeout, auth.user_add(request(user, timeout))).await {
-        tolerate_existing("user add", s)?;
-    }
-    let role = AuthRoleAddRequest {
-        name: ROOT.to_string(),
-    };
-    if let Err(s) = bounded(timeout, auth.role_add(request(role, timeout))).await {
-        tolerate_existing("role add", s)?;
-    }
-    let grant = AuthUserGrantRoleRequest {
-        user: ROOT.to_string(),
-        role: ROOT.to_string(),
-    };
-    bounded(timeout, auth.user_grant_role(request(grant, timeout)))
-        .await
-        .map_err(|s| refused("grant", s))?;
-    bounded(
-        timeout,
-        auth.auth_enable(request(AuthEnableRequest {}, timeout)),
-    )
-    .await
-    .map_err(|s| refused("auth enable", s))?;
-    Ok(true)
 }

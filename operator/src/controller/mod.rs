@@ -3,7 +3,9 @@
 //! A kube-runtime `Controller` watches `StorageCluster`s and the children they own, and calls
 //! [`reconcile`] for each: check the spec, make sure the root credentials exist, create the
 //! missing children with server-side apply, probe the members over the etcd API, bootstrap auth
-//! once they answer, and write the status (server-side apply on the status subresource). Errors
+//! once they answer, assess the probes with the healing loop's [`Healer`] (detector and planner)
+//! and write the status built by [`crate::status`] (server-side apply on the status
+//! subresource). Errors
 //! requeue the object with a per-object exponential backoff ([`error_policy`]).
 //!
 //! # Why bare pods and not a StatefulSet
@@ -27,7 +29,6 @@
 //! # Layout
 //! - [`resources`]: the children as pure functions of the resource.
 //! - [`reconcile`](mod@reconcile): one pass over one resource, and the error policy.
-//! - [`observe`]: pods and a probe round to the status.
 //! - [`members`]: probing and auth bootstrap over the etcd v3 API.
 //! - [`lease`]: leader election on a `coordination.k8s.io` Lease.
 //! - [`metrics`] and [`run`](mod@run): `operator run`, its `/metrics`, `/healthz`, `/readyz`.
@@ -35,7 +36,6 @@
 pub mod lease;
 pub mod members;
 pub mod metrics;
-pub mod observe;
 pub mod reconcile;
 pub mod resources;
 pub mod run;
@@ -51,6 +51,8 @@ use std::time::Duration;
 
 use crds::StorageCluster;
 use kube::Client;
+
+use crate::healer::Healer;
 use kube::runtime::events::Recorder;
 use kube::runtime::reflector::ObjectRef;
 
@@ -123,7 +125,7 @@ pub enum Error {
     Random(String),
     /// The members did not accept the auth bootstrap (retried).
     #[error("auth bootstrap: {0}")]
-    Bootstrap(#[from] members::BootstrapError),
+    Bootstrap(#[from] crate::bootstrap::Error),
     /// The operator's own configuration (kubeconfig, listen address) is unusable.
     #[error("configuration: {0}")]
     Config(String),
@@ -149,6 +151,9 @@ impl Error {
 /// Result of controller operations.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
+/// A cluster's healing loop and the `metadata.generation` of the spec it was made for.
+type GenerationHealer = (Option<i64>, Healer);
+
 /// What every reconcile shares.
 pub struct Context {
     /// The Kubernetes client.
@@ -161,6 +166,9 @@ pub struct Context {
     pub members: Arc<dyn members::Members>,
     /// Failures in a row per object, for the backoff.
     failures: Mutex<HashMap<ObjectRef<StorageCluster>, u32>>,
+    /// The healing loop's memory (probe history, findings) per cluster, with the generation
+    /// of the spec it was made for.
+    healers: Mutex<HashMap<ObjectRef<StorageCluster>, GenerationHealer>>,
 }
 
 impl Context {
@@ -177,6 +185,7 @@ impl Context {
             metrics,
             members,
             failures: Mutex::default(),
+            healers: Mutex::default(),
         }
     }
 

@@ -18,7 +18,7 @@ use std::time::Duration;
 use crds::{HealingMode, StorageCluster, StorageClusterStatus, condition};
 use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod, Secret, Service};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, ObjectMeta, Time};
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, ListParams, Patch, PatchParams};
 use kube::runtime::controller::Action;
@@ -29,7 +29,11 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tracing::{info, instrument, warn};
 
-use super::observe::{self, Seen};
+use crate::detector::{Observation, Round, Tolerance};
+use crate::healer::{Assessment, Healer};
+use crate::planner::{Decision, Mode};
+use crate::status::{self, MemberView};
+
 use super::resources::{self, ClusterState};
 use super::{Context, Error, FIELD_MANAGER, Result};
 
@@ -101,37 +105,92 @@ impl<'a> Reconciler<'a> {
             .iter()
             .filter(|n| live.pods.contains_key(*n) || created.contains(n))
             .count();
-        let round = if self.cluster.spec.healing.mode == HealingMode::Disabled || pods == 0 {
-            None
+        let round = if pods == 0 {
+            Round::default()
         } else {
             let key = format!("{}/{}", self.namespace, self.cluster.name_any());
-            Some(
-                self.ctx
-                    .members
-                    .probe(key, endpoints.clone(), credentials.clone())
-                    .await,
-            )
+            self.ctx
+                .members
+                .probe(key, endpoints.clone(), credentials.clone())
+                .await
         };
-        if let (Some(round), Some((_, password))) = (&round, &credentials) {
+        if let Some((user, password)) = &credentials {
             let reachable = round.members.iter().filter(|m| m.reachable).count();
             if reachable == names.len() {
-                self.bootstrap_auth(&endpoints, password).await?;
+                self.bootstrap_auth(&endpoints, user, password).await?;
             }
         }
-
-        let seen = Seen {
-            generation: self.cluster.metadata.generation,
-            names: &names,
-            endpoints: &endpoints,
-            pods: pods as i32,
-            selector: resources::selector(self.cluster),
-            round: round.as_ref(),
-        };
-        let status = observe::status(&seen, self.cluster.status.as_ref(), &Time(Timestamp::now()));
+        let status = self.status(&names, &endpoints, round);
         self.write_status(status).await?;
         Ok(Action::requeue(Duration::from_secs(u64::from(
             self.cluster.spec.healing.probe_interval_seconds,
         ))))
+    }
+
+    /// The status for the probe `round` of the members `names` at `endpoints`: the healing loop
+    /// assesses the round (findings persist across probes), [`status::build`] does the rest.
+    /// Healing itself (running a `Decision::Heal`) needs the Kubernetes platform of the
+    /// healing issue; until then the decision is only reported.
+    fn status(&self, names: &[String], endpoints: &[String], round: Round) -> StorageClusterStatus {
+        let now = Timestamp::now();
+        let unreachable = Observation {
+            member: 0,
+            reachable: false,
+            is_leader: false,
+            is_learner: false,
+            raft_term: 0,
+            raft_index: 0,
+            applied_index: 0,
+            auth_revision: 0,
+            revision: 0,
+            key_count: 0,
+            db_size: 0,
+            hash: None,
+        };
+        let views: Vec<MemberView> = names
+            .iter()
+            .zip(endpoints)
+            .enumerate()
+            .map(|(i, (name, endpoint))| MemberView {
+                name: name.clone(),
+                endpoint: endpoint.clone(),
+                observation: round.members.get(i).cloned().unwrap_or(unreachable.clone()),
+            })
+            .collect();
+        let spec = &self.cluster.spec;
+        let assessment = if spec.healing.mode == HealingMode::Disabled || round.members.is_empty() {
+            Assessment {
+                findings: Vec::new(),
+                decision: Decision::Healthy,
+                held_back: None,
+            }
+        } else {
+            let generation = self.cluster.metadata.generation;
+            let mut healers = self.ctx.healers.lock().unwrap_or_else(|p| p.into_inner());
+            let (seen_generation, healer) = healers
+                .entry(ObjectRef::from_obj(self.cluster))
+                .or_insert_with(|| (generation, healer(spec)));
+            // A changed spec may change the mode or the evidence asked for: start afresh.
+            if *seen_generation != generation {
+                *seen_generation = generation;
+                *healer = self::healer(spec);
+            }
+            healer.observe(round, now)
+        };
+        let previous = self.cluster.status.as_ref();
+        status::build(&status::Inputs {
+            generation: self.cluster.metadata.generation,
+            replicas: spec.replicas,
+            members: &views,
+            findings: &assessment.findings,
+            decision: &assessment.decision,
+            // Written by the healing loop; carried over so this status does not drop it.
+            healing: previous.and_then(|p| p.healing.clone()),
+            held_back: assessment.held_back,
+            selector: resources::selector(self.cluster),
+            previous,
+            now: Time(now),
+        })
     }
 
     /// An invalid spec: say what to fix in a condition and a Warning Event, create nothing, and
@@ -145,15 +204,20 @@ impl<'a> Reconciler<'a> {
             .filter(|c| c.type_ != condition::PROGRESSING)
             .cloned()
             .collect();
-        conditions.push(observe::condition(
-            &previous.conditions,
-            condition::PROGRESSING,
-            false,
-            "InvalidSpec",
-            problem.clone(),
-            self.cluster.metadata.generation,
-            &Time(Timestamp::now()),
-        ));
+        let unchanged = previous.conditions.iter().find(|c| {
+            c.type_ == condition::PROGRESSING && c.status == "False" && c.reason == "InvalidSpec"
+        });
+        conditions.push(Condition {
+            type_: condition::PROGRESSING.to_string(),
+            status: "False".to_string(),
+            reason: "InvalidSpec".to_string(),
+            message: problem.clone(),
+            observed_generation: self.cluster.metadata.generation,
+            last_transition_time: unchanged.map_or_else(
+                || Time(Timestamp::now()),
+                |c| c.last_transition_time.clone(),
+            ),
+        });
         let status = StorageClusterStatus {
             observed_generation: self.cluster.metadata.generation,
             conditions,
@@ -319,11 +383,11 @@ impl<'a> Reconciler<'a> {
         Ok(created)
     }
 
-    async fn bootstrap_auth(&self, endpoints: &[String], password: &str) -> Result<()> {
+    async fn bootstrap_auth(&self, endpoints: &[String], user: &str, password: &str) -> Result<()> {
         let enabled = self
             .ctx
             .members
-            .bootstrap_auth(endpoints.to_vec(), password.to_string())
+            .bootstrap_auth(endpoints.to_vec(), user.to_string(), password.to_string())
             .await?;
         if enabled {
             info!("auth enabled");
@@ -376,6 +440,20 @@ impl<'a> Reconciler<'a> {
             .await?;
         Ok(())
     }
+}
+
+/// The healing loop for a cluster with `spec`: the evidence it asks for, the mode it allows.
+fn healer(spec: &crds::StorageClusterSpec) -> Healer {
+    let mode = match spec.healing.mode {
+        HealingMode::Automatic => Mode::Automatic,
+        HealingMode::ObserveOnly => Mode::ObserveOnly,
+        HealingMode::Disabled => Mode::Disabled,
+    };
+    let tolerance = Tolerance {
+        consecutive: spec.healing.consecutive_probes.max(1) as usize,
+        ..Tolerance::default()
+    };
+    Healer::new(tolerance, mode)
 }
 
 /// A random alphanumeric password.

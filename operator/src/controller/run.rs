@@ -34,24 +34,12 @@ use super::members::Grpc;
 use super::metrics::Metrics;
 use super::{Context, Error, FIELD_MANAGER, Result, error_policy, reconcile};
 
-/// Log output format.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
-pub enum LogFormat {
-    /// Human-readable lines.
-    Text,
-    /// One JSON object per line, for log collectors.
-    Json,
-}
-
 /// Flags of `operator run`.
 #[derive(Debug, clap::Args)]
 pub struct RunArgs {
     /// Address serving /metrics, /healthz and /readyz.
     #[arg(long, env = "MEND_METRICS_ADDR", default_value = "0.0.0.0:8080")]
     pub metrics_addr: SocketAddr,
-    /// Log format.
-    #[arg(long, env = "MEND_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
-    pub log_format: LogFormat,
     /// Namespace of the leader-election Lease (the operator's own namespace).
     #[arg(long, env = "POD_NAMESPACE", default_value = "mend-system")]
     pub lease_namespace: String,
@@ -67,18 +55,6 @@ pub struct RunArgs {
     /// Seconds any call to a member (probe, auth bootstrap) may take.
     #[arg(long, env = "MEND_MEMBER_TIMEOUT_SECONDS", default_value_t = 3, value_parser = clap::value_parser!(u64).range(1..=60))]
     pub member_timeout_seconds: u64,
-}
-
-/// Installs the tracing subscriber in `format` (`RUST_LOG` filters, `info` by default). A
-/// subscriber installed before is kept.
-pub fn init_tracing(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter);
-    let _ = match format {
-        LogFormat::Text => builder.try_init(),
-        LogFormat::Json => builder.json().try_init(),
-    };
 }
 
 /// Resolves on SIGTERM or Ctrl-C.
@@ -283,10 +259,9 @@ async fn keep(lock: &LeaseLock) -> Result<()> {
     }
 }
 
-/// `operator run` from `main`: tracing, a tokio runtime, [`run`]; the exit code says how it
-/// ended.
+/// `operator run` from `main` (which installed the log subscriber): a tokio runtime and
+/// [`run`]; the exit code says how it ended.
 pub fn run_cli(args: RunArgs) -> ExitCode {
-    init_tracing(args.log_format);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

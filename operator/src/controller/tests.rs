@@ -61,6 +61,8 @@ enum Scenario {
     /// Children exist and every member answers: auth is bootstrapped (an Event), and the status
     /// reports the members.
     MembersAnswer(Applied),
+    /// Children exist, auth is on, members answer: only the status is written.
+    StatusOnly(Applied),
     /// Even replicas: a condition and a Warning Event, nothing else.
     InvalidSpec,
 }
@@ -77,6 +79,11 @@ impl ApiServerVerifier {
                 Scenario::MembersAnswer(applied) => {
                     self.reads(&applied).await;
                     self.event("AuthEnabled", "Normal").await;
+                    let status = self.status().await;
+                    Applied { status, ..applied }
+                }
+                Scenario::StatusOnly(applied) => {
+                    self.reads(&applied).await;
                     let status = self.status().await;
                     Applied { status, ..applied }
                 }
@@ -353,6 +360,42 @@ async fn members_answering_get_auth_bootstrapped_once_and_reported_in_status() {
     assert_eq!(condition(status, "Available")["status"], "True");
     assert_eq!(condition(status, "Progressing")["status"], "False");
     assert_eq!(condition(status, "Diverged")["status"], "False");
+}
+
+#[tokio::test]
+async fn auth_revision_drift_between_members_is_reported_as_diverged() {
+    let applied = first_reconcile().await;
+    let mut running = cluster("demo", 3);
+    // One round of evidence is enough here; the detector's persistence rule has its own tests.
+    running.spec.healing.consecutive_probes = 1;
+    running.status = Some(serde_json::from_value(applied.status.clone()).expect("status"));
+
+    let (ctx, verifier, members) = Context::test();
+    members.auth_enabled.store(true, Ordering::SeqCst);
+    *members.round.lock().expect("round") = Round {
+        members: vec![
+            observation(0x11, true, 9),
+            observation(0x22, false, 8),
+            observation(0x33, false, 7),
+        ],
+    };
+    let server = verifier.run(Scenario::StatusOnly(applied));
+    reconcile_in_time(running, &ctx).await.expect("reconcile");
+    drop(ctx);
+    let (applied, verifier) = server.await.expect("scenario");
+    verifier.no_more_requests().await;
+    assert_eq!(
+        members.bootstraps.load(Ordering::SeqCst),
+        0,
+        "auth was on already"
+    );
+
+    let status = &applied.status;
+    assert_eq!(status["phase"], "Diverged");
+    assert_eq!(status["authRevisionDrift"], 2);
+    let diverged = condition(status, "Diverged");
+    assert_eq!(diverged["status"], "True");
+    assert_eq!(diverged["reason"], "AuthRevisionDrift");
 }
 
 #[tokio::test]

@@ -1,6 +1,11 @@
 //! Members as local `storage-node` processes, each with its own data directory under a work
 //! directory; wiped data is moved to `backups/` rather than deleted. Children are killed when
 //! the platform is dropped.
+//!
+//! The work directory outlives the operator: `members.json` keeps each member's ports (its
+//! data names its peer URL, so the ports must not change), and `<name>.pid` each process, so
+//! an operator started again stops members a killed predecessor left running before it
+//! starts them under its own supervision.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -9,7 +14,7 @@ use std::time::{Duration, Instant};
 use super::{Error, Platform, Result};
 
 /// One member process and its addresses.
-#[derive(Debug)]
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
 pub struct LocalMember {
     /// `--name`.
     pub name: String,
@@ -19,6 +24,7 @@ pub struct LocalMember {
     pub peer_port: u16,
     /// Metrics port on 127.0.0.1.
     pub metrics_port: u16,
+    #[serde(skip)]
     child: Option<Child>,
 }
 
@@ -95,6 +101,135 @@ impl LocalPlatform {
         })
     }
 
+    /// The platform recorded in `workdir` by an earlier run, or a new one of `replicas`
+    /// members recorded there; members an earlier, killed operator left running are stopped.
+    pub fn open(
+        binary: PathBuf,
+        workdir: &Path,
+        replicas: usize,
+        node_args: Vec<String>,
+    ) -> Result<LocalPlatform> {
+        let record = workdir.join(MEMBERS_FILE);
+        let platform = match std::fs::read(&record) {
+            Ok(bytes) => {
+                let members: Vec<LocalMember> = serde_json::from_slice(&bytes).map_err(|e| {
+                    Error::Io(std::io::Error::new(
+                        std::io::ErrorKind::InvalidData,
+                        format!("{}: {e}", record.display()),
+                    ))
+                })?;
+                if members.len() != replicas {
+                    return Err(Error::Io(std::io::Error::new(
+                        std::io::ErrorKind::InvalidInput,
+                        format!(
+                            "{} holds {} members but the spec asks for {replicas}: local clusters \
+                             do not change size; use a new work directory",
+                            workdir.display(),
+                            members.len()
+                        ),
+                    )));
+                }
+                std::fs::create_dir_all(workdir.join("backups")).map_err(Error::Io)?;
+                LocalPlatform {
+                    binary,
+                    workdir: workdir.to_path_buf(),
+                    node_args,
+                    members,
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                let platform = LocalPlatform::new(binary, workdir, replicas, node_args)?;
+                let json = serde_json::to_vec_pretty(&platform.members)
+                    .map_err(|e| Error::Io(std::io::Error::other(e)))?;
+                write_atomically(&record, &json)?;
+                platform
+            }
+            Err(e) => return Err(Error::Io(e)),
+        };
+        for member in &platform.members {
+            platform.stop_orphan(&member.name);
+        }
+        Ok(platform)
+    }
+
+    /// Stops the process a pid file names if it still runs `name`'s member (a killed
+    /// operator's child); anything else with that pid is left alone.
+    fn stop_orphan(&self, name: &str) {
+        let pid_file = self.workdir.join(format!("{name}.pid"));
+        let Some(pid) = std::fs::read_to_string(&pid_file)
+            .ok()
+            .and_then(|s| s.trim().parse::<i32>().ok())
+        else {
+            return;
+        };
+        let data_dir = self.data_dir(name);
+        let ours = std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|cmdline| {
+            cmdline
+                .split(|b| *b == 0)
+                .any(|arg| arg == data_dir.as_os_str().as_encoded_bytes())
+        });
+        if !ours {
+            return;
+        }
+        tracing::warn!(
+            member = name,
+            pid,
+            "stopping a member an earlier operator left running"
+        );
+        let pid = nix::unistd::Pid::from_raw(pid);
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while nix::sys::signal::kill(pid, None).is_ok()
+            && std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| !c.is_empty())
+        {
+            if Instant::now() >= deadline {
+                let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
+                break;
+            }
+            // Polling another process's exit: it is not our child, so there is no wait.
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = std::fs::remove_file(pid_file);
+    }
+
+    /// Whether member `name`'s process runs; a process that exited is reaped and logged.
+    pub fn is_running(&mut self, name: &str) -> bool {
+        let Ok(member) = self.member_mut(name) else {
+            return false;
+        };
+        let Some(child) = &mut member.child else {
+            return false;
+        };
+        match child.try_wait() {
+            Ok(None) => true,
+            Ok(Some(status)) => {
+                tracing::warn!(member = name, %status, "member exited");
+                member.child = None;
+                false
+            }
+            Err(_) => false,
+        }
+    }
+
+    /// Whether member `name` has data that names it (it ran before).
+    pub fn has_data(&self, name: &str) -> bool {
+        self.data_dir(name).join("member.json").exists()
+    }
+
+    /// Member `name`'s log file.
+    pub fn log_path(&self, name: &str) -> PathBuf {
+        self.workdir.join(format!("{name}.log"))
+    }
+
+    /// Stops every member cleanly.
+    pub fn stop_all(&mut self) -> Result<()> {
+        let names: Vec<String> = self.members.iter().map(|m| m.name.clone()).collect();
+        for name in names {
+            Platform::stop(self, &name)?;
+        }
+        Ok(())
+    }
+
     fn member(&self, name: &str) -> Result<&LocalMember> {
         self.members
             .iter()
@@ -154,8 +289,19 @@ impl LocalPlatform {
             .args(&node_args)
             .stdout(Stdio::null())
             .stderr(log);
-        member.child = Some(cmd.spawn().map_err(Error::Io)?);
-        Ok(())
+        let child = cmd.spawn().map_err(Error::Io)?;
+        let pid = child.id();
+        member.child = Some(child);
+        write_atomically(
+            &self.workdir.join(format!("{name}.pid")),
+            pid.to_string().as_bytes(),
+        )
+    }
+
+    /// Starts member `name` again; `state` is `new` or `existing` (it only matters when its
+    /// data directory is empty).
+    pub fn start(&mut self, name: &str, state: &str) -> Result<()> {
+        self.spawn(name, state)
     }
 
     /// Starts every member as a new cluster.
@@ -178,12 +324,24 @@ impl LocalPlatform {
     }
 }
 
+/// Where the members and their ports are recorded in the work directory.
+const MEMBERS_FILE: &str = "members.json";
+
+/// Writes `bytes` to `path` through a temporary file and a rename, so readers never see half.
+pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    std::fs::write(&tmp, bytes).map_err(Error::Io)?;
+    std::fs::rename(&tmp, path).map_err(Error::Io)
+}
+
 impl Platform for LocalPlatform {
     fn stop(&mut self, name: &str) -> Result<()> {
         let member = self.member_mut(name)?;
         let Some(mut child) = member.child.take() else {
             return Ok(());
         };
+        let _ = std::fs::remove_file(self.workdir.join(format!("{name}.pid")));
         let pid = nix::unistd::Pid::from_raw(child.id() as i32);
         let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
         let deadline = Instant::now() + Duration::from_secs(30);
@@ -235,6 +393,7 @@ impl Drop for LocalPlatform {
             if let Some(mut child) = m.child.take() {
                 let _ = child.kill();
                 let _ = child.wait();
+                let _ = std::fs::remove_file(self.workdir.join(format!("{}.pid", m.name)));
             }
         }
     }

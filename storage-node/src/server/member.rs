@@ -361,6 +361,7 @@ pub async fn run(args: ServeArgs, shutdown: impl Future<Output = ()>) -> Result<
     let publisher = tokio::spawn(publish(node.clone(), me));
     tokio::spawn(node.count_leader_changes());
     let lessor = tokio::spawn(crate::raft::lessor::run(node.clone()));
+    let syncer = tokio::spawn(sync_applied(node.store.clone()));
     tracing::info!(
         name = %args.name,
         cluster = %format_args!("{:x}", identity.cluster_id),
@@ -379,6 +380,7 @@ pub async fn run(args: ServeArgs, shutdown: impl Future<Output = ()>) -> Result<
     tracing::info!("shutting down");
     publisher.abort();
     lessor.abort();
+    syncer.abort();
     // Stop accepting work, then stop raft: requests still in flight (a forwarded write waiting
     // for its commit, say) then end with an error instead of holding the servers open.
     let _ = stop_tx.send(true);
@@ -394,6 +396,21 @@ pub async fn run(args: ServeArgs, shutdown: impl Future<Output = ()>) -> Result<
     match failure {
         Some(e) => Err(e),
         None => Ok(()),
+    }
+}
+
+/// Makes applied batches durable every [`APPLY_SYNC_INTERVAL`] while any are not.
+async fn sync_applied(store: Arc<Store>) {
+    let mut tick = tokio::time::interval(APPLY_SYNC_INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let store = store.clone();
+        match tokio::task::spawn_blocking(move || store.sync_if_due()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::error!(error = %e, "syncing applied entries failed"),
+            Err(e) => tracing::error!(error = %e, "sync task failed"),
+        }
     }
 }
 

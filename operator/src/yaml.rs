@@ -1,20 +1,15 @@
-//! Strict parsing of YAML into Kubernetes types: k8s-openapi's and serde's deserializers skip
-//! unknown fields silently, so the typed value is written back out and every field of the input
-//! must be found in it with the same value.
+//! YAML in, typed Kubernetes objects out, strictly: serde and k8s-openapi skip fields a type
+//! does not know, so a typo in a manifest or spec (`replica: 3`) would pass silently. Here the
+//! typed value is written back out and every field of the YAML must be found in it unchanged.
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 
-/// Parses `yaml` into `T`, refusing any field `T` does not know.
+/// Parses `yaml` into `T`, refusing any field `T` does not know; the error names the fields.
 pub fn parse_strict<T: DeserializeOwned + Serialize>(yaml: &str) -> Result<T, String> {
     let raw: Value = serde_saphyr::from_str(yaml).map_err(|e| e.to_string())?;
-    from_value_strict(raw)
-}
-
-/// Converts `raw` into `T`, refusing any field `T` does not know.
-pub fn from_value_strict<T: DeserializeOwned + Serialize>(raw: Value) -> Result<T, String> {
-    let typed: T = serde_json::from_value(raw.clone()).map_err(|e| e.to_string())?;
+    let typed: T = serde_saphyr::from_str(yaml).map_err(|e| e.to_string())?;
     let back = serde_json::to_value(&typed).map_err(|e| e.to_string())?;
     let mut lost = Vec::new();
     missing_from(&raw, &back, String::new(), &mut lost);

@@ -1,0 +1,93 @@
+//! Turning authentication on in a new cluster, as `etcdctl user add root`, `user grant-role
+//! root root` and `auth enable` would: the root user with the operator's password, then auth.
+//! Idempotent: a cluster with auth on is left alone, and a user or grant that exists already
+//! (an earlier attempt stopped half-way) is not an error.
+
+use std::time::Duration;
+
+use storage_node::pb::etcdserverpb::{
+    AuthEnableRequest, AuthStatusRequest, AuthUserAddRequest, AuthUserGrantRoleRequest,
+    auth_client::AuthClient,
+};
+use tonic::transport::Endpoint;
+
+/// Why auth could not be turned on.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The member could not be reached.
+    #[error("connect to {endpoint}: {message}")]
+    Connect {
+        /// Where.
+        endpoint: String,
+        /// What failed.
+        message: String,
+    },
+    /// A call was refused.
+    #[error("{call} on {endpoint}: {message}")]
+    Call {
+        /// The call.
+        call: &'static str,
+        /// Where.
+        endpoint: String,
+        /// What the member answered.
+        message: String,
+    },
+}
+
+/// Makes sure auth is on in the cluster `endpoint` belongs to, with `user` (the root user)
+/// holding `password`. Returns whether it had to turn auth on.
+pub async fn enable_auth(
+    endpoint: &str,
+    user: &str,
+    password: &str,
+    timeout: Duration,
+) -> Result<bool, Error> {
+    let connect = |message: String| Error::Connect {
+        endpoint: endpoint.to_string(),
+        message,
+    };
+    let channel = Endpoint::from_shared(endpoint.to_string())
+        .map_err(|e| connect(e.to_string()))?
+        .connect_timeout(timeout)
+        .timeout(timeout)
+        .connect()
+        .await
+        .map_err(|e| connect(e.to_string()))?;
+    let call = |call: &'static str, status: tonic::Status| Error::Call {
+        call,
+        endpoint: endpoint.to_string(),
+        message: status.message().to_string(),
+    };
+    let mut auth = AuthClient::new(channel);
+    let status = auth
+        .auth_status(AuthStatusRequest {})
+        .await
+        .map_err(|s| call("AuthStatus", s))?
+        .into_inner();
+    if status.enabled {
+        return Ok(false);
+    }
+    let added = auth
+        .user_add(AuthUserAddRequest {
+            name: user.to_string(),
+            password: password.to_string(),
+            ..AuthUserAddRequest::default()
+        })
+        .await;
+    match added {
+        Ok(_) => {}
+        Err(s) if s.message().contains("already exists") => {}
+        Err(s) => return Err(call("UserAdd", s)),
+    }
+    auth.user_grant_role(AuthUserGrantRoleRequest {
+        user: user.to_string(),
+        role: "root".to_string(),
+    })
+    .await
+    .map_err(|s| call("UserGrantRole", s))?;
+    auth.auth_enable(AuthEnableRequest {})
+        .await
+        .map_err(|s| call("AuthEnable", s))?;
+    Ok(true)
+}

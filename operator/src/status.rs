@@ -1,0 +1,584 @@
+//! From what the operator saw and decided to a `StorageCluster` status: the members table,
+//! the leader, the AuthRevision drift, the phase and the conditions, in Kubernetes API
+//! conventions. The same status goes to the resource on Kubernetes and to `status.json`
+//! locally.
+//!
+//! Pure: probe observations, findings, the planner's decision and the heal's progress in, a
+//! status out. A condition keeps its `lastTransitionTime` while its status stays the same.
+
+use crds::{HealingStatus, MemberStatus, Phase, Role, StorageClusterStatus, condition};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+
+use crate::detector::{Finding, Observation};
+use crate::planner::{Decision, Plan, Step};
+
+/// One member: its name and client URL where it lives, and what the last probe saw.
+#[derive(Clone, Debug)]
+pub struct MemberView {
+    /// Pod or process name.
+    pub name: String,
+    /// Client URL.
+    pub endpoint: String,
+    /// The last probe of it.
+    pub observation: Observation,
+}
+
+/// Everything a status is made of.
+#[derive(Clone, Debug)]
+pub struct Inputs<'a> {
+    /// `metadata.generation` of the resource (none locally).
+    pub generation: Option<i64>,
+    /// Members the spec asks for.
+    pub replicas: i32,
+    /// The members as last probed.
+    pub members: &'a [MemberView],
+    /// Findings of the detector.
+    pub findings: &'a [Finding],
+    /// What the planner decided about them.
+    pub decision: &'a Decision,
+    /// Progress of the heal: the plan, the running step, the last result and the count.
+    pub healing: Option<HealingStatus>,
+    /// Why healing is held back, when it is (backoff after drift came back).
+    pub held_back: Option<String>,
+    /// Label selector of the members (for the scale subresource).
+    pub selector: String,
+    /// The status written last, for condition transition times.
+    pub previous: Option<&'a StorageClusterStatus>,
+    /// Now.
+    pub now: Time,
+}
+
+/// The status for `inputs`.
+pub fn build(inputs: &Inputs<'_>) -> StorageClusterStatus {
+    let members: Vec<MemberStatus> = inputs.members.iter().map(member_status).collect();
+    let ready = members.iter().filter(|m| m.healthy).count() as i32;
+    let leader = inputs
+        .members
+        .iter()
+        .find(|m| m.observation.reachable && m.observation.is_leader)
+        .map(|m| m.name.clone());
+    let revisions: Vec<u64> = inputs
+        .members
+        .iter()
+        .filter(|m| m.observation.reachable)
+        .map(|m| m.observation.auth_revision)
+        .collect();
+    let drift = match (revisions.iter().max(), revisions.iter().min()) {
+        (Some(max), Some(min)) => max - min,
+        _ => 0,
+    };
+    let healing_now = inputs
+        .healing
+        .as_ref()
+        .is_some_and(|h| h.step.is_some() && !h.plan.is_empty());
+    let diverged = divergence(inputs.findings);
+    let degraded = inputs
+        .findings
+        .iter()
+        .any(|f| matches!(f, Finding::Unreachable { .. } | Finding::Lagging { .. }))
+        || ready < inputs.replicas;
+    let quorum = ready * 2 > inputs.replicas;
+    let was_starting = inputs
+        .previous
+        .is_none_or(|p| matches!(p.phase, Phase::Pending | Phase::Bootstrapping));
+    let phase = if healing_now {
+        Phase::Healing
+    } else if !quorum && was_starting {
+        Phase::Bootstrapping
+    } else if !quorum {
+        Phase::Failed
+    } else if diverged.is_some() {
+        Phase::Diverged
+    } else if degraded {
+        Phase::Degraded
+    } else {
+        Phase::Available
+    };
+
+    let mut conditions = Vec::new();
+    let mut set = |type_: &str, status: bool, reason: &str, message: String| {
+        conditions.push(condition(
+            inputs.previous,
+            type_,
+            status,
+            reason,
+            message,
+            &inputs.now,
+            inputs.generation,
+        ));
+    };
+    set(
+        condition::AVAILABLE,
+        quorum,
+        if quorum { "QuorumReady" } else { "NoQuorum" },
+        format!("{ready} of {} members answer", inputs.replicas),
+    );
+    let starting = !quorum && was_starting;
+    set(
+        condition::PROGRESSING,
+        starting || healing_now,
+        if healing_now {
+            "Healing"
+        } else if starting {
+            "Bootstrapping"
+        } else {
+            "Stable"
+        },
+        if healing_now {
+            "rebuilding members from the source of truth".to_string()
+        } else if starting {
+            "members are starting".to_string()
+        } else {
+            "nothing in progress".to_string()
+        },
+    );
+    let degraded_message = inputs
+        .findings
+        .iter()
+        .filter_map(|f| match f {
+            Finding::Unreachable { member } => Some(format!("member {member:x} is unreachable")),
+            Finding::Lagging { member, behind } => {
+                Some(format!("member {member:x} is {behind} entries behind"))
+            }
+            _ => None,
+        })
+        .collect::<Vec<_>>()
+        .join("; ");
+    set(
+        condition::DEGRADED,
+        degraded,
+        if degraded {
+            "MemberDown"
+        } else {
+            "AllMembersUp"
+        },
+        if degraded_message.is_empty() {
+            format!("{ready} of {} members answer", inputs.replicas)
+        } else {
+            degraded_message
+        },
+    );
+    let (diverged_status, diverged_reason, mut diverged_message) = match &diverged {
+        Some((reason, message)) => (true, *reason, message.clone()),
+        None => (false, "MembersAgree", "members agree".to_string()),
+    };
+    match inputs.decision {
+        Decision::Wait(why) if diverged_status => {
+            diverged_message.push_str(&format!("; not healing: {why}"));
+        }
+        Decision::Observe(plan) => {
+            diverged_message.push_str(&format!(
+                "; healing mode ObserveOnly, the plan would be: {}",
+                describe_plan(plan).join(", ")
+            ));
+        }
+        _ => {}
+    }
+    if let Some(why) = &inputs.held_back {
+        diverged_message.push_str(&format!("; {why}"));
+    }
+    set(
+        condition::DIVERGED,
+        diverged_status,
+        diverged_reason,
+        diverged_message,
+    );
+    let last_result = inputs.healing.as_ref().and_then(|h| h.last_result.clone());
+    set(
+        condition::HEALING,
+        healing_now,
+        if healing_now {
+            "HealRunning"
+        } else if last_result.is_some() {
+            "HealFinished"
+        } else {
+            "NoHealNeeded"
+        },
+        match (&inputs.healing, healing_now) {
+            (Some(h), true) => {
+                let step = h.step.unwrap_or_default() as usize;
+                format!(
+                    "step {} of {}: {}",
+                    step + 1,
+                    h.plan.len(),
+                    h.plan.get(step).map(String::as_str).unwrap_or("")
+                )
+            }
+            _ => last_result.unwrap_or_else(|| "no heal has run".to_string()),
+        },
+    );
+
+    StorageClusterStatus {
+        observed_generation: inputs.generation,
+        conditions,
+        phase,
+        replicas: inputs.members.len() as i32,
+        ready_replicas: ready,
+        selector: inputs.selector.clone(),
+        leader,
+        members,
+        auth_revision_drift: drift,
+        healing: inputs.healing.clone(),
+    }
+}
+
+/// The reason and message of the Diverged condition, when members disagree.
+fn divergence(findings: &[Finding]) -> Option<(&'static str, String)> {
+    findings.iter().find_map(|f| match f {
+        Finding::AuthRevisionDrift { revisions } => Some((
+            "AuthRevisionDrift",
+            format!(
+                "members disagree on the AuthRevision ({})",
+                revisions
+                    .iter()
+                    .map(|(id, r)| format!("{id:x}={r}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        )),
+        Finding::DataDivergence { groups } => Some((
+            "DataDivergence",
+            format!(
+                "members hold different data at the same revision (groups: {})",
+                groups
+                    .iter()
+                    .map(|g| g
+                        .iter()
+                        .map(|id| format!("{id:x}"))
+                        .collect::<Vec<_>>()
+                        .join("+"))
+                    .collect::<Vec<_>>()
+                    .join(" vs ")
+            ),
+        )),
+        _ => None,
+    })
+}
+
+fn member_status(view: &MemberView) -> MemberStatus {
+    let o = &view.observation;
+    let role = o.reachable.then_some(if o.is_leader {
+        Role::Leader
+    } else if o.is_learner {
+        Role::Learner
+    } else {
+        Role::Follower
+    });
+    MemberStatus {
+        name: view.name.clone(),
+        member_id: if o.member == 0 {
+            String::new()
+        } else {
+            format!("{:x}", o.member)
+        },
+        endpoint: view.endpoint.clone(),
+        role,
+        healthy: o.reachable,
+        auth_revision: o.auth_revision,
+        revision: o.revision,
+        raft_index: o.raft_index,
+        applied_index: o.applied_index,
+        db_size: o.db_size,
+        key_count: o.key_count,
+        hash_kv: o.hash.map(|(h, _)| h),
+        hash_revision: o.hash.map(|(_, r)| r),
+    }
+}
+
+fn condition(
+    previous: Option<&StorageClusterStatus>,
+    type_: &str,
+    status: bool,
+    reason: &str,
+    message: String,
+    now: &Time,
+    generation: Option<i64>,
+) -> Condition {
+    let status = if status { "True" } else { "False" }.to_string();
+    let last_transition_time = previous
+        .and_then(|p| p.conditions.iter().find(|c| c.type_ == type_))
+        .filter(|c| c.status == status)
+        .map(|c| c.last_transition_time.clone())
+        .unwrap_or_else(|| now.clone());
+    Condition {
+        type_: type_.to_string(),
+        status,
+        reason: reason.to_string(),
+        message,
+        last_transition_time,
+        observed_generation: generation,
+    }
+}
+
+/// One line per step of `plan`, as the status lists it.
+pub fn describe_plan(plan: &Plan) -> Vec<String> {
+    plan.steps
+        .iter()
+        .map(|step| match step {
+            Step::MoveLeader { to } => format!("move leadership to {to:x}"),
+            Step::Remove { member } => format!("remove {member:x}"),
+            Step::Backup { member } => format!("back up {member:x}"),
+            Step::Wipe { member } => format!("wipe {member:x}"),
+            Step::AddLearner { member } => format!("add {member:x} back as a learner"),
+            Step::WaitCaughtUp { member } => format!("wait for {member:x} to catch up"),
+            Step::Promote { member } => format!("promote {member:x}"),
+            Step::Verify { member } => format!("verify {member:x} agrees with the source"),
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::*;
+
+    fn now(second: i64) -> Time {
+        Time(k8s_openapi::jiff::Timestamp::from_second(second).expect("valid time"))
+    }
+
+    fn view(id: u64, auth_revision: u64, leader: bool, reachable: bool) -> MemberView {
+        MemberView {
+            name: format!("node{id}"),
+            endpoint: format!("http://127.0.0.1:{}", 2379 + id),
+            observation: Observation {
+                member: id,
+                reachable,
+                is_leader: leader,
+                is_learner: false,
+                db_size: 8192,
+                raft_term: 2,
+                raft_index: 40,
+                applied_index: 40,
+                auth_revision,
+                revision: 10,
+                key_count: 9,
+                hash: Some((77, 10)),
+            },
+        }
+    }
+
+    fn inputs<'a>(
+        members: &'a [MemberView],
+        findings: &'a [Finding],
+        decision: &'a Decision,
+        previous: Option<&'a StorageClusterStatus>,
+        second: i64,
+    ) -> Inputs<'a> {
+        Inputs {
+            generation: Some(4),
+            replicas: 3,
+            members,
+            findings,
+            decision,
+            healing: None,
+            held_back: None,
+            selector: "app=x".into(),
+            previous,
+            now: now(second),
+        }
+    }
+
+    fn condition_of<'a>(status: &'a StorageClusterStatus, type_: &str) -> &'a Condition {
+        status
+            .conditions
+            .iter()
+            .find(|c| c.type_ == type_)
+            .unwrap_or_else(|| panic!("no {type_} condition"))
+    }
+
+    #[test]
+    fn agreeing_members_are_available_with_a_leader_and_no_drift() {
+        let members = [
+            view(1, 5, true, true),
+            view(2, 5, false, true),
+            view(3, 5, false, true),
+        ];
+        let status = build(&inputs(&members, &[], &Decision::Healthy, None, 100));
+        assert_eq!(status.phase, Phase::Available);
+        assert_eq!(status.leader.as_deref(), Some("node1"));
+        assert_eq!((status.replicas, status.ready_replicas), (3, 3));
+        assert_eq!(status.auth_revision_drift, 0);
+        assert_eq!(status.observed_generation, Some(4));
+        assert_eq!(status.members[0].member_id, "1");
+        assert_eq!(status.members[0].role, Some(Role::Leader));
+        assert_eq!(status.members[1].role, Some(Role::Follower));
+        assert_eq!(status.members[2].hash_kv, Some(77));
+        assert_eq!(condition_of(&status, condition::AVAILABLE).status, "True");
+        assert_eq!(condition_of(&status, condition::DIVERGED).status, "False");
+        assert_eq!(status.conditions.len(), 5);
+    }
+
+    #[test]
+    fn drift_sets_diverged_with_the_revisions_and_the_reason_not_to_heal() {
+        let members = [
+            view(1, 7, true, true),
+            view(2, 6, false, true),
+            view(3, 5, false, true),
+        ];
+        let findings = [Finding::AuthRevisionDrift {
+            revisions: BTreeMap::from([(1, 7), (2, 6), (3, 5)]),
+        }];
+        let decision = Decision::Wait("healing is disabled".into());
+        let status = build(&inputs(&members, &findings, &decision, None, 100));
+        assert_eq!(status.phase, Phase::Diverged);
+        assert_eq!(status.auth_revision_drift, 2);
+        let diverged = condition_of(&status, condition::DIVERGED);
+        assert_eq!(diverged.status, "True");
+        assert_eq!(diverged.reason, "AuthRevisionDrift");
+        assert!(
+            diverged.message.contains("1=7, 2=6, 3=5"),
+            "{}",
+            diverged.message
+        );
+        assert!(
+            diverged
+                .message
+                .ends_with("not healing: healing is disabled")
+        );
+    }
+
+    #[test]
+    fn a_running_heal_shows_its_step_and_phase() {
+        let members = [
+            view(1, 5, true, true),
+            view(2, 5, false, true),
+            view(3, 5, false, true),
+        ];
+        let plan = Plan {
+            source: 1,
+            steps: vec![Step::Remove { member: 2 }, Step::Backup { member: 2 }],
+        };
+        let mut i = inputs(&members, &[], &Decision::Healthy, None, 100);
+        i.healing = Some(HealingStatus {
+            plan: describe_plan(&plan),
+            step: Some(1),
+            last_result: None,
+            count: 0,
+        });
+        let status = build(&i);
+        assert_eq!(status.phase, Phase::Healing);
+        let healing = condition_of(&status, condition::HEALING);
+        assert_eq!(healing.status, "True");
+        assert_eq!(healing.message, "step 2 of 2: back up 2");
+        assert_eq!(condition_of(&status, condition::PROGRESSING).status, "True");
+    }
+
+    #[test]
+    fn an_unreachable_member_degrades_and_losing_quorum_fails() {
+        let one_down = [
+            view(1, 5, true, true),
+            view(2, 5, false, true),
+            view(3, 0, false, false),
+        ];
+        let findings = [Finding::Unreachable { member: 3 }];
+        let previous = build(&inputs(&one_down, &[], &Decision::Healthy, None, 50));
+        let status = build(&inputs(
+            &one_down,
+            &findings,
+            &Decision::Wait("member 3 is unreachable".into()),
+            Some(&previous),
+            100,
+        ));
+        assert_eq!(status.phase, Phase::Degraded);
+        assert_eq!(status.members[2].role, None);
+        assert_eq!(
+            condition_of(&status, condition::DEGRADED).message,
+            "member 3 is unreachable"
+        );
+        let two_down = [
+            view(1, 5, true, true),
+            view(2, 0, false, false),
+            view(3, 0, false, false),
+        ];
+        let status = build(&inputs(
+            &two_down,
+            &[],
+            &Decision::Healthy,
+            Some(&status),
+            150,
+        ));
+        assert_eq!(status.phase, Phase::Failed);
+        assert_eq!(condition_of(&status, condition::AVAILABLE).status, "False");
+    }
+
+    #[test]
+    fn members_not_answering_yet_are_bootstrapping() {
+        let none = [
+            view(1, 0, false, false),
+            view(2, 0, false, false),
+            view(3, 0, false, false),
+        ];
+        let status = build(&inputs(&none, &[], &Decision::Healthy, None, 100));
+        assert_eq!(status.phase, Phase::Bootstrapping);
+        assert_eq!(
+            condition_of(&status, condition::PROGRESSING).reason,
+            "Bootstrapping"
+        );
+    }
+
+    #[test]
+    fn a_condition_keeps_its_transition_time_until_its_status_changes() {
+        let members = [
+            view(1, 5, true, true),
+            view(2, 5, false, true),
+            view(3, 5, false, true),
+        ];
+        let first = build(&inputs(&members, &[], &Decision::Healthy, None, 100));
+        let second = build(&inputs(
+            &members,
+            &[],
+            &Decision::Healthy,
+            Some(&first),
+            200,
+        ));
+        assert_eq!(
+            condition_of(&second, condition::AVAILABLE).last_transition_time,
+            now(100)
+        );
+        let findings = [Finding::AuthRevisionDrift {
+            revisions: BTreeMap::from([(1, 5), (2, 6)]),
+        }];
+        let third = build(&inputs(
+            &members,
+            &findings,
+            &Decision::Healthy,
+            Some(&second),
+            300,
+        ));
+        assert_eq!(
+            condition_of(&third, condition::DIVERGED).last_transition_time,
+            now(300)
+        );
+        assert_eq!(
+            condition_of(&third, condition::AVAILABLE).last_transition_time,
+            now(100)
+        );
+    }
+
+    #[test]
+    fn observe_only_reports_the_plan_it_would_run() {
+        let members = [
+            view(1, 6, true, true),
+            view(2, 5, false, true),
+            view(3, 5, false, true),
+        ];
+        let findings = [Finding::AuthRevisionDrift {
+            revisions: BTreeMap::from([(1, 6), (2, 5), (3, 5)]),
+        }];
+        let decision = Decision::Observe(Plan {
+            source: 2,
+            steps: vec![Step::MoveLeader { to: 2 }, Step::Remove { member: 1 }],
+        });
+        let status = build(&inputs(&members, &findings, &decision, None, 100));
+        let diverged = condition_of(&status, condition::DIVERGED);
+        assert!(
+            diverged
+                .message
+                .ends_with("the plan would be: move leadership to 2, remove 1"),
+            "{}",
+            diverged.message
+        );
+        assert_eq!(status.phase, Phase::Diverged);
+    }
+}
