@@ -14,7 +14,6 @@ use std::time::{Duration, Instant};
 use operator::detector::{self, Finding, Tolerance};
 use operator::executor::Executor;
 use operator::planner::{self, Decision, Mode};
-use operator::platform::Platform;
 use operator::platform::local::LocalPlatform;
 use operator::probe::Prober;
 
@@ -80,7 +79,7 @@ fn run(runtime: &tokio::runtime::Runtime, keys: usize) -> (Duration, Duration) {
         ],
     );
     settle(runtime, &prober);
-    platform.stop("node1").expect("stop");
+    platform.stop_member("node1").expect("stop");
     platform.restart("node1").expect("restart");
     settle(runtime, &prober);
     // The divergence starts with this write: node1 drops it.

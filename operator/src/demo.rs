@@ -16,7 +16,6 @@ use storage_node::pb::etcdserverpb::{
 use tonic::metadata::MetadataValue;
 use tonic::transport::{Channel, Endpoint};
 
-use crate::platform::Platform;
 use crate::supervisor::{self, Config, Supervisor};
 
 /// Why the demo did not show what it promises.
@@ -68,6 +67,7 @@ pub async fn run(workdir: PathBuf, storage_node: PathBuf) -> Result<String> {
         workdir.display()
     );
     let mut sup = Supervisor::open(Config {
+        name: "demo".into(),
         spec: spec()?,
         workdir,
         storage_node,
@@ -113,7 +113,7 @@ async fn play(sup: &mut Supervisor) -> Result<String> {
 
     println!("\n>>> ... then node1 restarts before any write: it replays the grant");
     sup.platform_mut()
-        .stop("node1")
+        .stop_member("node1")
         .map_err(supervisor::Error::from)?;
     stage(sup, "node1 to be back", |s| {
         s.status()

@@ -292,13 +292,13 @@ impl<'p, P: Platform> Executor<'p, P> {
                         .await
                         .map_err(|s| api("MemberRemove", source, &s))?;
                 }
-                self.platform.stop(&name)?;
+                self.platform.stop(&name).await?;
                 Ok(())
             }
             Step::Backup { member } => {
                 let name = self.name(member)?;
-                let backup = self.platform.backup_and_wipe(&name)?;
-                tracing::info!(member = %name, backup = %backup.display(), "data backed up");
+                let backup = self.platform.backup_and_wipe(&name).await?;
+                tracing::info!(member = %name, %backup, "data backed up");
                 Ok(())
             }
             // The backup moved the data away: the member's directory is already empty.
@@ -334,7 +334,7 @@ impl<'p, P: Platform> Executor<'p, P> {
                 self.names.retain(|_, n| *n != name);
                 self.names.insert(new_id, name.clone());
                 progress.renamed.insert(member, new_id);
-                self.platform.start_joining(&name)?;
+                self.platform.start_joining(&name).await?;
                 Ok(())
             }
             Step::WaitCaughtUp { member } => {
@@ -430,5 +430,54 @@ impl<'p, P: Platform> Executor<'p, P> {
             self.leader().await.is_ok_and(|l| l == to)
         })
         .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn progress(next: usize) -> Progress {
+        let plan = Plan {
+            source: 1,
+            steps: vec![
+                Step::MoveLeader { to: 1 },
+                Step::Remove { member: 2 },
+                Step::Backup { member: 2 },
+                Step::Wipe { member: 2 },
+                Step::AddLearner { member: 2 },
+                Step::WaitCaughtUp { member: 2 },
+            ],
+        };
+        let names = BTreeMap::from([(1, "node1".to_string()), (2, "node2".to_string())]);
+        Progress {
+            next,
+            ..Progress::new(plan, names)
+        }
+    }
+
+    #[test]
+    fn a_member_is_held_out_from_its_removal_until_it_is_added_back() {
+        assert!(progress(0).held_out().is_empty());
+        assert!(progress(1).held_out().is_empty(), "removal not done yet");
+        assert_eq!(progress(2).held_out(), ["node2"]);
+        assert_eq!(
+            progress(4).held_out(),
+            ["node2"],
+            "adding back not done yet"
+        );
+        assert!(progress(5).held_out().is_empty());
+        assert!(!progress(5).done());
+        assert!(progress(6).done());
+    }
+
+    #[test]
+    fn progress_survives_a_round_trip_through_its_file_format() {
+        let mut p = progress(3);
+        p.renamed.insert(2, 9);
+        let json = serde_json::to_string(&p).expect("serialize");
+        let back: Progress = serde_json::from_str(&json).expect("deserialize");
+        assert_eq!(back, p);
+        assert_eq!(back.current(2), 9);
     }
 }

@@ -22,6 +22,7 @@ pub mod demo;
 pub mod detector;
 pub mod executor;
 pub mod healer;
+pub mod metrics;
 pub mod planner;
 pub mod platform;
 pub mod probe;

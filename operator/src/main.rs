@@ -45,6 +45,9 @@ enum Cmd {
         /// The storage-node binary; by default the one beside this operator binary.
         #[arg(long, env = "MEND_STORAGE_NODE")]
         storage_node: Option<PathBuf>,
+        /// Serve the healing metrics on http://ADDR/metrics (e.g. 127.0.0.1:9090).
+        #[arg(long)]
+        metrics_addr: Option<std::net::SocketAddr>,
     },
     /// Watch the etcd 11651 failure happen on three local members and get healed; exits 0
     /// only if every acknowledged write is on every member at the end.
@@ -101,11 +104,12 @@ fn main() -> ExitCode {
             workdir,
             node_args,
             storage_node,
+            metrics_addr,
         } => {
             init_logging(cli.log_format);
             exit(
                 "operator local",
-                local(spec, workdir, node_args, storage_node),
+                local(spec, workdir, node_args, storage_node, metrics_addr),
             )
         }
         Cmd::Demo {
@@ -169,12 +173,19 @@ fn local(
     workdir: PathBuf,
     node_args: Vec<String>,
     storage_node: Option<PathBuf>,
+    metrics_addr: Option<std::net::SocketAddr>,
 ) -> anyhow::Result<()> {
     let yaml =
         std::fs::read_to_string(&spec).map_err(|e| anyhow::anyhow!("{}: {e}", spec.display()))?;
     let cluster: crds::StorageCluster = operator::yaml::parse_strict(&yaml)
         .map_err(|e| anyhow::anyhow!("{} is not a StorageCluster: {e}", spec.display()))?;
+    let name = cluster
+        .metadata
+        .name
+        .clone()
+        .unwrap_or_else(|| "local".into());
     let mut sup = Supervisor::open(Config {
+        name,
         spec: cluster.spec,
         workdir,
         storage_node: storage_node_binary(storage_node)?,
@@ -182,6 +193,24 @@ fn local(
         print_table: true,
     })?;
     runtime()?.block_on(async {
+        if let Some(addr) = metrics_addr {
+            let listener = tokio::net::TcpListener::bind(addr)
+                .await
+                .map_err(|e| anyhow::anyhow!("--metrics-addr {addr}: {e}"))?;
+            let metrics = sup.metrics();
+            let app = axum::Router::new().route(
+                "/metrics",
+                axum::routing::get(move || {
+                    let metrics = metrics.clone();
+                    async move { metrics.render() }
+                }),
+            );
+            tokio::spawn(async move {
+                if let Err(e) = axum::serve(listener, app).await {
+                    tracing::error!(error = %e, "metrics server stopped");
+                }
+            });
+        }
         let shutdown = shutdown_signal();
         tokio::pin!(shutdown);
         loop {

@@ -9,6 +9,7 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use crds::{HealingStatus, StorageClusterSpec, StorageClusterStatus};
@@ -19,6 +20,7 @@ use crate::bootstrap;
 use crate::detector::{Round, Tolerance};
 use crate::executor::{Executor, Progress};
 use crate::healer::{Assessment, Healer};
+use crate::metrics::HealMetrics;
 use crate::planner::{Decision, Mode};
 use crate::platform;
 use crate::platform::local::{LocalPlatform, write_atomically};
@@ -52,6 +54,8 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 /// How to run one cluster locally.
 #[derive(Clone, Debug)]
 pub struct Config {
+    /// The cluster's name (the resource's `metadata.name`; labels its metrics).
+    pub name: String,
     /// The cluster's spec (as in a `StorageCluster`).
     pub spec: StorageClusterSpec,
     /// Where everything is kept.
@@ -97,6 +101,7 @@ pub struct Supervisor {
     last_table: String,
     last_times: Option<HealTimes>,
     refused_to_start: Vec<String>,
+    metrics: Arc<HealMetrics>,
 }
 
 impl Supervisor {
@@ -114,12 +119,13 @@ impl Supervisor {
             path: config.workdir.clone(),
             source,
         })?;
-        let platform = LocalPlatform::open(
+        let mut platform = LocalPlatform::open(
             config.storage_node.clone(),
             &config.workdir,
             spec.replicas as usize,
             config.node_args.clone(),
         )?;
+        platform.set_backup_retention(spec.healing.backup_retention as usize);
         let credentials = if spec.auth.enabled {
             Some(credentials(&config.workdir)?)
         } else {
@@ -169,7 +175,13 @@ impl Supervisor {
             last_table: String::new(),
             last_times: None,
             refused_to_start: Vec::new(),
+            metrics: Arc::default(),
         })
+    }
+
+    /// The healing metrics (for `/metrics`).
+    pub fn metrics(&self) -> Arc<HealMetrics> {
+        self.metrics.clone()
     }
 
     /// The status written last.
@@ -249,6 +261,7 @@ impl Supervisor {
                 .map(|since| now.duration_since(since).unsigned_abs())
                 .unwrap_or_default();
             tracing::warn!(findings = ?assessment.findings, ?detection, "divergence confirmed: healing");
+            self.metrics.detected(&self.config.name, detection);
             self.progress = Some(Progress::new(plan.clone(), names));
             self.save_progress()?;
             self.heal(Some(detection)).await?;
@@ -412,9 +425,12 @@ impl Supervisor {
             return Err(e.into());
         }
         let ended = Timestamp::now();
+        let took = ended.duration_since(started).unsigned_abs();
+        self.metrics
+            .heal_finished(&self.config.name, result.is_ok(), took);
         match result {
             Ok(()) => {
-                let heal = ended.duration_since(started).unsigned_abs();
+                let heal = took;
                 let rebuilt = progress
                     .plan
                     .steps
@@ -489,6 +505,8 @@ impl Supervisor {
             now: Time(Timestamp::now()),
         });
         write_status_file(&self.config.workdir.join(STATUS_FILE), &status)?;
+        self.metrics
+            .observe_status(&self.config.name, self.config.spec.replicas, &status);
         if self.config.print_table {
             print_if_changed(&mut self.last_table, &status);
         }

@@ -12,7 +12,6 @@ use cluster::{DEADLINE, etcdctl, ok, storage_node_bin};
 use operator::detector::{self, Finding, Round, Tolerance};
 use operator::executor::Executor;
 use operator::planner::{self, Decision, Mode};
-use operator::platform::Platform;
 use operator::platform::local::LocalPlatform;
 use operator::probe::Prober;
 
@@ -76,7 +75,7 @@ fn the_seed_is_detected_and_healed_and_no_acknowledged_write_is_lost() {
         ],
     ));
     settled_rounds(&runtime, &prober, 1);
-    platform.stop("node1").expect("stop");
+    platform.stop_member("node1").expect("stop");
     platform.restart("node1").expect("restart");
     settled_rounds(&runtime, &prober, 1);
     let mut acknowledged = Vec::new();

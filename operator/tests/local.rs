@@ -9,7 +9,9 @@ mod cluster;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 
-use cluster::{DEADLINE, etcdctl, ok, storage_node_bin, tail, wait_until};
+use std::io::{Read, Write};
+
+use cluster::{DEADLINE, etcdctl, free_port, ok, storage_node_bin, tail, wait_until};
 use crds::{Phase, StorageClusterStatus};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
@@ -21,6 +23,7 @@ struct LocalOperator {
     work: tempfile::TempDir,
     spec: PathBuf,
     node_args: Vec<String>,
+    metrics_port: u16,
 }
 
 impl LocalOperator {
@@ -51,6 +54,7 @@ impl LocalOperator {
             work,
             spec,
             node_args,
+            metrics_port: free_port(),
         };
         op.spawn();
         op
@@ -72,7 +76,9 @@ impl LocalOperator {
             .arg("--workdir")
             .arg(self.dir())
             .arg("--storage-node")
-            .arg(storage_node_bin());
+            .arg(storage_node_bin())
+            .arg("--metrics-addr")
+            .arg(format!("127.0.0.1:{}", self.metrics_port));
         for arg in &self.node_args {
             cmd.arg(format!("--node-arg={arg}"));
         }
@@ -80,11 +86,27 @@ impl LocalOperator {
         self.child = Some(cmd.spawn().expect("spawn operator"));
     }
 
+    /// The operator's output so far.
+    fn full_log(&self) -> String {
+        std::fs::read_to_string(self.dir().join("operator.log")).unwrap_or_default()
+    }
+
+    /// The end of the operator's output (for failure messages), with the members' logs.
     fn log(&self) -> String {
-        tail(
-            &std::fs::read_to_string(self.dir().join("operator.log")).unwrap_or_default(),
-            60,
-        )
+        let mut out = tail(&self.full_log(), 80);
+        for name in ["node1", "node2", "node3"] {
+            let log =
+                std::fs::read_to_string(self.dir().join(format!("{name}.log"))).unwrap_or_default();
+            let lines: Vec<&str> = log
+                .lines()
+                .filter(|l| !l.contains("heartbeat") && !l.contains("ReplicationCore"))
+                .collect();
+            out.push_str(&format!(
+                "\n--- {name} ---\n{}",
+                tail(&lines.join("\n"), 25)
+            ));
+        }
+        out
     }
 
     fn status(&self) -> Option<StorageClusterStatus> {
@@ -129,6 +151,23 @@ impl LocalOperator {
             rewrites >= n
         });
         assert!(done, "status.json not rewritten:\n{}", self.log());
+    }
+
+    /// The operator's `/metrics` page.
+    fn metrics(&self) -> String {
+        let mut stream =
+            std::net::TcpStream::connect(("127.0.0.1", self.metrics_port)).expect("metrics port");
+        stream
+            .set_read_timeout(Some(std::time::Duration::from_secs(5)))
+            .expect("timeout");
+        write!(
+            stream,
+            "GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
+        )
+        .expect("request");
+        let mut response = String::new();
+        stream.read_to_string(&mut response).expect("response");
+        response
     }
 
     /// `--user` for etcdctl, from the credentials the operator wrote.
@@ -315,6 +354,18 @@ fn local_operator_heals_the_seed_and_every_acknowledged_write_survives() {
     );
     assert_eq!(op.backups(), 1, "node1's wiped data is kept as a backup");
     assert_everywhere(&op, &acknowledged);
+    let metrics = op.metrics();
+    for line in [
+        "mend_heals_total{cluster=\"seed\",result=\"succeeded\"} 1",
+        "mend_cluster_auth_revision_drift{cluster=\"seed\"} 0",
+        "mend_cluster_members_ready{cluster=\"seed\"} 3",
+        "mend_divergence_detection_seconds_count{cluster=\"seed\"} 1",
+    ] {
+        assert!(
+            metrics.lines().any(|l| l == line),
+            "no {line} in\n{metrics}"
+        );
+    }
     assert!(!op.dir().join("heal.json").exists());
 
     // Ctrl-C stops the operator and its members cleanly.

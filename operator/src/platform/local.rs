@@ -46,6 +46,8 @@ pub struct LocalPlatform {
     binary: PathBuf,
     workdir: PathBuf,
     node_args: Vec<String>,
+    /// Backups kept in `backups/` (the oldest beyond it are deleted).
+    backup_retention: usize,
     /// The members, in creation order.
     pub members: Vec<LocalMember>,
 }
@@ -97,6 +99,7 @@ impl LocalPlatform {
             binary,
             workdir: workdir.to_path_buf(),
             node_args,
+            backup_retention: usize::MAX,
             members,
         })
     }
@@ -134,6 +137,7 @@ impl LocalPlatform {
                     binary,
                     workdir: workdir.to_path_buf(),
                     node_args,
+                    backup_retention: usize::MAX,
                     members,
                 }
             }
@@ -216,6 +220,37 @@ impl LocalPlatform {
         self.data_dir(name).join("member.json").exists()
     }
 
+    /// Keeps at most `n` backups, deleting the oldest after each new one (all by default).
+    pub fn set_backup_retention(&mut self, n: usize) {
+        self.backup_retention = n;
+    }
+
+    /// Deletes the oldest backups beyond the retention.
+    fn prune_backups(&self) -> Result<()> {
+        let dir = self.workdir.join("backups");
+        let mut backups: Vec<(u128, PathBuf)> = std::fs::read_dir(&dir)
+            .map_err(Error::Io)?
+            .filter_map(|entry| {
+                let path = entry.ok()?.path();
+                let stamp = path
+                    .file_name()?
+                    .to_str()?
+                    .rsplit_once('-')?
+                    .1
+                    .parse()
+                    .ok()?;
+                Some((stamp, path))
+            })
+            .collect();
+        backups.sort();
+        let excess = backups.len().saturating_sub(self.backup_retention);
+        for (_, path) in backups.into_iter().take(excess) {
+            tracing::info!(backup = %path.display(), "deleting a backup beyond the retention");
+            std::fs::remove_dir_all(&path).map_err(Error::Io)?;
+        }
+        Ok(())
+    }
+
     /// Member `name`'s log file.
     pub fn log_path(&self, name: &str) -> PathBuf {
         self.workdir.join(format!("{name}.log"))
@@ -225,9 +260,51 @@ impl LocalPlatform {
     pub fn stop_all(&mut self) -> Result<()> {
         let names: Vec<String> = self.members.iter().map(|m| m.name.clone()).collect();
         for name in names {
-            Platform::stop(self, &name)?;
+            self.stop_member(&name)?;
         }
         Ok(())
+    }
+
+    /// Stops member `name`: SIGTERM, then SIGKILL if it has not exited within 30 s.
+    pub fn stop_member(&mut self, name: &str) -> Result<()> {
+        let member = self.member_mut(name)?;
+        let Some(mut child) = member.child.take() else {
+            return Ok(());
+        };
+        let _ = std::fs::remove_file(self.workdir.join(format!("{name}.pid")));
+        let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            match child.try_wait() {
+                Ok(Some(_)) => return Ok(()),
+                Ok(None) if Instant::now() < deadline => {
+                    // Polling a child's exit: there is no portable blocking wait with a timeout.
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                _ => {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    return Ok(());
+                }
+            }
+        }
+    }
+
+    /// Moves member `name`'s data directory into `backups/` (keeping the newest
+    /// `backup_retention`); returns the backup's path.
+    pub fn move_data_aside(&mut self, name: &str) -> Result<PathBuf> {
+        let dir = self.data_dir(name);
+        let stamp = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis())
+            .unwrap_or_default();
+        let backup = self.workdir.join("backups").join(format!("{name}-{stamp}"));
+        if dir.exists() {
+            std::fs::rename(&dir, &backup).map_err(Error::Io)?;
+            self.prune_backups()?;
+        }
+        Ok(backup)
     }
 
     fn member(&self, name: &str) -> Result<&LocalMember> {
@@ -335,46 +412,19 @@ pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
     std::fs::rename(&tmp, path).map_err(Error::Io)
 }
 
+// Local process operations block for at most a member's clean stop; the supervisor runs one
+// cluster, so they run inline rather than on a blocking pool.
 impl Platform for LocalPlatform {
-    fn stop(&mut self, name: &str) -> Result<()> {
-        let member = self.member_mut(name)?;
-        let Some(mut child) = member.child.take() else {
-            return Ok(());
-        };
-        let _ = std::fs::remove_file(self.workdir.join(format!("{name}.pid")));
-        let pid = nix::unistd::Pid::from_raw(child.id() as i32);
-        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            match child.try_wait() {
-                Ok(Some(_)) => return Ok(()),
-                Ok(None) if Instant::now() < deadline => {
-                    // Polling a child's exit: there is no portable blocking wait with a timeout.
-                    std::thread::sleep(Duration::from_millis(20));
-                }
-                _ => {
-                    let _ = child.kill();
-                    let _ = child.wait();
-                    return Ok(());
-                }
-            }
-        }
+    async fn stop(&mut self, name: &str) -> Result<()> {
+        self.stop_member(name)
     }
 
-    fn backup_and_wipe(&mut self, name: &str) -> Result<PathBuf> {
-        let dir = self.data_dir(name);
-        let stamp = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_millis())
-            .unwrap_or_default();
-        let backup = self.workdir.join("backups").join(format!("{name}-{stamp}"));
-        if dir.exists() {
-            std::fs::rename(&dir, &backup).map_err(Error::Io)?;
-        }
-        Ok(backup)
+    async fn backup_and_wipe(&mut self, name: &str) -> Result<String> {
+        self.move_data_aside(name)
+            .map(|backup| backup.display().to_string())
     }
 
-    fn start_joining(&mut self, name: &str) -> Result<()> {
+    async fn start_joining(&mut self, name: &str) -> Result<()> {
         self.spawn(name, "existing")
     }
 
@@ -396,5 +446,61 @@ impl Drop for LocalPlatform {
                 let _ = std::fs::remove_file(self.workdir.join(format!("{}.pid", m.name)));
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backups_beyond_the_retention_are_deleted_oldest_first() {
+        let work = tempfile::tempdir().expect("workdir");
+        let mut platform =
+            LocalPlatform::new(PathBuf::from("storage-node"), work.path(), 3, Vec::new())
+                .expect("platform");
+        platform.set_backup_retention(2);
+        for old in ["node2-100", "node3-200"] {
+            std::fs::create_dir_all(work.path().join("backups").join(old)).expect("old backup");
+        }
+        std::fs::create_dir_all(work.path().join("node1")).expect("data");
+        std::fs::write(work.path().join("node1").join("member.json"), "{}").expect("data");
+        let backup = platform.move_data_aside("node1").expect("backup");
+        assert!(
+            backup.join("member.json").exists(),
+            "the data moved into the backup"
+        );
+        assert!(
+            !work.path().join("node1").exists(),
+            "the member's directory is wiped"
+        );
+        let mut left: Vec<String> = std::fs::read_dir(work.path().join("backups"))
+            .expect("backups")
+            .filter_map(|e| e.ok()?.file_name().into_string().ok())
+            .collect();
+        left.sort();
+        assert_eq!(left.len(), 2);
+        assert!(!left.contains(&"node2-100".to_string()), "{left:?}");
+        assert!(left.contains(&"node3-200".to_string()), "{left:?}");
+    }
+
+    #[test]
+    fn a_work_directory_of_another_size_is_refused() {
+        let work = tempfile::tempdir().expect("workdir");
+        let first = LocalPlatform::open(PathBuf::from("storage-node"), work.path(), 3, Vec::new())
+            .expect("platform");
+        let ports: Vec<u16> = first.members.iter().map(|m| m.client_port).collect();
+        drop(first);
+        let again = LocalPlatform::open(PathBuf::from("storage-node"), work.path(), 3, Vec::new())
+            .expect("reopened");
+        let reopened: Vec<u16> = again.members.iter().map(|m| m.client_port).collect();
+        assert_eq!(ports, reopened, "ports are kept across runs");
+        let error = LocalPlatform::open(PathBuf::from("storage-node"), work.path(), 5, Vec::new())
+            .expect_err("size change");
+        assert!(
+            error
+                .to_string()
+                .contains("holds 3 members but the spec asks for 5")
+        );
     }
 }

@@ -2,8 +2,6 @@
 //! executor asks a platform to stop a member, back up and wipe its data, and start it again
 //! empty to join the cluster; everything else goes through the etcd API.
 
-use std::path::PathBuf;
-
 pub mod local;
 
 /// Why a platform operation failed.
@@ -21,14 +19,16 @@ pub enum Error {
 /// Result of platform operations.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
-/// Operations on members' processes and data.
+/// Operations on members' processes and data. Each is idempotent: a resumed heal repeats the
+/// step it was in.
 pub trait Platform {
     /// Stops member `name` (cleanly when possible); stopping a stopped member is a no-op.
-    fn stop(&mut self, name: &str) -> Result<()>;
-    /// Moves member `name`'s data aside (the backup) and leaves it empty; returns the backup.
-    fn backup_and_wipe(&mut self, name: &str) -> Result<PathBuf>;
+    fn stop(&mut self, name: &str) -> impl Future<Output = Result<()>> + Send;
+    /// Moves member `name`'s data aside (the backup) and leaves it empty; returns where the
+    /// backup is. With no data left to move, nothing happens.
+    fn backup_and_wipe(&mut self, name: &str) -> impl Future<Output = Result<String>> + Send;
     /// Starts member `name` with empty data to join the existing cluster.
-    fn start_joining(&mut self, name: &str) -> Result<()>;
+    fn start_joining(&mut self, name: &str) -> impl Future<Output = Result<()>> + Send;
     /// The peer URL member `name` is reached on.
     fn peer_url(&self, name: &str) -> Result<String>;
     /// The client URL of member `name`.

@@ -66,7 +66,7 @@ pub fn storage_node_bin() -> PathBuf {
 /// member binds it, which the many client and peer connections of these tests make likely.
 /// A port is handed out at most once per test process, so one cluster never gets the same port
 /// twice; another process may still take it before the member binds (see [`Cluster::start`]).
-fn free_port() -> u16 {
+pub fn free_port() -> u16 {
     static HANDED_OUT: std::sync::Mutex<std::collections::BTreeSet<u16>> =
         std::sync::Mutex::new(std::collections::BTreeSet::new());
     let mut handed_out = HANDED_OUT.lock().unwrap_or_else(|p| p.into_inner());
