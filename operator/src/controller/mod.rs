@@ -211,3 +211,26 @@ pub fn backoff_delay(failures: u32) -> Duration {
     let exponent = failures.saturating_sub(1).min(9);
     Duration::from_secs(1u64 << exponent).min(Duration::from_secs(300))
 }
+
+#[cfg(test)]
+mod backoff_tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_per_failure_in_a_row_and_stops_at_five_minutes() {
+        let delays: Vec<u64> = (1..=11).map(|n| backoff_delay(n).as_secs()).collect();
+        assert_eq!(delays, [1, 2, 4, 8, 16, 32, 64, 128, 256, 300, 300]);
+    }
+
+    #[tokio::test]
+    async fn failures_are_counted_per_object_and_forgotten_after_a_success() {
+        let (ctx, _verifier, _) = Context::test();
+        let a = ObjectRef::new("a").within("default");
+        let b = ObjectRef::new("b").within("default");
+        assert_eq!(ctx.backoff(a.clone()), Duration::from_secs(1));
+        assert_eq!(ctx.backoff(a.clone()), Duration::from_secs(2));
+        assert_eq!(ctx.backoff(b.clone()), Duration::from_secs(1));
+        ctx.succeeded(&a);
+        assert_eq!(ctx.backoff(a), Duration::from_secs(1));
+    }
+}

@@ -34,7 +34,7 @@ use crate::healer::{Assessment, Healer};
 use crate::planner::{Decision, Mode};
 use crate::status::{self, MemberView};
 
-use super::resources::{self, ClusterState};
+use super::resources;
 use super::{Context, Error, FIELD_MANAGER, Result};
 
 /// Length of a generated root password (alphanumeric: about 190 bits).
@@ -347,20 +347,14 @@ impl<'a> Reconciler<'a> {
         let names = resources::member_names(cluster);
         let pvcs: Api<PersistentVolumeClaim> = self.api();
         let pods: Api<Pod> = self.api();
-        // A member whose volume is gone while other members have data joins the running
-        // cluster (`existing`); otherwise it founds the cluster or restarts on its own data,
-        // where the node ignores the flag.
-        let has_data: BTreeSet<&String> = names
+        let with_data: BTreeSet<&str> = names
             .iter()
             .filter(|m| live.pvcs.contains_key(&resources::pvc_name(m)))
+            .map(String::as_str)
             .collect();
         let mut created = Vec::new();
         for member in &names {
-            let state = if has_data.is_empty() || has_data.contains(member) {
-                ClusterState::New
-            } else {
-                ClusterState::Existing
-            };
+            let state = resources::start_state(member, &with_data);
             if !live.pvcs.contains_key(&resources::pvc_name(member)) {
                 self.apply(&pvcs, &resources::pvc(cluster, member)).await?;
             }

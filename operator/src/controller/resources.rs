@@ -7,15 +7,16 @@
 //! [`APPLIED_HASH`] annotation: a digest of the object as built, which lets a reconcile skip a
 //! child whose live copy was applied from the very same desired state.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use crds::StorageCluster;
 use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::{
-    Capabilities, Container, ContainerPort, HTTPGetAction, PersistentVolumeClaim,
-    PersistentVolumeClaimSpec, PersistentVolumeClaimVolumeSource, Pod, PodSecurityContext, PodSpec,
-    Probe, SeccompProfile, Secret, SecurityContext, Service, ServicePort, ServiceSpec, Volume,
-    VolumeMount, VolumeResourceRequirements,
+    Affinity, Capabilities, Container, ContainerPort, HTTPGetAction, PersistentVolumeClaim,
+    PersistentVolumeClaimSpec, PersistentVolumeClaimVolumeSource, Pod, PodAffinityTerm,
+    PodAntiAffinity, PodSecurityContext, PodSpec, Probe, SeccompProfile, Secret, SecurityContext,
+    Service, ServicePort, ServiceSpec, Volume, VolumeMount, VolumeResourceRequirements,
+    WeightedPodAffinityTerm,
 };
 use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
@@ -57,6 +58,18 @@ impl ClusterState {
             ClusterState::New => "new",
             ClusterState::Existing => "existing",
         }
+    }
+}
+
+/// How `member` starts, given the members whose volume exists (`with_data`): a member whose
+/// volume is gone while others have data joins the running cluster (`existing`); otherwise it
+/// founds the cluster with the others, or restarts on its own data, where the node ignores the
+/// flag (it keeps the identity stored in its data directory).
+pub fn start_state(member: &str, with_data: &BTreeSet<&str>) -> ClusterState {
+    if with_data.is_empty() || with_data.contains(member) {
+        ClusterState::New
+    } else {
+        ClusterState::Existing
     }
 }
 
@@ -429,12 +442,42 @@ pub fn member_pod(cluster: &StorageCluster, member: &str, state: ClusterState) -
             node_selector: (!placement.node_selector.is_empty())
                 .then(|| placement.node_selector.clone()),
             tolerations: (!placement.tolerations.is_empty()).then(|| placement.tolerations.clone()),
-            affinity: placement.affinity.clone(),
+            affinity: Some(
+                placement
+                    .affinity
+                    .clone()
+                    .unwrap_or_else(|| spread_members(cluster)),
+            ),
             priority_class_name: placement.priority_class_name.clone(),
             ..PodSpec::default()
         }),
         status: None,
     })
+}
+
+/// Without affinity rules in the spec: members on different nodes where possible, so a node
+/// loss takes one member, not the quorum. Preferred, not required, so a cluster of fewer
+/// nodes than members still starts.
+fn spread_members(cluster: &StorageCluster) -> Affinity {
+    Affinity {
+        pod_anti_affinity: Some(PodAntiAffinity {
+            preferred_during_scheduling_ignored_during_execution: Some(vec![
+                WeightedPodAffinityTerm {
+                    weight: 100,
+                    pod_affinity_term: PodAffinityTerm {
+                        topology_key: "kubernetes.io/hostname".to_string(),
+                        label_selector: Some(LabelSelector {
+                            match_labels: Some(selector_labels(cluster)),
+                            match_expressions: None,
+                        }),
+                        ..PodAffinityTerm::default()
+                    },
+                },
+            ]),
+            required_during_scheduling_ignored_during_execution: None,
+        }),
+        ..Affinity::default()
+    }
 }
 
 /// What is wrong with a spec the API server should have refused (a CRD installed without its
@@ -521,6 +564,37 @@ mod tests {
         other.spec.image = "elsewhere/storage-node:2".to_string();
         let c = member_pod(&other, "demo-0", ClusterState::New);
         assert_ne!(applied_hash(&a.metadata), applied_hash(&c.metadata));
+    }
+
+    #[test]
+    fn a_member_without_its_volume_joins_a_cluster_that_has_data() {
+        let none = BTreeSet::new();
+        assert_eq!(start_state("demo-0", &none), ClusterState::New);
+        let some = BTreeSet::from(["demo-0", "demo-2"]);
+        assert_eq!(start_state("demo-0", &some), ClusterState::New);
+        assert_eq!(start_state("demo-1", &some), ClusterState::Existing);
+    }
+
+    #[test]
+    fn members_spread_over_nodes_unless_the_spec_places_them() {
+        let sc = cluster("demo", 3);
+        let pod = member_pod(&sc, "demo-0", ClusterState::New);
+        let spread = pod
+            .spec
+            .and_then(|s| s.affinity)
+            .and_then(|a| a.pod_anti_affinity);
+        let term = &spread
+            .expect("anti-affinity")
+            .preferred_during_scheduling_ignored_during_execution
+            .expect("preferred")[0];
+        assert_eq!(
+            term.pod_affinity_term.topology_key,
+            "kubernetes.io/hostname"
+        );
+        let mut placed = sc.clone();
+        placed.spec.placement.affinity = Some(Affinity::default());
+        let pod = member_pod(&placed, "demo-0", ClusterState::New);
+        assert_eq!(pod.spec.and_then(|s| s.affinity), Some(Affinity::default()));
     }
 
     #[test]

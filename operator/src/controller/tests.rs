@@ -504,6 +504,29 @@ async fn an_expired_lease_is_taken_over_with_its_resource_version() {
 }
 
 #[tokio::test]
+async fn the_holder_renews_its_lease_without_counting_a_transition() {
+    let (lock, mut verifier) = lock();
+    let now = Timestamp::now();
+    let earlier = now - k8s_openapi::jiff::SignedDuration::from_secs(5);
+    let server = tokio::spawn(async move {
+        verifier
+            .expect(Method::GET, LEASE)
+            .await
+            .ok(&lease("replica-a", earlier));
+        let update = verifier.expect(Method::PUT, LEASE).await;
+        assert_eq!(update.body["spec"]["holderIdentity"], "replica-a");
+        assert_eq!(update.body["spec"]["leaseTransitions"], 0);
+        assert_ne!(
+            update.body["spec"]["renewTime"],
+            update.body["spec"]["acquireTime"]
+        );
+        update.echo();
+    });
+    assert!(lock.try_acquire_or_renew(now).await.expect("election"));
+    server.await.expect("scenario");
+}
+
+#[tokio::test]
 async fn losing_the_race_for_an_expired_lease_is_not_an_error() {
     let (lock, mut verifier) = lock();
     let now = Timestamp::now();
