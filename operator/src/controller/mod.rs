@@ -1,7 +1,7 @@
 //! The Kubernetes controller: runs `StorageCluster`s as member pods and reports their state.
 //!
 //! A kube-runtime `Controller` watches `StorageCluster`s and the children they own, and calls
-//! [`reconcile`] for each: check the spec, make sure the root credentials exist, create the
+//! [`reconcile()`] for each: check the spec, make sure the root credentials exist, create the
 //! missing children with server-side apply, probe the members over the etcd API, bootstrap auth
 //! once they answer, assess the probes with the healing loop's [`Healer`] (detector and planner)
 //! and write the status built by [`crate::status`] (server-side apply on the status

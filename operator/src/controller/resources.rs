@@ -1,6 +1,6 @@
 //! The child objects of a `StorageCluster`, as pure functions of it: member pods and their
 //! volumes, the peer and client Services, the PodDisruptionBudget and the generated root Secret.
-//! Nothing here talks to the API server; [`super::reconcile`] applies what these build.
+//! Nothing here talks to the API server; [`super::reconcile()`] applies what these build.
 //!
 //! Every child carries the cluster's labels ([`labels`]), a controller owner reference to the
 //! cluster (so Kubernetes' garbage collector removes it with the cluster) and an
