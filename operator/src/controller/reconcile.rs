@@ -37,6 +37,9 @@ use crate::status::{self, MemberView};
 use super::resources;
 use super::{Context, Error, FIELD_MANAGER, Result};
 
+/// How soon to look again at a root credentials Secret that was missing or incomplete.
+const SECRET_RETRY: Action = Action::requeue(Duration::from_secs(30));
+
 /// Length of a generated root password (alphanumeric: about 190 bits).
 const PASSWORD_LEN: usize = 32;
 
@@ -90,9 +93,25 @@ impl<'a> Reconciler<'a> {
 
     async fn run(&self) -> Result<Action> {
         if let Some(problem) = resources::spec_problem(self.cluster) {
-            return self.refuse(problem).await;
+            return self
+                .refuse("InvalidSpec", "Validate", problem, Action::await_change())
+                .await;
         }
-        let credentials = self.root_credentials().await?;
+        let credentials = match self.root_credentials().await {
+            // The Secret is not watched: look again after a while.
+            Err(Error::Secret { name, reason }) => {
+                let problem = format!("root credentials Secret {name}: {reason}");
+                return self
+                    .refuse(
+                        "RootSecretUnusable",
+                        "ReadRootSecret",
+                        problem,
+                        SECRET_RETRY,
+                    )
+                    .await;
+            }
+            credentials => credentials?,
+        };
         let live = self.live_children().await?;
         let created = self.apply_children(&live).await?;
 
@@ -193,10 +212,17 @@ impl<'a> Reconciler<'a> {
         })
     }
 
-    /// An invalid spec: say what to fix in a condition and a Warning Event, create nothing, and
-    /// wait for the spec to change.
-    async fn refuse(&self, problem: String) -> Result<Action> {
-        warn!(%problem, "invalid spec");
+    /// Something only the user can fix (an invalid spec, an unusable Secret): say what to fix in
+    /// the Progressing condition (False, `reason`) and a Warning Event, create nothing, and
+    /// reconcile again as `then` says. Repeats of the same problem write nothing.
+    async fn refuse(
+        &self,
+        reason: &str,
+        action: &str,
+        problem: String,
+        then: Action,
+    ) -> Result<Action> {
+        warn!(%problem, reason, "cannot proceed");
         let previous = self.cluster.status.clone().unwrap_or_default();
         let mut conditions: Vec<_> = previous
             .conditions
@@ -204,13 +230,14 @@ impl<'a> Reconciler<'a> {
             .filter(|c| c.type_ != condition::PROGRESSING)
             .cloned()
             .collect();
-        let unchanged = previous.conditions.iter().find(|c| {
-            c.type_ == condition::PROGRESSING && c.status == "False" && c.reason == "InvalidSpec"
-        });
+        let unchanged = previous
+            .conditions
+            .iter()
+            .find(|c| c.type_ == condition::PROGRESSING && c.status == "False");
         conditions.push(Condition {
             type_: condition::PROGRESSING.to_string(),
             status: "False".to_string(),
-            reason: "InvalidSpec".to_string(),
+            reason: reason.to_string(),
             message: problem.clone(),
             observed_generation: self.cluster.metadata.generation,
             last_transition_time: unchanged.map_or_else(
@@ -224,10 +251,10 @@ impl<'a> Reconciler<'a> {
             ..previous
         };
         if self.write_status(status).await? {
-            self.event(EventType::Warning, "InvalidSpec", "Validate", problem)
+            self.event(EventType::Warning, reason, action, problem)
                 .await?;
         }
-        Ok(Action::await_change())
+        Ok(then)
     }
 
     /// The root user's name and password when auth is on: from `spec.auth.rootSecretRef`, or

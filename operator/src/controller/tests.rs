@@ -65,6 +65,8 @@ enum Scenario {
     StatusOnly(Applied),
     /// Even replicas: a condition and a Warning Event, nothing else.
     InvalidSpec,
+    /// The root Secret the spec names does not exist: a condition and a Warning Event.
+    MissingSecret,
 }
 
 impl ApiServerVerifier {
@@ -86,6 +88,17 @@ impl ApiServerVerifier {
                     self.reads(&applied).await;
                     let status = self.status().await;
                     Applied { status, ..applied }
+                }
+                Scenario::MissingSecret => {
+                    self.expect(Method::GET, &format!("{NS}/secrets/mine"))
+                        .await
+                        .error(404, "NotFound");
+                    let status = self.status().await;
+                    self.event("RootSecretUnusable", "Warning").await;
+                    Applied {
+                        status,
+                        ..Applied::default()
+                    }
                 }
                 Scenario::InvalidSpec => {
                     let status = self.status().await;
@@ -416,6 +429,32 @@ async fn an_invalid_spec_sets_a_condition_and_a_warning_and_creates_nothing() {
     let message = progressing["message"].as_str().expect("message");
     assert!(message.contains("set it to 3 or 5"), "{message}");
     assert_eq!(applied.status["observedGeneration"], 2);
+}
+
+#[tokio::test]
+async fn a_missing_root_secret_is_reported_and_looked_up_again_later() {
+    let (ctx, verifier, _) = Context::test();
+    let server = verifier.run(Scenario::MissingSecret);
+    let mut named = cluster("demo", 3);
+    named.spec.auth.root_secret_ref = Some("mine".to_string());
+    let action = reconcile_in_time(named, &ctx)
+        .await
+        .expect("a missing Secret is reported, not an error");
+    assert_eq!(
+        action,
+        kube::runtime::controller::Action::requeue(std::time::Duration::from_secs(30))
+    );
+    drop(ctx);
+    let (applied, verifier) = server.await.expect("scenario");
+    verifier.no_more_requests().await;
+    let progressing = condition(&applied.status, "Progressing");
+    assert_eq!(progressing["status"], "False");
+    assert_eq!(progressing["reason"], "RootSecretUnusable");
+    let message = progressing["message"].as_str().expect("message");
+    assert!(
+        message.contains("Secret mine") && message.contains("username and password"),
+        "{message}"
+    );
 }
 
 fn lease(holder: &str, renewed: Timestamp) -> Value {
