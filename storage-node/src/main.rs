@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use storage_node::cli::{LogFormat, ServeArgs};
-use storage_node::tools::{demo, dump};
+use storage_node::tools::{backup, demo, dump};
 
 /// Mend's etcd-compatible storage node. Without a subcommand it runs a cluster member
 /// configured with etcd's flags.
@@ -36,6 +36,22 @@ enum Cmd {
         /// bcrypt cost for the demo users' passwords (etcd uses 10).
         #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u32).range(4..=31))]
         bcrypt_cost: u32,
+    },
+    /// Move a stopped member's data directory into a backups directory (a heal's "back up and
+    /// wipe" step) and delete the oldest backups beyond --keep.
+    BackupData {
+        /// The member's data directory (`--data-dir` of the node).
+        #[arg(long)]
+        data_dir: PathBuf,
+        /// Where backups are kept.
+        #[arg(long)]
+        backup_dir: PathBuf,
+        /// The backup's name (a plain file name; names should sort by time).
+        #[arg(long)]
+        name: String,
+        /// Backups to keep, the new one included.
+        #[arg(long, default_value_t = 3)]
+        keep: usize,
     },
     /// Print a stopped member's consistent index, revisions, AuthRevision, users, roles, leases
     /// and membership.
@@ -74,6 +90,18 @@ fn main() -> ExitCode {
             data_dir,
             bcrypt_cost,
         } => run_demo(data_dir, bcrypt_cost),
+        Cmd::BackupData {
+            data_dir,
+            backup_dir,
+            name,
+            keep,
+        } => print_or_fail(
+            "backup-data",
+            backup::move_aside(&data_dir, &backup_dir, &name, keep).map(|moved| match moved {
+                Some(path) => format!("{}\n", path.display()),
+                None => "no data to back up\n".to_string(),
+            }),
+        ),
         Cmd::DumpDb { data_dir } => print_or_fail("dump-db", dump::dump_db(&data_dir)),
         Cmd::DumpLog { data_dir } => print_or_fail("dump-log", dump::dump_log(&data_dir)),
     }

@@ -67,3 +67,36 @@ fn dump_log_on_a_directory_without_a_log_fails_clearly() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("no raft log here"), "{err}");
 }
+
+#[test]
+fn backup_data_moves_a_stopped_members_data_aside_and_a_restart_on_it_keeps_the_keys() {
+    let mut c = Cluster::start(1, Options::default());
+    ok(c.etcdctl(0, &["put", "kept", "yes"]));
+    assert!(c.member(0).stop(), "SIGTERM must stop the member cleanly");
+    let dir = c.members[0].dir.clone();
+    let backups = dir.with_extension("backups");
+    let backup_data = |name: &str| {
+        Command::new(env!("CARGO_BIN_EXE_storage-node"))
+            .arg("backup-data")
+            .arg("--data-dir")
+            .arg(&dir)
+            .arg("--backup-dir")
+            .arg(&backups)
+            .args(["--name", name, "--keep", "2"])
+            .output()
+            .expect("backup-data")
+    };
+    let moved = ok(backup_data("0001"));
+    assert_eq!(moved.trim(), backups.join("0001").display().to_string());
+    assert!(!dir.exists(), "the data directory is wiped");
+    assert_eq!(ok(backup_data("0002")).trim(), "no data to back up");
+
+    // The backup is a whole member: moved back, it serves its keys again.
+    std::fs::rename(backups.join("0001"), &dir).expect("restore");
+    c.member(0).start();
+    c.wait_healthy();
+    assert_eq!(
+        ok(c.etcdctl(0, &["get", "kept", "--print-value-only"])),
+        "yes\n"
+    );
+}

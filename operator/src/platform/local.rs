@@ -220,35 +220,10 @@ impl LocalPlatform {
         self.data_dir(name).join("member.json").exists()
     }
 
-    /// Keeps at most `n` backups, deleting the oldest after each new one (all by default).
+    /// Keeps at most `n` backups (the one just made always), deleting the oldest after each new
+    /// one (all are kept by default).
     pub fn set_backup_retention(&mut self, n: usize) {
         self.backup_retention = n;
-    }
-
-    /// Deletes the oldest backups beyond the retention.
-    fn prune_backups(&self) -> Result<()> {
-        let dir = self.workdir.join("backups");
-        let mut backups: Vec<(u128, PathBuf)> = std::fs::read_dir(&dir)
-            .map_err(Error::Io)?
-            .filter_map(|entry| {
-                let path = entry.ok()?.path();
-                let stamp = path
-                    .file_name()?
-                    .to_str()?
-                    .rsplit_once('-')?
-                    .1
-                    .parse()
-                    .ok()?;
-                Some((stamp, path))
-            })
-            .collect();
-        backups.sort();
-        let excess = backups.len().saturating_sub(self.backup_retention);
-        for (_, path) in backups.into_iter().take(excess) {
-            tracing::info!(backup = %path.display(), "deleting a backup beyond the retention");
-            std::fs::remove_dir_all(&path).map_err(Error::Io)?;
-        }
-        Ok(())
     }
 
     /// Member `name`'s log file.
@@ -294,17 +269,21 @@ impl LocalPlatform {
     /// Moves member `name`'s data directory into `backups/` (keeping the newest
     /// `backup_retention`); returns the backup's path.
     pub fn move_data_aside(&mut self, name: &str) -> Result<PathBuf> {
-        let dir = self.data_dir(name);
         let stamp = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_millis())
             .unwrap_or_default();
-        let backup = self.workdir.join("backups").join(format!("{name}-{stamp}"));
-        if dir.exists() {
-            std::fs::rename(&dir, &backup).map_err(Error::Io)?;
-            self.prune_backups()?;
-        }
-        Ok(backup)
+        // Zero-padded, so names sort by time as the pruning needs.
+        let backup_name = format!("{stamp:016}-{name}");
+        let backups = self.workdir.join("backups");
+        storage_node::tools::backup::move_aside(
+            &self.data_dir(name),
+            &backups,
+            &backup_name,
+            self.backup_retention,
+        )
+        .map(|moved| moved.unwrap_or_else(|| backups.join(&backup_name)))
+        .map_err(|e| Error::Io(std::io::Error::other(e)))
     }
 
     fn member(&self, name: &str) -> Result<&LocalMember> {
@@ -460,7 +439,7 @@ mod tests {
             LocalPlatform::new(PathBuf::from("storage-node"), work.path(), 3, Vec::new())
                 .expect("platform");
         platform.set_backup_retention(2);
-        for old in ["node2-100", "node3-200"] {
+        for old in ["0000000000000100-node2", "0000000000000200-node3"] {
             std::fs::create_dir_all(work.path().join("backups").join(old)).expect("old backup");
         }
         std::fs::create_dir_all(work.path().join("node1")).expect("data");
@@ -480,8 +459,14 @@ mod tests {
             .collect();
         left.sort();
         assert_eq!(left.len(), 2);
-        assert!(!left.contains(&"node2-100".to_string()), "{left:?}");
-        assert!(left.contains(&"node3-200".to_string()), "{left:?}");
+        assert!(
+            !left.contains(&"0000000000000100-node2".to_string()),
+            "{left:?}"
+        );
+        assert!(
+            left.contains(&"0000000000000200-node3".to_string()),
+            "{left:?}"
+        );
     }
 
     #[test]
