@@ -416,7 +416,8 @@ impl<'a> Reconciler<'a> {
                 EventType::Normal,
                 "AuthEnabled",
                 "BootstrapAuth",
-                "created the root user, granted it the root role and enabled authentication".to_string(),
+                "created the root user, granted it the root role and enabled authentication"
+                    .to_string(),
             )
             .await?;
         }
