@@ -9,12 +9,15 @@
 //! - [`probe`]: one probe round of every member over the etcd v3 API.
 //! - [`executor`]: runs a plan against a real cluster (etcd API + [`platform`]).
 //! - [`platform`]: where members live; [`platform::local`] runs them as local processes.
+//! - [`controller`]: the Kubernetes controller (`operator run`): member pods, Services,
+//!   volumes, status, auth bootstrap, leader election.
 //! - [`crd_yaml`]: the `StorageCluster` CRD as YAML, for `manifests/crd.yaml`.
 //!
-//! The controller, probe, executor and platforms (`kube`, `local`) come with the operator and
-//! self-healing issues.
+//! Healing on Kubernetes (a `platform::kube` for the executor, driven from the controller)
+//! comes with the self-healing issue.
 
 pub mod bootstrap;
+pub mod controller;
 pub mod demo;
 pub mod detector;
 pub mod executor;

@@ -1,8 +1,9 @@
 //! Mend's operator.
 //!
-//! Runs `StorageCluster`s without Kubernetes as a supervisor of local storage-node processes
-//! (`operator local`, and `operator demo` which plays the etcd 11651 failure and heals it),
-//! and prints the CRD (`operator crd`). The same probe → detector → planner → executor loop
+//! Runs `StorageCluster`s on Kubernetes as a kube-runtime controller (`operator run`), and
+//! without Kubernetes as a supervisor of local storage-node processes (`operator local`, and
+//! `operator demo` which plays the etcd 11651 failure and heals it), and prints the CRD
+//! (`operator crd`). The same probe → detector → planner → executor loop
 //! heals on Kubernetes and locally.
 
 use std::path::PathBuf;
@@ -27,6 +28,8 @@ struct Cli {
 enum Cmd {
     /// Print the StorageCluster CustomResourceDefinition as YAML (manifests/crd.yaml).
     Crd,
+    /// Run the Kubernetes controller: reconcile every StorageCluster (leader-elected).
+    Run(operator::controller::RunArgs),
     /// Run a StorageCluster as local storage-node processes: start and restart its members,
     /// turn auth on, probe, detect divergence and heal it, until Ctrl-C.
     Local {
@@ -92,6 +95,10 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
+        Cmd::Run(args) => {
+            init_logging(cli.log_format);
+            operator::controller::run_cli(args)
+        }
         Cmd::Local {
             spec,
             workdir,

@@ -1,0 +1,278 @@
+//! Test fixtures: resources, probe observations, fake members, and a mocked API server
+//! (`ApiServerVerifier`) that answers the kube client's requests one by one, checks each against
+//! [`API_CALLS`] and lets the test assert method, path, query and body.
+
+use std::sync::Arc;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use crds::{StorageCluster, StorageClusterSpec};
+use futures_util::future::BoxFuture;
+use http::{Method, Request, Response, StatusCode};
+use k8s_openapi::api::coordination::v1::LeaseSpec;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
+use k8s_openapi::jiff::Timestamp;
+use kube::Client;
+use kube::client::Body;
+use kube::runtime::events::Recorder;
+use serde_json::{Value, json};
+
+use super::members::Members;
+use super::metrics::Metrics;
+use super::{API_CALLS, Context};
+use crate::bootstrap;
+use crate::detector::{Observation, Round};
+
+/// A stored `StorageCluster` named `name` in `default`, generation 1.
+pub fn cluster(name: &str, replicas: i32) -> StorageCluster {
+    let spec: StorageClusterSpec =
+        serde_json::from_value(json!({ "replicas": replicas })).expect("spec with defaults");
+    let mut sc = StorageCluster::new(name, spec);
+    sc.metadata.namespace = Some("default".to_string());
+    sc.metadata.uid = Some(format!("uid-{name}"));
+    sc.metadata.generation = Some(1);
+    sc
+}
+
+/// A reachable member `id` at AuthRevision `auth_revision`, leading or not, agreeing on data.
+pub fn observation(id: u64, leader: bool, auth_revision: u64) -> Observation {
+    Observation {
+        member: id,
+        reachable: true,
+        is_leader: leader,
+        is_learner: false,
+        raft_term: 2,
+        raft_index: 10,
+        applied_index: 10,
+        auth_revision,
+        revision: 4,
+        key_count: 3,
+        db_size: 20480,
+        hash: Some((0xabcd, 4)),
+    }
+}
+
+/// A Lease held by `holder`, renewed at `renewed`, for `duration` seconds.
+pub fn lease_spec(holder: Option<&str>, renewed: Timestamp, duration: i32) -> LeaseSpec {
+    LeaseSpec {
+        holder_identity: holder.map(str::to_string),
+        lease_duration_seconds: Some(duration),
+        acquire_time: Some(MicroTime(renewed)),
+        renew_time: Some(MicroTime(renewed)),
+        lease_transitions: Some(0),
+        ..LeaseSpec::default()
+    }
+}
+
+/// Members that answer with a set round and remember the auth bootstrap.
+#[derive(Default)]
+pub struct FakeMembers {
+    /// What every probe returns.
+    pub round: Mutex<Round>,
+    /// Whether auth is on.
+    pub auth_enabled: AtomicBool,
+    /// Bootstraps that enabled auth.
+    pub bootstraps: AtomicUsize,
+}
+
+impl Members for FakeMembers {
+    fn probe(
+        &self,
+        _key: String,
+        endpoints: Vec<String>,
+        _credentials: Option<(String, String)>,
+    ) -> BoxFuture<'static, Round> {
+        let mut round = self.round.lock().expect("round").clone();
+        if round.members.is_empty() {
+            round.members = endpoints
+                .iter()
+                .map(|_| Observation {
+                    reachable: false,
+                    ..observation(0, false, 0)
+                })
+                .collect();
+        }
+        Box::pin(async move { round })
+    }
+
+    fn bootstrap_auth(
+        &self,
+        _endpoints: Vec<String>,
+        _user: String,
+        _password: String,
+    ) -> BoxFuture<'static, Result<bool, bootstrap::Error>> {
+        let enabled_now = !self.auth_enabled.swap(true, Ordering::SeqCst);
+        if enabled_now {
+            self.bootstraps.fetch_add(1, Ordering::SeqCst);
+        }
+        Box::pin(async move { Ok(enabled_now) })
+    }
+}
+
+type Handle = tower_test::mock::Handle<Request<Body>, Response<Body>>;
+
+/// The mocked API server's side of the client.
+pub struct ApiServerVerifier(Handle);
+
+/// A request the client made, and the way to answer it.
+pub struct Seen {
+    /// HTTP method.
+    pub method: Method,
+    /// Path without the query.
+    pub path: String,
+    /// The query string.
+    pub query: String,
+    /// The JSON body (`Null` when empty).
+    pub body: Value,
+    send: tower_test::mock::SendResponse<Response<Body>>,
+}
+
+impl Seen {
+    /// Answers `status` with `body`.
+    pub fn respond(self, status: StatusCode, body: &Value) {
+        let bytes = serde_json::to_vec(body).expect("json");
+        let response = Response::builder()
+            .status(status)
+            .body(Body::from(bytes))
+            .expect("response");
+        self.send.send_response(response);
+    }
+
+    /// Answers 200 with `body`.
+    pub fn ok(self, body: &Value) {
+        self.respond(StatusCode::OK, body);
+    }
+
+    /// Answers 200 with the request's own body, as the API server does for an apply.
+    pub fn echo(self) {
+        let body = self.body.clone();
+        self.ok(&body);
+    }
+
+    /// Answers with an API error.
+    pub fn error(self, code: u16, reason: &str) {
+        let status = json!({
+            "kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+            "message": format!("{reason} (mocked)"), "reason": reason, "code": code,
+        });
+        self.respond(StatusCode::from_u16(code).expect("code"), &status);
+    }
+
+    /// Whether the query asks for a server-side apply by the operator, forced.
+    pub fn is_forced_apply(&self) -> bool {
+        self.method == Method::PATCH
+            && self.query.contains("fieldManager=mend-operator")
+            && self.query.contains("force=true")
+    }
+}
+
+/// (verb, API group, resource) of a request to the API server.
+pub fn api_call(method: &Method, path: &str, query: &str) -> (String, String, String) {
+    let parts: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+    let (group, rest) = match parts.as_slice() {
+        ["api", _version, rest @ ..] => (String::new(), rest),
+        ["apis", group, _version, rest @ ..] => (group.to_string(), rest),
+        _ => panic!("not an API path: {path}"),
+    };
+    let rest = match rest {
+        ["namespaces", _ns, rest @ ..] if !rest.is_empty() => rest,
+        rest => rest,
+    };
+    let (resource, named) = match rest {
+        [resource] => (resource.to_string(), false),
+        [resource, _name] => (resource.to_string(), true),
+        [resource, _name, sub] => (format!("{resource}/{sub}"), true),
+        _ => panic!("unexpected API path: {path}"),
+    };
+    let verb = match (method.as_str(), named) {
+        ("GET", true) => "get",
+        ("GET", false) if query.contains("watch=true") => "watch",
+        ("GET", false) => "list",
+        ("POST", _) => "create",
+        ("PATCH", _) => "patch",
+        ("PUT", _) => "update",
+        ("DELETE", _) => "delete",
+        (other, _) => panic!("unexpected method {other}"),
+    };
+    (verb.to_string(), group, resource)
+}
+
+impl ApiServerVerifier {
+    /// The next request, which must be one of [`API_CALLS`]; panics after a second without one.
+    pub async fn next(&mut self) -> Seen {
+        let (request, send) = tokio::time::timeout(Duration::from_secs(1), self.0.next_request())
+            .await
+            .expect("the controller made the expected request in time")
+            .expect("the client is still there");
+        let method = request.method().clone();
+        let path = request.uri().path().to_string();
+        let query = request.uri().query().unwrap_or_default().to_string();
+        let bytes = request
+            .into_body()
+            .collect_bytes()
+            .await
+            .expect("request body");
+        let body = if bytes.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_slice(&bytes).expect("JSON body")
+        };
+        let (verb, group, resource) = api_call(&method, &path, &query);
+        assert!(
+            API_CALLS.contains(&(verb.as_str(), group.as_str(), resource.as_str())),
+            "{method} {path} is ({verb}, {group:?}, {resource}), which API_CALLS (and so the \
+             ClusterRole) does not grant"
+        );
+        Seen {
+            method,
+            path,
+            query,
+            body,
+            send,
+        }
+    }
+
+    /// The next request, asserting its method and path.
+    pub async fn expect(&mut self, method: Method, path: &str) -> Seen {
+        let seen = self.next().await;
+        assert_eq!(
+            (&seen.method, seen.path.as_str()),
+            (&method, path),
+            "query: {}",
+            seen.query
+        );
+        seen
+    }
+
+    /// Asserts that the client, once dropped, made no further request.
+    pub async fn no_more_requests(mut self) {
+        let next = tokio::time::timeout(Duration::from_secs(1), self.0.next_request())
+            .await
+            .expect("the client was dropped");
+        if let Some((request, _)) = next {
+            panic!("unexpected request {} {}", request.method(), request.uri());
+        }
+    }
+}
+
+/// A client whose requests the returned verifier answers.
+pub fn mock_client() -> (Client, ApiServerVerifier) {
+    let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+    (Client::new(service, "default"), ApiServerVerifier(handle))
+}
+
+impl Context {
+    /// A context on a mocked API server and fake members.
+    pub fn test() -> (Arc<Context>, ApiServerVerifier, Arc<FakeMembers>) {
+        let (client, verifier) = mock_client();
+        let members = Arc::new(FakeMembers::default());
+        let ctx = Context::new(
+            client.clone(),
+            Recorder::new(client, "mend-operator-test".into()),
+            Arc::new(Metrics::default()),
+            members.clone(),
+        );
+        (Arc::new(ctx), verifier, members)
+    }
+}

@@ -1,0 +1,236 @@
+//! The Kubernetes controller: runs `StorageCluster`s as member pods and reports their state.
+//!
+//! A kube-runtime `Controller` watches `StorageCluster`s and the children they own, and calls
+//! [`reconcile()`] for each: check the spec, make sure the root credentials exist, create the
+//! missing children with server-side apply, probe the members over the etcd API, bootstrap auth
+//! once they answer, assess the probes with the healing loop's [`Healer`] (detector and planner)
+//! and write the status built by [`crate::status`] (server-side apply on the status
+//! subresource). Errors
+//! requeue the object with a per-object exponential backoff ([`error_policy`]).
+//!
+//! # Why bare pods and not a StatefulSet
+//! Each member is its own Pod with its own PersistentVolumeClaim, both created and owned by the
+//! operator. Healing rebuilds one member while the others keep serving: remove it from the
+//! cluster, back up and wipe its data, start it again with `--initial-cluster-state existing`,
+//! add it back. A StatefulSet shares one pod template across its members, so one member cannot
+//! get different flags (`existing` for the rebuilt one, `new` for the founders), it recreates a
+//! deleted pod at once with the template's flags (racing the wipe), and its volume claims
+//! outlive the set and cannot be replaced one at a time through it. With bare pods the operator
+//! decides, member by member, when a pod is deleted, which volume it mounts and with which flags
+//! it starts, which is exactly what the procedure needs. The price, restarting pods the
+//! operator's way (one at a time, quorum kept), is the healing loop's job anyway.
+//!
+//! # No finalizer
+//! Every child carries an owner reference to its cluster, so Kubernetes' garbage collector
+//! deletes them with it, and nothing lives outside the API server. A finalizer would only add
+//! a way for deletion to hang. (Member data is deleted with its volume claims: deleting a
+//! `StorageCluster` deletes its data, as deleting a Deployment's volumes would.)
+//!
+//! # Layout
+//! - [`resources`]: the children as pure functions of the resource.
+//! - [`reconcile`](mod@reconcile): one pass over one resource, and the error policy.
+//! - [`members`]: probing and auth bootstrap over the etcd v3 API.
+//! - [`lease`]: leader election on a `coordination.k8s.io` Lease.
+//! - [`metrics`] and [`run`](mod@run): `operator run`, its `/metrics`, `/healthz`, `/readyz`.
+
+pub mod lease;
+pub mod members;
+pub mod metrics;
+pub mod reconcile;
+pub mod resources;
+pub mod run;
+
+#[cfg(test)]
+mod fixtures;
+#[cfg(test)]
+mod tests;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use crds::StorageCluster;
+use kube::Client;
+
+use crate::healer::Healer;
+use kube::runtime::events::Recorder;
+use kube::runtime::reflector::ObjectRef;
+
+pub use reconcile::{error_policy, reconcile};
+pub use run::{RunArgs, run, run_cli};
+
+/// The field manager of every server-side apply the operator makes.
+pub const FIELD_MANAGER: &str = "mend-operator";
+
+/// Every (verb, API group, resource) the operator calls, and so exactly what its RBAC grants
+/// (`manifests/rbac.yaml`: the Lease rules in a Role in the operator's namespace, the rest in
+/// the ClusterRole). A test holds the two equal, and the mocked API server tests check every
+/// request they see against this table.
+pub const API_CALLS: &[(&str, &str, &str)] = &[
+    // The watched resource, and its status written by server-side apply.
+    ("list", "mend.dev", "storageclusters"),
+    ("watch", "mend.dev", "storageclusters"),
+    ("patch", "mend.dev", "storageclusters/status"),
+    // Children: listed by label each reconcile, watched by the Controller (`owns`), created and
+    // updated by server-side apply: a PATCH, which the API server authorizes as `create` too
+    // when the object does not exist yet. Nothing is deleted: owner references do that.
+    ("list", "", "pods"),
+    ("watch", "", "pods"),
+    ("create", "", "pods"),
+    ("patch", "", "pods"),
+    ("list", "", "persistentvolumeclaims"),
+    ("watch", "", "persistentvolumeclaims"),
+    ("create", "", "persistentvolumeclaims"),
+    ("patch", "", "persistentvolumeclaims"),
+    ("list", "", "services"),
+    ("watch", "", "services"),
+    ("create", "", "services"),
+    ("patch", "", "services"),
+    ("list", "policy", "poddisruptionbudgets"),
+    ("watch", "policy", "poddisruptionbudgets"),
+    ("create", "policy", "poddisruptionbudgets"),
+    ("patch", "policy", "poddisruptionbudgets"),
+    // Root credentials: read by name, created by server-side apply; never listed or watched,
+    // so the operator cannot read Secrets it was not pointed at (a ClusterRole cannot name
+    // them in advance: they live in each cluster's namespace).
+    ("get", "", "secrets"),
+    ("create", "", "secrets"),
+    ("patch", "", "secrets"),
+    // Events: kube-runtime's Recorder creates one, and patches it when it repeats.
+    ("create", "events.k8s.io", "events"),
+    ("patch", "events.k8s.io", "events"),
+    // Leader election.
+    ("get", "coordination.k8s.io", "leases"),
+    ("create", "coordination.k8s.io", "leases"),
+    ("update", "coordination.k8s.io", "leases"),
+];
+
+/// Why a reconcile (or the controller) failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The Kubernetes API refused or failed a call.
+    #[error("kubernetes API: {0}")]
+    Kube(#[from] kube::Error),
+    /// The root credentials Secret is missing or incomplete.
+    #[error("secret {name}: {reason}")]
+    Secret {
+        /// The Secret.
+        name: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// No randomness for a generated password.
+    #[error("generating the root password: {0}")]
+    Random(String),
+    /// The members did not accept the auth bootstrap (retried).
+    #[error("auth bootstrap: {0}")]
+    Bootstrap(#[from] crate::bootstrap::Error),
+    /// The operator's own configuration (kubeconfig, listen address) is unusable.
+    #[error("configuration: {0}")]
+    Config(String),
+    /// Leadership was lost: another replica may be reconciling now.
+    #[error("lost the leader lease {0}")]
+    LostLease(String),
+}
+
+impl Error {
+    /// A short label for metrics.
+    pub fn label(&self) -> &'static str {
+        match self {
+            Error::Kube(_) => "kube",
+            Error::Secret { .. } => "secret",
+            Error::Random(_) => "random",
+            Error::Bootstrap(_) => "bootstrap",
+            Error::Config(_) => "config",
+            Error::LostLease(_) => "lost_lease",
+        }
+    }
+}
+
+/// Result of controller operations.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// A cluster's healing loop and the `metadata.generation` of the spec it was made for.
+type GenerationHealer = (Option<i64>, Healer);
+
+/// What every reconcile shares.
+pub struct Context {
+    /// The Kubernetes client.
+    pub client: Client,
+    /// Publishes Events on the resources.
+    pub recorder: Recorder,
+    /// Counters and timings for `/metrics`.
+    pub metrics: Arc<metrics::Metrics>,
+    /// The members' etcd API.
+    pub members: Arc<dyn members::Members>,
+    /// Failures in a row per object, for the backoff.
+    failures: Mutex<HashMap<ObjectRef<StorageCluster>, u32>>,
+    /// The healing loop's memory (probe history, findings) per cluster, with the generation
+    /// of the spec it was made for.
+    healers: Mutex<HashMap<ObjectRef<StorageCluster>, GenerationHealer>>,
+}
+
+impl Context {
+    /// A context for reconciles through `client`.
+    pub fn new(
+        client: Client,
+        recorder: Recorder,
+        metrics: Arc<metrics::Metrics>,
+        members: Arc<dyn members::Members>,
+    ) -> Context {
+        Context {
+            client,
+            recorder,
+            metrics,
+            members,
+            failures: Mutex::default(),
+            healers: Mutex::default(),
+        }
+    }
+
+    /// Counts a failure of `object` and returns how long to wait before retrying it.
+    fn backoff(&self, object: ObjectRef<StorageCluster>) -> Duration {
+        let mut failures = self.failures.lock().unwrap_or_else(|p| p.into_inner());
+        let n = failures.entry(object).or_default();
+        *n = n.saturating_add(1);
+        backoff_delay(*n)
+    }
+
+    /// Forgets the failures of `object` after it reconciled.
+    fn succeeded(&self, object: &ObjectRef<StorageCluster>) {
+        self.failures
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(object);
+    }
+}
+
+/// Exponential backoff after `failures` in a row: 1 s, 2 s, 4 s, ... capped at 5 minutes.
+pub fn backoff_delay(failures: u32) -> Duration {
+    let exponent = failures.saturating_sub(1).min(9);
+    Duration::from_secs(1u64 << exponent).min(Duration::from_secs(300))
+}
+
+#[cfg(test)]
+mod backoff_tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_per_failure_in_a_row_and_stops_at_five_minutes() {
+        let delays: Vec<u64> = (1..=11).map(|n| backoff_delay(n).as_secs()).collect();
+        assert_eq!(delays, [1, 2, 4, 8, 16, 32, 64, 128, 256, 300, 300]);
+    }
+
+    #[tokio::test]
+    async fn failures_are_counted_per_object_and_forgotten_after_a_success() {
+        let (ctx, _verifier, _) = Context::test();
+        let a = ObjectRef::new("a").within("default");
+        let b = ObjectRef::new("b").within("default");
+        assert_eq!(ctx.backoff(a.clone()), Duration::from_secs(1));
+        assert_eq!(ctx.backoff(a.clone()), Duration::from_secs(2));
+        assert_eq!(ctx.backoff(b.clone()), Duration::from_secs(1));
+        ctx.succeeded(&a);
+        assert_eq!(ctx.backoff(a), Duration::from_secs(1));
+    }
+}

@@ -1,0 +1,492 @@
+//! One reconcile of one `StorageCluster`, read top to bottom as the procedure:
+//! refuse an invalid spec, ensure the root credentials, create what is missing, probe, bootstrap
+//! auth, write the status.
+//!
+//! # A second reconcile is a no-op
+//! Children are applied only when missing, or, for Services and the PodDisruptionBudget, when
+//! their [`APPLIED_HASH`](super::resources::APPLIED_HASH) differs from the desired object's.
+//! Pods and volume claims are never re-applied: their specs are immutable where it matters
+//! (flags, volume), and changing a running member is the healing loop's one-at-a-time job. The
+//! status is written only when it differs from the one stored. So a reconcile of a cluster whose
+//! children and members are as the last reconcile left them makes reads only: no create, no
+//! patch, no Event.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use crds::{HealingMode, StorageCluster, StorageClusterStatus, condition};
+use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod, Secret, Service};
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, ObjectMeta, Time};
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{Api, ListParams, Patch, PatchParams};
+use kube::runtime::controller::Action;
+use kube::runtime::events::{Event, EventType};
+use kube::runtime::reflector::ObjectRef;
+use kube::{Resource, ResourceExt};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use tracing::{info, instrument, warn};
+
+use crate::detector::{Observation, Round, Tolerance};
+use crate::healer::{Assessment, Healer};
+use crate::planner::{Decision, Mode};
+use crate::status::{self, MemberView};
+
+use super::resources;
+use super::{Context, Error, FIELD_MANAGER, Result};
+
+/// How soon to look again at a root credentials Secret that was missing or incomplete.
+const SECRET_RETRY: Action = Action::requeue(Duration::from_secs(30));
+
+/// Length of a generated root password (alphanumeric: about 190 bits).
+const PASSWORD_LEN: usize = 32;
+
+/// Reconciles `cluster`: the entry point the Controller calls.
+#[instrument(skip_all, fields(cluster = %cluster.name_any(), namespace = cluster.namespace().unwrap_or_default()))]
+pub async fn reconcile(cluster: Arc<StorageCluster>, ctx: Arc<Context>) -> Result<Action> {
+    let _timer = ctx.metrics.reconcile();
+    let action = Reconciler::new(&cluster, &ctx).run().await?;
+    ctx.succeeded(&ObjectRef::from_obj(cluster.as_ref()));
+    Ok(action)
+}
+
+/// Counts the failure and retries `cluster` after a backoff that doubles with each failure in a
+/// row (conflicts and unreachable API servers included).
+pub fn error_policy(cluster: Arc<StorageCluster>, error: &Error, ctx: Arc<Context>) -> Action {
+    ctx.metrics.failure(error.label());
+    let delay = ctx.backoff(ObjectRef::from_obj(cluster.as_ref()));
+    warn!(cluster = %cluster.name_any(), %error, ?delay, "reconcile failed");
+    Action::requeue(delay)
+}
+
+/// The live children of one cluster, by name.
+struct Live {
+    pods: BTreeMap<String, ObjectMeta>,
+    pvcs: BTreeMap<String, ObjectMeta>,
+    services: BTreeMap<String, ObjectMeta>,
+    pdbs: BTreeMap<String, ObjectMeta>,
+}
+
+struct Reconciler<'a> {
+    cluster: &'a StorageCluster,
+    ctx: &'a Context,
+    namespace: String,
+}
+
+impl<'a> Reconciler<'a> {
+    fn new(cluster: &'a StorageCluster, ctx: &'a Context) -> Self {
+        Reconciler {
+            cluster,
+            ctx,
+            namespace: cluster.namespace().unwrap_or_default(),
+        }
+    }
+
+    fn api<K>(&self) -> Api<K>
+    where
+        K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>,
+    {
+        Api::namespaced(self.ctx.client.clone(), &self.namespace)
+    }
+
+    async fn run(&self) -> Result<Action> {
+        if let Some(problem) = resources::spec_problem(self.cluster) {
+            return self
+                .refuse("InvalidSpec", "Validate", problem, Action::await_change())
+                .await;
+        }
+        let credentials = match self.root_credentials().await {
+            // The Secret is not watched: look again after a while.
+            Err(Error::Secret { name, reason }) => {
+                let problem = format!("root credentials Secret {name}: {reason}");
+                return self
+                    .refuse(
+                        "RootSecretUnusable",
+                        "ReadRootSecret",
+                        problem,
+                        SECRET_RETRY,
+                    )
+                    .await;
+            }
+            credentials => credentials?,
+        };
+        let live = self.live_children().await?;
+        let created = self.apply_children(&live).await?;
+
+        let names = resources::member_names(self.cluster);
+        let endpoints: Vec<String> = names
+            .iter()
+            .map(|m| resources::client_url(self.cluster, m))
+            .collect();
+        let pods = names
+            .iter()
+            .filter(|n| live.pods.contains_key(*n) || created.contains(n))
+            .count();
+        let round = if pods == 0 {
+            Round::default()
+        } else {
+            let key = format!("{}/{}", self.namespace, self.cluster.name_any());
+            self.ctx
+                .members
+                .probe(key, endpoints.clone(), credentials.clone())
+                .await
+        };
+        if let Some((user, password)) = &credentials {
+            let reachable = round.members.iter().filter(|m| m.reachable).count();
+            if reachable == names.len() {
+                self.bootstrap_auth(&endpoints, user, password).await?;
+            }
+        }
+        let status = self.status(&names, &endpoints, round);
+        self.write_status(status).await?;
+        Ok(Action::requeue(Duration::from_secs(u64::from(
+            self.cluster.spec.healing.probe_interval_seconds,
+        ))))
+    }
+
+    /// The status for the probe `round` of the members `names` at `endpoints`: the healing loop
+    /// assesses the round (findings persist across probes), [`status::build`] does the rest.
+    /// Healing itself (running a `Decision::Heal`) needs the Kubernetes platform of the
+    /// healing issue; until then the decision is only reported.
+    fn status(&self, names: &[String], endpoints: &[String], round: Round) -> StorageClusterStatus {
+        let now = Timestamp::now();
+        let unreachable = Observation {
+            member: 0,
+            reachable: false,
+            is_leader: false,
+            is_learner: false,
+            raft_term: 0,
+            raft_index: 0,
+            applied_index: 0,
+            auth_revision: 0,
+            revision: 0,
+            key_count: 0,
+            db_size: 0,
+            hash: None,
+        };
+        let views: Vec<MemberView> = names
+            .iter()
+            .zip(endpoints)
+            .enumerate()
+            .map(|(i, (name, endpoint))| MemberView {
+                name: name.clone(),
+                endpoint: endpoint.clone(),
+                observation: round.members.get(i).cloned().unwrap_or(unreachable.clone()),
+            })
+            .collect();
+        let spec = &self.cluster.spec;
+        let assessment = if spec.healing.mode == HealingMode::Disabled || round.members.is_empty() {
+            Assessment {
+                findings: Vec::new(),
+                decision: Decision::Healthy,
+                held_back: None,
+            }
+        } else {
+            let generation = self.cluster.metadata.generation;
+            let mut healers = self.ctx.healers.lock().unwrap_or_else(|p| p.into_inner());
+            let (seen_generation, healer) = healers
+                .entry(ObjectRef::from_obj(self.cluster))
+                .or_insert_with(|| (generation, healer(spec)));
+            // A changed spec may change the mode or the evidence asked for: start afresh.
+            if *seen_generation != generation {
+                *seen_generation = generation;
+                *healer = self::healer(spec);
+            }
+            healer.observe(round, now)
+        };
+        let previous = self.cluster.status.as_ref();
+        status::build(&status::Inputs {
+            generation: self.cluster.metadata.generation,
+            replicas: spec.replicas,
+            members: &views,
+            findings: &assessment.findings,
+            decision: &assessment.decision,
+            // Written by the healing loop; carried over so this status does not drop it.
+            healing: previous.and_then(|p| p.healing.clone()),
+            held_back: assessment.held_back,
+            selector: resources::selector(self.cluster),
+            previous,
+            now: Time(now),
+        })
+    }
+
+    /// Something only the user can fix (an invalid spec, an unusable Secret): say what to fix in
+    /// the Progressing condition (False, `reason`) and a Warning Event, create nothing, and
+    /// reconcile again as `then` says. Repeats of the same problem write nothing.
+    async fn refuse(
+        &self,
+        reason: &str,
+        action: &str,
+        problem: String,
+        then: Action,
+    ) -> Result<Action> {
+        warn!(%problem, reason, "cannot proceed");
+        let previous = self.cluster.status.clone().unwrap_or_default();
+        let mut conditions: Vec<_> = previous
+            .conditions
+            .iter()
+            .filter(|c| c.type_ != condition::PROGRESSING)
+            .cloned()
+            .collect();
+        let unchanged = previous
+            .conditions
+            .iter()
+            .find(|c| c.type_ == condition::PROGRESSING && c.status == "False");
+        conditions.push(Condition {
+            type_: condition::PROGRESSING.to_string(),
+            status: "False".to_string(),
+            reason: reason.to_string(),
+            message: problem.clone(),
+            observed_generation: self.cluster.metadata.generation,
+            last_transition_time: unchanged.map_or_else(
+                || Time(Timestamp::now()),
+                |c| c.last_transition_time.clone(),
+            ),
+        });
+        let status = StorageClusterStatus {
+            observed_generation: self.cluster.metadata.generation,
+            conditions,
+            ..previous
+        };
+        if self.write_status(status).await? {
+            self.event(EventType::Warning, reason, action, problem)
+                .await?;
+        }
+        Ok(then)
+    }
+
+    /// The root user's name and password when auth is on: from `spec.auth.rootSecretRef`, or
+    /// from the Secret the operator generates (once: an existing one is never overwritten).
+    async fn root_credentials(&self) -> Result<Option<(String, String)>> {
+        let auth = &self.cluster.spec.auth;
+        if !auth.enabled {
+            return Ok(None);
+        }
+        let secrets: Api<Secret> = self.api();
+        let name = match &auth.root_secret_ref {
+            Some(name) => name.clone(),
+            None => resources::generated_secret_name(self.cluster),
+        };
+        let secret = match secrets.get_opt(&name).await? {
+            Some(secret) => secret,
+            None if auth.root_secret_ref.is_some() => {
+                return Err(Error::Secret {
+                    name,
+                    reason: "not found: create it with keys username and password, or remove \
+                             spec.auth.rootSecretRef to have one generated"
+                        .to_string(),
+                });
+            }
+            None => {
+                let secret = resources::root_secret(self.cluster, &generate_password()?);
+                self.apply(&secrets, &secret).await?;
+                info!(secret = %name, "generated root credentials");
+                secret
+            }
+        };
+        let field = |key: &str| {
+            secret
+                .data
+                .as_ref()
+                .and_then(|d| d.get(key))
+                .and_then(|v| String::from_utf8(v.0.clone()).ok())
+                .filter(|v| !v.is_empty())
+                .ok_or_else(|| Error::Secret {
+                    name: name.clone(),
+                    reason: format!("no UTF-8 value under key {key}"),
+                })
+        };
+        Ok(Some((field("username")?, field("password")?)))
+    }
+
+    async fn list<K>(&self) -> Result<BTreeMap<String, ObjectMeta>>
+    where
+        K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
+            + Clone
+            + DeserializeOwned
+            + std::fmt::Debug,
+    {
+        let params = ListParams::default().labels(&resources::selector(self.cluster));
+        let list = self.api::<K>().list(&params).await?;
+        Ok(list
+            .items
+            .into_iter()
+            .map(|o| (o.name_any(), o.meta().clone()))
+            .collect())
+    }
+
+    async fn live_children(&self) -> Result<Live> {
+        Ok(Live {
+            pods: self.list::<Pod>().await?,
+            pvcs: self.list::<PersistentVolumeClaim>().await?,
+            services: self.list::<Service>().await?,
+            pdbs: self.list::<PodDisruptionBudget>().await?,
+        })
+    }
+
+    /// Server-side apply of `object` under the operator's field manager, taking over fields
+    /// someone else set (the operator owns its children).
+    async fn apply<K>(&self, api: &Api<K>, object: &K) -> Result<()>
+    where
+        K: Resource + Clone + DeserializeOwned + Serialize + std::fmt::Debug,
+    {
+        let params = PatchParams::apply(FIELD_MANAGER).force();
+        api.patch(&object.name_any(), &params, &Patch::Apply(object))
+            .await?;
+        Ok(())
+    }
+
+    /// Applies `object` unless `live` holds it with the same applied hash.
+    async fn apply_if_changed<K>(
+        &self,
+        live: &BTreeMap<String, ObjectMeta>,
+        object: &K,
+    ) -> Result<bool>
+    where
+        K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
+            + Clone
+            + DeserializeOwned
+            + Serialize
+            + std::fmt::Debug,
+    {
+        let current = live
+            .get(&object.name_any())
+            .and_then(resources::applied_hash);
+        if current.is_some() && current == resources::applied_hash(object.meta()) {
+            return Ok(false);
+        }
+        self.apply(&self.api::<K>(), object).await?;
+        Ok(true)
+    }
+
+    /// Creates missing children and updates changed Services and the PodDisruptionBudget.
+    /// Returns the members whose pods it created.
+    async fn apply_children(&self, live: &Live) -> Result<Vec<String>> {
+        let cluster = self.cluster;
+        self.apply_if_changed(&live.services, &resources::peer_service(cluster))
+            .await?;
+        self.apply_if_changed(&live.services, &resources::client_service(cluster))
+            .await?;
+        self.apply_if_changed(&live.pdbs, &resources::pod_disruption_budget(cluster))
+            .await?;
+        let names = resources::member_names(cluster);
+        let pvcs: Api<PersistentVolumeClaim> = self.api();
+        let pods: Api<Pod> = self.api();
+        let with_data: BTreeSet<&str> = names
+            .iter()
+            .filter(|m| live.pvcs.contains_key(&resources::pvc_name(m)))
+            .map(String::as_str)
+            .collect();
+        let mut created = Vec::new();
+        for member in &names {
+            let state = resources::start_state(member, &with_data);
+            if !live.pvcs.contains_key(&resources::pvc_name(member)) {
+                self.apply(&pvcs, &resources::pvc(cluster, member)).await?;
+            }
+            if !live.pods.contains_key(member) {
+                self.apply(&pods, &resources::member_pod(cluster, member, state))
+                    .await?;
+                created.push(member.clone());
+            }
+        }
+        if !created.is_empty() {
+            info!(members = ?created, "created member pods");
+            self.event(
+                EventType::Normal,
+                "MembersCreated",
+                "CreateMembers",
+                format!("created member pods {}", created.join(", ")),
+            )
+            .await?;
+        }
+        Ok(created)
+    }
+
+    async fn bootstrap_auth(&self, endpoints: &[String], user: &str, password: &str) -> Result<()> {
+        let enabled = self
+            .ctx
+            .members
+            .bootstrap_auth(endpoints.to_vec(), user.to_string(), password.to_string())
+            .await?;
+        if enabled {
+            info!("auth enabled");
+            self.event(
+                EventType::Normal,
+                "AuthEnabled",
+                "BootstrapAuth",
+                "created the root user, granted it the root role and enabled authentication"
+                    .to_string(),
+            )
+            .await?;
+        }
+        Ok(())
+    }
+
+    /// Writes `status` with server-side apply on the status subresource, unless it is the
+    /// stored one. Returns whether it wrote.
+    async fn write_status(&self, status: StorageClusterStatus) -> Result<bool> {
+        if self.cluster.status.as_ref() == Some(&status) {
+            return Ok(false);
+        }
+        let patch = serde_json::json!({
+            "apiVersion": StorageCluster::api_version(&()),
+            "kind": StorageCluster::kind(&()),
+            "status": status,
+        });
+        let params = PatchParams::apply(FIELD_MANAGER).force();
+        self.api::<StorageCluster>()
+            .patch_status(&self.cluster.name_any(), &params, &Patch::Apply(&patch))
+            .await?;
+        Ok(true)
+    }
+
+    async fn event(
+        &self,
+        type_: EventType,
+        reason: &str,
+        action: &str,
+        note: String,
+    ) -> Result<()> {
+        let event = Event {
+            type_,
+            reason: reason.to_string(),
+            note: Some(note),
+            action: action.to_string(),
+            secondary: None,
+        };
+        self.ctx
+            .recorder
+            .publish(&event, &self.cluster.object_ref(&()))
+            .await?;
+        Ok(())
+    }
+}
+
+/// The healing loop for a cluster with `spec`: the evidence it asks for, the mode it allows.
+fn healer(spec: &crds::StorageClusterSpec) -> Healer {
+    let mode = match spec.healing.mode {
+        HealingMode::Automatic => Mode::Automatic,
+        HealingMode::ObserveOnly => Mode::ObserveOnly,
+        HealingMode::Disabled => Mode::Disabled,
+    };
+    let tolerance = Tolerance {
+        consecutive: spec.healing.consecutive_probes.max(1) as usize,
+        ..Tolerance::default()
+    };
+    Healer::new(tolerance, mode)
+}
+
+/// A random alphanumeric password.
+fn generate_password() -> Result<String> {
+    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
+    let mut bytes = [0u8; PASSWORD_LEN];
+    getrandom::fill(&mut bytes).map_err(|e| Error::Random(e.to_string()))?;
+    // 256 is not a multiple of 62: the first 8 letters come slightly more often, which costs
+    // well under a bit of the password's ~190.
+    Ok(bytes
+        .iter()
+        .map(|b| char::from(ALPHABET[usize::from(*b) % ALPHABET.len()]))
+        .collect())
+}

@@ -1,0 +1,609 @@
+//! The child objects of a `StorageCluster`, as pure functions of it: member pods and their
+//! volumes, the peer and client Services, the PodDisruptionBudget and the generated root Secret.
+//! Nothing here talks to the API server; [`super::reconcile()`] applies what these build.
+//!
+//! Every child carries the cluster's labels ([`labels`]), a controller owner reference to the
+//! cluster (so Kubernetes' garbage collector removes it with the cluster) and an
+//! [`APPLIED_HASH`] annotation: a digest of the object as built, which lets a reconcile skip a
+//! child whose live copy was applied from the very same desired state.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use crds::StorageCluster;
+use k8s_openapi::ByteString;
+use k8s_openapi::api::core::v1::{
+    Affinity, Capabilities, Container, ContainerPort, HTTPGetAction, PersistentVolumeClaim,
+    PersistentVolumeClaimSpec, PersistentVolumeClaimVolumeSource, Pod, PodAffinityTerm,
+    PodAntiAffinity, PodSecurityContext, PodSpec, Probe, SeccompProfile, Secret, SecurityContext,
+    Service, ServicePort, ServiceSpec, Volume, VolumeMount, VolumeResourceRequirements,
+    WeightedPodAffinityTerm,
+};
+use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use kube::{Resource, ResourceExt};
+use serde::Serialize;
+
+/// Client port of every member (etcd's).
+pub const CLIENT_PORT: i32 = 2379;
+/// Peer (raft) port of every member (etcd's).
+pub const PEER_PORT: i32 = 2380;
+/// `/metrics`, `/health` and `/readyz` of every member.
+pub const METRICS_PORT: i32 = 2381;
+/// Where the member's volume is mounted.
+pub const DATA_MOUNT: &str = "/var/lib/mend";
+/// The member's data directory: a subdirectory, so a filesystem's `lost+found` at the volume's
+/// root is not mistaken for member data.
+pub const DATA_DIR: &str = "/var/lib/mend/data";
+/// Annotation holding the digest of the desired object a child was applied from.
+pub const APPLIED_HASH: &str = "mend.dev/applied-hash";
+/// Label naming the member a pod or volume belongs to.
+pub const MEMBER_LABEL: &str = "mend.dev/member";
+/// User the members run as (no root in the container).
+const MEMBER_UID: i64 = 65532;
+
+/// Whether a member starts a new cluster or joins a running one (`--initial-cluster-state`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ClusterState {
+    /// The members bootstrap the cluster together.
+    New,
+    /// The member was added to a running cluster (`member add`) and catches up from it.
+    Existing,
+}
+
+impl ClusterState {
+    fn flag(self) -> &'static str {
+        match self {
+            ClusterState::New => "new",
+            ClusterState::Existing => "existing",
+        }
+    }
+}
+
+/// How `member` starts, given the members whose volume exists (`with_data`): a member whose
+/// volume is gone while others have data joins the running cluster (`existing`); otherwise it
+/// founds the cluster with the others, or restarts on its own data, where the node ignores the
+/// flag (it keeps the identity stored in its data directory).
+pub fn start_state(member: &str, with_data: &BTreeSet<&str>) -> ClusterState {
+    if with_data.is_empty() || with_data.contains(member) {
+        ClusterState::New
+    } else {
+        ClusterState::Existing
+    }
+}
+
+/// The labels every child carries; the first two also select the member pods.
+pub fn labels(cluster: &StorageCluster) -> BTreeMap<String, String> {
+    BTreeMap::from([
+        (
+            "app.kubernetes.io/name".to_string(),
+            "storage-node".to_string(),
+        ),
+        ("app.kubernetes.io/instance".to_string(), cluster.name_any()),
+        (
+            "app.kubernetes.io/managed-by".to_string(),
+            "mend-operator".to_string(),
+        ),
+    ])
+}
+
+/// Labels selecting the member pods of `cluster`.
+pub fn selector_labels(cluster: &StorageCluster) -> BTreeMap<String, String> {
+    BTreeMap::from([
+        (
+            "app.kubernetes.io/name".to_string(),
+            "storage-node".to_string(),
+        ),
+        ("app.kubernetes.io/instance".to_string(), cluster.name_any()),
+    ])
+}
+
+/// [`selector_labels`] as a label selector string (`k=v,k=v`), for lists and `status.selector`.
+pub fn selector(cluster: &StorageCluster) -> String {
+    selector_labels(cluster)
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// Member names, `<cluster>-0` to `<cluster>-(replicas-1)`: pod names and `--name`.
+pub fn member_names(cluster: &StorageCluster) -> Vec<String> {
+    (0..cluster.spec.replicas.max(0))
+        .map(|i| format!("{}-{i}", cluster.name_any()))
+        .collect()
+}
+
+/// The headless Service giving each member a stable DNS name.
+pub fn peer_service_name(cluster: &StorageCluster) -> String {
+    format!("{}-peer", cluster.name_any())
+}
+
+/// The Service clients use.
+pub fn client_service_name(cluster: &StorageCluster) -> String {
+    format!("{}-client", cluster.name_any())
+}
+
+/// The Secret the operator generates when `spec.auth.rootSecretRef` is absent.
+pub fn generated_secret_name(cluster: &StorageCluster) -> String {
+    format!("{}-root", cluster.name_any())
+}
+
+/// A member's volume claim.
+pub fn pvc_name(member: &str) -> String {
+    format!("data-{member}")
+}
+
+/// A member's stable host name: `<pod>.<peer service>.<namespace>.svc`.
+pub fn member_host(cluster: &StorageCluster, member: &str) -> String {
+    format!(
+        "{member}.{}.{}.svc",
+        peer_service_name(cluster),
+        cluster.namespace().unwrap_or_default()
+    )
+}
+
+/// A member's client URL, as it advertises it and the operator probes it.
+pub fn client_url(cluster: &StorageCluster, member: &str) -> String {
+    format!("http://{}:{CLIENT_PORT}", member_host(cluster, member))
+}
+
+/// `--initial-cluster`: every member's name and peer URL.
+pub fn initial_cluster(cluster: &StorageCluster) -> String {
+    member_names(cluster)
+        .iter()
+        .map(|m| format!("{m}=http://{}:{PEER_PORT}", member_host(cluster, m)))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// Metadata of a child named `name`: the cluster's namespace, labels and owner reference.
+fn child_meta(cluster: &StorageCluster, name: String) -> ObjectMeta {
+    ObjectMeta {
+        name: Some(name),
+        namespace: cluster.namespace(),
+        labels: Some(labels(cluster)),
+        owner_references: owner_reference(cluster).map(|r| vec![r]),
+        ..ObjectMeta::default()
+    }
+}
+
+/// The controller owner reference to `cluster` (none when it has no UID yet, which only a
+/// resource that was never stored lacks). Without `blockOwnerDeletion`: setting it needs
+/// `update` on `storageclusters/finalizers`, a permission the operator has no other use for.
+fn owner_reference(cluster: &StorageCluster) -> Option<OwnerReference> {
+    cluster.controller_owner_ref(&())
+}
+
+/// Sets the [`APPLIED_HASH`] annotation of `object` to the digest of `object` as it is.
+fn stamp<K: Resource + Serialize>(mut object: K) -> K {
+    let hash = digest(&object);
+    object
+        .meta_mut()
+        .annotations
+        .get_or_insert_with(BTreeMap::new)
+        .insert(APPLIED_HASH.to_string(), hash);
+    object
+}
+
+/// FNV-1a of the object's JSON: stable across runs and builds (unlike std's `DefaultHasher`),
+/// which is all a change detector needs.
+fn digest<T: Serialize>(object: &T) -> String {
+    // Serializing plain data to a Vec cannot fail; an empty input would only cost one re-apply.
+    let bytes = serde_json::to_vec(object).unwrap_or_default();
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for byte in bytes {
+        hash ^= u64::from(byte);
+        hash = hash.wrapping_mul(0x0100_0000_01b3);
+    }
+    format!("{hash:016x}")
+}
+
+/// The digest a live child was applied from, if it carries one.
+pub fn applied_hash(meta: &ObjectMeta) -> Option<&str> {
+    meta.annotations
+        .as_ref()
+        .and_then(|a| a.get(APPLIED_HASH))
+        .map(String::as_str)
+}
+
+fn port(name: &str, port: i32) -> ServicePort {
+    ServicePort {
+        name: Some(name.to_string()),
+        port,
+        target_port: Some(IntOrString::String(name.to_string())),
+        ..ServicePort::default()
+    }
+}
+
+/// The headless Service behind the members' DNS names. It publishes members before they are
+/// ready: a member must resolve its peers to form the cluster, before any of them can be ready.
+pub fn peer_service(cluster: &StorageCluster) -> Service {
+    stamp(Service {
+        metadata: child_meta(cluster, peer_service_name(cluster)),
+        spec: Some(ServiceSpec {
+            cluster_ip: Some("None".to_string()),
+            publish_not_ready_addresses: Some(true),
+            selector: Some(selector_labels(cluster)),
+            ports: Some(vec![port("peer", PEER_PORT), port("client", CLIENT_PORT)]),
+            ..ServiceSpec::default()
+        }),
+        status: None,
+    })
+}
+
+/// The Service clients connect to (ready members only).
+pub fn client_service(cluster: &StorageCluster) -> Service {
+    stamp(Service {
+        metadata: child_meta(cluster, client_service_name(cluster)),
+        spec: Some(ServiceSpec {
+            type_: Some("ClusterIP".to_string()),
+            selector: Some(selector_labels(cluster)),
+            ports: Some(vec![port("client", CLIENT_PORT)]),
+            ..ServiceSpec::default()
+        }),
+        status: None,
+    })
+}
+
+/// At most one member down by voluntary disruption (drains), as the healing procedure allows.
+pub fn pod_disruption_budget(cluster: &StorageCluster) -> PodDisruptionBudget {
+    stamp(PodDisruptionBudget {
+        metadata: child_meta(cluster, cluster.name_any()),
+        spec: Some(PodDisruptionBudgetSpec {
+            max_unavailable: Some(IntOrString::Int(1)),
+            selector: Some(LabelSelector {
+                match_labels: Some(selector_labels(cluster)),
+                match_expressions: None,
+            }),
+            ..PodDisruptionBudgetSpec::default()
+        }),
+        status: None,
+    })
+}
+
+/// A member's volume claim, sized and classed from `spec.storage`.
+pub fn pvc(cluster: &StorageCluster, member: &str) -> PersistentVolumeClaim {
+    let mut metadata = child_meta(cluster, pvc_name(member));
+    metadata
+        .labels
+        .get_or_insert_with(BTreeMap::new)
+        .insert(MEMBER_LABEL.to_string(), member.to_string());
+    stamp(PersistentVolumeClaim {
+        metadata,
+        spec: Some(PersistentVolumeClaimSpec {
+            access_modes: Some(vec!["ReadWriteOnce".to_string()]),
+            storage_class_name: cluster.spec.storage.storage_class_name.clone(),
+            resources: Some(VolumeResourceRequirements {
+                requests: Some(BTreeMap::from([(
+                    "storage".to_string(),
+                    Quantity(cluster.spec.storage.size.clone()),
+                )])),
+                limits: None,
+            }),
+            ..PersistentVolumeClaimSpec::default()
+        }),
+        status: None,
+    })
+}
+
+/// The generated root credentials: user `root` and `password`.
+pub fn root_secret(cluster: &StorageCluster, password: &str) -> Secret {
+    Secret {
+        metadata: child_meta(cluster, generated_secret_name(cluster)),
+        type_: Some("Opaque".to_string()),
+        data: Some(BTreeMap::from([
+            ("username".to_string(), ByteString(b"root".to_vec())),
+            (
+                "password".to_string(),
+                ByteString(password.as_bytes().to_vec()),
+            ),
+        ])),
+        ..Secret::default()
+    }
+}
+
+/// The storage-node command line of `member`: etcd's flags, listening on every address (listen
+/// URLs must be IPs) and advertising the member's stable DNS name.
+pub fn member_args(cluster: &StorageCluster, member: &str, state: ClusterState) -> Vec<String> {
+    let host = member_host(cluster, member);
+    let token = format!(
+        "{}-{}",
+        cluster.namespace().unwrap_or_default(),
+        cluster.name_any()
+    );
+    [
+        ("--name", member.to_string()),
+        ("--data-dir", DATA_DIR.to_string()),
+        (
+            "--listen-client-urls",
+            format!("http://0.0.0.0:{CLIENT_PORT}"),
+        ),
+        (
+            "--advertise-client-urls",
+            format!("http://{host}:{CLIENT_PORT}"),
+        ),
+        ("--listen-peer-urls", format!("http://0.0.0.0:{PEER_PORT}")),
+        (
+            "--initial-advertise-peer-urls",
+            format!("http://{host}:{PEER_PORT}"),
+        ),
+        ("--initial-cluster", initial_cluster(cluster)),
+        ("--initial-cluster-state", state.flag().to_string()),
+        ("--initial-cluster-token", token),
+        (
+            "--listen-metrics-urls",
+            format!("http://0.0.0.0:{METRICS_PORT}"),
+        ),
+        ("--log-format", "json".to_string()),
+    ]
+    .into_iter()
+    .map(|(flag, value)| format!("{flag}={value}"))
+    .collect()
+}
+
+fn http_probe(path: &str, period: i32, failures: i32) -> Probe {
+    Probe {
+        http_get: Some(HTTPGetAction {
+            path: Some(path.to_string()),
+            port: IntOrString::String("metrics".to_string()),
+            ..HTTPGetAction::default()
+        }),
+        period_seconds: Some(period),
+        failure_threshold: Some(failures),
+        timeout_seconds: Some(2),
+        ..Probe::default()
+    }
+}
+
+fn container_port(name: &str, port: i32) -> ContainerPort {
+    ContainerPort {
+        name: Some(name.to_string()),
+        container_port: port,
+        protocol: Some("TCP".to_string()),
+        ..ContainerPort::default()
+    }
+}
+
+/// The pod of `member`, with its own volume claim, started as `state` says. Placement and
+/// resources come from the spec.
+pub fn member_pod(cluster: &StorageCluster, member: &str, state: ClusterState) -> Pod {
+    let mut metadata = child_meta(cluster, member.to_string());
+    metadata
+        .labels
+        .get_or_insert_with(BTreeMap::new)
+        .insert(MEMBER_LABEL.to_string(), member.to_string());
+    let placement = &cluster.spec.placement;
+    let container = Container {
+        name: "storage-node".to_string(),
+        image: Some(cluster.spec.image.clone()),
+        command: Some(vec!["storage-node".to_string()]),
+        args: Some(member_args(cluster, member, state)),
+        ports: Some(vec![
+            container_port("client", CLIENT_PORT),
+            container_port("peer", PEER_PORT),
+            container_port("metrics", METRICS_PORT),
+        ]),
+        readiness_probe: Some(http_probe("/readyz", 5, 3)),
+        liveness_probe: Some(Probe {
+            // A member replaying its log after a restart is alive but slow to answer at first.
+            initial_delay_seconds: Some(15),
+            ..http_probe("/health", 10, 6)
+        }),
+        resources: cluster.spec.resources.clone(),
+        volume_mounts: Some(vec![VolumeMount {
+            name: "data".to_string(),
+            mount_path: DATA_MOUNT.to_string(),
+            ..VolumeMount::default()
+        }]),
+        security_context: Some(SecurityContext {
+            allow_privilege_escalation: Some(false),
+            read_only_root_filesystem: Some(true),
+            run_as_non_root: Some(true),
+            capabilities: Some(Capabilities {
+                drop: Some(vec!["ALL".to_string()]),
+                add: None,
+            }),
+            ..SecurityContext::default()
+        }),
+        ..Container::default()
+    };
+    stamp(Pod {
+        metadata,
+        spec: Some(PodSpec {
+            hostname: Some(member.to_string()),
+            subdomain: Some(peer_service_name(cluster)),
+            containers: vec![container],
+            volumes: Some(vec![Volume {
+                name: "data".to_string(),
+                persistent_volume_claim: Some(PersistentVolumeClaimVolumeSource {
+                    claim_name: pvc_name(member),
+                    read_only: None,
+                }),
+                ..Volume::default()
+            }]),
+            // Service links would put `<SERVICE>_*` variables in the environment, where the
+            // node reads its `ETCD_*` flags: a Service named `etcd-...` could set one.
+            enable_service_links: Some(false),
+            restart_policy: Some("Always".to_string()),
+            termination_grace_period_seconds: Some(30),
+            security_context: Some(PodSecurityContext {
+                run_as_non_root: Some(true),
+                run_as_user: Some(MEMBER_UID),
+                run_as_group: Some(MEMBER_UID),
+                fs_group: Some(MEMBER_UID),
+                seccomp_profile: Some(SeccompProfile {
+                    type_: "RuntimeDefault".to_string(),
+                    localhost_profile: None,
+                }),
+                ..PodSecurityContext::default()
+            }),
+            node_selector: (!placement.node_selector.is_empty())
+                .then(|| placement.node_selector.clone()),
+            tolerations: (!placement.tolerations.is_empty()).then(|| placement.tolerations.clone()),
+            affinity: Some(
+                placement
+                    .affinity
+                    .clone()
+                    .unwrap_or_else(|| spread_members(cluster)),
+            ),
+            priority_class_name: placement.priority_class_name.clone(),
+            ..PodSpec::default()
+        }),
+        status: None,
+    })
+}
+
+/// Without affinity rules in the spec: members on different nodes where possible, so a node
+/// loss takes one member, not the quorum. Preferred, not required, so a cluster of fewer
+/// nodes than members still starts.
+fn spread_members(cluster: &StorageCluster) -> Affinity {
+    Affinity {
+        pod_anti_affinity: Some(PodAntiAffinity {
+            preferred_during_scheduling_ignored_during_execution: Some(vec![
+                WeightedPodAffinityTerm {
+                    weight: 100,
+                    pod_affinity_term: PodAffinityTerm {
+                        topology_key: "kubernetes.io/hostname".to_string(),
+                        label_selector: Some(LabelSelector {
+                            match_labels: Some(selector_labels(cluster)),
+                            match_expressions: None,
+                        }),
+                        ..PodAffinityTerm::default()
+                    },
+                },
+            ]),
+            required_during_scheduling_ignored_during_execution: None,
+        }),
+        ..Affinity::default()
+    }
+}
+
+/// What is wrong with a spec the API server should have refused (a CRD installed without its
+/// validation, or an older CRD version), phrased as what to fix; `None` when it is valid.
+pub fn spec_problem(cluster: &StorageCluster) -> Option<String> {
+    let replicas = cluster.spec.replicas;
+    if !(1..=7).contains(&replicas) {
+        return Some(format!(
+            "spec.replicas is {replicas}: set it to 1, 3, 5 or 7"
+        ));
+    }
+    if replicas % 2 == 0 {
+        return Some(format!(
+            "spec.replicas is {replicas}, an even number: set it to {} or {} so a majority \
+             survives a member loss",
+            replicas - 1,
+            replicas + 1
+        ));
+    }
+    if cluster.spec.image.trim().is_empty() {
+        return Some("spec.image is empty: set the storage-node image to run".to_string());
+    }
+    if cluster.namespace().is_none() {
+        return Some("the StorageCluster has no namespace".to_string());
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::controller::fixtures::cluster;
+
+    #[test]
+    fn members_advertise_stable_names_and_listen_on_every_address() {
+        let sc = cluster("demo", 3);
+        let args = member_args(&sc, "demo-1", ClusterState::New);
+        assert!(args.contains(&"--name=demo-1".to_string()));
+        assert!(args.contains(&"--listen-client-urls=http://0.0.0.0:2379".to_string()));
+        assert!(args.contains(
+            &"--advertise-client-urls=http://demo-1.demo-peer.default.svc:2379".to_string()
+        ));
+        assert!(args.contains(&"--initial-cluster-state=new".to_string()));
+        assert!(
+            args.contains(
+                &"--initial-cluster=demo-0=http://demo-0.demo-peer.default.svc:2380,\
+              demo-1=http://demo-1.demo-peer.default.svc:2380,\
+              demo-2=http://demo-2.demo-peer.default.svc:2380"
+                    .to_string()
+            )
+        );
+        let joining = member_args(&sc, "demo-1", ClusterState::Existing);
+        assert!(joining.contains(&"--initial-cluster-state=existing".to_string()));
+    }
+
+    #[test]
+    fn every_child_is_owned_by_the_cluster_and_labelled() {
+        let sc = cluster("demo", 3);
+        let metas = [
+            peer_service(&sc).metadata,
+            client_service(&sc).metadata,
+            pod_disruption_budget(&sc).metadata,
+            pvc(&sc, "demo-0").metadata,
+            member_pod(&sc, "demo-0", ClusterState::New).metadata,
+            root_secret(&sc, "pw").metadata,
+        ];
+        for meta in metas {
+            let owner = &meta.owner_references.as_ref().expect("owner")[0];
+            assert_eq!(owner.kind, "StorageCluster");
+            assert_eq!(owner.controller, Some(true));
+            let labels = meta.labels.expect("labels");
+            assert_eq!(labels["app.kubernetes.io/instance"], "demo");
+            assert_eq!(labels["app.kubernetes.io/managed-by"], "mend-operator");
+        }
+    }
+
+    #[test]
+    fn the_applied_hash_changes_with_the_desired_state_only() {
+        let sc = cluster("demo", 3);
+        let a = member_pod(&sc, "demo-0", ClusterState::New);
+        let b = member_pod(&sc, "demo-0", ClusterState::New);
+        assert_eq!(applied_hash(&a.metadata), applied_hash(&b.metadata));
+        let mut other = sc.clone();
+        other.spec.image = "elsewhere/storage-node:2".to_string();
+        let c = member_pod(&other, "demo-0", ClusterState::New);
+        assert_ne!(applied_hash(&a.metadata), applied_hash(&c.metadata));
+    }
+
+    #[test]
+    fn a_member_without_its_volume_joins_a_cluster_that_has_data() {
+        let none = BTreeSet::new();
+        assert_eq!(start_state("demo-0", &none), ClusterState::New);
+        let some = BTreeSet::from(["demo-0", "demo-2"]);
+        assert_eq!(start_state("demo-0", &some), ClusterState::New);
+        assert_eq!(start_state("demo-1", &some), ClusterState::Existing);
+    }
+
+    #[test]
+    fn members_spread_over_nodes_unless_the_spec_places_them() {
+        let sc = cluster("demo", 3);
+        let pod = member_pod(&sc, "demo-0", ClusterState::New);
+        let spread = pod
+            .spec
+            .and_then(|s| s.affinity)
+            .and_then(|a| a.pod_anti_affinity);
+        let term = &spread
+            .expect("anti-affinity")
+            .preferred_during_scheduling_ignored_during_execution
+            .expect("preferred")[0];
+        assert_eq!(
+            term.pod_affinity_term.topology_key,
+            "kubernetes.io/hostname"
+        );
+        let mut placed = sc.clone();
+        placed.spec.placement.affinity = Some(Affinity::default());
+        let pod = member_pod(&placed, "demo-0", ClusterState::New);
+        assert_eq!(pod.spec.and_then(|s| s.affinity), Some(Affinity::default()));
+    }
+
+    #[test]
+    fn even_or_out_of_range_replicas_say_what_to_set() {
+        assert_eq!(spec_problem(&cluster("demo", 3)), None);
+        let even = spec_problem(&cluster("demo", 4)).expect("even refused");
+        assert!(even.contains("set it to 3 or 5"), "{even}");
+        let zero = spec_problem(&cluster("demo", 0)).expect("zero refused");
+        assert!(zero.contains("1, 3, 5 or 7"), "{zero}");
+        assert!(spec_problem(&cluster("demo", 9)).is_some());
+    }
+}

@@ -1,0 +1,335 @@
+//! `operator run`: the controller in a process. It serves `/metrics`, `/healthz` and `/readyz`,
+//! waits to win the leader Lease, then runs the kube-runtime Controller while renewing it, and
+//! stops cleanly on SIGTERM or Ctrl-C (in-flight reconciles finish, the Lease is released so
+//! the other replica takes over at once).
+//!
+//! `/healthz` answers 200 while the process runs. `/readyz` answers 200 once the replica has
+//! reached the API server and taken part in the election (leader or standby): a standby is
+//! ready to take over, which is what its readiness means.
+
+use std::net::SocketAddr;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::routing::get;
+use crds::StorageCluster;
+use futures_util::StreamExt;
+use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod, Service};
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use k8s_openapi::jiff::Timestamp;
+use kube::runtime::Controller;
+use kube::runtime::events::{Recorder, Reporter};
+use kube::runtime::watcher;
+use kube::{Api, Client};
+use tokio::sync::watch;
+use tracing::{info, warn};
+
+use super::lease::LeaseLock;
+use super::members::Grpc;
+use super::metrics::Metrics;
+use super::{Context, Error, FIELD_MANAGER, Result, error_policy, reconcile};
+
+/// Flags of `operator run`.
+#[derive(Debug, clap::Args)]
+pub struct RunArgs {
+    /// Address serving /metrics, /healthz and /readyz.
+    #[arg(long, env = "MEND_METRICS_ADDR", default_value = "0.0.0.0:8080")]
+    pub metrics_addr: SocketAddr,
+    /// Namespace of the leader-election Lease (the operator's own namespace).
+    #[arg(long, env = "POD_NAMESPACE", default_value = "mend-system")]
+    pub lease_namespace: String,
+    /// Name of the leader-election Lease.
+    #[arg(long, env = "MEND_LEASE_NAME", default_value = "mend-operator")]
+    pub lease_name: String,
+    /// This replica's identity in the election; the pod name in a cluster.
+    #[arg(long, env = "POD_NAME")]
+    pub identity: Option<String>,
+    /// Seconds a leader holds the Lease without renewing it before another replica takes over.
+    #[arg(long, env = "MEND_LEASE_DURATION_SECONDS", default_value_t = 15, value_parser = clap::value_parser!(u64).range(3..=300))]
+    pub lease_duration_seconds: u64,
+    /// Seconds any call to a member (probe, auth bootstrap) may take.
+    #[arg(long, env = "MEND_MEMBER_TIMEOUT_SECONDS", default_value_t = 3, value_parser = clap::value_parser!(u64).range(1..=60))]
+    pub member_timeout_seconds: u64,
+}
+
+/// Resolves on SIGTERM or Ctrl-C.
+async fn termination() {
+    let ctrl_c = async {
+        if tokio::signal::ctrl_c().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    };
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        () = ctrl_c => {}
+        () = term => {}
+    }
+}
+
+/// Resolves once `shutdown` turns true.
+async fn stopped(mut shutdown: watch::Receiver<bool>) {
+    // An error means the sender is gone, which only happens at exit: stop too.
+    let _ = shutdown.wait_for(|stop| *stop).await;
+}
+
+/// What the health endpoints read.
+struct Health {
+    metrics: Arc<Metrics>,
+    ready: AtomicBool,
+}
+
+fn router(health: Arc<Health>) -> Router {
+    Router::new()
+        .route(
+            "/metrics",
+            get(|State(h): State<Arc<Health>>| async move {
+                (
+                    [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+                    h.metrics.render(),
+                )
+            }),
+        )
+        .route("/healthz", get(|| async { "ok" }))
+        .route(
+            "/readyz",
+            get(|State(h): State<Arc<Health>>| async move {
+                if h.ready.load(Ordering::Relaxed) {
+                    (StatusCode::OK, "ok")
+                } else {
+                    (StatusCode::SERVICE_UNAVAILABLE, "not ready")
+                }
+            }),
+        )
+        .with_state(health)
+}
+
+/// Runs `operator run` until SIGTERM or Ctrl-C; an error (API server unreachable at start,
+/// leadership lost) ends the process so Kubernetes restarts it.
+pub async fn run(args: RunArgs) -> Result<()> {
+    let (stop, shutdown) = watch::channel(false);
+    tokio::spawn(async move {
+        termination().await;
+        info!("shutting down");
+        let _ = stop.send(true);
+    });
+
+    let metrics = Arc::new(Metrics::default());
+    let health = Arc::new(Health {
+        metrics: metrics.clone(),
+        ready: AtomicBool::new(false),
+    });
+    let listener = tokio::net::TcpListener::bind(args.metrics_addr)
+        .await
+        .map_err(|e| Error::Config(format!("binding {}: {e}", args.metrics_addr)))?;
+    let server = axum::serve(listener, router(health.clone()))
+        .with_graceful_shutdown(stopped(shutdown.clone()));
+    tokio::spawn(async move {
+        if let Err(e) = server.await {
+            warn!(error = %e, "metrics server stopped");
+        }
+    });
+
+    let client = Client::try_default()
+        .await
+        .map_err(|e| Error::Config(format!("no Kubernetes client configuration: {e}")))?;
+    let identity = match args.identity {
+        Some(identity) => identity,
+        // A pod's host name is its name; outside a pod, any distinct name will do.
+        None => std::env::var("HOSTNAME")
+            .ok()
+            .or_else(|| std::fs::read_to_string("/etc/hostname").ok())
+            .map(|h| h.trim().to_string())
+            .filter(|h| !h.is_empty())
+            .unwrap_or_else(|| FIELD_MANAGER.to_string()),
+    };
+    let duration = Duration::from_secs(args.lease_duration_seconds);
+    let lock = LeaseLock::new(
+        Api::namespaced(client.clone(), &args.lease_namespace),
+        &args.lease_name,
+        &identity,
+        duration,
+    );
+    info!(%identity, lease = %args.lease_name, namespace = %args.lease_namespace, "waiting for the leader lease");
+    if !acquire(&lock, &health, shutdown.clone()).await {
+        return Ok(());
+    }
+    metrics.set_leader(true);
+    info!(%identity, "leading");
+
+    let ctx = Arc::new(Context::new(
+        client.clone(),
+        Recorder::new(
+            client.clone(),
+            Reporter {
+                controller: FIELD_MANAGER.to_string(),
+                instance: Some(identity.clone()),
+            },
+        ),
+        metrics.clone(),
+        Arc::new(Grpc::new(Duration::from_secs(args.member_timeout_seconds))),
+    ));
+    let children = watcher::Config::default().labels("app.kubernetes.io/managed-by=mend-operator");
+    let controller = Controller::new(
+        Api::<StorageCluster>::all(client.clone()),
+        watcher::Config::default(),
+    )
+    .owns(Api::<Pod>::all(client.clone()), children.clone())
+    .owns(
+        Api::<PersistentVolumeClaim>::all(client.clone()),
+        children.clone(),
+    )
+    .owns(Api::<Service>::all(client.clone()), children.clone())
+    .owns(Api::<PodDisruptionBudget>::all(client.clone()), children)
+    .graceful_shutdown_on(stopped(shutdown.clone()))
+    .run(reconcile, error_policy, ctx)
+    .for_each(|result| async move {
+        if let Err(e) = result {
+            warn!(error = %e, "controller");
+        }
+    });
+
+    let outcome = tokio::select! {
+        () = controller => Ok(()),
+        lost = keep(&lock) => lost,
+    };
+    metrics.set_leader(false);
+    if outcome.is_ok() {
+        match tokio::time::timeout(duration, lock.release()).await {
+            Ok(Ok(())) => info!("released the leader lease"),
+            Ok(Err(e)) => warn!(error = %e, "releasing the leader lease"),
+            Err(_) => warn!("releasing the leader lease timed out"),
+        }
+    }
+    outcome
+}
+
+/// How often the Lease is retried or renewed: three chances within one lease duration.
+fn retry_period(lock: &LeaseLock) -> Duration {
+    lock.duration() / 3
+}
+
+/// Tries for the Lease until it is held (`true`) or shutdown comes first (`false`).
+async fn acquire(lock: &LeaseLock, health: &Health, mut shutdown: watch::Receiver<bool>) -> bool {
+    let period = retry_period(lock);
+    loop {
+        match tokio::time::timeout(period, lock.try_acquire_or_renew(Timestamp::now())).await {
+            Ok(Ok(true)) => {
+                health.ready.store(true, Ordering::Relaxed);
+                return true;
+            }
+            Ok(Ok(false)) => health.ready.store(true, Ordering::Relaxed),
+            Ok(Err(e)) => warn!(error = %e, "leader lease"),
+            Err(_) => warn!("leader lease: the API server did not answer in time"),
+        }
+        tokio::select! {
+            _ = shutdown.wait_for(|stop| *stop) => return false,
+            () = tokio::time::sleep(period) => {}
+        }
+    }
+}
+
+/// Renews the Lease until a renewal has not succeeded for a whole lease duration: then another
+/// replica may hold it, and this one must stop reconciling.
+async fn keep(lock: &LeaseLock) -> Result<()> {
+    let period = retry_period(lock);
+    let mut renewed = Instant::now();
+    loop {
+        tokio::time::sleep(period).await;
+        match tokio::time::timeout(period, lock.try_acquire_or_renew(Timestamp::now())).await {
+            Ok(Ok(true)) => renewed = Instant::now(),
+            Ok(Ok(false)) => return Err(Error::LostLease("another replica holds it".into())),
+            Ok(Err(e)) => warn!(error = %e, "renewing the leader lease"),
+            Err(_) => warn!("renewing the leader lease: the API server did not answer in time"),
+        }
+        if renewed.elapsed() >= lock.duration() {
+            return Err(Error::LostLease("not renewed within its duration".into()));
+        }
+    }
+}
+
+/// `operator run` from `main` (which installed the log subscriber): a tokio runtime and
+/// [`run`]; the exit code says how it ended.
+pub fn run_cli(args: RunArgs) -> ExitCode {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("operator run: starting the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(args)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = %e, "operator run");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// The status line and body of `GET path` on `addr`.
+    async fn get(addr: SocketAddr, path: &str) -> String {
+        let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        let request = format!("GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n");
+        stream.write_all(request.as_bytes()).await.expect("send");
+        let mut response = String::new();
+        tokio::time::timeout(Duration::from_secs(5), stream.read_to_string(&mut response))
+            .await
+            .expect("answer in time")
+            .expect("read");
+        response
+    }
+
+    #[tokio::test]
+    async fn readyz_is_503_until_the_election_ran_and_metrics_is_prometheus_text() {
+        let health = Arc::new(Health {
+            metrics: Arc::new(Metrics::default()),
+            ready: AtomicBool::new(false),
+        });
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("address");
+        let (stop, shutdown) = watch::channel(false);
+        let server = tokio::spawn(
+            axum::serve(listener, router(health.clone()))
+                .with_graceful_shutdown(stopped(shutdown))
+                .into_future(),
+        );
+        assert!(get(addr, "/readyz").await.starts_with("HTTP/1.1 503"));
+        health.ready.store(true, Ordering::Relaxed);
+        assert!(get(addr, "/readyz").await.starts_with("HTTP/1.1 200"));
+        assert!(get(addr, "/healthz").await.starts_with("HTTP/1.1 200"));
+        let metrics = get(addr, "/metrics").await;
+        assert!(metrics.contains("text/plain; version=0.0.4"), "{metrics}");
+        assert!(
+            metrics.contains("mend_operator_reconciles_total 0"),
+            "{metrics}"
+        );
+        stop.send(true).expect("server listens");
+        tokio::time::timeout(Duration::from_secs(5), server)
+            .await
+            .expect("graceful shutdown in time")
+            .expect("server task")
+            .expect("server");
+    }
+}

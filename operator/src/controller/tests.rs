@@ -1,0 +1,593 @@
+//! Reconciles against a mocked API server: each scenario lists, in order, the requests the
+//! controller must make, asserts their method, path, field manager and key body fields, and
+//! answers them as the API server would. Every request is also checked against [`API_CALLS`].
+
+use std::sync::atomic::Ordering;
+
+use http::Method;
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::jiff::Timestamp;
+use kube::Api;
+use serde_json::{Value, json};
+
+use super::fixtures::{ApiServerVerifier, cluster, lease_spec, mock_client, observation};
+use super::lease::LeaseLock;
+use super::{API_CALLS, Context, reconcile};
+use crate::detector::Round;
+
+const NS: &str = "/api/v1/namespaces/default";
+const STATUS: &str = "/apis/mend.dev/v1alpha1/namespaces/default/storageclusters/demo/status";
+const EVENTS: &str = "/apis/events.k8s.io/v1/namespaces/default/events";
+
+/// The label-selected lists every valid reconcile starts with, in order.
+const LISTS: [(&str, &str); 4] = [
+    ("pods", "/api/v1/namespaces/default/pods"),
+    (
+        "persistentvolumeclaims",
+        "/api/v1/namespaces/default/persistentvolumeclaims",
+    ),
+    ("services", "/api/v1/namespaces/default/services"),
+    (
+        "poddisruptionbudgets",
+        "/apis/policy/v1/namespaces/default/poddisruptionbudgets",
+    ),
+];
+
+/// What a first reconcile applied: the children by list they belong to, and the status.
+#[derive(Clone, Debug, Default)]
+struct Applied {
+    secret: Value,
+    children: Vec<(&'static str, Value)>,
+    status: Value,
+}
+
+impl Applied {
+    fn items(&self, list: &str) -> Vec<Value> {
+        self.children
+            .iter()
+            .filter(|(l, _)| *l == list)
+            .map(|(_, v)| v.clone())
+            .collect()
+    }
+}
+
+/// What the mocked API server expects, in order.
+enum Scenario {
+    /// A new cluster: the root Secret is generated, every child is created, members do not
+    /// answer yet, the status says so.
+    Create,
+    /// Children and status exactly as a first reconcile left them: reads only.
+    Unchanged(Applied),
+    /// Children exist and every member answers: auth is bootstrapped (an Event), and the status
+    /// reports the members.
+    MembersAnswer(Applied),
+    /// Children exist, auth is on, members answer: only the status is written.
+    StatusOnly(Applied),
+    /// Even replicas: a condition and a Warning Event, nothing else.
+    InvalidSpec,
+    /// The root Secret the spec names does not exist: a condition and a Warning Event.
+    MissingSecret,
+}
+
+impl ApiServerVerifier {
+    fn run(mut self, scenario: Scenario) -> tokio::task::JoinHandle<(Applied, Self)> {
+        tokio::spawn(async move {
+            let applied = match scenario {
+                Scenario::Create => self.create().await,
+                Scenario::Unchanged(applied) => {
+                    self.reads(&applied).await;
+                    applied
+                }
+                Scenario::MembersAnswer(applied) => {
+                    self.reads(&applied).await;
+                    self.event("AuthEnabled", "Normal").await;
+                    let status = self.status().await;
+                    Applied { status, ..applied }
+                }
+                Scenario::StatusOnly(applied) => {
+                    self.reads(&applied).await;
+                    let status = self.status().await;
+                    Applied { status, ..applied }
+                }
+                Scenario::MissingSecret => {
+                    self.expect(Method::GET, &format!("{NS}/secrets/mine"))
+                        .await
+                        .error(404, "NotFound");
+                    let status = self.status().await;
+                    self.event("RootSecretUnusable", "Warning").await;
+                    Applied {
+                        status,
+                        ..Applied::default()
+                    }
+                }
+                Scenario::InvalidSpec => {
+                    let status = self.status().await;
+                    self.event("InvalidSpec", "Warning").await;
+                    Applied {
+                        status,
+                        ..Applied::default()
+                    }
+                }
+            };
+            (applied, self)
+        })
+    }
+
+    async fn create(&mut self) -> Applied {
+        self.expect(Method::GET, &format!("{NS}/secrets/demo-root"))
+            .await
+            .error(404, "NotFound");
+        let secret = self
+            .apply(&format!("{NS}/secrets/demo-root"), "Secret")
+            .await;
+        assert!(secret["data"]["username"].is_string() && secret["data"]["password"].is_string());
+        for (_, path) in LISTS {
+            let list = self.expect(Method::GET, path).await;
+            assert!(list.query.contains("labelSelector="), "{}", list.query);
+            list.ok(&json!({ "apiVersion": "v1", "kind": "List", "metadata": {}, "items": [] }));
+        }
+        let mut children = vec![
+            (
+                "services",
+                self.apply(&format!("{NS}/services/demo-peer"), "Service")
+                    .await,
+            ),
+            (
+                "services",
+                self.apply(&format!("{NS}/services/demo-client"), "Service")
+                    .await,
+            ),
+            (
+                "poddisruptionbudgets",
+                self.apply(
+                    "/apis/policy/v1/namespaces/default/poddisruptionbudgets/demo",
+                    "PodDisruptionBudget",
+                )
+                .await,
+            ),
+        ];
+        for member in ["demo-0", "demo-1", "demo-2"] {
+            let pvc = self
+                .apply(
+                    &format!("{NS}/persistentvolumeclaims/data-{member}"),
+                    "PersistentVolumeClaim",
+                )
+                .await;
+            children.push(("persistentvolumeclaims", pvc));
+            let pod = self.apply(&format!("{NS}/pods/{member}"), "Pod").await;
+            children.push(("pods", pod));
+        }
+        self.event("MembersCreated", "Normal").await;
+        let status = self.status().await;
+        Applied {
+            secret,
+            children,
+            status,
+        }
+    }
+
+    /// The reads of a reconcile whose children exist as `applied` holds them.
+    async fn reads(&mut self, applied: &Applied) {
+        self.expect(Method::GET, &format!("{NS}/secrets/demo-root"))
+            .await
+            .ok(&applied.secret);
+        for (list, path) in LISTS {
+            self.expect(Method::GET, path).await.ok(&json!({
+                "apiVersion": "v1", "kind": "List", "metadata": {}, "items": applied.items(list),
+            }));
+        }
+    }
+
+    /// A forced server-side apply of a `kind` at `path`, owned by and labelled for the cluster.
+    async fn apply(&mut self, path: &str, kind: &str) -> Value {
+        let seen = self.expect(Method::PATCH, path).await;
+        assert!(seen.is_forced_apply(), "{path}: {}", seen.query);
+        let body = seen.body.clone();
+        assert_eq!(body["kind"], kind);
+        let meta = &body["metadata"];
+        assert_eq!(
+            meta["ownerReferences"],
+            json!([{
+                "apiVersion": "mend.dev/v1alpha1", "kind": "StorageCluster", "name": "demo",
+                "uid": "uid-demo", "controller": true,
+            }]),
+            "{path}"
+        );
+        assert_eq!(meta["labels"]["app.kubernetes.io/name"], "storage-node");
+        assert_eq!(meta["labels"]["app.kubernetes.io/instance"], "demo");
+        assert_eq!(
+            meta["labels"]["app.kubernetes.io/managed-by"],
+            "mend-operator"
+        );
+        if kind != "Secret" {
+            assert!(
+                meta["annotations"]["mend.dev/applied-hash"].is_string(),
+                "{path}"
+            );
+        }
+        seen.echo();
+        body
+    }
+
+    async fn event(&mut self, reason: &str, type_: &str) {
+        let seen = self.expect(Method::POST, EVENTS).await;
+        assert_eq!(seen.body["reason"], reason);
+        assert_eq!(seen.body["type"], type_);
+        assert_eq!(seen.body["regarding"]["name"], "demo");
+        seen.echo();
+    }
+
+    async fn status(&mut self) -> Value {
+        let seen = self.expect(Method::PATCH, STATUS).await;
+        assert!(seen.is_forced_apply(), "{}", seen.query);
+        assert_eq!(seen.body["kind"], "StorageCluster");
+        let status = seen.body["status"].clone();
+        // The API server answers with the whole resource.
+        let mut stored = serde_json::to_value(cluster("demo", 3)).expect("cluster json");
+        stored["status"] = status.clone();
+        seen.ok(&stored);
+        status
+    }
+}
+
+/// `reconcile` bounded in time: a request the scenario does not answer would block it forever.
+async fn reconcile_in_time(
+    cluster: crds::StorageCluster,
+    ctx: &std::sync::Arc<Context>,
+) -> super::Result<kube::runtime::controller::Action> {
+    tokio::time::timeout(
+        std::time::Duration::from_secs(5),
+        reconcile(cluster.into(), ctx.clone()),
+    )
+    .await
+    .expect("the reconcile made no request the scenario does not expect")
+}
+
+fn condition<'v>(status: &'v Value, type_: &str) -> &'v Value {
+    status["conditions"]
+        .as_array()
+        .and_then(|c| c.iter().find(|c| c["type"] == type_))
+        .unwrap_or_else(|| panic!("no {type_} condition in {status}"))
+}
+
+/// A first reconcile of a new 3-member cluster, returning what it applied.
+async fn first_reconcile() -> Applied {
+    let (ctx, verifier, _) = Context::test();
+    let server = verifier.run(Scenario::Create);
+    reconcile_in_time(cluster("demo", 3), &ctx)
+        .await
+        .expect("reconcile");
+    drop(ctx);
+    let (applied, verifier) = server.await.expect("scenario");
+    verifier.no_more_requests().await;
+    applied
+}
+
+#[tokio::test]
+async fn first_reconcile_creates_exactly_the_expected_children_with_owner_references() {
+    let applied = first_reconcile().await;
+
+    let pods = applied.items("pods");
+    let pod = &pods[0];
+    let container = &pod["spec"]["containers"][0];
+    assert_eq!(container["image"], "ghcr.io/mend-dev/storage-node:latest");
+    assert_eq!(container["command"], json!(["storage-node"]));
+    let args: Vec<&str> = container["args"]
+        .as_array()
+        .expect("args")
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    assert!(args.contains(&"--initial-cluster-state=new"), "{args:?}");
+    assert!(
+        args.contains(&"--listen-peer-urls=http://0.0.0.0:2380"),
+        "{args:?}"
+    );
+    assert!(
+        args.contains(&"--listen-metrics-urls=http://0.0.0.0:2381"),
+        "{args:?}"
+    );
+    assert_eq!(container["readinessProbe"]["httpGet"]["path"], "/readyz");
+    assert_eq!(container["livenessProbe"]["httpGet"]["path"], "/health");
+    assert_eq!(container["volumeMounts"][0]["mountPath"], "/var/lib/mend");
+    assert_eq!(pod["spec"]["subdomain"], "demo-peer");
+    assert_eq!(
+        pod["spec"]["volumes"][0]["persistentVolumeClaim"]["claimName"],
+        "data-demo-0"
+    );
+    assert_eq!(pod["spec"]["securityContext"]["runAsNonRoot"], true);
+
+    let pvc = &applied.items("persistentvolumeclaims")[0];
+    assert_eq!(pvc["spec"]["resources"]["requests"]["storage"], "1Gi");
+    let services = applied.items("services");
+    assert_eq!(services[0]["spec"]["clusterIP"], "None");
+    assert_eq!(services[0]["spec"]["publishNotReadyAddresses"], true);
+    assert_eq!(services[1]["spec"]["ports"][0]["port"], 2379);
+    let pdb = &applied.items("poddisruptionbudgets")[0];
+    assert_eq!(pdb["spec"]["maxUnavailable"], 1);
+
+    let status = &applied.status;
+    assert_eq!(status["observedGeneration"], 1);
+    assert_eq!(status["phase"], "Bootstrapping");
+    assert_eq!(status["replicas"], 3);
+    assert_eq!(status["readyReplicas"], 0);
+    assert_eq!(
+        status["selector"],
+        "app.kubernetes.io/instance=demo,app.kubernetes.io/name=storage-node"
+    );
+    assert_eq!(condition(status, "Progressing")["status"], "True");
+    assert_eq!(condition(status, "Available")["status"], "False");
+    assert_eq!(status["members"].as_array().map(Vec::len), Some(3));
+}
+
+/// "No-op" here means: fed back exactly the children and status the first reconcile applied, a
+/// second reconcile makes only the reads it needs to know that (the Secret, four label-selected
+/// lists) and no write at all: no create, no apply, no status patch, no Event.
+#[tokio::test]
+async fn a_second_reconcile_with_nothing_changed_makes_no_write() {
+    let applied = first_reconcile().await;
+    let mut again = cluster("demo", 3);
+    again.status = Some(serde_json::from_value(applied.status.clone()).expect("status"));
+
+    let (ctx, verifier, _) = Context::test();
+    let server = verifier.run(Scenario::Unchanged(applied));
+    reconcile_in_time(again, &ctx).await.expect("reconcile");
+    drop(ctx);
+    let (_, verifier) = server.await.expect("scenario");
+    verifier.no_more_requests().await;
+}
+
+#[tokio::test]
+async fn members_answering_get_auth_bootstrapped_once_and_reported_in_status() {
+    let applied = first_reconcile().await;
+    let mut running = cluster("demo", 3);
+    running.status = Some(serde_json::from_value(applied.status.clone()).expect("status"));
+
+    let (ctx, verifier, members) = Context::test();
+    *members.round.lock().expect("round") = Round {
+        members: vec![
+            observation(0x11, true, 2),
+            observation(0x22, false, 2),
+            observation(0x33, false, 2),
+        ],
+    };
+    let server = verifier.run(Scenario::MembersAnswer(applied));
+    reconcile_in_time(running, &ctx).await.expect("reconcile");
+    drop(ctx);
+    let (applied, verifier) = server.await.expect("scenario");
+    verifier.no_more_requests().await;
+    assert_eq!(members.bootstraps.load(Ordering::SeqCst), 1);
+
+    let status = &applied.status;
+    assert_eq!(status["phase"], "Available");
+    assert_eq!(status["leader"], "demo-0");
+    assert_eq!(status["readyReplicas"], 3);
+    assert_eq!(status["authRevisionDrift"], 0);
+    assert_eq!(status["members"][1]["name"], "demo-1");
+    assert_eq!(status["members"][1]["memberId"], "22");
+    assert_eq!(status["members"][1]["role"], "Follower");
+    assert_eq!(
+        status["members"][1]["endpoint"],
+        "http://demo-1.demo-peer.default.svc:2379"
+    );
+    assert_eq!(condition(status, "Available")["status"], "True");
+    assert_eq!(condition(status, "Progressing")["status"], "False");
+    assert_eq!(condition(status, "Diverged")["status"], "False");
+}
+
+#[tokio::test]
+async fn auth_revision_drift_between_members_is_reported_as_diverged() {
+    let applied = first_reconcile().await;
+    let mut running = cluster("demo", 3);
+    // One round of evidence is enough here; the detector's persistence rule has its own tests.
+    running.spec.healing.consecutive_probes = 1;
+    running.status = Some(serde_json::from_value(applied.status.clone()).expect("status"));
+
+    let (ctx, verifier, members) = Context::test();
+    members.auth_enabled.store(true, Ordering::SeqCst);
+    *members.round.lock().expect("round") = Round {
+        members: vec![
+            observation(0x11, true, 9),
+            observation(0x22, false, 8),
+            observation(0x33, false, 7),
+        ],
+    };
+    let server = verifier.run(Scenario::StatusOnly(applied));
+    reconcile_in_time(running, &ctx).await.expect("reconcile");
+    drop(ctx);
+    let (applied, verifier) = server.await.expect("scenario");
+    verifier.no_more_requests().await;
+    assert_eq!(
+        members.bootstraps.load(Ordering::SeqCst),
+        0,
+        "auth was on already"
+    );
+
+    let status = &applied.status;
+    assert_eq!(status["phase"], "Diverged");
+    assert_eq!(status["authRevisionDrift"], 2);
+    let diverged = condition(status, "Diverged");
+    assert_eq!(diverged["status"], "True");
+    assert_eq!(diverged["reason"], "AuthRevisionDrift");
+}
+
+#[tokio::test]
+async fn an_invalid_spec_sets_a_condition_and_a_warning_and_creates_nothing() {
+    let (ctx, verifier, _) = Context::test();
+    let server = verifier.run(Scenario::InvalidSpec);
+    let mut even = cluster("demo", 4);
+    even.metadata.generation = Some(2);
+    reconcile_in_time(even, &ctx)
+        .await
+        .expect("an invalid spec is reported, not retried");
+    drop(ctx);
+    let (applied, verifier) = server.await.expect("scenario");
+    verifier.no_more_requests().await;
+    let progressing = condition(&applied.status, "Progressing");
+    assert_eq!(progressing["status"], "False");
+    assert_eq!(progressing["reason"], "InvalidSpec");
+    let message = progressing["message"].as_str().expect("message");
+    assert!(message.contains("set it to 3 or 5"), "{message}");
+    assert_eq!(applied.status["observedGeneration"], 2);
+}
+
+#[tokio::test]
+async fn a_missing_root_secret_is_reported_and_looked_up_again_later() {
+    let (ctx, verifier, _) = Context::test();
+    let server = verifier.run(Scenario::MissingSecret);
+    let mut named = cluster("demo", 3);
+    named.spec.auth.root_secret_ref = Some("mine".to_string());
+    let action = reconcile_in_time(named, &ctx)
+        .await
+        .expect("a missing Secret is reported, not an error");
+    assert_eq!(
+        action,
+        kube::runtime::controller::Action::requeue(std::time::Duration::from_secs(30))
+    );
+    drop(ctx);
+    let (applied, verifier) = server.await.expect("scenario");
+    verifier.no_more_requests().await;
+    let progressing = condition(&applied.status, "Progressing");
+    assert_eq!(progressing["status"], "False");
+    assert_eq!(progressing["reason"], "RootSecretUnusable");
+    let message = progressing["message"].as_str().expect("message");
+    assert!(
+        message.contains("Secret mine") && message.contains("username and password"),
+        "{message}"
+    );
+}
+
+fn lease(holder: &str, renewed: Timestamp) -> Value {
+    let lease = Lease {
+        metadata: kube::api::ObjectMeta {
+            name: Some("mend-operator".to_string()),
+            namespace: Some("mend-system".to_string()),
+            resource_version: Some("7".to_string()),
+            ..Default::default()
+        },
+        spec: Some(lease_spec(Some(holder), renewed, 15)),
+    };
+    serde_json::to_value(lease).expect("lease json")
+}
+
+const LEASE: &str = "/apis/coordination.k8s.io/v1/namespaces/mend-system/leases/mend-operator";
+const LEASES: &str = "/apis/coordination.k8s.io/v1/namespaces/mend-system/leases";
+
+fn lock() -> (LeaseLock, ApiServerVerifier) {
+    let (client, verifier) = mock_client();
+    let api = Api::namespaced(client, "mend-system");
+    let lock = LeaseLock::new(
+        api,
+        "mend-operator",
+        "replica-a",
+        std::time::Duration::from_secs(15),
+    );
+    (lock, verifier)
+}
+
+#[tokio::test]
+async fn a_free_lease_is_acquired_by_creating_it() {
+    let (lock, mut verifier) = lock();
+    let server = tokio::spawn(async move {
+        verifier
+            .expect(Method::GET, LEASE)
+            .await
+            .error(404, "NotFound");
+        let create = verifier.expect(Method::POST, LEASES).await;
+        assert_eq!(create.body["spec"]["holderIdentity"], "replica-a");
+        assert_eq!(create.body["spec"]["leaseDurationSeconds"], 15);
+        create.echo();
+    });
+    assert!(
+        lock.try_acquire_or_renew(Timestamp::now())
+            .await
+            .expect("election")
+    );
+    server.await.expect("scenario");
+}
+
+#[tokio::test]
+async fn a_fresh_lease_held_by_another_replica_is_left_alone() {
+    let (lock, mut verifier) = lock();
+    let now = Timestamp::now();
+    let server = tokio::spawn(async move {
+        verifier
+            .expect(Method::GET, LEASE)
+            .await
+            .ok(&lease("replica-b", now));
+        verifier
+    });
+    assert!(!lock.try_acquire_or_renew(now).await.expect("election"));
+    drop(lock);
+    server.await.expect("scenario").no_more_requests().await;
+}
+
+#[tokio::test]
+async fn an_expired_lease_is_taken_over_with_its_resource_version() {
+    let (lock, mut verifier) = lock();
+    let now = Timestamp::now();
+    let stale = now - k8s_openapi::jiff::SignedDuration::from_secs(60);
+    let server = tokio::spawn(async move {
+        verifier
+            .expect(Method::GET, LEASE)
+            .await
+            .ok(&lease("replica-b", stale));
+        let update = verifier.expect(Method::PUT, LEASE).await;
+        assert_eq!(update.body["metadata"]["resourceVersion"], "7");
+        assert_eq!(update.body["spec"]["holderIdentity"], "replica-a");
+        assert_eq!(update.body["spec"]["leaseTransitions"], 1);
+        update.echo();
+    });
+    assert!(lock.try_acquire_or_renew(now).await.expect("election"));
+    server.await.expect("scenario");
+}
+
+#[tokio::test]
+async fn the_holder_renews_its_lease_without_counting_a_transition() {
+    let (lock, mut verifier) = lock();
+    let now = Timestamp::now();
+    let earlier = now - k8s_openapi::jiff::SignedDuration::from_secs(5);
+    let server = tokio::spawn(async move {
+        verifier
+            .expect(Method::GET, LEASE)
+            .await
+            .ok(&lease("replica-a", earlier));
+        let update = verifier.expect(Method::PUT, LEASE).await;
+        assert_eq!(update.body["spec"]["holderIdentity"], "replica-a");
+        assert_eq!(update.body["spec"]["leaseTransitions"], 0);
+        assert_ne!(
+            update.body["spec"]["renewTime"],
+            update.body["spec"]["acquireTime"]
+        );
+        update.echo();
+    });
+    assert!(lock.try_acquire_or_renew(now).await.expect("election"));
+    server.await.expect("scenario");
+}
+
+#[tokio::test]
+async fn losing_the_race_for_an_expired_lease_is_not_an_error() {
+    let (lock, mut verifier) = lock();
+    let now = Timestamp::now();
+    let stale = now - k8s_openapi::jiff::SignedDuration::from_secs(60);
+    let server = tokio::spawn(async move {
+        verifier
+            .expect(Method::GET, LEASE)
+            .await
+            .ok(&lease("replica-b", stale));
+        verifier
+            .expect(Method::PUT, LEASE)
+            .await
+            .error(409, "Conflict");
+    });
+    assert!(!lock.try_acquire_or_renew(now).await.expect("election"));
+    server.await.expect("scenario");
+}
+
+#[test]
+fn api_calls_name_each_call_once() {
+    let mut calls = API_CALLS.to_vec();
+    calls.sort_unstable();
+    calls.dedup();
+    assert_eq!(calls.len(), API_CALLS.len());
+}
