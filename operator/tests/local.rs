@@ -403,7 +403,7 @@ fn operator_killed_mid_heal_resumes_and_finishes_after_restart() {
     assert!(!heal_file.exists());
     assert_eq!(op.backups(), 1, "a resumed heal backs up once");
     assert!(
-        op.log()
+        op.full_log()
             .contains("stopping a member an earlier operator left running")
     );
     assert_eq!(healed.auth_revision_drift, 0);
