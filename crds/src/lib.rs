@@ -312,6 +312,38 @@ pub struct HealingStatus {
     /// Heals run so far.
     #[serde(default)]
     pub count: u32,
+    /// The heal in progress, as the executor records it after every step, so an operator
+    /// that restarts resumes it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub progress: Option<HealProgress>,
+}
+
+/// A heal in progress.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct HealProgress {
+    /// Member ID (hex) whose data every other member is rebuilt from.
+    pub source: String,
+    /// The plan.
+    pub steps: Vec<HealStep>,
+    /// Index in `steps` of the step to run next (the one running, while one runs).
+    pub next: u32,
+    /// Member ID (hex) → member name, as IDs change when members are added back.
+    #[serde(default)]
+    pub names: BTreeMap<String, String>,
+    /// Members added back: ID in the plan (hex) → new ID (hex).
+    #[serde(default)]
+    pub renamed: BTreeMap<String, String>,
+}
+
+/// One step of a heal.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct HealStep {
+    /// MoveLeader, Remove, Backup, Wipe, AddLearner, WaitCaughtUp, Promote or Verify.
+    pub action: String,
+    /// The member it acts on (hex ID).
+    pub member: String,
 }
 
 /// What the operator observed and did (Kubernetes API conventions).

@@ -109,6 +109,82 @@ impl Progress {
             .collect()
     }
 
+    /// The form the resource's status records it in (IDs in hex, as etcdctl prints them).
+    pub fn to_status(&self) -> crds::HealProgress {
+        let hex = |id: &u64| format!("{id:x}");
+        crds::HealProgress {
+            source: hex(&self.plan.source),
+            steps: self
+                .plan
+                .steps
+                .iter()
+                .map(|step| {
+                    let (action, member) = match step {
+                        Step::MoveLeader { to } => ("MoveLeader", to),
+                        Step::Remove { member } => ("Remove", member),
+                        Step::Backup { member } => ("Backup", member),
+                        Step::Wipe { member } => ("Wipe", member),
+                        Step::AddLearner { member } => ("AddLearner", member),
+                        Step::WaitCaughtUp { member } => ("WaitCaughtUp", member),
+                        Step::Promote { member } => ("Promote", member),
+                        Step::Verify { member } => ("Verify", member),
+                    };
+                    crds::HealStep {
+                        action: action.to_string(),
+                        member: hex(member),
+                    }
+                })
+                .collect(),
+            next: self.next as u32,
+            names: self
+                .names
+                .iter()
+                .map(|(id, n)| (hex(id), n.clone()))
+                .collect(),
+            renamed: self.renamed.iter().map(|(a, b)| (hex(a), hex(b))).collect(),
+        }
+    }
+
+    /// Reads back what [`Progress::to_status`] recorded; `None` when it is not a valid record.
+    pub fn from_status(status: &crds::HealProgress) -> Option<Progress> {
+        let id = |hex: &str| u64::from_str_radix(hex, 16).ok();
+        let steps = status
+            .steps
+            .iter()
+            .map(|s| {
+                let member = id(&s.member)?;
+                Some(match s.action.as_str() {
+                    "MoveLeader" => Step::MoveLeader { to: member },
+                    "Remove" => Step::Remove { member },
+                    "Backup" => Step::Backup { member },
+                    "Wipe" => Step::Wipe { member },
+                    "AddLearner" => Step::AddLearner { member },
+                    "WaitCaughtUp" => Step::WaitCaughtUp { member },
+                    "Promote" => Step::Promote { member },
+                    "Verify" => Step::Verify { member },
+                    _ => return None,
+                })
+            })
+            .collect::<Option<Vec<Step>>>()?;
+        Some(Progress {
+            plan: Plan {
+                source: id(&status.source)?,
+                steps,
+            },
+            next: status.next as usize,
+            names: status
+                .names
+                .iter()
+                .map(|(k, v)| Some((id(k)?, v.clone())))
+                .collect::<Option<_>>()?,
+            renamed: status
+                .renamed
+                .iter()
+                .map(|(k, v)| Some((id(k)?, id(v)?)))
+                .collect::<Option<_>>()?,
+        })
+    }
+
     /// The member's ID now (re-added members have a new one).
     fn current(&self, member: u64) -> u64 {
         self.renamed.get(&member).copied().unwrap_or(member)
@@ -489,5 +565,11 @@ mod tests {
         let back: Progress = serde_json::from_str(&json).expect("deserialize");
         assert_eq!(back, p);
         assert_eq!(back.current(2), 9);
+        let recorded = p.to_status();
+        assert_eq!(recorded.steps[1].action, "Remove");
+        assert_eq!(Progress::from_status(&recorded), Some(p));
+        let mut bad = recorded;
+        bad.steps[0].action = "Explode".into();
+        assert_eq!(Progress::from_status(&bad), None);
     }
 }

@@ -455,6 +455,7 @@ mod tests {
             step: Some(1),
             last_result: None,
             count: 0,
+            progress: None,
         });
         let status = build(&i);
         assert_eq!(status.phase, Phase::Healing);

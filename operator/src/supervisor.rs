@@ -391,6 +391,7 @@ impl Supervisor {
                         step: (!p.done()).then_some(p.next as u32),
                         last_result: last_result.clone(),
                         count: heals,
+                        progress: None,
                     };
                     let status = status::build(&status::Inputs {
                         generation: None,
@@ -491,6 +492,7 @@ impl Supervisor {
             step: None,
             last_result: self.healer.last_result.clone(),
             count: self.healer.heals,
+            progress: None,
         };
         let status = status::build(&status::Inputs {
             generation: None,

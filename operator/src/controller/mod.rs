@@ -41,7 +41,7 @@ pub mod resources;
 pub mod run;
 
 #[cfg(test)]
-mod fixtures;
+pub(crate) mod fixtures;
 #[cfg(test)]
 mod tests;
 
@@ -73,11 +73,15 @@ pub const API_CALLS: &[(&str, &str, &str)] = &[
     ("patch", "mend.dev", "storageclusters/status"),
     // Children: listed by label each reconcile, watched by the Controller (`owns`), created and
     // updated by server-side apply: a PATCH, which the API server authorizes as `create` too
-    // when the object does not exist yet. Nothing is deleted: owner references do that.
+    // when the object does not exist yet. Owner references delete them with the cluster.
     ("list", "", "pods"),
     ("watch", "", "pods"),
     ("create", "", "pods"),
     ("patch", "", "pods"),
+    // Healing: a rebuilt member's pod is deleted and awaited, and so is the one-off pod that
+    // moves its data aside (created, watched by name until it finishes).
+    ("get", "", "pods"),
+    ("delete", "", "pods"),
     ("list", "", "persistentvolumeclaims"),
     ("watch", "", "persistentvolumeclaims"),
     ("create", "", "persistentvolumeclaims"),
@@ -129,6 +133,9 @@ pub enum Error {
     /// The operator's own configuration (kubeconfig, listen address) is unusable.
     #[error("configuration: {0}")]
     Config(String),
+    /// A heal step failed; the heal resumes from that step at the next reconcile.
+    #[error("heal: {0}")]
+    Heal(String),
     /// Leadership was lost: another replica may be reconciling now.
     #[error("lost the leader lease {0}")]
     LostLease(String),
@@ -144,6 +151,7 @@ impl Error {
             Error::Bootstrap(_) => "bootstrap",
             Error::Config(_) => "config",
             Error::LostLease(_) => "lost_lease",
+            Error::Heal(_) => "heal",
         }
     }
 }

@@ -1,6 +1,8 @@
 //! One reconcile of one `StorageCluster`, read top to bottom as the procedure:
-//! refuse an invalid spec, ensure the root credentials, create what is missing, probe, bootstrap
-//! auth, write the status.
+//! refuse an invalid spec, ensure the root credentials, create what is missing (except the pods
+//! a heal in progress took out), probe, bootstrap auth, write the status, and heal: resume the
+//! heal the status records, or start the one the healing loop decided, step by step with the
+//! progress in the status and an Event per step.
 //!
 //! # A second reconcile is a no-op
 //! Children are applied only when missing, or, for Services and the PodDisruptionBudget, when
@@ -15,7 +17,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 
-use crds::{HealingMode, StorageCluster, StorageClusterStatus, condition};
+use crds::{HealingMode, HealingStatus, Phase, StorageCluster, StorageClusterStatus, condition};
 use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod, Secret, Service};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, ObjectMeta, Time};
@@ -30,8 +32,10 @@ use serde::de::DeserializeOwned;
 use tracing::{info, instrument, warn};
 
 use crate::detector::{Observation, Round, Tolerance};
+use crate::executor::{Executor, Progress};
 use crate::healer::{Assessment, Healer};
 use crate::planner::{Decision, Mode};
+use crate::platform::kube::KubePlatform;
 use crate::status::{self, MemberView};
 
 use super::resources;
@@ -39,6 +43,9 @@ use super::{Context, Error, FIELD_MANAGER, Result};
 
 /// How soon to look again at a root credentials Secret that was missing or incomplete.
 const SECRET_RETRY: Action = Action::requeue(Duration::from_secs(30));
+
+/// Bound on each etcd call a heal makes (catching up may take twelve of them).
+const HEAL_CALL_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Length of a generated root password (alphanumeric: about 190 bits).
 const PASSWORD_LEN: usize = 32;
@@ -113,7 +120,16 @@ impl<'a> Reconciler<'a> {
             credentials => credentials?,
         };
         let live = self.live_children().await?;
-        let created = self.apply_children(&live).await?;
+        // A heal in progress (recorded in the status) owns the pods of the members it took out.
+        let resumed = self
+            .cluster
+            .status
+            .as_ref()
+            .and_then(|s| s.healing.as_ref())
+            .and_then(|h| h.progress.as_ref())
+            .and_then(Progress::from_status);
+        let held_out = resumed.as_ref().map(Progress::held_out).unwrap_or_default();
+        let created = self.apply_children(&live, &held_out).await?;
 
         let names = resources::member_names(self.cluster);
         let endpoints: Vec<String> = names
@@ -139,7 +155,23 @@ impl<'a> Reconciler<'a> {
                 self.bootstrap_auth(&endpoints, user, password).await?;
             }
         }
-        let status = self.status(&names, &endpoints, round);
+        let member_ids: BTreeMap<u64, String> = round
+            .members
+            .iter()
+            .zip(&names)
+            .filter(|(o, _)| o.member != 0)
+            .map(|(o, name)| (o.member, name.clone()))
+            .collect();
+        let (status, decision) = self.status(&names, &endpoints, round);
+        let progress = match (resumed, decision) {
+            (Some(progress), _) => Some(progress),
+            (None, Decision::Heal(plan)) => Some(Progress::new(plan, member_ids)),
+            _ => None,
+        };
+        if let Some(progress) = progress {
+            self.heal(progress, status, credentials).await?;
+            return Ok(Action::requeue(Duration::from_secs(1)));
+        }
         self.write_status(status).await?;
         Ok(Action::requeue(Duration::from_secs(u64::from(
             self.cluster.spec.healing.probe_interval_seconds,
@@ -148,9 +180,13 @@ impl<'a> Reconciler<'a> {
 
     /// The status for the probe `round` of the members `names` at `endpoints`: the healing loop
     /// assesses the round (findings persist across probes), [`status::build`] does the rest.
-    /// Healing itself (running a `Decision::Heal`) needs the Kubernetes platform of the
-    /// healing issue; until then the decision is only reported.
-    fn status(&self, names: &[String], endpoints: &[String], round: Round) -> StorageClusterStatus {
+    /// The decision comes back with it: a `Decision::Heal` is run by [`Reconciler::heal`].
+    fn status(
+        &self,
+        names: &[String],
+        endpoints: &[String],
+        round: Round,
+    ) -> (StorageClusterStatus, Decision) {
         let now = Timestamp::now();
         let unreachable = Observation {
             member: 0,
@@ -197,7 +233,7 @@ impl<'a> Reconciler<'a> {
             healer.observe(round, now)
         };
         let previous = self.cluster.status.as_ref();
-        status::build(&status::Inputs {
+        let status = status::build(&status::Inputs {
             generation: self.cluster.metadata.generation,
             replicas: spec.replicas,
             members: &views,
@@ -209,7 +245,106 @@ impl<'a> Reconciler<'a> {
             selector: resources::selector(self.cluster),
             previous,
             now: Time(now),
-        })
+        });
+        (status, assessment.decision)
+    }
+
+    /// Runs `progress` to its end, one step at a time: before each step the status records
+    /// the step and the progress (so a restarted operator resumes there) and an Event tells
+    /// it; the end (or a failure, which keeps the progress for the next reconcile) is recorded
+    /// the same way.
+    async fn heal(
+        &self,
+        mut progress: Progress,
+        mut status: StorageClusterStatus,
+        credentials: Option<(String, String)>,
+    ) -> Result<()> {
+        let started = Timestamp::now();
+        let previous = status.healing.clone().unwrap_or_default();
+        let plan = status::describe_plan(&progress.plan);
+        if progress.next == 0 {
+            self.event(
+                EventType::Normal,
+                "HealStarted",
+                "Heal",
+                format!(
+                    "rebuilding from {:x}: {}",
+                    progress.plan.source,
+                    plan.join(", ")
+                ),
+            )
+            .await?;
+        }
+        self.with_healer(|h| h.heal_started(started));
+        let mut platform = KubePlatform::new(self.ctx.client.clone(), self.cluster.clone());
+        let mut executor = Executor::new(
+            &mut platform,
+            progress.names.clone(),
+            credentials,
+            HEAL_CALL_TIMEOUT,
+        );
+        let mut outcome = Ok(());
+        while !progress.done() {
+            status.phase = Phase::Healing;
+            status.healing = Some(HealingStatus {
+                plan: plan.clone(),
+                step: Some(progress.next as u32),
+                last_result: previous.last_result.clone(),
+                count: previous.count,
+                progress: Some(progress.to_status()),
+            });
+            self.write_status(status.clone()).await?;
+            self.event(
+                EventType::Normal,
+                "HealStep",
+                "Heal",
+                format!(
+                    "step {} of {}: {}",
+                    progress.next + 1,
+                    plan.len(),
+                    plan.get(progress.next).map(String::as_str).unwrap_or("")
+                ),
+            )
+            .await?;
+            if let Err(e) = executor.run_next(&mut progress).await {
+                outcome = Err(e.to_string());
+                break;
+            }
+        }
+        let ended = Timestamp::now();
+        self.with_healer(|h| h.heal_finished(ended, outcome.clone()));
+        let (last_result, kept, reason, kind) = match &outcome {
+            Ok(()) => (
+                format!("succeeded at {ended}"),
+                None,
+                "Healed",
+                EventType::Normal,
+            ),
+            Err(e) => (
+                format!("failed at {ended}: {e}"),
+                Some(progress.to_status()),
+                "HealFailed",
+                EventType::Warning,
+            ),
+        };
+        status.healing = Some(HealingStatus {
+            plan: if kept.is_some() { plan } else { Vec::new() },
+            step: None,
+            last_result: Some(last_result.clone()),
+            count: previous.count + u32::from(outcome.is_ok()),
+            progress: kept,
+        });
+        self.write_status(status).await?;
+        self.event(kind, reason, "Heal", last_result).await?;
+        outcome.map_err(Error::Heal)
+    }
+
+    /// Runs `f` on this cluster's healing loop, if it has one yet.
+    fn with_healer(&self, f: impl FnOnce(&mut Healer)) {
+        let mut healers = self.ctx.healers.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((_, healer)) = healers.get_mut(&ObjectRef::from_obj(self.cluster)) {
+            f(healer);
+        }
     }
 
     /// Something only the user can fix (an invalid spec, an unusable Secret): say what to fix in
@@ -363,7 +498,7 @@ impl<'a> Reconciler<'a> {
 
     /// Creates missing children and updates changed Services and the PodDisruptionBudget.
     /// Returns the members whose pods it created.
-    async fn apply_children(&self, live: &Live) -> Result<Vec<String>> {
+    async fn apply_children(&self, live: &Live, held_out: &[String]) -> Result<Vec<String>> {
         let cluster = self.cluster;
         self.apply_if_changed(&live.services, &resources::peer_service(cluster))
             .await?;
@@ -385,7 +520,7 @@ impl<'a> Reconciler<'a> {
             if !live.pvcs.contains_key(&resources::pvc_name(member)) {
                 self.apply(&pvcs, &resources::pvc(cluster, member)).await?;
             }
-            if !live.pods.contains_key(member) {
+            if !live.pods.contains_key(member) && !held_out.contains(member) {
                 self.apply(&pods, &resources::member_pod(cluster, member, state))
                     .await?;
                 created.push(member.clone());

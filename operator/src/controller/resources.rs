@@ -73,6 +73,55 @@ pub fn start_state(member: &str, with_data: &BTreeSet<&str>) -> ClusterState {
     }
 }
 
+/// Where a member's wiped data is kept, on its own volume beside the data directory.
+pub const BACKUP_DIR: &str = "/var/lib/mend/backups";
+/// Label naming the member a backup pod backs up.
+pub const BACKUP_OF_LABEL: &str = "mend.dev/backup-of";
+
+/// The one-off pod that moves `member`'s data aside into [`BACKUP_DIR`] as `backup` (the
+/// heal's back-up-and-wipe step), keeping `spec.healing.backupRetention` backups. It mounts
+/// the member's volume, so it runs only while the member's pod is gone. It carries the
+/// cluster's labels but not the member selector, so neither the Services nor the
+/// PodDisruptionBudget count it.
+pub fn backup_pod(cluster: &StorageCluster, member: &str, backup: &str) -> Pod {
+    let mut pod = member_pod(cluster, member, ClusterState::Existing);
+    pod.metadata.name = Some(backup_pod_name(member));
+    let labels = pod.metadata.labels.get_or_insert_with(BTreeMap::new);
+    labels.remove("app.kubernetes.io/name");
+    labels.remove(MEMBER_LABEL);
+    labels.insert(BACKUP_OF_LABEL.to_string(), member.to_string());
+    pod.metadata.annotations = None;
+    if let Some(spec) = pod.spec.as_mut() {
+        spec.hostname = None;
+        spec.subdomain = None;
+        spec.restart_policy = Some("Never".to_string());
+        for container in &mut spec.containers {
+            container.name = "backup".to_string();
+            container.args = Some(vec![
+                "backup-data".to_string(),
+                format!("--data-dir={DATA_DIR}"),
+                format!("--backup-dir={BACKUP_DIR}"),
+                format!("--name={backup}"),
+                format!("--keep={}", cluster.spec.healing.backup_retention.max(1)),
+            ]);
+            container.ports = None;
+            container.readiness_probe = None;
+            container.liveness_probe = None;
+        }
+    }
+    pod
+}
+
+/// The name of `member`'s backup pod.
+pub fn backup_pod_name(member: &str) -> String {
+    format!("{member}-backup")
+}
+
+/// A member's peer URL.
+pub fn peer_url(cluster: &StorageCluster, member: &str) -> String {
+    format!("http://{}:{PEER_PORT}", member_host(cluster, member))
+}
+
 /// The labels every child carries; the first two also select the member pods.
 pub fn labels(cluster: &StorageCluster) -> BTreeMap<String, String> {
     BTreeMap::from([
@@ -153,7 +202,7 @@ pub fn client_url(cluster: &StorageCluster, member: &str) -> String {
 pub fn initial_cluster(cluster: &StorageCluster) -> String {
     member_names(cluster)
         .iter()
-        .map(|m| format!("{m}=http://{}:{PEER_PORT}", member_host(cluster, m)))
+        .map(|m| format!("{m}={}", peer_url(cluster, m)))
         .collect::<Vec<_>>()
         .join(",")
 }

@@ -381,6 +381,8 @@ async fn auth_revision_drift_between_members_is_reported_as_diverged() {
     let mut running = cluster("demo", 3);
     // One round of evidence is enough here; the detector's persistence rule has its own tests.
     running.spec.healing.consecutive_probes = 1;
+    // Report only: running the heal is the resumed-heal test's subject.
+    running.spec.healing.mode = crds::HealingMode::ObserveOnly;
     running.status = Some(serde_json::from_value(applied.status.clone()).expect("status"));
 
     let (ctx, verifier, members) = Context::test();
@@ -590,4 +592,102 @@ fn api_calls_name_each_call_once() {
     calls.sort_unstable();
     calls.dedup();
     assert_eq!(calls.len(), API_CALLS.len());
+}
+
+#[tokio::test]
+async fn a_heal_recorded_in_the_status_resumes_keeps_its_member_out_and_reports_every_step() {
+    let applied = first_reconcile().await;
+    let mut running = cluster("demo", 3);
+    let mut status: crds::StorageClusterStatus =
+        serde_json::from_value(applied.status.clone()).expect("status");
+    // An operator stopped after removing demo-1 (0x22) from the cluster: the backup is next.
+    let plan = crate::planner::Plan {
+        source: 0x33,
+        steps: vec![
+            crate::planner::Step::Remove { member: 0x22 },
+            crate::planner::Step::Backup { member: 0x22 },
+            crate::planner::Step::Wipe { member: 0x22 },
+        ],
+    };
+    let names = [(0x11, "demo-0"), (0x22, "demo-1"), (0x33, "demo-2")]
+        .map(|(id, n)| (id, n.to_string()))
+        .into();
+    let progress = crate::executor::Progress {
+        next: 1,
+        ..crate::executor::Progress::new(plan, names)
+    };
+    status.healing = Some(crds::HealingStatus {
+        count: 4,
+        progress: Some(progress.to_status()),
+        ..crds::HealingStatus::default()
+    });
+    running.status = Some(status);
+
+    let (ctx, mut verifier, members) = Context::test();
+    members.auth_enabled.store(true, Ordering::SeqCst);
+    *members.round.lock().expect("round") = Round {
+        members: vec![observation(0x11, false, 7), observation(0x33, true, 7)],
+    };
+    // The removed member's pod is gone; the others are there.
+    let mut live = applied.clone();
+    live.children
+        .retain(|(list, o)| !(*list == "pods" && o["metadata"]["name"] == "demo-1"));
+    let server = tokio::spawn(async move {
+        verifier.reads(&live).await;
+        // No pod for demo-1: the heal owns it. Step 2 of 3 (the backup) is recorded, told,
+        // and run as a one-off pod on demo-1's volume.
+        let recorded = verifier.status().await;
+        assert_eq!(recorded["phase"], "Healing");
+        assert_eq!(recorded["healing"]["step"], 1);
+        assert_eq!(recorded["healing"]["count"], 4);
+        assert_eq!(recorded["healing"]["progress"]["next"], 1);
+        assert_eq!(
+            recorded["healing"]["progress"]["steps"][1]["action"],
+            "Backup"
+        );
+        verifier.event("HealStep", "Normal").await;
+        verifier
+            .expect(Method::GET, &format!("{NS}/pods/demo-1-backup"))
+            .await
+            .error(404, "NotFound");
+        let created = verifier.expect(Method::POST, &format!("{NS}/pods")).await;
+        assert_eq!(
+            created.body["spec"]["volumes"][0]["persistentVolumeClaim"]["claimName"],
+            "data-demo-1"
+        );
+        let mut done = created.body.clone();
+        done["status"] = json!({ "phase": "Succeeded" });
+        created.ok(&done);
+        verifier
+            .expect(Method::GET, &format!("{NS}/pods/demo-1-backup"))
+            .await
+            .ok(&done);
+        verifier
+            .expect(Method::DELETE, &format!("{NS}/pods/demo-1-backup"))
+            .await
+            .ok(&done);
+        // Step 3 (the wipe, done by the backup's move) is recorded and told, then the end.
+        let recorded = verifier.status().await;
+        assert_eq!(recorded["healing"]["step"], 2);
+        // The Recorder folds a repeated reason into the first Event's series.
+        let repeat = verifier.next().await;
+        assert_eq!(repeat.method, Method::PATCH);
+        assert!(repeat.path.starts_with(EVENTS), "{}", repeat.path);
+        repeat.echo();
+        let finished = verifier.status().await;
+        verifier.event("Healed", "Normal").await;
+        (finished, verifier)
+    });
+    reconcile_in_time(running, &ctx).await.expect("reconcile");
+    drop(ctx);
+    let (finished, verifier) = server.await.expect("scenario");
+    verifier.no_more_requests().await;
+    assert_eq!(finished["healing"]["count"], 5);
+    assert!(finished["healing"]["progress"].is_null(), "{finished}");
+    assert!(
+        finished["healing"]["lastResult"]
+            .as_str()
+            .is_some_and(|r| r.starts_with("succeeded")),
+        "{finished}"
+    );
 }

@@ -2,6 +2,7 @@
 //! executor asks a platform to stop a member, back up and wipe its data, and start it again
 //! empty to join the cluster; everything else goes through the etcd API.
 
+pub mod kube;
 pub mod local;
 
 /// Why a platform operation failed.
@@ -14,6 +15,21 @@ pub enum Error {
     /// A file or process operation failed.
     #[error(transparent)]
     Io(std::io::Error),
+    /// A Kubernetes API call failed.
+    #[error("{object}: {source}")]
+    Kube {
+        /// The object it was about.
+        object: String,
+        /// The API error.
+        #[source]
+        source: Box<::kube::Error>,
+    },
+    /// A wait ran out of time.
+    #[error("timed out waiting for {0}")]
+    Timeout(String),
+    /// Moving a member's data aside failed.
+    #[error("backup failed: {0}")]
+    BackupFailed(String),
 }
 
 /// Result of platform operations.
