@@ -18,6 +18,8 @@ pub struct Metrics {
     failures: Mutex<BTreeMap<&'static str, u64>>,
     histogram: Mutex<Histogram>,
     leader: AtomicBool,
+    /// The healing metrics of every cluster (drift gauges, heals, durations).
+    pub heal: crate::metrics::HealMetrics,
 }
 
 #[derive(Debug, Default)]
@@ -84,7 +86,7 @@ impl Metrics {
 
     /// Everything in Prometheus' text exposition format.
     pub fn render(&self) -> String {
-        let mut out = String::new();
+        let mut out = self.heal.render();
         let _ = writeln!(
             out,
             "# HELP mend_operator_reconciles_total Reconciles of StorageClusters.\n\

@@ -168,8 +168,27 @@ impl<'a> Reconciler<'a> {
             (None, Decision::Heal(plan)) => Some(Progress::new(plan, member_ids)),
             _ => None,
         };
+        let key = format!("{}/{}", self.namespace, self.cluster.name_any());
+        self.ctx
+            .metrics
+            .heal
+            .observe_status(&key, self.cluster.spec.replicas, &status);
         if let Some(progress) = progress {
-            self.heal(progress, status, credentials).await?;
+            if progress.next == 0 {
+                let mut since = None;
+                self.with_healer(|h| since = h.diverged_since());
+                if let Some(since) = since {
+                    let after = Timestamp::now().duration_since(since).unsigned_abs();
+                    self.ctx.metrics.heal.detected(&key, after);
+                }
+            }
+            let started = std::time::Instant::now();
+            let healed = self.heal(progress, status, credentials).await;
+            self.ctx
+                .metrics
+                .heal
+                .heal_finished(&key, healed.is_ok(), started.elapsed());
+            healed?;
             return Ok(Action::requeue(Duration::from_secs(1)));
         }
         self.write_status(status).await?;

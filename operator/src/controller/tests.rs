@@ -679,6 +679,13 @@ async fn a_heal_recorded_in_the_status_resumes_keeps_its_member_out_and_reports_
         (finished, verifier)
     });
     reconcile_in_time(running, &ctx).await.expect("reconcile");
+    let metrics = ctx.metrics.render();
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l == "mend_heals_total{cluster=\"default/demo\",result=\"succeeded\"} 1"),
+        "{metrics}"
+    );
     drop(ctx);
     let (finished, verifier) = server.await.expect("scenario");
     verifier.no_more_requests().await;
