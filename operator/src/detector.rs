@@ -38,6 +38,26 @@ pub struct Observation {
     pub hash: Option<(u32, i64)>,
 }
 
+impl Observation {
+    /// A member that did not answer (its ID unknown).
+    pub fn unreachable() -> Observation {
+        Observation {
+            member: 0,
+            reachable: false,
+            is_leader: false,
+            is_learner: false,
+            db_size: 0,
+            raft_term: 0,
+            raft_index: 0,
+            applied_index: 0,
+            auth_revision: 0,
+            revision: 0,
+            key_count: 0,
+            hash: None,
+        }
+    }
+}
+
 /// All members probed at about the same time.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Round {

@@ -73,17 +73,7 @@ impl Healer {
             (false, _) => self.first_seen = None,
             _ => {}
         }
-        let members: Vec<Member> = round
-            .members
-            .iter()
-            .map(|o| Member {
-                id: o.member,
-                healthy: o.reachable,
-                is_leader: o.is_leader,
-                voter: !o.is_learner,
-                auth_revision: o.auth_revision,
-            })
-            .collect();
+        let members: Vec<Member> = round.members.iter().map(Member::observed).collect();
         self.history.push_back(round);
         while self.history.len() > self.tolerance.consecutive.max(1) {
             self.history.pop_front();

@@ -28,6 +28,19 @@ pub struct Member {
     pub auth_revision: u64,
 }
 
+impl Member {
+    /// The planner's view of a probed member.
+    pub fn observed(o: &crate::detector::Observation) -> Member {
+        Member {
+            id: o.member,
+            healthy: o.reachable,
+            is_leader: o.is_leader,
+            voter: !o.is_learner,
+            auth_revision: o.auth_revision,
+        }
+    }
+}
+
 /// What the operator may do on its own (the `StorageCluster`'s `healing.mode`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Mode {

@@ -112,20 +112,7 @@ impl Prober {
     /// Status, AuthStatus and the key count of one member.
     async fn first_pass(&self, endpoint: &str) -> Partial {
         let unreachable = Partial {
-            observation: Observation {
-                member: 0,
-                reachable: false,
-                is_leader: false,
-                is_learner: false,
-                db_size: 0,
-                raft_term: 0,
-                raft_index: 0,
-                applied_index: 0,
-                auth_revision: 0,
-                revision: 0,
-                key_count: 0,
-                hash: None,
-            },
+            observation: Observation::unreachable(),
             channel: None,
         };
         let url = endpoint;

@@ -207,20 +207,6 @@ impl<'a> Reconciler<'a> {
         round: Round,
     ) -> (StorageClusterStatus, Decision) {
         let now = Timestamp::now();
-        let unreachable = Observation {
-            member: 0,
-            reachable: false,
-            is_leader: false,
-            is_learner: false,
-            raft_term: 0,
-            raft_index: 0,
-            applied_index: 0,
-            auth_revision: 0,
-            revision: 0,
-            key_count: 0,
-            db_size: 0,
-            hash: None,
-        };
         let views: Vec<MemberView> = names
             .iter()
             .zip(endpoints)
@@ -228,7 +214,11 @@ impl<'a> Reconciler<'a> {
             .map(|(i, (name, endpoint))| MemberView {
                 name: name.clone(),
                 endpoint: endpoint.clone(),
-                observation: round.members.get(i).cloned().unwrap_or(unreachable.clone()),
+                observation: round
+                    .members
+                    .get(i)
+                    .cloned()
+                    .unwrap_or_else(Observation::unreachable),
             })
             .collect();
         let spec = &self.cluster.spec;

@@ -42,19 +42,9 @@ pub fn settled_rounds(
     }
 }
 
-/// The planner's view of the members in `round` (all voters).
+/// The planner's view of the members in `round`.
 pub fn members(round: &Round) -> Vec<Member> {
-    round
-        .members
-        .iter()
-        .map(|o| Member {
-            id: o.member,
-            healthy: o.reachable,
-            is_leader: o.is_leader,
-            voter: true,
-            auth_revision: o.auth_revision,
-        })
-        .collect()
+    round.members.iter().map(Member::observed).collect()
 }
 
 /// Member ID → name, pairing the round's observations with the platform's members (both in
