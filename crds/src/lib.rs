@@ -168,7 +168,7 @@ pub enum HealingMode {
     Automatic,
     /// Detect and report the plan; never act.
     ObserveOnly,
-    /// Do not probe.
+    /// Neither compare members nor heal: members are probed for health only (Status).
     Disabled,
 }
 

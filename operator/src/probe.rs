@@ -15,6 +15,15 @@ use tonic::transport::{Channel, Endpoint};
 
 use crate::detector::{Observation, Round};
 
+/// How much a probe round asks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Scope {
+    /// Status only: who answers, who leads, indexes (healing `Disabled`: nothing is compared).
+    Health,
+    /// Status, AuthStatus, key count and HashKV: what divergence detection needs.
+    Full,
+}
+
 /// How to reach the members.
 #[derive(Debug, Default)]
 pub struct Prober {
@@ -66,16 +75,26 @@ impl Prober {
         };
     }
 
-    /// Probes every member once.
+    /// Probes every member once, fully.
     pub async fn round(&self) -> Round {
+        self.round_of(Scope::Full).await
+    }
+
+    /// Probes every member once, as far as `scope` says.
+    pub async fn round_of(&self, scope: Scope) -> Round {
         // All members at once: the closer in time their answers, the likelier they report the
         // same applied index while clients keep writing, which is when they can be compared.
         let partials: Vec<Partial> = futures_util::future::join_all(
             self.endpoints
                 .iter()
-                .map(|endpoint| self.first_pass(endpoint)),
+                .map(|endpoint| self.first_pass(endpoint, scope)),
         )
         .await;
+        if scope == Scope::Health {
+            return Round {
+                members: partials.into_iter().map(|p| p.observation).collect(),
+            };
+        }
         // Hash everyone at the lowest revision anyone reports: every member has it (or has
         // compacted it, which the hash call then reports).
         let common = partials
@@ -110,7 +129,7 @@ impl Prober {
     }
 
     /// Status, AuthStatus and the key count of one member.
-    async fn first_pass(&self, endpoint: &str) -> Partial {
+    async fn first_pass(&self, endpoint: &str, scope: Scope) -> Partial {
         let unreachable = Partial {
             observation: Observation::unreachable(),
             channel: None,
@@ -160,6 +179,23 @@ impl Prober {
             _ => return unreachable,
         };
         let header = status.header.unwrap_or_default();
+        if scope == Scope::Health {
+            return Partial {
+                observation: Observation {
+                    member: header.member_id,
+                    reachable: true,
+                    is_leader: status.leader != 0 && status.leader == header.member_id,
+                    is_learner: status.is_learner,
+                    db_size: status.db_size,
+                    raft_term: status.raft_term,
+                    raft_index: status.raft_index,
+                    applied_index: status.raft_applied_index,
+                    revision: header.revision,
+                    ..Observation::unreachable()
+                },
+                channel: None,
+            };
+        }
         let mut auth = AuthClient::new(channel.clone());
         let auth_revision = match tokio::time::timeout(
             self.timeout,

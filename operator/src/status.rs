@@ -162,6 +162,11 @@ pub fn build(inputs: &Inputs<'_>) -> StorageClusterStatus {
         Some((reason, message)) => (true, *reason, message.clone()),
         None => (false, "MembersAgree", "members agree".to_string()),
     };
+    let diverged_reason = match &inputs.held_back {
+        // The heal is held back because drift came right back after earlier heals.
+        Some(_) if diverged_status => "DriftRecurred",
+        _ => diverged_reason,
+    };
     match inputs.decision {
         Decision::Wait(why) if diverged_status => {
             diverged_message.push_str(&format!("; not healing: {why}"));
@@ -173,9 +178,6 @@ pub fn build(inputs: &Inputs<'_>) -> StorageClusterStatus {
             ));
         }
         _ => {}
-    }
-    if let Some(why) = &inputs.held_back {
-        diverged_message.push_str(&format!("; {why}"));
     }
     set(
         condition::DIVERGED,
@@ -554,6 +556,31 @@ mod tests {
         assert_eq!(
             condition_of(&third, condition::AVAILABLE).last_transition_time,
             now(100)
+        );
+    }
+
+    #[test]
+    fn drift_held_back_by_the_backoff_says_it_recurred_and_when_the_next_heal_may_run() {
+        let members = [
+            view(1, 6, true, true),
+            view(2, 5, false, true),
+            view(3, 5, false, true),
+        ];
+        let findings = [Finding::AuthRevisionDrift {
+            revisions: BTreeMap::from([(1, 6), (2, 5), (3, 5)]),
+        }];
+        let why = "drift came back 1 time(s) after a heal: the next heal waits until T (backoff)";
+        let decision = Decision::Wait(why.into());
+        let mut i = inputs(&members, &findings, &decision, None, 100);
+        i.held_back = Some(why.into());
+        let status = build(&i);
+        let diverged = condition_of(&status, condition::DIVERGED);
+        assert_eq!(diverged.reason, "DriftRecurred");
+        assert_eq!(
+            diverged.message.matches("drift came back").count(),
+            1,
+            "{}",
+            diverged.message
         );
     }
 

@@ -24,7 +24,7 @@ use crate::metrics::HealMetrics;
 use crate::planner::{Decision, Mode};
 use crate::platform;
 use crate::platform::local::{LocalPlatform, write_atomically};
-use crate::probe::Prober;
+use crate::probe::{Prober, Scope};
 use crate::status::{self, MemberView};
 
 /// Why the supervisor cannot go on.
@@ -231,7 +231,12 @@ impl Supervisor {
     pub async fn tick(&mut self) -> Result<()> {
         self.keep_running()?;
         self.bootstrap_auth().await;
-        let mut round = self.prober.round().await;
+        let scope = if self.config.spec.healing.mode == crds::HealingMode::Disabled {
+            Scope::Health
+        } else {
+            Scope::Full
+        };
+        let mut round = self.prober.round_of(scope).await;
         self.views = self.views_of(&round);
         if self.progress.is_some() {
             self.heal(None).await?;

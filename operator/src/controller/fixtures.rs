@@ -82,6 +82,7 @@ impl Members for FakeMembers {
         _key: String,
         endpoints: Vec<String>,
         _credentials: Option<(String, String)>,
+        _scope: crate::probe::Scope,
     ) -> BoxFuture<'static, Round> {
         let mut round = self.round.lock().expect("round").clone();
         if round.members.is_empty() {

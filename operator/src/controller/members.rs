@@ -10,7 +10,7 @@ use futures_util::future::BoxFuture;
 
 use crate::bootstrap;
 use crate::detector::Round;
-use crate::probe::Prober;
+use crate::probe::{Prober, Scope};
 
 /// Probing and bootstrapping a cluster's members.
 pub trait Members: Send + Sync {
@@ -21,6 +21,7 @@ pub trait Members: Send + Sync {
         key: String,
         endpoints: Vec<String>,
         credentials: Option<(String, String)>,
+        scope: Scope,
     ) -> BoxFuture<'static, Round>;
 
     /// Creates the root user `user` with `password`, grants it the root role and enables auth,
@@ -75,9 +76,10 @@ impl Members for Grpc {
         key: String,
         endpoints: Vec<String>,
         credentials: Option<(String, String)>,
+        scope: Scope,
     ) -> BoxFuture<'static, Round> {
         let prober = self.prober(key, endpoints, credentials);
-        Box::pin(async move { prober.round().await })
+        Box::pin(async move { prober.round_of(scope).await })
     }
 
     fn bootstrap_auth(

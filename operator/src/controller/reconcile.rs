@@ -36,6 +36,7 @@ use crate::executor::{Executor, Progress};
 use crate::healer::{Assessment, Healer};
 use crate::planner::{Decision, Mode};
 use crate::platform::kube::KubePlatform;
+use crate::probe::Scope;
 use crate::status::{self, MemberView};
 
 use super::resources;
@@ -104,6 +105,25 @@ impl<'a> Reconciler<'a> {
                 .refuse("InvalidSpec", "Validate", problem, Action::await_change())
                 .await;
         }
+        // Resizing a running cluster needs members added or removed one at a time through
+        // the etcd API before pods change; until the operator does that, it refuses rather
+        // than start pods that could never join.
+        let running = self.cluster.status.as_ref().map_or(0, |s| s.replicas);
+        if running > 0 && running != self.cluster.spec.replicas {
+            let problem = format!(
+                "replicas changed from {running} to {}: resizing a running cluster is not \
+                 supported yet; set spec.replicas back to {running}",
+                self.cluster.spec.replicas
+            );
+            return self
+                .refuse(
+                    "ResizeNotSupported",
+                    "Resize",
+                    problem,
+                    Action::await_change(),
+                )
+                .await;
+        }
         let credentials = match self.root_credentials().await {
             // The Secret is not watched: look again after a while.
             Err(Error::Secret { name, reason }) => {
@@ -144,9 +164,14 @@ impl<'a> Reconciler<'a> {
             Round::default()
         } else {
             let key = format!("{}/{}", self.namespace, self.cluster.name_any());
+            let scope = if self.cluster.spec.healing.mode == HealingMode::Disabled {
+                Scope::Health
+            } else {
+                Scope::Full
+            };
             self.ctx
                 .members
-                .probe(key, endpoints.clone(), credentials.clone())
+                .probe(key, endpoints.clone(), credentials.clone(), scope)
                 .await
         };
         if let Some((user, password)) = &credentials {

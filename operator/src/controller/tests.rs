@@ -63,8 +63,9 @@ enum Scenario {
     MembersAnswer(Applied),
     /// Children exist, auth is on, members answer: only the status is written.
     StatusOnly(Applied),
-    /// Even replicas: a condition and a Warning Event, nothing else.
-    InvalidSpec,
+    /// A spec the operator refuses (even replicas, a resize): a condition and a Warning Event
+    /// with this reason, nothing else.
+    Refused(&'static str),
     /// The root Secret the spec names does not exist: a condition and a Warning Event.
     MissingSecret,
 }
@@ -100,9 +101,9 @@ impl ApiServerVerifier {
                         ..Applied::default()
                     }
                 }
-                Scenario::InvalidSpec => {
+                Scenario::Refused(reason) => {
                     let status = self.status().await;
-                    self.event("InvalidSpec", "Warning").await;
+                    self.event(reason, "Warning").await;
                     Applied {
                         status,
                         ..Applied::default()
@@ -416,7 +417,7 @@ async fn auth_revision_drift_between_members_is_reported_as_diverged() {
 #[tokio::test]
 async fn an_invalid_spec_sets_a_condition_and_a_warning_and_creates_nothing() {
     let (ctx, verifier, _) = Context::test();
-    let server = verifier.run(Scenario::InvalidSpec);
+    let server = verifier.run(Scenario::Refused("InvalidSpec"));
     let mut even = cluster("demo", 4);
     even.metadata.generation = Some(2);
     reconcile_in_time(even, &ctx)
@@ -696,5 +697,30 @@ async fn a_heal_recorded_in_the_status_resumes_keeps_its_member_out_and_reports_
             .as_str()
             .is_some_and(|r| r.starts_with("succeeded")),
         "{finished}"
+    );
+}
+
+#[tokio::test]
+async fn resizing_a_running_cluster_is_refused_with_what_to_do_and_changes_nothing() {
+    let applied = first_reconcile().await;
+    let mut resized = cluster("demo", 5);
+    resized.metadata.generation = Some(2);
+    resized.status = Some(serde_json::from_value(applied.status.clone()).expect("status"));
+    let (ctx, verifier, _) = Context::test();
+    let server = verifier.run(Scenario::Refused("ResizeNotSupported"));
+    reconcile_in_time(resized, &ctx)
+        .await
+        .expect("reported, not retried");
+    drop(ctx);
+    let (applied, verifier) = server.await.expect("scenario");
+    verifier.no_more_requests().await;
+    let progressing = condition(&applied.status, "Progressing");
+    assert_eq!(progressing["status"], "False");
+    assert_eq!(progressing["reason"], "ResizeNotSupported");
+    assert!(
+        progressing["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("set spec.replicas back to 3")),
+        "{progressing}"
     );
 }
