@@ -1,0 +1,296 @@
+//! `operator local` as a child process for tests: its work directory, its status, its
+//! signals, and every process it started killed when the test ends (also on panic, and after
+//! a SIGKILL left its members orphaned). Shared by the operator's and e2e's tests.
+
+#![allow(dead_code)]
+
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command};
+
+use crds::StorageClusterStatus;
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+
+use crate::cluster::{DEADLINE, etcdctl, free_port, ok, storage_node_bin, tail, wait_until};
+
+/// The `operator` binary: cargo names it for the operator's own tests; others find it beside
+/// the storage-node binary, where a workspace build puts both.
+pub fn operator_bin() -> PathBuf {
+    match option_env!("CARGO_BIN_EXE_operator") {
+        Some(path) => PathBuf::from(path),
+        None => storage_node_bin().with_file_name("operator"),
+    }
+}
+
+/// The operator process and its work directory; the operator and every member it started are
+/// killed when this is dropped (also when a test panics, and after a SIGKILL left them orphaned).
+pub struct LocalOperator {
+    child: Option<Child>,
+    work: tempfile::TempDir,
+    spec: PathBuf,
+    node_args: Vec<String>,
+    metrics_port: u16,
+}
+
+impl LocalOperator {
+    /// Starts `operator local` on a 3-member spec with `healing_mode`, members with the fault
+    /// switch on.
+    pub fn start(healing_mode: &str) -> LocalOperator {
+        LocalOperator::start_with(healing_mode, true)
+    }
+
+    /// Starts `operator local` on a 3-member spec with `healing_mode`, members with the fault
+    /// switch on or off.
+    pub fn start_with(healing_mode: &str, fault_switch: bool) -> LocalOperator {
+        let work = tempfile::tempdir().expect("workdir");
+        let spec = work.path().join("cluster.yaml");
+        std::fs::write(
+            &spec,
+            format!(
+                "apiVersion: mend.dev/v1alpha1\nkind: StorageCluster\nmetadata:\n  name: seed\n\
+                 spec:\n  replicas: 3\n  healing:\n    mode: {healing_mode}\n    \
+                 probeIntervalSeconds: 2\n    consecutiveProbes: 3\n"
+            ),
+        )
+        .expect("spec");
+        let mut node_args = [
+            "--bcrypt-cost=4",
+            "--heartbeat-interval=50",
+            "--election-timeout=500",
+        ]
+        .map(String::from)
+        .to_vec();
+        if fault_switch {
+            node_args.push("--unsafe-reproduce-etcd-11651".to_string());
+        }
+        let mut op = LocalOperator {
+            child: None,
+            work,
+            spec,
+            node_args,
+            metrics_port: free_port(),
+        };
+        op.spawn();
+        op
+    }
+
+    pub fn dir(&self) -> &Path {
+        self.work.path()
+    }
+
+    pub fn spawn(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir().join("operator.log"))
+            .expect("operator log");
+        let mut cmd = Command::new(operator_bin());
+        cmd.arg("local")
+            .arg(&self.spec)
+            .arg("--workdir")
+            .arg(self.dir())
+            .arg("--storage-node")
+            .arg(storage_node_bin())
+            .arg("--metrics-addr")
+            .arg(format!("127.0.0.1:{}", self.metrics_port));
+        for arg in &self.node_args {
+            cmd.arg(format!("--node-arg={arg}"));
+        }
+        cmd.stdout(log.try_clone().expect("log")).stderr(log);
+        self.child = Some(cmd.spawn().expect("spawn operator"));
+    }
+
+    /// The operator's output so far.
+    pub fn full_log(&self) -> String {
+        std::fs::read_to_string(self.dir().join("operator.log")).unwrap_or_default()
+    }
+
+    /// The end of the operator's output (for failure messages), with the members' logs.
+    pub fn log(&self) -> String {
+        let mut out = tail(&self.full_log(), 80);
+        for name in ["node1", "node2", "node3"] {
+            let log =
+                std::fs::read_to_string(self.dir().join(format!("{name}.log"))).unwrap_or_default();
+            let lines: Vec<&str> = log
+                .lines()
+                .filter(|l| !l.contains("heartbeat") && !l.contains("ReplicationCore"))
+                .collect();
+            out.push_str(&format!(
+                "\n--- {name} ---\n{}",
+                tail(&lines.join("\n"), 25)
+            ));
+        }
+        out
+    }
+
+    pub fn status(&self) -> Option<StorageClusterStatus> {
+        let bytes = std::fs::read(self.dir().join("status.json")).ok()?;
+        serde_json::from_slice(&bytes).ok()
+    }
+
+    /// Waits until the status satisfies `condition`, and returns it.
+    pub fn wait_status(
+        &self,
+        what: &str,
+        mut condition: impl FnMut(&StorageClusterStatus) -> bool,
+    ) -> StorageClusterStatus {
+        let mut last = None;
+        let held = wait_until(DEADLINE * 2, || {
+            last = self.status();
+            last.as_ref().is_some_and(&mut condition)
+        });
+        assert!(
+            held,
+            "waited for {what}; last status: {last:#?}\noperator log:\n{}",
+            self.log()
+        );
+        last.unwrap_or_default()
+    }
+
+    /// Waits until the operator has written `status.json` `n` more times (probe rounds).
+    pub fn wait_rewrites(&self, n: usize) {
+        let modified = || {
+            std::fs::metadata(self.dir().join("status.json"))
+                .and_then(|m| m.modified())
+                .ok()
+        };
+        let mut last = modified();
+        let mut rewrites = 0;
+        let done = wait_until(DEADLINE, || {
+            let now = modified();
+            if now != last {
+                rewrites += 1;
+                last = now;
+            }
+            rewrites >= n
+        });
+        assert!(done, "status.json not rewritten:\n{}", self.log());
+    }
+
+    /// The operator's `/metrics` page.
+    pub fn metrics(&self) -> String {
+        let mut stream =
+            std::net::TcpStream::connect(("127.0.0.1", self.metrics_port)).expect("metrics port");
+        stream
+            .set_read_timeout(Some(std::time::Duration::from_secs(5)))
+            .expect("timeout");
+        write!(
+            stream,
+            "GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
+        )
+        .expect("request");
+        let mut response = String::new();
+        stream.read_to_string(&mut response).expect("response");
+        response
+    }
+
+    /// `--user` for etcdctl, from the credentials the operator wrote.
+    pub fn root(&self) -> String {
+        std::fs::read_to_string(self.dir().join("root-credentials"))
+            .expect("root-credentials")
+            .trim()
+            .to_string()
+    }
+
+    pub fn endpoints(&self) -> Vec<String> {
+        self.status()
+            .map(|s| s.members.into_iter().map(|m| m.endpoint).collect())
+            .unwrap_or_default()
+    }
+
+    pub fn member_pid(&self, name: &str) -> Option<i32> {
+        std::fs::read_to_string(self.dir().join(format!("{name}.pid")))
+            .ok()?
+            .trim()
+            .parse()
+            .ok()
+    }
+
+    pub fn backups(&self) -> usize {
+        std::fs::read_dir(self.dir().join("backups"))
+            .map(Iterator::count)
+            .unwrap_or_default()
+    }
+
+    /// SIGKILL the operator (its members keep running, as after a crash).
+    pub fn kill_operator(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// SIGINT (Ctrl-C) and wait for the exit; returns whether it exited 0.
+    pub fn interrupt(&mut self) -> bool {
+        let Some(mut child) = self.child.take() else {
+            return false;
+        };
+        let _ = kill(Pid::from_raw(child.id() as i32), Signal::SIGINT);
+        let mut exit = None;
+        let exited = wait_until(DEADLINE, || {
+            exit = child.try_wait().ok().flatten();
+            exit.is_some()
+        });
+        if !exited {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        exit.is_some_and(|s| s.success())
+    }
+
+    /// Whether process `pid` still runs one of this test's members.
+    pub fn runs_member(&self, pid: i32) -> bool {
+        std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|cmdline| {
+            String::from_utf8_lossy(&cmdline).contains(&*self.dir().to_string_lossy())
+        })
+    }
+}
+
+impl Drop for LocalOperator {
+    fn drop(&mut self) {
+        self.kill_operator();
+        for name in ["node1", "node2", "node3"] {
+            if let Some(pid) = self.member_pid(name)
+                && self.runs_member(pid)
+            {
+                let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+            }
+        }
+    }
+}
+
+/// Every member answers, agrees (AuthRevision, HashKV) and the cluster is Available.
+pub fn settled(s: &StorageClusterStatus) -> bool {
+    s.members.len() == 3 && operator::supervisor::settled(s)
+}
+
+/// The highest applied index any member reports.
+pub fn max_applied(s: &StorageClusterStatus) -> u64 {
+    s.members
+        .iter()
+        .map(|m| m.applied_index)
+        .max()
+        .unwrap_or_default()
+}
+
+/// Every key in `acknowledged` reads back as `v` from every member's own copy.
+pub fn assert_everywhere(op: &LocalOperator, acknowledged: &[String]) {
+    let root = op.root();
+    for endpoint in op.endpoints() {
+        for key in acknowledged {
+            let got = ok(etcdctl(
+                &endpoint,
+                &[
+                    "--user",
+                    &root,
+                    "get",
+                    "--consistency=s",
+                    "--print-value-only",
+                    key,
+                ],
+            ));
+            assert_eq!(got, "v\n", "{key} missing on {endpoint}");
+        }
+    }
+}
