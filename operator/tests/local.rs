@@ -264,3 +264,22 @@ fn a_bad_spec_is_refused_with_what_to_fix_and_nothing_starts() {
     assert!(stderr.contains("replicas must be odd"), "{stderr}");
     assert!(!even.join("node1").exists(), "no member may be created");
 }
+
+#[test]
+fn disabled_healing_probes_health_only_and_never_acts() {
+    let op = LocalOperator::start("Disabled");
+    let _ = play_seed(&op);
+    op.wait_rewrites(4);
+    let status = op.status().expect("status");
+    assert!(status.members.iter().all(|m| m.healthy), "{status:#?}");
+    assert!(
+        status
+            .members
+            .iter()
+            .all(|m| m.hash_kv.is_none() && m.auth_revision == 0),
+        "nothing is compared: {status:#?}"
+    );
+    assert_eq!(status.healing.map(|h| h.count), Some(0));
+    assert_eq!(op.backups(), 0);
+    assert!(!op.dir().join("heal.json").exists());
+}
