@@ -257,3 +257,50 @@ fn member_added_after_compaction_catches_up_from_a_snapshot() {
         "{err}"
     );
 }
+
+#[test]
+fn a_member_that_lost_its_data_is_refused_until_removed_and_added_again() {
+    let mut c = Cluster::start(3, Options::default());
+    ok(c.etcdctl(0, &["put", "k", "v"]));
+    // node3 has published its client URLs: the cluster knows it ran.
+    let mut line = String::new();
+    let published = wait_until(DEADLINE, || {
+        let list = ok(c.etcdctl(0, &["member", "list"]));
+        line = list
+            .lines()
+            .find(|l| l.contains(", node3, "))
+            .unwrap_or_default()
+            .to_string();
+        line.contains(&c.members[2].endpoint())
+    });
+    assert!(published, "node3 never published its client URLs: {line}");
+    let id = line.split(", ").next().expect("id").to_string();
+    assert!(c.member(2).stop(), "SIGTERM must stop the member cleanly");
+    std::fs::remove_dir_all(&c.members[2].dir).expect("wipe node3");
+    // Started empty to join, it finds its old entry: it ran before, so it must not rejoin as it.
+    c.member(2).set_state("existing");
+    c.member(2).start();
+    assert!(
+        wait_until(DEADLINE, || !c.member(2).is_running()),
+        "a member without its raft state rejoined:\n{}",
+        c.logs()
+    );
+    let log = c.members[2].log();
+    assert!(log.contains("has run before"), "{log}");
+    assert!(
+        log.contains(&format!("etcdctl member remove {id}")),
+        "{log}"
+    );
+
+    // Removed and added again, it joins as a new member and catches up.
+    c.member(2).kill();
+    ok(cluster::etcdctl(&c.endpoints(), &["member", "remove", &id]));
+    let url = format!("--peer-urls={}", c.members[2].peer_url());
+    ok(c.etcdctl(0, &["member", "add", "node3", &url]));
+    c.member(2).start();
+    assert!(
+        wait_until(DEADLINE, || local_count(&c, 2) == Some(1)),
+        "the re-added member did not catch up:\n{}",
+        c.logs()
+    );
+}

@@ -651,11 +651,11 @@ impl Node {
     }
 
     /// Records this member's name and client URLs in the membership (etcd publishes them
-    /// through raft when a member starts).
+    /// through raft when a member starts). Proposed every start: the membership a founder sees
+    /// before it hears from the leader is the one it bootstrapped with, where it alone had its
+    /// client URLs, so comparing with it could skip a publish the cluster never saw.
     pub async fn publish(&self, me: Member) -> Result<(), NodeError> {
-        if self.member(self.id)?.member == me {
-            return Ok(());
-        }
+        self.member(self.id)?;
         self.set_member(self.id, me).await
     }
 

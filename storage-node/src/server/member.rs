@@ -144,6 +144,16 @@ async fn discover(args: &ServeArgs, peers: &Peers) -> Result<Identity, Error> {
                         urls == advertised
                     });
                     return match found {
+                        // It published client URLs, so it ran before: with its data gone it
+                        // also lost its raft vote, and rejoining under the same ID could let it
+                        // vote twice in a term. A member rebuilt from nothing joins as a new one.
+                        Some(m) if !m.member.client_urls.is_empty() => Err(Error::Join(format!(
+                            "member {:x} with peer URLs {advertised:?} has run before (it \
+                             advertised {:?}) and its data directory is empty, so it lost its \
+                             raft state; remove it (etcdctl member remove {:x}) and add it \
+                             again (etcdctl member add) before starting it",
+                            m.id, m.member.client_urls, m.id
+                        ))),
                         Some(m) => Ok(Identity {
                             member_id: m.id,
                             cluster_id,

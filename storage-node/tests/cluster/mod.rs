@@ -125,6 +125,11 @@ impl Member {
         format!("http://127.0.0.1:{}", self.peer_port)
     }
 
+    /// `--initial-cluster-state` for the next start (`new` or `existing`).
+    pub fn set_state(&mut self, state: &'static str) {
+        self.state = state;
+    }
+
     /// Starts the process (with the flags it was configured with).
     pub fn start(&mut self) {
         assert!(self.child.is_none(), "{} is already running", self.name);
