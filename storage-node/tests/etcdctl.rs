@@ -413,3 +413,32 @@ fn an_inverted_range_is_empty_and_changes_nothing() {
     assert_eq!(ok(c.etcdctl(0, &["del", "c", "a"])), "0\n");
     assert_eq!(ok(c.etcdctl(0, &["get", "a", "d"])), "a\n1\nc\n3\n");
 }
+
+#[test]
+fn a_malformed_header_block_ends_only_its_connection_without_a_panic() {
+    use std::io::{ErrorKind, Read, Write};
+    let c = Cluster::start(1, Options::default());
+    let address = c.members[0].endpoint().replace("http://", "");
+    let mut client = std::net::TcpStream::connect(&address).expect("connected");
+    client
+        .set_read_timeout(Some(std::time::Duration::from_secs(10)))
+        .expect("timeout set");
+    let mut stream = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    // An empty SETTINGS frame, then HEADERS (END_HEADERS | END_STREAM) on stream 1 whose block
+    // is a dynamic table size update cut off after its first octet.
+    stream.extend_from_slice(&[0, 0, 0, 0x4, 0, 0, 0, 0, 0]);
+    stream.extend_from_slice(&[0, 0, 1, 0x1, 0x5, 0, 0, 0, 1, 0x3f]);
+    client.write_all(&stream).expect("sent");
+    let mut sink = [0u8; 1024];
+    loop {
+        match client.read(&mut sink) {
+            Ok(0) => break,
+            Ok(_) => continue,
+            Err(e) if e.kind() == ErrorKind::ConnectionReset => break,
+            Err(e) => panic!("the connection was not ended: {e}"),
+        }
+    }
+    assert_eq!(ok(c.etcdctl(0, &["put", "k", "v"])), "OK\n");
+    let log = c.members[0].log();
+    assert!(!log.contains("panicked"), "{log}");
+}

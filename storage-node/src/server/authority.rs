@@ -11,11 +11,22 @@
 //! the server's HPACK table then never changes, so it cannot diverge from what the client
 //! believes it holds (the client's table is mirrored by our decoder, not by the server).
 //! All other frames pass through byte for byte; the server-to-client direction is untouched.
+//!
+//! # Malformed input
+//! Every byte here comes from the client, so nothing it sends may panic this filter, make it
+//! hang or make it buffer without bound. The HPACK decoder returns errors on malformed blocks;
+//! the client may not grow its dynamic table past the SETTINGS_HEADER_TABLE_SIZE the server
+//! keeps (RFC 7541 §4.2); frames, header blocks and decoded header lists have size limits; an
+//! `:authority` that is neither valid (by the parser h2 itself uses) nor a URL holding a valid
+//! one is refused. Each of these ends the connection with an `InvalidData` error saying what
+//! was wrong, which every later read repeats.
 
 use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
+use http::uri::Authority;
+use loona_hpack::Decoder;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tonic::transport::server::{Connected, TcpConnectInfo};
@@ -33,6 +44,15 @@ const PRIORITY: u8 = 0x20;
 const MAX_FRAME: usize = 16_384;
 /// Largest frame or header block accepted: well above anything a client sends.
 const MAX_BUFFERED: usize = 1 << 24;
+/// The largest HPACK dynamic table a client may use: SETTINGS_HEADER_TABLE_SIZE's initial
+/// value, which the server keeps (it advertises no other).
+const HEADER_TABLE_SIZE: usize = 4096;
+/// Largest decoded header list (sized as in RFC 9113 §6.5.2): a few indexed octets can name a
+/// table entry of kilobytes, so the decoded list, not the block, bounds the memory. The server
+/// itself refuses lists over 16 KiB per request; this only has to stay well above that.
+const MAX_HEADER_LIST: usize = 1 << 20;
+/// How much of a refused value an error message quotes.
+const QUOTED: usize = 64;
 
 /// A client connection whose request headers have their `:authority` repaired.
 pub struct RepairAuthority<S> {
@@ -46,8 +66,10 @@ pub struct RepairAuthority<S> {
     preface_seen: bool,
     /// A header block waiting for its CONTINUATION frames: stream, flags, priority, fragments.
     pending: Option<Pending>,
-    decoder: hpack::Decoder<'static>,
+    decoder: Decoder<'static>,
     eof: bool,
+    /// Why the connection was refused: every read after the first error fails the same way.
+    failed: Option<String>,
 }
 
 struct Pending {
@@ -61,30 +83,38 @@ fn invalid(message: impl Into<String>) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, message.into())
 }
 
-/// The authority part of a value that is not a valid one by itself, or `None` when the value
-/// has no usable authority (the header is then dropped).
-fn repaired_authority(value: &[u8]) -> Option<Vec<u8>> {
-    let text = std::str::from_utf8(value).ok()?;
-    let rest = text
-        .strip_prefix("http://")
-        .or_else(|| text.strip_prefix("https://"))
-        .unwrap_or(text);
-    let authority = rest.split('/').next().unwrap_or_default();
-    let valid = !authority.is_empty()
-        && authority
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"-._~:[]@!$&'()*+,;=%".contains(&b));
-    valid.then(|| authority.as_bytes().to_vec())
+/// At most [`QUOTED`] bytes of `value`, as text, for an error message.
+fn quoted(value: &[u8]) -> String {
+    let shown = String::from_utf8_lossy(&value[..value.len().min(QUOTED)]);
+    if value.len() > QUOTED {
+        format!("{shown:?}...")
+    } else {
+        format!("{shown:?}")
+    }
 }
 
-/// Whether `value` is already acceptable as an `:authority`.
-fn is_valid_authority(value: &[u8]) -> bool {
-    repaired_authority(value).is_some_and(|a| a == value)
+/// The `:authority` to forward for the client's `value`: the value itself when it is valid (by
+/// the parser h2 judges it with), else the authority of the URL etcd's Go client 3.4 sends
+/// (`http://host:port`, perhaps with a path). Anything else is refused.
+fn forwarded_authority(value: &[u8]) -> io::Result<Vec<u8>> {
+    if Authority::try_from(value).is_ok() {
+        return Ok(value.to_vec());
+    }
+    let refused = |why: &dyn std::fmt::Display| {
+        invalid(format!("malformed :authority {}: {why}", quoted(value)))
+    };
+    let url = value
+        .strip_prefix(b"http://")
+        .or_else(|| value.strip_prefix(b"https://"))
+        .ok_or_else(|| refused(&"neither an authority nor an http(s) URL"))?;
+    let authority = url.split(|&b| b == b'/').next().unwrap_or_default();
+    Authority::try_from(authority).map_err(|e| refused(&e))?;
+    Ok(authority.to_vec())
 }
 
 /// An HPACK integer with an `prefix`-bit prefix, the first byte's high bits set to `flags`.
 fn put_integer(out: &mut Vec<u8>, flags: u8, prefix: u8, value: usize) {
-    let mut encoded = hpack::encoder::encode_integer(value, prefix);
+    let mut encoded = loona_hpack::encoder::encode_integer(value, prefix);
     if let Some(first) = encoded.first_mut() {
         *first |= flags;
     }
@@ -116,6 +146,9 @@ fn push_frame(out: &mut Vec<u8>, kind: u8, flags: u8, stream: u32, payload: &[u8
 impl<S> RepairAuthority<S> {
     /// Filters the client connection `inner`.
     pub fn new(inner: S) -> Self {
+        let mut decoder = Decoder::new();
+        // A size update above this is an error, so the table never outgrows it.
+        decoder.set_max_allowed_table_size(HEADER_TABLE_SIZE);
         RepairAuthority {
             inner,
             raw: Vec::new(),
@@ -123,9 +156,19 @@ impl<S> RepairAuthority<S> {
             taken: 0,
             preface_seen: false,
             pending: None,
-            decoder: hpack::Decoder::new(),
+            decoder,
             eof: false,
+            failed: None,
         }
+    }
+
+    /// Takes `bytes` read from the client and processes what is complete.
+    fn ingest(&mut self, bytes: &[u8]) -> io::Result<()> {
+        self.raw.extend_from_slice(bytes);
+        if self.raw.len() > MAX_BUFFERED + FRAME_HEADER {
+            return Err(invalid("HTTP/2 frame too large"));
+        }
+        self.process()
     }
 
     /// Moves every complete unit of `raw` into `ready`.
@@ -135,9 +178,7 @@ impl<S> RepairAuthority<S> {
                 return Ok(());
             }
             if &self.raw[..PREFACE.len()] != PREFACE {
-                // Not HTTP/2 prior knowledge: let the server answer it as it sees fit.
-                self.preface_seen = true;
-                self.pending = None;
+                // The client API is HTTP/2 with prior knowledge only (gRPC without TLS).
                 return Err(invalid("not an HTTP/2 client connection preface"));
             }
             self.ready.extend_from_slice(PREFACE);
@@ -236,27 +277,40 @@ impl<S> RepairAuthority<S> {
         Ok(())
     }
 
+    /// The header list of the request on `stream` in `block`, its `:authority` repaired.
+    fn decode(&mut self, stream: u32, block: &[u8]) -> io::Result<Vec<(Vec<u8>, Vec<u8>)>> {
+        let mut headers = Vec::new();
+        let mut size = 0usize;
+        // The decoder cannot be stopped from the callback: past the limit it runs on through
+        // the rest of the block (itself bounded) while nothing more is kept.
+        self.decoder
+            .decode_with_cb(block, |name, value| {
+                size = size.saturating_add(name.len() + value.len() + 32);
+                if size <= MAX_HEADER_LIST {
+                    headers.push((name.into_owned(), value.into_owned()));
+                }
+            })
+            .map_err(|e| invalid(format!("HPACK: request headers on stream {stream}: {e}")))?;
+        if size > MAX_HEADER_LIST {
+            return Err(invalid(format!(
+                "request headers on stream {stream}: a header list of more than \
+                 {MAX_HEADER_LIST} bytes"
+            )));
+        }
+        for (name, value) in &mut headers {
+            if name.as_slice() == b":authority" {
+                *value = forwarded_authority(value)?;
+            }
+        }
+        Ok(headers)
+    }
+
     /// Decodes the pending block, repairs `:authority`, and emits it re-encoded.
     fn finish_block(&mut self) -> io::Result<()> {
         let Some(pending) = self.pending.take() else {
             return Ok(());
         };
-        let decoded = self
-            .decoder
-            .decode(&pending.block)
-            .map_err(|e| invalid(format!("HPACK: {e:?}")))?;
-        let mut headers = Vec::with_capacity(decoded.len());
-        for (name, value) in decoded {
-            if name == b":authority" && !is_valid_authority(&value) {
-                // No authority at all is valid HTTP/2; a broken one is not: drop what cannot
-                // be repaired.
-                if let Some(authority) = repaired_authority(&value) {
-                    headers.push((name, authority));
-                }
-            } else {
-                headers.push((name, value));
-            }
-        }
+        let headers = self.decode(pending.stream, &pending.block)?;
         let block = encode_block(&headers);
         let mut flags = (pending.flags & END_STREAM) | END_HEADERS;
         let mut first = Vec::new();
@@ -295,6 +349,9 @@ impl<S: AsyncRead + Unpin> AsyncRead for RepairAuthority<S> {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
+        if let Some(why) = &this.failed {
+            return Poll::Ready(Err(invalid(why.clone())));
+        }
         loop {
             if this.taken < this.ready.len() {
                 let n = (this.ready.len() - this.taken).min(buf.remaining());
@@ -325,11 +382,10 @@ impl<S: AsyncRead + Unpin> AsyncRead for RepairAuthority<S> {
                         this.eof = true;
                         continue;
                     }
-                    this.raw.extend_from_slice(filled);
-                    if this.raw.len() > MAX_BUFFERED + FRAME_HEADER {
-                        return Poll::Ready(Err(invalid("HTTP/2 frame too large")));
+                    if let Err(e) = this.ingest(filled) {
+                        this.failed = Some(e.to_string());
+                        return Poll::Ready(Err(e));
                     }
-                    this.process()?;
                 }
             }
         }
@@ -380,10 +436,10 @@ mod tests {
     use tokio::io::AsyncReadExt;
 
     /// A client stream: preface, SETTINGS, then `blocks` as HEADERS frames on streams 1, 3, ...
-    /// (encoded with indexing and Huffman off/on as hpack's encoder does), each followed by a
+    /// (encoded with indexing as loona-hpack's encoder does), each followed by a
     /// DATA frame.
     fn client_stream(blocks: &[Vec<(&[u8], &[u8])>]) -> (Vec<u8>, Vec<Vec<u8>>) {
-        let mut encoder = hpack::Encoder::new();
+        let mut encoder = loona_hpack::Encoder::new();
         let mut out = PREFACE.to_vec();
         push_frame(&mut out, 0x4, 0, 0, &[]);
         let mut data_frames = Vec::new();
@@ -460,7 +516,7 @@ mod tests {
         for chunk in [1, 3, 7, 4096] {
             let out = filtered(input.clone(), chunk).await.expect("filtered");
             let frames = frames(&out);
-            let mut decoder = hpack::Decoder::new();
+            let mut decoder = Decoder::new();
             let mut blocks = Vec::new();
             let mut datas = Vec::new();
             for (kind, flags, stream, payload) in &frames {
@@ -494,16 +550,166 @@ mod tests {
         }
     }
 
+    /// A client stream whose one request carries `block` as its header block.
+    fn stream_with_block(block: &[u8]) -> Vec<u8> {
+        let mut out = PREFACE.to_vec();
+        push_frame(&mut out, 0x4, 0, 0, &[]);
+        push_frame(&mut out, HEADERS, END_HEADERS | END_STREAM, 1, block);
+        out
+    }
+
+    /// Asserts that the filter ends the connection over `block` with an InvalidData error
+    /// whose message contains `says`.
+    async fn refused(block: &[u8], says: &str) {
+        let err = filtered(stream_with_block(block), 4096)
+            .await
+            .expect_err("malformed input is refused");
+        assert_eq!(err.kind(), io::ErrorKind::InvalidData, "{err}");
+        let message = err.to_string().to_lowercase();
+        assert!(message.contains(says), "{err:?} should say {says:?}");
+    }
+
+    #[tokio::test]
+    async fn a_block_cut_off_in_a_table_size_update_is_refused() {
+        // `001` and a full 5-bit prefix: at least one continuation octet must follow.
+        refused(&[0x3f], "not enough octets").await;
+        refused(&[0x82, 0x3f, 0xe1], "not enough octets").await;
+    }
+
+    #[tokio::test]
+    async fn a_block_cut_off_in_a_literal_is_refused() {
+        // A literal without indexing, new name of 5 octets, of which 1 arrived.
+        refused(&[0x00, 0x05, b'a'], "not enough octets").await;
+        // The name is complete, the value's length is missing.
+        refused(&[0x00, 0x01, b'a'], "not enough octets").await;
+        // An indexed name (`:authority`), the value's length integer cut off.
+        refused(&[0x01, 0x7f], "not enough octets").await;
+    }
+
+    #[tokio::test]
+    async fn an_index_out_of_range_is_refused() {
+        // 61 static entries, an empty dynamic table: 62 is past the end, 0 is never valid.
+        refused(&[0x80 | 62], "index").await;
+        refused(&[0x80], "index").await;
+        // A literal whose name refers to a missing entry.
+        refused(&[0x0f, 0x40, 0x01, b'x'], "index").await;
+    }
+
+    #[tokio::test]
+    async fn an_integer_longer_than_the_decoder_allows_is_refused() {
+        refused(&[0x3f, 0xff, 0xff, 0xff, 0xff, 0x0f], "too many octets").await;
+    }
+
+    #[tokio::test]
+    async fn a_table_larger_than_the_server_allows_is_refused() {
+        // A size update to 4097 octets, one more than SETTINGS_HEADER_TABLE_SIZE's 4096.
+        let mut block = Vec::new();
+        put_integer(&mut block, 0x20, 5, HEADER_TABLE_SIZE + 1);
+        block.push(0x82);
+        refused(&block, "table size").await;
+    }
+
+    #[tokio::test]
+    async fn a_header_list_that_expands_past_the_limit_is_refused() {
+        // One 4000-octet entry in the dynamic table, then named by one octet 300 times: a
+        // block of a few kilobytes that decodes to more than a megabyte.
+        let mut block = vec![0x40];
+        put_integer(&mut block, 0x00, 7, 1);
+        block.push(b'x');
+        put_integer(&mut block, 0x00, 7, 4000);
+        block.extend(std::iter::repeat_n(b'v', 4000));
+        block.extend(std::iter::repeat_n(0x80 | 62, 300));
+        refused(&block, "header list of more than").await;
+    }
+
+    #[tokio::test]
+    async fn a_table_size_update_within_the_limit_is_followed() {
+        let mut block = Vec::new();
+        put_integer(&mut block, 0x20, 5, HEADER_TABLE_SIZE);
+        block.extend_from_slice(&[0x83, 0x86, 0x84]);
+        let out = filtered(stream_with_block(&block), 4096)
+            .await
+            .expect("filtered");
+        let frames = frames(&out);
+        let decoded = Decoder::new().decode(&frames[1].3).expect("decodes");
+        assert_eq!(decoded.len(), 3, "the size update itself is not forwarded");
+    }
+
+    #[tokio::test]
+    async fn an_authority_that_cannot_be_repaired_is_refused() {
+        for value in [
+            &b"http://"[..],
+            b"#initially=[http://x]",
+            b"a b:1",
+            b"http://x y/",
+        ] {
+            let mut block = vec![0x83, 0x86, 0x84];
+            block.push(0x01);
+            put_integer(&mut block, 0x00, 7, value.len());
+            block.extend_from_slice(value);
+            refused(&block, ":authority").await;
+        }
+    }
+
+    #[tokio::test]
+    async fn after_an_error_every_read_fails() {
+        let (mut client, server) = tokio::io::duplex(4096);
+        use tokio::io::AsyncWriteExt;
+        client
+            .write_all(&stream_with_block(&[0x3f]))
+            .await
+            .expect("written");
+        let mut filter = RepairAuthority::new(server);
+        let mut buf = [0u8; 1024];
+        let first = filter.read(&mut buf).await;
+        // The preface may come first; the error follows, and stays.
+        let first = match first {
+            Ok(_) => filter.read(&mut buf).await,
+            Err(e) => Err(e),
+        };
+        assert_eq!(
+            first.expect_err("refused").kind(),
+            io::ErrorKind::InvalidData
+        );
+        let again = filter.read(&mut buf).await.expect_err("still refused");
+        assert_eq!(again.kind(), io::ErrorKind::InvalidData);
+    }
+
     #[test]
     fn authorities_are_judged_as_h2_does() {
-        assert!(is_valid_authority(b"127.0.0.1:2379"));
-        assert!(is_valid_authority(b"example.com"));
-        assert!(!is_valid_authority(b"http://127.0.0.1:2379"));
+        let forwarded = |v: &[u8]| forwarded_authority(v).ok();
+        for valid in [
+            &b"127.0.0.1:2379"[..],
+            b"example.com",
+            b"[::1]:2379",
+            b"u@h:1",
+        ] {
+            assert_eq!(forwarded(valid).as_deref(), Some(valid));
+        }
         assert_eq!(
-            repaired_authority(b"https://node-1.mend:2379/").as_deref(),
+            forwarded(b"http://127.0.0.1:2379").as_deref(),
+            Some(&b"127.0.0.1:2379"[..])
+        );
+        assert_eq!(
+            forwarded(b"https://node-1.mend:2379/").as_deref(),
             Some(&b"node-1.mend:2379"[..])
         );
-        assert_eq!(repaired_authority(b"#initially=[http://x]"), None);
+        for garbage in [
+            &b""[..],
+            b"http://",
+            b"#initially=[http://x]",
+            b"h\xffst:1",
+            b"x:y:z",
+        ] {
+            assert_eq!(forwarded(garbage), None, "{}", quoted(garbage));
+        }
+    }
+
+    #[test]
+    fn long_values_are_quoted_shortened() {
+        let long = vec![b'a'; 1000];
+        let err = forwarded_authority(&[b"#", &long[..]].concat()).expect_err("refused");
+        assert!(err.to_string().len() < 200, "{err}");
     }
 
     #[tokio::test]
@@ -533,7 +739,7 @@ mod tests {
             .filter(|f| f.0 == HEADERS || f.0 == CONTINUATION)
             .flat_map(|f| f.3.clone())
             .collect();
-        let decoded = hpack::Decoder::new().decode(&block).expect("decodes");
+        let decoded = Decoder::new().decode(&block).expect("decodes");
         assert_eq!(
             decoded[1],
             (b":authority".to_vec(), b"127.0.0.1:1".to_vec())
