@@ -95,7 +95,8 @@ fn quoted(value: &[u8]) -> String {
 
 /// The `:authority` to forward for the client's `value`: the value itself when it is valid (by
 /// the parser h2 judges it with), else the authority of the URL etcd's Go client 3.4 sends
-/// (`http://host:port`, perhaps with a path). Anything else is refused.
+/// (`http://host:port`, perhaps with a path). Anything else is an error (and the header is
+/// dropped).
 fn forwarded_authority(value: &[u8]) -> io::Result<Vec<u8>> {
     if Authority::try_from(value).is_ok() {
         return Ok(value.to_vec());
@@ -297,11 +298,24 @@ impl<S> RepairAuthority<S> {
                  {MAX_HEADER_LIST} bytes"
             )));
         }
-        for (name, value) in &mut headers {
-            if name.as_slice() == b":authority" {
-                *value = forwarded_authority(value)?;
+        // A value that is neither an authority nor a URL with one (older gRPC clients send
+        // their dial target, e.g. `#initially=[…]`) is dropped, as Go's server ignores it:
+        // the request goes on without one instead of the connection failing.
+        headers.retain_mut(|(name, value)| {
+            if name.as_slice() != b":authority" {
+                return true;
             }
-        }
+            match forwarded_authority(value) {
+                Ok(repaired) => {
+                    *value = repaired;
+                    true
+                }
+                Err(e) => {
+                    tracing::debug!(error = %e, "dropping an unusable :authority");
+                    false
+                }
+            }
+        });
         Ok(headers)
     }
 
@@ -636,7 +650,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn an_authority_that_cannot_be_repaired_is_refused() {
+    async fn an_authority_that_cannot_be_repaired_is_dropped_and_the_request_goes_on() {
         for value in [
             &b"http://"[..],
             b"#initially=[http://x]",
@@ -647,7 +661,19 @@ mod tests {
             block.push(0x01);
             put_integer(&mut block, 0x00, 7, value.len());
             block.extend_from_slice(value);
-            refused(&block, ":authority").await;
+            let out = filtered(stream_with_block(&block), 4096)
+                .await
+                .expect("the connection goes on");
+            let frames = frames(&out);
+            let decoded = Decoder::new().decode(&frames[1].3).expect("decodes");
+            assert!(
+                decoded
+                    .iter()
+                    .all(|(name, _)| name.as_slice() != b":authority"),
+                "{}",
+                quoted(value)
+            );
+            assert_eq!(decoded.len(), 3, "the other headers are kept");
         }
     }
 
