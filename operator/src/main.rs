@@ -9,8 +9,9 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{Parser, Subcommand};
 use operator::supervisor::{Config, Supervisor};
+use storage_node::cli::LogFormat;
 
 /// Mend's operator for self-healing, etcd-compatible key-value clusters.
 #[derive(Parser)]
@@ -61,25 +62,8 @@ enum Cmd {
     },
 }
 
-/// `--log-format`.
-#[derive(Clone, Copy, ValueEnum)]
-enum LogFormat {
-    /// Human-readable lines.
-    Text,
-    /// One JSON object per line.
-    Json,
-}
-
 fn init_logging(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| "info,tower=warn,h2=warn".into());
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    match format {
-        LogFormat::Json => builder.json().init(),
-        LogFormat::Text => builder.init(),
-    }
+    storage_node::cli::init_logging("info,tower=warn,h2=warn", format);
 }
 
 fn main() -> ExitCode {

@@ -179,20 +179,21 @@ impl Prober {
             _ => return unreachable,
         };
         let header = status.header.unwrap_or_default();
+        let health = Observation {
+            member: header.member_id,
+            reachable: true,
+            is_leader: status.leader != 0 && status.leader == header.member_id,
+            is_learner: status.is_learner,
+            db_size: status.db_size,
+            raft_term: status.raft_term,
+            raft_index: status.raft_index,
+            applied_index: status.raft_applied_index,
+            revision: header.revision,
+            ..Observation::unreachable()
+        };
         if scope == Scope::Health {
             return Partial {
-                observation: Observation {
-                    member: header.member_id,
-                    reachable: true,
-                    is_leader: status.leader != 0 && status.leader == header.member_id,
-                    is_learner: status.is_learner,
-                    db_size: status.db_size,
-                    raft_term: status.raft_term,
-                    raft_index: status.raft_index,
-                    applied_index: status.raft_applied_index,
-                    revision: header.revision,
-                    ..Observation::unreachable()
-                },
+                observation: health,
                 channel: None,
             };
         }
@@ -232,18 +233,9 @@ impl Prober {
         };
         Partial {
             observation: Observation {
-                member: header.member_id,
-                reachable: true,
-                is_leader: status.leader != 0 && status.leader == header.member_id,
-                is_learner: status.is_learner,
-                db_size: status.db_size,
-                raft_term: status.raft_term,
-                raft_index: status.raft_index,
-                applied_index: status.raft_applied_index,
                 auth_revision,
-                revision: header.revision,
                 key_count,
-                hash: None,
+                ..health
             },
             channel: Some((channel, token)),
         }

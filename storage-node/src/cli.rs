@@ -118,6 +118,20 @@ pub enum LogFormat {
     Json,
 }
 
+/// Sends `tracing` output to stderr as `format` says, filtered by `RUST_LOG` or else by
+/// `default_filter`.
+pub fn init_logging(default_filter: &str, format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| default_filter.into());
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => builder.init(),
+    }
+}
+
 /// Flags that contradict each other or cannot be parsed.
 #[derive(Debug, Error, PartialEq, Eq)]
 #[non_exhaustive]

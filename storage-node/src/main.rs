@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use storage_node::cli::{LogFormat, ServeArgs};
+use storage_node::cli::{LogFormat, ServeArgs, init_logging};
 use storage_node::tools::{backup, demo, dump};
 
 /// Mend's etcd-compatible storage node. Without a subcommand it runs a cluster member
@@ -64,18 +64,6 @@ enum Cmd {
         /// The member's data directory (`--data-dir` of the node).
         data_dir: PathBuf,
     },
-}
-
-fn init_logging(default_filter: &str, format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| default_filter.into());
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    match format {
-        LogFormat::Json => builder.json().init(),
-        LogFormat::Text => builder.init(),
-    }
 }
 
 fn main() -> ExitCode {
