@@ -483,6 +483,17 @@ impl<'p, P: Platform> Executor<'p, P> {
         }
     }
 
+    /// The ID the cluster knows member `name` by (matched by its peer URL), asking `endpoint`.
+    pub async fn member_id(&self, endpoint: &str, name: &str) -> Result<Option<u64>> {
+        let peer = self.platform.peer_url(name)?;
+        Ok(self
+            .member_list(endpoint)
+            .await?
+            .into_iter()
+            .find(|m| m.peer_ur_ls.contains(&peer))
+            .map(|m| m.id))
+    }
+
     /// The cluster's members as `endpoint` lists them.
     async fn member_list(&self, endpoint: &str) -> Result<Vec<EtcdMember>> {
         let (channel, token) = self.connect(endpoint).await?;

@@ -161,6 +161,39 @@ pub fn plan(findings: &[Finding], members: &[Member], mode: Mode) -> Decision {
 }
 
 /// The member holding the complete data.
+/// Rebuilds `lost`, a member that lost its data (it can only rejoin as a new member), from the
+/// leader: remove it, move aside what is left of its data, add it back as a learner, let it
+/// catch up, promote, verify. Only while every other member answers and they are a quorum of
+/// the voters, so nothing else is out while it is.
+pub fn rebuild_lost(lost: u64, members: &[Member]) -> Result<Plan, String> {
+    let others: Vec<&Member> = members.iter().filter(|m| m.id != lost).collect();
+    if others.iter().any(|m| !m.healthy) {
+        return Err("another member is down; rebuilding takes one member out at a time".into());
+    }
+    let voters = members.iter().filter(|m| m.voter).count();
+    let healthy_voters = others.iter().filter(|m| m.voter).count();
+    if healthy_voters * 2 <= voters {
+        return Err("no healthy quorum without the lost member".into());
+    }
+    let source = others
+        .iter()
+        .find(|m| m.is_leader)
+        .map(|m| m.id)
+        .ok_or("no leader among the other members")?;
+    Ok(Plan {
+        source,
+        steps: vec![
+            Step::Remove { member: lost },
+            Step::Backup { member: lost },
+            Step::Wipe { member: lost },
+            Step::AddLearner { member: lost },
+            Step::WaitCaughtUp { member: lost },
+            Step::Promote { member: lost },
+            Step::Verify { member: lost },
+        ],
+    })
+}
+
 fn choose_source(findings: &[Finding], members: &[Member]) -> Result<u64, String> {
     let drift = findings.iter().find_map(|f| match f {
         Finding::AuthRevisionDrift { revisions } => Some(revisions),
@@ -278,6 +311,21 @@ mod tests {
         Finding::AuthRevisionDrift {
             revisions: members.iter().map(|m| (m.id, m.auth_revision)).collect(),
         }
+    }
+
+    #[test]
+    fn a_lost_member_is_rebuilt_from_the_leader_only_while_the_others_answer() {
+        let mut m = members(&[5, 5, 5], 1);
+        m[2].healthy = false;
+        let plan = rebuild_lost(3, &m).expect("a plan");
+        assert_eq!(plan.source, 2);
+        assert_eq!(plan.steps.first(), Some(&Step::Remove { member: 3 }));
+        assert_eq!(plan.steps.last(), Some(&Step::Verify { member: 3 }));
+        m[0].healthy = false;
+        assert!(rebuild_lost(3, &m).is_err(), "two members out");
+        let mut no_leader = members(&[5, 5, 5], 2);
+        no_leader[2].healthy = false;
+        assert!(rebuild_lost(3, &no_leader).is_err(), "the lost one led");
     }
 
     #[test]

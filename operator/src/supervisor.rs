@@ -21,7 +21,7 @@ use crate::detector::{Round, Tolerance};
 use crate::executor::{Executor, Progress};
 use crate::healer::{Assessment, Healer};
 use crate::metrics::HealMetrics;
-use crate::planner::{Decision, Mode};
+use crate::planner::{self, Decision, Member, Mode};
 use crate::platform;
 use crate::platform::local::{LocalPlatform, write_atomically};
 use crate::probe::{Prober, Scope};
@@ -238,6 +238,10 @@ impl Supervisor {
         };
         let mut round = self.prober.round_of(scope).await;
         self.views = self.views_of(&round);
+        if self.progress.is_none() && self.config.spec.healing.mode == crds::HealingMode::Automatic
+        {
+            self.plan_rebuild_of_lost(&round).await?;
+        }
         if self.progress.is_some() {
             self.heal(None).await?;
             round = self.prober.round().await;
@@ -281,6 +285,67 @@ impl Supervisor {
             return self.write_status(&after);
         }
         self.write_status(&assessment)
+    }
+
+    /// A member left stopped because it has no data (see [`Supervisor::keep_running`]) lost
+    /// it: the cluster still counts it, but it can only come back as a new member. Plans its
+    /// rebuild from the leader into `self.progress` when the others allow it.
+    async fn plan_rebuild_of_lost(&mut self, round: &Round) -> Result<()> {
+        let Some(lost) = self.refused_to_start.first().cloned() else {
+            return Ok(());
+        };
+        let leader = round
+            .members
+            .iter()
+            .zip(&self.platform.members)
+            .find(|(o, _)| o.reachable && o.is_leader)
+            .map(|(_, m)| m.endpoint());
+        let Some(leader) = leader else {
+            return Ok(());
+        };
+        let executor = Executor::new(
+            &mut self.platform,
+            BTreeMap::new(),
+            self.credentials.clone(),
+            CALL_TIMEOUT,
+        );
+        let id = match executor.member_id(&leader, &lost).await {
+            Ok(Some(id)) => id,
+            Ok(None) => {
+                tracing::warn!(member = %lost, "not a member of the cluster; leaving it stopped");
+                return Ok(());
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, "member list for a rebuild");
+                return Ok(());
+            }
+        };
+        let mut names: BTreeMap<u64, String> = BTreeMap::new();
+        let members: Vec<Member> = round
+            .members
+            .iter()
+            .zip(&self.platform.members)
+            .map(|(o, m)| {
+                let id = if m.name == lost { id } else { o.member };
+                names.insert(id, m.name.clone());
+                Member {
+                    id,
+                    ..Member::observed(o)
+                }
+            })
+            .collect();
+        match planner::rebuild_lost(id, &members) {
+            Ok(plan) => {
+                tracing::warn!(member = %lost, "member lost its data: rebuilding it as a new member");
+                self.refused_to_start.retain(|n| *n != lost);
+                self.progress = Some(Progress::new(plan, names));
+                self.save_progress()
+            }
+            Err(why) => {
+                tracing::debug!(member = %lost, why, "not rebuilding yet");
+                Ok(())
+            }
+        }
     }
 
     /// Starts members that should run and do not: on first start all of them; later those

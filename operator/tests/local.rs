@@ -283,3 +283,45 @@ fn disabled_healing_probes_health_only_and_never_acts() {
     assert_eq!(op.backups(), 0);
     assert!(!op.dir().join("heal.json").exists());
 }
+
+#[test]
+fn a_member_that_lost_its_data_is_rebuilt_as_a_new_member() {
+    let op = LocalOperator::start_with("Automatic", false);
+    op.wait_status("the cluster to form with auth on", |s| {
+        settled(s) && op.dir().join("root-credentials").exists()
+    });
+    let root = op.root();
+    let endpoints = op.endpoints();
+    let mut acknowledged = Vec::new();
+    for n in 0..5 {
+        let key = format!("before-{n}");
+        ok(etcdctl(
+            &endpoints[n % 3],
+            &["--user", &root, "put", &key, "v"],
+        ));
+        acknowledged.push(key);
+    }
+    let old_id = op.status().expect("status").members[2].member_id.clone();
+
+    // node3 dies and its data is gone. The operator is frozen meanwhile, so it cannot restart
+    // node3 on its data first.
+    let operator = Pid::from_raw(op.pid().expect("operator runs"));
+    kill(operator, Signal::SIGSTOP).expect("SIGSTOP");
+    let node3 = op.member_pid("node3").expect("node3 pid");
+    let _ = kill(Pid::from_raw(node3), Signal::SIGKILL);
+    assert!(wait_until(DEADLINE, || !op.runs_member(node3)));
+    std::fs::remove_dir_all(op.dir().join("node3")).expect("wipe node3");
+    kill(operator, Signal::SIGCONT).expect("SIGCONT");
+
+    let rebuilt = op.wait_status("node3 to be rebuilt as a new member", |s| {
+        settled(s)
+            && s.members[2].member_id != old_id
+            && s.healing.as_ref().is_some_and(|h| h.count >= 1)
+    });
+    assert!(rebuilt.members[2].healthy);
+    assert!(
+        op.full_log()
+            .contains("member lost its data: rebuilding it as a new member")
+    );
+    assert_everywhere(&op, &acknowledged);
+}

@@ -213,6 +213,11 @@ impl LocalOperator {
             .unwrap_or_default()
     }
 
+    /// The operator's process ID, while it runs.
+    pub fn pid(&self) -> Option<i32> {
+        self.child.as_ref().map(|c| c.id() as i32)
+    }
+
     /// SIGKILL the operator (its members keep running, as after a crash).
     pub fn kill_operator(&mut self) {
         if let Some(mut child) = self.child.take() {
