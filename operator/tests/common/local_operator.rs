@@ -12,7 +12,9 @@ use crds::StorageClusterStatus;
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 
-use crate::cluster::{DEADLINE, etcdctl, free_port, ok, storage_node_bin, tail, wait_until};
+use crate::cluster::{
+    DEADLINE, etcdctl, free_port, ok, signal_and_wait, storage_node_bin, tail, wait_until,
+};
 
 /// The `operator` binary: cargo names it for the operator's own tests; others find it beside
 /// the storage-node binary, where a workspace build puts both.
@@ -228,20 +230,9 @@ impl LocalOperator {
 
     /// SIGINT (Ctrl-C) and wait for the exit; returns whether it exited 0.
     pub fn interrupt(&mut self) -> bool {
-        let Some(mut child) = self.child.take() else {
-            return false;
-        };
-        let _ = kill(Pid::from_raw(child.id() as i32), Signal::SIGINT);
-        let mut exit = None;
-        let exited = wait_until(DEADLINE, || {
-            exit = child.try_wait().ok().flatten();
-            exit.is_some()
-        });
-        if !exited {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-        exit.is_some_and(|s| s.success())
+        self.child
+            .take()
+            .is_some_and(|child| signal_and_wait(child, Signal::SIGINT))
     }
 
     /// Whether process `pid` still runs one of this test's members.

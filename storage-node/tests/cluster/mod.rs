@@ -85,6 +85,22 @@ pub fn free_port() -> u16 {
     }
 }
 
+/// Sends `signal` to `child` and waits for it to exit: whether it exited with success. A child
+/// still running at the deadline is killed (and that is not a success).
+pub fn signal_and_wait(mut child: Child, signal: nix::sys::signal::Signal) -> bool {
+    let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), signal);
+    let mut exit = None;
+    let exited = wait_until(DEADLINE, || {
+        exit = child.try_wait().ok().flatten();
+        exit.is_some()
+    });
+    if !exited {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    exit.is_some_and(|s| s.success())
+}
+
 /// Waits until `condition` holds or the deadline passes; returns whether it held.
 pub fn wait_until(deadline: Duration, mut condition: impl FnMut() -> bool) -> bool {
     let end = Instant::now() + deadline;
@@ -183,22 +199,9 @@ impl Member {
 
     /// SIGTERM, and wait for a clean exit; returns whether the exit status was success.
     pub fn stop(&mut self) -> bool {
-        let Some(mut child) = self.child.take() else {
-            return true;
-        };
-        let pid = nix::unistd::Pid::from_raw(child.id() as i32);
-        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
-        let end = Instant::now() + DEADLINE;
-        loop {
-            match child.try_wait() {
-                Ok(Some(status)) => return status.success(),
-                Ok(None) if Instant::now() < end => std::thread::sleep(Duration::from_millis(20)),
-                _ => {
-                    let _ = child.kill();
-                    let _ = child.wait();
-                    return false;
-                }
-            }
+        match self.child.take() {
+            Some(child) => signal_and_wait(child, nix::sys::signal::Signal::SIGTERM),
+            None => true,
         }
     }
 
