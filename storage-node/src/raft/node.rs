@@ -503,6 +503,11 @@ impl Node {
             RaftError::APIError(ClientWriteError::ChangeMembershipError(
                 ChangeMembershipError::InProgress(_),
             )) => Refusal::Busy,
+            // Another membership change got in between (members publish theirs at start):
+            // nothing was appended, so this one is retried on the new membership.
+            RaftError::APIError(ClientWriteError::PreconditionFailed(
+                openraft::error::PreconditionFailed::LastMembershipLogIdMismatch { .. },
+            )) => Refusal::Busy,
             RaftError::APIError(other) => Refusal::Failed(NodeError::Raft(other.to_string())),
             RaftError::Fatal(fatal) => Refusal::Failed(NodeError::Raft(fatal.to_string())),
         })
