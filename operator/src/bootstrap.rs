@@ -9,7 +9,6 @@ use storage_node::pb::etcdserverpb::{
     AuthEnableRequest, AuthStatusRequest, AuthUserAddRequest, AuthUserGrantRoleRequest,
     auth_client::AuthClient,
 };
-use tonic::transport::Endpoint;
 
 /// Why auth could not be turned on.
 #[derive(Debug, thiserror::Error)]
@@ -43,17 +42,12 @@ pub async fn enable_auth(
     password: &str,
     timeout: Duration,
 ) -> Result<bool, Error> {
-    let connect = |message: String| Error::Connect {
-        endpoint: endpoint.to_string(),
-        message,
-    };
-    let channel = Endpoint::from_shared(endpoint.to_string())
-        .map_err(|e| connect(e.to_string()))?
-        .connect_timeout(timeout)
-        .timeout(timeout)
-        .connect()
+    let channel = crate::client::connect(endpoint, timeout)
         .await
-        .map_err(|e| connect(e.to_string()))?;
+        .map_err(|message| Error::Connect {
+            endpoint: endpoint.to_string(),
+            message,
+        })?;
     let call = |call: &'static str, status: tonic::Status| Error::Call {
         call,
         endpoint: endpoint.to_string(),

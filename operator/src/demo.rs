@@ -13,9 +13,9 @@ use storage_node::pb::etcdserverpb::{
     AuthRoleAddRequest, AuthRoleGrantPermissionRequest, AuthenticateRequest, PutRequest,
     RangeRequest, auth_client::AuthClient, kv_client::KvClient,
 };
-use tonic::metadata::MetadataValue;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 
+use crate::client;
 use crate::supervisor::{self, Config, Supervisor};
 
 /// Why the demo did not show what it promises.
@@ -229,20 +229,12 @@ async fn present(
 }
 
 async fn login(endpoint: &str, user: &str, password: &str) -> Result<(Channel, String)> {
-    let channel = Endpoint::from_shared(endpoint.to_string())
-        .map_err(|e| Error::Call {
-            call: "connect",
-            endpoint: endpoint.to_string(),
-            message: e.to_string(),
-        })?
-        .connect_timeout(CALL_TIMEOUT)
-        .timeout(CALL_TIMEOUT)
-        .connect()
+    let channel = client::connect(endpoint, CALL_TIMEOUT)
         .await
-        .map_err(|e| Error::Call {
+        .map_err(|message| Error::Call {
             call: "connect",
             endpoint: endpoint.to_string(),
-            message: e.to_string(),
+            message,
         })?;
     let token = AuthClient::new(channel.clone())
         .authenticate(AuthenticateRequest {
@@ -257,11 +249,7 @@ async fn login(endpoint: &str, user: &str, password: &str) -> Result<(Channel, S
 }
 
 fn request<T>(message: T, token: &str) -> tonic::Request<T> {
-    let mut request = tonic::Request::new(message);
-    if let Ok(value) = MetadataValue::try_from(token) {
-        request.metadata_mut().insert("token", value);
-    }
-    request
+    client::request(message, Some(token))
 }
 
 fn call(call: &'static str, endpoint: &str, status: &tonic::Status) -> Error {

@@ -13,9 +13,9 @@ use storage_node::pb::etcdserverpb::{
     MemberPromoteRequest, MemberRemoveRequest, MoveLeaderRequest, StatusRequest, StatusResponse,
     auth_client::AuthClient, cluster_client::ClusterClient, maintenance_client::MaintenanceClient,
 };
-use tonic::metadata::MetadataValue;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 
+use crate::client;
 use crate::planner::{Plan, Step};
 use crate::platform::{self, Platform};
 
@@ -253,30 +253,17 @@ impl<'p, P: Platform> Executor<'p, P> {
     /// A channel to `endpoint` without logging in: a login is a raft write, and status checks
     /// compare applied indexes that writes would keep moving.
     async fn channel(&self, endpoint: &str) -> Result<Channel> {
-        let api = |status: String| Error::Api {
-            call: "connect",
-            endpoint: endpoint.to_string(),
-            status,
-        };
-        let channel = Endpoint::from_shared(endpoint.to_string())
-            .map_err(|e| api(e.to_string()))?
-            .connect_timeout(self.timeout)
-            .timeout(self.timeout)
-            .connect()
+        client::connect(endpoint, self.timeout)
             .await
-            .map_err(|e| api(e.to_string()))?;
-        Ok(channel)
+            .map_err(|status| Error::Api {
+                call: "connect",
+                endpoint: endpoint.to_string(),
+                status,
+            })
     }
 
     fn request<T>(message: T, token: &Option<String>) -> tonic::Request<T> {
-        let mut request = tonic::Request::new(message);
-        if let Some(value) = token
-            .as_deref()
-            .and_then(|t| MetadataValue::try_from(t).ok())
-        {
-            request.metadata_mut().insert("token", value);
-        }
-        request
+        client::request(message, token.as_deref())
     }
 
     async fn status(&self, endpoint: &str) -> Result<StatusResponse> {
@@ -285,11 +272,7 @@ impl<'p, P: Platform> Executor<'p, P> {
             .status(Self::request(StatusRequest {}, &None))
             .await
             .map(tonic::Response::into_inner)
-            .map_err(|s| Error::Api {
-                call: "Status",
-                endpoint: endpoint.to_string(),
-                status: s.message().to_string(),
-            })
+            .map_err(|s| api("Status", endpoint, &s))
     }
 
     /// The leader's ID as any reachable member reports it.
@@ -518,11 +501,7 @@ impl<'p, P: Platform> Executor<'p, P> {
         MaintenanceClient::new(channel)
             .move_leader(Self::request(MoveLeaderRequest { target_id: to }, &token))
             .await
-            .map_err(|s| Error::Api {
-                call: "MoveLeader",
-                endpoint: endpoint.clone(),
-                status: s.message().to_string(),
-            })?;
+            .map_err(|s| api("MoveLeader", &endpoint, &s))?;
         self.wait_for("the new leader", self.timeout * 2, || async {
             self.leader().await.is_ok_and(|l| l == to)
         })

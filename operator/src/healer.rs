@@ -30,6 +30,17 @@ pub struct Assessment {
     pub held_back: Option<String>,
 }
 
+impl Assessment {
+    /// Nothing found and nothing to do: what is reported when members are not compared.
+    pub fn quiet() -> Assessment {
+        Assessment {
+            findings: Vec::new(),
+            decision: Decision::Healthy,
+            held_back: None,
+        }
+    }
+}
+
 /// The loop's state between rounds.
 #[derive(Clone, Debug)]
 pub struct Healer {
@@ -61,6 +72,21 @@ impl Healer {
             heals: 0,
             last_result: None,
         }
+    }
+
+    /// The loop a `StorageCluster`'s `spec.healing` asks for: the evidence it needs and the
+    /// mode it allows.
+    pub fn for_spec(healing: &crds::Healing) -> Healer {
+        let mode = match healing.mode {
+            crds::HealingMode::Automatic => Mode::Automatic,
+            crds::HealingMode::ObserveOnly => Mode::ObserveOnly,
+            crds::HealingMode::Disabled => Mode::Disabled,
+        };
+        let tolerance = Tolerance {
+            consecutive: healing.consecutive_probes.max(1) as usize,
+            ..Tolerance::default()
+        };
+        Healer::new(tolerance, mode)
     }
 
     /// Takes one probe round at `now` and decides what to do about the cluster.

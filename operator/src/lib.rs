@@ -2,21 +2,25 @@
 //!
 //! # Layout
 //! The healing loop is probe → detector → planner → executor, the same on Kubernetes and for
-//! local processes. Built so far, the pure decision half:
+//! local processes:
+//! - [`probe`]: one probe round of every member over the etcd v3 API ([`client`]: channels and
+//!   tokens).
 //! - [`detector`]: probe rounds in, findings out (AuthRevision drift, divergence, lagging and
 //!   unreachable members), with tolerance for changes still in flight.
 //! - [`planner`]: findings and members in, a recovery plan (or a reason to wait) out.
-//! - [`probe`]: one probe round of every member over the etcd v3 API.
-//! - [`executor`]: runs a plan against a real cluster (etcd API + [`platform`]).
-//! - [`platform`]: where members live; [`platform::local`] runs them as local processes.
-//! - [`controller`]: the Kubernetes controller (`operator run`): member pods, Services,
-//!   volumes, status, auth bootstrap, leader election.
-//! - [`crd_yaml`]: the `StorageCluster` CRD as YAML, for `manifests/crd.yaml`.
-//!
-//! Healing on Kubernetes (a `platform::kube` for the executor, driven from the controller)
-//! comes with the self-healing issue.
+//! - [`healer`]: the loop's memory between rounds (evidence, backoff when drift returns).
+//! - [`executor`]: runs a plan one idempotent step at a time, resumable from its progress.
+//! - [`platform`]: where members live: [`platform::local`] (processes) or [`platform::kube`]
+//!   (pods and volumes).
+//! - [`status`]: observations and decisions to the resource's status; [`metrics`]: healing
+//!   metrics; [`bootstrap`]: turning auth on.
+//! - [`controller`]: the Kubernetes controller (`operator run`); [`supervisor`]: `operator
+//!   local`; [`demo`]: `operator demo`.
+//! - [`yaml`]: strict YAML parsing; [`crd_yaml`]: the `StorageCluster` CRD as YAML, for
+//!   `manifests/crd.yaml`.
 
 pub mod bootstrap;
+pub mod client;
 pub mod controller;
 pub mod demo;
 pub mod detector;

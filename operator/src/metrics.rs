@@ -11,21 +11,33 @@ use std::time::Duration;
 
 use crds::{Phase, StorageClusterStatus};
 
-/// Upper bounds (seconds) of the duration histograms' buckets.
+/// Upper bounds (seconds) of the heal and detection histograms' buckets.
 const BUCKETS: [f64; 10] = [0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0];
 
-/// A cumulative histogram of durations.
-#[derive(Clone, Debug, Default)]
-struct Histogram {
-    counts: [u64; BUCKETS.len()],
+/// A cumulative Prometheus histogram of durations in seconds.
+#[derive(Clone, Debug)]
+pub(crate) struct Histogram {
+    bounds: &'static [f64],
+    /// Observations at or below each bound (cumulative, as Prometheus wants).
+    counts: Vec<u64>,
     count: u64,
     sum: f64,
 }
 
 impl Histogram {
-    fn observe(&mut self, value: Duration) {
-        let seconds = value.as_secs_f64();
-        for (bound, count) in BUCKETS.iter().zip(&mut self.counts) {
+    /// An empty histogram with buckets up to each of `bounds`.
+    pub(crate) fn new(bounds: &'static [f64]) -> Histogram {
+        Histogram {
+            bounds,
+            counts: vec![0; bounds.len()],
+            count: 0,
+            sum: 0.0,
+        }
+    }
+
+    /// Records one observation of `seconds`.
+    pub(crate) fn observe(&mut self, seconds: f64) {
+        for (bound, count) in self.bounds.iter().zip(&mut self.counts) {
             if seconds <= *bound {
                 *count += 1;
             }
@@ -34,25 +46,27 @@ impl Histogram {
         self.sum += seconds;
     }
 
-    fn render(&self, out: &mut String, name: &str, cluster: &str) {
-        for (bound, count) in BUCKETS.iter().zip(&self.counts) {
-            let _ = writeln!(
-                out,
-                "{name}_bucket{{cluster=\"{cluster}\",le=\"{bound}\"}} {count}"
-            );
+    /// Appends the series of histogram `name` with `labels` (`k="v",…`, or empty) to `out`.
+    pub(crate) fn render(&self, out: &mut String, name: &str, labels: &str) {
+        let bucket = |le: &str| match labels {
+            "" => format!("{{le=\"{le}\"}}"),
+            labels => format!("{{{labels},le=\"{le}\"}}"),
+        };
+        let plain = match labels {
+            "" => String::new(),
+            labels => format!("{{{labels}}}"),
+        };
+        for (bound, count) in self.bounds.iter().zip(&self.counts) {
+            let _ = writeln!(out, "{name}_bucket{} {count}", bucket(&bound.to_string()));
         }
-        let _ = writeln!(
-            out,
-            "{name}_bucket{{cluster=\"{cluster}\",le=\"+Inf\"}} {}",
-            self.count
-        );
-        let _ = writeln!(out, "{name}_sum{{cluster=\"{cluster}\"}} {}", self.sum);
-        let _ = writeln!(out, "{name}_count{{cluster=\"{cluster}\"}} {}", self.count);
+        let _ = writeln!(out, "{name}_bucket{} {}", bucket("+Inf"), self.count);
+        let _ = writeln!(out, "{name}_sum{plain} {}", self.sum);
+        let _ = writeln!(out, "{name}_count{plain} {}", self.count);
     }
 }
 
 /// What is known of one cluster.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug)]
 struct Cluster {
     replicas: i64,
     ready: i64,
@@ -63,6 +77,22 @@ struct Cluster {
     heals_failed: u64,
     heal_duration: Histogram,
     detection: Histogram,
+}
+
+impl Default for Cluster {
+    fn default() -> Self {
+        Cluster {
+            replicas: 0,
+            ready: 0,
+            auth_revision_drift: 0,
+            key_count_spread: 0,
+            diverged: false,
+            heals_succeeded: 0,
+            heals_failed: 0,
+            heal_duration: Histogram::new(&BUCKETS),
+            detection: Histogram::new(&BUCKETS),
+        }
+    }
 }
 
 /// The healing metrics of every cluster this operator runs.
@@ -104,7 +134,7 @@ impl HealMetrics {
 
     /// A divergence of `cluster` was confirmed `after` its first sighting.
     pub fn detected(&self, cluster: &str, after: Duration) {
-        self.with(cluster, |c| c.detection.observe(after));
+        self.with(cluster, |c| c.detection.observe(after.as_secs_f64()));
     }
 
     /// A heal of `cluster` ended after `took`.
@@ -115,7 +145,7 @@ impl HealMetrics {
             } else {
                 c.heals_failed += 1;
             }
-            c.heal_duration.observe(took);
+            c.heal_duration.observe(took.as_secs_f64());
         });
     }
 
@@ -184,7 +214,7 @@ impl HealMetrics {
         ] {
             let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
             for (cluster, c) in clusters.iter() {
-                pick(c).render(&mut out, name, cluster);
+                pick(c).render(&mut out, name, &format!("cluster=\"{cluster}\""));
             }
         }
         out

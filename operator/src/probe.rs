@@ -10,7 +10,6 @@ use storage_node::pb::etcdserverpb::{
     AuthStatusRequest, AuthenticateRequest, HashKvRequest, RangeRequest, StatusRequest,
     auth_client::AuthClient, kv_client::KvClient, maintenance_client::MaintenanceClient,
 };
-use tonic::metadata::MetadataValue;
 use tonic::transport::{Channel, Endpoint};
 
 use crate::detector::{Observation, Round};
@@ -22,6 +21,16 @@ pub enum Scope {
     Health,
     /// Status, AuthStatus, key count and HashKV: what divergence detection needs.
     Full,
+}
+
+impl Scope {
+    /// What healing in `mode` needs probed: `Disabled` compares nothing.
+    pub fn for_mode(mode: crds::HealingMode) -> Scope {
+        match mode {
+            crds::HealingMode::Disabled => Scope::Health,
+            crds::HealingMode::Automatic | crds::HealingMode::ObserveOnly => Scope::Full,
+        }
+    }
 }
 
 /// How to reach the members.
@@ -120,11 +129,8 @@ impl Prober {
     }
 
     fn request<T>(&self, message: T, token: Option<&str>) -> tonic::Request<T> {
-        let mut request = tonic::Request::new(message);
+        let mut request = crate::client::request(message, token);
         request.set_timeout(self.timeout);
-        if let Some(value) = token.and_then(|t| MetadataValue::try_from(t).ok()) {
-            request.metadata_mut().insert("token", value);
-        }
         request
     }
 

@@ -17,13 +17,13 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
 
 use crate::bootstrap;
-use crate::detector::{Round, Tolerance};
+use crate::detector::Round;
 use crate::executor::{Executor, Progress};
 use crate::healer::{Assessment, Healer};
 use crate::metrics::HealMetrics;
-use crate::planner::{self, Decision, Member, Mode};
+use crate::planner::{self, Decision, Member};
 use crate::platform;
-use crate::platform::local::{LocalPlatform, write_atomically};
+use crate::platform::local::{LocalPlatform, write_atomically, write_json};
 use crate::probe::{Prober, Scope};
 use crate::status::{self, MemberView};
 
@@ -133,18 +133,7 @@ impl Supervisor {
         };
         let endpoints = platform.members.iter().map(|m| m.endpoint()).collect();
         let prober = Prober::new(endpoints, credentials.clone(), CALL_TIMEOUT);
-        let mode = match spec.healing.mode {
-            crds::HealingMode::Automatic => Mode::Automatic,
-            crds::HealingMode::ObserveOnly => Mode::ObserveOnly,
-            crds::HealingMode::Disabled => Mode::Disabled,
-        };
-        let healer = Healer::new(
-            Tolerance {
-                consecutive: spec.healing.consecutive_probes.max(1) as usize,
-                ..Tolerance::default()
-            },
-            mode,
-        );
+        let healer = Healer::for_spec(&spec.healing);
         let heal_file = config.workdir.join(HEAL_FILE);
         let progress = match std::fs::read(&heal_file) {
             Ok(bytes) => Some(serde_json::from_slice(&bytes).map_err(|e| Error::File {
@@ -231,11 +220,7 @@ impl Supervisor {
     pub async fn tick(&mut self) -> Result<()> {
         self.keep_running()?;
         self.bootstrap_auth().await;
-        let scope = if self.config.spec.healing.mode == crds::HealingMode::Disabled {
-            Scope::Health
-        } else {
-            Scope::Full
-        };
+        let scope = Scope::for_mode(self.config.spec.healing.mode);
         let mut round = self.prober.round_of(scope).await;
         self.views = self.views_of(&round);
         if self.progress.is_none() && self.config.spec.healing.mode == crds::HealingMode::Automatic
@@ -249,11 +234,7 @@ impl Supervisor {
         }
         let now = Timestamp::now();
         let assessment = if self.config.spec.healing.mode == crds::HealingMode::Disabled {
-            Assessment {
-                findings: Vec::new(),
-                decision: Decision::Healthy,
-                held_back: None,
-            }
+            Assessment::quiet()
         } else {
             self.healer.observe(round.clone(), now)
         };
@@ -277,12 +258,7 @@ impl Supervisor {
             // What the members look like now; the healer needs fresh rounds before judging.
             let round = self.prober.round().await;
             self.views = self.views_of(&round);
-            let after = Assessment {
-                findings: Vec::new(),
-                decision: Decision::Healthy,
-                held_back: None,
-            };
-            return self.write_status(&after);
+            return self.write_status(&Assessment::quiet());
         }
         self.write_status(&assessment)
     }
@@ -475,11 +451,8 @@ impl Supervisor {
                         previous: previous.as_ref(),
                         now: Time(Timestamp::now()),
                     });
-                    let saved = serde_json::to_vec_pretty(p)
-                        .map_err(std::io::Error::other)
-                        .map_err(platform::Error::Io)
-                        .and_then(|json| write_atomically(&heal_file, &json))
-                        .and_then(|()| write_status_file(&status_file, &status));
+                    let saved =
+                        write_json(&heal_file, p).and_then(|()| write_json(&status_file, &status));
                     if let Err(e) = saved {
                         write_error.get_or_insert(e);
                     }
@@ -534,12 +507,7 @@ impl Supervisor {
         let Some(progress) = &self.progress else {
             return Ok(());
         };
-        let path = self.config.workdir.join(HEAL_FILE);
-        let json = serde_json::to_vec_pretty(progress).map_err(|e| Error::File {
-            path: path.clone(),
-            source: std::io::Error::other(e),
-        })?;
-        write_atomically(&path, &json)?;
+        write_json(&self.config.workdir.join(HEAL_FILE), progress)?;
         Ok(())
     }
 
@@ -576,7 +544,7 @@ impl Supervisor {
             previous: self.status.as_ref(),
             now: Time(Timestamp::now()),
         });
-        write_status_file(&self.config.workdir.join(STATUS_FILE), &status)?;
+        write_json(&self.config.workdir.join(STATUS_FILE), &status)?;
         self.metrics
             .observe_status(&self.config.name, self.config.spec.replicas, &status);
         if self.config.print_table {
@@ -648,11 +616,6 @@ fn credentials(workdir: &Path) -> Result<(String, String)> {
         }
         Err(e) => Err(file_error(e)),
     }
-}
-
-fn write_status_file(path: &Path, status: &StorageClusterStatus) -> platform::Result<()> {
-    let json = serde_json::to_vec_pretty(status).map_err(|e| platform::Error::Io(e.into()))?;
-    write_atomically(path, &json)
 }
 
 /// Prints the status as a table when it differs from the one printed last.

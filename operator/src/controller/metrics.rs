@@ -12,22 +12,26 @@ use std::time::Instant;
 const BUCKETS: [f64; 9] = [0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
 
 /// Counters and the duration histogram, shared by the reconciler and the `/metrics` handler.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Metrics {
     reconciles: AtomicU64,
     failures: Mutex<BTreeMap<&'static str, u64>>,
-    histogram: Mutex<Histogram>,
+    histogram: Mutex<crate::metrics::Histogram>,
     leader: AtomicBool,
     /// The healing metrics of every cluster (drift gauges, heals, durations).
     pub heal: crate::metrics::HealMetrics,
 }
 
-#[derive(Debug, Default)]
-struct Histogram {
-    /// Observations at or below each bound of [`BUCKETS`] (cumulative, as Prometheus wants).
-    counts: [u64; BUCKETS.len()],
-    count: u64,
-    sum: f64,
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics {
+            reconciles: AtomicU64::default(),
+            failures: Mutex::default(),
+            histogram: Mutex::new(crate::metrics::Histogram::new(&BUCKETS)),
+            leader: AtomicBool::default(),
+            heal: crate::metrics::HealMetrics::default(),
+        }
+    }
 }
 
 /// Measures one reconcile: counted when created, its duration recorded when dropped.
@@ -38,19 +42,11 @@ pub struct ReconcileTimer<'m> {
 
 impl Drop for ReconcileTimer<'_> {
     fn drop(&mut self) {
-        let seconds = self.start.elapsed().as_secs_f64();
-        let mut h = self
-            .metrics
+        self.metrics
             .histogram
             .lock()
-            .unwrap_or_else(|p| p.into_inner());
-        for (bound, count) in BUCKETS.iter().zip(h.counts.iter_mut()) {
-            if seconds <= *bound {
-                *count += 1;
-            }
-        }
-        h.count += 1;
-        h.sum += seconds;
+            .unwrap_or_else(|p| p.into_inner())
+            .observe(self.start.elapsed().as_secs_f64());
     }
 }
 
@@ -113,20 +109,10 @@ impl Metrics {
             "# HELP mend_operator_reconcile_duration_seconds Time one reconcile takes.\n\
              # TYPE mend_operator_reconcile_duration_seconds histogram\n",
         );
-        let h = self.histogram.lock().unwrap_or_else(|p| p.into_inner());
-        for (bound, count) in BUCKETS.iter().zip(h.counts.iter()) {
-            let _ = writeln!(
-                out,
-                "mend_operator_reconcile_duration_seconds_bucket{{le=\"{bound}\"}} {count}"
-            );
-        }
-        let _ = writeln!(
-            out,
-            "mend_operator_reconcile_duration_seconds_bucket{{le=\"+Inf\"}} {}\n\
-             mend_operator_reconcile_duration_seconds_sum {}\n\
-             mend_operator_reconcile_duration_seconds_count {}",
-            h.count, h.sum, h.count
-        );
+        self.histogram
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .render(&mut out, "mend_operator_reconcile_duration_seconds", "");
         let _ = writeln!(
             out,
             "# HELP mend_operator_leader Whether this replica holds the leader lease.\n\

@@ -31,10 +31,10 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tracing::{info, instrument, warn};
 
-use crate::detector::{Observation, Round, Tolerance};
+use crate::detector::{Observation, Round};
 use crate::executor::{Executor, Progress};
 use crate::healer::{Assessment, Healer};
-use crate::planner::{Decision, Mode};
+use crate::planner::Decision;
 use crate::platform::kube::KubePlatform;
 use crate::probe::Scope;
 use crate::status::{self, MemberView};
@@ -164,11 +164,7 @@ impl<'a> Reconciler<'a> {
             Round::default()
         } else {
             let key = format!("{}/{}", self.namespace, self.cluster.name_any());
-            let scope = if self.cluster.spec.healing.mode == HealingMode::Disabled {
-                Scope::Health
-            } else {
-                Scope::Full
-            };
+            let scope = Scope::for_mode(self.cluster.spec.healing.mode);
             self.ctx
                 .members
                 .probe(key, endpoints.clone(), credentials.clone(), scope)
@@ -248,21 +244,17 @@ impl<'a> Reconciler<'a> {
             .collect();
         let spec = &self.cluster.spec;
         let assessment = if spec.healing.mode == HealingMode::Disabled || round.members.is_empty() {
-            Assessment {
-                findings: Vec::new(),
-                decision: Decision::Healthy,
-                held_back: None,
-            }
+            Assessment::quiet()
         } else {
             let generation = self.cluster.metadata.generation;
             let mut healers = self.ctx.healers.lock().unwrap_or_else(|p| p.into_inner());
             let (seen_generation, healer) = healers
                 .entry(ObjectRef::from_obj(self.cluster))
-                .or_insert_with(|| (generation, healer(spec)));
+                .or_insert_with(|| (generation, Healer::for_spec(&spec.healing)));
             // A changed spec may change the mode or the evidence asked for: start afresh.
             if *seen_generation != generation {
                 *seen_generation = generation;
-                *healer = self::healer(spec);
+                *healer = Healer::for_spec(&spec.healing);
             }
             healer.observe(round, now)
         };
@@ -631,20 +623,6 @@ impl<'a> Reconciler<'a> {
             .await?;
         Ok(())
     }
-}
-
-/// The healing loop for a cluster with `spec`: the evidence it asks for, the mode it allows.
-fn healer(spec: &crds::StorageClusterSpec) -> Healer {
-    let mode = match spec.healing.mode {
-        HealingMode::Automatic => Mode::Automatic,
-        HealingMode::ObserveOnly => Mode::ObserveOnly,
-        HealingMode::Disabled => Mode::Disabled,
-    };
-    let tolerance = Tolerance {
-        consecutive: spec.healing.consecutive_probes.max(1) as usize,
-        ..Tolerance::default()
-    };
-    Healer::new(tolerance, mode)
 }
 
 /// A random alphanumeric password.

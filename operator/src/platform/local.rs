@@ -143,9 +143,7 @@ impl LocalPlatform {
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 let platform = LocalPlatform::new(binary, workdir, replicas, node_args)?;
-                let json = serde_json::to_vec_pretty(&platform.members)
-                    .map_err(|e| Error::Io(std::io::Error::other(e)))?;
-                write_atomically(&record, &json)?;
+                write_json(&record, &platform.members)?;
                 platform
             }
             Err(e) => return Err(Error::Io(e)),
@@ -382,6 +380,12 @@ impl LocalPlatform {
 
 /// Where the members and their ports are recorded in the work directory.
 const MEMBERS_FILE: &str = "members.json";
+
+/// Writes `value` as pretty JSON to `path`, atomically (see [`write_atomically`]).
+pub fn write_json<T: serde::Serialize>(path: &Path, value: &T) -> Result<()> {
+    let json = serde_json::to_vec_pretty(value).map_err(|e| Error::Io(e.into()))?;
+    write_atomically(path, &json)
+}
 
 /// Writes `bytes` to `path` through a temporary file and a rename, so readers never see half.
 pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
