@@ -349,13 +349,9 @@ impl<'p, P: Platform> Executor<'p, P> {
             Step::MoveLeader { to } => self.move_leader(progress.current(to)).await,
             Step::Remove { member } => {
                 let name = self.name(member)?;
-                if self
-                    .member_list(source)
-                    .await?
-                    .iter()
-                    .any(|m| m.id == member)
-                {
-                    let (channel, token) = self.connect(source).await?;
+                let (channel, token) = self.connect(source).await?;
+                let listed = self.member_list(&channel, &token, source).await?;
+                if listed.iter().any(|m| m.id == member) {
                     ClusterClient::new(channel)
                         .member_remove(Self::request(MemberRemoveRequest { id: member }, &token))
                         .await
@@ -375,30 +371,28 @@ impl<'p, P: Platform> Executor<'p, P> {
             Step::AddLearner { member } => {
                 let name = self.name(progress.current(member))?;
                 let peer = self.platform.peer_url(&name)?;
+                let (channel, token) = self.connect(source).await?;
                 let existing = self
-                    .member_list(source)
+                    .member_list(&channel, &token, source)
                     .await?
                     .into_iter()
                     .find(|m| m.peer_ur_ls.contains(&peer));
                 let new_id = match existing {
                     Some(added) => added.id,
-                    None => {
-                        let (channel, token) = self.connect(source).await?;
-                        ClusterClient::new(channel)
-                            .member_add(Self::request(
-                                MemberAddRequest {
-                                    peer_ur_ls: vec![peer],
-                                    is_learner: true,
-                                },
-                                &token,
-                            ))
-                            .await
-                            .map_err(|s| api("MemberAdd", source, &s))?
-                            .into_inner()
-                            .member
-                            .map(|m| m.id)
-                            .unwrap_or_default()
-                    }
+                    None => ClusterClient::new(channel)
+                        .member_add(Self::request(
+                            MemberAddRequest {
+                                peer_ur_ls: vec![peer],
+                                is_learner: true,
+                            },
+                            &token,
+                        ))
+                        .await
+                        .map_err(|s| api("MemberAdd", source, &s))?
+                        .into_inner()
+                        .member
+                        .map(|m| m.id)
+                        .unwrap_or_default(),
                 };
                 self.names.retain(|_, n| *n != name);
                 self.names.insert(new_id, name.clone());
@@ -423,8 +417,10 @@ impl<'p, P: Platform> Executor<'p, P> {
             }
             Step::Promote { member } => {
                 let id = progress.current(member);
+                // One login for the whole wait: a login is a raft write and a bcrypt check.
+                let (channel, token) = self.connect(source).await?;
                 self.wait_for("the learner's promotion", self.timeout * 6, || async {
-                    let Ok(members) = self.member_list(source).await else {
+                    let Ok(members) = self.member_list(&channel, &token, source).await else {
                         return false;
                     };
                     match members.iter().find(|m| m.id == id) {
@@ -432,10 +428,7 @@ impl<'p, P: Platform> Executor<'p, P> {
                         Some(_) => {}
                         None => return false,
                     }
-                    let Ok((channel, token)) = self.connect(source).await else {
-                        return false;
-                    };
-                    ClusterClient::new(channel)
+                    ClusterClient::new(channel.clone())
                         .member_promote(Self::request(MemberPromoteRequest { id }, &token))
                         .await
                         .is_ok()
@@ -469,21 +462,27 @@ impl<'p, P: Platform> Executor<'p, P> {
     /// The ID the cluster knows member `name` by (matched by its peer URL), asking `endpoint`.
     pub async fn member_id(&self, endpoint: &str, name: &str) -> Result<Option<u64>> {
         let peer = self.platform.peer_url(name)?;
+        let (channel, token) = self.connect(endpoint).await?;
         Ok(self
-            .member_list(endpoint)
+            .member_list(&channel, &token, endpoint)
             .await?
             .into_iter()
             .find(|m| m.peer_ur_ls.contains(&peer))
             .map(|m| m.id))
     }
 
-    /// The cluster's members as `endpoint` lists them.
-    async fn member_list(&self, endpoint: &str) -> Result<Vec<EtcdMember>> {
-        let (channel, token) = self.connect(endpoint).await?;
-        Ok(ClusterClient::new(channel)
+    /// The cluster's members as `endpoint` (reached through `channel`, logged in with
+    /// `token`) lists them.
+    async fn member_list(
+        &self,
+        channel: &Channel,
+        token: &Option<String>,
+        endpoint: &str,
+    ) -> Result<Vec<EtcdMember>> {
+        Ok(ClusterClient::new(channel.clone())
             .member_list(Self::request(
                 MemberListRequest { linearizable: true },
-                &token,
+                token,
             ))
             .await
             .map_err(|s| api("MemberList", endpoint, &s))?
