@@ -191,6 +191,33 @@ pub struct Healing {
     #[serde(default = "default_backup_retention")]
     #[schemars(range(min = 0, max = 100))]
     pub backup_retention: u32,
+    /// How long the next heal waits when divergence comes back soon after a heal.
+    #[serde(default)]
+    pub backoff: HealBackoff,
+}
+
+/// The wait between heals when divergence keeps coming back: `minSeconds` after the first
+/// repeat, doubling with every further one, at most `maxSeconds`.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct HealBackoff {
+    /// The first wait.
+    #[serde(default = "default_backoff_min")]
+    #[schemars(range(min = 1, max = 86400))]
+    pub min_seconds: u32,
+    /// The longest wait.
+    #[serde(default = "default_backoff_max")]
+    #[schemars(range(min = 1, max = 86400))]
+    pub max_seconds: u32,
+}
+
+impl Default for HealBackoff {
+    fn default() -> Self {
+        HealBackoff {
+            min_seconds: default_backoff_min(),
+            max_seconds: default_backoff_max(),
+        }
+    }
 }
 
 impl Default for Healing {
@@ -200,6 +227,7 @@ impl Default for Healing {
             probe_interval_seconds: default_probe_interval(),
             consecutive_probes: default_consecutive_probes(),
             backup_retention: default_backup_retention(),
+            backoff: HealBackoff::default(),
         }
     }
 }
@@ -270,9 +298,10 @@ pub struct MemberStatus {
     pub role: Option<Role>,
     /// Answered the last probe.
     pub healthy: bool,
-    /// AuthRevision of its auth store.
-    #[serde(default)]
-    pub auth_revision: u64,
+    /// AuthRevision of its auth store; absent when unknown (see `unknown`) or when its engine
+    /// cannot tell (etcd before 3.4.8).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auth_revision: Option<u64>,
     /// Key-value store revision.
     #[serde(default)]
     pub revision: i64,
@@ -285,15 +314,18 @@ pub struct MemberStatus {
     /// Database size in bytes.
     #[serde(default)]
     pub db_size: i64,
-    /// Live keys.
-    #[serde(default)]
-    pub key_count: u64,
+    /// Live keys; absent when unknown.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_count: Option<u64>,
     /// HashKV, when taken.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hash_kv: Option<u32>,
     /// Revision the HashKV was taken at.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hash_revision: Option<i64>,
+    /// What the last probe could not learn of it, and why (a value never reads as zero).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unknown: Option<String>,
 }
 
 /// Progress of healing.
@@ -334,13 +366,31 @@ pub struct HealProgress {
     /// Members added back: ID in the plan (hex) → new ID (hex).
     #[serde(default)]
     pub renamed: BTreeMap<String, String>,
+    /// When the heal started (Unix seconds).
+    #[serde(default)]
+    pub started: i64,
+    /// When the step at `next` first ran (Unix seconds).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub step_started: Option<i64>,
+    /// Since when the heal is paused (Unix seconds): a safety rule does not hold.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub paused_since: Option<i64>,
+    /// The rule that does not hold, and why.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub paused_because: Option<String>,
+    /// The leader's raft index the rebuilt member must reach before it is promoted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mark: Option<u64>,
+    /// Why the heal was abandoned; the steps left bring back the member it had taken out.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub abandoned: Option<String>,
 }
 
 /// One step of a heal.
 #[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]
 pub struct HealStep {
-    /// MoveLeader, Remove, Backup, Wipe, AddLearner, WaitCaughtUp, Promote or Verify.
+    /// MoveLeader, Remove, Backup, AddLearner, WaitCaughtUp, Promote or Verify.
     pub action: String,
     /// The member it acts on (hex ID).
     pub member: String,
@@ -377,7 +427,8 @@ pub struct StorageClusterStatus {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[x_kube(merge_strategy = ListMerge::Map(vec!["name".into()]))]
     pub members: Vec<MemberStatus>,
-    /// Highest minus lowest AuthRevision among members (0 when they agree).
+    /// Highest minus lowest AuthRevision among the members whose AuthRevision is known (0 when
+    /// they agree).
     #[serde(default)]
     pub auth_revision_drift: u64,
     /// Healing progress.
@@ -412,6 +463,14 @@ fn default_consecutive_probes() -> u32 {
 
 fn default_backup_retention() -> u32 {
     3
+}
+
+fn default_backoff_min() -> u32 {
+    30
+}
+
+fn default_backoff_max() -> u32 {
+    1800
 }
 
 #[cfg(test)]

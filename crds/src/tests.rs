@@ -51,6 +51,8 @@ fn an_empty_spec_gets_the_documented_defaults() {
     assert_eq!(spec.healing.probe_interval_seconds, 10);
     assert_eq!(spec.healing.consecutive_probes, 3);
     assert_eq!(spec.healing.backup_retention, 3);
+    assert_eq!(spec.healing.backoff.min_seconds, 30);
+    assert_eq!(spec.healing.backoff.max_seconds, 1800);
     assert_eq!(spec.placement, Placement::default());
 }
 
@@ -67,7 +69,7 @@ fn the_schema_states_the_same_defaults_the_api_server_applies() {
     assert_eq!(
         spec["healing"]["default"],
         json!({"mode": "Automatic", "probeIntervalSeconds": 10, "consecutiveProbes": 3,
-               "backupRetention": 3})
+               "backupRetention": 3, "backoff": {"minSeconds": 30, "maxSeconds": 1800}})
     );
 }
 

@@ -12,7 +12,6 @@ mod common;
 use std::time::{Duration, Instant};
 
 use operator::detector::{self, Finding, Tolerance};
-use operator::executor::Executor;
 use operator::planner::{self, Decision, Mode};
 use operator::platform::local::LocalPlatform;
 use operator::probe::Prober;
@@ -51,7 +50,7 @@ fn run(runtime: &tokio::runtime::Runtime, keys: usize) -> (Duration, Duration) {
     platform.start_all().expect("start");
     let endpoints: Vec<String> = platform.members.iter().map(|m| m.endpoint()).collect();
     let prober = Prober::new(
-        endpoints.clone(),
+        common::targets(&platform),
         Some(("root".into(), "rootpw".into())),
         Duration::from_secs(5),
     );
@@ -106,13 +105,14 @@ fn run(runtime: &tokio::runtime::Runtime, keys: usize) -> (Duration, Duration) {
     };
     let names = common::names(last, &platform);
     let started = Instant::now();
-    let mut executor = Executor::new(
+    common::heal(
+        runtime,
         &mut platform,
+        &prober,
+        plan,
         names,
-        Some(("root".into(), "rootpw".into())),
-        Duration::from_secs(10),
+        Duration::from_secs(600),
     );
-    runtime.block_on(executor.run(&plan)).expect("heal");
     (detected, started.elapsed())
 }
 

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use storage_node::pb::etcdserverpb::{
     AuthEnableRequest, AuthStatusRequest, AuthUserAddRequest, AuthUserGrantRoleRequest,
-    auth_client::AuthClient,
+    AuthUserListRequest, auth_client::AuthClient,
 };
 
 /// Why auth could not be turned on.
@@ -54,12 +54,16 @@ pub async fn enable_auth(
         message: status.message().to_string(),
     };
     let mut auth = AuthClient::new(channel);
-    let status = auth
-        .auth_status(AuthStatusRequest {})
-        .await
-        .map_err(|s| call("AuthStatus", s))?
-        .into_inner();
-    if status.enabled {
+    let enabled = match auth.auth_status(AuthStatusRequest {}).await {
+        Ok(status) => status.into_inner().enabled,
+        // etcd 3.4 has no AuthStatus: a user list without credentials is refused only when
+        // auth is on.
+        Err(s) if s.code() == tonic::Code::Unimplemented => {
+            auth.user_list(AuthUserListRequest {}).await.is_err()
+        }
+        Err(s) => return Err(call("AuthStatus", s)),
+    };
+    if enabled {
         return Ok(false);
     }
     let added = auth

@@ -75,6 +75,7 @@ pub async fn run(workdir: PathBuf, storage_node: PathBuf) -> Result<String> {
             .map(String::from)
             .to_vec(),
         print_table: true,
+        spec_file: None,
     })?;
     let result = play(&mut sup).await;
     sup.shutdown()?;

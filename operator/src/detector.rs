@@ -9,12 +9,57 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-/// What one probe of one member found.
+/// A value a probe asked a member for. What could not be learned stays unknown, with the
+/// reason: it is never read as zero.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Fact<T> {
+    /// The member said so.
+    Known(T),
+    /// The member's engine offers no way to tell (etcd before 3.4.8 has neither AuthStatus nor
+    /// the `etcd_debugging_auth_revision` gauge): comparisons rely on the other facts.
+    NotOffered,
+    /// The probe failed or was not made; the text says which call and why.
+    Unknown(String),
+}
+
+impl<T> Fact<T> {
+    /// The value, when known.
+    pub fn known(&self) -> Option<&T> {
+        match self {
+            Fact::Known(value) => Some(value),
+            _ => None,
+        }
+    }
+
+    /// Why the value is unknown, when it is (not offered is not unknown: nothing could tell).
+    pub fn unknown(&self) -> Option<&str> {
+        match self {
+            Fact::Unknown(why) => Some(why),
+            _ => None,
+        }
+    }
+}
+
+/// A HashKV and what it covers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Hash {
+    /// The hash of every key-value revision up to `revision`.
+    pub hash: u32,
+    /// The revision it was computed at (the round's common revision).
+    pub revision: i64,
+    /// Live keys at `revision`.
+    pub keys: u64,
+}
+
+/// What one probe of one member found. The health fields (`member` to `revision`) come from
+/// one Status call and mean something only when `reachable`; the others are [`Fact`]s.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Observation {
-    /// The member's ID.
+    /// The member's name where it lives (pod or process).
+    pub name: String,
+    /// The member's ID (0 when it did not answer).
     pub member: u64,
-    /// Whether it answered at all.
+    /// Whether it answered Status.
     pub reachable: bool,
     /// Whether it leads.
     pub is_leader: bool,
@@ -24,24 +69,25 @@ pub struct Observation {
     pub db_size: i64,
     /// Raft term it reports.
     pub raft_term: u64,
-    /// Last index in its log.
+    /// Raft index it reports (the leader's is what followers must reach).
     pub raft_index: u64,
     /// Last applied index.
     pub applied_index: u64,
-    /// Its auth store's AuthRevision.
-    pub auth_revision: u64,
     /// Its key-value store revision.
     pub revision: i64,
-    /// Live keys it holds.
-    pub key_count: u64,
-    /// HashKV and the revision it was computed at, when taken.
-    pub hash: Option<(u32, i64)>,
+    /// Its auth store's AuthRevision.
+    pub auth_revision: Fact<u64>,
+    /// Live keys it holds now.
+    pub key_count: Fact<u64>,
+    /// HashKV at the round's common revision.
+    pub hash: Fact<Hash>,
 }
 
 impl Observation {
-    /// A member that did not answer (its ID unknown).
-    pub fn unreachable() -> Observation {
+    /// Member `name` did not answer: `why` says what failed.
+    pub fn unreachable(name: &str, why: &str) -> Observation {
         Observation {
+            name: name.to_string(),
             member: 0,
             reachable: false,
             is_leader: false,
@@ -50,11 +96,27 @@ impl Observation {
             raft_term: 0,
             raft_index: 0,
             applied_index: 0,
-            auth_revision: 0,
             revision: 0,
-            key_count: 0,
-            hash: None,
+            auth_revision: Fact::Unknown(why.to_string()),
+            key_count: Fact::Unknown(why.to_string()),
+            hash: Fact::Unknown(why.to_string()),
         }
+    }
+
+    /// Why this member cannot be judged, when it cannot: it did not answer, or a fact needed to
+    /// compare it is unknown ("AuthRevision of node2 unknown (AuthStatus: deadline exceeded)").
+    pub fn incomplete(&self) -> Option<String> {
+        if !self.reachable {
+            return Some(format!("{} did not answer", self.name));
+        }
+        let missing = [
+            ("AuthRevision", self.auth_revision.unknown()),
+            ("the key count", self.key_count.unknown()),
+            ("HashKV", self.hash.unknown()),
+        ];
+        missing.iter().find_map(|(what, why)| {
+            why.map(|why| format!("{what} of {} unknown ({why})", self.name))
+        })
     }
 }
 
@@ -81,15 +143,15 @@ pub enum Finding {
     },
     /// A member applies far behind the others.
     Lagging {
-        /// The member.
-        member: u64,
+        /// The member's name.
+        name: String,
         /// How many entries behind the most advanced member it is.
         behind: u64,
     },
     /// A member did not answer.
     Unreachable {
-        /// The member.
-        member: u64,
+        /// The member's name (its ID is not known when it does not answer).
+        name: String,
     },
 }
 
@@ -138,8 +200,8 @@ fn same_kind(a: &Finding, b: &Finding) -> bool {
     match (a, b) {
         (Finding::AuthRevisionDrift { .. }, Finding::AuthRevisionDrift { .. }) => true,
         (Finding::DataDivergence { groups: x }, Finding::DataDivergence { groups: y }) => x == y,
-        (Finding::Lagging { member: x, .. }, Finding::Lagging { member: y, .. }) => x == y,
-        (Finding::Unreachable { member: x }, Finding::Unreachable { member: y }) => x == y,
+        (Finding::Lagging { name: x, .. }, Finding::Lagging { name: y, .. }) => x == y,
+        (Finding::Unreachable { name: x }, Finding::Unreachable { name: y }) => x == y,
         _ => false,
     }
 }
@@ -149,7 +211,9 @@ fn in_round(round: &Round, tolerance: Tolerance) -> Vec<Finding> {
     let mut findings = Vec::new();
     let up: Vec<&Observation> = round.members.iter().filter(|o| o.reachable).collect();
     for o in round.members.iter().filter(|o| !o.reachable) {
-        findings.push(Finding::Unreachable { member: o.member });
+        findings.push(Finding::Unreachable {
+            name: o.name.clone(),
+        });
     }
     let Some(newest) = up.iter().map(|o| o.applied_index).max() else {
         return findings;
@@ -158,12 +222,13 @@ fn in_round(round: &Round, tolerance: Tolerance) -> Vec<Finding> {
         let behind = newest - o.applied_index;
         if behind > tolerance.max_lag {
             findings.push(Finding::Lagging {
-                member: o.member,
+                name: o.name.clone(),
                 behind,
             });
         }
     }
-    // Compare data only between members that applied exactly the same entries.
+    // Compare data only between members that applied exactly the same entries, and only on
+    // facts known of both: an unknown value is no evidence either way.
     let mut by_applied: BTreeMap<u64, Vec<&Observation>> = BTreeMap::new();
     for o in &up {
         by_applied.entry(o.applied_index).or_default().push(o);
@@ -171,12 +236,9 @@ fn in_round(round: &Round, tolerance: Tolerance) -> Vec<Finding> {
     let Some(settled) = by_applied.values().max_by_key(|g| g.len()) else {
         return findings;
     };
-    if settled.len() < 2 {
-        return findings;
-    }
     let revisions: BTreeMap<u64, u64> = settled
         .iter()
-        .map(|o| (o.member, o.auth_revision))
+        .filter_map(|o| o.auth_revision.known().map(|r| (o.member, *r)))
         .collect();
     let distinct: BTreeSet<u64> = revisions.values().copied().collect();
     if distinct.len() > 1 {
@@ -192,17 +254,23 @@ fn in_round(round: &Round, tolerance: Tolerance) -> Vec<Finding> {
 /// Members grouped by the data they hold. Members that applied the same entries must also
 /// agree on the store revision and key count — a revision that differs at an equal applied
 /// index is the seed's signature, which etcd's own checks skip — and, when every member hashed
-/// at one common revision, on that HashKV too.
+/// at one common revision, on that HashKV too. A member whose key count or hash is unknown is
+/// left out of the grouping.
 fn data_groups(members: &[&Observation]) -> Vec<BTreeSet<u64>> {
-    let hashes: BTreeSet<Option<i64>> = members.iter().map(|o| o.hash.map(|(_, at)| at)).collect();
-    let comparable_hashes = hashes.len() == 1 && !hashes.contains(&None);
-    let mut groups: BTreeMap<(u32, i64, u64), BTreeSet<u64>> = BTreeMap::new();
-    for o in members {
-        let hash = match o.hash {
-            Some((hash, _)) if comparable_hashes => hash,
-            _ => 0,
-        };
-        let key = (hash, o.revision, o.key_count);
+    let comparable: Vec<&Observation> = members
+        .iter()
+        .copied()
+        .filter(|o| o.key_count.unknown().is_none() && o.hash.unknown().is_none())
+        .collect();
+    let hashed_at: BTreeSet<Option<i64>> = comparable
+        .iter()
+        .map(|o| o.hash.known().map(|h| h.revision))
+        .collect();
+    let comparable_hashes = hashed_at.len() == 1 && !hashed_at.contains(&None);
+    let mut groups: BTreeMap<(Option<u32>, i64, Option<u64>), BTreeSet<u64>> = BTreeMap::new();
+    for o in comparable {
+        let hash = o.hash.known().filter(|_| comparable_hashes).map(|h| h.hash);
+        let key = (hash, o.revision, o.key_count.known().copied());
         groups.entry(key).or_default().insert(o.member);
     }
     let mut groups: Vec<BTreeSet<u64>> = groups.into_values().collect();
@@ -217,6 +285,7 @@ mod tests {
 
     fn member(id: u64, auth: u64, keys: u64, hash: u32) -> Observation {
         Observation {
+            name: format!("node{id}"),
             member: id,
             reachable: true,
             is_leader: id == 1,
@@ -225,10 +294,14 @@ mod tests {
             raft_term: 2,
             raft_index: 100,
             applied_index: 100,
-            auth_revision: auth,
             revision: 50,
-            key_count: keys,
-            hash: Some((hash, 50)),
+            auth_revision: Fact::Known(auth),
+            key_count: Fact::Known(keys),
+            hash: Fact::Known(Hash {
+                hash,
+                revision: 50,
+                keys,
+            }),
         }
     }
 
@@ -320,9 +393,11 @@ mod tests {
                 max_lag: 50,
             },
         );
-        assert!(findings.contains(&Finding::Unreachable { member: 3 }));
+        assert!(findings.contains(&Finding::Unreachable {
+            name: "node3".into()
+        }));
         assert!(findings.contains(&Finding::Lagging {
-            member: 2,
+            name: "node2".into(),
             behind: 90
         }));
     }

@@ -1,63 +1,51 @@
-//! Runs a recovery plan step by step against a real cluster: leadership moves and membership
-//! changes through the etcd API, data moves through the [`Platform`]. Every wait has a
-//! deadline; a step that fails stops the heal and says which step and why.
+//! Runs a recovery plan one step per call against a real cluster: leadership moves and
+//! membership changes through the etcd API ([`Members`]), data moves through the
+//! [`Platform`]. Before a step changes leadership, membership or data it takes the caller's
+//! fresh probe round and, where the step depends on it, a fresh member list, and checks the
+//! step's safety rules ([`planner::check`]); when one does not hold nothing is done and the
+//! step reports why ([`Outcome::Blocked`]). A step that waits for the cluster (a pod going, a
+//! learner catching up) never waits inside the call: it reports [`Outcome::Waiting`] and the
+//! next call looks again, so a caller runs at most one step or one bounded look per pass.
 //!
-//! A member gets a new ID when it is added back, so the executor keeps the member names the
+//! A member gets a new ID when it is added back, so the progress keeps the member names the
 //! platform knows and maps IDs to them as they change.
 
 use std::collections::BTreeMap;
-use std::time::{Duration, Instant};
 
-use storage_node::pb::etcdserverpb::{
-    AuthenticateRequest, Member as EtcdMember, MemberAddRequest, MemberListRequest,
-    MemberPromoteRequest, MemberRemoveRequest, MoveLeaderRequest, StatusRequest, StatusResponse,
-    auth_client::AuthClient, cluster_client::ClusterClient, maintenance_client::MaintenanceClient,
-};
-use tonic::transport::Channel;
+use crate::detector::Round;
+use crate::members::{CallError, Credentials, Members};
+use crate::planner::{self, Fresh, Listed, Member, Plan, Step, Target};
+use crate::platform::{self, Op, Platform};
 
-use crate::client;
-use crate::planner::{Plan, Step};
-use crate::platform::{self, Platform};
-
-/// Why a heal stopped.
+/// Why a step could not be run (it is retried on the next pass).
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
-    /// A member the plan names is unknown to the executor.
+    /// A member the plan names is unknown to the heal.
     #[error("member {0:x} is not known")]
     UnknownMember(u64),
     /// The platform failed.
     #[error(transparent)]
     Platform(#[from] platform::Error),
     /// An etcd API call failed.
-    #[error("{call} on {endpoint}: {status}")]
-    Api {
-        /// The call.
-        call: &'static str,
-        /// Where.
-        endpoint: String,
-        /// What the member answered.
-        status: String,
-    },
-    /// A condition did not hold in time.
-    #[error("timed out waiting for {0}")]
-    Timeout(String),
-}
-
-/// An API error of `call` on `endpoint`.
-fn api(call: &'static str, endpoint: &str, status: &tonic::Status) -> Error {
-    Error::Api {
-        call,
-        endpoint: endpoint.to_string(),
-        status: status.message().to_string(),
-    }
+    #[error(transparent)]
+    Call(#[from] CallError),
 }
 
 /// Result of executor operations.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
+/// Why a heal is paused.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Pause {
+    /// Since when (Unix seconds).
+    pub since: i64,
+    /// The rule that did not hold, and why.
+    pub why: String,
+}
+
 /// Where a heal stands: the plan, the next step to run, and the members' names and IDs as
-/// re-adding changes them. Saved after every step, so an operator that stops mid-heal
+/// re-adding changes them. Recorded after every pass, so an operator that stops mid-heal
 /// resumes where it was: every step checks whether it is already done before acting.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Progress {
@@ -69,22 +57,82 @@ pub struct Progress {
     pub names: BTreeMap<u64, String>,
     /// Members re-added during this heal: ID in the plan → new ID.
     pub renamed: BTreeMap<u64, u64>,
+    /// When the heal started (Unix seconds).
+    #[serde(default)]
+    pub started: i64,
+    /// When the step at `next` first ran (Unix seconds).
+    #[serde(default)]
+    pub step_started: Option<i64>,
+    /// Why the heal is paused, when a safety rule does not hold.
+    #[serde(default)]
+    pub paused: Option<Pause>,
+    /// The leader's raft index the rebuilt member must reach (set by WaitCaughtUp).
+    #[serde(default)]
+    pub mark: Option<u64>,
+    /// Why the heal was abandoned; the steps left bring back the member it had taken out.
+    #[serde(default)]
+    pub abandoned: Option<String>,
 }
 
 impl Progress {
-    /// A heal of `plan` that has not started, for the members `names` (ID → name).
-    pub fn new(plan: Plan, names: BTreeMap<u64, String>) -> Progress {
+    /// A heal of `plan` that has not started, for the members `names` (ID → name), started at
+    /// `now` (Unix seconds).
+    pub fn new(plan: Plan, names: BTreeMap<u64, String>, now: i64) -> Progress {
         Progress {
             plan,
             next: 0,
             names,
             renamed: BTreeMap::new(),
+            started: now,
+            step_started: None,
+            paused: None,
+            mark: None,
+            abandoned: None,
         }
+    }
+
+    /// Gives up on the rest of the plan: the steps of other members are dropped, so nothing
+    /// more is removed, while a member already taken out keeps the steps that bring it back.
+    pub fn abandon(&mut self, why: String) {
+        let out = self.plan.steps[..self.next.min(self.plan.steps.len())]
+            .iter()
+            .rev()
+            .find_map(|s| match s {
+                Step::Remove { member } => Some(*member),
+                _ => None,
+            })
+            .filter(|member| {
+                // Out unless its Verify already ran.
+                !self.plan.steps[..self.next].contains(&Step::Verify { member: *member })
+            });
+        let keep = match out {
+            Some(member) => self
+                .plan
+                .steps
+                .iter()
+                .position(|s| *s == Step::Verify { member })
+                .map_or(self.next, |i| i + 1),
+            None => self.next,
+        };
+        self.plan.steps.truncate(keep.max(self.next));
+        self.abandoned = Some(why);
     }
 
     /// Whether every step has run.
     pub fn done(&self) -> bool {
         self.next >= self.plan.steps.len()
+    }
+
+    /// The step to run next.
+    pub fn step(&self) -> Option<&Step> {
+        self.plan.steps.get(self.next)
+    }
+
+    /// Moves past the step at `next`.
+    pub fn advance(&mut self) {
+        self.next += 1;
+        self.step_started = None;
+        self.paused = None;
     }
 
     /// Names of members this heal has removed and not yet started again: nobody but the
@@ -105,8 +153,33 @@ impl Progress {
                     index(&Step::AddLearner { member: *member }).is_some_and(|i| i < self.next);
                 removed && !started
             })
-            .filter_map(|member| self.names.get(&member).cloned())
+            .filter_map(|member| self.names.get(&self.current(member)).cloned())
             .collect()
+    }
+
+    /// Whether the heal has added member `name` back (it joins the running cluster).
+    pub fn rejoined(&self, name: &str) -> bool {
+        self.plan.steps[..self.next.min(self.plan.steps.len())]
+            .iter()
+            .any(|step| match step {
+                Step::AddLearner { member } => {
+                    self.renamed
+                        .get(member)
+                        .and_then(|id| self.names.get(id))
+                        .map(String::as_str)
+                        == Some(name)
+                }
+                _ => false,
+            })
+    }
+
+    /// Members rebuilt by the plan.
+    pub fn rebuilt(&self) -> usize {
+        self.plan
+            .steps
+            .iter()
+            .filter(|s| matches!(s, Step::Remove { .. }))
+            .count()
     }
 
     /// The form the resource's status records it in (IDs in hex, as etcdctl prints them).
@@ -118,21 +191,9 @@ impl Progress {
                 .plan
                 .steps
                 .iter()
-                .map(|step| {
-                    let (action, member) = match step {
-                        Step::MoveLeader { to } => ("MoveLeader", to),
-                        Step::Remove { member } => ("Remove", member),
-                        Step::Backup { member } => ("Backup", member),
-                        Step::Wipe { member } => ("Wipe", member),
-                        Step::AddLearner { member } => ("AddLearner", member),
-                        Step::WaitCaughtUp { member } => ("WaitCaughtUp", member),
-                        Step::Promote { member } => ("Promote", member),
-                        Step::Verify { member } => ("Verify", member),
-                    };
-                    crds::HealStep {
-                        action: action.to_string(),
-                        member: hex(member),
-                    }
+                .map(|step| crds::HealStep {
+                    action: step.action().to_string(),
+                    member: hex(&step.member()),
                 })
                 .collect(),
             next: self.next as u32,
@@ -142,6 +203,12 @@ impl Progress {
                 .map(|(id, n)| (hex(id), n.clone()))
                 .collect(),
             renamed: self.renamed.iter().map(|(a, b)| (hex(a), hex(b))).collect(),
+            started: self.started,
+            step_started: self.step_started,
+            paused_since: self.paused.as_ref().map(|p| p.since),
+            paused_because: self.paused.as_ref().map(|p| p.why.clone()),
+            mark: self.mark,
+            abandoned: self.abandoned.clone(),
         }
     }
 
@@ -151,20 +218,7 @@ impl Progress {
         let steps = status
             .steps
             .iter()
-            .map(|s| {
-                let member = id(&s.member)?;
-                Some(match s.action.as_str() {
-                    "MoveLeader" => Step::MoveLeader { to: member },
-                    "Remove" => Step::Remove { member },
-                    "Backup" => Step::Backup { member },
-                    "Wipe" => Step::Wipe { member },
-                    "AddLearner" => Step::AddLearner { member },
-                    "WaitCaughtUp" => Step::WaitCaughtUp { member },
-                    "Promote" => Step::Promote { member },
-                    "Verify" => Step::Verify { member },
-                    _ => return None,
-                })
-            })
+            .map(|s| Step::from_action(&s.action, id(&s.member)?))
             .collect::<Option<Vec<Step>>>()?;
         Some(Progress {
             plan: Plan {
@@ -182,11 +236,22 @@ impl Progress {
                 .iter()
                 .map(|(k, v)| Some((id(k)?, id(v)?)))
                 .collect::<Option<_>>()?,
+            started: status.started,
+            step_started: status.step_started,
+            paused: match (status.paused_since, &status.paused_because) {
+                (Some(since), Some(why)) => Some(Pause {
+                    since,
+                    why: why.clone(),
+                }),
+                _ => None,
+            },
+            mark: status.mark,
+            abandoned: status.abandoned.clone(),
         })
     }
 
     /// The member's ID now (re-added members have a new one).
-    fn current(&self, member: u64) -> u64 {
+    pub fn current(&self, member: u64) -> u64 {
         self.renamed.get(&member).copied().unwrap_or(member)
     }
 
@@ -195,316 +260,247 @@ impl Progress {
     }
 }
 
-/// Runs plans on one cluster.
-pub struct Executor<'p, P: Platform> {
-    platform: &'p mut P,
-    credentials: Option<(String, String)>,
-    timeout: Duration,
-    /// Current member ID → member name.
-    names: BTreeMap<u64, String>,
+/// What one call of [`Executor::step`] came to.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// The step is done; the text says what it did.
+    Done(String),
+    /// The step is under way or a call failed: the next pass looks again.
+    Waiting(String),
+    /// A safety rule does not hold: nothing was done.
+    Blocked(String),
 }
 
-/// Pause between checks of a condition the cluster reaches on its own.
-const POLL: Duration = Duration::from_millis(200);
+/// Runs the steps of heals on one cluster.
+pub struct Executor<'a, P: Platform> {
+    /// Where the members live.
+    pub platform: &'a mut P,
+    /// Their etcd API.
+    pub members: &'a dyn Members,
+    /// The root user's, when auth is on (membership changes and leader moves need it).
+    pub credentials: Credentials,
+    /// Members the cluster should have.
+    pub replicas: usize,
+    /// Applied entries a member may trail by and still count as caught up.
+    pub max_lag: u64,
+}
 
-impl<'p, P: Platform> Executor<'p, P> {
-    /// An executor for the members `names` (ID → name) on `platform`.
-    pub fn new(
-        platform: &'p mut P,
-        names: BTreeMap<u64, String>,
-        credentials: Option<(String, String)>,
-        timeout: Duration,
-    ) -> Self {
-        Executor {
-            platform,
-            credentials,
-            timeout,
-            names,
-        }
-    }
-
-    /// Member IDs and names after the heal.
-    pub fn names(&self) -> &BTreeMap<u64, String> {
-        &self.names
-    }
-
-    fn name(&self, id: u64) -> Result<String> {
-        self.names.get(&id).cloned().ok_or(Error::UnknownMember(id))
-    }
-
-    /// A channel to `endpoint`, logged in when credentials are set (membership changes and
-    /// leader moves need the root role).
-    async fn connect(&self, endpoint: &str) -> Result<(Channel, Option<String>)> {
-        let channel = self.channel(endpoint).await?;
-        let token = match &self.credentials {
-            Some((name, password)) => AuthClient::new(channel.clone())
-                .authenticate(AuthenticateRequest {
-                    name: name.clone(),
-                    password: password.clone(),
-                })
-                .await
-                .ok()
-                .map(|r| r.into_inner().token),
-            None => None,
+impl<P: Platform> Executor<'_, P> {
+    /// Runs, or looks again at, the step at `progress.next` given `round`, a probe of every
+    /// member taken right before; advances `progress` past it when it is done.
+    pub async fn step(&mut self, progress: &mut Progress, round: &Round) -> Outcome {
+        let Some(step) = progress.step().cloned() else {
+            return Outcome::Done("nothing left to do".into());
         };
-        Ok((channel, token))
-    }
-
-    /// A channel to `endpoint` without logging in: a login is a raft write, and status checks
-    /// compare applied indexes that writes would keep moving.
-    async fn channel(&self, endpoint: &str) -> Result<Channel> {
-        client::connect(endpoint, self.timeout)
-            .await
-            .map_err(|status| Error::Api {
-                call: "connect",
-                endpoint: endpoint.to_string(),
-                status,
-            })
-    }
-
-    fn request<T>(message: T, token: &Option<String>) -> tonic::Request<T> {
-        client::request(message, token.as_deref())
-    }
-
-    async fn status(&self, endpoint: &str) -> Result<StatusResponse> {
-        let channel = self.channel(endpoint).await?;
-        MaintenanceClient::new(channel)
-            .status(Self::request(StatusRequest {}, &None))
-            .await
-            .map(tonic::Response::into_inner)
-            .map_err(|s| api("Status", endpoint, &s))
-    }
-
-    /// The leader's ID as any reachable member reports it.
-    async fn leader(&self) -> Result<u64> {
-        for name in self.names.values() {
-            let endpoint = self.platform.endpoint(name)?;
-            if let Ok(status) = self.status(&endpoint).await
-                && status.leader != 0
-            {
-                return Ok(status.leader);
+        let members: Vec<Member> = round.members.iter().map(Member::observed).collect();
+        let outcome = match self.run(&step, progress, &members).await {
+            Ok(outcome) => outcome,
+            Err(e) => Outcome::Waiting(format!("{e}; trying again")),
+        };
+        match &outcome {
+            Outcome::Done(what) => {
+                tracing::info!(?step, index = progress.next, what, "heal step done");
+                progress.advance();
             }
+            Outcome::Waiting(why) => tracing::debug!(?step, why, "heal step waiting"),
+            Outcome::Blocked(why) => tracing::warn!(?step, why, "heal step blocked"),
         }
-        Err(Error::Timeout("a leader".into()))
+        outcome
     }
 
-    async fn wait_for<F, Fut>(&self, what: &str, limit: Duration, mut check: F) -> Result<()>
-    where
-        F: FnMut() -> Fut,
-        Fut: std::future::Future<Output = bool>,
-    {
-        let deadline = Instant::now() + limit;
-        loop {
-            if check().await {
-                return Ok(());
-            }
-            if Instant::now() >= deadline {
-                return Err(Error::Timeout(what.to_string()));
-            }
-            tokio::time::sleep(POLL).await;
+    fn fresh<'m>(&self, members: &'m [Member], listed: Option<&'m [Listed]>) -> Fresh<'m> {
+        Fresh {
+            members,
+            listed,
+            stopped: None,
+            replicas: self.replicas,
+            max_lag: self.max_lag,
+            mark: None,
         }
     }
 
-    /// Runs every step of `plan` in order.
-    pub async fn run(&mut self, plan: &Plan) -> Result<()> {
-        let mut progress = Progress::new(plan.clone(), self.names.clone());
-        self.resume(&mut progress, |_| {}).await
-    }
-
-    /// Runs the steps of `progress` from `progress.next` on, calling `saved` before each step
-    /// and once at the end, so the caller can record where the heal stands.
-    pub async fn resume(
+    async fn run(
         &mut self,
+        step: &Step,
         progress: &mut Progress,
-        mut saved: impl FnMut(&Progress),
-    ) -> Result<()> {
-        while !progress.done() {
-            saved(progress);
-            self.run_next(progress).await?;
-        }
-        saved(progress);
-        Ok(())
-    }
-
-    /// Runs the step at `progress.next` and advances past it. The caller records `progress`
-    /// before (so a restart repeats this step) and after.
-    pub async fn run_next(&mut self, progress: &mut Progress) -> Result<()> {
-        let Some(step) = progress.plan.steps.get(progress.next).cloned() else {
-            return Ok(());
+        members: &[Member],
+    ) -> Result<Outcome> {
+        let source = progress.current(progress.plan.source);
+        let source_endpoint = self.platform.endpoint(&progress.name(source)?)?;
+        let id = progress.current(step.member());
+        let name = progress.name(id)?;
+        let target = Target {
+            id,
+            name: name.clone(),
+            peer_url: self.platform.peer_url(&name)?,
         };
-        self.names = progress.names.clone();
-        let source = progress.name(progress.current(progress.plan.source))?;
-        let source_endpoint = self.platform.endpoint(&source)?;
-        tracing::info!(?step, index = progress.next, "heal step");
-        self.step(&step, progress, &source_endpoint).await?;
-        progress.names = self.names.clone();
-        progress.next += 1;
-        Ok(())
-    }
-
-    /// One step; each checks first whether it is already done (a resumed heal re-runs the
-    /// step it was in).
-    async fn step(&mut self, step: &Step, progress: &mut Progress, source: &str) -> Result<()> {
-        match *step {
-            Step::MoveLeader { to } => self.move_leader(progress.current(to)).await,
-            Step::Remove { member } => {
-                let name = self.name(member)?;
-                let (channel, token) = self.connect(source).await?;
-                let listed = self.member_list(&channel, &token, source).await?;
-                if listed.iter().any(|m| m.id == member) {
-                    ClusterClient::new(channel)
-                        .member_remove(Self::request(MemberRemoveRequest { id: member }, &token))
-                        .await
-                        .map_err(|s| api("MemberRemove", source, &s))?;
+        let blocked = |check: std::result::Result<(), String>| check.err().map(Outcome::Blocked);
+        // Before any call: a source that froze would otherwise only show as a timeout.
+        let rule = planner::source_holds_the_data(source, &target, &self.fresh(members, None));
+        if let Some(b) = blocked(rule) {
+            return Ok(b);
+        }
+        let creds = || self.credentials.clone();
+        match step {
+            Step::MoveLeader { .. } => {
+                let leader = members.iter().find(|m| m.healthy && m.is_leader);
+                if leader.is_some_and(|l| l.id == id) {
+                    return Ok(Outcome::Done(format!("{name} leads")));
                 }
-                self.platform.stop(&name).await?;
-                Ok(())
-            }
-            Step::Backup { member } => {
-                let name = self.name(member)?;
-                let backup = self.platform.backup_and_wipe(&name).await?;
-                tracing::info!(member = %name, %backup, "data backed up");
-                Ok(())
-            }
-            // The backup moved the data away: the member's directory is already empty.
-            Step::Wipe { .. } => Ok(()),
-            Step::AddLearner { member } => {
-                let name = self.name(progress.current(member))?;
-                let peer = self.platform.peer_url(&name)?;
-                let (channel, token) = self.connect(source).await?;
-                let existing = self
-                    .member_list(&channel, &token, source)
-                    .await?
-                    .into_iter()
-                    .find(|m| m.peer_ur_ls.contains(&peer));
-                let new_id = match existing {
-                    Some(added) => added.id,
-                    None => ClusterClient::new(channel)
-                        .member_add(Self::request(
-                            MemberAddRequest {
-                                peer_ur_ls: vec![peer],
-                                is_learner: true,
-                            },
-                            &token,
-                        ))
-                        .await
-                        .map_err(|s| api("MemberAdd", source, &s))?
-                        .into_inner()
-                        .member
-                        .map(|m| m.id)
-                        .unwrap_or_default(),
+                if let Some(b) = blocked(planner::check(
+                    step,
+                    source,
+                    &target,
+                    &self.fresh(members, None),
+                )) {
+                    return Ok(b);
+                }
+                let Some(leader) = leader else {
+                    return Ok(Outcome::Waiting("no member leads".into()));
                 };
-                self.names.retain(|_, n| *n != name);
-                self.names.insert(new_id, name.clone());
-                progress.renamed.insert(member, new_id);
-                self.platform.start_joining(&name).await?;
-                Ok(())
+                let endpoint = self.platform.endpoint(&leader.name)?;
+                self.members.move_leader(endpoint, creds(), id).await?;
+                Ok(Outcome::Waiting(format!(
+                    "leadership moving from {} to {name}",
+                    leader.name
+                )))
             }
-            Step::WaitCaughtUp { member } => {
-                let name = self.name(progress.current(member))?;
-                let endpoint = self.platform.endpoint(&name)?;
-                let target = self.status(source).await?.raft_applied_index;
-                self.wait_for(
-                    &format!("{name} to catch up"),
-                    self.timeout * 12,
-                    || async {
-                        self.status(&endpoint)
-                            .await
-                            .is_ok_and(|s| s.raft_applied_index >= target)
-                    },
-                )
-                .await
-            }
-            Step::Promote { member } => {
-                let id = progress.current(member);
-                // One login for the whole wait: a login is a raft write and a bcrypt check.
-                let (channel, token) = self.connect(source).await?;
-                self.wait_for("the learner's promotion", self.timeout * 6, || async {
-                    let Ok(members) = self.member_list(&channel, &token, source).await else {
-                        return false;
-                    };
-                    match members.iter().find(|m| m.id == id) {
-                        Some(m) if !m.is_learner => return true,
-                        Some(_) => {}
-                        None => return false,
+            Step::Remove { .. } => {
+                let listed = self
+                    .members
+                    .member_list(source_endpoint.clone(), creds())
+                    .await?;
+                if listed.iter().any(|l| l.id == id) {
+                    if let Some(b) = blocked(planner::check(
+                        step,
+                        source,
+                        &target,
+                        &self.fresh(members, Some(&listed)),
+                    )) {
+                        return Ok(b);
                     }
-                    ClusterClient::new(channel.clone())
-                        .member_promote(Self::request(MemberPromoteRequest { id }, &token))
-                        .await
-                        .is_ok()
+                    self.members
+                        .member_remove(source_endpoint, creds(), id)
+                        .await?;
+                    tracing::warn!(member = %name, member_id = %format!("{id:x}"), "removed from the cluster");
+                }
+                Ok(match self.platform.stop(&name).await? {
+                    Op::Done(()) => {
+                        Outcome::Done(format!("removed {name} ({id:x}) and stopped it"))
+                    }
+                    Op::InProgress(what) => Outcome::Waiting(what),
                 })
-                .await
             }
-            Step::Verify { member } => {
-                let name = self.name(progress.current(member))?;
-                let endpoint = self.platform.endpoint(&name)?;
-                self.wait_for(
-                    &format!("{name} to agree with the source"),
-                    self.timeout * 6,
-                    || async {
-                        match (self.status(source).await, self.status(&endpoint).await) {
-                            (Ok(a), Ok(b)) => {
-                                let revision = |s: &StatusResponse| {
-                                    s.header.as_ref().map(|h| h.revision).unwrap_or_default()
-                                };
-                                a.raft_applied_index == b.raft_applied_index
-                                    && revision(&a) == revision(&b)
-                            }
-                            _ => false,
+            Step::Backup { .. } => {
+                let listed = self.members.member_list(source_endpoint, creds()).await?;
+                let fresh = Fresh {
+                    stopped: Some(self.platform.is_stopped(&name).await?),
+                    ..self.fresh(members, Some(&listed))
+                };
+                if let Some(b) = blocked(planner::check(step, source, &target, &fresh)) {
+                    return Ok(b);
+                }
+                Ok(match self.platform.backup_and_wipe(&name).await? {
+                    Op::Done(backup) => Outcome::Done(format!("moved {name}'s data to {backup}")),
+                    Op::InProgress(what) => Outcome::Waiting(what),
+                })
+            }
+            Step::AddLearner { member } => {
+                let listed = self
+                    .members
+                    .member_list(source_endpoint.clone(), creds())
+                    .await?;
+                let new_id = match listed
+                    .iter()
+                    .find(|l| l.peer_urls.contains(&target.peer_url))
+                {
+                    // A resumed heal added it already.
+                    Some(added) => added.id,
+                    None => {
+                        if let Some(b) = blocked(planner::check(
+                            step,
+                            source,
+                            &target,
+                            &self.fresh(members, Some(&listed)),
+                        )) {
+                            return Ok(b);
                         }
+                        self.members
+                            .member_add_learner(source_endpoint, creds(), target.peer_url.clone())
+                            .await?
+                    }
+                };
+                progress.names.retain(|_, n| *n != name);
+                progress.names.insert(new_id, name.clone());
+                progress.renamed.insert(*member, new_id);
+                self.platform.start_joining(&name).await?;
+                Ok(Outcome::Done(format!(
+                    "added {name} back as learner {new_id:x} and started it"
+                )))
+            }
+            Step::WaitCaughtUp { .. } => {
+                let Some(leader) = members.iter().find(|m| m.healthy && m.is_leader) else {
+                    return Ok(Outcome::Waiting("no member leads".into()));
+                };
+                let mark = *progress.mark.get_or_insert(leader.raft_index);
+                match members.iter().find(|m| m.id == id && m.healthy) {
+                    Some(m) if m.applied_index >= mark => Ok(Outcome::Done(format!(
+                        "{name} applied {} of {mark}",
+                        m.applied_index
+                    ))),
+                    Some(m) => Ok(Outcome::Waiting(format!(
+                        "{name} catching up: applied {} of {mark}",
+                        m.applied_index
+                    ))),
+                    None => Ok(Outcome::Waiting(format!("{name} does not answer yet"))),
+                }
+            }
+            Step::Promote { .. } => {
+                let listed = self
+                    .members
+                    .member_list(source_endpoint.clone(), creds())
+                    .await?;
+                match listed.iter().find(|l| l.id == id) {
+                    None => {
+                        return Ok(Outcome::Blocked(format!(
+                            "Promote: {name} ({id:x}) is not in the member list"
+                        )));
+                    }
+                    Some(l) if !l.is_learner => return Ok(Outcome::Done(format!("{name} votes"))),
+                    Some(_) => {}
+                }
+                let fresh = Fresh {
+                    mark: progress.mark,
+                    ..self.fresh(members, Some(&listed))
+                };
+                if let Some(b) = blocked(planner::check(step, source, &target, &fresh)) {
+                    return Ok(b);
+                }
+                self.members
+                    .member_promote(source_endpoint, creds(), id)
+                    .await?;
+                Ok(Outcome::Done(format!("promoted {name}")))
+            }
+            Step::Verify { .. } => {
+                if let Some(b) = blocked(planner::check(
+                    step,
+                    source,
+                    &target,
+                    &self.fresh(members, None),
+                )) {
+                    return Ok(b);
+                }
+                let source_member = members.iter().find(|m| m.id == source);
+                let target_member = members.iter().find(|m| m.id == id && m.healthy);
+                Ok(match (source_member, target_member) {
+                    (Some(s), Some(t)) => match planner::agrees(s, t) {
+                        Ok(()) => Outcome::Done(format!("{name} agrees with the source")),
+                        Err(why) => Outcome::Waiting(why),
                     },
-                )
-                .await
+                    _ => Outcome::Waiting(format!("{name} does not answer yet")),
+                })
             }
         }
-    }
-
-    /// The ID the cluster knows member `name` by (matched by its peer URL), asking `endpoint`.
-    pub async fn member_id(&self, endpoint: &str, name: &str) -> Result<Option<u64>> {
-        let peer = self.platform.peer_url(name)?;
-        let (channel, token) = self.connect(endpoint).await?;
-        Ok(self
-            .member_list(&channel, &token, endpoint)
-            .await?
-            .into_iter()
-            .find(|m| m.peer_ur_ls.contains(&peer))
-            .map(|m| m.id))
-    }
-
-    /// The cluster's members as `endpoint` (reached through `channel`, logged in with
-    /// `token`) lists them.
-    async fn member_list(
-        &self,
-        channel: &Channel,
-        token: &Option<String>,
-        endpoint: &str,
-    ) -> Result<Vec<EtcdMember>> {
-        Ok(ClusterClient::new(channel.clone())
-            .member_list(Self::request(
-                MemberListRequest { linearizable: true },
-                token,
-            ))
-            .await
-            .map_err(|s| api("MemberList", endpoint, &s))?
-            .into_inner()
-            .members)
-    }
-
-    async fn move_leader(&self, to: u64) -> Result<()> {
-        let leader = self.leader().await?;
-        if leader == to {
-            return Ok(());
-        }
-        let endpoint = self.platform.endpoint(&self.name(leader)?)?;
-        let (channel, token) = self.connect(&endpoint).await?;
-        MaintenanceClient::new(channel)
-            .move_leader(Self::request(MoveLeaderRequest { target_id: to }, &token))
-            .await
-            .map_err(|s| api("MoveLeader", &endpoint, &s))?;
-        self.wait_for("the new leader", self.timeout * 2, || async {
-            self.leader().await.is_ok_and(|l| l == to)
-        })
-        .await
     }
 }
 
@@ -519,7 +515,6 @@ mod tests {
                 Step::MoveLeader { to: 1 },
                 Step::Remove { member: 2 },
                 Step::Backup { member: 2 },
-                Step::Wipe { member: 2 },
                 Step::AddLearner { member: 2 },
                 Step::WaitCaughtUp { member: 2 },
             ],
@@ -527,7 +522,7 @@ mod tests {
         let names = BTreeMap::from([(1, "node1".to_string()), (2, "node2".to_string())]);
         Progress {
             next,
-            ..Progress::new(plan, names)
+            ..Progress::new(plan, names, 1_800_000_000)
         }
     }
 
@@ -537,19 +532,25 @@ mod tests {
         assert!(progress(1).held_out().is_empty(), "removal not done yet");
         assert_eq!(progress(2).held_out(), ["node2"]);
         assert_eq!(
-            progress(4).held_out(),
+            progress(3).held_out(),
             ["node2"],
             "adding back not done yet"
         );
-        assert!(progress(5).held_out().is_empty());
-        assert!(!progress(5).done());
-        assert!(progress(6).done());
+        assert!(progress(4).held_out().is_empty());
+        assert!(!progress(4).done());
+        assert!(progress(5).done());
     }
 
     #[test]
     fn progress_survives_a_round_trip_through_its_file_format() {
         let mut p = progress(3);
         p.renamed.insert(2, 9);
+        p.step_started = Some(1_800_000_010);
+        p.paused = Some(Pause {
+            since: 1_800_000_020,
+            why: "Remove: not a quorum".into(),
+        });
+        p.mark = Some(77);
         let json = serde_json::to_string(&p).expect("serialize");
         let back: Progress = serde_json::from_str(&json).expect("deserialize");
         assert_eq!(back, p);
@@ -560,5 +561,163 @@ mod tests {
         let mut bad = recorded;
         bad.steps[0].action = "Explode".into();
         assert_eq!(Progress::from_status(&bad), None);
+    }
+
+    /// Members as processes that stop at once, with a record of what the platform did.
+    #[derive(Default)]
+    struct FakePlatform {
+        stopped: std::collections::BTreeSet<String>,
+        backups: Vec<String>,
+    }
+
+    impl Platform for FakePlatform {
+        async fn stop(&mut self, name: &str) -> platform::Result<Op<()>> {
+            self.stopped.insert(name.to_string());
+            Ok(Op::Done(()))
+        }
+
+        async fn is_stopped(&mut self, name: &str) -> platform::Result<bool> {
+            Ok(self.stopped.contains(name))
+        }
+
+        async fn backup_and_wipe(&mut self, name: &str) -> platform::Result<Op<String>> {
+            self.backups.push(name.to_string());
+            Ok(Op::Done(format!("backups/{name}")))
+        }
+
+        async fn start_joining(&mut self, name: &str) -> platform::Result<()> {
+            self.stopped.remove(name);
+            Ok(())
+        }
+
+        fn peer_url(&self, name: &str) -> platform::Result<String> {
+            Ok(format!("http://{name}:2380"))
+        }
+
+        fn endpoint(&self, name: &str) -> platform::Result<String> {
+            Ok(format!("http://{name}:2379"))
+        }
+    }
+
+    /// One member of a random round: answers or not, AuthRevision known or not, how far
+    /// behind it applies.
+    #[derive(Clone, Debug)]
+    struct Seen {
+        answers: bool,
+        auth_known: bool,
+        behind: u64,
+    }
+
+    fn seen() -> impl proptest::strategy::Strategy<Value = Seen> {
+        use proptest::prelude::*;
+        (
+            prop::bool::weighted(0.8),
+            prop::bool::weighted(0.85),
+            prop_oneof![4 => Just(0u64), 1 => 0u64..3000],
+        )
+            .prop_map(|(answers, auth_known, behind)| Seen {
+                answers,
+                auth_known,
+                behind,
+            })
+    }
+
+    fn round(seen: &[Seen], ids: &[u64; 3], leader: u64) -> Round {
+        use crate::detector::{Fact, Hash, Observation};
+        let names = ["node1", "node2", "node3"];
+        Round {
+            members: seen
+                .iter()
+                .zip(ids)
+                .zip(names)
+                .map(|((s, id), name)| {
+                    if !s.answers {
+                        return Observation::unreachable(name, "Status: deadline exceeded");
+                    }
+                    Observation {
+                        name: name.to_string(),
+                        member: *id,
+                        reachable: true,
+                        is_leader: *id == leader,
+                        is_learner: false,
+                        db_size: 1,
+                        raft_term: 2,
+                        raft_index: 5000,
+                        applied_index: 5000 - s.behind,
+                        revision: 9,
+                        auth_revision: if s.auth_known {
+                            Fact::Known(5)
+                        } else {
+                            Fact::Unknown("AuthStatus: deadline exceeded".into())
+                        },
+                        key_count: Fact::Known(3),
+                        hash: Fact::Known(Hash {
+                            hash: 1,
+                            revision: 9,
+                            keys: 3,
+                        }),
+                    }
+                })
+                .collect(),
+        }
+    }
+
+    proptest::proptest! {
+        /// Over random rounds (members that stop answering, unknown AuthRevisions, members
+        /// far behind), the rebuild of node2 from node1 never removes node2 unless, in the
+        /// round taken right before, the source and the other voter both answered, fully
+        /// observed and caught up; and never moves data unless node2 was out of the member
+        /// list and stopped and the source answered.
+        #[test]
+        fn destructive_steps_run_only_on_a_fresh_observation_that_allows_them(
+            rounds in proptest::collection::vec(proptest::collection::vec(seen(), 3), 1..40)
+        ) {
+            let runtime = tokio::runtime::Builder::new_current_thread().build().expect("runtime");
+            let members = crate::controller::fixtures::FakeMembers::default();
+            *members.listed.lock().expect("listed") = [1, 2, 3]
+                .map(|id| Listed {
+                    id,
+                    peer_urls: vec![format!("http://node{id}:2380")],
+                    is_learner: false,
+                })
+                .to_vec();
+            let mut platform = FakePlatform::default();
+            let plan = Plan { source: 1, steps: Step::rebuild(2).to_vec() };
+            let names = BTreeMap::from([(1, "node1".into()), (2, "node2".into()), (3, "node3".into())]);
+            let mut progress = Progress::new(plan, names, 0);
+            for seen in &rounds {
+                if progress.done() {
+                    break;
+                }
+                let ids = [1, progress.current(2), 3];
+                let round = round(seen, &ids, 1);
+                let removes = members.calls.lock().expect("calls").iter().filter(|c| c.starts_with("MemberRemove")).count();
+                let backups = platform.backups.len();
+                let listed_before = members.listed.lock().expect("listed").clone();
+                let stopped_before = platform.stopped.contains("node2");
+                let mut executor = Executor {
+                    platform: &mut platform,
+                    members: &members,
+                    credentials: None,
+                    replicas: 3,
+                    max_lag: 1000,
+                };
+                runtime.block_on(executor.step(&mut progress, &round));
+                let least_behind = seen.iter().filter(|s| s.answers).map(|s| s.behind).min().unwrap_or(0);
+                let ok = |i: usize| {
+                    seen[i].answers && seen[i].auth_known && seen[i].behind - least_behind <= 1000
+                };
+                let removed_now = members.calls.lock().expect("calls").iter().filter(|c| c.starts_with("MemberRemove")).count() > removes;
+                if removed_now {
+                    proptest::prop_assert!(ok(0) && ok(2), "removed node2 on {:?}", seen);
+                }
+                if platform.backups.len() > backups {
+                    proptest::prop_assert!(ok(0), "moved data without the source: {:?}", seen);
+                    proptest::prop_assert!(!listed_before.iter().any(|l| l.id == 2), "node2 still listed");
+                    proptest::prop_assert!(stopped_before, "node2 was running");
+                }
+            }
+            proptest::prop_assert!(platform.backups.len() <= 1, "backed up twice");
+        }
     }
 }

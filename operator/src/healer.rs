@@ -14,10 +14,6 @@ use crate::planner::{self, Decision, Member, Mode};
 
 /// A heal that ended within this long of the previous one means the drift came back.
 pub const RECURRENCE_WINDOW: Duration = Duration::from_secs(600);
-/// The wait before the first repeat heal; it doubles with every further repeat.
-pub const BACKOFF_BASE: Duration = Duration::from_secs(30);
-/// The longest wait between heals.
-pub const BACKOFF_MAX: Duration = Duration::from_secs(1800);
 
 /// What the latest round amounts to.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -53,10 +49,18 @@ pub struct Healer {
     last_heal: Option<(Timestamp, bool)>,
     /// Heals in a row that were followed by divergence within [`RECURRENCE_WINDOW`], or failed.
     repeats: u32,
-    /// Heals started so far.
+    /// The wait before the first repeat heal; it doubles with every further repeat.
+    backoff_min: Duration,
+    /// The longest wait between heals.
+    backoff_max: Duration,
+    /// Heals started so far (a driver that restarts carries the count over from the status).
     pub heals: u32,
     /// How the last heal ended, in words.
     pub last_result: Option<String>,
+    /// How long the divergence of the heal in progress took to confirm.
+    pub detection: Option<Duration>,
+    /// When the heal in progress started, if this loop started it.
+    pub started: Option<Timestamp>,
 }
 
 impl Healer {
@@ -69,24 +73,28 @@ impl Healer {
             first_seen: None,
             last_heal: None,
             repeats: 0,
+            backoff_min: Duration::from_secs(30),
+            backoff_max: Duration::from_secs(1800),
             heals: 0,
             last_result: None,
+            detection: None,
+            started: None,
         }
     }
 
     /// The loop a `StorageCluster`'s `spec.healing` asks for: the evidence it needs and the
     /// mode it allows.
     pub fn for_spec(healing: &crds::Healing) -> Healer {
-        let mode = match healing.mode {
-            crds::HealingMode::Automatic => Mode::Automatic,
-            crds::HealingMode::ObserveOnly => Mode::ObserveOnly,
-            crds::HealingMode::Disabled => Mode::Disabled,
-        };
         let tolerance = Tolerance {
             consecutive: healing.consecutive_probes.max(1) as usize,
             ..Tolerance::default()
         };
-        Healer::new(tolerance, mode)
+        let min = u64::from(healing.backoff.min_seconds.max(1));
+        Healer {
+            backoff_min: Duration::from_secs(min),
+            backoff_max: Duration::from_secs(u64::from(healing.backoff.max_seconds).max(min)),
+            ..Healer::new(tolerance, Mode::of(healing.mode))
+        }
     }
 
     /// Takes one probe round at `now` and decides what to do about the cluster.
@@ -133,6 +141,7 @@ impl Healer {
     /// A heal starts at `now`: decide whether it repeats the last one.
     pub fn heal_started(&mut self, now: Timestamp) {
         self.heals += 1;
+        self.started = Some(now);
         if let Some((ended, succeeded)) = self.last_heal {
             let recent = now.duration_since(ended).unsigned_abs() < RECURRENCE_WINDOW;
             if recent || !succeeded {
@@ -151,16 +160,20 @@ impl Healer {
             Err(e) => format!("failed at {now}: {e}"),
         });
         self.last_heal = Some((now, result.is_ok()));
+        self.started = None;
         self.history.clear();
         self.first_seen = None;
     }
 
-    /// The earliest time the next heal may start: [`BACKOFF_BASE`] after the last one ended,
-    /// doubled for every heal in a row that did not hold.
+    /// The earliest time the next heal may start: the backoff's minimum after the last one
+    /// ended, doubled for every heal in a row that did not hold, at most its maximum.
     fn not_before(&self) -> Option<Timestamp> {
         let (ended, _) = self.last_heal?;
         let factor = 2u32.saturating_pow(self.repeats.min(16));
-        let wait = BACKOFF_BASE.saturating_mul(factor).min(BACKOFF_MAX);
+        let wait = self
+            .backoff_min
+            .saturating_mul(factor)
+            .min(self.backoff_max);
         ended.checked_add(wait).ok()
     }
 }
@@ -176,7 +189,7 @@ fn single(tolerance: Tolerance) -> Tolerance {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::detector::Observation;
+    use crate::detector::{Fact, Observation};
 
     fn at(second: i64) -> Timestamp {
         Timestamp::from_second(1_800_000_000 + second).expect("valid time")
@@ -188,6 +201,7 @@ mod tests {
                 .iter()
                 .enumerate()
                 .map(|(i, r)| Observation {
+                    name: format!("node{}", i + 1),
                     member: i as u64 + 1,
                     reachable: true,
                     is_leader: i == 0,
@@ -196,10 +210,14 @@ mod tests {
                     raft_term: 2,
                     raft_index: 50,
                     applied_index: 50,
-                    auth_revision: *r,
                     revision: 9,
-                    key_count: 3,
-                    hash: Some((1, 9)),
+                    auth_revision: Fact::Known(*r),
+                    key_count: Fact::Known(3),
+                    hash: Fact::Known(crate::detector::Hash {
+                        hash: 1,
+                        revision: 9,
+                        keys: 3,
+                    }),
                 })
                 .collect(),
         }

@@ -26,6 +26,8 @@ pub mod demo;
 pub mod detector;
 pub mod executor;
 pub mod healer;
+pub mod healing;
+pub mod members;
 pub mod metrics;
 pub mod planner;
 pub mod platform;

@@ -175,6 +175,7 @@ fn local(
         storage_node: storage_node_binary(storage_node)?,
         node_args,
         print_table: true,
+        spec_file: Some(spec),
     })?;
     runtime()?.block_on(async {
         if let Some(addr) = metrics_addr {

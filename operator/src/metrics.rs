@@ -113,7 +113,7 @@ impl HealMetrics {
             .members
             .iter()
             .filter(|m| m.healthy)
-            .map(|m| m.key_count)
+            .filter_map(|m| m.key_count)
             .collect();
         let spread = match (healthy.iter().max(), healthy.iter().min()) {
             (Some(max), Some(min)) => max - min,
@@ -230,7 +230,7 @@ mod tests {
         MemberStatus {
             name: "m".into(),
             healthy,
-            key_count: keys,
+            key_count: Some(keys),
             ..MemberStatus::default()
         }
     }

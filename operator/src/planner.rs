@@ -1,23 +1,28 @@
 //! From findings to a recovery plan: which member holds the complete data (the source), and
-//! the steps that rebuild every other member from it, one member at a time.
+//! the steps that rebuild every other member from it, one member at a time; and, right before
+//! each step, whether a fresh look at the cluster still allows it ([`check`]).
 //!
 //! Pure: findings, the cluster's members and the policy in, a decision out. The rules, as in
 //! ../shared/DESIGN.md: after AuthRevision drift the member with the **lowest** AuthRevision is
 //! the source (it rejected nothing); after divergence without drift, the strict majority's
 //! data is; anything else is ambiguous and left to a human. A plan moves leadership to the
-//! source first, then for each member that differs from it: remove, back up, wipe, re-add as
-//! a learner, wait until caught up, promote, verify. Nothing is planned without a healthy
-//! quorum, or while a member is unreachable or lagging (never two members out at once).
+//! source first, then for each member that differs from it: remove, back up (its data directory
+//! is moved aside, which also empties it), re-add as a learner, wait until caught up, promote,
+//! verify. Nothing is planned without a healthy quorum, while a member is unreachable or
+//! lagging (never two members out at once), or while any member is not fully observed: a plan
+//! is made only from complete evidence.
 
 use std::collections::BTreeSet;
 
-use crate::detector::Finding;
+use crate::detector::{Fact, Finding, Hash, Observation};
 
 /// A member as the planner sees it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Member {
     /// Member ID.
     pub id: u64,
+    /// Its name where it lives.
+    pub name: String,
     /// Whether it answered the last probe.
     pub healthy: bool,
     /// Whether it leads.
@@ -25,18 +30,31 @@ pub struct Member {
     /// Whether it votes (learners do not).
     pub voter: bool,
     /// Its AuthRevision.
-    pub auth_revision: u64,
+    pub auth_revision: Fact<u64>,
+    /// Last applied index.
+    pub applied_index: u64,
+    /// Raft index it reports.
+    pub raft_index: u64,
+    /// HashKV at the round's common revision.
+    pub hash: Fact<Hash>,
+    /// Why it cannot be judged (see [`Observation::incomplete`]), when it cannot.
+    pub incomplete: Option<String>,
 }
 
 impl Member {
     /// The planner's view of a probed member.
-    pub fn observed(o: &crate::detector::Observation) -> Member {
+    pub fn observed(o: &Observation) -> Member {
         Member {
             id: o.member,
+            name: o.name.clone(),
             healthy: o.reachable,
             is_leader: o.is_leader,
             voter: !o.is_learner,
-            auth_revision: o.auth_revision,
+            auth_revision: o.auth_revision.clone(),
+            applied_index: o.applied_index,
+            raft_index: o.raft_index,
+            hash: o.hash.clone(),
+            incomplete: o.incomplete(),
         }
     }
 }
@@ -52,6 +70,17 @@ pub enum Mode {
     Disabled,
 }
 
+impl Mode {
+    /// The mode `healing.mode` names.
+    pub fn of(mode: crds::HealingMode) -> Mode {
+        match mode {
+            crds::HealingMode::Automatic => Mode::Automatic,
+            crds::HealingMode::ObserveOnly => Mode::ObserveOnly,
+            crds::HealingMode::Disabled => Mode::Disabled,
+        }
+    }
+}
+
 /// One step of a recovery plan.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum Step {
@@ -60,18 +89,14 @@ pub enum Step {
         /// The new leader.
         to: u64,
     },
-    /// Remove the member from the cluster (MemberRemove).
+    /// Remove the member from the cluster (MemberRemove) and stop it.
     Remove {
         /// The member.
         member: u64,
     },
-    /// Copy its data directory aside.
+    /// Move its data directory into the backups: the backup and the wipe in one rename, so
+    /// the member's directory is empty afterwards and nothing is deleted.
     Backup {
-        /// The member.
-        member: u64,
-    },
-    /// Delete its data directory.
-    Wipe {
         /// The member.
         member: u64,
     },
@@ -90,11 +115,66 @@ pub enum Step {
         /// The member.
         member: u64,
     },
-    /// Check it now agrees with the source (AuthRevision, HashKV).
+    /// Check it now agrees with the source: HashKV and key count at a common revision, and
+    /// AuthRevision.
     Verify {
         /// The member.
         member: u64,
     },
+}
+
+impl Step {
+    /// The member the step acts on.
+    pub fn member(&self) -> u64 {
+        match *self {
+            Step::MoveLeader { to } => to,
+            Step::Remove { member }
+            | Step::Backup { member }
+            | Step::AddLearner { member }
+            | Step::WaitCaughtUp { member }
+            | Step::Promote { member }
+            | Step::Verify { member } => member,
+        }
+    }
+
+    /// The step's name, as the status records it.
+    pub fn action(&self) -> &'static str {
+        match self {
+            Step::MoveLeader { .. } => "MoveLeader",
+            Step::Remove { .. } => "Remove",
+            Step::Backup { .. } => "Backup",
+            Step::AddLearner { .. } => "AddLearner",
+            Step::WaitCaughtUp { .. } => "WaitCaughtUp",
+            Step::Promote { .. } => "Promote",
+            Step::Verify { .. } => "Verify",
+        }
+    }
+
+    /// The step named `action` on `member` (what [`Step::action`] recorded).
+    pub fn from_action(action: &str, member: u64) -> Option<Step> {
+        Some(match action {
+            "MoveLeader" => Step::MoveLeader { to: member },
+            "Remove" => Step::Remove { member },
+            "Backup" => Step::Backup { member },
+            "AddLearner" => Step::AddLearner { member },
+            "WaitCaughtUp" => Step::WaitCaughtUp { member },
+            "Promote" => Step::Promote { member },
+            "Verify" => Step::Verify { member },
+            _ => return None,
+        })
+    }
+
+    /// The steps that rebuild `member` from the leader, in order.
+    pub(crate) fn rebuild(member: u64) -> [Step; 6] {
+        [
+            Step::Remove { member },
+            Step::Backup { member },
+            Step::AddLearner { member },
+            Step::WaitCaughtUp { member },
+            Step::Promote { member },
+            Step::Verify { member },
+        ]
+    }
 }
 
 /// A recovery plan.
@@ -129,11 +209,11 @@ pub fn plan(findings: &[Finding], members: &[Member], mode: Mode) -> Decision {
     }
     for finding in findings {
         match finding {
-            Finding::Unreachable { member } => {
-                return Decision::Wait(format!("member {member:x} is unreachable"));
+            Finding::Unreachable { name } => {
+                return Decision::Wait(format!("{name} is unreachable"));
             }
-            Finding::Lagging { member, behind } => {
-                return Decision::Wait(format!("member {member:x} is {behind} entries behind"));
+            Finding::Lagging { name, behind } => {
+                return Decision::Wait(format!("{name} is {behind} entries behind"));
             }
             _ => {}
         }
@@ -145,6 +225,11 @@ pub fn plan(findings: &[Finding], members: &[Member], mode: Mode) -> Decision {
     }
     if members.iter().any(|m| !m.healthy) {
         return Decision::Wait("a member is down; healing takes one member out at a time".into());
+    }
+    // The source is chosen by comparing every member: one unknown value could hide the member
+    // that really holds the most complete data.
+    if let Some(why) = members.iter().find_map(|m| m.incomplete.clone()) {
+        return Decision::Wait(why);
     }
     let source = match choose_source(findings, members) {
         Ok(source) => source,
@@ -160,15 +245,17 @@ pub fn plan(findings: &[Finding], members: &[Member], mode: Mode) -> Decision {
     }
 }
 
-/// The member holding the complete data.
 /// Rebuilds `lost`, a member that lost its data (it can only rejoin as a new member), from the
 /// leader: remove it, move aside what is left of its data, add it back as a learner, let it
-/// catch up, promote, verify. Only while every other member answers and they are a quorum of
-/// the voters, so nothing else is out while it is.
+/// catch up, promote, verify. Only while every other member answers, is fully observed and
+/// they are a quorum of the voters, so nothing else is out while it is.
 pub fn rebuild_lost(lost: u64, members: &[Member]) -> Result<Plan, String> {
     let others: Vec<&Member> = members.iter().filter(|m| m.id != lost).collect();
     if others.iter().any(|m| !m.healthy) {
         return Err("another member is down; rebuilding takes one member out at a time".into());
+    }
+    if let Some(why) = others.iter().find_map(|m| m.incomplete.clone()) {
+        return Err(why);
     }
     let voters = members.iter().filter(|m| m.voter).count();
     let healthy_voters = others.iter().filter(|m| m.voter).count();
@@ -182,18 +269,11 @@ pub fn rebuild_lost(lost: u64, members: &[Member]) -> Result<Plan, String> {
         .ok_or("no leader among the other members")?;
     Ok(Plan {
         source,
-        steps: vec![
-            Step::Remove { member: lost },
-            Step::Backup { member: lost },
-            Step::Wipe { member: lost },
-            Step::AddLearner { member: lost },
-            Step::WaitCaughtUp { member: lost },
-            Step::Promote { member: lost },
-            Step::Verify { member: lost },
-        ],
+        steps: Step::rebuild(lost).to_vec(),
     })
 }
 
+/// The member holding the complete data.
 fn choose_source(findings: &[Finding], members: &[Member]) -> Result<u64, String> {
     let drift = findings.iter().find_map(|f| match f {
         Finding::AuthRevisionDrift { revisions } => Some(revisions),
@@ -222,7 +302,7 @@ fn choose_source(findings: &[Finding], members: &[Member]) -> Result<u64, String
     });
     match groups {
         Some(groups) => {
-            let total: usize = groups.iter().map(BTreeSet::len).sum();
+            let total = members.len();
             let largest = groups.first().ok_or("divergence without members")?;
             if largest.len() * 2 <= total {
                 return Err(format!(
@@ -248,7 +328,7 @@ fn rebuild_from(source: u64, findings: &[Finding], members: &[Member]) -> Plan {
     let source_revision = members
         .iter()
         .find(|m| m.id == source)
-        .map(|m| m.auth_revision);
+        .map(|m| m.auth_revision.clone());
     let same_data: BTreeSet<u64> = findings
         .iter()
         .find_map(|f| match f {
@@ -262,7 +342,9 @@ fn rebuild_from(source: u64, findings: &[Finding], members: &[Member]) -> Plan {
     let differing: Vec<u64> = members
         .iter()
         .filter(|m| m.id != source)
-        .filter(|m| Some(m.auth_revision) != source_revision || !same_data.contains(&m.id))
+        .filter(|m| {
+            Some(&m.auth_revision) != source_revision.as_ref() || !same_data.contains(&m.id)
+        })
         .map(|m| m.id)
         .collect();
     if differing.is_empty() {
@@ -272,17 +354,273 @@ fn rebuild_from(source: u64, findings: &[Finding], members: &[Member]) -> Plan {
         steps.push(Step::MoveLeader { to: source });
     }
     for member in differing {
-        steps.extend([
-            Step::Remove { member },
-            Step::Backup { member },
-            Step::Wipe { member },
-            Step::AddLearner { member },
-            Step::WaitCaughtUp { member },
-            Step::Promote { member },
-            Step::Verify { member },
-        ]);
+        steps.extend(Step::rebuild(member));
     }
     Plan { source, steps }
+}
+
+/// A member as the cluster's member list names it (MemberList, asked right before a step).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Listed {
+    /// Member ID.
+    pub id: u64,
+    /// Peer URLs.
+    pub peer_urls: Vec<String>,
+    /// Whether it is a learner.
+    pub is_learner: bool,
+}
+
+/// The member a step acts on, as the heal knows it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Target {
+    /// Its ID now (members re-added by the heal have a new one).
+    pub id: u64,
+    /// Its name where it lives.
+    pub name: String,
+    /// Its peer URL, which the platform derives from where it lives (pod, data directory).
+    pub peer_url: String,
+}
+
+/// What the executor looked at right before a step, and what the heal knows.
+#[derive(Clone, Debug)]
+pub struct Fresh<'a> {
+    /// This pass's probe of every member.
+    pub members: &'a [Member],
+    /// The member list, for the steps that change or depend on membership.
+    pub listed: Option<&'a [Listed]>,
+    /// Whether the target's process or pod is stopped (asked for Backup).
+    pub stopped: Option<bool>,
+    /// Members the cluster should have.
+    pub replicas: usize,
+    /// How far a member may trail the newest applied index and still count as caught up.
+    pub max_lag: u64,
+    /// The leader's raft index that WaitCaughtUp waited for the target to reach.
+    pub mark: Option<u64>,
+}
+
+/// Whether `step` of a heal from `source` (its ID now) on `target` may run now, by the safety
+/// rules of ../shared/DESIGN.md. `Err` names the rule that does not hold and why. The caller
+/// checks the healing mode.
+pub fn check(step: &Step, source: u64, target: &Target, fresh: &Fresh<'_>) -> Result<(), String> {
+    source_holds_the_data(source, target, fresh)?;
+    let listed = || {
+        fresh.listed.ok_or_else(|| {
+            format!(
+                "{}: the member list is needed and was not read",
+                step.action()
+            )
+        })
+    };
+    match step {
+        Step::MoveLeader { .. } | Step::WaitCaughtUp { .. } | Step::Verify { .. } => Ok(()),
+        Step::Remove { .. } => {
+            if target.id == source {
+                return Err("Remove: the target is the source".into());
+            }
+            let listed = listed()?;
+            identity(target, listed, fresh.members)?;
+            let others: Vec<&Listed> = listed.iter().filter(|l| l.id != target.id).collect();
+            if let Some(out) = others.iter().find(|l| l.is_learner) {
+                return Err(format!(
+                    "Remove: member {:x} is a learner, out of the voting set: one member out at a time",
+                    out.id
+                ));
+            }
+            if others.len() + 1 < fresh.replicas {
+                return Err(format!(
+                    "Remove: the cluster lists {} of {} members: one member out at a time",
+                    listed.len(),
+                    fresh.replicas
+                ));
+            }
+            let newest = newest_applied(fresh.members);
+            let ready = others
+                .iter()
+                .filter(|l| {
+                    fresh.members.iter().any(|m| {
+                        m.id == l.id
+                            && m.healthy
+                            && m.incomplete.is_none()
+                            && m.applied_index + fresh.max_lag >= newest
+                    })
+                })
+                .count();
+            if ready * 2 <= others.len() {
+                return Err(format!(
+                    "Remove: without {} only {ready} of the {} remaining voters answer and are \
+                     caught up, not a quorum",
+                    target.name,
+                    others.len()
+                ));
+            }
+            Ok(())
+        }
+        Step::Backup { .. } => {
+            if target.id == source {
+                return Err("Backup: the target is the source".into());
+            }
+            let listed = listed()?;
+            if listed
+                .iter()
+                .any(|l| l.id == target.id || l.peer_urls.contains(&target.peer_url))
+            {
+                return Err(format!(
+                    "Backup: {} is still a member of the cluster",
+                    target.name
+                ));
+            }
+            match fresh.stopped {
+                Some(true) => Ok(()),
+                Some(false) => Err(format!("Backup: {} still runs", target.name)),
+                None => Err(format!("Backup: whether {} runs is unknown", target.name)),
+            }
+        }
+        Step::AddLearner { .. } => {
+            let listed = listed()?;
+            let others: Vec<&Listed> = listed
+                .iter()
+                .filter(|l| !l.peer_urls.contains(&target.peer_url))
+                .collect();
+            if let Some(out) = others.iter().find(|l| l.is_learner) {
+                return Err(format!(
+                    "AddLearner: member {:x} is out of the voting set: one member out at a time",
+                    out.id
+                ));
+            }
+            if others.len() + 1 != fresh.replicas {
+                return Err(format!(
+                    "AddLearner: the cluster lists {} other members, expected {}",
+                    others.len(),
+                    fresh.replicas - 1
+                ));
+            }
+            Ok(())
+        }
+        Step::Promote { .. } => {
+            let leader = fresh.members.iter().find(|m| m.healthy && m.is_leader);
+            let learner = fresh
+                .members
+                .iter()
+                .find(|m| m.id == target.id && m.healthy);
+            let Some(mark) = fresh.mark else {
+                return Err("Promote: the target never caught up (no WaitCaughtUp mark)".into());
+            };
+            match (leader, learner) {
+                (Some(leader), Some(learner))
+                    if learner.applied_index >= mark
+                        && learner.applied_index + fresh.max_lag >= leader.raft_index =>
+                {
+                    Ok(())
+                }
+                (Some(leader), Some(learner)) => Err(format!(
+                    "Promote: {} applied {}, short of the leader's {} (waited for {mark})",
+                    target.name, learner.applied_index, leader.raft_index
+                )),
+                (None, _) => Err("Promote: no leader answers".into()),
+                (_, None) => Err(format!("Promote: {} does not answer", target.name)),
+            }
+        }
+    }
+}
+
+/// The rule for every step: the source answers, is fully observed, is caught up, and no
+/// member but the target holds a lower AuthRevision (which would mean it, not the source,
+/// rejected nothing). Checked before a step makes any call.
+pub fn source_holds_the_data(
+    source: u64,
+    target: &Target,
+    fresh: &Fresh<'_>,
+) -> Result<(), String> {
+    let Some(s) = fresh.members.iter().find(|m| m.id == source && m.healthy) else {
+        return Err(format!("the source {source:x} does not answer"));
+    };
+    if let Some(why) = &s.incomplete {
+        return Err(format!("the source is not fully observed: {why}"));
+    }
+    let newest = newest_applied(fresh.members);
+    if s.applied_index + fresh.max_lag < newest {
+        return Err(format!(
+            "the source {} applied {} of {}: not caught up",
+            s.name, s.applied_index, newest
+        ));
+    }
+    if let Fact::Known(own) = s.auth_revision {
+        let lower = fresh.members.iter().find(|m| {
+            m.healthy && m.id != target.id && m.auth_revision.known().is_some_and(|r| *r < own)
+        });
+        if let Some(m) = lower {
+            return Err(format!(
+                "the source {} no longer holds the most complete data: {} has AuthRevision {} < {own}",
+                s.name,
+                m.name,
+                m.auth_revision.known().copied().unwrap_or_default()
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// The target's ID and peer URL as the member list has them, and the probe of its name, if it
+/// answers, as that member.
+fn identity(target: &Target, listed: &[Listed], members: &[Member]) -> Result<(), String> {
+    let Some(entry) = listed.iter().find(|l| l.id == target.id) else {
+        return Err(format!(
+            "Remove: member {:x} ({}) is not in the member list",
+            target.id, target.name
+        ));
+    };
+    if !entry.peer_urls.contains(&target.peer_url) {
+        return Err(format!(
+            "Remove: member {:x} has peer URLs {:?}, not {}'s {}",
+            target.id, entry.peer_urls, target.name, target.peer_url
+        ));
+    }
+    if let Some(probed) = members.iter().find(|m| m.name == target.name && m.healthy)
+        && probed.id != target.id
+    {
+        return Err(format!(
+            "Remove: {} answers as member {:x}, not {:x}",
+            target.name, probed.id, target.id
+        ));
+    }
+    Ok(())
+}
+
+fn newest_applied(members: &[Member]) -> u64 {
+    members
+        .iter()
+        .filter(|m| m.healthy)
+        .map(|m| m.applied_index)
+        .max()
+        .unwrap_or_default()
+}
+
+/// Whether `target` now holds what `source` holds: the same HashKV and key count at the same
+/// revision, and the same AuthRevision. `Err` says what differs or is not known yet.
+pub fn agrees(source: &Member, target: &Member) -> Result<(), String> {
+    match (&source.hash, &target.hash) {
+        (Fact::Known(a), Fact::Known(b)) if a == b => {}
+        (Fact::Known(a), Fact::Known(b)) => {
+            return Err(format!(
+                "{} holds HashKV {:x} ({} keys) at revision {}, the source {:x} ({} keys) at {}",
+                target.name, b.hash, b.keys, b.revision, a.hash, a.keys, a.revision
+            ));
+        }
+        (a, b) => {
+            return Err(format!(
+                "HashKV not known of both ({}: {:?}, {}: {:?})",
+                source.name, a, target.name, b
+            ));
+        }
+    }
+    match (&source.auth_revision, &target.auth_revision) {
+        (Fact::Known(a), Fact::Known(b)) if a == b => Ok(()),
+        (Fact::NotOffered, Fact::NotOffered) => Ok(()),
+        (a, b) => Err(format!(
+            "AuthRevision differs or is unknown ({}: {:?}, {}: {:?})",
+            source.name, a, target.name, b
+        )),
+    }
 }
 
 #[cfg(test)]
@@ -299,17 +637,29 @@ mod tests {
             .enumerate()
             .map(|(i, r)| Member {
                 id: i as u64 + 1,
+                name: format!("node{}", i + 1),
                 healthy: true,
                 is_leader: i == leader,
                 voter: true,
-                auth_revision: *r,
+                auth_revision: Fact::Known(*r),
+                applied_index: 100,
+                raft_index: 100,
+                hash: Fact::Known(Hash {
+                    hash: 7,
+                    revision: 50,
+                    keys: 3,
+                }),
+                incomplete: None,
             })
             .collect()
     }
 
     fn drift(members: &[Member]) -> Finding {
         Finding::AuthRevisionDrift {
-            revisions: members.iter().map(|m| (m.id, m.auth_revision)).collect(),
+            revisions: members
+                .iter()
+                .filter_map(|m| m.auth_revision.known().map(|r| (m.id, *r)))
+                .collect(),
         }
     }
 
@@ -336,9 +686,9 @@ mod tests {
         };
         assert_eq!(plan.source, 3);
         assert_eq!(plan.steps[0], Step::MoveLeader { to: 3 });
-        assert_eq!(plan.steps.len(), 1 + 2 * 7);
+        assert_eq!(plan.steps.len(), 1 + 2 * 6);
         assert_eq!(plan.steps[1], Step::Remove { member: 1 });
-        assert_eq!(plan.steps[8], Step::Remove { member: 2 });
+        assert_eq!(plan.steps[7], Step::Remove { member: 2 });
     }
 
     #[test]
@@ -397,6 +747,160 @@ mod tests {
         );
     }
 
+    #[test]
+    fn a_member_with_an_unknown_auth_revision_is_never_planned_around() {
+        let mut m = members(&[9, 8, 7], 0);
+        // node3 holds the lowest AuthRevision, but its AuthStatus failed: it reads as unknown,
+        // so the lowest known (node2) must not become the source.
+        m[2].auth_revision = Fact::Unknown("AuthStatus: deadline exceeded".into());
+        m[2].incomplete =
+            Some("AuthRevision of node3 unknown (AuthStatus: deadline exceeded)".into());
+        let decision = plan(&[drift(&m)], &m, Mode::Automatic);
+        assert_eq!(
+            decision,
+            Decision::Wait("AuthRevision of node3 unknown (AuthStatus: deadline exceeded)".into())
+        );
+    }
+
+    fn target(id: u64) -> Target {
+        Target {
+            id,
+            name: format!("node{id}"),
+            peer_url: format!("http://127.0.0.1:{}", 2380 + id),
+        }
+    }
+
+    fn listed(ids: &[(u64, bool)]) -> Vec<Listed> {
+        ids.iter()
+            .map(|&(id, is_learner)| Listed {
+                id,
+                peer_urls: vec![format!("http://127.0.0.1:{}", 2380 + id)],
+                is_learner,
+            })
+            .collect()
+    }
+
+    fn fresh<'a>(members: &'a [Member], listed: &'a [Listed]) -> Fresh<'a> {
+        Fresh {
+            members,
+            listed: Some(listed),
+            stopped: None,
+            replicas: 3,
+            max_lag: 10,
+            mark: None,
+        }
+    }
+
+    #[test]
+    fn remove_needs_a_caught_up_quorum_without_the_target_and_the_planned_identity() {
+        let m = members(&[5, 6, 6], 0);
+        let all = listed(&[(1, false), (2, false), (3, false)]);
+        let remove = Step::Remove { member: 2 };
+        assert_eq!(check(&remove, 1, &target(2), &fresh(&m, &all)), Ok(()));
+        // The only other voter is frozen: removing node2 would leave one of two answering.
+        let mut frozen = m.clone();
+        frozen[2].healthy = false;
+        let why = check(&remove, 1, &target(2), &fresh(&frozen, &all)).expect_err("no quorum");
+        assert!(why.contains("not a quorum"), "{why}");
+        // Or it answers but trails far behind.
+        let mut behind = m.clone();
+        behind[2].applied_index = 10;
+        assert!(check(&remove, 1, &target(2), &fresh(&behind, &all)).is_err());
+        // The member list says another peer URL for that ID.
+        let mut moved = all.clone();
+        moved[1].peer_urls = vec!["http://127.0.0.1:9999".into()];
+        let why = check(&remove, 1, &target(2), &fresh(&m, &moved)).expect_err("identity");
+        assert!(why.contains("peer URLs"), "{why}");
+        // Another member is already out of the voting set.
+        let learner = listed(&[(1, false), (2, false), (3, true)]);
+        assert!(check(&remove, 1, &target(2), &fresh(&m, &learner)).is_err());
+        // The source itself is never removed.
+        assert!(check(&Step::Remove { member: 1 }, 1, &target(1), &fresh(&m, &all)).is_err());
+    }
+
+    #[test]
+    fn every_step_needs_the_source_to_answer_fully_and_hold_the_lowest_auth_revision() {
+        let m = members(&[5, 6, 6], 0);
+        let all = listed(&[(1, false), (2, false), (3, false)]);
+        let step = Step::MoveLeader { to: 1 };
+        let mut down = m.clone();
+        down[0].healthy = false;
+        assert!(check(&step, 1, &target(1), &fresh(&down, &all)).is_err());
+        let mut half = m.clone();
+        half[0].incomplete = Some("HashKV of node1 unknown (HashKV: deadline exceeded)".into());
+        let why = check(&step, 1, &target(1), &fresh(&half, &all)).expect_err("incomplete");
+        assert!(why.contains("not fully observed"), "{why}");
+        let mut lower = m.clone();
+        lower[2].auth_revision = Fact::Known(4);
+        let why = check(&step, 1, &target(2), &fresh(&lower, &all)).expect_err("lower");
+        assert!(
+            why.contains("no longer holds the most complete data"),
+            "{why}"
+        );
+    }
+
+    #[test]
+    fn backup_needs_the_target_out_of_the_cluster_and_stopped() {
+        let m = members(&[5, 6, 6], 0);
+        let without = listed(&[(1, false), (3, false)]);
+        let backup = Step::Backup { member: 2 };
+        let mut f = fresh(&m, &without);
+        assert!(
+            check(&backup, 1, &target(2), &f).is_err(),
+            "running unknown"
+        );
+        f.stopped = Some(false);
+        assert!(check(&backup, 1, &target(2), &f).is_err(), "still runs");
+        f.stopped = Some(true);
+        assert_eq!(check(&backup, 1, &target(2), &f), Ok(()));
+        let with = listed(&[(1, false), (2, false), (3, false)]);
+        let still = Fresh {
+            stopped: Some(true),
+            ..fresh(&m, &with)
+        };
+        assert!(
+            check(&backup, 1, &target(2), &still).is_err(),
+            "still listed"
+        );
+    }
+
+    #[test]
+    fn a_learner_is_added_only_with_everyone_else_voting_and_promoted_once_caught_up() {
+        let m = members(&[5, 5, 5], 0);
+        let two = listed(&[(1, false), (3, false)]);
+        let add = Step::AddLearner { member: 2 };
+        assert_eq!(check(&add, 1, &target(2), &fresh(&m, &two)), Ok(()));
+        let one = listed(&[(1, false)]);
+        assert!(check(&add, 1, &target(2), &fresh(&m, &one)).is_err());
+        let promote = Step::Promote { member: 2 };
+        let with = listed(&[(1, false), (2, true), (3, false)]);
+        let mut f = fresh(&m, &with);
+        assert!(check(&promote, 1, &target(2), &f).is_err(), "never waited");
+        f.mark = Some(100);
+        assert_eq!(check(&promote, 1, &target(2), &f), Ok(()));
+        f.mark = Some(150);
+        assert!(
+            check(&promote, 1, &target(2), &f).is_err(),
+            "short of the mark"
+        );
+    }
+
+    #[test]
+    fn a_rebuilt_member_agrees_only_on_hash_keys_and_auth_revision() {
+        let m = members(&[5, 5, 6], 0);
+        assert_eq!(agrees(&m[0], &m[1]), Ok(()));
+        assert!(agrees(&m[0], &m[2]).is_err(), "AuthRevision differs");
+        let mut other = m[1].clone();
+        other.hash = Fact::Known(Hash {
+            hash: 8,
+            revision: 50,
+            keys: 3,
+        });
+        assert!(agrees(&m[0], &other).is_err());
+        other.hash = Fact::Unknown("HashKV: deadline exceeded".into());
+        assert!(agrees(&m[0], &other).is_err());
+    }
+
     proptest! {
         /// The safety rules hold for any drift: the source has the lowest AuthRevision and is
         /// never taken out; leadership moves first; each rebuilt member goes through the full
@@ -410,7 +914,7 @@ mod tests {
                 Decision::Heal(p) => {
                     let lowest = *revisions.iter().min().unwrap_or(&0);
                     let source = m.iter().find(|x| x.id == p.source).expect("source is a member");
-                    prop_assert_eq!(source.auth_revision, lowest);
+                    prop_assert_eq!(&source.auth_revision, &Fact::Known(lowest));
                     let mut out: Option<u64> = None;
                     let mut rebuilt = BTreeSet::new();
                     for (i, step) in p.steps.iter().enumerate() {
@@ -429,14 +933,14 @@ mod tests {
                                 prop_assert_eq!(out, Some(*member));
                                 out = None;
                             }
-                            Step::Backup { member } | Step::Wipe { member } | Step::AddLearner { member }
+                            Step::Backup { member } | Step::AddLearner { member }
                             | Step::WaitCaughtUp { member } | Step::Promote { member } => {
                                 prop_assert_eq!(out, Some(*member));
                             }
                         }
                     }
                     prop_assert!(out.is_none());
-                    let expected: BTreeSet<u64> = m.iter().filter(|x| x.auth_revision != lowest).map(|x| x.id).collect();
+                    let expected: BTreeSet<u64> = m.iter().filter(|x| x.auth_revision != Fact::Known(lowest)).map(|x| x.id).collect();
                     prop_assert_eq!(rebuilt, expected);
                 }
                 Decision::Healthy => {

@@ -1,18 +1,25 @@
 //! Probing members over the etcd v3 API: one [`Round`] is a Status, AuthStatus and key count
-//! of every member, then a HashKV of each at one common revision, so hashes compare like with
-//! like. An unreachable member is an observation too (`reachable: false`), never an error.
+//! of every member, then a HashKV and a key count of each at one common revision, so hashes
+//! compare like with like. An unreachable member is an observation too (`reachable: false`),
+//! never an error, and a call that fails leaves its value unknown ([`Fact::Unknown`], with the
+//! call and the reason), never zero.
+//!
+//! etcd 3.4 has no AuthStatus RPC; its AuthRevision is read from the member's
+//! `etcd_debugging_auth_revision` gauge (etcd ≥ 3.4.8) on its metrics endpoint. Where neither
+//! exists the AuthRevision is [`Fact::NotOffered`] and members are compared on their data alone.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::Duration;
 
+use http_body_util::BodyExt;
 use storage_node::pb::etcdserverpb::{
     AuthStatusRequest, AuthenticateRequest, HashKvRequest, RangeRequest, StatusRequest,
     auth_client::AuthClient, kv_client::KvClient, maintenance_client::MaintenanceClient,
 };
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 
-use crate::detector::{Observation, Round};
+use crate::detector::{Fact, Hash, Observation, Round};
 
 /// How much a probe round asks.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -33,11 +40,22 @@ impl Scope {
     }
 }
 
+/// One member to probe.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Target {
+    /// Its name where it lives (pod or process).
+    pub name: String,
+    /// Client URL.
+    pub endpoint: String,
+    /// Base URL of its metrics endpoint (`/metrics` is appended), when it has one.
+    pub metrics: Option<String>,
+}
+
 /// How to reach the members.
 #[derive(Debug, Default)]
 pub struct Prober {
-    /// Client URLs, one per member.
-    pub endpoints: Vec<String>,
+    /// The members, in the order rounds report them.
+    pub targets: Vec<Target>,
     /// `user:password` for clusters with auth on (the root user).
     pub credentials: Option<(String, String)>,
     /// Bound on every call.
@@ -53,15 +71,23 @@ struct Partial {
     channel: Option<(Channel, Option<String>)>,
 }
 
+/// Why a call did not give an answer, for [`Fact::Unknown`].
+fn failed(call: &str, outcome: Result<tonic::Status, tokio::time::error::Elapsed>) -> String {
+    match outcome {
+        Ok(status) => format!("{call}: {}", status.message()),
+        Err(_) => format!("{call}: deadline exceeded"),
+    }
+}
+
 impl Prober {
-    /// A prober for `endpoints`, logging in with `credentials` when given.
+    /// A prober for `targets`, logging in with `credentials` when given.
     pub fn new(
-        endpoints: Vec<String>,
+        targets: Vec<Target>,
         credentials: Option<(String, String)>,
         timeout: Duration,
     ) -> Prober {
         Prober {
-            endpoints,
+            targets,
             credentials,
             timeout,
             tokens: Mutex::default(),
@@ -94,9 +120,9 @@ impl Prober {
         // All members at once: the closer in time their answers, the likelier they report the
         // same applied index while clients keep writing, which is when they can be compared.
         let partials: Vec<Partial> = futures_util::future::join_all(
-            self.endpoints
+            self.targets
                 .iter()
-                .map(|endpoint| self.first_pass(endpoint, scope)),
+                .map(|target| self.first_pass(target, scope)),
         )
         .await;
         if scope == Scope::Health {
@@ -111,20 +137,22 @@ impl Prober {
             .filter(|p| p.observation.reachable)
             .map(|p| p.observation.revision)
             .min();
-        let mut members = Vec::with_capacity(partials.len());
-        for mut partial in partials {
-            if let (Some(revision), Some((channel, token))) = (common, &partial.channel) {
-                let mut client = MaintenanceClient::new(channel.clone());
-                let request = self.request(HashKvRequest { revision }, token.as_deref());
-                if let Ok(Ok(reply)) =
-                    tokio::time::timeout(self.timeout, client.hash_kv(request)).await
-                {
-                    let reply = reply.into_inner();
-                    partial.observation.hash = Some((reply.hash, reply.hash_revision));
+        let hashes = partials
+            .into_iter()
+            .zip(&self.targets)
+            .map(|(partial, target)| async move {
+                let Partial {
+                    mut observation,
+                    channel,
+                } = partial;
+                if let (Some(revision), Some((channel, token))) = (common, channel) {
+                    observation.hash = self
+                        .hash_at(&target.endpoint, channel, token.as_deref(), revision)
+                        .await;
                 }
-            }
-            members.push(partial.observation);
-        }
+                observation
+            });
+        let members = futures_util::future::join_all(hashes).await;
         Round { members }
     }
 
@@ -134,23 +162,117 @@ impl Prober {
         request
     }
 
+    /// HashKV and the key count at `revision`.
+    async fn hash_at(
+        &self,
+        endpoint: &str,
+        channel: Channel,
+        token: Option<&str>,
+        revision: i64,
+    ) -> Fact<Hash> {
+        let mut maintenance = MaintenanceClient::new(channel.clone());
+        let request = self.request(HashKvRequest { revision }, token);
+        let hashed = match tokio::time::timeout(self.timeout, maintenance.hash_kv(request)).await {
+            Ok(Ok(reply)) => reply.into_inner(),
+            Ok(Err(status)) => return Fact::Unknown(failed("HashKV", Ok(status))),
+            Err(elapsed) => return Fact::Unknown(failed("HashKV", Err(elapsed))),
+        };
+        // etcd 3.4 answers without `hash_revision`: the hash is then at the revision asked for.
+        let at = if hashed.hash_revision > 0 {
+            hashed.hash_revision
+        } else {
+            revision
+        };
+        let keys = match self.count(endpoint, channel, token, at).await {
+            Fact::Known(keys) => keys,
+            Fact::NotOffered => return Fact::NotOffered,
+            Fact::Unknown(why) => return Fact::Unknown(why),
+        };
+        Fact::Known(Hash {
+            hash: hashed.hash,
+            revision: at,
+            keys,
+        })
+    }
+
+    /// Live keys at `revision` (0: now), served by the member itself.
+    async fn count(
+        &self,
+        endpoint: &str,
+        channel: Channel,
+        token: Option<&str>,
+        revision: i64,
+    ) -> Fact<u64> {
+        let mut kv = KvClient::new(channel);
+        let everything = RangeRequest {
+            key: vec![0],
+            range_end: vec![0],
+            count_only: true,
+            serializable: true,
+            revision,
+            ..RangeRequest::default()
+        };
+        match tokio::time::timeout(self.timeout, kv.range(self.request(everything, token))).await {
+            Ok(Ok(reply)) => match u64::try_from(reply.into_inner().count) {
+                Ok(count) => Fact::Known(count),
+                Err(_) => Fact::Unknown("Range: negative count".to_string()),
+            },
+            Ok(Err(status)) => {
+                // An expired or unknown token: log in again next round.
+                if status.code() == tonic::Code::Unauthenticated {
+                    self.remember_token(endpoint, None);
+                }
+                Fact::Unknown(failed("Range", Ok(status)))
+            }
+            Err(elapsed) => Fact::Unknown(failed("Range", Err(elapsed))),
+        }
+    }
+
+    /// The AuthRevision: AuthStatus, or the metrics gauge where the member has no AuthStatus.
+    async fn auth_revision(
+        &self,
+        channel: Channel,
+        token: Option<&str>,
+        target: &Target,
+    ) -> Fact<u64> {
+        let mut auth = AuthClient::new(channel);
+        let request = self.request(AuthStatusRequest {}, token);
+        match tokio::time::timeout(self.timeout, auth.auth_status(request)).await {
+            Ok(Ok(reply)) => Fact::Known(reply.into_inner().auth_revision),
+            Ok(Err(status)) if status.code() == tonic::Code::Unimplemented => {
+                match &target.metrics {
+                    Some(base) => self.auth_revision_gauge(base).await,
+                    None => Fact::NotOffered,
+                }
+            }
+            Ok(Err(status)) => Fact::Unknown(failed("AuthStatus", Ok(status))),
+            Err(elapsed) => Fact::Unknown(failed("AuthStatus", Err(elapsed))),
+        }
+    }
+
+    /// `etcd_debugging_auth_revision` from the metrics at `base`.
+    async fn auth_revision_gauge(&self, base: &str) -> Fact<u64> {
+        let url = format!("{}/metrics", base.trim_end_matches('/'));
+        match tokio::time::timeout(self.timeout, fetch(&url)).await {
+            Ok(Ok(text)) => match gauge(&text, "etcd_debugging_auth_revision") {
+                Some(value) => Fact::Known(value),
+                None => Fact::NotOffered,
+            },
+            Ok(Err(why)) => Fact::Unknown(format!("GET {url}: {why}")),
+            Err(_) => Fact::Unknown(format!("GET {url}: deadline exceeded")),
+        }
+    }
+
     /// Status, AuthStatus and the key count of one member.
-    async fn first_pass(&self, endpoint: &str, scope: Scope) -> Partial {
-        let unreachable = Partial {
-            observation: Observation::unreachable(),
+    async fn first_pass(&self, target: &Target, scope: Scope) -> Partial {
+        let unreachable = |why: String| Partial {
+            observation: Observation::unreachable(&target.name, &why),
             channel: None,
         };
-        let url = endpoint;
-        let Ok(endpoint) = Endpoint::from_shared(endpoint.to_string()) else {
-            return unreachable;
-        };
-        let Ok(Ok(channel)) = tokio::time::timeout(
-            self.timeout,
-            endpoint.connect_timeout(self.timeout).connect(),
-        )
-        .await
-        else {
-            return unreachable;
+        let url = target.endpoint.as_str();
+        let channel = match crate::client::connect(url, self.timeout).await {
+            Ok(channel) => channel,
+            Err(why) => return unreachable(format!("connect: {why}")),
         };
         let token = match (&self.credentials, self.cached_token(url)) {
             (_, Some(token)) => Some(token),
@@ -182,10 +304,13 @@ impl Prober {
         .await
         {
             Ok(Ok(reply)) => reply.into_inner(),
-            _ => return unreachable,
+            Ok(Err(status)) => return unreachable(failed("Status", Ok(status))),
+            Err(elapsed) => return unreachable(failed("Status", Err(elapsed))),
         };
         let header = status.header.unwrap_or_default();
+        let why = "not probed (healing is Disabled)";
         let health = Observation {
+            name: target.name.clone(),
             member: header.member_id,
             reachable: true,
             is_leader: status.leader != 0 && status.leader == header.member_id,
@@ -195,7 +320,9 @@ impl Prober {
             raft_index: status.raft_index,
             applied_index: status.raft_applied_index,
             revision: header.revision,
-            ..Observation::unreachable()
+            auth_revision: Fact::Unknown(why.to_string()),
+            key_count: Fact::Unknown(why.to_string()),
+            hash: Fact::Unknown(why.to_string()),
         };
         if scope == Scope::Health {
             return Partial {
@@ -203,47 +330,99 @@ impl Prober {
                 channel: None,
             };
         }
-        let mut auth = AuthClient::new(channel.clone());
-        let auth_revision = match tokio::time::timeout(
-            self.timeout,
-            auth.auth_status(self.request(AuthStatusRequest {}, token.as_deref())),
+        let (auth_revision, key_count) = futures_util::future::join(
+            self.auth_revision(channel.clone(), token.as_deref(), target),
+            self.count(url, channel.clone(), token.as_deref(), 0),
         )
-        .await
-        {
-            Ok(Ok(reply)) => reply.into_inner().auth_revision,
-            _ => 0,
-        };
-        let mut kv = KvClient::new(channel.clone());
-        let everything = RangeRequest {
-            key: vec![0],
-            range_end: vec![0],
-            count_only: true,
-            serializable: true,
-            ..RangeRequest::default()
-        };
-        let key_count = match tokio::time::timeout(
-            self.timeout,
-            kv.range(self.request(everything, token.as_deref())),
-        )
-        .await
-        {
-            Ok(Ok(reply)) => reply.into_inner().count.max(0) as u64,
-            Ok(Err(status)) => {
-                // An expired or unknown token: log in again next round.
-                if status.code() == tonic::Code::Unauthenticated {
-                    self.remember_token(url, None);
-                }
-                0
-            }
-            Err(_) => 0,
-        };
+        .await;
         Partial {
             observation: Observation {
                 auth_revision,
                 key_count,
+                hash: Fact::Unknown("HashKV: no common revision".to_string()),
                 ..health
             },
             channel: Some((channel, token)),
         }
+    }
+}
+
+/// The body of a plain HTTP GET of `url`.
+async fn fetch(url: &str) -> Result<String, String> {
+    let uri: http::Uri = url
+        .parse()
+        .map_err(|e: http::uri::InvalidUri| e.to_string())?;
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .build_http::<http_body_util::Empty<bytes::Bytes>>();
+    let response = client.get(uri).await.map_err(|e| e.to_string())?;
+    if !response.status().is_success() {
+        return Err(format!("HTTP {}", response.status()));
+    }
+    let body = response
+        .into_body()
+        .collect()
+        .await
+        .map_err(|e| e.to_string())?
+        .to_bytes();
+    String::from_utf8(body.to_vec()).map_err(|e| e.to_string())
+}
+
+/// The value of the unlabelled gauge `name` in Prometheus text exposition `text`.
+fn gauge(text: &str, name: &str) -> Option<u64> {
+    text.lines().find_map(|line| {
+        let value = line.strip_prefix(name)?.strip_prefix(' ')?;
+        let value: f64 = value.split_whitespace().next()?.parse().ok()?;
+        (value >= 0.0 && value.fract() == 0.0).then_some(value as u64)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_auth_revision_gauge_is_read_from_etcds_exposition() {
+        let text = "# HELP etcd_debugging_auth_revision The current revision of auth store.\n\
+                    # TYPE etcd_debugging_auth_revision gauge\n\
+                    etcd_debugging_auth_revision 7\n\
+                    etcd_debugging_auth_revision_other 9\n";
+        assert_eq!(gauge(text, "etcd_debugging_auth_revision"), Some(7));
+        assert_eq!(
+            gauge("etcd_server_has_leader 1\n", "etcd_debugging_auth_revision"),
+            None
+        );
+        assert_eq!(
+            gauge(
+                "etcd_debugging_auth_revision 1.5\n",
+                "etcd_debugging_auth_revision"
+            ),
+            None
+        );
+    }
+
+    #[tokio::test]
+    async fn a_member_that_does_not_answer_is_unreachable_with_every_fact_unknown() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("port");
+        let port = listener.local_addr().expect("addr").port();
+        drop(listener);
+        let prober = Prober::new(
+            vec![Target {
+                name: "node1".into(),
+                endpoint: format!("http://127.0.0.1:{port}"),
+                metrics: None,
+            }],
+            None,
+            Duration::from_millis(500),
+        );
+        let round = prober.round().await;
+        let o = &round.members[0];
+        assert!(!o.reachable);
+        assert_eq!(o.name, "node1");
+        assert!(
+            o.auth_revision
+                .unknown()
+                .is_some_and(|w| w.starts_with("connect"))
+        );
+        assert!(o.incomplete().is_some_and(|w| w == "node1 did not answer"));
     }
 }

@@ -61,7 +61,7 @@ pub fn build(inputs: &Inputs<'_>) -> StorageClusterStatus {
         .members
         .iter()
         .filter(|m| m.observation.reachable)
-        .map(|m| m.observation.auth_revision)
+        .filter_map(|m| m.observation.auth_revision.known().copied())
         .collect();
     let drift = match (revisions.iter().max(), revisions.iter().min()) {
         (Some(max), Some(min)) => max - min,
@@ -136,10 +136,8 @@ pub fn build(inputs: &Inputs<'_>) -> StorageClusterStatus {
         .findings
         .iter()
         .filter_map(|f| match f {
-            Finding::Unreachable { member } => Some(format!("member {member:x} is unreachable")),
-            Finding::Lagging { member, behind } => {
-                Some(format!("member {member:x} is {behind} entries behind"))
-            }
+            Finding::Unreachable { name } => Some(format!("{name} is unreachable")),
+            Finding::Lagging { name, behind } => Some(format!("{name} is {behind} entries behind")),
             _ => None,
         })
         .collect::<Vec<_>>()
@@ -199,8 +197,17 @@ pub fn build(inputs: &Inputs<'_>) -> StorageClusterStatus {
         match (&inputs.healing, healing_now) {
             (Some(h), true) => {
                 let step = h.step.unwrap_or_default() as usize;
+                let progress = h.progress.as_ref();
+                let paused = progress
+                    .and_then(|p| p.paused_because.as_deref())
+                    .map(|why| format!(" (paused: {why})"))
+                    .unwrap_or_default();
+                let abandoned = progress
+                    .and_then(|p| p.abandoned.as_deref())
+                    .map(|why| format!(" (heal {why}; bringing the member back)"))
+                    .unwrap_or_default();
                 format!(
-                    "step {} of {}: {}",
+                    "step {} of {}: {}{paused}{abandoned}",
                     step + 1,
                     h.plan.len(),
                     h.plan.get(step).map(String::as_str).unwrap_or("")
@@ -276,14 +283,15 @@ fn member_status(view: &MemberView) -> MemberStatus {
         endpoint: view.endpoint.clone(),
         role,
         healthy: o.reachable,
-        auth_revision: o.auth_revision,
+        auth_revision: o.auth_revision.known().copied(),
         revision: o.revision,
         raft_index: o.raft_index,
         applied_index: o.applied_index,
         db_size: o.db_size,
-        key_count: o.key_count,
-        hash_kv: o.hash.map(|(h, _)| h),
-        hash_revision: o.hash.map(|(_, r)| r),
+        key_count: o.key_count.known().copied(),
+        hash_kv: o.hash.known().map(|h| h.hash),
+        hash_revision: o.hash.known().map(|h| h.revision),
+        unknown: o.incomplete(),
     }
 }
 
@@ -319,8 +327,7 @@ pub fn describe_plan(plan: &Plan) -> Vec<String> {
         .map(|step| match step {
             Step::MoveLeader { to } => format!("move leadership to {to:x}"),
             Step::Remove { member } => format!("remove {member:x}"),
-            Step::Backup { member } => format!("back up {member:x}"),
-            Step::Wipe { member } => format!("wipe {member:x}"),
+            Step::Backup { member } => format!("back up and wipe {member:x}"),
             Step::AddLearner { member } => format!("add {member:x} back as a learner"),
             Step::WaitCaughtUp { member } => format!("wait for {member:x} to catch up"),
             Step::Promote { member } => format!("promote {member:x}"),
@@ -334,6 +341,7 @@ mod tests {
     use std::collections::BTreeMap;
 
     use super::*;
+    use crate::detector::Fact;
 
     fn now(second: i64) -> Time {
         Time(k8s_openapi::jiff::Timestamp::from_second(second).expect("valid time"))
@@ -344,6 +352,7 @@ mod tests {
             name: format!("node{id}"),
             endpoint: format!("http://127.0.0.1:{}", 2379 + id),
             observation: Observation {
+                name: format!("node{id}"),
                 member: id,
                 reachable,
                 is_leader: leader,
@@ -352,10 +361,14 @@ mod tests {
                 raft_term: 2,
                 raft_index: 40,
                 applied_index: 40,
-                auth_revision,
                 revision: 10,
-                key_count: 9,
-                hash: Some((77, 10)),
+                auth_revision: Fact::Known(auth_revision),
+                key_count: Fact::Known(9),
+                hash: Fact::Known(crate::detector::Hash {
+                    hash: 77,
+                    revision: 10,
+                    keys: 9,
+                }),
             },
         }
     }
@@ -463,7 +476,7 @@ mod tests {
         assert_eq!(status.phase, Phase::Healing);
         let healing = condition_of(&status, condition::HEALING);
         assert_eq!(healing.status, "True");
-        assert_eq!(healing.message, "step 2 of 2: back up 2");
+        assert_eq!(healing.message, "step 2 of 2: back up and wipe 2");
         assert_eq!(condition_of(&status, condition::PROGRESSING).status, "True");
     }
 
@@ -474,12 +487,14 @@ mod tests {
             view(2, 5, false, true),
             view(3, 0, false, false),
         ];
-        let findings = [Finding::Unreachable { member: 3 }];
+        let findings = [Finding::Unreachable {
+            name: "node3".into(),
+        }];
         let previous = build(&inputs(&one_down, &[], &Decision::Healthy, None, 50));
         let status = build(&inputs(
             &one_down,
             &findings,
-            &Decision::Wait("member 3 is unreachable".into()),
+            &Decision::Wait("node3 is unreachable".into()),
             Some(&previous),
             100,
         ));
@@ -487,7 +502,7 @@ mod tests {
         assert_eq!(status.members[2].role, None);
         assert_eq!(
             condition_of(&status, condition::DEGRADED).message,
-            "member 3 is unreachable"
+            "node3 is unreachable"
         );
         let two_down = [
             view(1, 5, true, true),

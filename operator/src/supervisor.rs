@@ -16,15 +16,14 @@ use crds::{HealingStatus, StorageClusterSpec, StorageClusterStatus};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
 
-use crate::bootstrap;
 use crate::detector::Round;
-use crate::executor::{Executor, Progress};
+use crate::executor::Progress;
 use crate::healer::{Assessment, Healer};
+use crate::healing::{self, HealTimes};
+use crate::members::{Grpc, Members};
 use crate::metrics::HealMetrics;
-use crate::planner::{self, Decision, Member};
 use crate::platform;
 use crate::platform::local::{LocalPlatform, write_atomically, write_json};
-use crate::probe::{Prober, Scope};
 use crate::status::{self, MemberView};
 
 /// Why the supervisor cannot go on.
@@ -66,6 +65,10 @@ pub struct Config {
     pub node_args: Vec<String>,
     /// Print the status table when it changes.
     pub print_table: bool,
+    /// The `StorageCluster` file the spec came from: read again when it changes, so a user
+    /// can change `spec.healing` (pause a heal with `mode: Disabled`, for one) as they would
+    /// with `kubectl apply`. `None`: the spec is fixed.
+    pub spec_file: Option<PathBuf>,
 }
 
 /// The user the operator creates and probes as.
@@ -76,22 +79,14 @@ const CREDENTIALS_FILE: &str = "root-credentials";
 const HEAL_FILE: &str = "heal.json";
 const STATUS_FILE: &str = "status.json";
 
-/// Timings of the last heal, for the demo's summary and logs.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct HealTimes {
-    /// From the first round showing the divergence to the decision to heal.
-    pub detection: Duration,
-    /// From the first step to the last.
-    pub heal: Duration,
-    /// Members rebuilt.
-    pub rebuilt: usize,
-}
+/// How soon to look again while a heal runs (each pass runs at most one step).
+const HEAL_PASS: Duration = Duration::from_millis(200);
 
 /// One local cluster under supervision.
 pub struct Supervisor {
     config: Config,
     platform: LocalPlatform,
-    prober: Prober,
+    members: Grpc,
     healer: Healer,
     credentials: Option<(String, String)>,
     auth_on: bool,
@@ -102,6 +97,8 @@ pub struct Supervisor {
     last_times: Option<HealTimes>,
     refused_to_start: Vec<String>,
     metrics: Arc<HealMetrics>,
+    /// When the spec file was last read.
+    spec_read: Option<std::time::SystemTime>,
 }
 
 impl Supervisor {
@@ -131,9 +128,7 @@ impl Supervisor {
         } else {
             None
         };
-        let endpoints = platform.members.iter().map(|m| m.endpoint()).collect();
-        let prober = Prober::new(endpoints, credentials.clone(), CALL_TIMEOUT);
-        let healer = Healer::for_spec(&spec.healing);
+        let mut healer = Healer::for_spec(&spec.healing);
         let heal_file = config.workdir.join(HEAL_FILE);
         let progress = match std::fs::read(&heal_file) {
             Ok(bytes) => Some(serde_json::from_slice(&bytes).map_err(|e| Error::File {
@@ -148,13 +143,17 @@ impl Supervisor {
                 });
             }
         };
-        let status = std::fs::read(config.workdir.join(STATUS_FILE))
+        let status: Option<StorageClusterStatus> = std::fs::read(config.workdir.join(STATUS_FILE))
             .ok()
             .and_then(|b| serde_json::from_slice(&b).ok());
+        if let Some(healing) = status.as_ref().and_then(|s| s.healing.as_ref()) {
+            healer.heals = healing.count;
+            healer.last_result = healing.last_result.clone();
+        }
         Ok(Supervisor {
             config,
             platform,
-            prober,
+            members: Grpc::new(CALL_TIMEOUT),
             healer,
             credentials,
             auth_on: false,
@@ -165,6 +164,7 @@ impl Supervisor {
             last_times: None,
             refused_to_start: Vec::new(),
             metrics: Arc::default(),
+            spec_read: None,
         })
     }
 
@@ -203,8 +203,11 @@ impl Supervisor {
         self.last_times
     }
 
-    /// How often to tick.
+    /// How often to tick: the probe interval, or at once while a heal runs.
     pub fn interval(&self) -> Duration {
+        if self.progress.is_some() {
+            return HEAL_PASS;
+        }
         Duration::from_secs(
             self.config
                 .spec
@@ -215,118 +218,104 @@ impl Supervisor {
         )
     }
 
-    /// One pass: keep members running, turn auth on, finish or start a heal, probe, and
-    /// write the status.
+    /// One pass: keep members running, turn auth on, run one pass of the healing loop (which
+    /// probes, decides and runs at most one step of a heal), record the heal and the status.
     pub async fn tick(&mut self) -> Result<()> {
+        self.reload_spec();
         self.keep_running()?;
         self.bootstrap_auth().await;
-        let scope = Scope::for_mode(self.config.spec.healing.mode);
-        let mut round = self.prober.round_of(scope).await;
-        self.views = self.views_of(&round);
-        if self.progress.is_none() && self.config.spec.healing.mode == crds::HealingMode::Automatic
-        {
-            self.plan_rebuild_of_lost(&round).await?;
+        let targets = self
+            .platform
+            .members
+            .iter()
+            .map(|m| self.platform.target(&m.name))
+            .collect::<platform::Result<Vec<_>>>()?;
+        let lost = self.refused_to_start.clone();
+        let pass = healing::pass(
+            healing::Cluster {
+                name: &self.config.name,
+                spec: &self.config.spec,
+                targets,
+                platform: &mut self.platform,
+                members: &self.members,
+                credentials: self.credentials.clone(),
+                metrics: &self.metrics,
+            },
+            &mut self.healer,
+            self.progress.take(),
+            &lost,
+        )
+        .await;
+        for note in &pass.notes {
+            if note.warning {
+                tracing::warn!(reason = note.reason, "{}", note.message);
+            } else {
+                tracing::info!(reason = note.reason, "{}", note.message);
+            }
         }
-        if self.progress.is_some() {
-            self.heal(None).await?;
-            round = self.prober.round().await;
-            self.views = self.views_of(&round);
+        if let Some((true, times)) = pass.ended {
+            self.last_times = Some(times);
         }
-        let now = Timestamp::now();
-        let assessment = if self.config.spec.healing.mode == crds::HealingMode::Disabled {
-            Assessment::quiet()
-        } else {
-            self.healer.observe(round.clone(), now)
-        };
-        if let Decision::Heal(plan) = &assessment.decision {
-            let names = round
-                .members
-                .iter()
-                .zip(&self.platform.members)
-                .map(|(o, m)| (o.member, m.name.clone()))
-                .collect();
-            let detection = self
-                .healer
-                .diverged_since()
-                .map(|since| now.duration_since(since).unsigned_abs())
-                .unwrap_or_default();
-            tracing::warn!(findings = ?assessment.findings, ?detection, "divergence confirmed: healing");
-            self.metrics.detected(&self.config.name, detection);
-            self.progress = Some(Progress::new(plan.clone(), names));
-            self.save_progress()?;
-            self.heal(Some(detection)).await?;
-            // What the members look like now; the healer needs fresh rounds before judging.
-            let round = self.prober.round().await;
-            self.views = self.views_of(&round);
-            return self.write_status(&Assessment::quiet());
+        self.progress = pass.progress;
+        if let Some(progress) = &self.progress {
+            // The heal now owns the lost member: it is no longer refused, but rebuilt.
+            self.refused_to_start
+                .retain(|n| !progress.names.values().any(|m| m == n));
         }
-        self.write_status(&assessment)
+        self.save_progress()?;
+        self.views = self.views_of(&pass.round);
+        self.write_status(&pass.assessment, pass.healing)
     }
 
-    /// A member left stopped because it has no data (see [`Supervisor::keep_running`]) lost
-    /// it: the cluster still counts it, but it can only come back as a new member. Plans its
-    /// rebuild from the leader into `self.progress` when the others allow it.
-    async fn plan_rebuild_of_lost(&mut self, round: &Round) -> Result<()> {
-        let Some(lost) = self.refused_to_start.first().cloned() else {
-            return Ok(());
+    /// Takes a changed `spec.healing` from the spec file. Other changes are refused with a log
+    /// line (the members, their ports and their data are made for the spec they started with),
+    /// and so is a file that no longer parses: the running spec stays.
+    fn reload_spec(&mut self) {
+        let Some(path) = &self.config.spec_file else {
+            return;
         };
-        let leader = round
-            .members
-            .iter()
-            .zip(&self.platform.members)
-            .find(|(o, _)| o.reachable && o.is_leader)
-            .map(|(_, m)| m.endpoint());
-        let Some(leader) = leader else {
-            return Ok(());
+        let Ok(modified) = std::fs::metadata(path).and_then(|m| m.modified()) else {
+            return;
         };
-        let executor = Executor::new(
-            &mut self.platform,
-            BTreeMap::new(),
-            self.credentials.clone(),
-            CALL_TIMEOUT,
-        );
-        let id = match executor.member_id(&leader, &lost).await {
-            Ok(Some(id)) => id,
-            Ok(None) => {
-                tracing::warn!(member = %lost, "not a member of the cluster; leaving it stopped");
-                return Ok(());
-            }
-            Err(e) => {
-                tracing::debug!(error = %e, "member list for a rebuild");
-                return Ok(());
-            }
-        };
-        let mut names: BTreeMap<u64, String> = BTreeMap::new();
-        let members: Vec<Member> = round
-            .members
-            .iter()
-            .zip(&self.platform.members)
-            .map(|(o, m)| {
-                let id = if m.name == lost { id } else { o.member };
-                names.insert(id, m.name.clone());
-                Member {
-                    id,
-                    ..Member::observed(o)
-                }
-            })
-            .collect();
-        match planner::rebuild_lost(id, &members) {
-            Ok(plan) => {
-                tracing::warn!(member = %lost, "member lost its data: rebuilding it as a new member");
-                self.refused_to_start.retain(|n| *n != lost);
-                self.progress = Some(Progress::new(plan, names));
-                self.save_progress()
-            }
-            Err(why) => {
-                tracing::debug!(member = %lost, why, "not rebuilding yet");
-                Ok(())
-            }
+        let first = self.spec_read.is_none();
+        if self.spec_read.replace(modified) == Some(modified) || first {
+            return;
         }
+        let parsed = std::fs::read_to_string(path)
+            .map_err(|e| e.to_string())
+            .and_then(|yaml| crate::yaml::parse_strict::<crds::StorageCluster>(&yaml));
+        let spec = match parsed {
+            Ok(cluster) => cluster.spec,
+            Err(e) => {
+                tracing::error!(file = %path.display(), error = %e, "spec not reloaded");
+                return;
+            }
+        };
+        let mut kept = spec.clone();
+        kept.healing = self.config.spec.healing.clone();
+        if kept != self.config.spec {
+            tracing::error!(
+                file = %path.display(),
+                "only spec.healing can change while operator local runs; other changes ignored"
+            );
+        }
+        if spec.healing == self.config.spec.healing {
+            return;
+        }
+        tracing::info!(mode = ?spec.healing.mode, "spec.healing changed");
+        let mut healer = Healer::for_spec(&spec.healing);
+        healer.heals = self.healer.heals;
+        healer.last_result = self.healer.last_result.clone();
+        self.healer = healer;
+        self.platform
+            .set_backup_retention(spec.healing.backup_retention as usize);
+        self.config.spec.healing = spec.healing;
     }
 
     /// Starts members that should run and do not: on first start all of them; later those
     /// with data (crashed or stopped), and those a heal has re-added. A member without data
-    /// that no heal is re-adding is left stopped: starting it would found a second cluster.
+    /// that no heal is re-adding is left stopped: starting it would found a second cluster;
+    /// with healing `Automatic` the loop rebuilds it as a new member.
     fn keep_running(&mut self) -> Result<()> {
         let held_out = self
             .progress
@@ -346,7 +335,7 @@ impl Supervisor {
             }
             let state = if fresh || self.platform.has_data(&name) {
                 "new"
-            } else if self.rejoining(&name) {
+            } else if self.progress.as_ref().is_some_and(|p| p.rejoined(&name)) {
                 "existing"
             } else {
                 if !self.refused_to_start.contains(&name) {
@@ -364,24 +353,6 @@ impl Supervisor {
         Ok(())
     }
 
-    /// Whether a heal in progress has added `name` back (it joins an existing cluster).
-    fn rejoining(&self, name: &str) -> bool {
-        self.progress.as_ref().is_some_and(|p| {
-            p.plan.steps[..p.next.min(p.plan.steps.len())]
-                .iter()
-                .any(|step| match step {
-                    crate::planner::Step::AddLearner { member } => {
-                        p.renamed
-                            .get(member)
-                            .and_then(|id| p.names.get(id))
-                            .map(String::as_str)
-                            == Some(name)
-                    }
-                    _ => false,
-                })
-        })
-    }
-
     /// Turns auth on once, when configured; failures are retried next tick.
     async fn bootstrap_auth(&mut self) {
         let Some((user, password)) = self.credentials.clone() else {
@@ -390,124 +361,32 @@ impl Supervisor {
         if self.auth_on {
             return;
         }
-        for endpoint in self.endpoints() {
-            match bootstrap::enable_auth(&endpoint, &user, &password, CALL_TIMEOUT).await {
-                Ok(turned_on) => {
-                    if turned_on {
-                        tracing::info!(%endpoint, user, "auth enabled");
-                    }
-                    self.auth_on = true;
-                    return;
+        match self
+            .members
+            .bootstrap_auth(self.endpoints(), user.clone(), password)
+            .await
+        {
+            Ok(turned_on) => {
+                if turned_on {
+                    tracing::info!(user, "auth enabled");
                 }
-                Err(e) => tracing::debug!(error = %e, "auth not enabled yet"),
+                self.auth_on = true;
             }
+            Err(e) => tracing::debug!(error = %e, "auth not enabled yet"),
         }
     }
 
-    /// Runs (or resumes) the heal in `self.progress`, saving progress and status at every
-    /// step. A failed heal keeps its progress: the next tick resumes it.
-    async fn heal(&mut self, detection: Option<Duration>) -> Result<()> {
-        let Some(mut progress) = self.progress.take() else {
-            return Ok(());
-        };
-        let started = Timestamp::now();
-        self.healer.heal_started(started);
-        let heal_file = self.config.workdir.join(HEAL_FILE);
-        let status_file = self.config.workdir.join(STATUS_FILE);
-        let plan_lines = status::describe_plan(&progress.plan);
-        let heals = self.healer.heals;
-        let last_result = self.healer.last_result.clone();
-        let views = self.views.clone();
-        let replicas = self.config.spec.replicas;
-        let mut previous = self.status.clone();
-        let mut last_table = std::mem::take(&mut self.last_table);
-        let print_table = self.config.print_table;
-        let mut write_error = None;
-        let result = {
-            let mut executor = Executor::new(
-                &mut self.platform,
-                progress.names.clone(),
-                self.credentials.clone(),
-                CALL_TIMEOUT,
-            );
-            executor
-                .resume(&mut progress, |p| {
-                    let healing = HealingStatus {
-                        plan: plan_lines.clone(),
-                        step: (!p.done()).then_some(p.next as u32),
-                        last_result: last_result.clone(),
-                        count: heals,
-                        progress: None,
-                    };
-                    let status = status::build(&status::Inputs {
-                        generation: None,
-                        replicas,
-                        members: &views,
-                        findings: &[],
-                        decision: &Decision::Healthy,
-                        healing: Some(healing),
-                        held_back: None,
-                        selector: String::new(),
-                        previous: previous.as_ref(),
-                        now: Time(Timestamp::now()),
-                    });
-                    let saved =
-                        write_json(&heal_file, p).and_then(|()| write_json(&status_file, &status));
-                    if let Err(e) = saved {
-                        write_error.get_or_insert(e);
-                    }
-                    if print_table {
-                        print_if_changed(&mut last_table, &status);
-                    }
-                    previous = Some(status);
-                })
-                .await
-        };
-        self.last_table = last_table;
-        self.status = previous;
-        if let Some(e) = write_error {
-            return Err(e.into());
-        }
-        let ended = Timestamp::now();
-        let took = ended.duration_since(started).unsigned_abs();
-        self.metrics
-            .heal_finished(&self.config.name, result.is_ok(), took);
-        match result {
-            Ok(()) => {
-                let heal = took;
-                let rebuilt = progress
-                    .plan
-                    .steps
-                    .iter()
-                    .filter(|s| matches!(s, crate::planner::Step::Remove { .. }))
-                    .count();
-                tracing::info!(?heal, rebuilt, "heal finished");
-                self.last_times = Some(HealTimes {
-                    detection: detection.unwrap_or_default(),
-                    heal,
-                    rebuilt,
-                });
-                self.healer.heal_finished(ended, Ok(()));
-                let heal_file = self.config.workdir.join(HEAL_FILE);
-                std::fs::remove_file(&heal_file).map_err(|source| Error::File {
-                    path: heal_file,
-                    source,
-                })?;
-            }
-            Err(e) => {
-                tracing::error!(error = %e, step = progress.next, "heal failed; it resumes next tick");
-                self.healer.heal_finished(ended, Err(e.to_string()));
-                self.progress = Some(progress);
-            }
-        }
-        Ok(())
-    }
-
+    /// Records the heal in progress in `heal.json`, or removes the file when there is none.
     fn save_progress(&self) -> Result<()> {
-        let Some(progress) = &self.progress else {
-            return Ok(());
-        };
-        write_json(&self.config.workdir.join(HEAL_FILE), progress)?;
+        let path = self.config.workdir.join(HEAL_FILE);
+        match &self.progress {
+            Some(progress) => write_json(&path, progress)?,
+            None => match std::fs::remove_file(&path) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(source) => return Err(Error::File { path, source }),
+            },
+        }
         Ok(())
     }
 
@@ -524,14 +403,7 @@ impl Supervisor {
             .collect()
     }
 
-    fn write_status(&mut self, assessment: &Assessment) -> Result<()> {
-        let healing = HealingStatus {
-            plan: Vec::new(),
-            step: None,
-            last_result: self.healer.last_result.clone(),
-            count: self.healer.heals,
-            progress: None,
-        };
+    fn write_status(&mut self, assessment: &Assessment, healing: HealingStatus) -> Result<()> {
         let status = status::build(&status::Inputs {
             generation: None,
             replicas: self.config.spec.replicas,
@@ -656,10 +528,14 @@ pub fn table(status: &StorageClusterStatus) -> String {
                 .map(|r| format!("{r:?}"))
                 .unwrap_or_else(|| "-".into()),
             if m.healthy { "yes" } else { "no" },
-            m.auth_revision,
+            m.auth_revision
+                .map(|r| r.to_string())
+                .unwrap_or_else(|| "?".into()),
             m.revision,
             m.applied_index,
-            m.key_count,
+            m.key_count
+                .map(|k| k.to_string())
+                .unwrap_or_else(|| "?".into()),
             m.hash_kv
                 .map(|h| h.to_string())
                 .unwrap_or_else(|| "-".into()),

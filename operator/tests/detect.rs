@@ -51,7 +51,15 @@ fn play(c: &mut Cluster) {
 
 fn probe_rounds(c: &Cluster, n: usize) -> Vec<detector::Round> {
     let prober = Prober::new(
-        c.members.iter().map(|m| m.endpoint()).collect(),
+        c.members
+            .iter()
+            .enumerate()
+            .map(|(i, m)| operator::probe::Target {
+                name: format!("node{}", i + 1),
+                endpoint: m.endpoint(),
+                metrics: None,
+            })
+            .collect(),
         Some((ROOT.0.into(), ROOT.1.into())),
         Duration::from_secs(5),
     );

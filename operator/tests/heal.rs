@@ -10,7 +10,6 @@ use std::time::Duration;
 
 use cluster::{DEADLINE, etcdctl, ok, storage_node_bin};
 use operator::detector::{self, Finding, Round, Tolerance};
-use operator::executor::Executor;
 use operator::planner::{self, Decision, Mode};
 use operator::platform::local::LocalPlatform;
 use operator::probe::Prober;
@@ -42,7 +41,7 @@ fn the_seed_is_detected_and_healed_and_no_acknowledged_write_is_lost() {
     platform.start_all().expect("start");
     let endpoints: Vec<String> = platform.members.iter().map(|m| m.endpoint()).collect();
     let prober = Prober::new(
-        endpoints.clone(),
+        common::targets(&platform),
         Some(("root".into(), "rootpw".into())),
         Duration::from_secs(5),
     );
@@ -104,15 +103,14 @@ fn the_seed_is_detected_and_healed_and_no_acknowledged_write_is_lost() {
 
     // Heal.
     let names = common::names(last, &platform);
-    let mut executor = Executor::new(
+    common::heal(
+        &runtime,
         &mut platform,
+        &prober,
+        plan.clone(),
         names,
-        Some(("root".into(), "rootpw".into())),
-        Duration::from_secs(5),
+        DEADLINE,
     );
-    runtime
-        .block_on(executor.run(&plan))
-        .unwrap_or_else(|e| panic!("heal failed: {e}\nplan: {plan:?}"));
 
     // Every member agrees and holds every acknowledged write.
     let after = settled_rounds(&runtime, &prober, 3);

@@ -21,6 +21,11 @@ use nix::unistd::Pid;
 /// restarted by the operator before any write, then writes through every member. Returns
 /// the acknowledged keys.
 fn play_seed(op: &LocalOperator) -> Vec<String> {
+    play_seed_then(op, || {})
+}
+
+/// [`play_seed`], running `before_writes` once the drift exists and before any write.
+fn play_seed_then(op: &LocalOperator, before_writes: impl FnOnce()) -> Vec<String> {
     op.wait_status("the cluster to form with auth on", |s| {
         settled(s) && op.dir().join("root-credentials").exists()
     });
@@ -63,6 +68,7 @@ fn play_seed(op: &LocalOperator) -> Vec<String> {
     op.wait_status("the operator to restart the crashed node1", |s| {
         s.members.iter().all(|m| m.healthy) && op.member_pid("node1").is_some_and(|p| p != old_pid)
     });
+    before_writes();
     let mut acknowledged = Vec::new();
     for (i, endpoint) in endpoints.iter().enumerate() {
         for n in 0..5 {
@@ -72,6 +78,22 @@ fn play_seed(op: &LocalOperator) -> Vec<String> {
         }
     }
     acknowledged
+}
+
+/// The Healing condition's message.
+fn healing_message(s: &StorageClusterStatus) -> String {
+    s.conditions
+        .iter()
+        .find(|c| c.type_ == "Healing")
+        .map(|c| c.message.clone())
+        .unwrap_or_default()
+}
+
+/// The name of the member the heal in progress rebuilds from.
+fn source_of(op: &LocalOperator) -> String {
+    let record = op.heal_record().expect("a heal in progress");
+    let source = record["plan"]["source"].as_u64().expect("source");
+    op.name_of(source).expect("the source is a member")
 }
 
 #[test]
@@ -119,27 +141,42 @@ fn local_operator_heals_the_seed_and_every_acknowledged_write_survives() {
 }
 
 #[test]
-fn operator_killed_mid_heal_resumes_and_finishes_after_restart() {
+fn an_operator_killed_at_every_step_boundary_resumes_and_backs_up_once() {
     let mut op = LocalOperator::start("Automatic");
     let acknowledged = play_seed(&op);
-    // Kill the operator as soon as the heal has taken its first step.
     let heal_file = op.dir().join("heal.json");
-    let mid_heal = wait_until(DEADLINE, || {
-        std::fs::read(&heal_file)
-            .ok()
-            .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
-            .is_some_and(|p| p["next"].as_u64().is_some_and(|n| n >= 1))
-    });
-    assert!(mid_heal, "no heal started:\n{}", op.log());
-    op.kill_operator();
-    assert!(heal_file.exists(), "the heal finished before the kill");
-
-    op.spawn();
+    assert!(
+        wait_until(DEADLINE, || heal_file.exists()),
+        "no heal started:\n{}",
+        op.log()
+    );
+    // SIGKILL the operator right after each step boundary it reaches, then start it again.
+    let mut kills = 0;
+    let mut boundary = 1;
+    while heal_file.exists() {
+        let reached = wait_until(DEADLINE * 2, || {
+            op.heal_record()
+                .is_none_or(|p| p["next"].as_u64().is_some_and(|n| n >= boundary))
+        });
+        assert!(reached, "step {boundary} never ran:\n{}", op.log());
+        let Some(record) = op.heal_record() else {
+            break;
+        };
+        op.kill_operator();
+        kills += 1;
+        boundary = record["next"].as_u64().unwrap_or(boundary) + 1;
+        op.spawn();
+    }
+    assert!(kills >= 3, "the heal ran past the kills: {kills}");
     let healed = op.wait_status("the resumed heal to finish", |s| {
         s.healing.as_ref().is_some_and(|h| h.count >= 1) && settled(s)
     });
     assert!(!heal_file.exists());
-    assert_eq!(op.backups(), 1, "a resumed heal backs up once");
+    assert_eq!(
+        op.backups(),
+        1,
+        "a heal resumed {kills} times backs up once"
+    );
     assert!(
         op.full_log()
             .contains("stopping a member an earlier operator left running")
@@ -216,7 +253,7 @@ fn an_unreachable_source_holds_the_heal_back_with_a_reason_until_it_answers() {
     kill(Pid::from_raw(frozen), Signal::SIGSTOP).expect("SIGSTOP");
     let waiting = op.wait_status("the reason not to heal", |s| {
         s.conditions.iter().any(|c| {
-            c.type_ == "Diverged" && c.status == "True" && c.message.contains("not healing: member")
+            c.type_ == "Diverged" && c.status == "True" && c.message.contains("not healing: node2")
         })
     });
     assert!(waiting.members.iter().any(|m| !m.healthy));
@@ -276,7 +313,7 @@ fn disabled_healing_probes_health_only_and_never_acts() {
         status
             .members
             .iter()
-            .all(|m| m.hash_kv.is_none() && m.auth_revision == 0),
+            .all(|m| m.hash_kv.is_none() && m.auth_revision.is_none()),
         "nothing is compared: {status:#?}"
     );
     assert_eq!(status.healing.map(|h| h.count), Some(0));
@@ -322,6 +359,241 @@ fn a_member_that_lost_its_data_is_rebuilt_as_a_new_member() {
     assert!(
         op.full_log()
             .contains("member lost its data: rebuilding it as a new member")
+    );
+    assert_everywhere(&op, &acknowledged);
+}
+
+#[test]
+fn an_auth_revision_that_cannot_be_read_is_unknown_and_no_healthy_member_is_wiped() {
+    // node1's AuthStatus fails while node1/fail-auth-status exists. node1 holds the highest
+    // AuthRevision and drops writes: read as 0, it would be the "most complete" member and the
+    // healthy ones would be rebuilt from it.
+    let op = LocalOperator::start_args(
+        "Automatic",
+        true,
+        &["--unsafe-test-fail-auth-status-if=fail-auth-status"],
+    );
+    let fault = op.dir().join("node1").join("fail-auth-status");
+    let acknowledged = play_seed_then(&op, || std::fs::write(&fault, "").expect("fault on"));
+    let waiting = op.wait_status("the reason not to heal", |s| {
+        s.conditions.iter().any(|c| {
+            c.type_ == "Diverged"
+                && c.status == "True"
+                && c.message
+                    .contains("not healing: AuthRevision of node1 unknown")
+        })
+    });
+    assert_eq!(waiting.members[0].auth_revision, None, "unknown, not zero");
+    assert!(
+        waiting.members[0]
+            .unknown
+            .as_deref()
+            .is_some_and(|u| u.contains("injected fault")),
+        "{waiting:#?}"
+    );
+    op.wait_rewrites(3);
+    assert_eq!(op.backups(), 0, "nothing is rebuilt on incomplete evidence");
+    assert!(!op.dir().join("heal.json").exists());
+
+    std::fs::remove_file(&fault).expect("fault off");
+    op.wait_status("the heal once node1 is fully observed", |s| {
+        s.healing.as_ref().is_some_and(|h| h.count >= 1) && settled(s)
+    });
+    assert_eq!(op.backups(), 1, "only node1 was rebuilt");
+    assert_everywhere(&op, &acknowledged);
+}
+
+#[test]
+fn a_frozen_source_pauses_the_heal_until_it_answers_again() {
+    let op = LocalOperator::start("Automatic");
+    let acknowledged = play_seed(&op);
+    assert!(
+        wait_until(DEADLINE, || op
+            .heal_record()
+            .is_some_and(|p| p["next"].as_u64().is_some_and(|n| n >= 1))),
+        "no heal started:\n{}",
+        op.log()
+    );
+    let source = source_of(&op);
+    let frozen = op.member_pid(&source).expect("source pid");
+    kill(Pid::from_raw(frozen), Signal::SIGSTOP).expect("SIGSTOP");
+    let paused = op.wait_status("the heal to pause", |s| {
+        healing_message(s).contains("paused: the source")
+    });
+    let at = op.heal_record().expect("record")["next"].clone();
+    op.wait_rewrites(2);
+    assert_eq!(
+        op.heal_record().expect("record")["next"],
+        at,
+        "no step ran while the source was frozen: {paused:#?}"
+    );
+    kill(Pid::from_raw(frozen), Signal::SIGCONT).expect("SIGCONT");
+    op.wait_status("the heal to finish", |s| {
+        s.healing
+            .as_ref()
+            .is_some_and(|h| h.count >= 1 && h.step.is_none())
+            && settled(s)
+    });
+    assert_eq!(op.backups(), 1);
+    assert_everywhere(&op, &acknowledged);
+}
+
+#[test]
+fn switching_to_disabled_mid_heal_stops_it_and_automatic_resumes_it() {
+    let op = LocalOperator::start("Automatic");
+    let acknowledged = play_seed(&op);
+    assert!(
+        wait_until(DEADLINE, || op.heal_record().is_some()),
+        "no heal started:\n{}",
+        op.log()
+    );
+    op.set_healing_mode("Disabled");
+    op.wait_status("the heal to pause for the mode", |s| {
+        healing_message(s).contains("paused: healing mode is Disabled")
+    });
+    let at = op.heal_record().expect("record")["next"].clone();
+    let backups = op.backups();
+    op.wait_rewrites(3);
+    assert_eq!(
+        op.heal_record().expect("record")["next"],
+        at,
+        "nothing further happened"
+    );
+    assert_eq!(op.backups(), backups);
+
+    op.set_healing_mode("Automatic");
+    op.wait_status("the heal to finish", |s| {
+        s.healing
+            .as_ref()
+            .is_some_and(|h| h.count >= 1 && h.step.is_none())
+            && settled(s)
+    });
+    assert_eq!(op.backups(), 1);
+    assert_everywhere(&op, &acknowledged);
+}
+
+#[test]
+fn a_recorded_remove_that_would_cost_quorum_waits_until_every_other_voter_answers() {
+    let mut op = LocalOperator::start("ObserveOnly");
+    let acknowledged = play_seed(&op);
+    let observed = op.wait_status("the drift to be reported", |s| {
+        s.conditions
+            .iter()
+            .any(|c| c.type_ == "Diverged" && c.message.contains("the plan would be"))
+    });
+    // An operator that recorded a heal of node1 from node2 and stopped before its first step,
+    // restarted with the heal held by the mode.
+    op.kill_operator();
+    let id = |name: &str| {
+        let hex = &observed
+            .members
+            .iter()
+            .find(|m| m.name == name)
+            .expect("member")
+            .member_id;
+        u64::from_str_radix(hex, 16).expect("hex ID")
+    };
+    let (node1, node2, node3) = (id("node1"), id("node2"), id("node3"));
+    let steps: Vec<serde_json::Value> = [
+        "Remove",
+        "Backup",
+        "AddLearner",
+        "WaitCaughtUp",
+        "Promote",
+        "Verify",
+    ]
+    .iter()
+    .map(|action| serde_json::json!({ *action: { "member": node1 } }))
+    .collect();
+    let record = serde_json::json!({
+        "plan": { "source": node2, "steps": steps },
+        "next": 0,
+        "names": { node1.to_string(): "node1", node2.to_string(): "node2", node3.to_string(): "node3" },
+        "renamed": {},
+    });
+    std::fs::write(op.dir().join("heal.json"), record.to_string()).expect("heal.json");
+    op.set_healing_mode("Disabled");
+    op.spawn();
+    op.wait_status("the recorded heal, held by the mode", |s| {
+        healing_message(s).contains("paused: healing mode is Disabled") && settled_but_diverged(s)
+    });
+    // node3 freezes: removing node1 would leave node2 alone of two voters.
+    let frozen = op.member_pid("node3").expect("pid");
+    kill(Pid::from_raw(frozen), Signal::SIGSTOP).expect("SIGSTOP");
+    op.set_healing_mode("Automatic");
+    op.wait_status("the Remove to be held back", |s| {
+        healing_message(s).contains("not a quorum")
+    });
+    let members = ok(etcdctl(
+        &op.endpoints()[1],
+        &["--user", &op.root(), "member", "list"],
+    ));
+    assert!(members.contains("node1"), "node1 was removed: {members}");
+    assert_eq!(op.backups(), 0);
+    kill(Pid::from_raw(frozen), Signal::SIGCONT).expect("SIGCONT");
+    op.wait_status("the heal to finish", |s| {
+        s.healing.as_ref().is_some_and(|h| h.step.is_none()) && settled(s)
+    });
+    assert_eq!(op.backups(), 1);
+    assert_everywhere(&op, &acknowledged);
+}
+
+/// Every member answers (the drift may still be there).
+fn settled_but_diverged(s: &StorageClusterStatus) -> bool {
+    s.members.len() == 3 && s.members.iter().all(|m| m.healthy)
+}
+
+#[test]
+fn a_cluster_of_real_etcd_is_probed_and_a_member_that_lost_its_data_is_rebuilt() {
+    let etcd = std::path::PathBuf::from("/usr/bin/etcd");
+    assert!(
+        etcd.exists(),
+        "etcd 3.4 from Debian is needed (.ci/test installs it)"
+    );
+    let op = LocalOperator::start_on(etcd, "Automatic", false, &[]);
+    let formed = op.wait_status("the etcd cluster to form with auth on", |s| {
+        settled(s)
+            && op.dir().join("root-credentials").exists()
+            && s.members
+                .iter()
+                .all(|m| m.auth_revision.is_some_and(|r| r >= 2))
+    });
+    // etcd 3.4 has no AuthStatus: the AuthRevision comes from its metrics gauge.
+    assert!(
+        formed.members.iter().all(|m| m.unknown.is_none()),
+        "{formed:#?}"
+    );
+    let root = op.root();
+    let endpoints = op.endpoints();
+    let mut acknowledged = Vec::new();
+    for n in 0..9 {
+        let key = format!("before-{n}");
+        ok(etcdctl(
+            &endpoints[n % 3],
+            &["--user", &root, "put", &key, "v"],
+        ));
+        acknowledged.push(key);
+    }
+    let old_id = formed.members[2].member_id.clone();
+    let operator = Pid::from_raw(op.pid().expect("operator runs"));
+    kill(operator, Signal::SIGSTOP).expect("SIGSTOP");
+    let node3 = op.member_pid("node3").expect("node3 pid");
+    let _ = kill(Pid::from_raw(node3), Signal::SIGKILL);
+    assert!(wait_until(DEADLINE, || !op.runs_member(node3)));
+    std::fs::remove_dir_all(op.dir().join("node3")).expect("wipe node3");
+    kill(operator, Signal::SIGCONT).expect("SIGCONT");
+    let rebuilt = op.wait_status("node3 to be rebuilt as a new etcd member", |s| {
+        settled(s)
+            && s.members[2].member_id != old_id
+            && s.healing
+                .as_ref()
+                .is_some_and(|h| h.count >= 1 && h.step.is_none())
+    });
+    assert!(
+        rebuilt
+            .members
+            .iter()
+            .all(|m| m.auth_revision == formed.members[0].auth_revision)
     );
     assert_everywhere(&op, &acknowledged);
 }

@@ -75,6 +75,36 @@ redb_errors_into!(Error);
 /// Result of backend operations.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
+/// Opens the redb file at `path`, creating it first if it does not exist. A new file is made
+/// under a temporary name and renamed into place once redb has written its header, so a member
+/// killed while creating it leaves no half-made file behind that would refuse every later
+/// start ("Not a redb database").
+pub fn create_database(path: &Path) -> Result<Database> {
+    let io = |source| Error::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    if !path.exists() {
+        let mut tmp = path.as_os_str().to_owned();
+        tmp.push(".creating");
+        let tmp = PathBuf::from(tmp);
+        match std::fs::remove_file(&tmp) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(io(e)),
+        }
+        drop(Database::create(&tmp)?);
+        std::fs::rename(&tmp, path).map_err(io)?;
+        // The rename must be durable before anything is written into the file.
+        if let Some(dir) = path.parent() {
+            std::fs::File::open(dir)
+                .and_then(|d| d.sync_all())
+                .map_err(io)?;
+        }
+    }
+    Ok(Database::create(path)?)
+}
+
 /// The member's database.
 pub struct Backend {
     db: Database,
@@ -89,7 +119,7 @@ impl Backend {
             source,
         })?;
         let path = dir.join(DB_FILE);
-        let db = Database::create(&path)?;
+        let db = create_database(&path)?;
         let backend = Backend { db, path };
         backend.init()?;
         Ok(backend)
@@ -221,6 +251,19 @@ pub fn decode<T: serde::de::DeserializeOwned>(table: &'static str, bytes: &[u8])
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_database_file_appears_only_once_redb_has_made_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("db.redb");
+        // What a member killed in the middle of creating the file leaves behind.
+        std::fs::write(dir.path().join("db.redb.creating"), b"").unwrap();
+        drop(create_database(&path).unwrap());
+        assert!(!dir.path().join("db.redb.creating").exists());
+        // The file is a redb database: it opens again.
+        drop(Database::open(&path).unwrap());
+        drop(create_database(&path).unwrap());
+    }
 
     #[test]
     fn meta_values_survive_reopen() {

@@ -98,6 +98,12 @@ pub struct ServeArgs {
     /// without the consistent index, so a restart replays them and AuthRevisions drift).
     #[arg(long, env = "MEND_UNSAFE_REPRODUCE_ETCD_11651")]
     pub unsafe_reproduce_etcd_11651: bool,
+    /// FAULT, tests only: while this file exists (a relative path is taken inside
+    /// `--data-dir`), every AuthStatus call fails with Unavailable and the rest of the member
+    /// serves, so tests can check that an operator keeps an AuthRevision it could not read
+    /// unknown, never zero.
+    #[arg(long, hide = true, value_name = "FILE")]
+    pub unsafe_test_fail_auth_status_if: Option<std::path::PathBuf>,
 }
 
 /// `--initial-cluster-state`.

@@ -18,11 +18,13 @@ use kube::client::Body;
 use kube::runtime::events::Recorder;
 use serde_json::{Value, json};
 
-use super::members::Members;
 use super::metrics::Metrics;
 use super::{API_CALLS, Context};
 use crate::bootstrap;
-use crate::detector::{Observation, Round};
+use crate::detector::{Fact, Hash, Observation, Round};
+use crate::members::{CallResult, Credentials, Members};
+use crate::planner::Listed;
+use crate::probe::Target;
 
 /// A stored `StorageCluster` named `name` in `default`, generation 1.
 pub fn cluster(name: &str, replicas: i32) -> StorageCluster {
@@ -38,6 +40,7 @@ pub fn cluster(name: &str, replicas: i32) -> StorageCluster {
 /// A reachable member `id` at AuthRevision `auth_revision`, leading or not, agreeing on data.
 pub fn observation(id: u64, leader: bool, auth_revision: u64) -> Observation {
     Observation {
+        name: String::new(),
         member: id,
         reachable: true,
         is_leader: leader,
@@ -45,11 +48,15 @@ pub fn observation(id: u64, leader: bool, auth_revision: u64) -> Observation {
         raft_term: 2,
         raft_index: 10,
         applied_index: 10,
-        auth_revision,
         revision: 4,
-        key_count: 3,
         db_size: 20480,
-        hash: Some((0xabcd, 4)),
+        auth_revision: Fact::Known(auth_revision),
+        key_count: Fact::Known(3),
+        hash: Fact::Known(Hash {
+            hash: 0xabcd,
+            revision: 4,
+            keys: 3,
+        }),
     }
 }
 
@@ -65,34 +72,50 @@ pub fn lease_spec(holder: Option<&str>, renewed: Timestamp, duration: i32) -> Le
     }
 }
 
-/// Members that answer with a set round and remember the auth bootstrap.
+/// Members that answer with a set round and member list, remember the auth bootstrap, and
+/// record every membership call.
 #[derive(Default)]
 pub struct FakeMembers {
-    /// What every probe returns.
+    /// What every probe returns (named after the targets asked for).
     pub round: Mutex<Round>,
+    /// What MemberList returns.
+    pub listed: Mutex<Vec<Listed>>,
     /// Whether auth is on.
     pub auth_enabled: AtomicBool,
     /// Bootstraps that enabled auth.
     pub bootstraps: AtomicUsize,
+    /// Membership calls, as `Call id`.
+    pub calls: Mutex<Vec<String>>,
+}
+
+impl FakeMembers {
+    fn record<T: Send + 'static>(
+        &self,
+        call: String,
+        value: T,
+    ) -> BoxFuture<'static, CallResult<T>> {
+        self.calls.lock().expect("calls").push(call);
+        Box::pin(async move { Ok(value) })
+    }
 }
 
 impl Members for FakeMembers {
     fn probe(
         &self,
         _key: String,
-        endpoints: Vec<String>,
-        _credentials: Option<(String, String)>,
+        targets: Vec<Target>,
+        _credentials: Credentials,
         _scope: crate::probe::Scope,
     ) -> BoxFuture<'static, Round> {
         let mut round = self.round.lock().expect("round").clone();
         if round.members.is_empty() {
-            round.members = endpoints
+            round.members = targets
                 .iter()
-                .map(|_| Observation {
-                    reachable: false,
-                    ..observation(0, false, 0)
-                })
+                .map(|t| Observation::unreachable(&t.name, "connect: refused"))
                 .collect();
+        }
+        for (o, t) in round.members.iter_mut().zip(&targets) {
+            o.name = t.name.clone();
         }
         Box::pin(async move { round })
     }
@@ -108,6 +131,63 @@ impl Members for FakeMembers {
             self.bootstraps.fetch_add(1, Ordering::SeqCst);
         }
         Box::pin(async move { Ok(enabled_now) })
+    }
+
+    fn member_list(
+        &self,
+        _endpoint: String,
+        _credentials: Credentials,
+    ) -> BoxFuture<'static, CallResult<Vec<Listed>>> {
+        let listed = self.listed.lock().expect("listed").clone();
+        Box::pin(async move { Ok(listed) })
+    }
+
+    fn member_remove(
+        &self,
+        _endpoint: String,
+        _credentials: Credentials,
+        id: u64,
+    ) -> BoxFuture<'static, CallResult<()>> {
+        self.listed.lock().expect("listed").retain(|l| l.id != id);
+        self.record(format!("MemberRemove {id:x}"), ())
+    }
+
+    fn member_add_learner(
+        &self,
+        _endpoint: String,
+        _credentials: Credentials,
+        peer_url: String,
+    ) -> BoxFuture<'static, CallResult<u64>> {
+        let id = 0x99;
+        self.listed.lock().expect("listed").push(Listed {
+            id,
+            peer_urls: vec![peer_url.clone()],
+            is_learner: true,
+        });
+        self.record(format!("MemberAdd {peer_url}"), id)
+    }
+
+    fn member_promote(
+        &self,
+        _endpoint: String,
+        _credentials: Credentials,
+        id: u64,
+    ) -> BoxFuture<'static, CallResult<()>> {
+        for l in self.listed.lock().expect("listed").iter_mut() {
+            if l.id == id {
+                l.is_learner = false;
+            }
+        }
+        self.record(format!("MemberPromote {id:x}"), ())
+    }
+
+    fn move_leader(
+        &self,
+        _endpoint: String,
+        _credentials: Credentials,
+        to: u64,
+    ) -> BoxFuture<'static, CallResult<()>> {
+        self.record(format!("MoveLeader {to:x}"), ())
     }
 }
 

@@ -29,12 +29,10 @@
 //! # Layout
 //! - [`resources`]: the children as pure functions of the resource.
 //! - [`reconcile`](mod@reconcile): one pass over one resource, and the error policy.
-//! - [`members`]: probing and auth bootstrap over the etcd v3 API.
 //! - [`lease`]: leader election on a `coordination.k8s.io` Lease.
 //! - [`metrics`] and [`run`](mod@run): `operator run`, its `/metrics`, `/healthz`, `/readyz`.
 
 pub mod lease;
-pub mod members;
 pub mod metrics;
 pub mod reconcile;
 pub mod resources;
@@ -53,6 +51,7 @@ use crds::StorageCluster;
 use kube::Client;
 
 use crate::healer::Healer;
+use crate::members;
 use kube::runtime::events::Recorder;
 use kube::runtime::reflector::ObjectRef;
 

@@ -17,7 +17,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 
-use crds::{HealingMode, HealingStatus, Phase, StorageCluster, StorageClusterStatus, condition};
+use crds::{StorageCluster, StorageClusterStatus, condition};
 use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod, Secret, Service};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, ObjectMeta, Time};
@@ -31,12 +31,12 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tracing::{info, instrument, warn};
 
-use crate::detector::{Observation, Round};
-use crate::executor::{Executor, Progress};
-use crate::healer::{Assessment, Healer};
-use crate::planner::Decision;
+use crate::detector::Observation;
+use crate::executor::Progress;
+use crate::healer::Healer;
+use crate::healing;
 use crate::platform::kube::KubePlatform;
-use crate::probe::Scope;
+use crate::probe::Target;
 use crate::status::{self, MemberView};
 
 use super::resources;
@@ -45,8 +45,8 @@ use super::{Context, Error, FIELD_MANAGER, Result};
 /// How soon to look again at a root credentials Secret that was missing or incomplete.
 const SECRET_RETRY: Action = Action::requeue(Duration::from_secs(30));
 
-/// Bound on each etcd call a heal makes (catching up may take twelve of them).
-const HEAL_CALL_TIMEOUT: Duration = Duration::from_secs(10);
+/// How soon to look again while a heal runs (each reconcile runs at most one step of it).
+const HEAL_PASS: Duration = Duration::from_secs(2);
 
 /// Length of a generated root password (alphanumeric: about 190 bits).
 const PASSWORD_LEN: usize = 32;
@@ -149,85 +149,108 @@ impl<'a> Reconciler<'a> {
             .and_then(|h| h.progress.as_ref())
             .and_then(Progress::from_status);
         let held_out = resumed.as_ref().map(Progress::held_out).unwrap_or_default();
-        let created = self.apply_children(&live, &held_out).await?;
+        self.apply_children(&live, &held_out).await?;
 
         let names = resources::member_names(self.cluster);
         let endpoints: Vec<String> = names
             .iter()
             .map(|m| resources::client_url(self.cluster, m))
             .collect();
-        let pods = names
+        let targets = names
             .iter()
-            .filter(|n| live.pods.contains_key(*n) || created.contains(n))
-            .count();
-        let round = if pods == 0 {
-            Round::default()
-        } else {
-            let key = format!("{}/{}", self.namespace, self.cluster.name_any());
-            let scope = Scope::for_mode(self.cluster.spec.healing.mode);
-            self.ctx
-                .members
-                .probe(key, endpoints.clone(), credentials.clone(), scope)
-                .await
-        };
+            .map(|m| Target {
+                name: m.clone(),
+                endpoint: resources::client_url(self.cluster, m),
+                metrics: Some(resources::metrics_url(self.cluster, m)),
+            })
+            .collect();
+        let key = format!("{}/{}", self.namespace, self.cluster.name_any());
+        let mut healer = self.take_healer();
+        let mut platform = KubePlatform::new(self.ctx.client.clone(), self.cluster.clone());
+        let pass = healing::pass(
+            healing::Cluster {
+                name: &key,
+                spec: &self.cluster.spec,
+                targets,
+                platform: &mut platform,
+                members: self.ctx.members.as_ref(),
+                credentials: credentials.clone(),
+                metrics: &self.ctx.metrics.heal,
+            },
+            &mut healer,
+            resumed,
+            &[],
+        )
+        .await;
+        self.put_healer(healer);
         if let Some((user, password)) = &credentials {
-            let reachable = round.members.iter().filter(|m| m.reachable).count();
+            let reachable = pass.round.members.iter().filter(|m| m.reachable).count();
             if reachable == names.len() {
                 self.bootstrap_auth(&endpoints, user, password).await?;
             }
         }
-        let member_ids: BTreeMap<u64, String> = round
-            .members
-            .iter()
-            .zip(&names)
-            .filter(|(o, _)| o.member != 0)
-            .map(|(o, name)| (o.member, name.clone()))
-            .collect();
-        let (status, decision) = self.status(&names, &endpoints, round);
-        let progress = match (resumed, decision) {
-            (Some(progress), _) => Some(progress),
-            (None, Decision::Heal(plan)) => Some(Progress::new(plan, member_ids)),
-            _ => None,
-        };
-        let key = format!("{}/{}", self.namespace, self.cluster.name_any());
+        let status = self.status(&names, &endpoints, &pass);
         self.ctx
             .metrics
             .heal
             .observe_status(&key, self.cluster.spec.replicas, &status);
-        if let Some(progress) = progress {
-            if progress.next == 0 {
-                let mut since = None;
-                self.with_healer(|h| since = h.diverged_since());
-                if let Some(since) = since {
-                    let after = Timestamp::now().duration_since(since).unsigned_abs();
-                    self.ctx.metrics.heal.detected(&key, after);
-                }
-            }
-            let started = std::time::Instant::now();
-            let healed = self.heal(progress, status, credentials).await;
-            self.ctx
-                .metrics
-                .heal
-                .heal_finished(&key, healed.is_ok(), started.elapsed());
-            healed?;
-            return Ok(Action::requeue(Duration::from_secs(1)));
-        }
         self.write_status(status).await?;
+        for note in &pass.notes {
+            let kind = if note.warning {
+                EventType::Warning
+            } else {
+                EventType::Normal
+            };
+            self.event(kind, note.reason, "Heal", note.message.clone())
+                .await?;
+        }
+        if pass.busy() {
+            return Ok(Action::requeue(HEAL_PASS));
+        }
         Ok(Action::requeue(Duration::from_secs(u64::from(
             self.cluster.spec.healing.probe_interval_seconds,
         ))))
     }
 
-    /// The status for the probe `round` of the members `names` at `endpoints`: the healing loop
-    /// assesses the round (findings persist across probes), [`status::build`] does the rest.
-    /// The decision comes back with it: a `Decision::Heal` is run by [`Reconciler::heal`].
+    /// This cluster's healing loop, made afresh when the spec changed (the mode or the evidence
+    /// asked for may have), with the heal count the status carries.
+    fn take_healer(&self) -> Healer {
+        let generation = self.cluster.metadata.generation;
+        let mut healers = self.ctx.healers.lock().unwrap_or_else(|p| p.into_inner());
+        match healers.remove(&ObjectRef::from_obj(self.cluster)) {
+            Some((seen, healer)) if seen == generation => healer,
+            _ => {
+                let mut healer = Healer::for_spec(&self.cluster.spec.healing);
+                if let Some(h) = self
+                    .cluster
+                    .status
+                    .as_ref()
+                    .and_then(|s| s.healing.as_ref())
+                {
+                    healer.heals = h.count;
+                    healer.last_result = h.last_result.clone();
+                }
+                healer
+            }
+        }
+    }
+
+    fn put_healer(&self, healer: Healer) {
+        let generation = self.cluster.metadata.generation;
+        self.ctx
+            .healers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(ObjectRef::from_obj(self.cluster), (generation, healer));
+    }
+
+    /// The status for `pass` over the members `names` at `endpoints`.
     fn status(
         &self,
         names: &[String],
         endpoints: &[String],
-        round: Round,
-    ) -> (StorageClusterStatus, Decision) {
-        let now = Timestamp::now();
+        pass: &healing::Pass,
+    ) -> StorageClusterStatus {
         let views: Vec<MemberView> = names
             .iter()
             .zip(endpoints)
@@ -235,142 +258,26 @@ impl<'a> Reconciler<'a> {
             .map(|(i, (name, endpoint))| MemberView {
                 name: name.clone(),
                 endpoint: endpoint.clone(),
-                observation: round
+                observation: pass
+                    .round
                     .members
                     .get(i)
                     .cloned()
-                    .unwrap_or_else(Observation::unreachable),
+                    .unwrap_or_else(|| Observation::unreachable(name, "not probed")),
             })
             .collect();
-        let spec = &self.cluster.spec;
-        let assessment = if spec.healing.mode == HealingMode::Disabled || round.members.is_empty() {
-            Assessment::quiet()
-        } else {
-            let generation = self.cluster.metadata.generation;
-            let mut healers = self.ctx.healers.lock().unwrap_or_else(|p| p.into_inner());
-            let (seen_generation, healer) = healers
-                .entry(ObjectRef::from_obj(self.cluster))
-                .or_insert_with(|| (generation, Healer::for_spec(&spec.healing)));
-            // A changed spec may change the mode or the evidence asked for: start afresh.
-            if *seen_generation != generation {
-                *seen_generation = generation;
-                *healer = Healer::for_spec(&spec.healing);
-            }
-            healer.observe(round, now)
-        };
-        let previous = self.cluster.status.as_ref();
-        let status = status::build(&status::Inputs {
+        status::build(&status::Inputs {
             generation: self.cluster.metadata.generation,
-            replicas: spec.replicas,
+            replicas: self.cluster.spec.replicas,
             members: &views,
-            findings: &assessment.findings,
-            decision: &assessment.decision,
-            // Written by the healing loop; carried over so this status does not drop it.
-            healing: previous.and_then(|p| p.healing.clone()),
-            held_back: assessment.held_back,
+            findings: &pass.assessment.findings,
+            decision: &pass.assessment.decision,
+            healing: Some(pass.healing.clone()),
+            held_back: pass.assessment.held_back.clone(),
             selector: resources::selector(self.cluster),
-            previous,
-            now: Time(now),
-        });
-        (status, assessment.decision)
-    }
-
-    /// Runs `progress` to its end, one step at a time: before each step the status records
-    /// the step and the progress (so a restarted operator resumes there) and an Event tells
-    /// it; the end (or a failure, which keeps the progress for the next reconcile) is recorded
-    /// the same way.
-    async fn heal(
-        &self,
-        mut progress: Progress,
-        mut status: StorageClusterStatus,
-        credentials: Option<(String, String)>,
-    ) -> Result<()> {
-        let started = Timestamp::now();
-        let previous = status.healing.clone().unwrap_or_default();
-        let plan = status::describe_plan(&progress.plan);
-        if progress.next == 0 {
-            self.event(
-                EventType::Normal,
-                "HealStarted",
-                "Heal",
-                format!(
-                    "rebuilding from {:x}: {}",
-                    progress.plan.source,
-                    plan.join(", ")
-                ),
-            )
-            .await?;
-        }
-        self.with_healer(|h| h.heal_started(started));
-        let mut platform = KubePlatform::new(self.ctx.client.clone(), self.cluster.clone());
-        let mut executor = Executor::new(
-            &mut platform,
-            progress.names.clone(),
-            credentials,
-            HEAL_CALL_TIMEOUT,
-        );
-        let mut outcome = Ok(());
-        while !progress.done() {
-            status.phase = Phase::Healing;
-            status.healing = Some(HealingStatus {
-                plan: plan.clone(),
-                step: Some(progress.next as u32),
-                last_result: previous.last_result.clone(),
-                count: previous.count,
-                progress: Some(progress.to_status()),
-            });
-            self.write_status(status.clone()).await?;
-            self.event(
-                EventType::Normal,
-                "HealStep",
-                "Heal",
-                format!(
-                    "step {} of {}: {}",
-                    progress.next + 1,
-                    plan.len(),
-                    plan.get(progress.next).map(String::as_str).unwrap_or("")
-                ),
-            )
-            .await?;
-            if let Err(e) = executor.run_next(&mut progress).await {
-                outcome = Err(e.to_string());
-                break;
-            }
-        }
-        let ended = Timestamp::now();
-        self.with_healer(|h| h.heal_finished(ended, outcome.clone()));
-        let (last_result, kept, reason, kind) = match &outcome {
-            Ok(()) => (
-                format!("succeeded at {ended}"),
-                None,
-                "Healed",
-                EventType::Normal,
-            ),
-            Err(e) => (
-                format!("failed at {ended}: {e}"),
-                Some(progress.to_status()),
-                "HealFailed",
-                EventType::Warning,
-            ),
-        };
-        status.healing = Some(HealingStatus {
-            plan: if kept.is_some() { plan } else { Vec::new() },
-            step: None,
-            last_result: Some(last_result.clone()),
-            count: previous.count + u32::from(outcome.is_ok()),
-            progress: kept,
-        });
-        self.write_status(status).await?;
-        self.event(kind, reason, "Heal", last_result).await?;
-        outcome.map_err(Error::Heal)
-    }
-
-    /// Runs `f` on this cluster's healing loop, if it has one yet.
-    fn with_healer(&self, f: impl FnOnce(&mut Healer)) {
-        let mut healers = self.ctx.healers.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some((_, healer)) = healers.get_mut(&ObjectRef::from_obj(self.cluster)) {
-            f(healer);
-        }
+            previous: self.cluster.status.as_ref(),
+            now: Time(Timestamp::now()),
+        })
     }
 
     /// Something only the user can fix (an invalid spec, an unusable Secret): say what to fix in
@@ -523,8 +430,7 @@ impl<'a> Reconciler<'a> {
     }
 
     /// Creates missing children and updates changed Services and the PodDisruptionBudget.
-    /// Returns the members whose pods it created.
-    async fn apply_children(&self, live: &Live, held_out: &[String]) -> Result<Vec<String>> {
+    async fn apply_children(&self, live: &Live, held_out: &[String]) -> Result<()> {
         let cluster = self.cluster;
         self.apply_if_changed(&live.services, &resources::peer_service(cluster))
             .await?;
@@ -562,7 +468,7 @@ impl<'a> Reconciler<'a> {
             )
             .await?;
         }
-        Ok(created)
+        Ok(())
     }
 
     async fn bootstrap_auth(&self, endpoints: &[String], user: &str, password: &str) -> Result<()> {

@@ -198,6 +198,11 @@ pub fn client_url(cluster: &StorageCluster, member: &str) -> String {
     format!("http://{}:{CLIENT_PORT}", member_host(cluster, member))
 }
 
+/// Base URL of `member`'s metrics endpoint (`/metrics`, `/health`).
+pub fn metrics_url(cluster: &StorageCluster, member: &str) -> String {
+    format!("http://{}:{METRICS_PORT}", member_host(cluster, member))
+}
+
 /// `--initial-cluster`: every member's name and peer URL.
 pub fn initial_cluster(cluster: &StorageCluster) -> String {
     member_names(cluster)

@@ -595,27 +595,37 @@ fn api_calls_name_each_call_once() {
     assert_eq!(calls.len(), API_CALLS.len());
 }
 
-#[tokio::test]
-async fn a_heal_recorded_in_the_status_resumes_keeps_its_member_out_and_reports_every_step() {
+/// A cluster as a first reconcile left it, with a heal of demo-1 (0x22) from demo-2 (0x33)
+/// recorded at step `next` of Remove, Backup, AddLearner; members and the member list as they
+/// would be with demo-1 removed (`removed`) or not.
+async fn recorded_heal(
+    next: usize,
+    removed: bool,
+) -> (
+    Applied,
+    crds::StorageCluster,
+    std::sync::Arc<Context>,
+    ApiServerVerifier,
+    std::sync::Arc<super::fixtures::FakeMembers>,
+) {
     let applied = first_reconcile().await;
     let mut running = cluster("demo", 3);
     let mut status: crds::StorageClusterStatus =
         serde_json::from_value(applied.status.clone()).expect("status");
-    // An operator stopped after removing demo-1 (0x22) from the cluster: the backup is next.
     let plan = crate::planner::Plan {
         source: 0x33,
         steps: vec![
             crate::planner::Step::Remove { member: 0x22 },
             crate::planner::Step::Backup { member: 0x22 },
-            crate::planner::Step::Wipe { member: 0x22 },
+            crate::planner::Step::AddLearner { member: 0x22 },
         ],
     };
     let names = [(0x11, "demo-0"), (0x22, "demo-1"), (0x33, "demo-2")]
         .map(|(id, n)| (id, n.to_string()))
         .into();
     let progress = crate::executor::Progress {
-        next: 1,
-        ..crate::executor::Progress::new(plan, names)
+        next,
+        ..crate::executor::Progress::new(plan, names, Timestamp::now().as_second())
     };
     status.healing = Some(crds::HealingStatus {
         count: 4,
@@ -623,30 +633,50 @@ async fn a_heal_recorded_in_the_status_resumes_keeps_its_member_out_and_reports_
         ..crds::HealingStatus::default()
     });
     running.status = Some(status);
-
-    let (ctx, mut verifier, members) = Context::test();
+    let (ctx, verifier, members) = Context::test();
     members.auth_enabled.store(true, Ordering::SeqCst);
-    *members.round.lock().expect("round") = Round {
-        members: vec![observation(0x11, false, 7), observation(0x33, true, 7)],
+    let demo1 = if removed {
+        crate::detector::Observation::unreachable("demo-1", "connect: refused")
+    } else {
+        observation(0x22, false, 8)
     };
+    *members.round.lock().expect("round") = Round {
+        members: vec![
+            observation(0x11, false, 7),
+            demo1,
+            observation(0x33, true, 7),
+        ],
+    };
+    let peer = |n: &str| format!("http://{n}.demo-peer.default.svc:2380");
+    *members.listed.lock().expect("listed") =
+        [(0x11, "demo-0"), (0x22, "demo-1"), (0x33, "demo-2")]
+            .into_iter()
+            .filter(|(id, _)| !(removed && *id == 0x22))
+            .map(|(id, n)| crate::planner::Listed {
+                id,
+                peer_urls: vec![peer(n)],
+                is_learner: false,
+            })
+            .collect();
+    (applied, running, ctx, verifier, members)
+}
+
+#[tokio::test]
+async fn a_recorded_heal_runs_one_step_per_reconcile_and_requeues_soon() {
+    let (applied, mut running, ctx, mut verifier, members) = recorded_heal(1, true).await;
     // The removed member's pod is gone; the others are there.
     let mut live = applied.clone();
     live.children
         .retain(|(list, o)| !(*list == "pods" && o["metadata"]["name"] == "demo-1"));
+    let reads = live.clone();
     let server = tokio::spawn(async move {
-        verifier.reads(&live).await;
-        // No pod for demo-1: the heal owns it. Step 2 of 3 (the backup) is recorded, told,
-        // and run as a one-off pod on demo-1's volume.
-        let recorded = verifier.status().await;
-        assert_eq!(recorded["phase"], "Healing");
-        assert_eq!(recorded["healing"]["step"], 1);
-        assert_eq!(recorded["healing"]["count"], 4);
-        assert_eq!(recorded["healing"]["progress"]["next"], 1);
-        assert_eq!(
-            recorded["healing"]["progress"]["steps"][1]["action"],
-            "Backup"
-        );
-        verifier.event("HealStep", "Normal").await;
+        verifier.reads(&reads).await;
+        // No pod for demo-1 (the heal owns it): the backup is checked to be safe, then its
+        // one-off pod is created on demo-1's volume; this reconcile ends there.
+        verifier
+            .expect(Method::GET, &format!("{NS}/pods/demo-1"))
+            .await
+            .error(404, "NotFound");
         verifier
             .expect(Method::GET, &format!("{NS}/pods/demo-1-backup"))
             .await
@@ -656,9 +686,37 @@ async fn a_heal_recorded_in_the_status_resumes_keeps_its_member_out_and_reports_
             created.body["spec"]["volumes"][0]["persistentVolumeClaim"]["claimName"],
             "data-demo-1"
         );
-        let mut done = created.body.clone();
+        let pod = created.body.clone();
+        created.ok(&pod);
+        let recorded = verifier.status().await;
+        (recorded, pod, verifier)
+    });
+    let action = reconcile_in_time(running.clone(), &ctx)
+        .await
+        .expect("reconcile");
+    let (recorded, pod, mut verifier) = server.await.expect("scenario");
+    assert_eq!(
+        action,
+        kube::runtime::controller::Action::requeue(std::time::Duration::from_secs(2))
+    );
+    assert_eq!(recorded["phase"], "Healing");
+    assert_eq!(recorded["healing"]["step"], 1, "still the backup");
+    assert_eq!(recorded["healing"]["count"], 4);
+    assert_eq!(
+        recorded["healing"]["progress"]["steps"][1]["action"],
+        "Backup"
+    );
+
+    // The next reconcile finds the backup pod finished: the step is done, told, recorded.
+    running.status = Some(serde_json::from_value(recorded).expect("status"));
+    let server = tokio::spawn(async move {
+        verifier.reads(&live).await;
+        verifier
+            .expect(Method::GET, &format!("{NS}/pods/demo-1"))
+            .await
+            .error(404, "NotFound");
+        let mut done = pod.clone();
         done["status"] = json!({ "phase": "Succeeded" });
-        created.ok(&done);
         verifier
             .expect(Method::GET, &format!("{NS}/pods/demo-1-backup"))
             .await
@@ -667,37 +725,80 @@ async fn a_heal_recorded_in_the_status_resumes_keeps_its_member_out_and_reports_
             .expect(Method::DELETE, &format!("{NS}/pods/demo-1-backup"))
             .await
             .ok(&done);
-        // Step 3 (the wipe, done by the backup's move) is recorded and told, then the end.
         let recorded = verifier.status().await;
-        assert_eq!(recorded["healing"]["step"], 2);
-        // The Recorder folds a repeated reason into the first Event's series.
-        let repeat = verifier.next().await;
-        assert_eq!(repeat.method, Method::PATCH);
-        assert!(repeat.path.starts_with(EVENTS), "{}", repeat.path);
-        repeat.echo();
-        let finished = verifier.status().await;
-        verifier.event("Healed", "Normal").await;
-        (finished, verifier)
+        let told = verifier.expect(Method::POST, EVENTS).await;
+        assert_eq!(told.body["reason"], "HealStep");
+        let note = told.body["note"].as_str().unwrap_or_default().to_string();
+        told.echo();
+        (recorded, note, verifier)
     });
     reconcile_in_time(running, &ctx).await.expect("reconcile");
-    let metrics = ctx.metrics.render();
-    assert!(
-        metrics
-            .lines()
-            .any(|l| l == "mend_heals_total{cluster=\"default/demo\",result=\"succeeded\"} 1"),
-        "{metrics}"
-    );
     drop(ctx);
-    let (finished, verifier) = server.await.expect("scenario");
+    let (recorded, note, verifier) = server.await.expect("scenario");
     verifier.no_more_requests().await;
-    assert_eq!(finished["healing"]["count"], 5);
-    assert!(finished["healing"]["progress"].is_null(), "{finished}");
+    assert_eq!(recorded["healing"]["step"], 2, "the backup is done");
     assert!(
-        finished["healing"]["lastResult"]
-            .as_str()
-            .is_some_and(|r| r.starts_with("succeeded")),
-        "{finished}"
+        note.starts_with("step 2 of 3 done: back up and wipe 22"),
+        "{note}"
     );
+    assert!(
+        members.calls.lock().expect("calls").is_empty(),
+        "no membership change"
+    );
+}
+
+#[tokio::test]
+async fn a_heal_whose_mode_turned_disabled_does_nothing_more_and_says_so() {
+    let (applied, mut running, ctx, mut verifier, members) = recorded_heal(0, false).await;
+    running.spec.healing.mode = crds::HealingMode::Disabled;
+    let server = tokio::spawn(async move {
+        verifier.reads(&applied).await;
+        let recorded = verifier.status().await;
+        verifier.event("HealPaused", "Warning").await;
+        (recorded, verifier)
+    });
+    reconcile_in_time(running, &ctx).await.expect("reconcile");
+    drop(ctx);
+    let (recorded, verifier) = server.await.expect("scenario");
+    verifier.no_more_requests().await;
+    assert!(
+        members.calls.lock().expect("calls").is_empty(),
+        "demo-1 was not removed"
+    );
+    let healing = condition(&recorded, "Healing");
+    assert!(
+        healing["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("paused: healing mode is Disabled")),
+        "{healing}"
+    );
+    assert_eq!(recorded["healing"]["progress"]["next"], 0);
+}
+
+#[tokio::test]
+async fn a_remove_that_would_cost_quorum_is_not_made() {
+    let (applied, running, ctx, mut verifier, members) = recorded_heal(0, false).await;
+    // demo-0 stops answering: removing demo-1 would leave one of two voters.
+    members.round.lock().expect("round").members[0] =
+        crate::detector::Observation::unreachable("demo-0", "Status: deadline exceeded");
+    let server = tokio::spawn(async move {
+        verifier.reads(&applied).await;
+        let recorded = verifier.status().await;
+        verifier.event("HealPaused", "Warning").await;
+        (recorded, verifier)
+    });
+    reconcile_in_time(running, &ctx).await.expect("reconcile");
+    drop(ctx);
+    let (recorded, verifier) = server.await.expect("scenario");
+    verifier.no_more_requests().await;
+    assert!(
+        members.calls.lock().expect("calls").is_empty(),
+        "demo-1 was not removed"
+    );
+    let why = recorded["healing"]["progress"]["pausedBecause"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(why.contains("not a quorum"), "{recorded}");
 }
 
 #[tokio::test]

@@ -1,19 +1,17 @@
 //! Members as pods on Kubernetes, each with its own volume claim (see the controller's module
-//! doc for why not a StatefulSet). Stopping a member deletes its pod and waits until it is
-//! gone; backing up and wiping runs a one-off pod on the member's volume that moves the data
-//! directory into the volume's backups directory (`storage-node backup-data`, keeping
-//! `spec.healing.backupRetention` of them); starting it to join applies its pod with
-//! `--initial-cluster-state existing`. Every operation is idempotent, so a resumed heal may
-//! repeat the step it was in.
-
-use std::time::Duration;
+//! doc for why not a StatefulSet). Stopping a member deletes its pod; backing up and wiping runs
+//! a one-off pod on the member's volume that moves the data directory into the volume's backups
+//! directory (`storage-node backup-data`, keeping `spec.healing.backupRetention` of them);
+//! starting it to join applies its pod with `--initial-cluster-state existing`. No operation
+//! waits: each looks once and says whether it is done ([`Op`]), so a reconcile never blocks on
+//! a pod. Every operation is idempotent, so a resumed heal may repeat the step it was in.
 
 use crds::StorageCluster;
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use kube::{Client, ResourceExt};
 
-use super::{Error, Platform, Result};
+use super::{Error, Op, Platform, Result};
 use crate::controller::FIELD_MANAGER;
 use crate::controller::resources::{self, BACKUP_DIR, ClusterState};
 
@@ -21,28 +19,12 @@ use crate::controller::resources::{self, BACKUP_DIR, ClusterState};
 pub struct KubePlatform {
     client: Client,
     cluster: StorageCluster,
-    /// Bound on waiting for a pod to go or a backup to finish.
-    timeout: Duration,
-    /// Pause between looks at a pod the operator waits for.
-    poll: Duration,
 }
 
 impl KubePlatform {
     /// The members of `cluster`, reached through `client`.
     pub fn new(client: Client, cluster: StorageCluster) -> KubePlatform {
-        KubePlatform {
-            client,
-            cluster,
-            timeout: Duration::from_secs(300),
-            poll: Duration::from_secs(1),
-        }
-    }
-
-    /// Waits at most `timeout` for a pod, looking every `poll`.
-    pub fn with_waits(mut self, timeout: Duration, poll: Duration) -> KubePlatform {
-        self.timeout = timeout;
-        self.poll = poll;
-        self
+        KubePlatform { client, cluster }
     }
 
     fn pods(&self) -> Api<Pod> {
@@ -63,24 +45,8 @@ impl KubePlatform {
         }
     }
 
-    /// Waits until `check` says the pod `name` is as wanted (`Some(value)`).
-    async fn wait_for<T>(
-        &self,
-        name: &str,
-        what: &str,
-        mut check: impl FnMut(Option<&Pod>) -> Option<Result<T>>,
-    ) -> Result<T> {
-        let deadline = tokio::time::Instant::now() + self.timeout;
-        loop {
-            let pod = self.pods().get_opt(name).await.map_err(api(name))?;
-            if let Some(done) = check(pod.as_ref()) {
-                return done;
-            }
-            if tokio::time::Instant::now() >= deadline {
-                return Err(Error::Timeout(format!("pod {name} {what}")));
-            }
-            tokio::time::sleep(self.poll).await;
-        }
+    async fn get(&self, name: &str) -> Result<Option<Pod>> {
+        self.pods().get_opt(name).await.map_err(api(name))
     }
 
     async fn delete(&self, name: &str) -> Result<()> {
@@ -113,57 +79,66 @@ fn backup_name(pod: &Pod) -> Option<String> {
 }
 
 impl Platform for KubePlatform {
-    async fn stop(&mut self, name: &str) -> Result<()> {
+    async fn stop(&mut self, name: &str) -> Result<Op<()>> {
         self.known(name)?;
-        self.delete(name).await?;
-        self.wait_for(name, "to be deleted", |pod| pod.is_none().then_some(Ok(())))
-            .await
+        match self.get(name).await? {
+            None => Ok(Op::Done(())),
+            Some(pod) => {
+                if pod.metadata.deletion_timestamp.is_none() {
+                    self.delete(name).await?;
+                }
+                Ok(Op::InProgress(format!("pod {name} is terminating")))
+            }
+        }
     }
 
-    async fn backup_and_wipe(&mut self, name: &str) -> Result<String> {
+    async fn is_stopped(&mut self, name: &str) -> Result<bool> {
+        self.known(name)?;
+        Ok(self.get(name).await?.is_none())
+    }
+
+    async fn backup_and_wipe(&mut self, name: &str) -> Result<Op<String>> {
         self.known(name)?;
         let pod_name = resources::backup_pod_name(name);
-        // A resumed heal finds the backup pod an earlier attempt created, and its backup name.
-        let backup = match self
-            .pods()
-            .get_opt(&pod_name)
-            .await
-            .map_err(api(&pod_name))?
-        {
-            Some(pod) => backup_name(&pod).unwrap_or_default(),
-            None => {
-                let stamp = std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .map(|d| d.as_millis())
-                    .unwrap_or_default();
-                let backup = format!("{stamp:016}-{name}");
-                let pod = resources::backup_pod(&self.cluster, name, &backup);
-                self.pods()
-                    .create(&PostParams::default(), &pod)
-                    .await
-                    .map_err(api(&pod_name))?;
-                backup
-            }
+        let Some(pod) = self.get(&pod_name).await? else {
+            let stamp = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_millis())
+                .unwrap_or_default();
+            let backup = format!("{stamp:016}-{name}");
+            let pod = resources::backup_pod(&self.cluster, name, &backup);
+            self.pods()
+                .create(&PostParams::default(), &pod)
+                .await
+                .map_err(api(&pod_name))?;
+            return Ok(Op::InProgress(format!("backup pod {pod_name} created")));
         };
-        self.wait_for(&pod_name, "to finish the backup", |pod| {
-            let status = pod?.status.as_ref();
-            match status.and_then(|s| s.phase.as_deref()) {
-                Some("Succeeded") => Some(Ok(())),
-                Some("Failed") => Some(Err(Error::BackupFailed(format!(
+        let backup = backup_name(&pod).unwrap_or_default();
+        let status = pod.status.as_ref();
+        match status.and_then(|s| s.phase.as_deref()) {
+            Some("Succeeded") => {
+                self.delete(&pod_name).await?;
+                Ok(Op::Done(format!(
+                    "{BACKUP_DIR}/{backup} on volume {}",
+                    resources::pvc_name(name)
+                )))
+            }
+            Some("Failed") => {
+                // Deleted, so the next try starts a new backup pod rather than reading this
+                // failure forever; the heal's step limit bounds the retries.
+                self.delete(&pod_name).await?;
+                Err(Error::BackupFailed(format!(
                     "pod {pod_name}: {}",
                     status
                         .and_then(|s| s.message.clone())
                         .unwrap_or_else(|| "failed".to_string())
-                )))),
-                _ => None,
+                )))
             }
-        })
-        .await?;
-        self.delete(&pod_name).await?;
-        Ok(format!(
-            "{BACKUP_DIR}/{backup} on volume {}",
-            resources::pvc_name(name)
-        ))
+            phase => Ok(Op::InProgress(format!(
+                "backup pod {pod_name} is {}",
+                phase.unwrap_or("starting")
+            ))),
+        }
     }
 
     async fn start_joining(&mut self, name: &str) -> Result<()> {
@@ -203,9 +178,7 @@ mod tests {
 
     fn platform() -> (KubePlatform, crate::controller::fixtures::ApiServerVerifier) {
         let (client, verifier) = mock_client();
-        let platform = KubePlatform::new(client, cluster("demo", 3))
-            .with_waits(Duration::from_secs(5), Duration::from_millis(1));
-        (platform, verifier)
+        (KubePlatform::new(client, cluster("demo", 3)), verifier)
     }
 
     fn pod(name: &str, phase: &str) -> Value {
@@ -218,43 +191,42 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn stop_deletes_the_members_pod_and_waits_until_it_is_gone() {
+    async fn stop_deletes_the_members_pod_once_and_is_done_when_it_is_gone() {
         let (mut platform, mut server) = platform();
         let api = tokio::spawn(async move {
+            server
+                .expect(Method::GET, &format!("{PODS}/demo-1"))
+                .await
+                .ok(&pod("demo-1", "Running"));
             server
                 .expect(Method::DELETE, &format!("{PODS}/demo-1"))
                 .await
                 .ok(&pod("demo-1", "Running"));
+            // Terminating: looked at, not deleted again.
+            let mut terminating = pod("demo-1", "Running");
+            terminating["metadata"]["deletionTimestamp"] = json!("2026-12-01T00:00:00Z");
             server
                 .expect(Method::GET, &format!("{PODS}/demo-1"))
                 .await
-                .ok(&pod("demo-1", "Running"));
+                .ok(&terminating);
             server
                 .expect(Method::GET, &format!("{PODS}/demo-1"))
                 .await
                 .error(404, "NotFound");
             server
         });
-        platform.stop("demo-1").await.expect("stopped");
-        drop(platform);
-        api.await.expect("api").no_more_requests().await;
-    }
-
-    #[tokio::test]
-    async fn stopping_a_member_without_a_pod_is_done_at_once() {
-        let (mut platform, mut server) = platform();
-        let api = tokio::spawn(async move {
-            server
-                .expect(Method::DELETE, &format!("{PODS}/demo-2"))
-                .await
-                .error(404, "NotFound");
-            server
-                .expect(Method::GET, &format!("{PODS}/demo-2"))
-                .await
-                .error(404, "NotFound");
-            server
-        });
-        platform.stop("demo-2").await.expect("stopped");
+        assert!(matches!(
+            platform.stop("demo-1").await,
+            Ok(Op::InProgress(_))
+        ));
+        assert!(matches!(
+            platform.stop("demo-1").await,
+            Ok(Op::InProgress(_))
+        ));
+        assert_eq!(
+            platform.stop("demo-1").await.expect("stopped"),
+            Op::Done(())
+        );
         drop(platform);
         api.await.expect("api").no_more_requests().await;
         let (mut platform, _server) = self::platform();
@@ -292,7 +264,17 @@ mod tests {
                 .ok(&answer);
             (body, server)
         });
-        let backup = platform.backup_and_wipe("demo-1").await.expect("backed up");
+        assert!(matches!(
+            platform.backup_and_wipe("demo-1").await,
+            Ok(Op::InProgress(_))
+        ));
+        assert!(matches!(
+            platform.backup_and_wipe("demo-1").await,
+            Ok(Op::InProgress(_))
+        ));
+        let Op::Done(backup) = platform.backup_and_wipe("demo-1").await.expect("backed up") else {
+            panic!("the backup pod succeeded");
+        };
         drop(platform);
         let (body, server) = api.await.expect("api");
         server.no_more_requests().await;
@@ -334,13 +316,9 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_resumed_backup_waits_for_the_earlier_pod_and_a_failed_one_says_why() {
+    async fn a_failed_backup_pod_says_why_and_is_deleted_so_the_next_try_starts_afresh() {
         let (mut platform, mut server) = platform();
         let api = tokio::spawn(async move {
-            server
-                .expect(Method::GET, &format!("{PODS}/demo-1-backup"))
-                .await
-                .ok(&pod("demo-1-backup", "Running"));
             let mut failed = pod("demo-1-backup", "Failed");
             failed["status"]["message"] = json!("backup-data: move /var/lib/mend/data: denied");
             server
@@ -348,12 +326,27 @@ mod tests {
                 .await
                 .ok(&failed);
             server
+                .expect(Method::DELETE, &format!("{PODS}/demo-1-backup"))
+                .await
+                .ok(&failed);
+            server
+                .expect(Method::GET, &format!("{PODS}/demo-1-backup"))
+                .await
+                .error(404, "NotFound");
+            let created = server.expect(Method::POST, PODS).await;
+            let answer = created.body.clone();
+            created.ok(&answer);
+            server
         });
         let error = platform
             .backup_and_wipe("demo-1")
             .await
             .expect_err("the backup failed");
         assert!(error.to_string().contains("denied"), "{error}");
+        assert!(matches!(
+            platform.backup_and_wipe("demo-1").await,
+            Ok(Op::InProgress(_))
+        ));
         drop(platform);
         api.await.expect("api").no_more_requests().await;
     }

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use super::{Error, Platform, Result};
+use super::{Error, Op, Platform, Result};
 
 /// One member process and its addresses.
 #[derive(Debug, serde::Serialize, serde::Deserialize)]
@@ -213,9 +213,21 @@ impl LocalPlatform {
         }
     }
 
-    /// Whether member `name` has data that names it (it ran before).
+    /// Whether member `name` has data that names it (it ran before): storage-node's
+    /// `member.json`, or etcd's write-ahead log when the members are etcd.
     pub fn has_data(&self, name: &str) -> bool {
-        self.data_dir(name).join("member.json").exists()
+        let dir = self.data_dir(name);
+        dir.join("member.json").exists() || dir.join("member").join("wal").is_dir()
+    }
+
+    /// How the prober reaches member `name`.
+    pub fn target(&self, name: &str) -> Result<crate::probe::Target> {
+        let member = self.member(name)?;
+        Ok(crate::probe::Target {
+            name: member.name.clone(),
+            endpoint: member.endpoint(),
+            metrics: Some(format!("http://127.0.0.1:{}", member.metrics_port)),
+        })
     }
 
     /// Keeps at most `n` backups (the one just made always), deleting the oldest after each new
@@ -398,13 +410,18 @@ pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
 // Local process operations block for at most a member's clean stop; the supervisor runs one
 // cluster, so they run inline rather than on a blocking pool.
 impl Platform for LocalPlatform {
-    async fn stop(&mut self, name: &str) -> Result<()> {
-        self.stop_member(name)
+    async fn stop(&mut self, name: &str) -> Result<Op<()>> {
+        self.stop_member(name).map(Op::Done)
     }
 
-    async fn backup_and_wipe(&mut self, name: &str) -> Result<String> {
+    async fn is_stopped(&mut self, name: &str) -> Result<bool> {
+        self.member(name)?;
+        Ok(!self.is_running(name))
+    }
+
+    async fn backup_and_wipe(&mut self, name: &str) -> Result<Op<String>> {
         self.move_data_aside(name)
-            .map(|backup| backup.display().to_string())
+            .map(|backup| Op::Done(backup.display().to_string()))
     }
 
     async fn start_joining(&mut self, name: &str) -> Result<()> {

@@ -35,14 +35,26 @@ pub enum Error {
 /// Result of platform operations.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
+/// An operation that may take longer than one look: done, or still under way (the caller
+/// asks again later; asking again never starts it twice).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Op<T> {
+    /// Finished, with its result.
+    Done(T),
+    /// Under way: what it waits for.
+    InProgress(String),
+}
+
 /// Operations on members' processes and data. Each is idempotent: a resumed heal repeats the
 /// step it was in.
-pub trait Platform {
+pub trait Platform: Send {
     /// Stops member `name` (cleanly when possible); stopping a stopped member is a no-op.
-    fn stop(&mut self, name: &str) -> impl Future<Output = Result<()>> + Send;
+    fn stop(&mut self, name: &str) -> impl Future<Output = Result<Op<()>>> + Send;
+    /// Whether member `name`'s process or pod is gone.
+    fn is_stopped(&mut self, name: &str) -> impl Future<Output = Result<bool>> + Send;
     /// Moves member `name`'s data aside (the backup) and leaves it empty; returns where the
     /// backup is. With no data left to move, nothing happens.
-    fn backup_and_wipe(&mut self, name: &str) -> impl Future<Output = Result<String>> + Send;
+    fn backup_and_wipe(&mut self, name: &str) -> impl Future<Output = Result<Op<String>>> + Send;
     /// Starts member `name` with empty data to join the existing cluster.
     fn start_joining(&mut self, name: &str) -> impl Future<Output = Result<()>> + Send;
     /// The peer URL member `name` is reached on.

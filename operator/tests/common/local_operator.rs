@@ -33,6 +33,7 @@ pub struct LocalOperator {
     spec: PathBuf,
     node_args: Vec<String>,
     metrics_port: u16,
+    engine: PathBuf,
 }
 
 impl LocalOperator {
@@ -45,17 +46,24 @@ impl LocalOperator {
     /// Starts `operator local` on a 3-member spec with `healing_mode`, members with the fault
     /// switch on or off.
     pub fn start_with(healing_mode: &str, fault_switch: bool) -> LocalOperator {
+        LocalOperator::start_args(healing_mode, fault_switch, &[])
+    }
+
+    /// As [`LocalOperator::start_with`], with `extra` flags for every member.
+    pub fn start_args(healing_mode: &str, fault_switch: bool, extra: &[&str]) -> LocalOperator {
+        LocalOperator::start_on(storage_node_bin(), healing_mode, fault_switch, extra)
+    }
+
+    /// `operator local` running `engine` (storage-node, or etcd itself) as its members.
+    pub fn start_on(
+        engine: PathBuf,
+        healing_mode: &str,
+        fault_switch: bool,
+        extra: &[&str],
+    ) -> LocalOperator {
         let work = tempfile::tempdir().expect("workdir");
         let spec = work.path().join("cluster.yaml");
-        std::fs::write(
-            &spec,
-            format!(
-                "apiVersion: mend.dev/v1alpha1\nkind: StorageCluster\nmetadata:\n  name: seed\n\
-                 spec:\n  replicas: 3\n  healing:\n    mode: {healing_mode}\n    \
-                 probeIntervalSeconds: 2\n    consecutiveProbes: 3\n"
-            ),
-        )
-        .expect("spec");
+        write_spec(&spec, healing_mode);
         let mut node_args = [
             "--bcrypt-cost=4",
             "--heartbeat-interval=50",
@@ -66,12 +74,14 @@ impl LocalOperator {
         if fault_switch {
             node_args.push("--unsafe-reproduce-etcd-11651".to_string());
         }
+        node_args.extend(extra.iter().map(|a| a.to_string()));
         let mut op = LocalOperator {
             child: None,
             work,
             spec,
             node_args,
             metrics_port: free_port(),
+            engine,
         };
         op.spawn();
         op
@@ -79,6 +89,28 @@ impl LocalOperator {
 
     pub fn dir(&self) -> &Path {
         self.work.path()
+    }
+
+    /// Changes `spec.healing.mode` in the spec file, as a user would; the operator reads it
+    /// again.
+    pub fn set_healing_mode(&self, mode: &str) {
+        write_spec(&self.spec, mode);
+    }
+
+    /// The heal in progress as `heal.json` records it.
+    pub fn heal_record(&self) -> Option<serde_json::Value> {
+        let bytes = std::fs::read(self.dir().join("heal.json")).ok()?;
+        serde_json::from_slice(&bytes).ok()
+    }
+
+    /// The name of the member with ID `id` (hex), as the status has it.
+    pub fn name_of(&self, id: u64) -> Option<String> {
+        let hex = format!("{id:x}");
+        self.status()?
+            .members
+            .into_iter()
+            .find(|m| m.member_id == hex)
+            .map(|m| m.name)
     }
 
     pub fn spawn(&mut self) {
@@ -93,7 +125,7 @@ impl LocalOperator {
             .arg("--workdir")
             .arg(self.dir())
             .arg("--storage-node")
-            .arg(storage_node_bin())
+            .arg(&self.engine)
             .arg("--metrics-addr")
             .arg(format!("127.0.0.1:{}", self.metrics_port));
         for arg in &self.node_args {
@@ -254,6 +286,19 @@ impl Drop for LocalOperator {
             }
         }
     }
+}
+
+/// The 3-member spec the tests run, with `healing_mode` and 2 s probes, written atomically (the
+/// operator may be reading it).
+fn write_spec(path: &Path, healing_mode: &str) {
+    let spec = format!(
+        "apiVersion: mend.dev/v1alpha1\nkind: StorageCluster\nmetadata:\n  name: seed\n\
+         spec:\n  replicas: 3\n  healing:\n    mode: {healing_mode}\n    \
+         probeIntervalSeconds: 2\n    consecutiveProbes: 3\n"
+    );
+    let tmp = path.with_extension("yaml.tmp");
+    std::fs::write(&tmp, spec).expect("spec");
+    std::fs::rename(&tmp, path).expect("spec");
 }
 
 /// Every member answers, agrees (AuthRevision, HashKV) and the cluster is Available.

@@ -82,7 +82,12 @@ impl LogStore {
             path: dir.to_path_buf(),
             source,
         })?;
-        let db = Database::create(dir.join(LOG_FILE))?;
+        let path = dir.join(LOG_FILE);
+        let db = crate::backend::create_database(&path).map_err(|e| match e {
+            crate::backend::Error::Redb(e) => Error::Redb(e),
+            crate::backend::Error::Io { source, .. } => Error::Io { path, source },
+            other => Error::Engine(other),
+        })?;
         let txn = db.begin_write()?;
         txn.open_table(LOG)?;
         let found: Option<u64> = get_meta(&txn.open_table(META)?, key::FORMAT_VERSION)?;

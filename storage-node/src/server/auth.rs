@@ -87,6 +87,11 @@ impl Auth for Api {
         &self,
         _: Request<AuthStatusRequest>,
     ) -> Result<Response<AuthStatusResponse>, Status> {
+        if self.auth_status_fails() {
+            return Err(Status::unavailable(
+                "injected fault: --unsafe-test-fail-auth-status-if",
+            ));
+        }
         let (enabled, auth_revision) = self.node.store.auth_status();
         Ok(Response::new(AuthStatusResponse {
             header: self.current_header(),

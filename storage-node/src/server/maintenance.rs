@@ -34,6 +34,9 @@ impl Maintenance for Api {
         if status.unsafe_reproduce_etcd_11651 {
             errors.push("FAULT SWITCH ON: unsafe-reproduce-etcd-11651".to_string());
         }
+        if self.auth_status_fails() {
+            errors.push("TEST FAULT ON: unsafe-test-fail-auth-status-if".to_string());
+        }
         Ok(Response::new(StatusResponse {
             header: self.header(status.revision),
             version: VERSION.to_string(),

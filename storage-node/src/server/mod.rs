@@ -50,6 +50,8 @@ pub struct Api {
     bcrypt_cost: u32,
     max_request_bytes: usize,
     max_txn_ops: usize,
+    /// `--unsafe-test-fail-auth-status-if`, resolved.
+    fail_auth_status_if: Option<std::path::PathBuf>,
 }
 
 /// The etcd services on one router, ready to serve on a listener.
@@ -59,7 +61,17 @@ pub fn services(node: Arc<Node>, args: &ServeArgs) -> Router {
         bcrypt_cost: args.bcrypt_cost,
         max_request_bytes: args.max_request_bytes,
         max_txn_ops: args.max_txn_ops,
+        fail_auth_status_if: args
+            .unsafe_test_fail_auth_status_if
+            .as_ref()
+            .map(|file| args.data_dir().join(file)),
     };
+    if let Some(file) = &api.fail_auth_status_if {
+        tracing::warn!(
+            file = %file.display(),
+            "TEST FAULT ARMED: unsafe-test-fail-auth-status-if - AuthStatus fails while the file exists"
+        );
+    }
     let limit = args.max_request_bytes + GRPC_OVERHEAD_BYTES;
     tonic::transport::Server::builder()
         .add_service(KvServer::new(api.clone()).max_decoding_message_size(limit))
@@ -71,6 +83,13 @@ pub fn services(node: Arc<Node>, args: &ServeArgs) -> Router {
 }
 
 impl Api {
+    /// Whether the test fault `--unsafe-test-fail-auth-status-if` is on now.
+    fn auth_status_fails(&self) -> bool {
+        self.fail_auth_status_if
+            .as_ref()
+            .is_some_and(|f| f.exists())
+    }
+
     /// The caller's identity from the `token` metadata etcd clients send after Authenticate;
     /// `None` without a token.
     fn caller<T>(&self, request: &tonic::Request<T>) -> Result<Option<AuthInfo>, tonic::Status> {

@@ -1,0 +1,410 @@
+//! The healing loop, one pass at a time, for both drivers: observe every member (a probe
+//! round), assess the round ([`Healer`]: findings across rounds, the planner's decision, the
+//! backoff), decide (start a heal, rebuild a member that lost its data, or carry on with the
+//! heal in progress), run at most one step of it ([`Executor`], which re-checks the step's
+//! safety rules on this pass's observation), and hand back what to record. The Kubernetes
+//! controller and `operator local` differ only in their [`Platform`], in where they keep the
+//! [`Progress`] (the resource's status, or `heal.json`) and in how they tell what happened
+//! (Events, or log lines): nothing about deciding or sequencing a heal is written twice.
+//!
+//! A heal whose next step stays blocked by a safety rule for [`PAUSE_LIMIT`], or whose step
+//! does not finish within its [`step_limit`], is abandoned: nothing more is removed, and only
+//! the steps that bring back a member already taken out still run. A heal paused because the
+//! mode is no longer `Automatic` waits for the mode, however long.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use crds::{HealingStatus, StorageClusterSpec};
+use k8s_openapi::jiff::Timestamp;
+
+use crate::detector::Round;
+use crate::executor::{Executor, Outcome, Pause, Progress};
+use crate::healer::{Assessment, Healer};
+use crate::members::{Credentials, Members};
+use crate::metrics::HealMetrics;
+use crate::planner::{self, Decision, Member, Mode, Step};
+use crate::platform::Platform;
+use crate::probe::{Scope, Target};
+use crate::status;
+
+/// How long a safety rule may keep the next step blocked before the heal is abandoned.
+pub const PAUSE_LIMIT: Duration = Duration::from_secs(15 * 60);
+
+/// How long one step may run (waiting for the cluster, or retrying failed calls) before the
+/// heal is abandoned: pods take time to go, and a large member takes time to catch up.
+pub fn step_limit(step: &Step) -> Duration {
+    match step {
+        Step::Remove { .. } | Step::Backup { .. } | Step::AddLearner { .. } => {
+            Duration::from_secs(10 * 60)
+        }
+        Step::WaitCaughtUp { .. } => Duration::from_secs(30 * 60),
+        Step::MoveLeader { .. } | Step::Promote { .. } | Step::Verify { .. } => {
+            Duration::from_secs(5 * 60)
+        }
+    }
+}
+
+/// Something worth telling a user (a Kubernetes Event, a log line locally).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Note {
+    /// A warning rather than a normal event.
+    pub warning: bool,
+    /// `HealStarted`, `HealStep`, `HealPaused`, `Healed` or `HealFailed`.
+    pub reason: &'static str,
+    /// What happened, in words.
+    pub message: String,
+}
+
+impl Note {
+    fn normal(reason: &'static str, message: String) -> Note {
+        Note {
+            warning: false,
+            reason,
+            message,
+        }
+    }
+
+    fn warning(reason: &'static str, message: String) -> Note {
+        Note {
+            warning: true,
+            reason,
+            message,
+        }
+    }
+}
+
+/// Timings of a heal that ended.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct HealTimes {
+    /// From the first round showing the divergence to the decision to heal.
+    pub detection: Duration,
+    /// From the heal's start to its end.
+    pub heal: Duration,
+    /// Members rebuilt.
+    pub rebuilt: usize,
+}
+
+/// One cluster, as a driver hands it to a pass.
+pub struct Cluster<'a, P: Platform> {
+    /// The cluster's name (labels its metrics).
+    pub name: &'a str,
+    /// Its spec.
+    pub spec: &'a StorageClusterSpec,
+    /// Its members, in order, as the prober reaches them.
+    pub targets: Vec<Target>,
+    /// Where they live.
+    pub platform: &'a mut P,
+    /// Their etcd API.
+    pub members: &'a dyn Members,
+    /// The root user's, when auth is on.
+    pub credentials: Credentials,
+    /// Where healing metrics go.
+    pub metrics: &'a HealMetrics,
+}
+
+/// What one pass saw, decided and did: the driver records `progress`, builds the status from
+/// the rest and tells the `notes`.
+#[derive(Debug)]
+pub struct Pass {
+    /// The probe round taken at the start of the pass.
+    pub round: Round,
+    /// What the healer made of it.
+    pub assessment: Assessment,
+    /// The heal in progress after this pass (`None`: none).
+    pub progress: Option<Progress>,
+    /// What happened, in order.
+    pub notes: Vec<Note>,
+    /// A heal that ended in this pass, and whether it succeeded.
+    pub ended: Option<(bool, HealTimes)>,
+    /// The healing part of the status.
+    pub healing: HealingStatus,
+}
+
+impl Pass {
+    /// Whether a heal is in progress (the driver comes back soon rather than after the probe
+    /// interval).
+    pub fn busy(&self) -> bool {
+        self.progress.is_some()
+    }
+}
+
+/// Runs one pass of the loop over `cluster`; `progress` is the heal recorded so far, `lost` the
+/// members the platform found without their data.
+pub async fn pass<P: Platform>(
+    mut cluster: Cluster<'_, P>,
+    healer: &mut Healer,
+    progress: Option<Progress>,
+    lost: &[String],
+) -> Pass {
+    let now = Timestamp::now();
+    let mode = Mode::of(cluster.spec.healing.mode);
+    let scope = Scope::for_mode(cluster.spec.healing.mode);
+    let round = cluster
+        .members
+        .probe(
+            cluster.name.to_string(),
+            cluster.targets.clone(),
+            cluster.credentials.clone(),
+            scope,
+        )
+        .await;
+    let assessment = if mode == Mode::Disabled {
+        Assessment::quiet()
+    } else {
+        healer.observe(round.clone(), now)
+    };
+    let mut notes = Vec::new();
+    let resumed = progress.is_some();
+    let mut progress = progress;
+    if progress.is_none() && mode == Mode::Automatic {
+        if let Some(rebuild) = plan_rebuild(&cluster, &round, lost).await {
+            notes.push(Note::warning(
+                "HealStarted",
+                format!(
+                    "{} lost its data: rebuilding it as a new member from {:x}: {}",
+                    lost.first().map(String::as_str).unwrap_or(""),
+                    rebuild.plan.source,
+                    status::describe_plan(&rebuild.plan).join(", ")
+                ),
+            ));
+            tracing::warn!(member = ?lost.first(), "member lost its data: rebuilding it as a new member");
+            healer.heal_started(now);
+            progress = Some(rebuild);
+        } else if let Decision::Heal(plan) = &assessment.decision {
+            let detection = healer
+                .diverged_since()
+                .map(|since| now.duration_since(since).unsigned_abs())
+                .unwrap_or_default();
+            tracing::warn!(findings = ?assessment.findings, ?detection, "divergence confirmed: healing");
+            cluster.metrics.detected(cluster.name, detection);
+            notes.push(Note::normal(
+                "HealStarted",
+                format!(
+                    "rebuilding from {:x}: {}",
+                    plan.source,
+                    status::describe_plan(plan).join(", ")
+                ),
+            ));
+            let names = round
+                .members
+                .iter()
+                .filter(|o| o.member != 0)
+                .map(|o| (o.member, o.name.clone()))
+                .collect();
+            healer.heal_started(now);
+            healer.detection = Some(detection);
+            progress = Some(Progress::new(plan.clone(), names, now.as_second()));
+        }
+    }
+    let mut ended = None;
+    // A heal decided in this pass is recorded and told before anything acts: its first step
+    // runs in the next pass, on a fresh observation.
+    if resumed && let Some(mut heal) = progress.take() {
+        if mode == Mode::Automatic {
+            step(&mut cluster, &mut heal, &round, &mut notes, now).await;
+        } else {
+            let why = format!(
+                "healing mode is {:?}: the heal waits for Automatic",
+                cluster.spec.healing.mode
+            );
+            pause(&mut heal, why, &mut notes, now);
+        }
+        match finish(&mut heal, mode, now) {
+            None => progress = Some(heal),
+            Some(result) => {
+                let took = match healer.started {
+                    Some(start) => now.duration_since(start).unsigned_abs(),
+                    // Resumed after a restart: the record's start, to the second.
+                    None => Duration::from_secs(
+                        now.as_second().saturating_sub(heal.started).unsigned_abs(),
+                    ),
+                };
+                let times = HealTimes {
+                    detection: healer.detection.take().unwrap_or_default(),
+                    heal: took,
+                    rebuilt: heal.rebuilt(),
+                };
+                cluster
+                    .metrics
+                    .heal_finished(cluster.name, result.is_ok(), took);
+                notes.push(match &result {
+                    Ok(()) => Note::normal("Healed", format!("succeeded at {now}")),
+                    Err(why) => Note::warning("HealFailed", format!("failed at {now}: {why}")),
+                });
+                tracing::info!(?result, ?took, "heal ended");
+                ended = Some((result.is_ok(), times));
+                healer.heal_finished(now, result);
+            }
+        }
+    }
+    let healing = healing_status(healer, progress.as_ref());
+    Pass {
+        round,
+        assessment,
+        progress,
+        notes,
+        ended,
+        healing,
+    }
+}
+
+/// Runs (or looks again at) the next step of `heal`.
+async fn step<P: Platform>(
+    cluster: &mut Cluster<'_, P>,
+    heal: &mut Progress,
+    round: &Round,
+    notes: &mut Vec<Note>,
+    now: Timestamp,
+) {
+    let index = heal.next;
+    let total = heal.plan.steps.len();
+    let described = status::describe_plan(&heal.plan);
+    heal.step_started.get_or_insert(now.as_second());
+    let mut executor = Executor {
+        platform: &mut *cluster.platform,
+        members: cluster.members,
+        credentials: cluster.credentials.clone(),
+        replicas: usize::try_from(cluster.spec.replicas).unwrap_or_default(),
+        max_lag: crate::detector::Tolerance::default().max_lag,
+    };
+    match executor.step(heal, round).await {
+        Outcome::Done(what) => notes.push(Note::normal(
+            "HealStep",
+            format!(
+                "step {} of {total} done: {}: {what}",
+                index + 1,
+                described.get(index).map(String::as_str).unwrap_or("")
+            ),
+        )),
+        Outcome::Waiting(_) => {}
+        Outcome::Blocked(why) => pause(heal, why, notes, now),
+    }
+}
+
+/// Records that a safety rule (or the mode) keeps `heal` from going on, telling it when the
+/// reason is new; the pause keeps the time it began while reasons change.
+fn pause(heal: &mut Progress, why: String, notes: &mut Vec<Note>, now: Timestamp) {
+    if heal.paused.as_ref().is_none_or(|p| p.why != why) {
+        notes.push(Note::warning(
+            "HealPaused",
+            format!(
+                "step {} of {} waits: {why}",
+                heal.next + 1,
+                heal.plan.steps.len()
+            ),
+        ));
+    }
+    let since = heal.paused.as_ref().map_or(now.as_second(), |p| p.since);
+    heal.paused = Some(Pause { since, why });
+}
+
+/// Whether `heal` is over: `Some(Ok)` when every step ran, `Some(Err)` when it was abandoned
+/// and nothing of it is left to run. A heal past its limits is abandoned here.
+fn finish(heal: &mut Progress, mode: Mode, now: Timestamp) -> Option<Result<(), String>> {
+    if heal.done() {
+        return Some(match heal.abandoned.clone() {
+            None => Ok(()),
+            Some(why) => Err(why),
+        });
+    }
+    let step = heal.step()?.clone();
+    let paused_for = heal
+        .paused
+        .as_ref()
+        .map(|p| now.as_second().saturating_sub(p.since).unsigned_abs());
+    let running_for = heal
+        .step_started
+        .map(|s| now.as_second().saturating_sub(s).unsigned_abs());
+    let reason = match (paused_for, running_for) {
+        // A heal the user paused through the mode waits as long as the user wants.
+        _ if mode != Mode::Automatic => None,
+        (Some(paused), _) if paused > PAUSE_LIMIT.as_secs() => Some(format!(
+            "{} for {paused} s: {}",
+            step.action(),
+            heal.paused.as_ref().map(|p| p.why.as_str()).unwrap_or("")
+        )),
+        (_, Some(running)) if running > step_limit(&step).as_secs() => Some(format!(
+            "{} did not finish within {} s",
+            step.action(),
+            step_limit(&step).as_secs()
+        )),
+        _ => None,
+    };
+    if let Some(why) = reason
+        && heal.abandoned.is_none()
+    {
+        tracing::error!(why, "heal abandoned: nothing more is removed");
+        heal.abandon(format!("abandoned at step {} ({why})", heal.next + 1));
+        if heal.done() {
+            return heal.abandoned.clone().map(Err);
+        }
+    }
+    None
+}
+
+/// Plans the rebuild of the first member in `lost` (its data is gone: it can only come back as
+/// a new member) from the leader, when the other members allow it.
+async fn plan_rebuild<P: Platform>(
+    cluster: &Cluster<'_, P>,
+    round: &Round,
+    lost: &[String],
+) -> Option<Progress> {
+    let lost = lost.first()?;
+    let leader = round.members.iter().find(|o| o.reachable && o.is_leader)?;
+    let leader_endpoint = cluster.platform.endpoint(&leader.name).ok()?;
+    let peer = cluster.platform.peer_url(lost).ok()?;
+    let listed = match cluster
+        .members
+        .member_list(leader_endpoint, cluster.credentials.clone())
+        .await
+    {
+        Ok(listed) => listed,
+        Err(e) => {
+            tracing::debug!(error = %e, "member list for a rebuild");
+            return None;
+        }
+    };
+    let Some(id) = listed
+        .iter()
+        .find(|l| l.peer_urls.contains(&peer))
+        .map(|l| l.id)
+    else {
+        tracing::warn!(member = %lost, "not a member of the cluster; leaving it stopped");
+        return None;
+    };
+    let mut names = BTreeMap::new();
+    let members: Vec<Member> = round
+        .members
+        .iter()
+        .map(|o| {
+            let id = if o.name == *lost { id } else { o.member };
+            names.insert(id, o.name.clone());
+            Member {
+                id,
+                ..Member::observed(o)
+            }
+        })
+        .collect();
+    match planner::rebuild_lost(id, &members) {
+        Ok(plan) => Some(Progress::new(plan, names, Timestamp::now().as_second())),
+        Err(why) => {
+            tracing::debug!(member = %lost, why, "not rebuilding yet");
+            None
+        }
+    }
+}
+
+/// The healing part of the status: the plan and its step while a heal runs, how the last one
+/// ended, how many have run, and the record a restarted operator resumes from.
+pub fn healing_status(healer: &Healer, progress: Option<&Progress>) -> HealingStatus {
+    HealingStatus {
+        plan: progress
+            .map(|p| status::describe_plan(&p.plan))
+            .unwrap_or_default(),
+        step: progress.filter(|p| !p.done()).map(|p| p.next as u32),
+        last_result: healer.last_result.clone(),
+        count: healer.heals,
+        progress: progress.map(Progress::to_status),
+    }
+}
