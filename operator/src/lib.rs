@@ -1,21 +1,21 @@
 //! Mend's operator: runs, watches and heals `StorageCluster`s.
 //!
 //! # Layout
-//! The healing loop is probe → detector → planner → executor, the same on Kubernetes and for
-//! local processes:
-//! - [`probe`]: one probe round of every member over the etcd v3 API ([`client`]: channels and
-//!   tokens).
-//! - [`detector`]: probe rounds in, findings out (AuthRevision drift, divergence, lagging and
-//!   unreachable members), with tolerance for changes still in flight.
-//! - [`planner`]: findings and members in, a recovery plan (or a reason to wait) out.
-//! - [`healer`]: the loop's memory between rounds (evidence, backoff when drift returns).
-//! - [`executor`]: runs a plan one idempotent step at a time, resumable from its progress.
-//! - [`platform`]: where members live: [`platform::local`] (processes) or [`platform::kube`]
-//!   (pods and volumes).
-//! - [`status`]: observations and decisions to the resource's status; [`metrics`]: healing
-//!   metrics; [`bootstrap`]: turning auth on.
-//! - [`controller`]: the Kubernetes controller (`operator run`); [`supervisor`]: `operator
-//!   local`; [`demo`]: `operator demo`.
+//! One healing loop, [`healing`], serves both drivers: each pass probes every member, assesses
+//! the round, decides, runs at most one step of a heal and hands back what to record.
+//! - Pure decision code: [`detector`] (probe rounds in, findings out, tolerant of changes still
+//!   in flight), [`planner`] (findings in, a recovery plan or a reason to wait out, and the
+//!   safety rules each step is held to right before it runs), [`healer`] (the loop's memory
+//!   between passes: evidence, backoff when drift returns), [`status`] (observations and
+//!   decisions to the resource's status).
+//! - I/O that observes and acts: [`probe`] (one probe round of every member; what could not be
+//!   observed stays unknown), [`members`] (the etcd API seam: probes, auth bootstrap,
+//!   membership changes; [`client`]: channels and tokens), [`executor`] (one step of a plan at
+//!   a time, each re-checked on a fresh observation), [`platform`] (where members live:
+//!   [`platform::local`] processes or [`platform::kube`] pods and volumes), [`bootstrap`]
+//!   (turning auth on), [`metrics`] (healing metrics).
+//! - Drivers: [`controller`] (Kubernetes, `operator run`) and [`supervisor`] (`operator
+//!   local`), with [`demo`] (`operator demo`) on top of the supervisor.
 //! - [`yaml`]: strict YAML parsing; [`crd_yaml`]: the `StorageCluster` CRD as YAML, for
 //!   `manifests/crd.yaml`.
 

@@ -149,7 +149,7 @@ impl<'a> Reconciler<'a> {
             .and_then(|h| h.progress.as_ref())
             .and_then(Progress::from_status);
         let held_out = resumed.as_ref().map(Progress::held_out).unwrap_or_default();
-        self.apply_children(&live, &held_out).await?;
+        let lost = self.apply_children(&live, &held_out).await?;
 
         let names = resources::member_names(self.cluster);
         let endpoints: Vec<String> = names
@@ -179,7 +179,7 @@ impl<'a> Reconciler<'a> {
             },
             &mut healer,
             resumed,
-            &[],
+            &lost,
         )
         .await;
         self.put_healer(healer);
@@ -430,7 +430,10 @@ impl<'a> Reconciler<'a> {
     }
 
     /// Creates missing children and updates changed Services and the PodDisruptionBudget.
-    async fn apply_children(&self, live: &Live, held_out: &[String]) -> Result<()> {
+    /// Returns the members that lost their volume: a member that ran (the status knows its ID)
+    /// and whose claim is gone gets a new, empty claim marked for a rebuild and no pod; the
+    /// healing loop rebuilds it as a new member, and only its rejoin starts the pod.
+    async fn apply_children(&self, live: &Live, held_out: &[String]) -> Result<Vec<String>> {
         let cluster = self.cluster;
         self.apply_if_changed(&live.services, &resources::peer_service(cluster))
             .await?;
@@ -446,13 +449,37 @@ impl<'a> Reconciler<'a> {
             .filter(|m| live.pvcs.contains_key(&resources::pvc_name(m)))
             .map(String::as_str)
             .collect();
+        let ran: BTreeSet<&str> = cluster
+            .status
+            .iter()
+            .flat_map(|s| &s.members)
+            .filter(|m| !m.member_id.is_empty())
+            .map(|m| m.name.as_str())
+            .collect();
         let mut created = Vec::new();
+        let mut lost = Vec::new();
         for member in &names {
             let state = resources::start_state(member, &with_data);
-            if !live.pvcs.contains_key(&resources::pvc_name(member)) {
-                self.apply(&pvcs, &resources::pvc(cluster, member)).await?;
+            match live.pvcs.get(&resources::pvc_name(member)) {
+                None => {
+                    let mut pvc = resources::pvc(cluster, member);
+                    if ran.contains(member.as_str()) {
+                        warn!(member = %member, "the member's volume is gone: it will be rebuilt as a new member");
+                        pvc.metadata
+                            .labels
+                            .get_or_insert_default()
+                            .insert(resources::REBUILD_LABEL.to_string(), "true".to_string());
+                        lost.push(member.clone());
+                    }
+                    self.apply(&pvcs, &pvc).await?;
+                }
+                Some(meta) if resources::awaits_rebuild(meta) => lost.push(member.clone()),
+                Some(_) => {}
             }
-            if !live.pods.contains_key(member) && !held_out.contains(member) {
+            if !live.pods.contains_key(member)
+                && !held_out.contains(member)
+                && !lost.contains(member)
+            {
                 self.apply(&pods, &resources::member_pod(cluster, member, state))
                     .await?;
                 created.push(member.clone());
@@ -468,7 +495,7 @@ impl<'a> Reconciler<'a> {
             )
             .await?;
         }
-        Ok(())
+        Ok(lost)
     }
 
     async fn bootstrap_auth(&self, endpoints: &[String], user: &str, password: &str) -> Result<()> {

@@ -40,6 +40,16 @@ pub const DATA_DIR: &str = "/var/lib/mend/data";
 pub const APPLIED_HASH: &str = "mend.dev/applied-hash";
 /// Label naming the member a pod or volume belongs to.
 pub const MEMBER_LABEL: &str = "mend.dev/member";
+/// On a member's new volume claim after its old one was lost: the member must be rebuilt as a
+/// new member (removed, re-added as a learner) before its pod starts. Removed when it rejoins.
+pub const REBUILD_LABEL: &str = "mend.dev/rebuild";
+
+/// Whether a volume claim (its metadata) awaits the rebuild of its member.
+pub fn awaits_rebuild(meta: &ObjectMeta) -> bool {
+    meta.labels
+        .as_ref()
+        .is_some_and(|l| l.contains_key(REBUILD_LABEL))
+}
 /// User the members run as (no root in the container).
 const MEMBER_UID: i64 = 65532;
 

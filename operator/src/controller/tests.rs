@@ -802,6 +802,84 @@ async fn a_remove_that_would_cost_quorum_is_not_made() {
 }
 
 #[tokio::test]
+async fn a_member_whose_volume_was_deleted_gets_an_empty_marked_claim_and_a_rebuild() {
+    let applied = first_reconcile().await;
+    let mut running = cluster("demo", 3);
+    let mut status: crds::StorageClusterStatus =
+        serde_json::from_value(applied.status.clone()).expect("status");
+    for (m, id) in status.members.iter_mut().zip(["11", "22", "33"]) {
+        m.member_id = id.to_string();
+    }
+    running.status = Some(status);
+    let (ctx, mut verifier, members) = Context::test();
+    members.auth_enabled.store(true, Ordering::SeqCst);
+    *members.round.lock().expect("round") = Round {
+        members: vec![
+            observation(0x11, false, 7),
+            crate::detector::Observation::unreachable("demo-1", "connect: refused"),
+            observation(0x33, true, 7),
+        ],
+    };
+    *members.listed.lock().expect("listed") =
+        [(0x11, "demo-0"), (0x22, "demo-1"), (0x33, "demo-2")]
+            .map(|(id, n)| crate::planner::Listed {
+                id,
+                peer_urls: vec![format!("http://{n}.demo-peer.default.svc:2380")],
+                is_learner: false,
+            })
+            .to_vec();
+    // demo-1's pod and claim are gone (the volume was lost with its node).
+    let mut live = applied.clone();
+    live.children.retain(|(list, o)| {
+        !(matches!(*list, "pods" | "persistentvolumeclaims")
+            && (o["metadata"]["name"] == "demo-1" || o["metadata"]["name"] == "data-demo-1"))
+    });
+    let server = tokio::spawn(async move {
+        verifier.reads(&live).await;
+        let claim = verifier
+            .expect(
+                Method::PATCH,
+                &format!("{NS}/persistentvolumeclaims/data-demo-1"),
+            )
+            .await;
+        let body = claim.body.clone();
+        claim.echo();
+        // No pod for demo-1: it may only start when the rebuild adds it back.
+        let recorded = verifier.status().await;
+        verifier.event("HealStarted", "Warning").await;
+        (body, recorded, verifier)
+    });
+    reconcile_in_time(running, &ctx).await.expect("reconcile");
+    drop(ctx);
+    let (claim, recorded, verifier) = server.await.expect("scenario");
+    verifier.no_more_requests().await;
+    assert_eq!(claim["metadata"]["labels"]["mend.dev/rebuild"], "true");
+    let steps: Vec<&str> = recorded["healing"]["progress"]["steps"]
+        .as_array()
+        .expect("a recorded plan")
+        .iter()
+        .filter_map(|s| s["action"].as_str())
+        .collect();
+    assert_eq!(
+        steps,
+        [
+            "Remove",
+            "Backup",
+            "AddLearner",
+            "WaitCaughtUp",
+            "Promote",
+            "Verify"
+        ]
+    );
+    assert_eq!(recorded["healing"]["progress"]["steps"][0]["member"], "22");
+    assert_eq!(recorded["healing"]["progress"]["source"], "33");
+    assert!(
+        members.calls.lock().expect("calls").is_empty(),
+        "recorded, not run yet"
+    );
+}
+
+#[tokio::test]
 async fn resizing_a_running_cluster_is_refused_with_what_to_do_and_changes_nothing() {
     let applied = first_reconcile().await;
     let mut resized = cluster("demo", 5);

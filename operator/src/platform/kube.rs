@@ -7,7 +7,7 @@
 //! a pod. Every operation is idempotent, so a resumed heal may repeat the step it was in.
 
 use crds::StorageCluster;
-use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod};
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use kube::{Client, ResourceExt};
 
@@ -143,6 +143,20 @@ impl Platform for KubePlatform {
 
     async fn start_joining(&mut self, name: &str) -> Result<()> {
         self.known(name)?;
+        // First, so a claim still marked never makes the loop rebuild a member that rejoined.
+        let claim = resources::pvc_name(name);
+        let unmark =
+            serde_json::json!({ "metadata": { "labels": { resources::REBUILD_LABEL: null } } });
+        Api::<PersistentVolumeClaim>::namespaced(
+            self.client.clone(),
+            &self.cluster.namespace().unwrap_or_default(),
+        )
+        .patch(&claim, &PatchParams::default(), &Patch::Merge(&unmark))
+        .await
+        .map_err(|source| Error::Kube {
+            object: format!("persistentvolumeclaim {claim}"),
+            source: Box::new(source),
+        })?;
         let pod = resources::member_pod(&self.cluster, name, ClusterState::Existing);
         self.pods()
             .patch(
@@ -352,9 +366,27 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn start_joining_applies_the_members_pod_to_join_the_running_cluster() {
+    async fn start_joining_unmarks_the_claim_then_applies_the_members_pod_to_join() {
         let (mut platform, mut server) = platform();
         let api = tokio::spawn(async move {
+            let unmarked = server
+                .expect(
+                    Method::PATCH,
+                    "/api/v1/namespaces/default/persistentvolumeclaims/data-demo-1",
+                )
+                .await;
+            assert!(
+                unmarked.body["metadata"]["labels"]["mend.dev/rebuild"].is_null()
+                    && unmarked.body["metadata"]["labels"]
+                        .as_object()
+                        .is_some_and(|l| l.contains_key("mend.dev/rebuild")),
+                "the rebuild mark is removed: {}",
+                unmarked.body
+            );
+            unmarked.ok(&json!({
+                "apiVersion": "v1", "kind": "PersistentVolumeClaim",
+                "metadata": { "name": "data-demo-1", "namespace": "default", "labels": {} },
+            }));
             let applied = server
                 .expect(Method::PATCH, &format!("{PODS}/demo-1"))
                 .await;

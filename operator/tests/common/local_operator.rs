@@ -34,6 +34,8 @@ pub struct LocalOperator {
     node_args: Vec<String>,
     metrics_port: u16,
     engine: PathBuf,
+    /// Extra `spec.healing` lines.
+    healing: String,
 }
 
 impl LocalOperator {
@@ -54,6 +56,16 @@ impl LocalOperator {
         LocalOperator::start_on(storage_node_bin(), healing_mode, fault_switch, extra)
     }
 
+    /// As [`LocalOperator::start_with`], with `healing` (YAML lines under `spec.healing`)
+    /// added to the spec.
+    pub fn start_with_healing(
+        healing_mode: &str,
+        healing: &str,
+        fault_switch: bool,
+    ) -> LocalOperator {
+        LocalOperator::start_full(storage_node_bin(), healing_mode, healing, fault_switch, &[])
+    }
+
     /// `operator local` running `engine` (storage-node, or etcd itself) as its members.
     pub fn start_on(
         engine: PathBuf,
@@ -61,9 +73,19 @@ impl LocalOperator {
         fault_switch: bool,
         extra: &[&str],
     ) -> LocalOperator {
+        LocalOperator::start_full(engine, healing_mode, "", fault_switch, extra)
+    }
+
+    fn start_full(
+        engine: PathBuf,
+        healing_mode: &str,
+        healing: &str,
+        fault_switch: bool,
+        extra: &[&str],
+    ) -> LocalOperator {
         let work = tempfile::tempdir().expect("workdir");
         let spec = work.path().join("cluster.yaml");
-        write_spec(&spec, healing_mode);
+        write_spec(&spec, healing_mode, healing);
         let mut node_args = [
             "--bcrypt-cost=4",
             "--heartbeat-interval=50",
@@ -82,6 +104,7 @@ impl LocalOperator {
             node_args,
             metrics_port: free_port(),
             engine,
+            healing: healing.to_string(),
         };
         op.spawn();
         op
@@ -94,7 +117,7 @@ impl LocalOperator {
     /// Changes `spec.healing.mode` in the spec file, as a user would; the operator reads it
     /// again.
     pub fn set_healing_mode(&self, mode: &str) {
-        write_spec(&self.spec, mode);
+        write_spec(&self.spec, mode, &self.healing);
     }
 
     /// The heal in progress as `heal.json` records it.
@@ -288,13 +311,13 @@ impl Drop for LocalOperator {
     }
 }
 
-/// The 3-member spec the tests run, with `healing_mode` and 2 s probes, written atomically (the
-/// operator may be reading it).
-fn write_spec(path: &Path, healing_mode: &str) {
+/// The 3-member spec the tests run, with `healing_mode`, 2 s probes and `healing` (more YAML
+/// lines under `spec.healing`), written atomically (the operator may be reading it).
+fn write_spec(path: &Path, healing_mode: &str, healing: &str) {
     let spec = format!(
         "apiVersion: mend.dev/v1alpha1\nkind: StorageCluster\nmetadata:\n  name: seed\n\
          spec:\n  replicas: 3\n  healing:\n    mode: {healing_mode}\n    \
-         probeIntervalSeconds: 2\n    consecutiveProbes: 3\n"
+         probeIntervalSeconds: 2\n    consecutiveProbes: 3\n{healing}"
     );
     let tmp = path.with_extension("yaml.tmp");
     std::fs::write(&tmp, spec).expect("spec");
