@@ -75,8 +75,10 @@ pub struct StorageClusterSpec {
     #[x_kube(validation = Rule::new("self % 2 == 1").message("replicas must be odd (1, 3, 5 or 7) so a majority survives a member loss"))]
     #[schemars(range(min = 1, max = 7))]
     pub replicas: i32,
-    /// storage-node container image. The default names no published image yet: it is a
-    /// placeholder, so set this to where you push a storage-node build.
+    /// storage-node container image. The default, `ghcr.io/mend-dev/storage-node:<version>`,
+    /// carries the operator's own version; no registry publishes it yet, so
+    /// build it (`docker build --target storage-node`) and push it or load it into the cluster
+    /// under that name, or set this to where you push a storage-node build.
     #[serde(default = "default_image")]
     #[schemars(length(min = 1))]
     pub image: String,
@@ -389,9 +391,16 @@ fn default_replicas() -> i32 {
     3
 }
 
+/// The storage-node image a `StorageCluster` runs by default: the one built from the same
+/// version of the workspace as the operator (a version tag, so a node never pulls a newer
+/// `latest` than the operator knows, and kind-loaded images are used without a pull).
+pub const DEFAULT_IMAGE: &str = concat!(
+    "ghcr.io/mend-dev/storage-node:",
+    env!("CARGO_PKG_VERSION")
+);
+
 fn default_image() -> String {
-    // A placeholder: no registry publishes this image yet (see the field's documentation).
-    "ghcr.io/mend-dev/storage-node:latest".to_string()
+    DEFAULT_IMAGE.to_string()
 }
 
 fn default_storage_size() -> String {

@@ -41,7 +41,10 @@ fn cel_messages(new: &StorageCluster, old: Option<&StorageCluster>) -> Vec<Strin
 fn an_empty_spec_gets_the_documented_defaults() {
     let spec: StorageClusterSpec = serde_json::from_value(json!({})).expect("parses");
     assert_eq!(spec.replicas, 3);
-    assert_eq!(spec.image, "ghcr.io/mend-dev/storage-node:latest");
+    assert_eq!(
+        spec.image,
+        format!("ghcr.io/mend-dev/storage-node:{}", env!("CARGO_PKG_VERSION"))
+    );
     assert_eq!(spec.storage.size, "1Gi");
     assert_eq!(spec.storage.storage_class_name, None);
     assert_eq!(spec.resources, None);
@@ -58,10 +61,7 @@ fn an_empty_spec_gets_the_documented_defaults() {
 fn the_schema_states_the_same_defaults_the_api_server_applies() {
     let spec = &schema()["properties"]["spec"]["properties"];
     assert_eq!(spec["replicas"]["default"], 3);
-    assert_eq!(
-        spec["image"]["default"],
-        "ghcr.io/mend-dev/storage-node:latest"
-    );
+    assert_eq!(spec["image"]["default"], DEFAULT_IMAGE);
     assert_eq!(spec["storage"]["default"], json!({"size": "1Gi"}));
     assert_eq!(spec["auth"]["default"], json!({"enabled": true}));
     assert_eq!(

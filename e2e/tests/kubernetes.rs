@@ -1,17 +1,17 @@
-//! The operator on a real Kubernetes cluster: install `manifests/` (what `kubectl apply -k
-//! manifests/` installs), create a three-member `StorageCluster` in a fresh namespace, and wait
-//! until it reports `Available`.
+//! The operator on a real Kubernetes cluster: install `manifests/` (the CRD, then what `kubectl
+//! apply -k manifests/` installs), create a three-member `StorageCluster` in a fresh namespace,
+//! and wait until it reports `Available`.
 //!
-//! Needs a cluster reachable through `KUBECONFIG` (kind works) and images it can pull; run with
+//! Needs a cluster reachable through `KUBECONFIG` (kind works) holding the images under their
+//! default, versioned names (README, "Kubernetes": `docker build --target operator|storage-node`
+//! and `kind load docker-image`); then it runs with
 //!
 //! ```sh
-//! MEND_OPERATOR_IMAGE=... MEND_STORAGE_NODE_IMAGE=... \
-//!   cargo test -p e2e --test kubernetes -- --ignored --nocapture
+//! cargo test -p e2e --test kubernetes -- --ignored --nocapture
 //! ```
 //!
-//! (images built from the repository's Dockerfile; with kind, `kind load docker-image` them and
-//! use a tag other than `latest` so they are not pulled). Without a reachable cluster the test
-//! prints why and passes.
+//! `MEND_OPERATOR_IMAGE` and `MEND_STORAGE_NODE_IMAGE` name other images. Without a reachable
+//! cluster the test prints why and passes.
 
 use std::path::Path;
 use std::time::{Duration, Instant};

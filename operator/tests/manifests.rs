@@ -163,6 +163,21 @@ fn the_operator_runs_two_hardened_replicas_with_health_probes() {
     );
 }
 
+#[test]
+fn the_operator_image_carries_the_workspace_version_as_the_storage_node_default_does() {
+    let [deployment]: [Deployment; 1] = of_kind("Deployment").try_into().expect("one Deployment");
+    let pod = deployment.spec.template.spec.expect("pod spec");
+    let version = env!("CARGO_PKG_VERSION");
+    assert_eq!(
+        pod.containers[0].image.as_deref(),
+        Some(format!("ghcr.io/mend-dev/operator:{version}").as_str())
+    );
+    assert_eq!(
+        crds::DEFAULT_IMAGE,
+        format!("ghcr.io/mend-dev/storage-node:{version}")
+    );
+}
+
 /// (verb, group, resource) triples a rule grants; wildcards fail the test.
 fn grants(rules: &[PolicyRule]) -> BTreeSet<(String, String, String)> {
     let mut out = BTreeSet::new();

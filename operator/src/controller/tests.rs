@@ -271,7 +271,7 @@ async fn first_reconcile_creates_exactly_the_expected_children_with_owner_refere
     let pods = applied.items("pods");
     let pod = &pods[0];
     let container = &pod["spec"]["containers"][0];
-    assert_eq!(container["image"], "ghcr.io/mend-dev/storage-node:latest");
+    assert_eq!(container["image"], crds::DEFAULT_IMAGE);
     assert_eq!(container["command"], json!(["storage-node"]));
     let args: Vec<&str> = container["args"]
         .as_array()
