@@ -29,7 +29,7 @@ use serde::Serialize;
 pub const CLIENT_PORT: i32 = 2379;
 /// Peer (raft) port of every member (etcd's).
 pub const PEER_PORT: i32 = 2380;
-/// `/metrics`, `/health` and `/readyz` of every member.
+/// `/metrics`, `/health`, `/readyz` and `/livez` of every member.
 pub const METRICS_PORT: i32 = 2381;
 /// Where the member's volume is mounted.
 pub const DATA_MOUNT: &str = "/var/lib/mend";
@@ -107,6 +107,7 @@ pub fn backup_pod(cluster: &StorageCluster, member: &str, backup: &str) -> Pod {
             container.ports = None;
             container.readiness_probe = None;
             container.liveness_probe = None;
+            container.startup_probe = None;
         }
     }
     pod
@@ -434,12 +435,16 @@ pub fn member_pod(cluster: &StorageCluster, member: &str, state: ClusterState) -
             container_port("peer", PEER_PORT),
             container_port("metrics", METRICS_PORT),
         ]),
+        // Ready: the member has a leader, so it serves (the client Service sends it clients).
         readiness_probe: Some(http_probe("/readyz", 5, 3)),
-        liveness_probe: Some(Probe {
-            // A member replaying its log after a restart is alive but slow to answer at first.
-            initial_delay_seconds: Some(15),
-            ..http_probe("/health", 10, 6)
-        }),
+        // Alive: the process answers, leader or not. A member without a leader is waiting
+        // for its peers (starting together, a slow volume, a quorum loss); restarting it
+        // brings no leader back and makes a quorum loss longer, as etcd-druid's members
+        // know (liveness there does not need a leader either).
+        liveness_probe: Some(http_probe("/livez", 10, 6)),
+        // Until the first answer, liveness waits: opening the database and replaying the log
+        // after a restart may take minutes on a large member (up to 30 × 10 s here).
+        startup_probe: Some(http_probe("/livez", 10, 30)),
         resources: cluster.spec.resources.clone(),
         volume_mounts: Some(vec![VolumeMount {
             name: "data".to_string(),
@@ -644,6 +649,39 @@ mod tests {
         placed.spec.placement.affinity = Some(Affinity::default());
         let pod = member_pod(&placed, "demo-0", ClusterState::New);
         assert_eq!(pod.spec.and_then(|s| s.affinity), Some(Affinity::default()));
+    }
+
+    #[test]
+    fn liveness_asks_only_whether_the_member_answers_and_readiness_asks_for_a_leader() {
+        let pod = member_pod(&cluster("demo", 3), "demo-0", ClusterState::New);
+        let container = &pod.spec.expect("spec").containers[0];
+        let probe = |p: &Option<Probe>| {
+            let p = p.clone().expect("probe");
+            let get = p.http_get.expect("HTTP probe");
+            (
+                get.path.expect("path"),
+                get.port,
+                p.period_seconds.unwrap_or(10) * p.failure_threshold.unwrap_or(3),
+            )
+        };
+        let metrics = IntOrString::String("metrics".to_string());
+        // /livez answers while the process runs, leader or not (storage-node's
+        // a_member_without_a_leader_is_alive_but_neither_healthy_nor_ready); /readyz needs one.
+        let (path, port, _) = probe(&container.liveness_probe);
+        assert_eq!((path.as_str(), &port), ("/livez", &metrics));
+        let (path, port, _) = probe(&container.readiness_probe);
+        assert_eq!((path.as_str(), &port), ("/readyz", &metrics));
+        // A slow start (database open, log replay) has minutes before liveness counts.
+        let (path, _, patience) = probe(&container.startup_probe);
+        assert_eq!(path, "/livez");
+        assert!(patience >= 300, "{patience} s");
+        assert!(
+            container
+                .liveness_probe
+                .as_ref()
+                .is_some_and(|p| p.initial_delay_seconds.is_none()),
+            "the startup probe holds liveness back, not a fixed delay"
+        );
     }
 
     #[test]

@@ -289,7 +289,8 @@ async fn first_reconcile_creates_exactly_the_expected_children_with_owner_refere
         "{args:?}"
     );
     assert_eq!(container["readinessProbe"]["httpGet"]["path"], "/readyz");
-    assert_eq!(container["livenessProbe"]["httpGet"]["path"], "/health");
+    assert_eq!(container["livenessProbe"]["httpGet"]["path"], "/livez");
+    assert_eq!(container["startupProbe"]["httpGet"]["path"], "/livez");
     assert_eq!(container["volumeMounts"][0]["mountPath"], "/var/lib/mend");
     assert_eq!(pod["spec"]["subdomain"], "demo-peer");
     assert_eq!(
