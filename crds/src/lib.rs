@@ -66,7 +66,8 @@ pub mod condition {
         name = "Age",
         type_ = "date",
         json_path = ".metadata.creationTimestamp"
-    )
+    ),
+    validation = Rule::new(NAME_RULE).message(NAME_MESSAGE)
 )]
 #[serde(rename_all = "camelCase")]
 pub struct StorageClusterSpec {
@@ -85,7 +86,9 @@ pub struct StorageClusterSpec {
     /// Each member's volume.
     #[serde(default)]
     pub storage: Storage,
-    /// Each member's CPU and memory.
+    /// Each member's CPU and memory. When absent, each member requests 100m of CPU and 256Mi
+    /// of memory, without limits (so it is Burstable, not BestEffort, and fits a namespace
+    /// whose quota asks for requests); set `{}` for no requests at all.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resources: Option<ResourceRequirements>,
     /// Authentication.
@@ -98,6 +101,29 @@ pub struct StorageClusterSpec {
     #[serde(default)]
     pub placement: Placement,
 }
+
+/// The longest `StorageCluster` name: the client Service is `<name>-client` and a Service name
+/// is a DNS-1035 label of at most 63 characters (the other names, `<name>-peer`, `<name>-N`,
+/// `data-<name>-N`, `<name>-N-backup`, `<name>-root`, are shorter or allow more).
+pub const MAX_NAME_LENGTH: usize = 63 - "-client".len();
+
+/// CEL on the resource: its name is a DNS-1035 label of at most [`MAX_NAME_LENGTH`] characters
+/// (lowercase letters, digits and `-`, starting with a letter), because the Services named
+/// after it must be. Kubernetes itself allows any DNS subdomain (dots, a leading digit, 253
+/// characters).
+const NAME_RULE: &str = "size(self.metadata.name) <= 56 && \
+    self.metadata.name.matches('^[a-z]([-a-z0-9]*[a-z0-9])?$')";
+
+/// What the API server answers when [`NAME_RULE`] fails.
+pub const NAME_MESSAGE: &str = "metadata.name must be at most 56 characters of lowercase \
+    letters, digits and '-', starting with a letter and ending with a letter or digit (the \
+    operator names Services <name>-peer and <name>-client, which must be DNS-1035 labels of at \
+    most 63 characters): choose such a name";
+
+/// CPU each member requests when `spec.resources` is absent.
+pub const DEFAULT_CPU_REQUEST: &str = "100m";
+/// Memory each member requests when `spec.resources` is absent.
+pub const DEFAULT_MEMORY_REQUEST: &str = "256Mi";
 
 /// A member's volume.
 // The storage-class rule sits on the object, not the field: a rule on an optional field runs

@@ -177,6 +177,33 @@ fn the_storage_size_must_be_a_positive_quantity() {
     }
 }
 
+#[test]
+fn a_name_the_children_could_not_carry_is_refused_with_what_to_choose() {
+    let named = |name: &str| {
+        let mut c = cluster(json!({}));
+        c.metadata.name = Some(name.to_string());
+        c
+    };
+    let longest = format!("a{}", "b".repeat(MAX_NAME_LENGTH - 1));
+    for name in ["demo", "a", "etcd-main", "x1", longest.as_str()] {
+        assert_eq!(cel_messages(&named(name), None), Vec::<String>::new(), "{name}");
+    }
+    // The client Service `<name>-client` must still be a DNS-1035 label of at most 63.
+    assert_eq!(format!("{longest}-client").len(), 63);
+    let too_long = format!("{longest}b");
+    for name in [
+        "9lives",
+        "demo.prod",
+        "Demo",
+        "demo-",
+        "-demo",
+        "de_mo",
+        too_long.as_str(),
+    ] {
+        assert_eq!(cel_messages(&named(name), None), [NAME_MESSAGE], "{name}");
+    }
+}
+
 /// Keys a structural schema may not use anywhere (apiextensions.k8s.io/v1 refuses them).
 const FORBIDDEN_KEYS: [&str; 8] = [
     "$ref",

@@ -14,7 +14,8 @@ use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::{
     Affinity, Capabilities, Container, ContainerPort, HTTPGetAction, PersistentVolumeClaim,
     PersistentVolumeClaimSpec, PersistentVolumeClaimVolumeSource, Pod, PodAffinityTerm,
-    PodAntiAffinity, PodSecurityContext, PodSpec, Probe, SeccompProfile, Secret, SecurityContext,
+    PodAntiAffinity, PodSecurityContext, PodSpec, Probe, ResourceRequirements, SeccompProfile,
+    Secret, SecurityContext,
     Service, ServicePort, ServiceSpec, Volume, VolumeMount, VolumeResourceRequirements,
     WeightedPodAffinityTerm,
 };
@@ -445,7 +446,13 @@ pub fn member_pod(cluster: &StorageCluster, member: &str, state: ClusterState) -
         // Until the first answer, liveness waits: opening the database and replaying the log
         // after a restart may take minutes on a large member (up to 30 × 10 s here).
         startup_probe: Some(http_probe("/livez", 10, 30)),
-        resources: cluster.spec.resources.clone(),
+        resources: Some(
+            cluster
+                .spec
+                .resources
+                .clone()
+                .unwrap_or_else(default_resources),
+        ),
         volume_mounts: Some(vec![VolumeMount {
             name: "data".to_string(),
             mount_path: DATA_MOUNT.to_string(),
@@ -509,6 +516,26 @@ pub fn member_pod(cluster: &StorageCluster, member: &str, state: ClusterState) -
     })
 }
 
+/// What a member requests when `spec.resources` is absent (the values its documentation
+/// states): CPU and memory requests, so a member is not BestEffort (the first evicted under
+/// memory pressure, refused by a quota that asks for requests); no limits, as a CPU limit
+/// throttles a member's heartbeats and a memory limit would kill it at a peak.
+fn default_resources() -> ResourceRequirements {
+    ResourceRequirements {
+        requests: Some(BTreeMap::from([
+            (
+                "cpu".to_string(),
+                Quantity(crds::DEFAULT_CPU_REQUEST.to_string()),
+            ),
+            (
+                "memory".to_string(),
+                Quantity(crds::DEFAULT_MEMORY_REQUEST.to_string()),
+            ),
+        ])),
+        ..ResourceRequirements::default()
+    }
+}
+
 /// Without affinity rules in the spec: members on different nodes where possible, so a node
 /// loss takes one member, not the quorum. Preferred, not required, so a cluster of fewer
 /// nodes than members still starts.
@@ -537,6 +564,10 @@ fn spread_members(cluster: &StorageCluster) -> Affinity {
 /// What is wrong with a spec the API server should have refused (a CRD installed without its
 /// validation, or an older CRD version), phrased as what to fix; `None` when it is valid.
 pub fn spec_problem(cluster: &StorageCluster) -> Option<String> {
+    let name = cluster.name_any();
+    if !is_valid_name(&name) {
+        return Some(format!("{name:?} cannot be used: {}", crds::NAME_MESSAGE));
+    }
     let replicas = cluster.spec.replicas;
     if !(1..=7).contains(&replicas) {
         return Some(format!(
@@ -558,6 +589,19 @@ pub fn spec_problem(cluster: &StorageCluster) -> Option<String> {
         return Some("the StorageCluster has no namespace".to_string());
     }
     None
+}
+
+/// Whether `name` passes the CRD's rule on `metadata.name` (a DNS-1035 label of at most
+/// [`crds::MAX_NAME_LENGTH`] characters).
+fn is_valid_name(name: &str) -> bool {
+    let bytes = name.as_bytes();
+    !bytes.is_empty()
+        && bytes.len() <= crds::MAX_NAME_LENGTH
+        && bytes[0].is_ascii_lowercase()
+        && bytes[bytes.len() - 1] != b'-'
+        && bytes
+            .iter()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || *b == b'-')
 }
 
 #[cfg(test)]
@@ -682,6 +726,37 @@ mod tests {
                 .is_some_and(|p| p.initial_delay_seconds.is_none()),
             "the startup probe holds liveness back, not a fixed delay"
         );
+    }
+
+    #[test]
+    fn members_request_cpu_and_memory_unless_the_spec_says_otherwise() {
+        let requests = |sc: &StorageCluster| {
+            member_pod(sc, "demo-0", ClusterState::New).spec.expect("spec").containers[0]
+                .resources
+                .clone()
+                .expect("resources")
+        };
+        let defaults = requests(&cluster("demo", 3));
+        let wanted = BTreeMap::from([
+            ("cpu".to_string(), Quantity("100m".to_string())),
+            ("memory".to_string(), Quantity("256Mi".to_string())),
+        ]);
+        assert_eq!(defaults.requests, Some(wanted));
+        assert_eq!(defaults.limits, None);
+        let mut none = cluster("demo", 3);
+        none.spec.resources = Some(ResourceRequirements::default());
+        assert_eq!(requests(&none), ResourceRequirements::default());
+    }
+
+    #[test]
+    fn a_name_the_crd_would_refuse_is_refused_here_too() {
+        for name in ["demo", "a1", &"a".repeat(crds::MAX_NAME_LENGTH)] {
+            assert_eq!(spec_problem(&cluster(name, 3)), None, "{name}");
+        }
+        for name in ["9lives", "demo.prod", "Demo", "demo-", &"a".repeat(57)] {
+            let problem = spec_problem(&cluster(name, 3)).expect("refused");
+            assert!(problem.contains("DNS-1035"), "{problem}");
+        }
     }
 
     #[test]

@@ -435,6 +435,46 @@ async fn an_invalid_spec_sets_a_condition_and_a_warning_and_creates_nothing() {
     assert_eq!(applied.status["observedGeneration"], 2);
 }
 
+/// The CRD refuses such a name; a CRD installed without its rules (or an older one) lets it
+/// through, and the operator then says what to do instead of creating invalid children.
+#[tokio::test]
+async fn an_invalid_name_sets_a_condition_and_a_warning_and_creates_nothing() {
+    let (ctx, mut verifier, _) = Context::test();
+    let server = tokio::spawn(async move {
+        let seen = verifier
+            .expect(
+                Method::PATCH,
+                "/apis/mend.dev/v1alpha1/namespaces/default/storageclusters/demo.prod/status",
+            )
+            .await;
+        let status = seen.body["status"].clone();
+        let mut stored = serde_json::to_value(cluster("demo.prod", 3)).expect("cluster json");
+        stored["status"] = status.clone();
+        seen.ok(&stored);
+        let event = verifier.expect(Method::POST, EVENTS).await;
+        assert_eq!(event.body["type"], "Warning");
+        assert_eq!(event.body["reason"], "InvalidSpec");
+        assert_eq!(event.body["regarding"]["name"], "demo.prod");
+        event.echo();
+        (status, verifier)
+    });
+    let action = reconcile_in_time(cluster("demo.prod", 3), &ctx)
+        .await
+        .expect("reported, not retried");
+    assert_eq!(action, kube::runtime::controller::Action::await_change());
+    drop(ctx);
+    let (status, verifier) = server.await.expect("scenario");
+    verifier.no_more_requests().await;
+    let progressing = condition(&status, "Progressing");
+    assert_eq!(progressing["status"], "False");
+    assert_eq!(progressing["reason"], "InvalidSpec");
+    let message = progressing["message"].as_str().expect("message");
+    assert!(
+        message.contains("\"demo.prod\" cannot be used") && message.contains("DNS-1035"),
+        "{message}"
+    );
+}
+
 #[tokio::test]
 async fn a_missing_root_secret_is_reported_and_looked_up_again_later() {
     let (ctx, verifier, _) = Context::test();
