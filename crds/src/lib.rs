@@ -420,10 +420,8 @@ fn default_replicas() -> i32 {
 /// The storage-node image a `StorageCluster` runs by default: the one built from the same
 /// version of the workspace as the operator (a version tag, so a node never pulls a newer
 /// `latest` than the operator knows, and kind-loaded images are used without a pull).
-pub const DEFAULT_IMAGE: &str = concat!(
-    "ghcr.io/mend-dev/storage-node:",
-    env!("CARGO_PKG_VERSION")
-);
+pub const DEFAULT_IMAGE: &str =
+    concat!("ghcr.io/mend-dev/storage-node:", env!("CARGO_PKG_VERSION"));
 
 fn default_image() -> String {
     DEFAULT_IMAGE.to_string()

@@ -43,7 +43,10 @@ fn an_empty_spec_gets_the_documented_defaults() {
     assert_eq!(spec.replicas, 3);
     assert_eq!(
         spec.image,
-        format!("ghcr.io/mend-dev/storage-node:{}", env!("CARGO_PKG_VERSION"))
+        format!(
+            "ghcr.io/mend-dev/storage-node:{}",
+            env!("CARGO_PKG_VERSION")
+        )
     );
     assert_eq!(spec.storage.size, "1Gi");
     assert_eq!(spec.storage.storage_class_name, None);
@@ -186,7 +189,11 @@ fn a_name_the_children_could_not_carry_is_refused_with_what_to_choose() {
     };
     let longest = format!("a{}", "b".repeat(MAX_NAME_LENGTH - 1));
     for name in ["demo", "a", "etcd-main", "x1", longest.as_str()] {
-        assert_eq!(cel_messages(&named(name), None), Vec::<String>::new(), "{name}");
+        assert_eq!(
+            cel_messages(&named(name), None),
+            Vec::<String>::new(),
+            "{name}"
+        );
     }
     // The client Service `<name>-client` must still be a DNS-1035 label of at most 63.
     assert_eq!(format!("{longest}-client").len(), 63);

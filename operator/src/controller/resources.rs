@@ -15,9 +15,8 @@ use k8s_openapi::api::core::v1::{
     Affinity, Capabilities, Container, ContainerPort, HTTPGetAction, PersistentVolumeClaim,
     PersistentVolumeClaimSpec, PersistentVolumeClaimVolumeSource, Pod, PodAffinityTerm,
     PodAntiAffinity, PodSecurityContext, PodSpec, Probe, ResourceRequirements, SeccompProfile,
-    Secret, SecurityContext,
-    Service, ServicePort, ServiceSpec, Volume, VolumeMount, VolumeResourceRequirements,
-    WeightedPodAffinityTerm,
+    Secret, SecurityContext, Service, ServicePort, ServiceSpec, Volume, VolumeMount,
+    VolumeResourceRequirements, WeightedPodAffinityTerm,
 };
 use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
@@ -731,7 +730,10 @@ mod tests {
     #[test]
     fn members_request_cpu_and_memory_unless_the_spec_says_otherwise() {
         let requests = |sc: &StorageCluster| {
-            member_pod(sc, "demo-0", ClusterState::New).spec.expect("spec").containers[0]
+            member_pod(sc, "demo-0", ClusterState::New)
+                .spec
+                .expect("spec")
+                .containers[0]
                 .resources
                 .clone()
                 .expect("resources")
