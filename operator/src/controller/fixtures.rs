@@ -15,7 +15,6 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
 use k8s_openapi::jiff::Timestamp;
 use kube::Client;
 use kube::client::Body;
-use kube::runtime::events::Recorder;
 use serde_json::{Value, json};
 
 use super::members::Members;
@@ -269,8 +268,8 @@ impl Context {
         let (client, verifier) = mock_client();
         let members = Arc::new(FakeMembers::default());
         let ctx = Context::new(
-            client.clone(),
-            Recorder::new(client, "mend-operator-test".into()),
+            client,
+            "mend-operator-test".into(),
             Arc::new(Metrics::default()),
             members.clone(),
         );

@@ -30,9 +30,11 @@
 //! - [`resources`]: the children as pure functions of the resource.
 //! - [`reconcile`](mod@reconcile): one pass over one resource, and the error policy.
 //! - [`members`]: probing and auth bootstrap over the etcd v3 API.
+//! - [`events`]: Kubernetes Events, one per distinct note.
 //! - [`lease`]: leader election on a `coordination.k8s.io` Lease.
 //! - [`metrics`] and [`run`](mod@run): `operator run`, its `/metrics`, `/healthz`, `/readyz`.
 
+pub mod events;
 pub mod lease;
 pub mod members;
 pub mod metrics;
@@ -53,7 +55,7 @@ use crds::StorageCluster;
 use kube::Client;
 
 use crate::healer::Healer;
-use kube::runtime::events::Recorder;
+use kube::runtime::events::Reporter;
 use kube::runtime::reflector::ObjectRef;
 
 pub use reconcile::{error_policy, reconcile};
@@ -167,7 +169,7 @@ pub struct Context {
     /// The Kubernetes client.
     pub client: Client,
     /// Publishes Events on the resources.
-    pub recorder: Recorder,
+    pub events: events::Events,
     /// Counters and timings for `/metrics`.
     pub metrics: Arc<metrics::Metrics>,
     /// The members' etcd API.
@@ -180,16 +182,16 @@ pub struct Context {
 }
 
 impl Context {
-    /// A context for reconciles through `client`.
+    /// A context for reconciles through `client`, publishing Events as `reporter`.
     pub fn new(
         client: Client,
-        recorder: Recorder,
+        reporter: Reporter,
         metrics: Arc<metrics::Metrics>,
         members: Arc<dyn members::Members>,
     ) -> Context {
         Context {
+            events: events::Events::new(client.clone(), reporter),
             client,
-            recorder,
             metrics,
             members,
             failures: Mutex::default(),

@@ -603,6 +603,10 @@ impl<'a> Reconciler<'a> {
         Ok(true)
     }
 
+    /// Publishes an Event about the cluster. Never fails the reconcile: an Event reports the
+    /// work, it is not part of it, so a refused or lost publish is logged and counted
+    /// (`mend_operator_event_failures_total`) and the work goes on. (The `Result` only keeps
+    /// the callers' `?`.)
     async fn event(
         &self,
         type_: EventType,
@@ -617,10 +621,15 @@ impl<'a> Reconciler<'a> {
             action: action.to_string(),
             secondary: None,
         };
-        self.ctx
-            .recorder
+        if let Err(error) = self
+            .ctx
+            .events
             .publish(&event, &self.cluster.object_ref(&()))
-            .await?;
+            .await
+        {
+            self.ctx.metrics.event_failed(reason);
+            warn!(%error, reason, "publishing an Event failed");
+        }
         Ok(())
     }
 }

@@ -23,7 +23,7 @@ use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod, Service};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::jiff::Timestamp;
 use kube::runtime::Controller;
-use kube::runtime::events::{Recorder, Reporter};
+use kube::runtime::events::Reporter;
 use kube::runtime::watcher;
 use kube::{Api, Client};
 use tokio::sync::watch;
@@ -170,13 +170,10 @@ pub async fn run(args: RunArgs) -> Result<()> {
 
     let ctx = Arc::new(Context::new(
         client.clone(),
-        Recorder::new(
-            client.clone(),
-            Reporter {
-                controller: FIELD_MANAGER.to_string(),
-                instance: Some(identity.clone()),
-            },
-        ),
+        Reporter {
+            controller: FIELD_MANAGER.to_string(),
+            instance: Some(identity.clone()),
+        },
         metrics.clone(),
         Arc::new(Grpc::new(Duration::from_secs(args.member_timeout_seconds))),
     ));
