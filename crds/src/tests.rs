@@ -50,6 +50,7 @@ fn an_empty_spec_gets_the_documented_defaults() {
     );
     assert_eq!(spec.storage.size, "1Gi");
     assert_eq!(spec.storage.storage_class_name, None);
+    assert_eq!(spec.storage.retention_policy, RetentionPolicy::Retain);
     assert_eq!(spec.resources, None);
     assert!(spec.auth.enabled);
     assert_eq!(spec.auth.root_secret_ref, None);
@@ -65,7 +66,14 @@ fn the_schema_states_the_same_defaults_the_api_server_applies() {
     let spec = &schema()["properties"]["spec"]["properties"];
     assert_eq!(spec["replicas"]["default"], 3);
     assert_eq!(spec["image"]["default"], DEFAULT_IMAGE);
-    assert_eq!(spec["storage"]["default"], json!({"size": "1Gi"}));
+    assert_eq!(
+        spec["storage"]["default"],
+        json!({"size": "1Gi", "retentionPolicy": "Retain"})
+    );
+    assert_eq!(
+        spec["storage"]["properties"]["retentionPolicy"]["enum"],
+        json!(["Retain", "Delete"])
+    );
     assert_eq!(spec["auth"]["default"], json!({"enabled": true}));
     assert_eq!(
         spec["healing"]["default"],

@@ -23,7 +23,8 @@ use super::{API_CALLS, Context};
 use crate::bootstrap;
 use crate::detector::{Observation, Round};
 
-/// A stored `StorageCluster` named `name` in `default`, generation 1.
+/// A stored `StorageCluster` named `name` in `default`, generation 1, carrying the operator's
+/// finalizer (as every cluster does after its first reconcile).
 pub fn cluster(name: &str, replicas: i32) -> StorageCluster {
     let spec: StorageClusterSpec =
         serde_json::from_value(json!({ "replicas": replicas })).expect("spec with defaults");
@@ -31,6 +32,8 @@ pub fn cluster(name: &str, replicas: i32) -> StorageCluster {
     sc.metadata.namespace = Some("default".to_string());
     sc.metadata.uid = Some(format!("uid-{name}"));
     sc.metadata.generation = Some(1);
+    sc.metadata.resource_version = Some("1".to_string());
+    sc.metadata.finalizers = Some(vec![super::FINALIZER.to_string()]);
     sc
 }
 

@@ -17,14 +17,18 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 
-use crds::{HealingMode, HealingStatus, Phase, StorageCluster, StorageClusterStatus, condition};
+use crds::{
+    HealingMode, HealingStatus, Phase, RetentionPolicy, StorageCluster, StorageClusterStatus,
+    condition,
+};
 use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod, Secret, Service};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, ObjectMeta, Time};
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{Api, ListParams, Patch, PatchParams};
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
 use kube::runtime::controller::Action;
 use kube::runtime::events::{Event, EventType};
+use kube::runtime::finalizer::{self, Event as FinalizerEvent, finalizer};
 use kube::runtime::reflector::ObjectRef;
 use kube::{Resource, ResourceExt};
 use serde::Serialize;
@@ -40,7 +44,7 @@ use crate::probe::Scope;
 use crate::status::{self, MemberView};
 
 use super::resources;
-use super::{Context, Error, FIELD_MANAGER, Result};
+use super::{Context, Error, FIELD_MANAGER, FINALIZER, Result};
 
 /// How soon to look again at a root credentials Secret that was missing or incomplete.
 const SECRET_RETRY: Action = Action::requeue(Duration::from_secs(30));
@@ -51,12 +55,28 @@ const HEAL_CALL_TIMEOUT: Duration = Duration::from_secs(10);
 /// Length of a generated root password (alphanumeric: about 190 bits).
 const PASSWORD_LEN: usize = 32;
 
-/// Reconciles `cluster`: the entry point the Controller calls.
+/// Reconciles `cluster`: the entry point the Controller calls. Behind the operator's
+/// finalizer: a new cluster first gets it (and nothing else; the change brings the next
+/// reconcile), a live one is reconciled ([`Reconciler::run`]), a deleted one cleaned up
+/// ([`Reconciler::cleanup`]) before the finalizer is removed.
 #[instrument(skip_all, fields(cluster = %cluster.name_any(), namespace = cluster.namespace().unwrap_or_default()))]
 pub async fn reconcile(cluster: Arc<StorageCluster>, ctx: Arc<Context>) -> Result<Action> {
     let _timer = ctx.metrics.reconcile();
-    let action = Reconciler::new(&cluster, &ctx).run().await?;
-    ctx.succeeded(&ObjectRef::from_obj(cluster.as_ref()));
+    let object = ObjectRef::from_obj(cluster.as_ref());
+    let api: Api<StorageCluster> =
+        Api::namespaced(ctx.client.clone(), &cluster.namespace().unwrap_or_default());
+    let action = finalizer(&api, FINALIZER, cluster, |event| async {
+        match event {
+            FinalizerEvent::Apply(cluster) => Reconciler::new(&cluster, &ctx).run().await,
+            FinalizerEvent::Cleanup(cluster) => Reconciler::new(&cluster, &ctx).cleanup().await,
+        }
+    })
+    .await
+    .map_err(|e| match e {
+        finalizer::Error::ApplyFailed(e) | finalizer::Error::CleanupFailed(e) => e,
+        other => Error::Finalizer(Box::new(other)),
+    })?;
+    ctx.succeeded(&object);
     Ok(action)
 }
 
@@ -216,6 +236,81 @@ impl<'a> Reconciler<'a> {
         Ok(Action::requeue(Duration::from_secs(u64::from(
             self.cluster.spec.healing.probe_interval_seconds,
         ))))
+    }
+
+    /// The cluster is being deleted. Its workload goes with it (owner references); its data,
+    /// the volume claims and the generated root Secret, is deleted under the `Delete`
+    /// retention policy and kept under `Retain`, and an Event says which (and, when kept, how
+    /// to delete it). Idempotent: it may run again after a failure or a restart.
+    async fn cleanup(&self) -> Result<Action> {
+        let selector = resources::owned_selector(self.cluster);
+        let params = ListParams::default().labels(&selector);
+        let pvcs: Api<PersistentVolumeClaim> = self.api();
+        let claims: Vec<String> = pvcs
+            .list_metadata(&params)
+            .await?
+            .items
+            .iter()
+            .map(ResourceExt::name_any)
+            .collect();
+        let secret = resources::generated_secret_name(self.cluster);
+        let claims_text = if claims.is_empty() {
+            "no volume claims".to_string()
+        } else {
+            format!("volume claims {}", claims.join(", "))
+        };
+        match self.cluster.spec.storage.retention_policy {
+            RetentionPolicy::Retain => {
+                info!(claims = ?claims, "deleted; keeping its data (retentionPolicy Retain)");
+                self.event(
+                    EventType::Normal,
+                    "DataRetained",
+                    "Cleanup",
+                    format!(
+                        "kept {claims_text} and the generated root Secret {secret}, if any \
+                         (spec.storage.retentionPolicy Retain): a StorageCluster created again \
+                         as {}/{} starts on this data; to delete it: kubectl delete \
+                         pvc,secret -n {} -l {selector}",
+                        self.namespace,
+                        self.cluster.name_any(),
+                        self.namespace
+                    ),
+                )
+                .await?;
+            }
+            RetentionPolicy::Delete => {
+                for claim in &claims {
+                    delete_if_present(&pvcs, claim).await?;
+                }
+                let secrets: Api<Secret> = self.api();
+                // Only the Secret the operator generated (its labels say so), never one the
+                // spec pointed at.
+                let generated = secrets.get_opt(&secret).await?.is_some_and(|s| {
+                    resources::labels(self.cluster)
+                        .iter()
+                        .all(|(k, v)| s.labels().get(k) == Some(v))
+                });
+                if generated {
+                    delete_if_present(&secrets, &secret).await?;
+                }
+                info!(claims = ?claims, generated, "deleted with its data (retentionPolicy Delete)");
+                self.event(
+                    EventType::Normal,
+                    "DataDeleted",
+                    "Cleanup",
+                    format!(
+                        "deleted {claims_text}{} (spec.storage.retentionPolicy Delete)",
+                        if generated {
+                            format!(" and the generated root Secret {secret}")
+                        } else {
+                            String::new()
+                        }
+                    ),
+                )
+                .await?;
+            }
+        }
+        Ok(Action::await_change())
     }
 
     /// The status for the probe `round` of the members `names` at `endpoints`: the healing loop
@@ -431,6 +526,10 @@ impl<'a> Reconciler<'a> {
             None => resources::generated_secret_name(self.cluster),
         };
         let secret = match secrets.get_opt(&name).await? {
+            Some(secret) if auth.root_secret_ref.is_none() => {
+                self.disown(&secrets, &secret.metadata).await?;
+                secret
+            }
             Some(secret) => secret,
             None if auth.root_secret_ref.is_some() => {
                 return Err(Error::Secret {
@@ -499,6 +598,41 @@ impl<'a> Reconciler<'a> {
         Ok(())
     }
 
+    /// Removes the owner reference to this cluster from a child holding data (a volume claim,
+    /// the generated root Secret) that an operator before the retention policy made owned, so
+    /// that the garbage collector does not delete the data with the cluster. A merge patch of
+    /// the remaining references at the `resourceVersion` read: a concurrent change makes it
+    /// fail (and the reconcile retry) rather than drop someone else's reference.
+    async fn disown<K>(&self, api: &Api<K>, meta: &ObjectMeta) -> Result<()>
+    where
+        K: Resource + Clone + DeserializeOwned + std::fmt::Debug,
+    {
+        let uid = self.cluster.metadata.uid.as_deref();
+        let references = meta.owner_references.as_deref().unwrap_or_default();
+        if uid.is_none() || !references.iter().any(|r| Some(r.uid.as_str()) == uid) {
+            return Ok(());
+        }
+        let remaining: Vec<_> = references
+            .iter()
+            .filter(|r| Some(r.uid.as_str()) != uid)
+            .collect();
+        let patch = serde_json::json!({
+            "metadata": {
+                "resourceVersion": meta.resource_version,
+                "ownerReferences": if remaining.is_empty() {
+                    serde_json::Value::Null
+                } else {
+                    serde_json::json!(remaining)
+                },
+            }
+        });
+        let name = meta.name.clone().unwrap_or_default();
+        api.patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
+            .await?;
+        info!(object = %name, "no longer owned by the cluster: kept or deleted as the retention policy says");
+        Ok(())
+    }
+
     /// Applies `object` unless `live` holds it with the same applied hash.
     async fn apply_if_changed<K>(
         &self,
@@ -540,6 +674,9 @@ impl<'a> Reconciler<'a> {
             .filter(|m| live.pvcs.contains_key(&resources::pvc_name(m)))
             .map(String::as_str)
             .collect();
+        for meta in live.pvcs.values() {
+            self.disown(&pvcs, meta).await?;
+        }
         let mut created = Vec::new();
         for member in &names {
             let state = resources::start_state(member, &with_data);
@@ -631,6 +768,18 @@ impl<'a> Reconciler<'a> {
             warn!(%error, reason, "publishing an Event failed");
         }
         Ok(())
+    }
+}
+
+/// Deletes `name` through `api`; one already gone is not an error.
+async fn delete_if_present<K>(api: &Api<K>, name: &str) -> Result<()>
+where
+    K: Resource + Clone + DeserializeOwned + std::fmt::Debug,
+{
+    match api.delete(name, &DeleteParams::default()).await {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(status)) if status.is_not_found() => Ok(()),
+        Err(e) => Err(e.into()),
     }
 }
 

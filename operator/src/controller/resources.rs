@@ -2,10 +2,14 @@
 //! volumes, the peer and client Services, the PodDisruptionBudget and the generated root Secret.
 //! Nothing here talks to the API server; [`super::reconcile()`] applies what these build.
 //!
-//! Every child carries the cluster's labels ([`labels`]), a controller owner reference to the
-//! cluster (so Kubernetes' garbage collector removes it with the cluster) and an
-//! [`APPLIED_HASH`] annotation: a digest of the object as built, which lets a reconcile skip a
-//! child whose live copy was applied from the very same desired state.
+//! Every child carries the cluster's labels ([`labels`]) and an [`APPLIED_HASH`] annotation: a
+//! digest of the object as built, which lets a reconcile skip a child whose live copy was
+//! applied from the very same desired state. The workload (pods, Services, the
+//! PodDisruptionBudget) carries a controller owner reference to the cluster, so Kubernetes'
+//! garbage collector removes it with the cluster. The data does not: volume claims and the
+//! generated root Secret (the password of the data's root user) have no owner, so deleting the
+//! cluster never deletes them behind the operator's back; the operator's finalizer deletes them
+//! only when `spec.storage.retentionPolicy` is `Delete`.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -219,6 +223,26 @@ fn child_meta(cluster: &StorageCluster, name: String) -> ObjectMeta {
     }
 }
 
+/// Metadata of a child that holds data (a volume claim, the generated root Secret): the
+/// cluster's namespace and labels, and no owner, so that it outlives the cluster unless the
+/// retention policy says otherwise.
+fn data_meta(cluster: &StorageCluster, name: String) -> ObjectMeta {
+    ObjectMeta {
+        owner_references: None,
+        ..child_meta(cluster, name)
+    }
+}
+
+/// Labels selecting every child the operator made for `cluster` (and only those: a claim
+/// someone else labelled `app.kubernetes.io/instance` is not the operator's).
+pub fn owned_selector(cluster: &StorageCluster) -> String {
+    labels(cluster)
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
 /// The controller owner reference to `cluster` (none when it has no UID yet, which only a
 /// resource that was never stored lacks). Without `blockOwnerDeletion`: setting it needs
 /// `update` on `storageclusters/finalizers`, a permission the operator has no other use for.
@@ -315,7 +339,7 @@ pub fn pod_disruption_budget(cluster: &StorageCluster) -> PodDisruptionBudget {
 
 /// A member's volume claim, sized and classed from `spec.storage`.
 pub fn pvc(cluster: &StorageCluster, member: &str) -> PersistentVolumeClaim {
-    let mut metadata = child_meta(cluster, pvc_name(member));
+    let mut metadata = data_meta(cluster, pvc_name(member));
     metadata
         .labels
         .get_or_insert_with(BTreeMap::new)
@@ -341,7 +365,7 @@ pub fn pvc(cluster: &StorageCluster, member: &str) -> PersistentVolumeClaim {
 /// The generated root credentials: user `root` and `password`.
 pub fn root_secret(cluster: &StorageCluster, password: &str) -> Secret {
     Secret {
-        metadata: child_meta(cluster, generated_secret_name(cluster)),
+        metadata: data_meta(cluster, generated_secret_name(cluster)),
         type_: Some("Opaque".to_string()),
         data: Some(BTreeMap::from([
             ("username".to_string(), ByteString(b"root".to_vec())),
@@ -631,20 +655,24 @@ mod tests {
     }
 
     #[test]
-    fn every_child_is_owned_by_the_cluster_and_labelled() {
+    fn the_workload_is_owned_by_the_cluster_and_the_data_is_not() {
         let sc = cluster("demo", 3);
-        let metas = [
+        let workload = [
             peer_service(&sc).metadata,
             client_service(&sc).metadata,
             pod_disruption_budget(&sc).metadata,
-            pvc(&sc, "demo-0").metadata,
             member_pod(&sc, "demo-0", ClusterState::New).metadata,
-            root_secret(&sc, "pw").metadata,
         ];
-        for meta in metas {
+        let data = [pvc(&sc, "demo-0").metadata, root_secret(&sc, "pw").metadata];
+        for meta in &workload {
             let owner = &meta.owner_references.as_ref().expect("owner")[0];
             assert_eq!(owner.kind, "StorageCluster");
             assert_eq!(owner.controller, Some(true));
+        }
+        for meta in &data {
+            assert_eq!(meta.owner_references, None, "{:?}", meta.name);
+        }
+        for meta in workload.into_iter().chain(data) {
             let labels = meta.labels.expect("labels");
             assert_eq!(labels["app.kubernetes.io/instance"], "demo");
             assert_eq!(labels["app.kubernetes.io/managed-by"], "mend-operator");

@@ -12,7 +12,7 @@ use serde_json::{Value, json};
 
 use super::fixtures::{ApiServerVerifier, cluster, lease_spec, mock_client, observation};
 use super::lease::LeaseLock;
-use super::{API_CALLS, Context, reconcile};
+use super::{API_CALLS, Context, reconcile, resources};
 use crate::detector::Round;
 
 const NS: &str = "/api/v1/namespaces/default";
@@ -179,21 +179,26 @@ impl ApiServerVerifier {
         }
     }
 
-    /// A forced server-side apply of a `kind` at `path`, owned by and labelled for the cluster.
+    /// A forced server-side apply of a `kind` at `path`, labelled for the cluster and owned by
+    /// it, unless it holds data (a volume claim, the root Secret), which nothing owns.
     async fn apply(&mut self, path: &str, kind: &str) -> Value {
         let seen = self.expect(Method::PATCH, path).await;
         assert!(seen.is_forced_apply(), "{path}: {}", seen.query);
         let body = seen.body.clone();
         assert_eq!(body["kind"], kind);
         let meta = &body["metadata"];
-        assert_eq!(
-            meta["ownerReferences"],
-            json!([{
-                "apiVersion": "mend.dev/v1alpha1", "kind": "StorageCluster", "name": "demo",
-                "uid": "uid-demo", "controller": true,
-            }]),
-            "{path}"
-        );
+        if matches!(kind, "PersistentVolumeClaim" | "Secret") {
+            assert!(meta["ownerReferences"].is_null(), "{path}: {meta}");
+        } else {
+            assert_eq!(
+                meta["ownerReferences"],
+                json!([{
+                    "apiVersion": "mend.dev/v1alpha1", "kind": "StorageCluster", "name": "demo",
+                    "uid": "uid-demo", "controller": true,
+                }]),
+                "{path}"
+            );
+        }
         assert_eq!(meta["labels"]["app.kubernetes.io/name"], "storage-node");
         assert_eq!(meta["labels"]["app.kubernetes.io/instance"], "demo");
         assert_eq!(
@@ -268,7 +273,7 @@ async fn first_reconcile() -> Applied {
 }
 
 #[tokio::test]
-async fn first_reconcile_creates_exactly_the_expected_children_with_owner_references() {
+async fn first_reconcile_creates_exactly_the_expected_children_the_workload_owned() {
     let applied = first_reconcile().await;
 
     let pods = applied.items("pods");
@@ -806,4 +811,231 @@ async fn resizing_a_running_cluster_is_refused_with_what_to_do_and_changes_nothi
             .is_some_and(|m| m.contains("set spec.replicas back to 3")),
         "{progressing}"
     );
+}
+
+const CLUSTER: &str = "/apis/mend.dev/v1alpha1/namespaces/default/storageclusters/demo";
+
+/// The cluster being deleted: `kubectl delete` set its deletion timestamp, the finalizer holds
+/// it.
+fn deleted(policy: crds::RetentionPolicy) -> crds::StorageCluster {
+    let mut sc = cluster("demo", 3);
+    sc.spec.storage.retention_policy = policy;
+    sc.metadata.deletion_timestamp = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+        Timestamp::now(),
+    ));
+    sc
+}
+
+impl ApiServerVerifier {
+    /// The cleanup's list of the cluster's volume claims, answered with `claims`.
+    async fn claims(&mut self, claims: &[&str]) {
+        let list = self
+            .expect(Method::GET, &format!("{NS}/persistentvolumeclaims"))
+            .await;
+        assert!(
+            list.query
+                .contains("app.kubernetes.io%2Fmanaged-by%3Dmend-operator")
+                && list.query.contains("app.kubernetes.io%2Finstance%3Ddemo"),
+            "only the operator's claims of this cluster: {}",
+            list.query
+        );
+        let items: Vec<Value> = claims
+            .iter()
+            .map(|name| {
+                json!({ "apiVersion": "v1", "kind": "PersistentVolumeClaim",
+                        "metadata": { "name": name, "namespace": "default" } })
+            })
+            .collect();
+        list.ok(&json!({ "apiVersion": "v1", "kind": "List", "metadata": {}, "items": items }));
+    }
+
+    /// The finalizer's removal, the cleanup's last request.
+    async fn finalizer_removed(&mut self) {
+        let seen = self.expect(Method::PATCH, CLUSTER).await;
+        assert_eq!(
+            seen.body,
+            json!([
+                { "op": "test", "path": "/metadata/finalizers/0", "value": "mend.dev/cleanup" },
+                { "op": "remove", "path": "/metadata/finalizers/0" },
+            ])
+        );
+        let mut gone = serde_json::to_value(cluster("demo", 3)).expect("json");
+        gone["metadata"]["finalizers"] = json!([]);
+        seen.ok(&gone);
+    }
+}
+
+#[tokio::test]
+async fn a_new_cluster_first_gets_the_finalizer_and_nothing_else() {
+    let (ctx, mut verifier, _) = Context::test();
+    let server = tokio::spawn(async move {
+        let seen = verifier.expect(Method::PATCH, CLUSTER).await;
+        assert_eq!(
+            seen.body,
+            json!([
+                { "op": "test", "path": "/metadata/finalizers", "value": null },
+                { "op": "add", "path": "/metadata/finalizers", "value": ["mend.dev/cleanup"] },
+            ])
+        );
+        seen.ok(&serde_json::to_value(cluster("demo", 3)).expect("json"));
+        verifier
+    });
+    let mut new = cluster("demo", 3);
+    new.metadata.finalizers = None;
+    let action = reconcile_in_time(new, &ctx).await.expect("reconcile");
+    // The patch changes the resource, which brings the next reconcile.
+    assert_eq!(action, kube::runtime::controller::Action::await_change());
+    drop(ctx);
+    server.await.expect("scenario").no_more_requests().await;
+}
+
+#[tokio::test]
+async fn deleting_a_cluster_keeps_its_data_by_default_and_says_how_to_delete_it() {
+    let (ctx, mut verifier, _) = Context::test();
+    let server = tokio::spawn(async move {
+        verifier.claims(&["data-demo-0", "data-demo-1"]).await;
+        // Nothing is deleted: an Event says what was kept, then the finalizer goes.
+        let note = verifier.event("DataRetained", "Normal").await;
+        verifier.finalizer_removed().await;
+        (note, verifier)
+    });
+    reconcile_in_time(deleted(crds::RetentionPolicy::Retain), &ctx)
+        .await
+        .expect("cleanup");
+    drop(ctx);
+    let (note, verifier) = server.await.expect("scenario");
+    verifier.no_more_requests().await;
+    assert!(
+        note.contains(
+            "kept volume claims data-demo-0, data-demo-1 and the generated root Secret demo-root"
+        ) && note.contains("kubectl delete pvc,secret -n default -l"),
+        "{note}"
+    );
+}
+
+#[tokio::test]
+async fn deleting_a_cluster_with_the_delete_policy_deletes_its_claims_and_generated_secret() {
+    let (ctx, mut verifier, _) = Context::test();
+    let server = tokio::spawn(async move {
+        verifier.claims(&["data-demo-0", "data-demo-1"]).await;
+        verifier
+            .expect(
+                Method::DELETE,
+                &format!("{NS}/persistentvolumeclaims/data-demo-0"),
+            )
+            .await
+            .ok(
+                &json!({ "apiVersion": "v1", "kind": "PersistentVolumeClaim",
+                         "metadata": { "name": "data-demo-0" } }),
+            );
+        // Already gone (deleted by hand): not an error.
+        verifier
+            .expect(
+                Method::DELETE,
+                &format!("{NS}/persistentvolumeclaims/data-demo-1"),
+            )
+            .await
+            .error(404, "NotFound");
+        let secret = resources::root_secret(&cluster("demo", 3), "pw");
+        verifier
+            .expect(Method::GET, &format!("{NS}/secrets/demo-root"))
+            .await
+            .ok(&serde_json::to_value(&secret).expect("json"));
+        verifier
+            .expect(Method::DELETE, &format!("{NS}/secrets/demo-root"))
+            .await
+            .ok(&json!({ "kind": "Status", "apiVersion": "v1", "status": "Success" }));
+        let note = verifier.event("DataDeleted", "Normal").await;
+        verifier.finalizer_removed().await;
+        (note, verifier)
+    });
+    reconcile_in_time(deleted(crds::RetentionPolicy::Delete), &ctx)
+        .await
+        .expect("cleanup");
+    drop(ctx);
+    let (note, verifier) = server.await.expect("scenario");
+    verifier.no_more_requests().await;
+    assert!(
+        note.contains(
+            "deleted volume claims data-demo-0, data-demo-1 and the generated root Secret demo-root"
+        ),
+        "{note}"
+    );
+}
+
+#[tokio::test]
+async fn a_secret_the_operator_did_not_generate_is_never_deleted() {
+    let (ctx, mut verifier, _) = Context::test();
+    let server = tokio::spawn(async move {
+        verifier.claims(&[]).await;
+        // Someone's own Secret happens to bear the generated name: not the operator's to delete.
+        verifier
+            .expect(Method::GET, &format!("{NS}/secrets/demo-root"))
+            .await
+            .ok(&json!({ "apiVersion": "v1", "kind": "Secret",
+                         "metadata": { "name": "demo-root", "namespace": "default" } }));
+        verifier.event("DataDeleted", "Normal").await;
+        verifier.finalizer_removed().await;
+        verifier
+    });
+    reconcile_in_time(deleted(crds::RetentionPolicy::Delete), &ctx)
+        .await
+        .expect("cleanup");
+    drop(ctx);
+    server.await.expect("scenario").no_more_requests().await;
+}
+
+/// Claims and Secrets an operator before the retention policy made were owned by the cluster,
+/// so deleting it would still delete them: each reconcile removes that owner reference.
+#[tokio::test]
+async fn data_an_earlier_operator_made_owned_is_disowned() {
+    let mut applied = first_reconcile().await;
+    let owner = json!([{ "apiVersion": "mend.dev/v1alpha1", "kind": "StorageCluster",
+                         "name": "demo", "uid": "uid-demo", "controller": true }]);
+    applied.secret["metadata"]["ownerReferences"] = owner.clone();
+    applied.secret["metadata"]["resourceVersion"] = json!("41");
+    for (list, object) in &mut applied.children {
+        if *list == "persistentvolumeclaims" && object["metadata"]["name"] == "data-demo-1" {
+            object["metadata"]["ownerReferences"] = owner.clone();
+            object["metadata"]["resourceVersion"] = json!("42");
+        }
+    }
+    let mut again = cluster("demo", 3);
+    again.status = Some(serde_json::from_value(applied.status.clone()).expect("status"));
+    let (ctx, mut verifier, _) = Context::test();
+    let server = tokio::spawn(async move {
+        let disowned = |seen: &super::fixtures::Seen, version: &str| {
+            assert_eq!(seen.method, Method::PATCH);
+            assert_eq!(
+                seen.body,
+                json!({ "metadata": { "resourceVersion": version, "ownerReferences": null } })
+            );
+        };
+        verifier
+            .expect(Method::GET, &format!("{NS}/secrets/demo-root"))
+            .await
+            .ok(&applied.secret);
+        let seen = verifier
+            .expect(Method::PATCH, &format!("{NS}/secrets/demo-root"))
+            .await;
+        disowned(&seen, "41");
+        seen.ok(&applied.secret);
+        for (list, path) in LISTS {
+            verifier.expect(Method::GET, path).await.ok(&json!({
+                "apiVersion": "v1", "kind": "List", "metadata": {}, "items": applied.items(list),
+            }));
+        }
+        let seen = verifier
+            .expect(
+                Method::PATCH,
+                &format!("{NS}/persistentvolumeclaims/data-demo-1"),
+            )
+            .await;
+        disowned(&seen, "42");
+        seen.echo();
+        verifier
+    });
+    reconcile_in_time(again, &ctx).await.expect("reconcile");
+    drop(ctx);
+    server.await.expect("scenario").no_more_requests().await;
 }
