@@ -36,6 +36,7 @@
 //! - [`reconcile`](mod@reconcile): one pass over one resource, and the error policy.
 //! - [`members`]: probing and auth bootstrap over the etcd v3 API.
 //! - [`events`]: Kubernetes Events, one per distinct note.
+//! - [`stalls`]: why members cannot start (unschedulable, volume Pending, refused at create).
 //! - [`lease`]: leader election on a `coordination.k8s.io` Lease.
 //! - [`metrics`] and [`run`](mod@run): `operator run`, its `/metrics`, `/healthz`, `/readyz`.
 
@@ -46,6 +47,7 @@ pub mod metrics;
 pub mod reconcile;
 pub mod resources;
 pub mod run;
+pub mod stalls;
 
 #[cfg(test)]
 pub(crate) mod fixtures;

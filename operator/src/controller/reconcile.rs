@@ -44,6 +44,7 @@ use crate::probe::Scope;
 use crate::status::{self, MemberView};
 
 use super::resources;
+use super::stalls::{self, Stall};
 use super::{Context, Error, FIELD_MANAGER, FINALIZER, Result};
 
 /// How soon to look again at a root credentials Secret that was missing or incomplete.
@@ -80,21 +81,45 @@ pub async fn reconcile(cluster: Arc<StorageCluster>, ctx: Arc<Context>) -> Resul
     Ok(action)
 }
 
-/// Counts the failure and retries `cluster` after a backoff that doubles with each failure in a
-/// row (conflicts and unreachable API servers included).
+/// Counts the failure, tells it in a Warning Event on the cluster (`ReconcileFailed`, the error
+/// as its note: a repeat of the same error joins that Event's series) and retries `cluster`
+/// after a backoff that doubles with each failure in a row (conflicts and unreachable API
+/// servers included).
+///
+/// The Controller calls this synchronously, so the Event is published by a task of its own;
+/// a failure to publish it is logged and counted like any other. No condition: writing the
+/// status here would race the next reconcile's status write. The stalls a user can fix
+/// (spec, Secret, scheduling, volumes, refusals) are conditions, written by the reconcile.
 pub fn error_policy(cluster: Arc<StorageCluster>, error: &Error, ctx: Arc<Context>) -> Action {
     ctx.metrics.failure(error.label());
     let delay = ctx.backoff(ObjectRef::from_obj(cluster.as_ref()));
     warn!(cluster = %cluster.name_any(), %error, ?delay, "reconcile failed");
+    let event = Event {
+        type_: EventType::Warning,
+        reason: "ReconcileFailed".to_string(),
+        note: Some(format!(
+            "{error}; retrying with a backoff that doubles per failure in a row, up to 5 minutes"
+        )),
+        action: "Reconcile".to_string(),
+        secondary: None,
+    };
+    let regarding = cluster.object_ref(&());
+    tokio::spawn(async move {
+        if let Err(error) = ctx.events.publish(&event, &regarding).await {
+            ctx.metrics.event_failed(&event.reason);
+            warn!(%error, reason = %event.reason, "publishing an Event failed");
+        }
+    });
     Action::requeue(delay)
 }
 
-/// The live children of one cluster, by name.
+/// The live children of one cluster, by name, and what stalls their members, if anything.
 struct Live {
     pods: BTreeMap<String, ObjectMeta>,
     pvcs: BTreeMap<String, ObjectMeta>,
     services: BTreeMap<String, ObjectMeta>,
     pdbs: BTreeMap<String, ObjectMeta>,
+    stall: Option<Stall>,
 }
 
 struct Reconciler<'a> {
@@ -169,7 +194,8 @@ impl<'a> Reconciler<'a> {
             .and_then(|h| h.progress.as_ref())
             .and_then(Progress::from_status);
         let held_out = resumed.as_ref().map(Progress::held_out).unwrap_or_default();
-        let created = self.apply_children(&live, &held_out).await?;
+        let (created, refused) = self.apply_children(&live, &held_out).await?;
+        let stall = refused.or_else(|| live.stall.clone());
 
         let names = resources::member_names(self.cluster);
         let endpoints: Vec<String> = names
@@ -204,6 +230,7 @@ impl<'a> Reconciler<'a> {
             .map(|(o, name)| (o.member, name.clone()))
             .collect();
         let (status, decision) = self.status(&names, &endpoints, round);
+        let status = self.report_stall(status, stall).await?;
         let progress = match (resumed, decision) {
             (Some(progress), _) => Some(progress),
             (None, Decision::Heal(plan)) => Some(Progress::new(plan, member_ids)),
@@ -486,21 +513,7 @@ impl<'a> Reconciler<'a> {
             .filter(|c| c.type_ != condition::PROGRESSING)
             .cloned()
             .collect();
-        let unchanged = previous
-            .conditions
-            .iter()
-            .find(|c| c.type_ == condition::PROGRESSING && c.status == "False");
-        conditions.push(Condition {
-            type_: condition::PROGRESSING.to_string(),
-            status: "False".to_string(),
-            reason: reason.to_string(),
-            message: problem.clone(),
-            observed_generation: self.cluster.metadata.generation,
-            last_transition_time: unchanged.map_or_else(
-                || Time(Timestamp::now()),
-                |c| c.last_transition_time.clone(),
-            ),
-        });
+        conditions.push(self.not_progressing(reason, problem.clone()));
         let status = StorageClusterStatus {
             observed_generation: self.cluster.metadata.generation,
             conditions,
@@ -511,6 +524,76 @@ impl<'a> Reconciler<'a> {
                 .await?;
         }
         Ok(then)
+    }
+
+    /// `Progressing=False` for `reason`, saying `message`; since the stored condition's time
+    /// when it was False already.
+    fn not_progressing(&self, reason: &str, message: String) -> Condition {
+        let unchanged = self
+            .cluster
+            .status
+            .as_ref()
+            .and_then(|s| {
+                s.conditions
+                    .iter()
+                    .find(|c| c.type_ == condition::PROGRESSING)
+            })
+            .filter(|c| c.status == "False");
+        Condition {
+            type_: condition::PROGRESSING.to_string(),
+            status: "False".to_string(),
+            reason: reason.to_string(),
+            message,
+            observed_generation: self.cluster.metadata.generation,
+            last_transition_time: unchanged.map_or_else(
+                || Time(Timestamp::now()),
+                |c| c.last_transition_time.clone(),
+            ),
+        }
+    }
+
+    /// `status` with a stall, if any, in its Progressing condition (False, the stall's reason
+    /// and message, whatever the healing loop said), told by a Warning Event when the stored
+    /// condition did not say it yet. The rest of the status (members, phase) is the healing
+    /// loop's: the members that run are still probed and reported.
+    async fn report_stall(
+        &self,
+        mut status: StorageClusterStatus,
+        stall: Option<Stall>,
+    ) -> Result<StorageClusterStatus> {
+        let Some(stall) = stall else {
+            return Ok(status);
+        };
+        let told = self
+            .cluster
+            .status
+            .as_ref()
+            .and_then(|s| {
+                s.conditions
+                    .iter()
+                    .find(|c| c.type_ == condition::PROGRESSING)
+            })
+            .is_some_and(|c| c.reason == stall.reason && c.message == stall.message);
+        let stalled = self.not_progressing(stall.reason, stall.message.clone());
+        match status
+            .conditions
+            .iter_mut()
+            .find(|c| c.type_ == condition::PROGRESSING)
+        {
+            Some(progressing) => *progressing = stalled,
+            None => status.conditions.push(stalled),
+        }
+        if !told {
+            warn!(reason = stall.reason, message = %stall.message, "members cannot start");
+            self.event(
+                EventType::Warning,
+                stall.reason,
+                "StartMembers",
+                stall.message,
+            )
+            .await?;
+        }
+        Ok(status)
     }
 
     /// The root user's name and password when auth is on: from `spec.auth.rootSecretRef`, or
@@ -561,7 +644,7 @@ impl<'a> Reconciler<'a> {
         Ok(Some((field("username")?, field("password")?)))
     }
 
-    async fn list<K>(&self) -> Result<BTreeMap<String, ObjectMeta>>
+    async fn list<K>(&self) -> Result<Vec<K>>
     where
         K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
             + Clone
@@ -569,20 +652,18 @@ impl<'a> Reconciler<'a> {
             + std::fmt::Debug,
     {
         let params = ListParams::default().labels(&resources::selector(self.cluster));
-        let list = self.api::<K>().list(&params).await?;
-        Ok(list
-            .items
-            .into_iter()
-            .map(|o| (o.name_any(), o.meta().clone()))
-            .collect())
+        Ok(self.api::<K>().list(&params).await?.items)
     }
 
     async fn live_children(&self) -> Result<Live> {
+        let pods = self.list::<Pod>().await?;
+        let pvcs = self.list::<PersistentVolumeClaim>().await?;
         Ok(Live {
-            pods: self.list::<Pod>().await?,
-            pvcs: self.list::<PersistentVolumeClaim>().await?,
-            services: self.list::<Service>().await?,
-            pdbs: self.list::<PodDisruptionBudget>().await?,
+            stall: stalls::find(&pods, &pvcs, Timestamp::now()),
+            pods: by_name(pods),
+            pvcs: by_name(pvcs),
+            services: by_name(self.list::<Service>().await?),
+            pdbs: by_name(self.list::<PodDisruptionBudget>().await?),
         })
     }
 
@@ -657,8 +738,14 @@ impl<'a> Reconciler<'a> {
     }
 
     /// Creates missing children and updates changed Services and the PodDisruptionBudget.
-    /// Returns the members whose pods it created.
-    async fn apply_children(&self, live: &Live, held_out: &[String]) -> Result<Vec<String>> {
+    /// Returns the members whose pods it created, and the first refusal of the API server to
+    /// create a member's claim or pod (a quota, a LimitRange, admission): the other members
+    /// are still created, the refused one is tried again at the next reconcile.
+    async fn apply_children(
+        &self,
+        live: &Live,
+        held_out: &[String],
+    ) -> Result<(Vec<String>, Option<Stall>)> {
         let cluster = self.cluster;
         self.apply_if_changed(&live.services, &resources::peer_service(cluster))
             .await?;
@@ -678,15 +765,25 @@ impl<'a> Reconciler<'a> {
             self.disown(&pvcs, meta).await?;
         }
         let mut created = Vec::new();
+        let mut refused = None;
         for member in &names {
             let state = resources::start_state(member, &with_data);
             if !live.pvcs.contains_key(&resources::pvc_name(member)) {
-                self.apply(&pvcs, &resources::pvc(cluster, member)).await?;
+                let claim = resources::pvc(cluster, member);
+                if let Some(stall) = self.apply_or_refused(&pvcs, &claim).await? {
+                    // Without its claim the pod could not start: not created either.
+                    refused.get_or_insert(stall);
+                    continue;
+                }
             }
             if !live.pods.contains_key(member) && !held_out.contains(member) {
-                self.apply(&pods, &resources::member_pod(cluster, member, state))
-                    .await?;
-                created.push(member.clone());
+                let pod = resources::member_pod(cluster, member, state);
+                match self.apply_or_refused(&pods, &pod).await? {
+                    Some(stall) => {
+                        refused.get_or_insert(stall);
+                    }
+                    None => created.push(member.clone()),
+                }
             }
         }
         if !created.is_empty() {
@@ -699,7 +796,29 @@ impl<'a> Reconciler<'a> {
             )
             .await?;
         }
-        Ok(created)
+        Ok((created, refused))
+    }
+
+    /// Applies a member's `object`; the API server refusing it (403 or 422: a ResourceQuota,
+    /// a LimitRange, admission) is the [`Stall`] returned, not an error.
+    async fn apply_or_refused<K>(&self, api: &Api<K>, object: &K) -> Result<Option<Stall>>
+    where
+        K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Serialize + std::fmt::Debug,
+    {
+        match self.apply(api, object).await {
+            Ok(()) => Ok(None),
+            Err(Error::Kube(kube::Error::Api(status))) if matches!(status.code, 403 | 422) => {
+                let name = object.name_any();
+                warn!(object = %name, code = status.code, message = %status.message, "refused");
+                Ok(Some(stalls::refused(
+                    &K::kind(&()),
+                    &name,
+                    status.code,
+                    &status.message,
+                )))
+            }
+            Err(e) => Err(e),
+        }
     }
 
     async fn bootstrap_auth(&self, endpoints: &[String], user: &str, password: &str) -> Result<()> {
@@ -769,6 +888,14 @@ impl<'a> Reconciler<'a> {
         }
         Ok(())
     }
+}
+
+/// The metadata of `objects`, by name.
+fn by_name<K: Resource>(objects: Vec<K>) -> BTreeMap<String, ObjectMeta> {
+    objects
+        .into_iter()
+        .map(|o| (o.name_any(), o.meta().clone()))
+        .collect()
 }
 
 /// Deletes `name` through `api`; one already gone is not an error.
