@@ -9,9 +9,10 @@ use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::jiff::Timestamp;
 use kube::Api;
 use serde_json::{Value, json};
+use tokio::time::Instant;
 
 use super::fixtures::{ApiServerVerifier, cluster, lease_spec, mock_client, observation};
-use super::lease::LeaseLock;
+use super::lease::{LeaseLock, Timing};
 use super::{API_CALLS, Context, reconcile, resources};
 use crate::detector::Round;
 
@@ -568,12 +569,7 @@ const LEASES: &str = "/apis/coordination.k8s.io/v1/namespaces/mend-system/leases
 fn lock() -> (LeaseLock, ApiServerVerifier) {
     let (client, verifier) = mock_client();
     let api = Api::namespaced(client, "mend-system");
-    let lock = LeaseLock::new(
-        api,
-        "mend-operator",
-        "replica-a",
-        std::time::Duration::from_secs(15),
-    );
+    let lock = LeaseLock::new(api, "mend-operator", "replica-a", Timing::default());
     (lock, verifier)
 }
 
@@ -591,7 +587,7 @@ async fn a_free_lease_is_acquired_by_creating_it() {
         create.echo();
     });
     assert!(
-        lock.try_acquire_or_renew(Timestamp::now())
+        lock.try_acquire_or_renew(Timestamp::now(), Instant::now())
             .await
             .expect("election")
     );
@@ -609,28 +605,50 @@ async fn a_fresh_lease_held_by_another_replica_is_left_alone() {
             .ok(&lease("replica-b", now));
         verifier
     });
-    assert!(!lock.try_acquire_or_renew(now).await.expect("election"));
+    assert!(
+        !lock
+            .try_acquire_or_renew(now, Instant::now())
+            .await
+            .expect("election")
+    );
     drop(lock);
     server.await.expect("scenario").no_more_requests().await;
 }
 
+/// However old its renew time by this replica's clock, a Lease held by another is taken over
+/// only once this replica has seen it unchanged for the lease duration, by its own clock.
 #[tokio::test]
-async fn an_expired_lease_is_taken_over_with_its_resource_version() {
+async fn a_lease_seen_unchanged_for_its_duration_is_taken_over_with_its_resource_version() {
     let (lock, mut verifier) = lock();
     let now = Timestamp::now();
     let stale = now - k8s_openapi::jiff::SignedDuration::from_secs(60);
     let server = tokio::spawn(async move {
-        verifier
-            .expect(Method::GET, LEASE)
-            .await
-            .ok(&lease("replica-b", stale));
+        for _ in 0..2 {
+            verifier
+                .expect(Method::GET, LEASE)
+                .await
+                .ok(&lease("replica-b", stale));
+        }
         let update = verifier.expect(Method::PUT, LEASE).await;
         assert_eq!(update.body["metadata"]["resourceVersion"], "7");
         assert_eq!(update.body["spec"]["holderIdentity"], "replica-a");
         assert_eq!(update.body["spec"]["leaseTransitions"], 1);
         update.echo();
     });
-    assert!(lock.try_acquire_or_renew(now).await.expect("election"));
+    let first_seen = Instant::now();
+    assert!(
+        !lock
+            .try_acquire_or_renew(now, first_seen)
+            .await
+            .expect("election"),
+        "first seen: followed, whatever its renew time says"
+    );
+    let later = first_seen + std::time::Duration::from_secs(15);
+    assert!(
+        lock.try_acquire_or_renew(now, later)
+            .await
+            .expect("election")
+    );
     server.await.expect("scenario");
 }
 
@@ -653,7 +671,11 @@ async fn the_holder_renews_its_lease_without_counting_a_transition() {
         );
         update.echo();
     });
-    assert!(lock.try_acquire_or_renew(now).await.expect("election"));
+    assert!(
+        lock.try_acquire_or_renew(now, Instant::now())
+            .await
+            .expect("election")
+    );
     server.await.expect("scenario");
 }
 
@@ -661,18 +683,32 @@ async fn the_holder_renews_its_lease_without_counting_a_transition() {
 async fn losing_the_race_for_an_expired_lease_is_not_an_error() {
     let (lock, mut verifier) = lock();
     let now = Timestamp::now();
-    let stale = now - k8s_openapi::jiff::SignedDuration::from_secs(60);
     let server = tokio::spawn(async move {
-        verifier
-            .expect(Method::GET, LEASE)
-            .await
-            .ok(&lease("replica-b", stale));
+        for _ in 0..2 {
+            verifier
+                .expect(Method::GET, LEASE)
+                .await
+                .ok(&lease("replica-b", now));
+        }
         verifier
             .expect(Method::PUT, LEASE)
             .await
             .error(409, "Conflict");
     });
-    assert!(!lock.try_acquire_or_renew(now).await.expect("election"));
+    let first_seen = Instant::now();
+    assert!(
+        !lock
+            .try_acquire_or_renew(now, first_seen)
+            .await
+            .expect("election")
+    );
+    let later = first_seen + std::time::Duration::from_secs(15);
+    assert!(
+        !lock
+            .try_acquire_or_renew(now, later)
+            .await
+            .expect("election")
+    );
     server.await.expect("scenario");
 }
 
