@@ -1,6 +1,7 @@
-# Images of the operator and of storage-node, from one build stage:
-#   docker build --target operator     -t <registry>/mend-operator:<tag> .
-#   docker build --target storage-node -t <registry>/storage-node:<tag> .
+# Images of the operator and of storage-node, from one build stage, under the names the
+# manifests and a StorageCluster's default image use (the tag is the workspace version):
+#   docker build --target operator     -t ghcr.io/mend-dev/operator:0.1.0 .
+#   docker build --target storage-node -t ghcr.io/mend-dev/storage-node:0.1.0 .
 # Not exercised on the project's machines (no container engine there); see README.
 
 # Build: the whole workspace's lockfile, release binaries. protox compiles the protobufs, so no

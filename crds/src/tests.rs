@@ -41,9 +41,16 @@ fn cel_messages(new: &StorageCluster, old: Option<&StorageCluster>) -> Vec<Strin
 fn an_empty_spec_gets_the_documented_defaults() {
     let spec: StorageClusterSpec = serde_json::from_value(json!({})).expect("parses");
     assert_eq!(spec.replicas, 3);
-    assert_eq!(spec.image, "ghcr.io/mend-dev/storage-node:latest");
+    assert_eq!(
+        spec.image,
+        format!(
+            "ghcr.io/mend-dev/storage-node:{}",
+            env!("CARGO_PKG_VERSION")
+        )
+    );
     assert_eq!(spec.storage.size, "1Gi");
     assert_eq!(spec.storage.storage_class_name, None);
+    assert_eq!(spec.storage.retention_policy, RetentionPolicy::Retain);
     assert_eq!(spec.resources, None);
     assert!(spec.auth.enabled);
     assert_eq!(spec.auth.root_secret_ref, None);
@@ -60,11 +67,15 @@ fn an_empty_spec_gets_the_documented_defaults() {
 fn the_schema_states_the_same_defaults_the_api_server_applies() {
     let spec = &schema()["properties"]["spec"]["properties"];
     assert_eq!(spec["replicas"]["default"], 3);
+    assert_eq!(spec["image"]["default"], DEFAULT_IMAGE);
     assert_eq!(
-        spec["image"]["default"],
-        "ghcr.io/mend-dev/storage-node:latest"
+        spec["storage"]["default"],
+        json!({"size": "1Gi", "retentionPolicy": "Retain"})
     );
-    assert_eq!(spec["storage"]["default"], json!({"size": "1Gi"}));
+    assert_eq!(
+        spec["storage"]["properties"]["retentionPolicy"]["enum"],
+        json!(["Retain", "Delete"])
+    );
     assert_eq!(spec["auth"]["default"], json!({"enabled": true}));
     assert_eq!(
         spec["healing"]["default"],
@@ -176,6 +187,37 @@ fn the_storage_size_must_be_a_positive_quantity() {
         let messages = cel_messages(&bad, None);
         assert_eq!(messages.len(), 1, "{size:?}: {messages:?}");
         assert!(messages[0].starts_with("storage.size must be"), "{size:?}");
+    }
+}
+
+#[test]
+fn a_name_the_children_could_not_carry_is_refused_with_what_to_choose() {
+    let named = |name: &str| {
+        let mut c = cluster(json!({}));
+        c.metadata.name = Some(name.to_string());
+        c
+    };
+    let longest = format!("a{}", "b".repeat(MAX_NAME_LENGTH - 1));
+    for name in ["demo", "a", "etcd-main", "x1", longest.as_str()] {
+        assert_eq!(
+            cel_messages(&named(name), None),
+            Vec::<String>::new(),
+            "{name}"
+        );
+    }
+    // The client Service `<name>-client` must still be a DNS-1035 label of at most 63.
+    assert_eq!(format!("{longest}-client").len(), 63);
+    let too_long = format!("{longest}b");
+    for name in [
+        "9lives",
+        "demo.prod",
+        "Demo",
+        "demo-",
+        "-demo",
+        "de_mo",
+        too_long.as_str(),
+    ] {
+        assert_eq!(cel_messages(&named(name), None), [NAME_MESSAGE], "{name}");
     }
 }
 

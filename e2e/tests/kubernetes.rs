@@ -1,17 +1,17 @@
-//! The operator on a real Kubernetes cluster: install `manifests/` (what `kubectl apply -k
-//! manifests/` installs), create a three-member `StorageCluster` in a fresh namespace, and wait
-//! until it reports `Available`.
+//! The operator on a real Kubernetes cluster: install `manifests/` (the CRD, then what `kubectl
+//! apply -k manifests/` installs), create a three-member `StorageCluster` in a fresh namespace,
+//! and wait until it reports `Available`.
 //!
-//! Needs a cluster reachable through `KUBECONFIG` (kind works) and images it can pull; run with
+//! Needs a cluster reachable through `KUBECONFIG` (kind works) holding the images under their
+//! default, versioned names (README, "Kubernetes": `docker build --target operator|storage-node`
+//! and `kind load docker-image`); then it runs with
 //!
 //! ```sh
-//! MEND_OPERATOR_IMAGE=... MEND_STORAGE_NODE_IMAGE=... \
-//!   cargo test -p e2e --test kubernetes -- --ignored --nocapture
+//! cargo test -p e2e --test kubernetes -- --ignored --nocapture
 //! ```
 //!
-//! (images built from the repository's Dockerfile; with kind, `kind load docker-image` them and
-//! use a tag other than `latest` so they are not pulled). Without a reachable cluster the test
-//! prints why and passes.
+//! `MEND_OPERATOR_IMAGE` and `MEND_STORAGE_NODE_IMAGE` name other images. Without a reachable
+//! cluster the test prints why and passes.
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -82,8 +82,8 @@ async fn apply(client: &Client, object: Value) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Installs what `kubectl apply -k manifests/` installs, with the operator image overridden by
-/// `MEND_OPERATOR_IMAGE` when set.
+/// Installs what the README's install steps install (`crd.yaml`, then what `kubectl apply -k
+/// manifests/` installs), with the operator image overridden by `MEND_OPERATOR_IMAGE` when set.
 async fn install(client: &Client) -> anyhow::Result<()> {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../manifests");
     let kustomization: Value =
@@ -91,7 +91,8 @@ async fn install(client: &Client) -> anyhow::Result<()> {
     let files = kustomization["resources"]
         .as_array()
         .context("kustomization resources")?;
-    for file in files.iter().filter_map(Value::as_str) {
+    let crd = Value::from("crd.yaml");
+    for file in std::iter::once(&crd).chain(files).filter_map(Value::as_str) {
         let docs: Vec<Value> =
             serde_saphyr::from_multiple(&std::fs::read_to_string(dir.join(file))?)?;
         for mut doc in docs.into_iter().filter(|d| !d.is_null()) {
@@ -186,7 +187,9 @@ async fn run(client: Client) -> anyhow::Result<()> {
         || available(&clusters, "e2e"),
     )
     .await;
-    // Best effort: the namespace (and with it the cluster and its volumes) goes either way.
+    // Best effort: the namespace goes either way, with the cluster (the running operator's
+    // finalizer lets it go) and its volume claims (kept by the cluster's deletion, not by the
+    // namespace's).
     let _ = tokio::time::timeout(
         CALL,
         namespaces.delete(&namespace, &DeleteParams::default()),

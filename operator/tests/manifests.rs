@@ -1,5 +1,5 @@
 //! Every YAML file under `manifests/` parses strictly into its Kubernetes type, the
-//! kustomization lists exactly the install files, the Deployment is hardened as promised, and
+//! kustomization lists exactly the operator's install files (not the CRD, not the example), the Deployment is hardened as promised, and
 //! the RBAC grants exactly `operator::controller::API_CALLS`.
 
 use std::collections::BTreeSet;
@@ -106,8 +106,10 @@ struct Kustomization {
     resources: Vec<String>,
 }
 
+/// `kubectl delete -k manifests/` must remove the operator only: the CRD (whose deletion would
+/// delete every StorageCluster) and the example cluster are applied on their own.
 #[test]
-fn the_kustomization_installs_every_manifest_but_the_example() {
+fn the_kustomization_installs_every_manifest_but_the_crd_and_the_example() {
     let text =
         std::fs::read_to_string(manifests().join("kustomization.yaml")).expect("kustomization");
     let k: Kustomization = serde_saphyr::from_str(&text).expect("strict kustomization");
@@ -118,9 +120,10 @@ fn the_kustomization_installs_every_manifest_but_the_example() {
     let files: BTreeSet<String> = objects()
         .into_iter()
         .map(|(file, _)| file)
-        .filter(|f| f != "storagecluster-example.yaml")
+        .filter(|f| f != "storagecluster-example.yaml" && f != "crd.yaml")
         .collect();
     assert_eq!(listed, files);
+    assert!(!listed.contains("crd.yaml"));
 }
 
 #[test]
@@ -160,6 +163,21 @@ fn the_operator_runs_two_hardened_replicas_with_health_probes() {
     assert_eq!(
         security.capabilities.as_ref().and_then(|c| c.drop.clone()),
         Some(vec!["ALL".to_string()])
+    );
+}
+
+#[test]
+fn the_operator_image_carries_the_workspace_version_as_the_storage_node_default_does() {
+    let [deployment]: [Deployment; 1] = of_kind("Deployment").try_into().expect("one Deployment");
+    let pod = deployment.spec.template.spec.expect("pod spec");
+    let version = env!("CARGO_PKG_VERSION");
+    assert_eq!(
+        pod.containers[0].image.as_deref(),
+        Some(format!("ghcr.io/mend-dev/operator:{version}").as_str())
+    );
+    assert_eq!(
+        crds::DEFAULT_IMAGE,
+        format!("ghcr.io/mend-dev/storage-node:{version}")
     );
 }
 

@@ -24,6 +24,8 @@ fn operator_run(kubeconfig: &std::path::Path, home: &std::path::Path, addr: Sock
     Command::new(env!("CARGO_BIN_EXE_operator"))
         .args(["run", "--metrics-addr", &addr.to_string()])
         .args(["--lease-duration-seconds", "3", "--identity", "test"])
+        .args(["--lease-renew-deadline-seconds", "2"])
+        .args(["--lease-retry-period-seconds", "1"])
         .env("KUBECONFIG", kubeconfig)
         .env("HOME", home)
         .env_remove("KUBERNETES_SERVICE_HOST")
@@ -72,6 +74,27 @@ fn operator_run_without_a_kubernetes_configuration_exits_1_and_says_so() {
     assert_eq!(output.status.code(), Some(1), "{stderr}");
     assert!(
         stderr.contains("no Kubernetes client configuration"),
+        "{stderr}"
+    );
+}
+
+/// A renew deadline not shorter than the lease duration could let the leader lead on while a
+/// standby takes over: refused at start.
+#[test]
+fn operator_run_refuses_election_timings_that_could_give_two_leaders() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let output = Command::new(env!("CARGO_BIN_EXE_operator"))
+        .args(["run", "--metrics-addr", &free_addr().to_string()])
+        .args(["--lease-duration-seconds", "10"])
+        .args(["--lease-renew-deadline-seconds", "10"])
+        .env("KUBECONFIG", dir.path().join("absent"))
+        .env("HOME", dir.path())
+        .output()
+        .expect("operator runs");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("renew deadline (10s) must be shorter than the lease duration"),
         "{stderr}"
     );
 }

@@ -67,7 +67,7 @@ pub struct ServeArgs {
         default_value = "etcd-cluster"
     )]
     pub initial_cluster_token: String,
-    /// URLs serving /metrics, /health and /readyz over HTTP.
+    /// URLs serving /metrics, /health, /readyz and /livez over HTTP.
     #[arg(long, env = "ETCD_LISTEN_METRICS_URLS", value_delimiter = ',')]
     pub listen_metrics_urls: Vec<String>,
     /// bcrypt cost for hashing user passwords.

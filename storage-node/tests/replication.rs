@@ -304,3 +304,31 @@ fn a_member_that_lost_its_data_is_refused_until_removed_and_added_again() {
         c.logs()
     );
 }
+
+/// What Kubernetes' probes of a member read: a member whose peers are not there has no
+/// leader, so it is neither healthy nor ready, but it is alive (restarting it would not bring a
+/// leader).
+#[test]
+fn a_member_without_a_leader_is_alive_but_neither_healthy_nor_ready() {
+    // One member of three started: it waits for its peers and elects no leader.
+    let mut c = Cluster::prepare(3, Options::default());
+    c.member(0).start();
+    let m = &c.members[0];
+    assert!(
+        wait_until(DEADLINE, || m.http_get("/livez").is_some()),
+        "{}",
+        c.logs()
+    );
+    assert_eq!(m.http_get("/livez"), Some((200, "ok\n".to_string())));
+    let (code, health) = m.http_get("/health").expect("health");
+    assert_eq!(
+        (code, health.as_str()),
+        (503, r#"{"health":"false","reason":"RAFT NO LEADER"}"#)
+    );
+    assert_eq!(m.http_get("/readyz").map(|r| r.0), Some(503));
+    // Once a majority is up there is a leader, and all three answer.
+    c.member(1).start();
+    c.wait_healthy();
+    assert_eq!(c.members[1].http_get("/livez").map(|r| r.0), Some(200));
+    assert_eq!(c.members[1].http_get("/readyz").map(|r| r.0), Some(200));
+}

@@ -10,12 +10,11 @@ use std::time::Duration;
 use crds::{StorageCluster, StorageClusterSpec};
 use futures_util::future::BoxFuture;
 use http::{Method, Request, Response, StatusCode};
-use k8s_openapi::api::coordination::v1::LeaseSpec;
+use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
 use k8s_openapi::jiff::Timestamp;
 use kube::Client;
 use kube::client::Body;
-use kube::runtime::events::Recorder;
 use serde_json::{Value, json};
 
 use super::metrics::Metrics;
@@ -26,7 +25,8 @@ use crate::members::{CallResult, Credentials, Members};
 use crate::planner::Listed;
 use crate::probe::Target;
 
-/// A stored `StorageCluster` named `name` in `default`, generation 1.
+/// A stored `StorageCluster` named `name` in `default`, generation 1, carrying the operator's
+/// finalizer (as every cluster does after its first reconcile).
 pub fn cluster(name: &str, replicas: i32) -> StorageCluster {
     let spec: StorageClusterSpec =
         serde_json::from_value(json!({ "replicas": replicas })).expect("spec with defaults");
@@ -34,6 +34,8 @@ pub fn cluster(name: &str, replicas: i32) -> StorageCluster {
     sc.metadata.namespace = Some("default".to_string());
     sc.metadata.uid = Some(format!("uid-{name}"));
     sc.metadata.generation = Some(1);
+    sc.metadata.resource_version = Some("1".to_string());
+    sc.metadata.finalizers = Some(vec![super::FINALIZER.to_string()]);
     sc
 }
 
@@ -69,6 +71,90 @@ pub fn lease_spec(holder: Option<&str>, renewed: Timestamp, duration: i32) -> Le
         renew_time: Some(MicroTime(renewed)),
         lease_transitions: Some(0),
         ..LeaseSpec::default()
+    }
+}
+
+/// An API server holding one Lease in memory and answering what the election calls as the
+/// real one does: get, create (a second one is a 409), and replace at the `resourceVersion`
+/// read (a stale one is a 409 Conflict).
+#[derive(Default)]
+pub struct LeaseStore {
+    lease: Mutex<Option<Lease>>,
+    version: AtomicUsize,
+}
+
+impl LeaseStore {
+    /// A client of this store whose requests take `latency` each way. While `cut` is set the
+    /// client's requests are lost: they never get an answer, as when that replica is cut off
+    /// from the API server.
+    pub fn client(self: &Arc<Self>, cut: Arc<AtomicBool>, latency: Duration) -> Client {
+        let (service, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+        let store = self.clone();
+        tokio::spawn(async move {
+            let mut lost = Vec::new();
+            while let Some((request, send)) = handle.next_request().await {
+                if cut.load(Ordering::SeqCst) {
+                    lost.push(send);
+                    continue;
+                }
+                let store = store.clone();
+                tokio::spawn(async move {
+                    let method = request.method().clone();
+                    let bytes = request
+                        .into_body()
+                        .collect_bytes()
+                        .await
+                        .expect("request body");
+                    tokio::time::sleep(latency).await;
+                    let (status, body) = store.answer(&method, &bytes);
+                    tokio::time::sleep(latency).await;
+                    let response = Response::builder()
+                        .status(status)
+                        .body(Body::from(serde_json::to_vec(&body).expect("json")))
+                        .expect("response");
+                    send.send_response(response);
+                });
+            }
+        });
+        Client::new(service, "mend-system")
+    }
+
+    fn answer(&self, method: &Method, body: &[u8]) -> (StatusCode, Value) {
+        let mut lease = self.lease.lock().expect("lease");
+        let failure = |code: StatusCode, reason: &str| {
+            let status = json!({ "kind": "Status", "apiVersion": "v1", "metadata": {},
+                "status": "Failure", "reason": reason, "code": code.as_u16(),
+                "message": format!("{reason} (simulated)") });
+            (code, status)
+        };
+        let stored = |lease: &mut Option<Lease>, mut new: Lease| {
+            let version = self.version.fetch_add(1, Ordering::SeqCst) + 1;
+            new.metadata.resource_version = Some(version.to_string());
+            *lease = Some(new.clone());
+            serde_json::to_value(new).expect("lease json")
+        };
+        match *method {
+            Method::GET => match lease.clone() {
+                Some(l) => (StatusCode::OK, serde_json::to_value(l).expect("json")),
+                None => failure(StatusCode::NOT_FOUND, "NotFound"),
+            },
+            Method::POST if lease.is_some() => failure(StatusCode::CONFLICT, "AlreadyExists"),
+            Method::POST => {
+                let new: Lease = serde_json::from_slice(body).expect("lease");
+                (StatusCode::CREATED, stored(&mut lease, new))
+            }
+            Method::PUT => {
+                let new: Lease = serde_json::from_slice(body).expect("lease");
+                let current = lease
+                    .as_ref()
+                    .and_then(|l| l.metadata.resource_version.clone());
+                if current.is_none() || current != new.metadata.resource_version {
+                    return failure(StatusCode::CONFLICT, "Conflict");
+                }
+                (StatusCode::OK, stored(&mut lease, new))
+            }
+            _ => failure(StatusCode::METHOD_NOT_ALLOWED, "MethodNotAllowed"),
+        }
     }
 }
 
@@ -349,8 +435,8 @@ impl Context {
         let (client, verifier) = mock_client();
         let members = Arc::new(FakeMembers::default());
         let ctx = Context::new(
-            client.clone(),
-            Recorder::new(client, "mend-operator-test".into()),
+            client,
+            "mend-operator-test".into(),
             Arc::new(Metrics::default()),
             members.clone(),
         );

@@ -1,5 +1,6 @@
 //! The controller's Prometheus metrics, kept in atomics and rendered in the text exposition
-//! format by hand: reconciles, failures by error label, reconcile duration, leadership.
+//! format by hand: reconciles, failures by error label, reconcile duration, leadership, Events
+//! the API server did not take.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -16,6 +17,7 @@ const BUCKETS: [f64; 9] = [0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
 pub struct Metrics {
     reconciles: AtomicU64,
     failures: Mutex<BTreeMap<&'static str, u64>>,
+    event_failures: Mutex<BTreeMap<String, u64>>,
     histogram: Mutex<crate::metrics::Histogram>,
     leader: AtomicBool,
     /// The healing metrics of every cluster (drift gauges, heals, durations).
@@ -27,6 +29,7 @@ impl Default for Metrics {
         Metrics {
             reconciles: AtomicU64::default(),
             failures: Mutex::default(),
+            event_failures: Mutex::default(),
             histogram: Mutex::new(crate::metrics::Histogram::new(&BUCKETS)),
             leader: AtomicBool::default(),
             heal: crate::metrics::HealMetrics::default(),
@@ -70,6 +73,16 @@ impl Metrics {
             .or_default() += 1;
     }
 
+    /// Counts an Event (of `reason`) the API server did not take.
+    pub fn event_failed(&self, reason: &str) {
+        *self
+            .event_failures
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(reason.to_string())
+            .or_default() += 1;
+    }
+
     /// Records whether this replica holds the leader lease.
     pub fn set_leader(&self, leader: bool) {
         self.leader.store(leader, Ordering::Relaxed);
@@ -106,6 +119,22 @@ impl Metrics {
             );
         }
         out.push_str(
+            "# HELP mend_operator_event_failures_total Events the API server did not take, by \
+             reason.\n\
+             # TYPE mend_operator_event_failures_total counter\n",
+        );
+        for (reason, count) in self
+            .event_failures
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+        {
+            let _ = writeln!(
+                out,
+                "mend_operator_event_failures_total{{reason=\"{reason}\"}} {count}"
+            );
+        }
+        out.push_str(
             "# HELP mend_operator_reconcile_duration_seconds Time one reconcile takes.\n\
              # TYPE mend_operator_reconcile_duration_seconds histogram\n",
         );
@@ -134,6 +163,7 @@ mod tests {
         drop(metrics.reconcile());
         drop(metrics.reconcile());
         metrics.failure("kube");
+        metrics.event_failed("HealStep");
         metrics.set_leader(true);
         let text = metrics.render();
         assert!(
@@ -153,5 +183,9 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("mend_operator_leader 1\n"), "{text}");
+        assert!(
+            text.contains("mend_operator_event_failures_total{reason=\"HealStep\"} 1\n"),
+            "{text}"
+        );
     }
 }

@@ -1,15 +1,15 @@
 //! The Kubernetes controller: runs `StorageCluster`s as member pods and reports their state.
 //!
 //! A kube-runtime `Controller` watches `StorageCluster`s and the children they own, and calls
-//! [`reconcile()`] for each: check the spec, make sure the root credentials exist, create the
-//! missing children with server-side apply, probe the members over the etcd API, bootstrap auth
-//! once they answer, assess the probes with the healing loop's [`Healer`] (detector and planner)
-//! and write the status built by [`crate::status`] (server-side apply on the status
-//! subresource). Errors
-//! requeue the object with a per-object exponential backoff ([`error_policy`]).
+//! [`reconcile()`] for each, behind the operator's [`FINALIZER`]: check the spec, make sure the
+//! root credentials exist, create the missing children with server-side apply, probe the members
+//! over the etcd API, bootstrap auth once they answer, assess the probes with the healing loop's
+//! [`Healer`] (detector and planner) and write the status built by [`crate::status`]
+//! (server-side apply on the status subresource); for a deleted cluster, apply its retention
+//! policy. Errors requeue the object with a per-object exponential backoff ([`error_policy`]).
 //!
 //! # Why bare pods and not a StatefulSet
-//! Each member is its own Pod with its own PersistentVolumeClaim, both created and owned by the
+//! Each member is its own Pod with its own PersistentVolumeClaim, both created by the
 //! operator. Healing rebuilds one member while the others keep serving: remove it from the
 //! cluster, back up and wipe its data, start it again with `--initial-cluster-state existing`,
 //! add it back. A StatefulSet shares one pod template across its members, so one member cannot
@@ -20,23 +20,32 @@
 //! it starts, which is exactly what the procedure needs. The price, restarting pods the
 //! operator's way (one at a time, quorum kept), is the healing loop's job anyway.
 //!
-//! # No finalizer
-//! Every child carries an owner reference to its cluster, so Kubernetes' garbage collector
-//! deletes them with it, and nothing lives outside the API server. A finalizer would only add
-//! a way for deletion to hang. (Member data is deleted with its volume claims: deleting a
-//! `StorageCluster` deletes its data, as deleting a Deployment's volumes would.)
+//! # A finalizer, for the data only
+//! The workload (pods, Services, the PodDisruptionBudget) carries an owner reference to its
+//! cluster, so Kubernetes' garbage collector deletes it with the cluster. The data does not:
+//! volume claims and the generated root Secret have no owner, so deleting a `StorageCluster`
+//! (or the CRD, or the namespace's cluster objects) never deletes member data on its own. The
+//! operator's finalizer ([`FINALIZER`], kube-runtime's `finalizer` helper) runs the cleanup
+//! before the cluster goes: with `spec.storage.retentionPolicy: Delete` it deletes the claims
+//! and the generated Secret; with `Retain` (the default) it keeps them and says how to delete
+//! them (an Event). The price of a finalizer: a cluster deleted while no operator runs stays
+//! `Terminating` until one runs again (or the finalizer is removed by hand).
 //!
 //! # Layout
 //! - [`resources`]: the children as pure functions of the resource.
 //! - [`reconcile`](mod@reconcile): one pass over one resource, and the error policy.
+//! - [`events`]: Kubernetes Events, one per distinct note.
+//! - [`stalls`]: why members cannot start (unschedulable, volume Pending, refused at create).
 //! - [`lease`]: leader election on a `coordination.k8s.io` Lease.
 //! - [`metrics`] and [`run`](mod@run): `operator run`, its `/metrics`, `/healthz`, `/readyz`.
 
+pub mod events;
 pub mod lease;
 pub mod metrics;
 pub mod reconcile;
 pub mod resources;
 pub mod run;
+pub mod stalls;
 
 #[cfg(test)]
 pub(crate) mod fixtures;
@@ -52,7 +61,7 @@ use kube::Client;
 
 use crate::healer::Healer;
 use crate::members;
-use kube::runtime::events::Recorder;
+use kube::runtime::events::Reporter;
 use kube::runtime::reflector::ObjectRef;
 
 pub use reconcile::{error_policy, reconcile};
@@ -61,18 +70,25 @@ pub use run::{RunArgs, run, run_cli};
 /// The field manager of every server-side apply the operator makes.
 pub const FIELD_MANAGER: &str = "mend-operator";
 
+/// The operator's finalizer on every `StorageCluster`: its cleanup applies the retention
+/// policy before the cluster is deleted.
+pub const FINALIZER: &str = "mend.dev/cleanup";
+
 /// Every (verb, API group, resource) the operator calls, and so exactly what its RBAC grants
 /// (`manifests/rbac.yaml`: the Lease rules in a Role in the operator's namespace, the rest in
 /// the ClusterRole). A test holds the two equal, and the mocked API server tests check every
 /// request they see against this table.
 pub const API_CALLS: &[(&str, &str, &str)] = &[
-    // The watched resource, and its status written by server-side apply.
+    // The watched resource, and its status written by server-side apply; the finalizer is
+    // added and removed by a JSON patch of the resource.
     ("list", "mend.dev", "storageclusters"),
     ("watch", "mend.dev", "storageclusters"),
+    ("patch", "mend.dev", "storageclusters"),
     ("patch", "mend.dev", "storageclusters/status"),
     // Children: listed by label each reconcile, watched by the Controller (`owns`), created and
     // updated by server-side apply: a PATCH, which the API server authorizes as `create` too
-    // when the object does not exist yet. Owner references delete them with the cluster.
+    // when the object does not exist yet. Owner references delete the workload with the
+    // cluster.
     ("list", "", "pods"),
     ("watch", "", "pods"),
     ("create", "", "pods"),
@@ -81,10 +97,13 @@ pub const API_CALLS: &[(&str, &str, &str)] = &[
     // moves its data aside (created, watched by name until it finishes).
     ("get", "", "pods"),
     ("delete", "", "pods"),
+    // Volume claims: not owned by the cluster (the data outlives it unless the retention
+    // policy is Delete, when the finalizer deletes them).
     ("list", "", "persistentvolumeclaims"),
     ("watch", "", "persistentvolumeclaims"),
     ("create", "", "persistentvolumeclaims"),
     ("patch", "", "persistentvolumeclaims"),
+    ("delete", "", "persistentvolumeclaims"),
     ("list", "", "services"),
     ("watch", "", "services"),
     ("create", "", "services"),
@@ -96,9 +115,11 @@ pub const API_CALLS: &[(&str, &str, &str)] = &[
     // Root credentials: read by name, created by server-side apply; never listed or watched,
     // so the operator cannot read Secrets it was not pointed at (a ClusterRole cannot name
     // them in advance: they live in each cluster's namespace).
+    // The generated one is deleted by the finalizer under the Delete retention policy.
     ("get", "", "secrets"),
     ("create", "", "secrets"),
     ("patch", "", "secrets"),
+    ("delete", "", "secrets"),
     // Events: kube-runtime's Recorder creates one, and patches it when it repeats.
     ("create", "events.k8s.io", "events"),
     ("patch", "events.k8s.io", "events"),
@@ -138,6 +159,9 @@ pub enum Error {
     /// Leadership was lost: another replica may be reconciling now.
     #[error("lost the leader lease {0}")]
     LostLease(String),
+    /// Adding or removing the operator's finalizer failed.
+    #[error("finalizer: {0}")]
+    Finalizer(#[source] Box<kube::runtime::finalizer::Error<Error>>),
 }
 
 impl Error {
@@ -151,6 +175,7 @@ impl Error {
             Error::Config(_) => "config",
             Error::LostLease(_) => "lost_lease",
             Error::Heal(_) => "heal",
+            Error::Finalizer(_) => "finalizer",
         }
     }
 }
@@ -166,7 +191,7 @@ pub struct Context {
     /// The Kubernetes client.
     pub client: Client,
     /// Publishes Events on the resources.
-    pub recorder: Recorder,
+    pub events: events::Events,
     /// Counters and timings for `/metrics`.
     pub metrics: Arc<metrics::Metrics>,
     /// The members' etcd API.
@@ -179,16 +204,16 @@ pub struct Context {
 }
 
 impl Context {
-    /// A context for reconciles through `client`.
+    /// A context for reconciles through `client`, publishing Events as `reporter`.
     pub fn new(
         client: Client,
-        recorder: Recorder,
+        reporter: Reporter,
         metrics: Arc<metrics::Metrics>,
         members: Arc<dyn members::Members>,
     ) -> Context {
         Context {
+            events: events::Events::new(client.clone(), reporter),
             client,
-            recorder,
             metrics,
             members,
             failures: Mutex::default(),

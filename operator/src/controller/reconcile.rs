@@ -17,14 +17,15 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 
-use crds::{StorageCluster, StorageClusterStatus, condition};
+use crds::{RetentionPolicy, StorageCluster, StorageClusterStatus, condition};
 use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod, Secret, Service};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, ObjectMeta, Time};
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{Api, ListParams, Patch, PatchParams};
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
 use kube::runtime::controller::Action;
 use kube::runtime::events::{Event, EventType};
+use kube::runtime::finalizer::{self, Event as FinalizerEvent, finalizer};
 use kube::runtime::reflector::ObjectRef;
 use kube::{Resource, ResourceExt};
 use serde::Serialize;
@@ -40,7 +41,8 @@ use crate::probe::Target;
 use crate::status::{self, MemberView};
 
 use super::resources;
-use super::{Context, Error, FIELD_MANAGER, Result};
+use super::stalls::{self, Stall};
+use super::{Context, Error, FIELD_MANAGER, FINALIZER, Result};
 
 /// How soon to look again at a root credentials Secret that was missing or incomplete.
 const SECRET_RETRY: Action = Action::requeue(Duration::from_secs(30));
@@ -51,30 +53,70 @@ const HEAL_PASS: Duration = Duration::from_secs(2);
 /// Length of a generated root password (alphanumeric: about 190 bits).
 const PASSWORD_LEN: usize = 32;
 
-/// Reconciles `cluster`: the entry point the Controller calls.
+/// Reconciles `cluster`: the entry point the Controller calls. Behind the operator's
+/// finalizer: a new cluster first gets it (and nothing else; the change brings the next
+/// reconcile), a live one is reconciled ([`Reconciler::run`]), a deleted one cleaned up
+/// ([`Reconciler::cleanup`]) before the finalizer is removed.
 #[instrument(skip_all, fields(cluster = %cluster.name_any(), namespace = cluster.namespace().unwrap_or_default()))]
 pub async fn reconcile(cluster: Arc<StorageCluster>, ctx: Arc<Context>) -> Result<Action> {
     let _timer = ctx.metrics.reconcile();
-    let action = Reconciler::new(&cluster, &ctx).run().await?;
-    ctx.succeeded(&ObjectRef::from_obj(cluster.as_ref()));
+    let object = ObjectRef::from_obj(cluster.as_ref());
+    let api: Api<StorageCluster> =
+        Api::namespaced(ctx.client.clone(), &cluster.namespace().unwrap_or_default());
+    let action = finalizer(&api, FINALIZER, cluster, |event| async {
+        match event {
+            FinalizerEvent::Apply(cluster) => Reconciler::new(&cluster, &ctx).run().await,
+            FinalizerEvent::Cleanup(cluster) => Reconciler::new(&cluster, &ctx).cleanup().await,
+        }
+    })
+    .await
+    .map_err(|e| match e {
+        finalizer::Error::ApplyFailed(e) | finalizer::Error::CleanupFailed(e) => e,
+        other => Error::Finalizer(Box::new(other)),
+    })?;
+    ctx.succeeded(&object);
     Ok(action)
 }
 
-/// Counts the failure and retries `cluster` after a backoff that doubles with each failure in a
-/// row (conflicts and unreachable API servers included).
+/// Counts the failure, tells it in a Warning Event on the cluster (`ReconcileFailed`, the error
+/// as its note: a repeat of the same error joins that Event's series) and retries `cluster`
+/// after a backoff that doubles with each failure in a row (conflicts and unreachable API
+/// servers included).
+///
+/// The Controller calls this synchronously, so the Event is published by a task of its own;
+/// a failure to publish it is logged and counted like any other. No condition: writing the
+/// status here would race the next reconcile's status write. The stalls a user can fix
+/// (spec, Secret, scheduling, volumes, refusals) are conditions, written by the reconcile.
 pub fn error_policy(cluster: Arc<StorageCluster>, error: &Error, ctx: Arc<Context>) -> Action {
     ctx.metrics.failure(error.label());
     let delay = ctx.backoff(ObjectRef::from_obj(cluster.as_ref()));
     warn!(cluster = %cluster.name_any(), %error, ?delay, "reconcile failed");
+    let event = Event {
+        type_: EventType::Warning,
+        reason: "ReconcileFailed".to_string(),
+        note: Some(format!(
+            "{error}; retrying with a backoff that doubles per failure in a row, up to 5 minutes"
+        )),
+        action: "Reconcile".to_string(),
+        secondary: None,
+    };
+    let regarding = cluster.object_ref(&());
+    tokio::spawn(async move {
+        if let Err(error) = ctx.events.publish(&event, &regarding).await {
+            ctx.metrics.event_failed(&event.reason);
+            warn!(%error, reason = %event.reason, "publishing an Event failed");
+        }
+    });
     Action::requeue(delay)
 }
 
-/// The live children of one cluster, by name.
+/// The live children of one cluster, by name, and what stalls their members, if anything.
 struct Live {
     pods: BTreeMap<String, ObjectMeta>,
     pvcs: BTreeMap<String, ObjectMeta>,
     services: BTreeMap<String, ObjectMeta>,
     pdbs: BTreeMap<String, ObjectMeta>,
+    stall: Option<Stall>,
 }
 
 struct Reconciler<'a> {
@@ -149,7 +191,8 @@ impl<'a> Reconciler<'a> {
             .and_then(|h| h.progress.as_ref())
             .and_then(Progress::from_status);
         let held_out = resumed.as_ref().map(Progress::held_out).unwrap_or_default();
-        let lost = self.apply_children(&live, &held_out).await?;
+        let (lost, refused) = self.apply_children(&live, &held_out).await?;
+        let stall = refused.or_else(|| live.stall.clone());
 
         let names = resources::member_names(self.cluster);
         let endpoints: Vec<String> = names
@@ -190,6 +233,7 @@ impl<'a> Reconciler<'a> {
             }
         }
         let status = self.status(&names, &endpoints, &pass);
+        let status = self.report_stall(status, stall).await?;
         self.ctx
             .metrics
             .heal
@@ -210,6 +254,81 @@ impl<'a> Reconciler<'a> {
         Ok(Action::requeue(Duration::from_secs(u64::from(
             self.cluster.spec.healing.probe_interval_seconds,
         ))))
+    }
+
+    /// The cluster is being deleted. Its workload goes with it (owner references); its data,
+    /// the volume claims and the generated root Secret, is deleted under the `Delete`
+    /// retention policy and kept under `Retain`, and an Event says which (and, when kept, how
+    /// to delete it). Idempotent: it may run again after a failure or a restart.
+    async fn cleanup(&self) -> Result<Action> {
+        let selector = resources::owned_selector(self.cluster);
+        let params = ListParams::default().labels(&selector);
+        let pvcs: Api<PersistentVolumeClaim> = self.api();
+        let claims: Vec<String> = pvcs
+            .list_metadata(&params)
+            .await?
+            .items
+            .iter()
+            .map(ResourceExt::name_any)
+            .collect();
+        let secret = resources::generated_secret_name(self.cluster);
+        let claims_text = if claims.is_empty() {
+            "no volume claims".to_string()
+        } else {
+            format!("volume claims {}", claims.join(", "))
+        };
+        match self.cluster.spec.storage.retention_policy {
+            RetentionPolicy::Retain => {
+                info!(claims = ?claims, "deleted; keeping its data (retentionPolicy Retain)");
+                self.event(
+                    EventType::Normal,
+                    "DataRetained",
+                    "Cleanup",
+                    format!(
+                        "kept {claims_text} and the generated root Secret {secret}, if any \
+                         (spec.storage.retentionPolicy Retain): a StorageCluster created again \
+                         as {}/{} starts on this data; to delete it: kubectl delete \
+                         pvc,secret -n {} -l {selector}",
+                        self.namespace,
+                        self.cluster.name_any(),
+                        self.namespace
+                    ),
+                )
+                .await?;
+            }
+            RetentionPolicy::Delete => {
+                for claim in &claims {
+                    delete_if_present(&pvcs, claim).await?;
+                }
+                let secrets: Api<Secret> = self.api();
+                // Only the Secret the operator generated (its labels say so), never one the
+                // spec pointed at.
+                let generated = secrets.get_opt(&secret).await?.is_some_and(|s| {
+                    resources::labels(self.cluster)
+                        .iter()
+                        .all(|(k, v)| s.labels().get(k) == Some(v))
+                });
+                if generated {
+                    delete_if_present(&secrets, &secret).await?;
+                }
+                info!(claims = ?claims, generated, "deleted with its data (retentionPolicy Delete)");
+                self.event(
+                    EventType::Normal,
+                    "DataDeleted",
+                    "Cleanup",
+                    format!(
+                        "deleted {claims_text}{} (spec.storage.retentionPolicy Delete)",
+                        if generated {
+                            format!(" and the generated root Secret {secret}")
+                        } else {
+                            String::new()
+                        }
+                    ),
+                )
+                .await?;
+            }
+        }
+        Ok(Action::await_change())
     }
 
     /// This cluster's healing loop, made afresh when the spec changed (the mode or the evidence
@@ -298,21 +417,7 @@ impl<'a> Reconciler<'a> {
             .filter(|c| c.type_ != condition::PROGRESSING)
             .cloned()
             .collect();
-        let unchanged = previous
-            .conditions
-            .iter()
-            .find(|c| c.type_ == condition::PROGRESSING && c.status == "False");
-        conditions.push(Condition {
-            type_: condition::PROGRESSING.to_string(),
-            status: "False".to_string(),
-            reason: reason.to_string(),
-            message: problem.clone(),
-            observed_generation: self.cluster.metadata.generation,
-            last_transition_time: unchanged.map_or_else(
-                || Time(Timestamp::now()),
-                |c| c.last_transition_time.clone(),
-            ),
-        });
+        conditions.push(self.not_progressing(reason, problem.clone()));
         let status = StorageClusterStatus {
             observed_generation: self.cluster.metadata.generation,
             conditions,
@@ -323,6 +428,76 @@ impl<'a> Reconciler<'a> {
                 .await?;
         }
         Ok(then)
+    }
+
+    /// `Progressing=False` for `reason`, saying `message`; since the stored condition's time
+    /// when it was False already.
+    fn not_progressing(&self, reason: &str, message: String) -> Condition {
+        let unchanged = self
+            .cluster
+            .status
+            .as_ref()
+            .and_then(|s| {
+                s.conditions
+                    .iter()
+                    .find(|c| c.type_ == condition::PROGRESSING)
+            })
+            .filter(|c| c.status == "False");
+        Condition {
+            type_: condition::PROGRESSING.to_string(),
+            status: "False".to_string(),
+            reason: reason.to_string(),
+            message,
+            observed_generation: self.cluster.metadata.generation,
+            last_transition_time: unchanged.map_or_else(
+                || Time(Timestamp::now()),
+                |c| c.last_transition_time.clone(),
+            ),
+        }
+    }
+
+    /// `status` with a stall, if any, in its Progressing condition (False, the stall's reason
+    /// and message, whatever the healing loop said), told by a Warning Event when the stored
+    /// condition did not say it yet. The rest of the status (members, phase) is the healing
+    /// loop's: the members that run are still probed and reported.
+    async fn report_stall(
+        &self,
+        mut status: StorageClusterStatus,
+        stall: Option<Stall>,
+    ) -> Result<StorageClusterStatus> {
+        let Some(stall) = stall else {
+            return Ok(status);
+        };
+        let told = self
+            .cluster
+            .status
+            .as_ref()
+            .and_then(|s| {
+                s.conditions
+                    .iter()
+                    .find(|c| c.type_ == condition::PROGRESSING)
+            })
+            .is_some_and(|c| c.reason == stall.reason && c.message == stall.message);
+        let stalled = self.not_progressing(stall.reason, stall.message.clone());
+        match status
+            .conditions
+            .iter_mut()
+            .find(|c| c.type_ == condition::PROGRESSING)
+        {
+            Some(progressing) => *progressing = stalled,
+            None => status.conditions.push(stalled),
+        }
+        if !told {
+            warn!(reason = stall.reason, message = %stall.message, "members cannot start");
+            self.event(
+                EventType::Warning,
+                stall.reason,
+                "StartMembers",
+                stall.message,
+            )
+            .await?;
+        }
+        Ok(status)
     }
 
     /// The root user's name and password when auth is on: from `spec.auth.rootSecretRef`, or
@@ -338,6 +513,10 @@ impl<'a> Reconciler<'a> {
             None => resources::generated_secret_name(self.cluster),
         };
         let secret = match secrets.get_opt(&name).await? {
+            Some(secret) if auth.root_secret_ref.is_none() => {
+                self.disown(&secrets, &secret.metadata).await?;
+                secret
+            }
             Some(secret) => secret,
             None if auth.root_secret_ref.is_some() => {
                 return Err(Error::Secret {
@@ -369,7 +548,7 @@ impl<'a> Reconciler<'a> {
         Ok(Some((field("username")?, field("password")?)))
     }
 
-    async fn list<K>(&self) -> Result<BTreeMap<String, ObjectMeta>>
+    async fn list<K>(&self) -> Result<Vec<K>>
     where
         K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
             + Clone
@@ -377,20 +556,18 @@ impl<'a> Reconciler<'a> {
             + std::fmt::Debug,
     {
         let params = ListParams::default().labels(&resources::selector(self.cluster));
-        let list = self.api::<K>().list(&params).await?;
-        Ok(list
-            .items
-            .into_iter()
-            .map(|o| (o.name_any(), o.meta().clone()))
-            .collect())
+        Ok(self.api::<K>().list(&params).await?.items)
     }
 
     async fn live_children(&self) -> Result<Live> {
+        let pods = self.list::<Pod>().await?;
+        let pvcs = self.list::<PersistentVolumeClaim>().await?;
         Ok(Live {
-            pods: self.list::<Pod>().await?,
-            pvcs: self.list::<PersistentVolumeClaim>().await?,
-            services: self.list::<Service>().await?,
-            pdbs: self.list::<PodDisruptionBudget>().await?,
+            stall: stalls::find(&pods, &pvcs, Timestamp::now()),
+            pods: by_name(pods),
+            pvcs: by_name(pvcs),
+            services: by_name(self.list::<Service>().await?),
+            pdbs: by_name(self.list::<PodDisruptionBudget>().await?),
         })
     }
 
@@ -403,6 +580,41 @@ impl<'a> Reconciler<'a> {
         let params = PatchParams::apply(FIELD_MANAGER).force();
         api.patch(&object.name_any(), &params, &Patch::Apply(object))
             .await?;
+        Ok(())
+    }
+
+    /// Removes the owner reference to this cluster from a child holding data (a volume claim,
+    /// the generated root Secret) that an operator before the retention policy made owned, so
+    /// that the garbage collector does not delete the data with the cluster. A merge patch of
+    /// the remaining references at the `resourceVersion` read: a concurrent change makes it
+    /// fail (and the reconcile retry) rather than drop someone else's reference.
+    async fn disown<K>(&self, api: &Api<K>, meta: &ObjectMeta) -> Result<()>
+    where
+        K: Resource + Clone + DeserializeOwned + std::fmt::Debug,
+    {
+        let uid = self.cluster.metadata.uid.as_deref();
+        let references = meta.owner_references.as_deref().unwrap_or_default();
+        if uid.is_none() || !references.iter().any(|r| Some(r.uid.as_str()) == uid) {
+            return Ok(());
+        }
+        let remaining: Vec<_> = references
+            .iter()
+            .filter(|r| Some(r.uid.as_str()) != uid)
+            .collect();
+        let patch = serde_json::json!({
+            "metadata": {
+                "resourceVersion": meta.resource_version,
+                "ownerReferences": if remaining.is_empty() {
+                    serde_json::Value::Null
+                } else {
+                    serde_json::json!(remaining)
+                },
+            }
+        });
+        let name = meta.name.clone().unwrap_or_default();
+        api.patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
+            .await?;
+        info!(object = %name, "no longer owned by the cluster: kept or deleted as the retention policy says");
         Ok(())
     }
 
@@ -430,10 +642,17 @@ impl<'a> Reconciler<'a> {
     }
 
     /// Creates missing children and updates changed Services and the PodDisruptionBudget.
-    /// Returns the members that lost their volume: a member that ran (the status knows its ID)
-    /// and whose claim is gone gets a new, empty claim marked for a rebuild and no pod; the
-    /// healing loop rebuilds it as a new member, and only its rejoin starts the pod.
-    async fn apply_children(&self, live: &Live, held_out: &[String]) -> Result<Vec<String>> {
+    /// Returns the members that lost their volume, and the first refusal of the API server to
+    /// create a member's claim or pod (a quota, a LimitRange, admission): the other members are
+    /// still created, the refused one is tried again at the next reconcile. A member that ran
+    /// (the status knows its ID) and whose claim is gone gets a new, empty claim marked for a
+    /// rebuild and no pod: the healing loop rebuilds it as a new member, and only its rejoin
+    /// starts the pod.
+    async fn apply_children(
+        &self,
+        live: &Live,
+        held_out: &[String],
+    ) -> Result<(Vec<String>, Option<Stall>)> {
         let cluster = self.cluster;
         self.apply_if_changed(&live.services, &resources::peer_service(cluster))
             .await?;
@@ -449,6 +668,9 @@ impl<'a> Reconciler<'a> {
             .filter(|m| live.pvcs.contains_key(&resources::pvc_name(m)))
             .map(String::as_str)
             .collect();
+        for meta in live.pvcs.values() {
+            self.disown(&pvcs, meta).await?;
+        }
         let ran: BTreeSet<&str> = cluster
             .status
             .iter()
@@ -458,20 +680,29 @@ impl<'a> Reconciler<'a> {
             .collect();
         let mut created = Vec::new();
         let mut lost = Vec::new();
+        let mut refused = None;
         for member in &names {
             let state = resources::start_state(member, &with_data);
             match live.pvcs.get(&resources::pvc_name(member)) {
                 None => {
-                    let mut pvc = resources::pvc(cluster, member);
-                    if ran.contains(member.as_str()) {
+                    let mut claim = resources::pvc(cluster, member);
+                    let was_lost = ran.contains(member.as_str());
+                    if was_lost {
                         warn!(member = %member, "the member's volume is gone: it will be rebuilt as a new member");
-                        pvc.metadata
+                        claim
+                            .metadata
                             .labels
                             .get_or_insert_default()
                             .insert(resources::REBUILD_LABEL.to_string(), "true".to_string());
+                    }
+                    if let Some(stall) = self.apply_or_refused(&pvcs, &claim).await? {
+                        // Without its claim the pod could not start: not created either.
+                        refused.get_or_insert(stall);
+                        continue;
+                    }
+                    if was_lost {
                         lost.push(member.clone());
                     }
-                    self.apply(&pvcs, &pvc).await?;
                 }
                 Some(meta) if resources::awaits_rebuild(meta) => lost.push(member.clone()),
                 Some(_) => {}
@@ -480,9 +711,13 @@ impl<'a> Reconciler<'a> {
                 && !held_out.contains(member)
                 && !lost.contains(member)
             {
-                self.apply(&pods, &resources::member_pod(cluster, member, state))
-                    .await?;
-                created.push(member.clone());
+                let pod = resources::member_pod(cluster, member, state);
+                match self.apply_or_refused(&pods, &pod).await? {
+                    Some(stall) => {
+                        refused.get_or_insert(stall);
+                    }
+                    None => created.push(member.clone()),
+                }
             }
         }
         if !created.is_empty() {
@@ -495,7 +730,29 @@ impl<'a> Reconciler<'a> {
             )
             .await?;
         }
-        Ok(lost)
+        Ok((lost, refused))
+    }
+
+    /// Applies a member's `object`; the API server refusing it (403 or 422: a ResourceQuota,
+    /// a LimitRange, admission) is the [`Stall`] returned, not an error.
+    async fn apply_or_refused<K>(&self, api: &Api<K>, object: &K) -> Result<Option<Stall>>
+    where
+        K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Serialize + std::fmt::Debug,
+    {
+        match self.apply(api, object).await {
+            Ok(()) => Ok(None),
+            Err(Error::Kube(kube::Error::Api(status))) if matches!(status.code, 403 | 422) => {
+                let name = object.name_any();
+                warn!(object = %name, code = status.code, message = %status.message, "refused");
+                Ok(Some(stalls::refused(
+                    &K::kind(&()),
+                    &name,
+                    status.code,
+                    &status.message,
+                )))
+            }
+            Err(e) => Err(e),
+        }
     }
 
     async fn bootstrap_auth(&self, endpoints: &[String], user: &str, password: &str) -> Result<()> {
@@ -536,6 +793,10 @@ impl<'a> Reconciler<'a> {
         Ok(true)
     }
 
+    /// Publishes an Event about the cluster. Never fails the reconcile: an Event reports the
+    /// work, it is not part of it, so a refused or lost publish is logged and counted
+    /// (`mend_operator_event_failures_total`) and the work goes on. (The `Result` only keeps
+    /// the callers' `?`.)
     async fn event(
         &self,
         type_: EventType,
@@ -550,11 +811,36 @@ impl<'a> Reconciler<'a> {
             action: action.to_string(),
             secondary: None,
         };
-        self.ctx
-            .recorder
+        if let Err(error) = self
+            .ctx
+            .events
             .publish(&event, &self.cluster.object_ref(&()))
-            .await?;
+            .await
+        {
+            self.ctx.metrics.event_failed(reason);
+            warn!(%error, reason, "publishing an Event failed");
+        }
         Ok(())
+    }
+}
+
+/// The metadata of `objects`, by name.
+fn by_name<K: Resource>(objects: Vec<K>) -> BTreeMap<String, ObjectMeta> {
+    objects
+        .into_iter()
+        .map(|o| (o.name_any(), o.meta().clone()))
+        .collect()
+}
+
+/// Deletes `name` through `api`; one already gone is not an error.
+async fn delete_if_present<K>(api: &Api<K>, name: &str) -> Result<()>
+where
+    K: Resource + Clone + DeserializeOwned + std::fmt::Debug,
+{
+    match api.delete(name, &DeleteParams::default()).await {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(status)) if status.is_not_found() => Ok(()),
+        Err(e) => Err(e.into()),
     }
 }
 

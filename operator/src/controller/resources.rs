@@ -2,10 +2,14 @@
 //! volumes, the peer and client Services, the PodDisruptionBudget and the generated root Secret.
 //! Nothing here talks to the API server; [`super::reconcile()`] applies what these build.
 //!
-//! Every child carries the cluster's labels ([`labels`]), a controller owner reference to the
-//! cluster (so Kubernetes' garbage collector removes it with the cluster) and an
-//! [`APPLIED_HASH`] annotation: a digest of the object as built, which lets a reconcile skip a
-//! child whose live copy was applied from the very same desired state.
+//! Every child carries the cluster's labels ([`labels`]) and an [`APPLIED_HASH`] annotation: a
+//! digest of the object as built, which lets a reconcile skip a child whose live copy was
+//! applied from the very same desired state. The workload (pods, Services, the
+//! PodDisruptionBudget) carries a controller owner reference to the cluster, so Kubernetes'
+//! garbage collector removes it with the cluster. The data does not: volume claims and the
+//! generated root Secret (the password of the data's root user) have no owner, so deleting the
+//! cluster never deletes them behind the operator's back; the operator's finalizer deletes them
+//! only when `spec.storage.retentionPolicy` is `Delete`.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -14,9 +18,9 @@ use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::{
     Affinity, Capabilities, Container, ContainerPort, HTTPGetAction, PersistentVolumeClaim,
     PersistentVolumeClaimSpec, PersistentVolumeClaimVolumeSource, Pod, PodAffinityTerm,
-    PodAntiAffinity, PodSecurityContext, PodSpec, Probe, SeccompProfile, Secret, SecurityContext,
-    Service, ServicePort, ServiceSpec, Volume, VolumeMount, VolumeResourceRequirements,
-    WeightedPodAffinityTerm,
+    PodAntiAffinity, PodSecurityContext, PodSpec, Probe, ResourceRequirements, SeccompProfile,
+    Secret, SecurityContext, Service, ServicePort, ServiceSpec, Volume, VolumeMount,
+    VolumeResourceRequirements, WeightedPodAffinityTerm,
 };
 use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
@@ -29,7 +33,7 @@ use serde::Serialize;
 pub const CLIENT_PORT: i32 = 2379;
 /// Peer (raft) port of every member (etcd's).
 pub const PEER_PORT: i32 = 2380;
-/// `/metrics`, `/health` and `/readyz` of every member.
+/// `/metrics`, `/health`, `/readyz` and `/livez` of every member.
 pub const METRICS_PORT: i32 = 2381;
 /// Where the member's volume is mounted.
 pub const DATA_MOUNT: &str = "/var/lib/mend";
@@ -117,6 +121,7 @@ pub fn backup_pod(cluster: &StorageCluster, member: &str, backup: &str) -> Pod {
             container.ports = None;
             container.readiness_probe = None;
             container.liveness_probe = None;
+            container.startup_probe = None;
         }
     }
     pod
@@ -233,6 +238,26 @@ fn child_meta(cluster: &StorageCluster, name: String) -> ObjectMeta {
     }
 }
 
+/// Metadata of a child that holds data (a volume claim, the generated root Secret): the
+/// cluster's namespace and labels, and no owner, so that it outlives the cluster unless the
+/// retention policy says otherwise.
+fn data_meta(cluster: &StorageCluster, name: String) -> ObjectMeta {
+    ObjectMeta {
+        owner_references: None,
+        ..child_meta(cluster, name)
+    }
+}
+
+/// Labels selecting every child the operator made for `cluster` (and only those: a claim
+/// someone else labelled `app.kubernetes.io/instance` is not the operator's).
+pub fn owned_selector(cluster: &StorageCluster) -> String {
+    labels(cluster)
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
 /// The controller owner reference to `cluster` (none when it has no UID yet, which only a
 /// resource that was never stored lacks). Without `blockOwnerDeletion`: setting it needs
 /// `update` on `storageclusters/finalizers`, a permission the operator has no other use for.
@@ -329,7 +354,7 @@ pub fn pod_disruption_budget(cluster: &StorageCluster) -> PodDisruptionBudget {
 
 /// A member's volume claim, sized and classed from `spec.storage`.
 pub fn pvc(cluster: &StorageCluster, member: &str) -> PersistentVolumeClaim {
-    let mut metadata = child_meta(cluster, pvc_name(member));
+    let mut metadata = data_meta(cluster, pvc_name(member));
     metadata
         .labels
         .get_or_insert_with(BTreeMap::new)
@@ -355,7 +380,7 @@ pub fn pvc(cluster: &StorageCluster, member: &str) -> PersistentVolumeClaim {
 /// The generated root credentials: user `root` and `password`.
 pub fn root_secret(cluster: &StorageCluster, password: &str) -> Secret {
     Secret {
-        metadata: child_meta(cluster, generated_secret_name(cluster)),
+        metadata: data_meta(cluster, generated_secret_name(cluster)),
         type_: Some("Opaque".to_string()),
         data: Some(BTreeMap::from([
             ("username".to_string(), ByteString(b"root".to_vec())),
@@ -449,13 +474,23 @@ pub fn member_pod(cluster: &StorageCluster, member: &str, state: ClusterState) -
             container_port("peer", PEER_PORT),
             container_port("metrics", METRICS_PORT),
         ]),
+        // Ready: the member has a leader, so it serves (the client Service sends it clients).
         readiness_probe: Some(http_probe("/readyz", 5, 3)),
-        liveness_probe: Some(Probe {
-            // A member replaying its log after a restart is alive but slow to answer at first.
-            initial_delay_seconds: Some(15),
-            ..http_probe("/health", 10, 6)
-        }),
-        resources: cluster.spec.resources.clone(),
+        // Alive: the process answers, leader or not. A member without a leader is waiting
+        // for its peers (starting together, a slow volume, a quorum loss); restarting it
+        // brings no leader back and makes a quorum loss longer, as etcd-druid's members
+        // know (liveness there does not need a leader either).
+        liveness_probe: Some(http_probe("/livez", 10, 6)),
+        // Until the first answer, liveness waits: opening the database and replaying the log
+        // after a restart may take minutes on a large member (up to 30 × 10 s here).
+        startup_probe: Some(http_probe("/livez", 10, 30)),
+        resources: Some(
+            cluster
+                .spec
+                .resources
+                .clone()
+                .unwrap_or_else(default_resources),
+        ),
         volume_mounts: Some(vec![VolumeMount {
             name: "data".to_string(),
             mount_path: DATA_MOUNT.to_string(),
@@ -519,6 +554,26 @@ pub fn member_pod(cluster: &StorageCluster, member: &str, state: ClusterState) -
     })
 }
 
+/// What a member requests when `spec.resources` is absent (the values its documentation
+/// states): CPU and memory requests, so a member is not BestEffort (the first evicted under
+/// memory pressure, refused by a quota that asks for requests); no limits, as a CPU limit
+/// throttles a member's heartbeats and a memory limit would kill it at a peak.
+fn default_resources() -> ResourceRequirements {
+    ResourceRequirements {
+        requests: Some(BTreeMap::from([
+            (
+                "cpu".to_string(),
+                Quantity(crds::DEFAULT_CPU_REQUEST.to_string()),
+            ),
+            (
+                "memory".to_string(),
+                Quantity(crds::DEFAULT_MEMORY_REQUEST.to_string()),
+            ),
+        ])),
+        ..ResourceRequirements::default()
+    }
+}
+
 /// Without affinity rules in the spec: members on different nodes where possible, so a node
 /// loss takes one member, not the quorum. Preferred, not required, so a cluster of fewer
 /// nodes than members still starts.
@@ -547,6 +602,10 @@ fn spread_members(cluster: &StorageCluster) -> Affinity {
 /// What is wrong with a spec the API server should have refused (a CRD installed without its
 /// validation, or an older CRD version), phrased as what to fix; `None` when it is valid.
 pub fn spec_problem(cluster: &StorageCluster) -> Option<String> {
+    let name = cluster.name_any();
+    if !is_valid_name(&name) {
+        return Some(format!("{name:?} cannot be used: {}", crds::NAME_MESSAGE));
+    }
     let replicas = cluster.spec.replicas;
     if !(1..=7).contains(&replicas) {
         return Some(format!(
@@ -568,6 +627,19 @@ pub fn spec_problem(cluster: &StorageCluster) -> Option<String> {
         return Some("the StorageCluster has no namespace".to_string());
     }
     None
+}
+
+/// Whether `name` passes the CRD's rule on `metadata.name` (a DNS-1035 label of at most
+/// [`crds::MAX_NAME_LENGTH`] characters).
+fn is_valid_name(name: &str) -> bool {
+    let bytes = name.as_bytes();
+    !bytes.is_empty()
+        && bytes.len() <= crds::MAX_NAME_LENGTH
+        && bytes[0].is_ascii_lowercase()
+        && bytes[bytes.len() - 1] != b'-'
+        && bytes
+            .iter()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || *b == b'-')
 }
 
 #[cfg(test)]
@@ -598,20 +670,24 @@ mod tests {
     }
 
     #[test]
-    fn every_child_is_owned_by_the_cluster_and_labelled() {
+    fn the_workload_is_owned_by_the_cluster_and_the_data_is_not() {
         let sc = cluster("demo", 3);
-        let metas = [
+        let workload = [
             peer_service(&sc).metadata,
             client_service(&sc).metadata,
             pod_disruption_budget(&sc).metadata,
-            pvc(&sc, "demo-0").metadata,
             member_pod(&sc, "demo-0", ClusterState::New).metadata,
-            root_secret(&sc, "pw").metadata,
         ];
-        for meta in metas {
+        let data = [pvc(&sc, "demo-0").metadata, root_secret(&sc, "pw").metadata];
+        for meta in &workload {
             let owner = &meta.owner_references.as_ref().expect("owner")[0];
             assert_eq!(owner.kind, "StorageCluster");
             assert_eq!(owner.controller, Some(true));
+        }
+        for meta in &data {
+            assert_eq!(meta.owner_references, None, "{:?}", meta.name);
+        }
+        for meta in workload.into_iter().chain(data) {
             let labels = meta.labels.expect("labels");
             assert_eq!(labels["app.kubernetes.io/instance"], "demo");
             assert_eq!(labels["app.kubernetes.io/managed-by"], "mend-operator");
@@ -659,6 +735,73 @@ mod tests {
         placed.spec.placement.affinity = Some(Affinity::default());
         let pod = member_pod(&placed, "demo-0", ClusterState::New);
         assert_eq!(pod.spec.and_then(|s| s.affinity), Some(Affinity::default()));
+    }
+
+    #[test]
+    fn liveness_asks_only_whether_the_member_answers_and_readiness_asks_for_a_leader() {
+        let pod = member_pod(&cluster("demo", 3), "demo-0", ClusterState::New);
+        let container = &pod.spec.expect("spec").containers[0];
+        let probe = |p: &Option<Probe>| {
+            let p = p.clone().expect("probe");
+            let get = p.http_get.expect("HTTP probe");
+            (
+                get.path.expect("path"),
+                get.port,
+                p.period_seconds.unwrap_or(10) * p.failure_threshold.unwrap_or(3),
+            )
+        };
+        let metrics = IntOrString::String("metrics".to_string());
+        // /livez answers while the process runs, leader or not (storage-node's
+        // a_member_without_a_leader_is_alive_but_neither_healthy_nor_ready); /readyz needs one.
+        let (path, port, _) = probe(&container.liveness_probe);
+        assert_eq!((path.as_str(), &port), ("/livez", &metrics));
+        let (path, port, _) = probe(&container.readiness_probe);
+        assert_eq!((path.as_str(), &port), ("/readyz", &metrics));
+        // A slow start (database open, log replay) has minutes before liveness counts.
+        let (path, _, patience) = probe(&container.startup_probe);
+        assert_eq!(path, "/livez");
+        assert!(patience >= 300, "{patience} s");
+        assert!(
+            container
+                .liveness_probe
+                .as_ref()
+                .is_some_and(|p| p.initial_delay_seconds.is_none()),
+            "the startup probe holds liveness back, not a fixed delay"
+        );
+    }
+
+    #[test]
+    fn members_request_cpu_and_memory_unless_the_spec_says_otherwise() {
+        let requests = |sc: &StorageCluster| {
+            member_pod(sc, "demo-0", ClusterState::New)
+                .spec
+                .expect("spec")
+                .containers[0]
+                .resources
+                .clone()
+                .expect("resources")
+        };
+        let defaults = requests(&cluster("demo", 3));
+        let wanted = BTreeMap::from([
+            ("cpu".to_string(), Quantity("100m".to_string())),
+            ("memory".to_string(), Quantity("256Mi".to_string())),
+        ]);
+        assert_eq!(defaults.requests, Some(wanted));
+        assert_eq!(defaults.limits, None);
+        let mut none = cluster("demo", 3);
+        none.spec.resources = Some(ResourceRequirements::default());
+        assert_eq!(requests(&none), ResourceRequirements::default());
+    }
+
+    #[test]
+    fn a_name_the_crd_would_refuse_is_refused_here_too() {
+        for name in ["demo", "a1", &"a".repeat(crds::MAX_NAME_LENGTH)] {
+            assert_eq!(spec_problem(&cluster(name, 3)), None, "{name}");
+        }
+        for name in ["9lives", "demo.prod", "Demo", "demo-", &"a".repeat(57)] {
+            let problem = spec_problem(&cluster(name, 3)).expect("refused");
+            assert!(problem.contains("DNS-1035"), "{problem}");
+        }
     }
 
     #[test]

@@ -1,7 +1,9 @@
 //! `operator run`: the controller in a process. It serves `/metrics`, `/healthz` and `/readyz`,
 //! waits to win the leader Lease, then runs the kube-runtime Controller while renewing it, and
 //! stops cleanly on SIGTERM or Ctrl-C (in-flight reconciles finish, the Lease is released so
-//! the other replica takes over at once).
+//! the other replica takes over at once). When a renewal has not succeeded within the renew
+//! deadline ([`super::lease`]) the Controller is dropped at once (in-flight reconciles are
+//! cancelled) and the process exits with an error, for Kubernetes to restart it as a standby.
 //!
 //! `/healthz` answers 200 while the process runs. `/readyz` answers 200 once the replica has
 //! reached the API server and taken part in the election (leader or standby): a standby is
@@ -11,7 +13,7 @@ use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use axum::Router;
 use axum::extract::State;
@@ -21,15 +23,14 @@ use crds::StorageCluster;
 use futures_util::StreamExt;
 use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod, Service};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
-use k8s_openapi::jiff::Timestamp;
 use kube::runtime::Controller;
-use kube::runtime::events::{Recorder, Reporter};
+use kube::runtime::events::Reporter;
 use kube::runtime::watcher;
 use kube::{Api, Client};
 use tokio::sync::watch;
 use tracing::{info, warn};
 
-use super::lease::LeaseLock;
+use super::lease::{LeaseLock, Timing};
 use super::members::Grpc;
 use super::metrics::Metrics;
 use super::{Context, Error, FIELD_MANAGER, Result, error_policy, reconcile};
@@ -49,9 +50,18 @@ pub struct RunArgs {
     /// This replica's identity in the election; the pod name in a cluster.
     #[arg(long, env = "POD_NAME")]
     pub identity: Option<String>,
-    /// Seconds a leader holds the Lease without renewing it before another replica takes over.
+    /// Seconds a standby replica waits, having seen the Lease unchanged (by its own clock),
+    /// before taking it over.
     #[arg(long, env = "MEND_LEASE_DURATION_SECONDS", default_value_t = 15, value_parser = clap::value_parser!(u64).range(3..=300))]
     pub lease_duration_seconds: u64,
+    /// Seconds the leader keeps leading without a successful renewal; shorter than the lease
+    /// duration, so it has stopped before a standby may take over.
+    #[arg(long, env = "MEND_LEASE_RENEW_DEADLINE_SECONDS", default_value_t = 10, value_parser = clap::value_parser!(u64).range(2..=299))]
+    pub lease_renew_deadline_seconds: u64,
+    /// Seconds between tries for the Lease and between renewals; shorter than the renew
+    /// deadline.
+    #[arg(long, env = "MEND_LEASE_RETRY_PERIOD_SECONDS", default_value_t = 2, value_parser = clap::value_parser!(u64).range(1..=298))]
+    pub lease_retry_period_seconds: u64,
     /// Seconds any call to a member (probe, auth bootstrap) may take.
     #[arg(long, env = "MEND_MEMBER_TIMEOUT_SECONDS", default_value_t = 3, value_parser = clap::value_parser!(u64).range(1..=60))]
     pub member_timeout_seconds: u64,
@@ -125,6 +135,14 @@ pub async fn run(args: RunArgs) -> Result<()> {
         let _ = stop.send(true);
     });
 
+    let timing = Timing {
+        lease_duration: Duration::from_secs(args.lease_duration_seconds),
+        renew_deadline: Duration::from_secs(args.lease_renew_deadline_seconds),
+        retry_period: Duration::from_secs(args.lease_retry_period_seconds),
+    };
+    if let Some(problem) = timing.problem() {
+        return Err(Error::Config(format!("leader election: {problem}")));
+    }
     let metrics = Arc::new(Metrics::default());
     let health = Arc::new(Health {
         metrics: metrics.clone(),
@@ -154,29 +172,26 @@ pub async fn run(args: RunArgs) -> Result<()> {
             .filter(|h| !h.is_empty())
             .unwrap_or_else(|| FIELD_MANAGER.to_string()),
     };
-    let duration = Duration::from_secs(args.lease_duration_seconds);
     let lock = LeaseLock::new(
         Api::namespaced(client.clone(), &args.lease_namespace),
         &args.lease_name,
         &identity,
-        duration,
+        timing,
     );
     info!(%identity, lease = %args.lease_name, namespace = %args.lease_namespace, "waiting for the leader lease");
-    if !acquire(&lock, &health, shutdown.clone()).await {
+    let answered = || health.ready.store(true, Ordering::Relaxed);
+    let Some(acquired) = lock.acquire(answered, stopped(shutdown.clone())).await else {
         return Ok(());
-    }
+    };
     metrics.set_leader(true);
     info!(%identity, "leading");
 
     let ctx = Arc::new(Context::new(
         client.clone(),
-        Recorder::new(
-            client.clone(),
-            Reporter {
-                controller: FIELD_MANAGER.to_string(),
-                instance: Some(identity.clone()),
-            },
-        ),
+        Reporter {
+            controller: FIELD_MANAGER.to_string(),
+            instance: Some(identity.clone()),
+        },
         metrics.clone(),
         Arc::new(Grpc::new(Duration::from_secs(args.member_timeout_seconds))),
     ));
@@ -202,61 +217,17 @@ pub async fn run(args: RunArgs) -> Result<()> {
 
     let outcome = tokio::select! {
         () = controller => Ok(()),
-        lost = keep(&lock) => lost,
+        lost = lock.keep(acquired) => lost,
     };
     metrics.set_leader(false);
     if outcome.is_ok() {
-        match tokio::time::timeout(duration, lock.release()).await {
+        match tokio::time::timeout(timing.renew_deadline, lock.release()).await {
             Ok(Ok(())) => info!("released the leader lease"),
             Ok(Err(e)) => warn!(error = %e, "releasing the leader lease"),
             Err(_) => warn!("releasing the leader lease timed out"),
         }
     }
     outcome
-}
-
-/// How often the Lease is retried or renewed: three chances within one lease duration.
-fn retry_period(lock: &LeaseLock) -> Duration {
-    lock.duration() / 3
-}
-
-/// Tries for the Lease until it is held (`true`) or shutdown comes first (`false`).
-async fn acquire(lock: &LeaseLock, health: &Health, mut shutdown: watch::Receiver<bool>) -> bool {
-    let period = retry_period(lock);
-    loop {
-        match tokio::time::timeout(period, lock.try_acquire_or_renew(Timestamp::now())).await {
-            Ok(Ok(true)) => {
-                health.ready.store(true, Ordering::Relaxed);
-                return true;
-            }
-            Ok(Ok(false)) => health.ready.store(true, Ordering::Relaxed),
-            Ok(Err(e)) => warn!(error = %e, "leader lease"),
-            Err(_) => warn!("leader lease: the API server did not answer in time"),
-        }
-        tokio::select! {
-            _ = shutdown.wait_for(|stop| *stop) => return false,
-            () = tokio::time::sleep(period) => {}
-        }
-    }
-}
-
-/// Renews the Lease until a renewal has not succeeded for a whole lease duration: then another
-/// replica may hold it, and this one must stop reconciling.
-async fn keep(lock: &LeaseLock) -> Result<()> {
-    let period = retry_period(lock);
-    let mut renewed = Instant::now();
-    loop {
-        tokio::time::sleep(period).await;
-        match tokio::time::timeout(period, lock.try_acquire_or_renew(Timestamp::now())).await {
-            Ok(Ok(true)) => renewed = Instant::now(),
-            Ok(Ok(false)) => return Err(Error::LostLease("another replica holds it".into())),
-            Ok(Err(e)) => warn!(error = %e, "renewing the leader lease"),
-            Err(_) => warn!("renewing the leader lease: the API server did not answer in time"),
-        }
-        if renewed.elapsed() >= lock.duration() {
-            return Err(Error::LostLease("not renewed within its duration".into()));
-        }
-    }
 }
 
 /// `operator run` from `main` (which installed the log subscriber): a tokio runtime and

@@ -9,10 +9,11 @@ use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::jiff::Timestamp;
 use kube::Api;
 use serde_json::{Value, json};
+use tokio::time::Instant;
 
 use super::fixtures::{ApiServerVerifier, cluster, lease_spec, mock_client, observation};
-use super::lease::LeaseLock;
-use super::{API_CALLS, Context, reconcile};
+use super::lease::{LeaseLock, Timing};
+use super::{API_CALLS, Context, reconcile, resources};
 use crate::detector::Round;
 
 const NS: &str = "/api/v1/namespaces/default";
@@ -179,21 +180,26 @@ impl ApiServerVerifier {
         }
     }
 
-    /// A forced server-side apply of a `kind` at `path`, owned by and labelled for the cluster.
+    /// A forced server-side apply of a `kind` at `path`, labelled for the cluster and owned by
+    /// it, unless it holds data (a volume claim, the root Secret), which nothing owns.
     async fn apply(&mut self, path: &str, kind: &str) -> Value {
         let seen = self.expect(Method::PATCH, path).await;
         assert!(seen.is_forced_apply(), "{path}: {}", seen.query);
         let body = seen.body.clone();
         assert_eq!(body["kind"], kind);
         let meta = &body["metadata"];
-        assert_eq!(
-            meta["ownerReferences"],
-            json!([{
-                "apiVersion": "mend.dev/v1alpha1", "kind": "StorageCluster", "name": "demo",
-                "uid": "uid-demo", "controller": true,
-            }]),
-            "{path}"
-        );
+        if matches!(kind, "PersistentVolumeClaim" | "Secret") {
+            assert!(meta["ownerReferences"].is_null(), "{path}: {meta}");
+        } else {
+            assert_eq!(
+                meta["ownerReferences"],
+                json!([{
+                    "apiVersion": "mend.dev/v1alpha1", "kind": "StorageCluster", "name": "demo",
+                    "uid": "uid-demo", "controller": true,
+                }]),
+                "{path}"
+            );
+        }
         assert_eq!(meta["labels"]["app.kubernetes.io/name"], "storage-node");
         assert_eq!(meta["labels"]["app.kubernetes.io/instance"], "demo");
         assert_eq!(
@@ -210,12 +216,15 @@ impl ApiServerVerifier {
         body
     }
 
-    async fn event(&mut self, reason: &str, type_: &str) {
+    /// A new Event of `reason` and `type_` about the cluster; returns its note.
+    async fn event(&mut self, reason: &str, type_: &str) -> String {
         let seen = self.expect(Method::POST, EVENTS).await;
         assert_eq!(seen.body["reason"], reason);
         assert_eq!(seen.body["type"], type_);
         assert_eq!(seen.body["regarding"]["name"], "demo");
+        let note = seen.body["note"].as_str().unwrap_or_default().to_string();
         seen.echo();
+        note
     }
 
     async fn status(&mut self) -> Value {
@@ -265,13 +274,13 @@ async fn first_reconcile() -> Applied {
 }
 
 #[tokio::test]
-async fn first_reconcile_creates_exactly_the_expected_children_with_owner_references() {
+async fn first_reconcile_creates_exactly_the_expected_children_the_workload_owned() {
     let applied = first_reconcile().await;
 
     let pods = applied.items("pods");
     let pod = &pods[0];
     let container = &pod["spec"]["containers"][0];
-    assert_eq!(container["image"], "ghcr.io/mend-dev/storage-node:latest");
+    assert_eq!(container["image"], crds::DEFAULT_IMAGE);
     assert_eq!(container["command"], json!(["storage-node"]));
     let args: Vec<&str> = container["args"]
         .as_array()
@@ -289,7 +298,8 @@ async fn first_reconcile_creates_exactly_the_expected_children_with_owner_refere
         "{args:?}"
     );
     assert_eq!(container["readinessProbe"]["httpGet"]["path"], "/readyz");
-    assert_eq!(container["livenessProbe"]["httpGet"]["path"], "/health");
+    assert_eq!(container["livenessProbe"]["httpGet"]["path"], "/livez");
+    assert_eq!(container["startupProbe"]["httpGet"]["path"], "/livez");
     assert_eq!(container["volumeMounts"][0]["mountPath"], "/var/lib/mend");
     assert_eq!(pod["spec"]["subdomain"], "demo-peer");
     assert_eq!(
@@ -376,6 +386,46 @@ async fn members_answering_get_auth_bootstrapped_once_and_reported_in_status() {
     assert_eq!(condition(status, "Diverged")["status"], "False");
 }
 
+/// An Event reports work; a refused one (RBAC, an overloaded API server) must not undo it.
+#[tokio::test]
+async fn a_refused_event_is_counted_and_the_reconcile_goes_on() {
+    let applied = first_reconcile().await;
+    let mut running = cluster("demo", 3);
+    running.status = Some(serde_json::from_value(applied.status.clone()).expect("status"));
+    let (ctx, mut verifier, members) = Context::test();
+    *members.round.lock().expect("round") = Round {
+        members: vec![
+            observation(0x11, true, 2),
+            observation(0x22, false, 2),
+            observation(0x33, false, 2),
+        ],
+    };
+    let server = tokio::spawn(async move {
+        verifier.reads(&applied).await;
+        verifier
+            .expect(Method::POST, EVENTS)
+            .await
+            .error(403, "Forbidden");
+        let status = verifier.status().await;
+        (status, verifier)
+    });
+    reconcile_in_time(running, &ctx)
+        .await
+        .expect("the reconcile does not fail for an Event");
+    let metrics = ctx.metrics.render();
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l == "mend_operator_event_failures_total{reason=\"AuthEnabled\"} 1"),
+        "{metrics}"
+    );
+    drop(ctx);
+    let (status, verifier) = server.await.expect("scenario");
+    verifier.no_more_requests().await;
+    assert_eq!(members.bootstraps.load(Ordering::SeqCst), 1);
+    assert_eq!(status["phase"], "Available");
+}
+
 #[tokio::test]
 async fn auth_revision_drift_between_members_is_reported_as_diverged() {
     let applied = first_reconcile().await;
@@ -434,6 +484,46 @@ async fn an_invalid_spec_sets_a_condition_and_a_warning_and_creates_nothing() {
     assert_eq!(applied.status["observedGeneration"], 2);
 }
 
+/// The CRD refuses such a name; a CRD installed without its rules (or an older one) lets it
+/// through, and the operator then says what to do instead of creating invalid children.
+#[tokio::test]
+async fn an_invalid_name_sets_a_condition_and_a_warning_and_creates_nothing() {
+    let (ctx, mut verifier, _) = Context::test();
+    let server = tokio::spawn(async move {
+        let seen = verifier
+            .expect(
+                Method::PATCH,
+                "/apis/mend.dev/v1alpha1/namespaces/default/storageclusters/demo.prod/status",
+            )
+            .await;
+        let status = seen.body["status"].clone();
+        let mut stored = serde_json::to_value(cluster("demo.prod", 3)).expect("cluster json");
+        stored["status"] = status.clone();
+        seen.ok(&stored);
+        let event = verifier.expect(Method::POST, EVENTS).await;
+        assert_eq!(event.body["type"], "Warning");
+        assert_eq!(event.body["reason"], "InvalidSpec");
+        assert_eq!(event.body["regarding"]["name"], "demo.prod");
+        event.echo();
+        (status, verifier)
+    });
+    let action = reconcile_in_time(cluster("demo.prod", 3), &ctx)
+        .await
+        .expect("reported, not retried");
+    assert_eq!(action, kube::runtime::controller::Action::await_change());
+    drop(ctx);
+    let (status, verifier) = server.await.expect("scenario");
+    verifier.no_more_requests().await;
+    let progressing = condition(&status, "Progressing");
+    assert_eq!(progressing["status"], "False");
+    assert_eq!(progressing["reason"], "InvalidSpec");
+    let message = progressing["message"].as_str().expect("message");
+    assert!(
+        message.contains("\"demo.prod\" cannot be used") && message.contains("DNS-1035"),
+        "{message}"
+    );
+}
+
 #[tokio::test]
 async fn a_missing_root_secret_is_reported_and_looked_up_again_later() {
     let (ctx, verifier, _) = Context::test();
@@ -479,12 +569,7 @@ const LEASES: &str = "/apis/coordination.k8s.io/v1/namespaces/mend-system/leases
 fn lock() -> (LeaseLock, ApiServerVerifier) {
     let (client, verifier) = mock_client();
     let api = Api::namespaced(client, "mend-system");
-    let lock = LeaseLock::new(
-        api,
-        "mend-operator",
-        "replica-a",
-        std::time::Duration::from_secs(15),
-    );
+    let lock = LeaseLock::new(api, "mend-operator", "replica-a", Timing::default());
     (lock, verifier)
 }
 
@@ -502,7 +587,7 @@ async fn a_free_lease_is_acquired_by_creating_it() {
         create.echo();
     });
     assert!(
-        lock.try_acquire_or_renew(Timestamp::now())
+        lock.try_acquire_or_renew(Timestamp::now(), Instant::now())
             .await
             .expect("election")
     );
@@ -520,28 +605,50 @@ async fn a_fresh_lease_held_by_another_replica_is_left_alone() {
             .ok(&lease("replica-b", now));
         verifier
     });
-    assert!(!lock.try_acquire_or_renew(now).await.expect("election"));
+    assert!(
+        !lock
+            .try_acquire_or_renew(now, Instant::now())
+            .await
+            .expect("election")
+    );
     drop(lock);
     server.await.expect("scenario").no_more_requests().await;
 }
 
+/// However old its renew time by this replica's clock, a Lease held by another is taken over
+/// only once this replica has seen it unchanged for the lease duration, by its own clock.
 #[tokio::test]
-async fn an_expired_lease_is_taken_over_with_its_resource_version() {
+async fn a_lease_seen_unchanged_for_its_duration_is_taken_over_with_its_resource_version() {
     let (lock, mut verifier) = lock();
     let now = Timestamp::now();
     let stale = now - k8s_openapi::jiff::SignedDuration::from_secs(60);
     let server = tokio::spawn(async move {
-        verifier
-            .expect(Method::GET, LEASE)
-            .await
-            .ok(&lease("replica-b", stale));
+        for _ in 0..2 {
+            verifier
+                .expect(Method::GET, LEASE)
+                .await
+                .ok(&lease("replica-b", stale));
+        }
         let update = verifier.expect(Method::PUT, LEASE).await;
         assert_eq!(update.body["metadata"]["resourceVersion"], "7");
         assert_eq!(update.body["spec"]["holderIdentity"], "replica-a");
         assert_eq!(update.body["spec"]["leaseTransitions"], 1);
         update.echo();
     });
-    assert!(lock.try_acquire_or_renew(now).await.expect("election"));
+    let first_seen = Instant::now();
+    assert!(
+        !lock
+            .try_acquire_or_renew(now, first_seen)
+            .await
+            .expect("election"),
+        "first seen: followed, whatever its renew time says"
+    );
+    let later = first_seen + std::time::Duration::from_secs(15);
+    assert!(
+        lock.try_acquire_or_renew(now, later)
+            .await
+            .expect("election")
+    );
     server.await.expect("scenario");
 }
 
@@ -564,7 +671,11 @@ async fn the_holder_renews_its_lease_without_counting_a_transition() {
         );
         update.echo();
     });
-    assert!(lock.try_acquire_or_renew(now).await.expect("election"));
+    assert!(
+        lock.try_acquire_or_renew(now, Instant::now())
+            .await
+            .expect("election")
+    );
     server.await.expect("scenario");
 }
 
@@ -572,18 +683,32 @@ async fn the_holder_renews_its_lease_without_counting_a_transition() {
 async fn losing_the_race_for_an_expired_lease_is_not_an_error() {
     let (lock, mut verifier) = lock();
     let now = Timestamp::now();
-    let stale = now - k8s_openapi::jiff::SignedDuration::from_secs(60);
     let server = tokio::spawn(async move {
-        verifier
-            .expect(Method::GET, LEASE)
-            .await
-            .ok(&lease("replica-b", stale));
+        for _ in 0..2 {
+            verifier
+                .expect(Method::GET, LEASE)
+                .await
+                .ok(&lease("replica-b", now));
+        }
         verifier
             .expect(Method::PUT, LEASE)
             .await
             .error(409, "Conflict");
     });
-    assert!(!lock.try_acquire_or_renew(now).await.expect("election"));
+    let first_seen = Instant::now();
+    assert!(
+        !lock
+            .try_acquire_or_renew(now, first_seen)
+            .await
+            .expect("election")
+    );
+    let later = first_seen + std::time::Duration::from_secs(15);
+    assert!(
+        !lock
+            .try_acquire_or_renew(now, later)
+            .await
+            .expect("election")
+    );
     server.await.expect("scenario");
 }
 
@@ -726,10 +851,7 @@ async fn a_recorded_heal_runs_one_step_per_reconcile_and_requeues_soon() {
             .await
             .ok(&done);
         let recorded = verifier.status().await;
-        let told = verifier.expect(Method::POST, EVENTS).await;
-        assert_eq!(told.body["reason"], "HealStep");
-        let note = told.body["note"].as_str().unwrap_or_default().to_string();
-        told.echo();
+        let note = verifier.event("HealStep", "Normal").await;
         (recorded, note, verifier)
     });
     reconcile_in_time(running, &ctx).await.expect("reconcile");
@@ -902,4 +1024,395 @@ async fn resizing_a_running_cluster_is_refused_with_what_to_do_and_changes_nothi
             .is_some_and(|m| m.contains("set spec.replicas back to 3")),
         "{progressing}"
     );
+}
+
+const CLUSTER: &str = "/apis/mend.dev/v1alpha1/namespaces/default/storageclusters/demo";
+
+/// The cluster being deleted: `kubectl delete` set its deletion timestamp, the finalizer holds
+/// it.
+fn deleted(policy: crds::RetentionPolicy) -> crds::StorageCluster {
+    let mut sc = cluster("demo", 3);
+    sc.spec.storage.retention_policy = policy;
+    sc.metadata.deletion_timestamp = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+        Timestamp::now(),
+    ));
+    sc
+}
+
+impl ApiServerVerifier {
+    /// The cleanup's list of the cluster's volume claims, answered with `claims`.
+    async fn claims(&mut self, claims: &[&str]) {
+        let list = self
+            .expect(Method::GET, &format!("{NS}/persistentvolumeclaims"))
+            .await;
+        assert!(
+            list.query
+                .contains("app.kubernetes.io%2Fmanaged-by%3Dmend-operator")
+                && list.query.contains("app.kubernetes.io%2Finstance%3Ddemo"),
+            "only the operator's claims of this cluster: {}",
+            list.query
+        );
+        let items: Vec<Value> = claims
+            .iter()
+            .map(|name| {
+                json!({ "apiVersion": "v1", "kind": "PersistentVolumeClaim",
+                        "metadata": { "name": name, "namespace": "default" } })
+            })
+            .collect();
+        list.ok(&json!({ "apiVersion": "v1", "kind": "List", "metadata": {}, "items": items }));
+    }
+
+    /// The finalizer's removal, the cleanup's last request.
+    async fn finalizer_removed(&mut self) {
+        let seen = self.expect(Method::PATCH, CLUSTER).await;
+        assert_eq!(
+            seen.body,
+            json!([
+                { "op": "test", "path": "/metadata/finalizers/0", "value": "mend.dev/cleanup" },
+                { "op": "remove", "path": "/metadata/finalizers/0" },
+            ])
+        );
+        let mut gone = serde_json::to_value(cluster("demo", 3)).expect("json");
+        gone["metadata"]["finalizers"] = json!([]);
+        seen.ok(&gone);
+    }
+}
+
+#[tokio::test]
+async fn a_new_cluster_first_gets_the_finalizer_and_nothing_else() {
+    let (ctx, mut verifier, _) = Context::test();
+    let server = tokio::spawn(async move {
+        let seen = verifier.expect(Method::PATCH, CLUSTER).await;
+        assert_eq!(
+            seen.body,
+            json!([
+                { "op": "test", "path": "/metadata/finalizers", "value": null },
+                { "op": "add", "path": "/metadata/finalizers", "value": ["mend.dev/cleanup"] },
+            ])
+        );
+        seen.ok(&serde_json::to_value(cluster("demo", 3)).expect("json"));
+        verifier
+    });
+    let mut new = cluster("demo", 3);
+    new.metadata.finalizers = None;
+    let action = reconcile_in_time(new, &ctx).await.expect("reconcile");
+    // The patch changes the resource, which brings the next reconcile.
+    assert_eq!(action, kube::runtime::controller::Action::await_change());
+    drop(ctx);
+    server.await.expect("scenario").no_more_requests().await;
+}
+
+#[tokio::test]
+async fn deleting_a_cluster_keeps_its_data_by_default_and_says_how_to_delete_it() {
+    let (ctx, mut verifier, _) = Context::test();
+    let server = tokio::spawn(async move {
+        verifier.claims(&["data-demo-0", "data-demo-1"]).await;
+        // Nothing is deleted: an Event says what was kept, then the finalizer goes.
+        let note = verifier.event("DataRetained", "Normal").await;
+        verifier.finalizer_removed().await;
+        (note, verifier)
+    });
+    reconcile_in_time(deleted(crds::RetentionPolicy::Retain), &ctx)
+        .await
+        .expect("cleanup");
+    drop(ctx);
+    let (note, verifier) = server.await.expect("scenario");
+    verifier.no_more_requests().await;
+    assert!(
+        note.contains(
+            "kept volume claims data-demo-0, data-demo-1 and the generated root Secret demo-root"
+        ) && note.contains("kubectl delete pvc,secret -n default -l"),
+        "{note}"
+    );
+}
+
+#[tokio::test]
+async fn deleting_a_cluster_with_the_delete_policy_deletes_its_claims_and_generated_secret() {
+    let (ctx, mut verifier, _) = Context::test();
+    let server = tokio::spawn(async move {
+        verifier.claims(&["data-demo-0", "data-demo-1"]).await;
+        verifier
+            .expect(
+                Method::DELETE,
+                &format!("{NS}/persistentvolumeclaims/data-demo-0"),
+            )
+            .await
+            .ok(
+                &json!({ "apiVersion": "v1", "kind": "PersistentVolumeClaim",
+                         "metadata": { "name": "data-demo-0" } }),
+            );
+        // Already gone (deleted by hand): not an error.
+        verifier
+            .expect(
+                Method::DELETE,
+                &format!("{NS}/persistentvolumeclaims/data-demo-1"),
+            )
+            .await
+            .error(404, "NotFound");
+        let secret = resources::root_secret(&cluster("demo", 3), "pw");
+        verifier
+            .expect(Method::GET, &format!("{NS}/secrets/demo-root"))
+            .await
+            .ok(&serde_json::to_value(&secret).expect("json"));
+        verifier
+            .expect(Method::DELETE, &format!("{NS}/secrets/demo-root"))
+            .await
+            .ok(&json!({ "kind": "Status", "apiVersion": "v1", "status": "Success" }));
+        let note = verifier.event("DataDeleted", "Normal").await;
+        verifier.finalizer_removed().await;
+        (note, verifier)
+    });
+    reconcile_in_time(deleted(crds::RetentionPolicy::Delete), &ctx)
+        .await
+        .expect("cleanup");
+    drop(ctx);
+    let (note, verifier) = server.await.expect("scenario");
+    verifier.no_more_requests().await;
+    assert!(
+        note.contains(
+            "deleted volume claims data-demo-0, data-demo-1 and the generated root Secret demo-root"
+        ),
+        "{note}"
+    );
+}
+
+#[tokio::test]
+async fn a_secret_the_operator_did_not_generate_is_never_deleted() {
+    let (ctx, mut verifier, _) = Context::test();
+    let server = tokio::spawn(async move {
+        verifier.claims(&[]).await;
+        // Someone's own Secret happens to bear the generated name: not the operator's to delete.
+        verifier
+            .expect(Method::GET, &format!("{NS}/secrets/demo-root"))
+            .await
+            .ok(&json!({ "apiVersion": "v1", "kind": "Secret",
+                         "metadata": { "name": "demo-root", "namespace": "default" } }));
+        verifier.event("DataDeleted", "Normal").await;
+        verifier.finalizer_removed().await;
+        verifier
+    });
+    reconcile_in_time(deleted(crds::RetentionPolicy::Delete), &ctx)
+        .await
+        .expect("cleanup");
+    drop(ctx);
+    server.await.expect("scenario").no_more_requests().await;
+}
+
+/// Claims and Secrets an operator before the retention policy made were owned by the cluster,
+/// so deleting it would still delete them: each reconcile removes that owner reference.
+#[tokio::test]
+async fn data_an_earlier_operator_made_owned_is_disowned() {
+    let mut applied = first_reconcile().await;
+    let owner = json!([{ "apiVersion": "mend.dev/v1alpha1", "kind": "StorageCluster",
+                         "name": "demo", "uid": "uid-demo", "controller": true }]);
+    applied.secret["metadata"]["ownerReferences"] = owner.clone();
+    applied.secret["metadata"]["resourceVersion"] = json!("41");
+    for (list, object) in &mut applied.children {
+        if *list == "persistentvolumeclaims" && object["metadata"]["name"] == "data-demo-1" {
+            object["metadata"]["ownerReferences"] = owner.clone();
+            object["metadata"]["resourceVersion"] = json!("42");
+        }
+    }
+    let mut again = cluster("demo", 3);
+    again.status = Some(serde_json::from_value(applied.status.clone()).expect("status"));
+    let (ctx, mut verifier, _) = Context::test();
+    let server = tokio::spawn(async move {
+        let disowned = |seen: &super::fixtures::Seen, version: &str| {
+            assert_eq!(seen.method, Method::PATCH);
+            assert_eq!(
+                seen.body,
+                json!({ "metadata": { "resourceVersion": version, "ownerReferences": null } })
+            );
+        };
+        verifier
+            .expect(Method::GET, &format!("{NS}/secrets/demo-root"))
+            .await
+            .ok(&applied.secret);
+        let seen = verifier
+            .expect(Method::PATCH, &format!("{NS}/secrets/demo-root"))
+            .await;
+        disowned(&seen, "41");
+        seen.ok(&applied.secret);
+        for (list, path) in LISTS {
+            verifier.expect(Method::GET, path).await.ok(&json!({
+                "apiVersion": "v1", "kind": "List", "metadata": {}, "items": applied.items(list),
+            }));
+        }
+        let seen = verifier
+            .expect(
+                Method::PATCH,
+                &format!("{NS}/persistentvolumeclaims/data-demo-1"),
+            )
+            .await;
+        disowned(&seen, "42");
+        seen.echo();
+        verifier
+    });
+    reconcile_in_time(again, &ctx).await.expect("reconcile");
+    drop(ctx);
+    server.await.expect("scenario").no_more_requests().await;
+}
+
+/// A namespace whose ResourceQuota refuses one member's pod: the others are created, the
+/// refusal is a condition and a Warning Event saying what to change, and the reconcile
+/// succeeds (the pod is tried again at the next one).
+#[tokio::test]
+async fn a_pod_refused_by_a_quota_is_reported_and_the_other_members_still_start() {
+    let (ctx, mut verifier, _) = Context::test();
+    let server = tokio::spawn(async move {
+        verifier
+            .expect(Method::GET, &format!("{NS}/secrets/demo-root"))
+            .await
+            .error(404, "NotFound");
+        verifier
+            .apply(&format!("{NS}/secrets/demo-root"), "Secret")
+            .await;
+        for (_, path) in LISTS {
+            verifier
+                .expect(Method::GET, path)
+                .await
+                .ok(&json!({ "apiVersion": "v1", "kind": "List", "metadata": {}, "items": [] }));
+        }
+        verifier
+            .apply(&format!("{NS}/services/demo-peer"), "Service")
+            .await;
+        verifier
+            .apply(&format!("{NS}/services/demo-client"), "Service")
+            .await;
+        verifier
+            .apply(
+                "/apis/policy/v1/namespaces/default/poddisruptionbudgets/demo",
+                "PodDisruptionBudget",
+            )
+            .await;
+        for member in ["demo-0", "demo-1", "demo-2"] {
+            verifier
+                .apply(
+                    &format!("{NS}/persistentvolumeclaims/data-{member}"),
+                    "PersistentVolumeClaim",
+                )
+                .await;
+            if member == "demo-1" {
+                let refused = verifier
+                    .expect(Method::PATCH, &format!("{NS}/pods/demo-1"))
+                    .await;
+                let status = json!({
+                    "kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+                    "reason": "Forbidden", "code": 403,
+                    "message": "pods \"demo-1\" is forbidden: exceeded quota: compute, \
+                                requested: requests.memory=256Mi, used: requests.memory=1792Mi, \
+                                limited: requests.memory=2Gi",
+                });
+                refused.respond(http::StatusCode::FORBIDDEN, &status);
+            } else {
+                verifier.apply(&format!("{NS}/pods/{member}"), "Pod").await;
+            }
+        }
+        let created = verifier.event("MembersCreated", "Normal").await;
+        assert_eq!(created, "created member pods demo-0, demo-2");
+        let warning = verifier.event("PodRejected", "Warning").await;
+        let status = verifier.status().await;
+        (warning, status, verifier)
+    });
+    reconcile_in_time(cluster("demo", 3), &ctx)
+        .await
+        .expect("a refusal is reported, not an error");
+    drop(ctx);
+    let (warning, status, verifier) = server.await.expect("scenario");
+    verifier.no_more_requests().await;
+    let progressing = condition(&status, "Progressing");
+    assert_eq!(progressing["status"], "False");
+    assert_eq!(progressing["reason"], "PodRejected");
+    assert_eq!(progressing["message"], warning.as_str());
+    assert!(
+        warning.contains("member pod demo-1 (403)")
+            && warning.contains("exceeded quota")
+            && warning.contains("set spec.resources"),
+        "{warning}"
+    );
+    // The members that run are still reported.
+    assert_eq!(status["members"].as_array().map(Vec::len), Some(3));
+}
+
+/// No StorageClass: the claims stay Pending and the scheduler says the pods wait for them. Past
+/// the grace this is a condition and a Warning Event, said once: the next reconcile, finding
+/// it in the status, writes and tells nothing more.
+#[tokio::test]
+async fn a_volume_pending_for_want_of_a_storage_class_is_a_condition_and_a_warning_once() {
+    let mut applied = first_reconcile().await;
+    let long_ago =
+        (Timestamp::now() - k8s_openapi::jiff::SignedDuration::from_secs(300)).to_string();
+    for (list, object) in &mut applied.children {
+        match *list {
+            "pods" => {
+                object["status"] = json!({ "phase": "Pending", "conditions": [{
+                    "type": "PodScheduled", "status": "False", "reason": "Unschedulable",
+                    "lastTransitionTime": long_ago,
+                    "message": "0/1 nodes are available: pod has unbound immediate \
+                                PersistentVolumeClaims. preemption: 0/1 nodes are available: \
+                                1 Preemption is not helpful for scheduling.",
+                }]});
+            }
+            "persistentvolumeclaims" => {
+                object["metadata"]["creationTimestamp"] = json!(long_ago);
+                object["status"] = json!({ "phase": "Pending" });
+            }
+            _ => {}
+        }
+    }
+    let mut stuck = cluster("demo", 3);
+    stuck.status = Some(serde_json::from_value(applied.status.clone()).expect("status"));
+    let (ctx, mut verifier, _) = Context::test();
+    let live = applied.clone();
+    let server = tokio::spawn(async move {
+        verifier.reads(&live).await;
+        let warning = verifier.event("VolumePending", "Warning").await;
+        let status = verifier.status().await;
+        (warning, status, verifier)
+    });
+    reconcile_in_time(stuck, &ctx).await.expect("reconcile");
+    drop(ctx);
+    let (warning, status, verifier) = server.await.expect("scenario");
+    verifier.no_more_requests().await;
+    let progressing = condition(&status, "Progressing");
+    assert_eq!(progressing["status"], "False");
+    assert_eq!(progressing["reason"], "VolumePending");
+    assert!(
+        warning.contains("member pod demo-0")
+            && warning.contains("data-demo-0")
+            && warning.contains("StorageClass"),
+        "{warning}"
+    );
+
+    let mut again = cluster("demo", 3);
+    again.status = Some(serde_json::from_value(status).expect("status"));
+    let (ctx, verifier, _) = Context::test();
+    let server = verifier.run(Scenario::Unchanged(applied));
+    reconcile_in_time(again, &ctx).await.expect("reconcile");
+    drop(ctx);
+    let (_, verifier) = server.await.expect("scenario");
+    verifier.no_more_requests().await;
+}
+
+#[tokio::test]
+async fn a_failed_reconcile_is_told_in_a_warning_event_and_retried_later() {
+    let (ctx, mut verifier, _) = Context::test();
+    let error = super::Error::Heal("member list on demo-0: deadline exceeded".to_string());
+    let action = super::error_policy(std::sync::Arc::new(cluster("demo", 3)), &error, ctx.clone());
+    assert_eq!(
+        action,
+        kube::runtime::controller::Action::requeue(std::time::Duration::from_secs(1))
+    );
+    let note = verifier.event("ReconcileFailed", "Warning").await;
+    assert!(
+        note.starts_with(&error.to_string()) && note.contains("retrying"),
+        "{note}"
+    );
+    let metrics = ctx.metrics.render();
+    assert!(
+        metrics.contains("mend_operator_reconcile_failures_total{error=\"heal\"} 1"),
+        "{metrics}"
+    );
+    drop(ctx);
+    verifier.no_more_requests().await;
 }

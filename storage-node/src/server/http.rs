@@ -1,5 +1,11 @@
 //! The HTTP endpoint on `--listen-metrics-urls`: `/metrics` in Prometheus' text format,
-//! `/health` in etcd's JSON shape, and `/readyz`.
+//! `/health` in etcd's JSON shape, `/readyz` and `/livez`.
+//!
+//! As in etcd 3.5, `/livez` says only that the process is alive (it answers and its store
+//! can be read), while `/health` and `/readyz` also need a leader. Kubernetes restarts a
+//! member whose liveness fails, and restarting a member that lost its leader (a quorum loss,
+//! peers still starting) brings no leader back and makes the quorum loss worse, so liveness
+//! must not depend on the cluster.
 
 use std::fmt::Write as _;
 use std::future::Future;
@@ -25,6 +31,7 @@ pub async fn serve(
         .route("/metrics", get(metrics))
         .route("/health", get(health))
         .route("/readyz", get(readyz))
+        .route("/livez", get(livez))
         .with_state(node);
     axum::serve(listener, app)
         .with_graceful_shutdown(shutdown)
@@ -167,5 +174,16 @@ async fn readyz(State(node): State<Arc<Node>>) -> impl IntoResponse {
         (StatusCode::OK, "ok\n")
     } else {
         (StatusCode::SERVICE_UNAVAILABLE, "no leader\n")
+    }
+}
+
+/// 200 while the process answers and its store can be read, whatever the cluster's state.
+async fn livez(State(node): State<Arc<Node>>) -> impl IntoResponse {
+    // The read takes the store's lock: a wedged apply holding it makes this hang, and the
+    // probe's timeout then reports the process as not alive. Off the async threads, so a wait
+    // on that lock never blocks the runtime.
+    match tokio::task::spawn_blocking(move || node.store.applied()).await {
+        Ok(_) => (StatusCode::OK, "ok\n"),
+        Err(_) => (StatusCode::SERVICE_UNAVAILABLE, "store unreadable\n"),
     }
 }

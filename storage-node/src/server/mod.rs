@@ -8,7 +8,7 @@
 //! - `error`: engine and replication errors as etcd's gRPC codes and messages, in one table.
 //! - `authority`: repairs the `:authority` etcd's Go client 3.4 sends (a whole URL), which
 //!   Rust's HTTP/2 server would refuse.
-//! - `http`: `/metrics`, `/health`, `/readyz`.
+//! - `http`: `/metrics`, `/health`, `/readyz`, `/livez`.
 //! - `member`: starting and stopping a member.
 
 use std::sync::Arc;

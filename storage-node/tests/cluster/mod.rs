@@ -282,6 +282,16 @@ impl Cluster {
     }
 
     fn spawn(n: usize, options: Options) -> Cluster {
+        let mut cluster = Cluster::prepare(n, options);
+        for m in &mut cluster.members {
+            m.start();
+        }
+        cluster
+    }
+
+    /// `n` members of a new cluster, configured but none started: a test starts the ones it
+    /// wants (fewer than a majority never elect a leader).
+    pub fn prepare(n: usize, options: Options) -> Cluster {
         let root = tempfile::tempdir().expect("temporary directory");
         let mut members: Vec<Member> = (1..=n)
             .map(|i| Member::new(&format!("node{i}"), root.path(), &options))
@@ -293,7 +303,6 @@ impl Cluster {
             .join(",");
         for m in &mut members {
             m.initial_cluster = initial.clone();
-            m.start();
         }
         Cluster {
             members,
