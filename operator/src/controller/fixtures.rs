@@ -172,6 +172,8 @@ pub struct FakeMembers {
     pub bootstraps: AtomicUsize,
     /// Membership calls, as `Call id`.
     pub calls: Mutex<Vec<String>>,
+    /// Probe rounds asked for.
+    pub probes: AtomicUsize,
 }
 
 impl FakeMembers {
@@ -193,6 +195,7 @@ impl Members for FakeMembers {
         _credentials: Credentials,
         _scope: crate::probe::Scope,
     ) -> BoxFuture<'static, Round> {
+        self.probes.fetch_add(1, Ordering::SeqCst);
         let mut round = self.round.lock().expect("round").clone();
         if round.members.is_empty() {
             round.members = targets

@@ -184,7 +184,13 @@ impl Error {
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 /// A cluster's healing loop and the `metadata.generation` of the spec it was made for.
-type GenerationHealer = (Option<i64>, Healer);
+/// A cluster's healing loop, the `metadata.generation` of the spec it was made for, and when
+/// its last pass probed the members.
+struct ClusterLoop {
+    generation: Option<i64>,
+    healer: Healer,
+    last_pass: Option<tokio::time::Instant>,
+}
 
 /// What every reconcile shares.
 pub struct Context {
@@ -200,7 +206,7 @@ pub struct Context {
     failures: Mutex<HashMap<ObjectRef<StorageCluster>, u32>>,
     /// The healing loop's memory (probe history, findings) per cluster, with the generation
     /// of the spec it was made for.
-    healers: Mutex<HashMap<ObjectRef<StorageCluster>, GenerationHealer>>,
+    healers: Mutex<HashMap<ObjectRef<StorageCluster>, ClusterLoop>>,
 }
 
 impl Context {

@@ -193,6 +193,11 @@ impl<'a> Reconciler<'a> {
         let held_out = resumed.as_ref().map(Progress::held_out).unwrap_or_default();
         let (lost, refused) = self.apply_children(&live, &held_out).await?;
         let stall = refused.or_else(|| live.stall.clone());
+        // Whatever woke this reconcile (a child changed, a pod became ready), the members are
+        // probed, and the status written, once per probe interval.
+        if let Some(left) = self.next_pass_in(resumed.is_some()) {
+            return Ok(Action::requeue(left));
+        }
 
         let names = resources::member_names(self.cluster);
         let endpoints: Vec<String> = names
@@ -331,13 +336,31 @@ impl<'a> Reconciler<'a> {
         Ok(Action::await_change())
     }
 
+    /// How long until this cluster's next probe is due: `None` when it is due now (the probe
+    /// interval has passed since the last pass, the spec changed, or a heal runs, which goes on
+    /// at its own pace).
+    fn next_pass_in(&self, healing: bool) -> Option<Duration> {
+        if healing {
+            return None;
+        }
+        let interval =
+            Duration::from_secs(u64::from(self.cluster.spec.healing.probe_interval_seconds));
+        let healers = self.ctx.healers.lock().unwrap_or_else(|p| p.into_inner());
+        let cluster = healers.get(&ObjectRef::from_obj(self.cluster))?;
+        if cluster.generation != self.cluster.metadata.generation {
+            return None;
+        }
+        let since = cluster.last_pass?.elapsed();
+        interval.checked_sub(since).filter(|left| !left.is_zero())
+    }
+
     /// This cluster's healing loop, made afresh when the spec changed (the mode or the evidence
     /// asked for may have), with the heal count the status carries.
     fn take_healer(&self) -> Healer {
         let generation = self.cluster.metadata.generation;
         let mut healers = self.ctx.healers.lock().unwrap_or_else(|p| p.into_inner());
         match healers.remove(&ObjectRef::from_obj(self.cluster)) {
-            Some((seen, healer)) if seen == generation => healer,
+            Some(cluster) if cluster.generation == generation => cluster.healer,
             _ => {
                 let mut healer = Healer::for_spec(&self.cluster.spec.healing);
                 if let Some(h) = self
@@ -354,13 +377,21 @@ impl<'a> Reconciler<'a> {
         }
     }
 
+    /// Keeps `healer` for the next pass, noting that this one probed now.
     fn put_healer(&self, healer: Healer) {
         let generation = self.cluster.metadata.generation;
         self.ctx
             .healers
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .insert(ObjectRef::from_obj(self.cluster), (generation, healer));
+            .insert(
+                ObjectRef::from_obj(self.cluster),
+                super::ClusterLoop {
+                    generation,
+                    healer,
+                    last_pass: Some(tokio::time::Instant::now()),
+                },
+            );
     }
 
     /// The status for `pass` over the members `names` at `endpoints`.

@@ -31,9 +31,9 @@ use tokio::sync::watch;
 use tracing::{info, warn};
 
 use super::lease::{LeaseLock, Timing};
-use super::members::Grpc;
 use super::metrics::Metrics;
 use super::{Context, Error, FIELD_MANAGER, Result, error_policy, reconcile};
+use crate::members::Grpc;
 
 /// Flags of `operator run`.
 #[derive(Debug, clap::Args)]

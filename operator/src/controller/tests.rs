@@ -1002,6 +1002,60 @@ async fn a_member_whose_volume_was_deleted_gets_an_empty_marked_claim_and_a_rebu
 }
 
 #[tokio::test]
+async fn reconciles_woken_by_status_writes_or_children_probe_once_per_interval_and_write_nothing() {
+    let applied = first_reconcile().await;
+    let mut running = cluster("demo", 3);
+    running.status = Some(serde_json::from_value(applied.status.clone()).expect("status"));
+    let (ctx, mut verifier, members) = Context::test();
+    members.auth_enabled.store(true, Ordering::SeqCst);
+    let round = |revision: i64| Round {
+        members: [0x11, 0x22, 0x33]
+            .map(|id| {
+                let mut o = observation(id, id == 0x11, 7);
+                o.revision = revision;
+                o
+            })
+            .to_vec(),
+    };
+    *members.round.lock().expect("round") = round(4);
+    let reads = applied.clone();
+    let server = tokio::spawn(async move {
+        verifier.reads(&reads).await;
+        let written = verifier.status().await;
+        (written, verifier)
+    });
+    reconcile_in_time(running.clone(), &ctx)
+        .await
+        .expect("reconcile");
+    let (written, mut verifier) = server.await.expect("scenario");
+    assert_eq!(written["phase"], "Available");
+    // Clients keep writing: every member's revision moves. The status write above (and any
+    // change of a child) wakes the controller again at once, twice.
+    running.status = Some(serde_json::from_value(written).expect("status"));
+    let server = tokio::spawn(async move {
+        for _ in 0..2 {
+            verifier.reads(&applied).await;
+        }
+        verifier
+    });
+    for revision in [40, 400] {
+        *members.round.lock().expect("round") = round(revision);
+        reconcile_in_time(running.clone(), &ctx)
+            .await
+            .expect("reconcile");
+    }
+    drop(ctx);
+    let verifier = server.await.expect("scenario");
+    // Reads only: no status write, no Event.
+    verifier.no_more_requests().await;
+    assert_eq!(
+        members.probes.load(Ordering::SeqCst),
+        1,
+        "one probe round per interval"
+    );
+}
+
+#[tokio::test]
 async fn resizing_a_running_cluster_is_refused_with_what_to_do_and_changes_nothing() {
     let applied = first_reconcile().await;
     let mut resized = cluster("demo", 5);
