@@ -32,7 +32,8 @@
 //! `Terminating` until one runs again (or the finalizer is removed by hand).
 //!
 //! # Layout
-//! - [`resources`]: the children as pure functions of the resource.
+//! - [`resources`] (in [`crate::platform::kube`]): the children as pure functions of the
+//!   resource.
 //! - [`reconcile`](mod@reconcile): one pass over one resource, and the error policy.
 //! - [`events`]: Kubernetes Events, one per distinct note.
 //! - [`stalls`]: why members cannot start (unschedulable, volume Pending, refused at create).
@@ -43,7 +44,7 @@ pub mod events;
 pub mod lease;
 pub mod metrics;
 pub mod reconcile;
-pub mod resources;
+pub use crate::platform::kube::{FIELD_MANAGER, resources};
 pub mod run;
 pub mod stalls;
 
@@ -66,9 +67,6 @@ use kube::runtime::reflector::ObjectRef;
 
 pub use reconcile::{error_policy, reconcile};
 pub use run::{RunArgs, run, run_cli};
-
-/// The field manager of every server-side apply the operator makes.
-pub const FIELD_MANAGER: &str = "mend-operator";
 
 /// The operator's finalizer on every `StorageCluster`: its cleanup applies the retention
 /// policy before the cluster is deleted.

@@ -1,12 +1,14 @@
 //! One reconcile of one `StorageCluster`, read top to bottom as the procedure:
 //! refuse an invalid spec, ensure the root credentials, create what is missing (except the pods
-//! a heal in progress took out), probe, bootstrap auth, write the status, and heal: resume the
-//! heal the status records, or start the one the healing loop decided, step by step with the
-//! progress in the status and an Event per step.
+//! a heal in progress took out, and the pod of a member whose volume was lost), then, once per
+//! probe interval or at once while a heal runs, one pass of the healing loop
+//! ([`crate::healing::pass`]: probe, assess, decide, at most one step of the heal the status
+//! records), bootstrap auth, write the status (with the heal's progress, so a restarted or newly
+//! elected operator resumes it) and publish an Event for each thing the pass did.
 //!
 //! # A second reconcile is a no-op
 //! Children are applied only when missing, or, for Services and the PodDisruptionBudget, when
-//! their [`APPLIED_HASH`](super::resources::APPLIED_HASH) differs from the desired object's.
+//! their [`APPLIED_HASH`](crate::platform::kube::resources::APPLIED_HASH) differs from the desired object's.
 //! Pods and volume claims are never re-applied: their specs are immutable where it matters
 //! (flags, volume), and changing a running member is the healing loop's one-at-a-time job. The
 //! status is written only when it differs from the one stored. So a reconcile of a cluster whose
@@ -55,8 +57,8 @@ const PASSWORD_LEN: usize = 32;
 
 /// Reconciles `cluster`: the entry point the Controller calls. Behind the operator's
 /// finalizer: a new cluster first gets it (and nothing else; the change brings the next
-/// reconcile), a live one is reconciled ([`Reconciler::run`]), a deleted one cleaned up
-/// ([`Reconciler::cleanup`]) before the finalizer is removed.
+/// reconcile), a live one is reconciled, a deleted one cleaned up (its data kept or deleted as
+/// `spec.storage.retentionPolicy` says) before the finalizer is removed.
 #[instrument(skip_all, fields(cluster = %cluster.name_any(), namespace = cluster.namespace().unwrap_or_default()))]
 pub async fn reconcile(cluster: Arc<StorageCluster>, ctx: Arc<Context>) -> Result<Action> {
     let _timer = ctx.metrics.reconcile();

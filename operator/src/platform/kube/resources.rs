@@ -1,6 +1,6 @@
 //! The child objects of a `StorageCluster`, as pure functions of it: member pods and their
 //! volumes, the peer and client Services, the PodDisruptionBudget and the generated root Secret.
-//! Nothing here talks to the API server; [`super::reconcile()`] applies what these build.
+//! Nothing here talks to the API server; [`crate::controller::reconcile()`] applies what these build.
 //!
 //! Every child carries the cluster's labels ([`labels`]) and an [`APPLIED_HASH`] annotation: a
 //! digest of the object as built, which lets a reconcile skip a child whose live copy was

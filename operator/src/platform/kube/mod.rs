@@ -12,8 +12,12 @@ use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use kube::{Client, ResourceExt};
 
 use super::{Error, Op, Platform, Result};
-use crate::controller::FIELD_MANAGER;
-use crate::controller::resources::{self, BACKUP_DIR, ClusterState};
+use resources::{BACKUP_DIR, ClusterState};
+
+pub mod resources;
+
+/// The field manager of every server-side apply the operator makes.
+pub const FIELD_MANAGER: &str = "mend-operator";
 
 /// The members of one `StorageCluster`, as pods.
 pub struct KubePlatform {
