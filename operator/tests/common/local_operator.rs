@@ -338,23 +338,26 @@ pub fn max_applied(s: &StorageClusterStatus) -> u64 {
         .unwrap_or_default()
 }
 
-/// Every key in `acknowledged` reads back as `v` from every member's own copy.
+/// Every key in `acknowledged` reads back as `v` from every member's own copy (one read of
+/// every key per member).
 pub fn assert_everywhere(op: &LocalOperator, acknowledged: &[String]) {
     let root = op.root();
     for endpoint in op.endpoints() {
+        let all = ok(etcdctl(
+            &endpoint,
+            &["--user", &root, "get", "--consistency=s", "--prefix", ""],
+        ));
+        let lines: Vec<&str> = all.lines().collect();
+        let held: std::collections::BTreeMap<&str, &str> = lines
+            .chunks(2)
+            .filter_map(|kv| Some((kv[0], *kv.get(1)?)))
+            .collect();
         for key in acknowledged {
-            let got = ok(etcdctl(
-                &endpoint,
-                &[
-                    "--user",
-                    &root,
-                    "get",
-                    "--consistency=s",
-                    "--print-value-only",
-                    key,
-                ],
-            ));
-            assert_eq!(got, "v\n", "{key} missing on {endpoint}");
+            assert_eq!(
+                held.get(key.as_str()),
+                Some(&"v"),
+                "{key} missing on {endpoint}"
+            );
         }
     }
 }
