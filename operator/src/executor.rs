@@ -400,6 +400,14 @@ impl<P: Platform> Executor<'_, P> {
                 if let Some(b) = blocked(planner::check(step, source, &target, &fresh)) {
                     return Ok(b);
                 }
+                // The rebuilt member gets a copy of the source's data.
+                let data = members
+                    .iter()
+                    .find(|m| m.id == source)
+                    .map_or(0, |m| u64::try_from(m.db_size).unwrap_or_default());
+                if let Err(why) = self.platform.has_room(&name, data).await? {
+                    return Ok(Outcome::Blocked(format!("Backup: {why}")));
+                }
                 Ok(match self.platform.backup_and_wipe(&name).await? {
                     Op::Done(backup) => Outcome::Done(format!("moved {name}'s data to {backup}")),
                     Op::InProgress(what) => Outcome::Waiting(what),
@@ -578,6 +586,14 @@ mod tests {
 
         async fn is_stopped(&mut self, name: &str) -> platform::Result<bool> {
             Ok(self.stopped.contains(name))
+        }
+
+        async fn has_room(
+            &mut self,
+            _name: &str,
+            _data_bytes: u64,
+        ) -> platform::Result<std::result::Result<(), String>> {
+            Ok(Ok(()))
         }
 
         async fn backup_and_wipe(&mut self, name: &str) -> platform::Result<Op<String>> {

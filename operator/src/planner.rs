@@ -35,6 +35,8 @@ pub struct Member {
     pub applied_index: u64,
     /// Raft index it reports.
     pub raft_index: u64,
+    /// Database size in bytes.
+    pub db_size: i64,
     /// HashKV at the round's common revision.
     pub hash: Fact<Hash>,
     /// Why it cannot be judged (see [`Observation::incomplete`]), when it cannot.
@@ -53,6 +55,7 @@ impl Member {
             auth_revision: o.auth_revision.clone(),
             applied_index: o.applied_index,
             raft_index: o.raft_index,
+            db_size: o.db_size,
             hash: o.hash.clone(),
             incomplete: o.incomplete(),
         }
@@ -644,6 +647,7 @@ mod tests {
                 auth_revision: Fact::Known(*r),
                 applied_index: 100,
                 raft_index: 100,
+                db_size: 4096,
                 hash: Fact::Known(Hash {
                     hash: 7,
                     revision: 50,

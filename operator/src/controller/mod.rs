@@ -102,6 +102,9 @@ pub const API_CALLS: &[(&str, &str, &str)] = &[
     ("create", "", "persistentvolumeclaims"),
     ("patch", "", "persistentvolumeclaims"),
     ("delete", "", "persistentvolumeclaims"),
+    // Healing: the capacity of a member's claim, read before its data is moved into the
+    // backups on it.
+    ("get", "", "persistentvolumeclaims"),
     ("list", "", "services"),
     ("watch", "", "services"),
     ("create", "", "services"),

@@ -720,6 +720,15 @@ fn api_calls_name_each_call_once() {
     assert_eq!(calls.len(), API_CALLS.len());
 }
 
+/// A bound volume claim `name` of `capacity`.
+fn bound_claim(name: &str, capacity: &str) -> Value {
+    json!({
+        "apiVersion": "v1", "kind": "PersistentVolumeClaim",
+        "metadata": { "name": name, "namespace": "default" },
+        "status": { "phase": "Bound", "capacity": { "storage": capacity } },
+    })
+}
+
 /// A cluster as a first reconcile left it, with a heal of demo-1 (0x22) from demo-2 (0x33)
 /// recorded at step `next` of Remove, Backup, AddLearner; members and the member list as they
 /// would be with demo-1 removed (`removed`) or not.
@@ -803,6 +812,13 @@ async fn a_recorded_heal_runs_one_step_per_reconcile_and_requeues_soon() {
             .await
             .error(404, "NotFound");
         verifier
+            .expect(
+                Method::GET,
+                &format!("{NS}/persistentvolumeclaims/data-demo-1"),
+            )
+            .await
+            .ok(&bound_claim("data-demo-1", "1Gi"));
+        verifier
             .expect(Method::GET, &format!("{NS}/pods/demo-1-backup"))
             .await
             .error(404, "NotFound");
@@ -840,6 +856,13 @@ async fn a_recorded_heal_runs_one_step_per_reconcile_and_requeues_soon() {
             .expect(Method::GET, &format!("{NS}/pods/demo-1"))
             .await
             .error(404, "NotFound");
+        verifier
+            .expect(
+                Method::GET,
+                &format!("{NS}/persistentvolumeclaims/data-demo-1"),
+            )
+            .await
+            .ok(&bound_claim("data-demo-1", "1Gi"));
         let mut done = pod.clone();
         done["status"] = json!({ "phase": "Succeeded" });
         verifier

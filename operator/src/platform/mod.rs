@@ -52,6 +52,13 @@ pub trait Platform: Send {
     fn stop(&mut self, name: &str) -> impl Future<Output = Result<Op<()>>> + Send;
     /// Whether member `name`'s process or pod is gone.
     fn is_stopped(&mut self, name: &str) -> impl Future<Output = Result<bool>> + Send;
+    /// Whether member `name`'s volume can hold the backups kept of it and a fresh copy of
+    /// `data_bytes` after its rebuild; `Err` says why not (what to enlarge or lower).
+    fn has_room(
+        &mut self,
+        name: &str,
+        data_bytes: u64,
+    ) -> impl Future<Output = Result<std::result::Result<(), String>>> + Send;
     /// Moves member `name`'s data aside (the backup) and leaves it empty; returns where the
     /// backup is. With no data left to move, nothing happens.
     fn backup_and_wipe(&mut self, name: &str) -> impl Future<Output = Result<Op<String>>> + Send;

@@ -101,6 +101,49 @@ impl Platform for KubePlatform {
         Ok(self.get(name).await?.is_none())
     }
 
+    /// The backups stay on the member's own volume (a rename, never a copy), so the volume must
+    /// hold `healing.backupRetention` backups and the fresh copy the rebuilt member receives:
+    /// checked against the claim's capacity before the data is moved.
+    async fn has_room(
+        &mut self,
+        name: &str,
+        data_bytes: u64,
+    ) -> Result<std::result::Result<(), String>> {
+        self.known(name)?;
+        let claim = resources::pvc_name(name);
+        let pvc = Api::<PersistentVolumeClaim>::namespaced(
+            self.client.clone(),
+            &self.cluster.namespace().unwrap_or_default(),
+        )
+        .get_opt(&claim)
+        .await
+        .map_err(|source| Error::Kube {
+            object: format!("persistentvolumeclaim {claim}"),
+            source: Box::new(source),
+        })?;
+        let size = pvc.as_ref().and_then(|p| {
+            let capacity = p.status.as_ref()?.capacity.as_ref()?.get("storage")?;
+            resources::quantity_bytes(&capacity.0)
+        });
+        let Some(size) = size else {
+            return Ok(Err(format!(
+                "the capacity of volume claim {claim} is not known yet"
+            )));
+        };
+        let copies = u64::from(self.cluster.spec.healing.backup_retention) + 1;
+        let needed = data_bytes.saturating_mul(copies);
+        if needed > size {
+            return Ok(Err(format!(
+                "volume {claim} holds {size} bytes, too few for {copies} copies of {data_bytes} \
+                 bytes of data ({} backups kept and the rebuilt member's): raise \
+                 spec.storage.size (on a StorageClass that allows expansion) or lower \
+                 spec.healing.backupRetention",
+                copies - 1
+            )));
+        }
+        Ok(Ok(()))
+    }
+
     async fn backup_and_wipe(&mut self, name: &str) -> Result<Op<String>> {
         self.known(name)?;
         let pod_name = resources::backup_pod_name(name);
@@ -252,6 +295,41 @@ mod tests {
             platform.stop("other-0").await,
             Err(Error::UnknownMember(_))
         ));
+    }
+
+    #[tokio::test]
+    async fn a_volume_too_small_for_the_backups_and_a_fresh_copy_holds_the_backup_back() {
+        let (mut platform, mut server) = platform();
+        let claim = json!({
+            "apiVersion": "v1", "kind": "PersistentVolumeClaim",
+            "metadata": { "name": "data-demo-1", "namespace": "default" },
+            "status": { "phase": "Bound", "capacity": { "storage": "1Gi" } },
+        });
+        let api = tokio::spawn(async move {
+            for _ in 0..2 {
+                server
+                    .expect(
+                        Method::GET,
+                        "/api/v1/namespaces/default/persistentvolumeclaims/data-demo-1",
+                    )
+                    .await
+                    .ok(&claim);
+            }
+            server
+        });
+        // Three backups kept and the rebuilt member's copy: four copies of the data.
+        let why = platform
+            .has_room("demo-1", 300 << 20)
+            .await
+            .expect("asked")
+            .expect_err("4 x 300 MiB do not fit in 1 GiB");
+        assert!(why.contains("raise spec.storage.size"), "{why}");
+        assert_eq!(
+            platform.has_room("demo-1", 200 << 20).await.expect("asked"),
+            Ok(())
+        );
+        drop(platform);
+        api.await.expect("api").no_more_requests().await;
     }
 
     #[tokio::test]

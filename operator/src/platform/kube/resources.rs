@@ -48,6 +48,33 @@ pub const MEMBER_LABEL: &str = "mend.dev/member";
 /// new member (removed, re-added as a learner) before its pod starts. Removed when it rejoins.
 pub const REBUILD_LABEL: &str = "mend.dev/rebuild";
 
+/// Bytes in a Kubernetes quantity such as `1Gi`, `500M` or `1073741824` (what a volume claim's
+/// capacity says); `None` for a form a capacity never takes.
+pub fn quantity_bytes(quantity: &str) -> Option<u64> {
+    let split = quantity
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(quantity.len());
+    let (number, suffix) = quantity.split_at(split);
+    let factor: u64 = match suffix {
+        "" => 1,
+        "Ki" => 1 << 10,
+        "Mi" => 1 << 20,
+        "Gi" => 1 << 30,
+        "Ti" => 1 << 40,
+        "Pi" => 1 << 50,
+        "Ei" => 1 << 60,
+        "k" => 1_000,
+        "M" => 1_000_000,
+        "G" => 1_000_000_000,
+        "T" => 1_000_000_000_000,
+        "P" => 1_000_000_000_000_000,
+        "E" => 1_000_000_000_000_000_000,
+        _ => return None,
+    };
+    let value: f64 = number.parse().ok()?;
+    (value >= 0.0).then(|| (value * factor as f64) as u64)
+}
+
 /// Whether a volume claim (its metadata) awaits the rebuild of its member.
 pub fn awaits_rebuild(meta: &ObjectMeta) -> bool {
     meta.labels
@@ -645,6 +672,17 @@ fn is_valid_name(name: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn capacities_read_as_bytes() {
+        assert_eq!(quantity_bytes("1Gi"), Some(1 << 30));
+        assert_eq!(quantity_bytes("512Mi"), Some(512 << 20));
+        assert_eq!(quantity_bytes("10G"), Some(10_000_000_000));
+        assert_eq!(quantity_bytes("1.5Gi"), Some(3 << 29));
+        assert_eq!(quantity_bytes("1073741824"), Some(1 << 30));
+        assert_eq!(quantity_bytes("1Zi"), None);
+        assert_eq!(quantity_bytes("Gi"), None);
+    }
     use crate::controller::fixtures::cluster;
 
     #[test]
