@@ -154,9 +154,6 @@ pub enum Error {
     /// The operator's own configuration (kubeconfig, listen address) is unusable.
     #[error("configuration: {0}")]
     Config(String),
-    /// A heal step failed; the heal resumes from that step at the next reconcile.
-    #[error("heal: {0}")]
-    Heal(String),
     /// Leadership was lost: another replica may be reconciling now.
     #[error("lost the leader lease {0}")]
     LostLease(String),
@@ -175,7 +172,6 @@ impl Error {
             Error::Bootstrap(_) => "bootstrap",
             Error::Config(_) => "config",
             Error::LostLease(_) => "lost_lease",
-            Error::Heal(_) => "heal",
             Error::Finalizer(_) => "finalizer",
         }
     }

@@ -67,7 +67,14 @@ pub async fn reconcile(cluster: Arc<StorageCluster>, ctx: Arc<Context>) -> Resul
         Api::namespaced(ctx.client.clone(), &cluster.namespace().unwrap_or_default());
     let action = finalizer(&api, FINALIZER, cluster, |event| async {
         match event {
-            FinalizerEvent::Apply(cluster) => Reconciler::new(&cluster, &ctx).run().await,
+            FinalizerEvent::Apply(cluster) => {
+                let reconciler = Reconciler::new(&cluster, &ctx);
+                let result = reconciler.run().await;
+                if let Err(error) = &result {
+                    reconciler.report_failure(error).await;
+                }
+                result
+            }
             FinalizerEvent::Cleanup(cluster) => Reconciler::new(&cluster, &ctx).cleanup().await,
         }
     })
@@ -486,6 +493,31 @@ impl<'a> Reconciler<'a> {
                 || Time(Timestamp::now()),
                 |c| c.last_transition_time.clone(),
             ),
+        }
+    }
+
+    /// A reconcile that failed says so in the Progressing condition (False, `ReconcileFailed`,
+    /// the error), beside the Warning Event of [`error_policy`]. Best effort: the API server
+    /// may be what failed.
+    async fn report_failure(&self, error: &Error) {
+        let previous = self.cluster.status.clone().unwrap_or_default();
+        let mut conditions: Vec<Condition> = previous
+            .conditions
+            .iter()
+            .filter(|c| c.type_ != condition::PROGRESSING)
+            .cloned()
+            .collect();
+        conditions.push(self.not_progressing(
+            "ReconcileFailed",
+            format!("{error}; retrying with a backoff that doubles per failure, up to 5 minutes"),
+        ));
+        let status = StorageClusterStatus {
+            observed_generation: self.cluster.metadata.generation,
+            conditions,
+            ..previous
+        };
+        if let Err(e) = self.write_status(status).await {
+            warn!(error = %e, "recording the failure in the status failed too");
         }
     }
 

@@ -1472,9 +1472,45 @@ async fn a_volume_pending_for_want_of_a_storage_class_is_a_condition_and_a_warni
 }
 
 #[tokio::test]
+async fn a_failed_reconcile_says_so_in_the_progressing_condition() {
+    let (ctx, mut verifier, _) = Context::test();
+    let server = tokio::spawn(async move {
+        verifier
+            .expect(Method::GET, &format!("{NS}/secrets/demo-root"))
+            .await
+            .error(404, "NotFound");
+        verifier
+            .expect(Method::PATCH, &format!("{NS}/secrets/demo-root"))
+            .await
+            .error(500, "InternalError");
+        let recorded = verifier.status().await;
+        (recorded, verifier)
+    });
+    let error = reconcile_in_time(cluster("demo", 3), &ctx)
+        .await
+        .expect_err("the API server failed");
+    drop(ctx);
+    let (recorded, verifier) = server.await.expect("scenario");
+    verifier.no_more_requests().await;
+    let progressing = condition(&recorded, "Progressing");
+    assert_eq!(progressing["status"], "False");
+    assert_eq!(progressing["reason"], "ReconcileFailed");
+    assert!(
+        progressing["message"]
+            .as_str()
+            .is_some_and(|m| m.contains(&error.to_string())),
+        "{progressing}"
+    );
+}
+
+#[tokio::test]
 async fn a_failed_reconcile_is_told_in_a_warning_event_and_retried_later() {
     let (ctx, mut verifier, _) = Context::test();
-    let error = super::Error::Heal("member list on demo-0: deadline exceeded".to_string());
+    let error = super::Error::Bootstrap(crate::bootstrap::Error::Call {
+        call: "UserAdd",
+        endpoint: "http://demo-0.demo-peer.default.svc:2379".to_string(),
+        message: "deadline exceeded".to_string(),
+    });
     let action = super::error_policy(std::sync::Arc::new(cluster("demo", 3)), &error, ctx.clone());
     assert_eq!(
         action,
@@ -1487,7 +1523,7 @@ async fn a_failed_reconcile_is_told_in_a_warning_event_and_retried_later() {
     );
     let metrics = ctx.metrics.render();
     assert!(
-        metrics.contains("mend_operator_reconcile_failures_total{error=\"heal\"} 1"),
+        metrics.contains("mend_operator_reconcile_failures_total{error=\"bootstrap\"} 1"),
         "{metrics}"
     );
     drop(ctx);
