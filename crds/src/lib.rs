@@ -432,6 +432,17 @@ pub struct HealProgress {
     /// Why the heal was abandoned; the steps left bring back the member it had taken out.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub abandoned: Option<String>,
+    /// Failed attempts in a row at the step at `next` (calls or pods that failed).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub failures: u32,
+    /// When the failing step is tried again (Unix seconds): 1 s after the first failure,
+    /// doubling, at most a minute.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_at: Option<i64>,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 /// One step of a heal.

@@ -72,6 +72,14 @@ pub struct Progress {
     /// Why the heal was abandoned; the steps left bring back the member it had taken out.
     #[serde(default)]
     pub abandoned: Option<String>,
+    /// Failed attempts in a row at the step at `next` (a call or platform operation that
+    /// failed), and when it may be tried again (Unix seconds): 1 s after the first failure,
+    /// doubling, at most a minute.
+    #[serde(default)]
+    pub failures: u32,
+    /// See `failures`.
+    #[serde(default)]
+    pub retry_at: Option<i64>,
 }
 
 impl Progress {
@@ -88,6 +96,8 @@ impl Progress {
             paused: None,
             mark: None,
             abandoned: None,
+            failures: 0,
+            retry_at: None,
         }
     }
 
@@ -133,6 +143,8 @@ impl Progress {
         self.next += 1;
         self.step_started = None;
         self.paused = None;
+        self.failures = 0;
+        self.retry_at = None;
     }
 
     /// Names of members this heal has removed and not yet started again: nobody but the
@@ -209,6 +221,8 @@ impl Progress {
             paused_because: self.paused.as_ref().map(|p| p.why.clone()),
             mark: self.mark,
             abandoned: self.abandoned.clone(),
+            failures: self.failures,
+            retry_at: self.retry_at,
         }
     }
 
@@ -247,6 +261,8 @@ impl Progress {
             },
             mark: status.mark,
             abandoned: status.abandoned.clone(),
+            failures: status.failures,
+            retry_at: status.retry_at,
         })
     }
 
@@ -287,15 +303,33 @@ pub struct Executor<'a, P: Platform> {
 
 impl<P: Platform> Executor<'_, P> {
     /// Runs, or looks again at, the step at `progress.next` given `round`, a probe of every
-    /// member taken right before; advances `progress` past it when it is done.
-    pub async fn step(&mut self, progress: &mut Progress, round: &Round) -> Outcome {
+    /// member taken right before, at `now` (Unix seconds); advances `progress` past it when it
+    /// is done. A step whose calls failed is tried again after a backoff.
+    pub async fn step(&mut self, progress: &mut Progress, round: &Round, now: i64) -> Outcome {
         let Some(step) = progress.step().cloned() else {
             return Outcome::Done("nothing left to do".into());
         };
+        if let Some(at) = progress.retry_at.filter(|at| *at > now) {
+            return Outcome::Waiting(format!(
+                "{} failed {} time(s) in a row; trying again in {} s",
+                step.action(),
+                progress.failures,
+                at - now
+            ));
+        }
         let members: Vec<Member> = round.members.iter().map(Member::observed).collect();
         let outcome = match self.run(&step, progress, &members).await {
-            Ok(outcome) => outcome,
-            Err(e) => Outcome::Waiting(format!("{e}; trying again")),
+            Ok(outcome) => {
+                progress.failures = 0;
+                progress.retry_at = None;
+                outcome
+            }
+            Err(e) => {
+                progress.failures = progress.failures.saturating_add(1);
+                let wait = (1i64 << progress.failures.saturating_sub(1).min(6)).min(60);
+                progress.retry_at = Some(now + wait);
+                Outcome::Waiting(format!("{e}; trying again in {wait} s"))
+            }
         };
         match &outcome {
             Outcome::Done(what) => {
@@ -576,6 +610,9 @@ mod tests {
     struct FakePlatform {
         stopped: std::collections::BTreeSet<String>,
         backups: Vec<String>,
+        /// Backups attempted while `failing`.
+        failed: usize,
+        failing: bool,
     }
 
     impl Platform for FakePlatform {
@@ -597,6 +634,12 @@ mod tests {
         }
 
         async fn backup_and_wipe(&mut self, name: &str) -> platform::Result<Op<String>> {
+            if self.failing {
+                self.failed += 1;
+                return Err(platform::Error::BackupFailed(
+                    "pod node2-backup: denied".into(),
+                ));
+            }
             self.backups.push(name.to_string());
             Ok(Op::Done(format!("backups/{name}")))
         }
@@ -678,6 +721,71 @@ mod tests {
         }
     }
 
+    #[test]
+    fn a_step_whose_operation_fails_is_tried_again_after_a_doubling_wait() {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .expect("runtime");
+        let members = crate::controller::fixtures::FakeMembers::default();
+        *members.listed.lock().expect("listed") = [1, 3]
+            .map(|id| Listed {
+                id,
+                peer_urls: vec![format!("http://node{id}:2380")],
+                is_learner: false,
+            })
+            .to_vec();
+        let mut platform = FakePlatform {
+            failing: true,
+            ..FakePlatform::default()
+        };
+        platform.stopped.insert("node2".into());
+        let plan = Plan {
+            source: 1,
+            steps: vec![Step::Backup { member: 2 }],
+        };
+        let names = BTreeMap::from([
+            (1, "node1".into()),
+            (2, "node2".into()),
+            (3, "node3".into()),
+        ]);
+        let mut progress = Progress::new(plan, names, 0);
+        let all_answer = [0, 0, 0].map(|_| Seen {
+            answers: true,
+            auth_known: true,
+            behind: 0,
+        });
+        let round = round(&all_answer, &[1, 2, 3], 1);
+        let mut executor = Executor {
+            platform: &mut platform,
+            members: &members,
+            credentials: None,
+            replicas: 3,
+            max_lag: 1000,
+        };
+        let mut step = |now| runtime.block_on(executor.step(&mut progress, &round, now));
+        let first = step(100);
+        assert!(
+            matches!(&first, Outcome::Waiting(w) if w.contains("in 1 s")),
+            "{first:?}"
+        );
+        assert!(
+            matches!(step(100), Outcome::Waiting(_)),
+            "not tried again at once"
+        );
+        let second = step(101);
+        assert!(
+            matches!(&second, Outcome::Waiting(w) if w.contains("in 2 s")),
+            "{second:?}"
+        );
+        step(102);
+        let third = step(103);
+        assert!(
+            matches!(&third, Outcome::Waiting(w) if w.contains("in 4 s")),
+            "{third:?}"
+        );
+        assert_eq!(platform.failed, 3, "one attempt per wait");
+    }
+
     proptest::proptest! {
         /// Over random rounds (members that stop answering, unknown AuthRevisions, members
         /// far behind), the rebuild of node2 from node1 never removes node2 unless, in the
@@ -718,7 +826,7 @@ mod tests {
                     replicas: 3,
                     max_lag: 1000,
                 };
-                runtime.block_on(executor.step(&mut progress, &round));
+                runtime.block_on(executor.step(&mut progress, &round, 0));
                 let least_behind = seen.iter().filter(|s| s.answers).map(|s| s.behind).min().unwrap_or(0);
                 let ok = |i: usize| {
                     seen[i].answers && seen[i].auth_known && seen[i].behind - least_behind <= 1000

@@ -268,7 +268,7 @@ async fn step<P: Platform>(
         replicas: usize::try_from(cluster.spec.replicas).unwrap_or_default(),
         max_lag: crate::detector::Tolerance::default().max_lag,
     };
-    match executor.step(heal, round).await {
+    match executor.step(heal, round, now.as_second()).await {
         Outcome::Done(what) => notes.push(Note::normal(
             "HealStep",
             format!(

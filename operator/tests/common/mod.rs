@@ -93,7 +93,10 @@ pub fn heal(
     let mut end = std::time::Instant::now() + deadline;
     while !progress.done() {
         let round = runtime.block_on(prober.round());
-        let outcome = runtime.block_on(executor.step(&mut progress, &round));
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs() as i64);
+        let outcome = runtime.block_on(executor.step(&mut progress, &round, now));
         match outcome {
             Outcome::Done(_) => end = std::time::Instant::now() + deadline,
             Outcome::Waiting(why) | Outcome::Blocked(why) => assert!(
