@@ -72,7 +72,7 @@ pub fn quantity_bytes(quantity: &str) -> Option<u64> {
         _ => return None,
     };
     let value: f64 = number.parse().ok()?;
-    (value >= 0.0).then(|| (value * factor as f64) as u64)
+    (value >= 0.0).then_some((value * factor as f64) as u64)
 }
 
 /// Whether a volume claim (its metadata) awaits the rebuild of its member.
