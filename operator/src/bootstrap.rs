@@ -89,3 +89,20 @@ pub async fn enable_auth(
         .map_err(|s| call("AuthEnable", s))?;
     Ok(true)
 }
+
+/// Length of a generated root password (alphanumeric: about 190 bits).
+const PASSWORD_LEN: usize = 32;
+
+/// A random alphanumeric root password, the same on Kubernetes (the generated Secret) and
+/// locally (`root-credentials`).
+pub fn generate_password() -> Result<String, getrandom::Error> {
+    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
+    let mut bytes = [0u8; PASSWORD_LEN];
+    getrandom::fill(&mut bytes)?;
+    // 256 is not a multiple of 62: the first 8 letters come slightly more often, which costs
+    // well under a bit of the password's ~190.
+    Ok(bytes
+        .iter()
+        .map(|b| char::from(ALPHABET[usize::from(*b) % ALPHABET.len()]))
+        .collect())
+}

@@ -23,7 +23,7 @@ use crate::healing::{self, HealTimes};
 use crate::members::{Grpc, Members};
 use crate::metrics::HealMetrics;
 use crate::platform;
-use crate::platform::local::{LocalPlatform, write_atomically, write_json};
+use crate::platform::local::{LocalPlatform, write_json};
 use crate::status::{self, MemberView};
 
 /// Why the supervisor cannot go on.
@@ -475,14 +475,22 @@ fn credentials(workdir: &Path) -> Result<(String, String)> {
             Ok((user.to_string(), password.to_string()))
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            let mut bytes = [0u8; 18];
-            getrandom::fill(&mut bytes)
+            let password = crate::bootstrap::generate_password()
                 .map_err(|e| file_error(std::io::Error::other(e.to_string())))?;
-            let password: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
             let text = format!("{ROOT_USER}:{password}\n");
-            write_atomically(&path, text.as_bytes())?;
-            use std::os::unix::fs::PermissionsExt;
-            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
+            // Created readable by its owner only, never for a moment by anyone else.
+            use std::io::Write;
+            use std::os::unix::fs::OpenOptionsExt;
+            let mut tmp = path.as_os_str().to_owned();
+            tmp.push(".tmp");
+            let _ = std::fs::remove_file(&tmp);
+            std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(&tmp)
+                .and_then(|mut f| f.write_all(text.as_bytes()).and_then(|()| f.sync_all()))
+                .and_then(|()| std::fs::rename(&tmp, &path))
                 .map_err(file_error)?;
             Ok((ROOT_USER.to_string(), password))
         }
@@ -565,4 +573,25 @@ pub fn settled(status: &StorageClusterStatus) -> bool {
             .members
             .windows(2)
             .all(|w| w[0].hash_kv == w[1].hash_kv && w[0].hash_revision == w[1].hash_revision)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::PermissionsExt;
+
+    use super::*;
+
+    #[test]
+    fn root_credentials_are_made_once_readable_by_their_owner_only() {
+        let work = tempfile::tempdir().expect("workdir");
+        let (user, password) = credentials(work.path()).expect("created");
+        assert_eq!(user, ROOT_USER);
+        assert_eq!(password.len(), 32);
+        let mode = std::fs::metadata(work.path().join(CREDENTIALS_FILE))
+            .expect("file")
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+        assert_eq!(credentials(work.path()).expect("read"), (user, password));
+    }
 }

@@ -52,9 +52,6 @@ const SECRET_RETRY: Action = Action::requeue(Duration::from_secs(30));
 /// How soon to look again while a heal runs (each reconcile runs at most one step of it).
 const HEAL_PASS: Duration = Duration::from_secs(2);
 
-/// Length of a generated root password (alphanumeric: about 190 bits).
-const PASSWORD_LEN: usize = 32;
-
 /// Reconciles `cluster`: the entry point the Controller calls. Behind the operator's
 /// finalizer: a new cluster first gets it (and nothing else; the change brings the next
 /// reconcile), a live one is reconciled, a deleted one cleaned up (its data kept or deleted as
@@ -592,7 +589,9 @@ impl<'a> Reconciler<'a> {
                 });
             }
             None => {
-                let secret = resources::root_secret(self.cluster, &generate_password()?);
+                let password = crate::bootstrap::generate_password()
+                    .map_err(|e| Error::Random(e.to_string()))?;
+                let secret = resources::root_secret(self.cluster, &password);
                 self.apply(&secrets, &secret).await?;
                 info!(secret = %name, "generated root credentials");
                 secret
@@ -907,17 +906,4 @@ where
         Err(kube::Error::Api(status)) if status.is_not_found() => Ok(()),
         Err(e) => Err(e.into()),
     }
-}
-
-/// A random alphanumeric password.
-fn generate_password() -> Result<String> {
-    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
-    let mut bytes = [0u8; PASSWORD_LEN];
-    getrandom::fill(&mut bytes).map_err(|e| Error::Random(e.to_string()))?;
-    // 256 is not a multiple of 62: the first 8 letters come slightly more often, which costs
-    // well under a bit of the password's ~190.
-    Ok(bytes
-        .iter()
-        .map(|b| char::from(ALPHABET[usize::from(*b) % ALPHABET.len()]))
-        .collect())
 }
