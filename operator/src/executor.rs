@@ -369,6 +369,8 @@ impl<P: Platform> Executor<'_, P> {
             peer_url: self.platform.peer_url(&name)?,
         };
         let blocked = |check: std::result::Result<(), String>| check.err().map(Outcome::Blocked);
+        // The step's safety rules on `fresh`: `Some` when they do not hold.
+        let rules = |fresh: &Fresh<'_>| blocked(planner::check(step, source, &target, fresh));
         // Before any call: a source that froze would otherwise only show as a timeout.
         let rule = planner::source_holds_the_data(source, &target, &self.fresh(members, None));
         if let Some(b) = blocked(rule) {
@@ -381,12 +383,7 @@ impl<P: Platform> Executor<'_, P> {
                 if leader.is_some_and(|l| l.id == id) {
                     return Ok(Outcome::Done(format!("{name} leads")));
                 }
-                if let Some(b) = blocked(planner::check(
-                    step,
-                    source,
-                    &target,
-                    &self.fresh(members, None),
-                )) {
+                if let Some(b) = rules(&self.fresh(members, None)) {
                     return Ok(b);
                 }
                 let Some(leader) = leader else {
@@ -405,12 +402,7 @@ impl<P: Platform> Executor<'_, P> {
                     .member_list(source_endpoint.clone(), creds())
                     .await?;
                 if listed.iter().any(|l| l.id == id) {
-                    if let Some(b) = blocked(planner::check(
-                        step,
-                        source,
-                        &target,
-                        &self.fresh(members, Some(&listed)),
-                    )) {
+                    if let Some(b) = rules(&self.fresh(members, Some(&listed))) {
                         return Ok(b);
                     }
                     self.members
@@ -431,7 +423,7 @@ impl<P: Platform> Executor<'_, P> {
                     stopped: Some(self.platform.is_stopped(&name).await?),
                     ..self.fresh(members, Some(&listed))
                 };
-                if let Some(b) = blocked(planner::check(step, source, &target, &fresh)) {
+                if let Some(b) = rules(&fresh) {
                     return Ok(b);
                 }
                 // The rebuilt member gets a copy of the source's data.
@@ -459,12 +451,7 @@ impl<P: Platform> Executor<'_, P> {
                     // A resumed heal added it already.
                     Some(added) => added.id,
                     None => {
-                        if let Some(b) = blocked(planner::check(
-                            step,
-                            source,
-                            &target,
-                            &self.fresh(members, Some(&listed)),
-                        )) {
+                        if let Some(b) = rules(&self.fresh(members, Some(&listed))) {
                             return Ok(b);
                         }
                         self.members
@@ -515,7 +502,7 @@ impl<P: Platform> Executor<'_, P> {
                     mark: progress.mark,
                     ..self.fresh(members, Some(&listed))
                 };
-                if let Some(b) = blocked(planner::check(step, source, &target, &fresh)) {
+                if let Some(b) = rules(&fresh) {
                     return Ok(b);
                 }
                 self.members
@@ -524,12 +511,7 @@ impl<P: Platform> Executor<'_, P> {
                 Ok(Outcome::Done(format!("promoted {name}")))
             }
             Step::Verify { .. } => {
-                if let Some(b) = blocked(planner::check(
-                    step,
-                    source,
-                    &target,
-                    &self.fresh(members, None),
-                )) {
+                if let Some(b) = rules(&self.fresh(members, None)) {
                     return Ok(b);
                 }
                 let source_member = members.iter().find(|m| m.id == source);
