@@ -408,3 +408,99 @@ pub fn healing_status(healer: &Healer, progress: Option<&Progress>) -> HealingSt
         progress: progress.map(Progress::to_status),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::planner::Plan;
+
+    fn heal(next: usize) -> Progress {
+        let mut steps = vec![Step::MoveLeader { to: 1 }];
+        steps.extend(Step::rebuild(2));
+        steps.extend(Step::rebuild(3));
+        let names = BTreeMap::from([
+            (1, "node1".into()),
+            (2, "node2".into()),
+            (3, "node3".into()),
+        ]);
+        Progress {
+            next,
+            ..Progress::new(Plan { source: 1, steps }, names, 0)
+        }
+    }
+
+    fn at(second: i64) -> Timestamp {
+        Timestamp::from_second(1_800_000_000 + second).expect("time")
+    }
+
+    #[test]
+    fn a_heal_blocked_past_the_limit_is_abandoned_and_brings_back_only_the_member_it_took_out() {
+        // node2 is out (removed, backed up); AddLearner is blocked.
+        let mut p = heal(3);
+        p.paused = Some(Pause {
+            since: at(0).as_second(),
+            why: "AddLearner: member 3 is out of the voting set".into(),
+        });
+        let limit = PAUSE_LIMIT.as_secs() as i64;
+        assert_eq!(finish(&mut p, Mode::Automatic, at(limit)), None, "not yet");
+        assert_eq!(p.abandoned, None);
+        assert_eq!(
+            finish(&mut p, Mode::Automatic, at(limit + 1)),
+            None,
+            "node2 still out"
+        );
+        assert!(
+            p.abandoned
+                .as_deref()
+                .is_some_and(|w| w.contains("AddLearner"))
+        );
+        // node3's steps are gone: nothing more is removed.
+        assert_eq!(p.plan.steps.len(), 7);
+        assert_eq!(p.plan.steps.last(), Some(&Step::Verify { member: 2 }));
+        assert!(!p.plan.steps.contains(&Step::Remove { member: 3 }));
+        // Once node2 is back, the heal ends as failed, with the reason.
+        p.next = p.plan.steps.len();
+        let ended = finish(&mut p, Mode::Automatic, at(limit + 60));
+        assert!(matches!(ended, Some(Err(why)) if why.contains("abandoned")));
+    }
+
+    #[test]
+    fn a_heal_blocked_before_anyone_is_out_ends_at_once_when_abandoned() {
+        let mut p = heal(1);
+        p.paused = Some(Pause {
+            since: at(0).as_second(),
+            why: "Remove: not a quorum".into(),
+        });
+        let ended = finish(
+            &mut p,
+            Mode::Automatic,
+            at(PAUSE_LIMIT.as_secs() as i64 + 1),
+        );
+        assert!(matches!(ended, Some(Err(_))), "{ended:?}");
+        assert_eq!(p.plan.steps.len(), 1, "only the step already run is left");
+    }
+
+    #[test]
+    fn a_heal_paused_by_the_mode_waits_however_long() {
+        let mut p = heal(3);
+        p.paused = Some(Pause {
+            since: at(0).as_second(),
+            why: "healing mode is Disabled".into(),
+        });
+        assert_eq!(finish(&mut p, Mode::Disabled, at(86_400)), None);
+        assert_eq!(p.abandoned, None);
+    }
+
+    #[test]
+    fn a_step_running_past_its_limit_abandons_the_heal() {
+        let mut p = heal(4);
+        p.step_started = Some(at(0).as_second());
+        let limit = step_limit(&Step::WaitCaughtUp { member: 2 }).as_secs() as i64;
+        assert_eq!(finish(&mut p, Mode::Automatic, at(limit + 1)), None);
+        assert!(
+            p.abandoned
+                .as_deref()
+                .is_some_and(|w| w.contains("did not finish"))
+        );
+    }
+}
