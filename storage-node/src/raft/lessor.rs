@@ -155,7 +155,8 @@ impl Lessor {
     }
 
     /// Whether lease `id` is known.
-    pub fn contains(&self, id: i64) -> bool {
+    #[cfg(test)]
+    fn contains(&self, id: i64) -> bool {
         self.lock().by_id.contains_key(&id)
     }
 
