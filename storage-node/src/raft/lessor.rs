@@ -188,7 +188,7 @@ impl Lessor {
     /// Up to `limit` leases whose deadline has passed, soonest first, for the leader in
     /// `term`. Each is looked at again only after [`RETRY_INTERVAL`], unless its revoke applies
     /// first.
-    fn expired(&self, term: u64, now: Instant, limit: usize) -> Vec<i64> {
+    pub fn expired(&self, term: u64, now: Instant, limit: usize) -> Vec<i64> {
         let mut l = self.lock();
         l.enter_term(term, now);
         let mut due = Vec::new();
