@@ -197,11 +197,12 @@ impl Backend {
         std::fs::metadata(&self.path).map(|m| m.len()).unwrap_or(0)
     }
 
-    /// Bytes of the file holding live data.
+    /// Bytes of the file in pages that hold data (etcd's `SizeInUse`: the size less the free
+    /// pages, which a compaction of the history leaves behind and defragment gives back).
     pub fn size_in_use(&self) -> Result<u64> {
         let txn = self.db().begin_write()?;
         let stats = txn.stats()?;
-        let in_use = stats.stored_bytes() + stats.metadata_bytes() + stats.fragmented_bytes();
+        let in_use = stats.allocated_pages() * stats.page_size() as u64;
         txn.abort()?;
         Ok(in_use)
     }

@@ -190,6 +190,56 @@ fn quota_exhaustion_raises_nospace_on_every_member_and_compact_defrag_disarm_rec
     assert_eq!(ok(c.etcdctl(2, &["get", "after0"])), "after0\n1\n");
 }
 
+#[test]
+fn defrag_gives_back_what_compaction_freed_and_status_shows_it() {
+    let c = Cluster::start(3, Options::default());
+    let endpoint = c.members[0].endpoint();
+    let value = vec![b'v'; 75_000];
+    for i in 0..60 {
+        ok(etcdctl_with_input(
+            &endpoint,
+            &["put", &format!("k{}", i % 5)],
+            Some(&value),
+        ));
+    }
+    let sizes = |i: usize| {
+        let s = status_json(&c, i);
+        (
+            s["dbSize"].as_i64().expect("dbSize"),
+            s["dbSizeInUse"].as_i64().expect("dbSizeInUse"),
+        )
+    };
+    let revision = status_json(&c, 0)["header"]["revision"]
+        .as_i64()
+        .expect("revision");
+    ok(c.etcdctl(0, &["compaction", &revision.to_string()]));
+    // redb frees a compaction's pages at the next commit.
+    ok(c.etcdctl(0, &["put", "after", "1"]));
+    let mut before = Vec::new();
+    assert!(
+        wait_until(DEADLINE, || {
+            before = (0..3).map(sizes).collect();
+            before.iter().all(|(size, in_use)| in_use * 2 < *size)
+        }),
+        "compaction frees pages on every member: {before:?}"
+    );
+    let out = ok(cluster::etcdctl(&c.endpoints(), &["defrag"]));
+    assert_eq!(
+        out.matches("Finished defragmenting etcd member").count(),
+        3,
+        "{out}"
+    );
+    for (i, (size_before, _)) in before.iter().enumerate() {
+        let (size, in_use) = sizes(i);
+        assert!(
+            size * 2 < *size_before,
+            "member {i}: {size_before} -> {size}"
+        );
+        assert!(in_use <= size, "member {i}: {in_use} of {size} in use");
+        assert_eq!(ok(c.etcdctl(i, &["get", "k4", "--keys-only"])), "k4\n\n");
+    }
+}
+
 /// A single member with auth on: `root` (root role) and `alice` (readwrite on `app/`).
 fn auth_cluster() -> Cluster {
     let c = Cluster::start(1, Options::default());
