@@ -314,6 +314,19 @@ fn with_auth_on_maintenance_needs_root_as_in_etcd() {
     let out = ok(c.etcdctl(0, &with(&ROOT, &["defrag"])));
     assert!(out.contains("Finished defragmenting etcd member"), "{out}");
 
+    // Health reads a key: without a user that fails, a permission denied counts as healthy
+    // (etcdctl 3.4 prints health on stderr, as it does against etcd 3.4).
+    let out = c.etcdctl(0, &["endpoint", "health"]);
+    let err = fails(out);
+    assert!(
+        err.contains("is unhealthy: failed to commit proposal: etcdserver: user name is empty"),
+        "{err}"
+    );
+    let out = c.etcdctl(0, &with(&ALICE, &["endpoint", "health"]));
+    assert!(out.status.success());
+    let health = String::from_utf8_lossy(&out.stderr);
+    assert!(health.contains("is healthy"), "{health}");
+
     // Status is open; listing alarms needs a user, clearing them root.
     ok(c.etcdctl(0, &["endpoint", "status"]));
     let err = fails(c.etcdctl(0, &["alarm", "list"]));
