@@ -88,6 +88,8 @@ pub enum Request {
     LeaseRevoke(LeaseRevokeRequest),
     /// An auth store operation.
     Auth(AuthRequest),
+    /// List, raise or clear an alarm (etcd's `AlarmRequest`, applied like any entry).
+    Alarm(AlarmRequest),
 }
 
 impl Request {
@@ -102,6 +104,7 @@ impl Request {
             Request::LeaseGrant(_) => "lease_grant",
             Request::LeaseRevoke(_) => "lease_revoke",
             Request::Auth(_) => "auth",
+            Request::Alarm(_) => "alarm",
         }
     }
 
@@ -479,6 +482,68 @@ pub enum AuthRequest {
     },
 }
 
+/// A condition a member raises for the whole cluster (etcd's `AlarmType`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum AlarmType {
+    /// No alarm; in a request, every alarm.
+    None,
+    /// The backend reached its quota: writes that need space are refused.
+    NoSpace,
+    /// The member's data was found to differ from its peers': KV and lease requests are
+    /// refused.
+    Corrupt,
+}
+
+impl AlarmType {
+    /// etcd's name for the alarm, as its text formats print it.
+    pub fn name(self) -> &'static str {
+        match self {
+            AlarmType::None => "NONE",
+            AlarmType::NoSpace => "NOSPACE",
+            AlarmType::Corrupt => "CORRUPT",
+        }
+    }
+}
+
+/// What an alarm request does (etcd's `AlarmRequest.AlarmAction`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum AlarmAction {
+    /// List the active alarms of a type (all of them for [`AlarmType::None`]).
+    Get,
+    /// Raise an alarm for a member.
+    Activate,
+    /// Clear a member's alarm.
+    Deactivate,
+}
+
+/// List, raise or clear alarms (etcd's `AlarmRequest`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AlarmRequest {
+    /// What to do.
+    pub action: AlarmAction,
+    /// The member the alarm is about (ignored by [`AlarmAction::Get`]).
+    pub member_id: u64,
+    /// The alarm; [`AlarmType::None`] lists every alarm and activates nothing.
+    pub alarm: AlarmType,
+}
+
+/// One active alarm (etcd's `AlarmMember`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct AlarmMember {
+    /// The member that raised it.
+    pub member_id: u64,
+    /// The alarm.
+    pub alarm: AlarmType,
+}
+
+/// Result of an alarm request.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AlarmResponse {
+    /// For a get, the matching alarms; otherwise the alarm raised or cleared, if that
+    /// changed anything.
+    pub alarms: Vec<AlarmMember>,
+}
+
 /// What an applied request returns.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[non_exhaustive]
@@ -507,6 +572,8 @@ pub enum Response {
         /// The token.
         token: String,
     },
+    /// Result of an alarm request.
+    Alarm(AlarmResponse),
 }
 
 /// A request etcd would refuse before proposing it.

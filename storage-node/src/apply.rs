@@ -1,18 +1,21 @@
 //! Applying one committed request to the engine, as etcd's apply chain does.
 //!
-//! The auth check comes first (the header's user and AuthRevision against this member's auth
-//! store, for every key the request touches), then the request-specific checks that need state
-//! (lease exists, `ignore_*` keys exist, txn range revisions), and only then the writes, so a
-//! rejected request changes nothing. The caller owns the redb transaction and the consistent
-//! index: see `store`.
+//! Active alarms come first, as etcd 3.6 orders its appliers (corrupt, then capped, then auth):
+//! CORRUPT refuses every KV and lease request, NOSPACE the requests that need space (puts,
+//! txns with puts, lease grants). Then the auth check (the header's user and AuthRevision
+//! against this member's auth store, for every key the request touches), then the
+//! request-specific checks that need state (lease exists, `ignore_*` keys exist, txn range
+//! revisions), and only then the writes, so a rejected request changes nothing. The caller owns
+//! the redb transaction and the consistent index, and judges the backend quota: see `store`.
 
 use std::time::Instant;
 
 use redb::WriteTransaction;
 use thiserror::Error;
 
+use crate::alarm::Alarms;
 use crate::api::{
-    AuthRequest, Command, CompactionResponse, DeleteRangeRequest, Event, InvalidRequest,
+    AlarmType, AuthRequest, Command, CompactionResponse, DeleteRangeRequest, Event, InvalidRequest,
     LeaseGrantResponse, LeaseRevokeResponse, PermissionType, PutRequest, Request, RequestOp,
     Response, ResponseOp, TxnRequest, TxnResponse,
 };
@@ -20,6 +23,7 @@ use crate::auth::{self, AuthInfo, AuthStore};
 use crate::backend;
 use crate::lease::{self, Leases};
 use crate::mvcc::{self, KvState, KvWriter};
+use crate::quota;
 
 /// Why an applied request was refused. Refusals change no data but still advance the applied
 /// index, as in etcd.
@@ -38,6 +42,13 @@ pub enum ApplyError {
     /// Refused by the auth store.
     #[error(transparent)]
     Auth(auth::Error),
+    /// The request needs space and the NOSPACE alarm is active, or this member's backend is
+    /// past its quota (the write was then applied all the same, as in etcd).
+    #[error("etcdserver: mvcc: database space exceeded")]
+    NoSpace,
+    /// The CORRUPT alarm is active.
+    #[error("etcdserver: corrupt cluster")]
+    Corrupt,
 }
 
 impl ApplyError {
@@ -56,6 +67,8 @@ impl ApplyError {
             ApplyError::Auth(A::PermissionDenied) => "permission_denied",
             ApplyError::Auth(A::UserEmpty) => "user_empty",
             ApplyError::Auth(_) => "auth",
+            ApplyError::NoSpace => "no_space",
+            ApplyError::Corrupt => "corrupt",
         }
     }
 }
@@ -111,6 +124,7 @@ pub(crate) struct Engine {
     pub(crate) kv: KvState,
     pub(crate) leases: Leases,
     pub(crate) auth: AuthStore,
+    pub(crate) alarms: Alarms,
 }
 
 /// Settings every member must share, since they shape applied results.
@@ -129,6 +143,7 @@ impl Engine {
         cmd: &Command,
         now: Instant,
     ) -> Result<(Response, Vec<Event>), Failure> {
+        self.check_alarms(&cmd.request).map_err(Failure::Rejected)?;
         let info = AuthInfo {
             username: cmd.header.username.clone(),
             revision: cmd.header.auth_revision,
@@ -222,7 +237,32 @@ impl Engine {
                 };
                 Ok((resp, Vec::new()))
             }
+            // etcd checks the caller's permission for alarms before proposing, not at apply:
+            // members raise their own alarms without a user.
+            Request::Alarm(a) => Ok((Response::Alarm(self.alarms.apply(txn, a)?), Vec::new())),
         }
+    }
+
+    /// What the active alarms refuse (etcd's corrupt and capped appliers).
+    fn check_alarms(&self, request: &Request) -> Result<(), ApplyError> {
+        if self.alarms.is_active(AlarmType::Corrupt)
+            && matches!(
+                request,
+                Request::Range(_)
+                    | Request::Put(_)
+                    | Request::DeleteRange(_)
+                    | Request::Txn(_)
+                    | Request::Compaction(_)
+                    | Request::LeaseGrant(_)
+                    | Request::LeaseRevoke(_)
+            )
+        {
+            return Err(ApplyError::Corrupt);
+        }
+        if self.alarms.is_active(AlarmType::NoSpace) && quota::cost(request) > 0 {
+            return Err(ApplyError::NoSpace);
+        }
+        Ok(())
     }
 
     /// etcd's `authApplierV3.Put`: write access to the key, to every key already on the lease

@@ -4,8 +4,11 @@
 //! so the compiler enforces what etcd marks with an `Unsafe` prefix.
 
 use std::path::{Path, PathBuf};
+use std::sync::{RwLock, RwLockReadGuard};
 
-use redb::{Database, ReadTransaction, ReadableDatabase, ReadableTable, WriteTransaction};
+use redb::{
+    Database, ReadTransaction, ReadableDatabase, ReadableTable, TableHandle, WriteTransaction,
+};
 use thiserror::Error;
 
 use crate::schema::{self, AUTH_ROLES, AUTH_USERS, KV, LEASES, META};
@@ -37,6 +40,9 @@ pub enum Error {
         /// What is wrong.
         detail: String,
     },
+    /// The database cannot be compacted while a transaction is open.
+    #[error("backend: a transaction is in progress")]
+    InUse,
     /// The files were written by a build with another on-disk format.
     #[error("backend: data format {found} is not supported (this build reads {expected})")]
     Format {
@@ -107,7 +113,9 @@ pub fn create_database(path: &Path) -> Result<Database> {
 
 /// The member's database.
 pub struct Backend {
-    db: Database,
+    /// Transactions begin under the read side (they do not borrow the database once begun);
+    /// compaction, which needs the database to itself, takes the write side.
+    db: RwLock<Database>,
     path: PathBuf,
 }
 
@@ -119,7 +127,7 @@ impl Backend {
             source,
         })?;
         let path = dir.join(DB_FILE);
-        let db = create_database(&path)?;
+        let db = RwLock::new(create_database(&path)?);
         let backend = Backend { db, path };
         backend.init()?;
         Ok(backend)
@@ -129,15 +137,20 @@ impl Backend {
     pub fn in_memory() -> Result<Backend> {
         let db = Database::builder().create_with_backend(redb::backends::InMemoryBackend::new())?;
         let backend = Backend {
-            db,
+            db: RwLock::new(db),
             path: PathBuf::new(),
         };
         backend.init()?;
         Ok(backend)
     }
 
+    fn db(&self) -> RwLockReadGuard<'_, Database> {
+        // Nothing can be left half-done under the lock: a poisoned one holds a usable database.
+        self.db.read().unwrap_or_else(|p| p.into_inner())
+    }
+
     fn init(&self) -> Result<()> {
-        let txn = self.db.begin_write()?;
+        let txn = self.db().begin_write()?;
         txn.open_table(KV)?;
         txn.open_table(LEASES)?;
         txn.open_table(AUTH_USERS)?;
@@ -159,12 +172,24 @@ impl Backend {
 
     /// Starts a write transaction; its changes are durable once `commit` returns.
     pub fn begin_write(&self) -> Result<WriteTransaction> {
-        Ok(self.db.begin_write()?)
+        Ok(self.db().begin_write()?)
     }
 
     /// Starts a read transaction on the last committed state.
     pub fn begin_read(&self) -> Result<ReadTransaction> {
-        Ok(self.db.begin_read()?)
+        Ok(self.db().begin_read()?)
+    }
+
+    /// Moves live pages to the front of the file and gives the free space at its end back to
+    /// the file system (etcd's defragment). Fails with [`Error::InUse`] while any transaction
+    /// is open: the caller retries once it has ended.
+    pub fn compact(&self) -> Result<()> {
+        let mut db = self.db.write().unwrap_or_else(|p| p.into_inner());
+        match db.compact() {
+            Ok(_) => Ok(()),
+            Err(redb::CompactionError::TransactionInProgress) => Err(Error::InUse),
+            Err(e) => Err(redb::Error::from(e).into()),
+        }
     }
 
     /// Size of the database file in bytes (0 in memory).
@@ -172,14 +197,63 @@ impl Backend {
         std::fs::metadata(&self.path).map(|m| m.len()).unwrap_or(0)
     }
 
-    /// Bytes of the file holding live data.
+    /// Bytes of the file in pages that hold data (etcd's `SizeInUse`: the size less the free
+    /// pages, which a compaction of the history leaves behind and defragment gives back).
     pub fn size_in_use(&self) -> Result<u64> {
-        let txn = self.db.begin_write()?;
+        let txn = self.db().begin_write()?;
         let stats = txn.stats()?;
-        let in_use = stats.stored_bytes() + stats.metadata_bytes() + stats.fragmented_bytes();
+        let in_use = stats.allocated_pages() * stats.page_size() as u64;
         txn.abort()?;
         Ok(in_use)
     }
+}
+
+/// Meta keys the whole-backend hash leaves out: they say how far this member applied, not what
+/// it holds, so members with equal data hash equally (etcd's `DefaultIgnores`).
+const HASH_IGNORES: [&str; 2] = [
+    schema::meta::CONSISTENT_INDEX,
+    schema::meta::CONSISTENT_TERM,
+];
+
+/// A CRC-32C of every table in `txn` (etcd's backend `Hash`): tables in name order, each one's
+/// name followed by its keys and values in key order.
+pub fn hash(txn: &ReadTransaction) -> Result<u32> {
+    fn add(crc: u32, bytes: &[u8]) -> u32 {
+        // Lengths first, so that moving a byte between key and value changes the hash.
+        let crc = crc32c::crc32c_append(crc, &(bytes.len() as u64).to_be_bytes());
+        crc32c::crc32c_append(crc, bytes)
+    }
+    let mut crc = add(0, AUTH_ROLES.name().as_bytes());
+    for item in txn.open_table(AUTH_ROLES)?.iter()? {
+        let (k, v) = item?;
+        crc = add(add(crc, k.value().as_bytes()), v.value());
+    }
+    crc = add(crc, AUTH_USERS.name().as_bytes());
+    for item in txn.open_table(AUTH_USERS)?.iter()? {
+        let (k, v) = item?;
+        crc = add(add(crc, k.value().as_bytes()), v.value());
+    }
+    crc = add(crc, KV.name().as_bytes());
+    for item in txn.open_table(KV)?.iter()? {
+        let (k, v) = item?;
+        let (main, sub) = k.value();
+        let key = [main.to_be_bytes(), sub.to_be_bytes()].concat();
+        crc = add(add(crc, &key), v.value());
+    }
+    crc = add(crc, LEASES.name().as_bytes());
+    for item in txn.open_table(LEASES)?.iter()? {
+        let (k, v) = item?;
+        crc = add(add(crc, &k.value().to_be_bytes()), &v.value().to_be_bytes());
+    }
+    crc = add(crc, META.name().as_bytes());
+    for item in txn.open_table(META)?.iter()? {
+        let (k, v) = item?;
+        if HASH_IGNORES.contains(&k.value()) {
+            continue;
+        }
+        crc = add(add(crc, k.value().as_bytes()), v.value());
+    }
+    Ok(crc)
 }
 
 /// Reads a u64 meta value from any readable meta table.
@@ -291,6 +365,31 @@ mod tests {
         }
         let err = Backend::open(dir.path()).err().unwrap();
         assert!(matches!(err, Error::Format { found: 99, .. }), "{err}");
+    }
+
+    #[test]
+    fn the_hash_covers_every_table_but_not_the_applied_position() {
+        let b = Backend::in_memory().unwrap();
+        let hash = || hash(&b.begin_read().unwrap()).unwrap();
+        let empty = hash();
+        let txn = b.begin_write().unwrap();
+        put_u64(&txn, schema::meta::CONSISTENT_INDEX, 42).unwrap();
+        put_u64(&txn, schema::meta::CONSISTENT_TERM, 3).unwrap();
+        txn.commit().unwrap();
+        assert_eq!(hash(), empty, "the consistent index is not data");
+        let txn = b.begin_write().unwrap();
+        txn.open_table(LEASES).unwrap().insert(7, 60).unwrap();
+        txn.commit().unwrap();
+        let with_lease = hash();
+        assert_ne!(with_lease, empty);
+        let txn = b.begin_write().unwrap();
+        put_u64(&txn, schema::meta::AUTH_REVISION, 2).unwrap();
+        txn.commit().unwrap();
+        assert_ne!(
+            hash(),
+            with_lease,
+            "meta values other than the position count"
+        );
     }
 
     #[test]

@@ -82,6 +82,15 @@ pub struct ServeArgs {
     /// Most operations in one txn branch.
     #[arg(long, env = "ETCD_MAX_TXN_OPS", default_value_t = 128)]
     pub max_txn_ops: usize,
+    /// Raise the NOSPACE alarm, and refuse writes that need space, once the backend file
+    /// reaches this many bytes (0: the default, 2 GiB; negative: no quota).
+    #[arg(
+        long,
+        env = "ETCD_QUOTA_BACKEND_BYTES",
+        default_value_t = 0,
+        allow_negative_numbers = true
+    )]
+    pub quota_backend_bytes: i64,
     /// Leader heartbeat interval in milliseconds.
     #[arg(long, env = "ETCD_HEARTBEAT_INTERVAL", default_value_t = 100)]
     pub heartbeat_interval: u64,
@@ -334,6 +343,7 @@ mod tests {
         assert_eq!(a.data_dir(), PathBuf::from("default.mend"));
         assert_eq!(a.listen_client_urls, vec!["http://localhost:2379"]);
         assert_eq!(a.max_request_bytes, 1_572_864);
+        assert_eq!(a.quota_backend_bytes, 0);
         assert_eq!(a.initial_cluster_state, ClusterState::New);
         assert!(!a.unsafe_reproduce_etcd_11651);
         assert_eq!(a.initial_members().unwrap().len(), 1);

@@ -13,8 +13,10 @@
 //! - [`mvcc`]: revisions, the key index, range/put/delete, compaction, HashKV, the event feed.
 //! - [`lease`]: lease grant/revoke and key attachment.
 //! - [`auth`]: users, roles, permissions, AuthRevision, tokens, permission checks.
+//! - [`alarm`]: the active alarms (NOSPACE, CORRUPT), kept in the backend.
+//! - [`quota`]: the backend quota and what each request costs against it.
 //! - [`entry`]: log entries and cluster membership.
-//! - [`apply`]: applying one request: auth check, state checks, writes.
+//! - [`apply`]: applying one request: alarm and auth checks, state checks, writes.
 //! - [`raft`]: openraft types, the durable raft log, the engine as raft state machine.
 //! - [`snapshot`]: streaming a consistent copy of every table out, and installing one.
 //! - [`store`]: the engine as a whole: open, apply batches atomically with the consistent
@@ -23,6 +25,7 @@
 //! - [`cli`]: the serving node's flags, in etcd's spelling, and bootstrap identities.
 //! - [`tools`]: offline tools: the etcd 11651 demo and `dump-db`.
 
+pub mod alarm;
 pub mod api;
 pub mod apply;
 pub mod auth;
@@ -31,6 +34,7 @@ pub mod cli;
 pub mod entry;
 pub mod lease;
 pub mod mvcc;
+pub mod quota;
 pub mod raft;
 pub mod schema;
 pub mod server;

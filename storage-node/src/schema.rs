@@ -11,7 +11,8 @@ pub const FORMAT_VERSION: u64 = 1;
 /// (see `mvcc::record`). A delete writes a tombstone record.
 pub const KV: TableDefinition<(i64, i64), &[u8]> = TableDefinition::new("kv");
 
-/// Store-wide values: the consistent index, AuthRevision, compaction marks, membership.
+/// Store-wide values: the consistent index, AuthRevision, compaction marks, membership,
+/// alarms.
 pub const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
 
 /// Granted leases: lease ID → TTL in seconds. Attached keys are derived from the KV records.
@@ -41,4 +42,6 @@ pub mod meta {
     pub const FINISHED_COMPACT_REVISION: &str = "finished_compact_revision";
     /// Cluster membership as last applied (encoded `membership::Membership`).
     pub const MEMBERSHIP: &str = "membership";
+    /// Active alarms, sorted (encoded `Vec<api::AlarmMember>`; absent: none).
+    pub const ALARMS: &str = "alarms";
 }

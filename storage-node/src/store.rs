@@ -19,13 +19,18 @@ use std::path::Path;
 use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::{Duration, Instant};
 
-use crate::api::{Event, KeyInterval, PermissionType, RangeRequest, RangeResponse, Response};
+use crate::alarm::Alarms;
+use crate::api::{
+    AlarmMember, AlarmType, Event, KeyInterval, PermissionType, RangeRequest, RangeResponse,
+    Response,
+};
 use crate::apply::{ApplyError, Engine, Failure, Limits};
 use crate::auth::{self, AuthInfo, AuthStore, Role, User};
 use crate::backend::{self, Backend, put_u64, put_value, read_u64, read_value};
 use crate::entry::{Entry, EntryPayload, LogId, StoredMembership};
 use crate::lease::{Lease, Leases};
 use crate::mvcc::{self, HashKv, KvState};
+use crate::quota::{self, Quota};
 use crate::schema::meta;
 use crate::snapshot::{self, SnapshotMeta};
 
@@ -48,6 +53,10 @@ pub struct StoreConfig {
     /// still hold in its log to apply again (the raft log does: it is only purged below a
     /// snapshot, and a snapshot first makes everything it covers durable).
     pub apply_sync_interval: Option<Duration>,
+    /// The backend quota (etcd: `--quota-backend-bytes`). It is judged against this member's
+    /// own file, so members may judge one request differently; it changes responses, never
+    /// what is applied.
+    pub quota: Quota,
 }
 
 impl Default for StoreConfig {
@@ -58,6 +67,7 @@ impl Default for StoreConfig {
             max_txn_ops: crate::api::DEFAULT_MAX_TXN_OPS,
             unsafe_reproduce_etcd_11651: false,
             apply_sync_interval: None,
+            quota: Quota::default(),
         }
     }
 }
@@ -109,6 +119,10 @@ pub struct Status {
     pub skipped_entries: u64,
     /// Requests refused at apply since open, by [`ApplyError::reason`].
     pub rejections: BTreeMap<&'static str, u64>,
+    /// Active alarms, by member.
+    pub alarms: Vec<AlarmMember>,
+    /// The backend quota in bytes, `None` when unlimited.
+    pub quota_bytes: Option<u64>,
 }
 
 #[derive(Default)]
@@ -136,13 +150,19 @@ impl State {
         let (kv, attached) = KvState::load(&txn)?;
         let leases = Leases::load(&txn, attached)?;
         let auth = AuthStore::load(&txn, config.token_ttl)?;
+        let alarms = Alarms::load(&txn)?;
         let persisted = LogId {
             index: read_u64(&txn, meta::CONSISTENT_INDEX)?,
             term: read_u64(&txn, meta::CONSISTENT_TERM)?,
         };
         let membership = read_value(&txn, meta::MEMBERSHIP)?;
         Ok(State {
-            engine: Engine { kv, leases, auth },
+            engine: Engine {
+                kv,
+                leases,
+                auth,
+                alarms,
+            },
             applied: persisted,
             persisted,
             membership,
@@ -244,6 +264,8 @@ impl Store {
             min_lease_ttl: self.config.min_lease_ttl,
             max_txn_ops: self.config.max_txn_ops,
         };
+        // The quota is judged on the file as the batch begins (it only grows at commit).
+        let size = self.backend.size();
         let mut persist = None;
         let mut outcomes = Vec::with_capacity(entries.len());
         for entry in entries {
@@ -264,10 +286,20 @@ impl Store {
                     Outcome::Membership
                 }
                 EntryPayload::Normal(cmd) => match state.engine.apply(&txn, limits, cmd, now) {
-                    Ok((response, events)) => Outcome::Command {
-                        response: Ok(response),
-                        events,
-                    },
+                    Ok((response, events)) => {
+                        // etcd's quota applier: a request past this member's quota is applied
+                        // (every member must apply the same entries) but answered NOSPACE, and
+                        // the member then raises the alarm.
+                        let fits = self.config.quota.available(size, quota::cost(&cmd.request));
+                        Outcome::Command {
+                            response: if fits {
+                                Ok(response)
+                            } else {
+                                Err(ApplyError::NoSpace)
+                            },
+                            events,
+                        }
+                    }
                     Err(Failure::Storage(e)) => return Err(e),
                     Err(Failure::Rejected(reason)) => {
                         if matches!(reason, ApplyError::Auth(auth::Error::OldRevision)) {
@@ -392,6 +424,49 @@ impl Store {
         mvcc::range_committed(&txn, &state.engine.kv, req)
     }
 
+    /// Checksums the whole backend (etcd's Hash), with the revision it was taken at.
+    pub fn hash(&self) -> backend::Result<(u32, i64)> {
+        let state = self.read();
+        let txn = self.backend.begin_read()?;
+        Ok((backend::hash(&txn)?, state.engine.kv.current))
+    }
+
+    /// Whether a request costing `cost` bytes fits the quota now (checked before proposing,
+    /// as etcd's quota interceptor does).
+    pub fn quota_available(&self, cost: u64) -> bool {
+        self.config.quota.available(self.backend.size(), cost)
+    }
+
+    /// Active alarms of type `alarm` (every one for [`AlarmType::None`]), as applied here.
+    pub fn alarms(&self, alarm: AlarmType) -> Vec<AlarmMember> {
+        self.read().engine.alarms.get(alarm)
+    }
+
+    /// Compacts the backend file (etcd's defragment) and returns its size before and after.
+    /// Applies and reads wait meanwhile; a transaction still open elsewhere (a snapshot being
+    /// sent) is waited for up to `patience`.
+    pub fn defragment(&self, patience: Duration) -> backend::Result<(u64, u64)> {
+        let before = self.backend.size();
+        let give_up = Instant::now() + patience;
+        loop {
+            {
+                let mut state = self.write();
+                self.sync_locked(&mut state)?;
+                match self.backend.compact() {
+                    Ok(()) => {
+                        let after = self.backend.size();
+                        tracing::info!(before, after, "defragmented");
+                        return Ok((before, after));
+                    }
+                    Err(backend::Error::InUse) if Instant::now() < give_up => {}
+                    Err(e) => return Err(e),
+                }
+            }
+            // Outside the lock, so whoever holds the transaction can finish.
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// Checksums the KV history up to `revision` (0: the current one).
     pub fn hash_kv(&self, revision: i64) -> mvcc::Result<HashKv> {
         let state = self.read();
@@ -433,6 +508,8 @@ impl Store {
             applied_entries: state.counters.applied,
             skipped_entries: state.counters.skipped,
             rejections: state.counters.rejected.clone(),
+            alarms: state.engine.alarms.get(AlarmType::None),
+            quota_bytes: self.config.quota.bytes(),
         }
     }
 
@@ -536,5 +613,20 @@ impl Store {
     /// All leases.
     pub fn leases(&self) -> Vec<Lease> {
         self.read().engine.leases.all().cloned().collect()
+    }
+
+    /// Every lease's ID and granted TTL, without the attached keys.
+    pub fn lease_ttls(&self) -> Vec<(i64, i64)> {
+        self.read()
+            .engine
+            .leases
+            .all()
+            .map(|l| (l.id, l.ttl))
+            .collect()
+    }
+
+    /// Lease `id`'s granted TTL, `None` when there is no such lease.
+    pub fn lease_ttl(&self, id: i64) -> Option<i64> {
+        self.read().engine.leases.get(id).map(|l| l.ttl)
     }
 }

@@ -338,30 +338,14 @@ fn member_update_changes_peer_urls_and_the_last_voter_cannot_be_removed() {
 }
 
 #[test]
-fn services_not_served_yet_answer_unimplemented() {
-    use storage_node::pb::etcdserverpb::{
-        AlarmRequest, DefragmentRequest, maintenance_client::MaintenanceClient,
-    };
+fn snapshot_download_is_not_served_yet_and_says_so() {
     let c = Cluster::start(1, Options::default());
-    let endpoint = c.members[0].endpoint();
-    let runtime = tokio::runtime::Runtime::new().expect("runtime");
-    runtime.block_on(async {
-        let channel = tonic::transport::Endpoint::from_shared(endpoint)
-            .expect("endpoint")
-            .connect()
-            .await
-            .expect("connect");
-        let status = MaintenanceClient::new(channel.clone())
-            .alarm(AlarmRequest::default())
-            .await
-            .expect_err("alarms are not served");
-        assert_eq!(status.code(), tonic::Code::Unimplemented);
-        let status = MaintenanceClient::new(channel)
-            .defragment(DefragmentRequest {})
-            .await
-            .expect_err("defragment is not served");
-        assert_eq!(status.code(), tonic::Code::Unimplemented);
-    });
+    let err = fails(c.etcdctl(0, &["snapshot", "save", "/dev/null"]));
+    assert!(err.contains("Unimplemented"), "{err}");
+    assert!(
+        err.contains("snapshot download is not supported by Mend yet"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -384,6 +368,7 @@ fn metrics_health_and_readiness_endpoints_report_the_member() {
         "mend_proposals_committed_total",
         "mend_proposals_failed_total",
         "mend_unsafe_reproduce_etcd_11651",
+        "etcd_server_quota_backend_bytes",
     ] {
         assert!(
             metrics.contains(&format!("# TYPE {name} ")),
@@ -394,6 +379,11 @@ fn metrics_health_and_readiness_endpoints_report_the_member() {
     assert_eq!(m.metric("mend_mvcc_keys"), Some(1.0));
     assert_eq!(m.metric("mend_mvcc_revision"), Some(2.0));
     assert_eq!(m.metric("mend_unsafe_reproduce_etcd_11651"), Some(0.0));
+    assert_eq!(
+        m.metric("etcd_server_quota_backend_bytes"),
+        Some(2.0 * 1024.0 * 1024.0 * 1024.0),
+        "etcd's default quota"
+    );
     assert!(m.metric("mend_proposals_committed_total").unwrap_or(0.0) >= 1.0);
     let (code, health) = m.http_get("/health").expect("health");
     assert_eq!(

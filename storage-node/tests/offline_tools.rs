@@ -27,6 +27,7 @@ fn dump_db_and_dump_log_show_what_a_stopped_member_holds() {
     assert!(db_text.contains("keys:              5"), "{db_text}");
     assert!(db_text.contains("root roles=[]"), "{db_text}");
     assert!(db_text.contains("AuthRevision:      3"), "{db_text}");
+    assert!(db_text.contains("alarms:            none"), "{db_text}");
     assert!(
         db_text.contains("membership (applied at index"),
         "{db_text}"

@@ -25,8 +25,8 @@ use serde::de::DeserializeOwned;
 use storage_node::api::{Command, Request, RequestHeader, Response};
 use storage_node::entry::Member;
 use storage_node::raft::{
-    Entry, LogId, LogStore, Membership, SnapshotMeta, StateMachine, StoredMembership, TypeConfig,
-    Vote, Waiters,
+    Entry, Listeners, LogId, LogStore, Membership, SnapshotMeta, StateMachine, StoredMembership,
+    TypeConfig, Vote, Waiters,
 };
 use storage_node::{Outcome, Store, StoreConfig};
 use tempfile::TempDir;
@@ -45,8 +45,9 @@ impl StoreBuilder<TypeConfig, LogStore, StateMachine, TempDir> for TempStores {
 
 fn state_machine(dir: &Path, config: StoreConfig) -> (StateMachine, Arc<Store>, Arc<Waiters>) {
     let store = Arc::new(Store::open(dir, config).expect("open store"));
-    let waiters = Arc::new(Waiters::new());
-    let sm = StateMachine::new(store.clone(), waiters.clone());
+    let listeners = Listeners::new(&store);
+    let waiters = listeners.waiters.clone();
+    let sm = StateMachine::new(store.clone(), listeners);
     (sm, store, waiters)
 }
 

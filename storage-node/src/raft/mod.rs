@@ -9,6 +9,7 @@
 //! - [`waiters`]: hands each applied command's local result to the request waiting for it.
 //! - [`network`]: the peer protocol over gRPC, both sides.
 //! - [`lessor`]: lease expiry on the leader; renewals forwarded to it.
+//! - [`alarm`]: raising this member's NOSPACE alarm when an apply went past its quota.
 //! - [`node`]: a running member: proposals answered from the local apply, read points,
 //!   membership changes, leader transfer.
 //!
@@ -29,6 +30,7 @@ use crate::api::Command;
 use crate::entry::{self, Member};
 use crate::{backend, snapshot};
 
+pub mod alarm;
 pub mod lessor;
 pub mod log_store;
 pub mod network;
@@ -37,7 +39,7 @@ pub mod state_machine;
 pub mod waiters;
 
 pub use log_store::{LogContents, LogStore};
-pub use state_machine::{SnapshotBuilder, StateMachine};
+pub use state_machine::{Listeners, SnapshotBuilder, StateMachine};
 pub use waiters::Waiters;
 
 openraft::declare_raft_types!(

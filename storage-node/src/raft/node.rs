@@ -22,9 +22,11 @@ use serde::{Deserialize, Serialize};
 
 use super::lessor::{LeaseAnswer, LeaseQuery, Lessor};
 use super::network::{PeerError, Peers, Rpc};
-use super::waiters::Waiters;
+use super::state_machine::Listeners;
 use super::{Raft, TypeConfig};
-use crate::api::{Command, Request, RequestHeader, Response};
+use crate::api::{
+    AlarmAction, AlarmMember, AlarmRequest, AlarmType, Command, Request, RequestHeader, Response,
+};
 use crate::apply::ApplyError;
 use crate::entry::Member;
 use crate::store::{Outcome, Store};
@@ -118,6 +120,8 @@ pub struct RaftStatus {
     pub term: u64,
     /// Index of the last entry in this member's log.
     pub last_log_index: u64,
+    /// Index of the last entry this member knows to be committed.
+    pub committed_index: u64,
     /// Index of the last applied entry.
     pub applied_index: u64,
     /// Last index covered by the latest snapshot, 0 without one.
@@ -149,12 +153,11 @@ pub struct Node {
     pub raft: Raft,
     /// The engine.
     pub store: Arc<Store>,
-    waiters: Arc<Waiters>,
+    listeners: Listeners,
     peers: Peers,
     next_request: AtomicU64,
     timeout: Duration,
     counters: Arc<Counters>,
-    lessor: Lessor,
 }
 
 impl Node {
@@ -164,7 +167,7 @@ impl Node {
         cluster_id: u64,
         raft: Raft,
         store: Arc<Store>,
-        waiters: Arc<Waiters>,
+        listeners: Listeners,
         peers: Peers,
         timeout: Duration,
     ) -> Node {
@@ -180,18 +183,22 @@ impl Node {
             cluster_id,
             raft,
             store,
-            waiters,
+            listeners,
             peers,
             next_request: AtomicU64::new(first),
             timeout,
             counters: Arc::new(Counters::default()),
-            lessor: Lessor::default(),
         }
     }
 
     /// Lease deadlines (meaningful while this member leads).
     pub fn lessor(&self) -> &Lessor {
-        &self.lessor
+        &self.listeners.lessor
+    }
+
+    /// What the state machine tells the rest of the member.
+    pub fn listeners(&self) -> &Listeners {
+        &self.listeners
     }
 
     /// Answers a lease renewal or query if this member leads; `None` otherwise.
@@ -200,11 +207,7 @@ impl Node {
         if !status.is_leader {
             return None;
         }
-        let id = match query {
-            LeaseQuery::Renew(id) | LeaseQuery::TimeToLive(id) => id,
-        };
-        let ttl = self.store.lease(id).map(|l| l.ttl);
-        Some(self.lessor.answer(query, ttl, status.term, Instant::now()))
+        Some(self.lessor().answer(query, status.term, Instant::now()))
     }
 
     /// Renews or queries a lease on the leader, forwarding when this member follows.
@@ -294,7 +297,7 @@ impl Node {
 
     /// A receiver that changes whenever this member applied entries (watchers wait on it).
     pub fn applied_changes(&self) -> tokio::sync::watch::Receiver<u64> {
-        self.waiters.applied()
+        self.listeners.waiters.applied()
     }
 
     /// How long a request may take.
@@ -335,6 +338,7 @@ impl Node {
             leader: m.current_leader.unwrap_or_default(),
             term: m.current_term,
             last_log_index: m.last_log_index.map(|i| i + 1).unwrap_or_default(),
+            committed_index: engine(m.local_committed.as_ref()).unwrap_or_default(),
             applied_index: engine(m.last_applied.as_ref()).unwrap_or_default(),
             snapshot_index: engine(m.snapshot.as_ref()).unwrap_or_default(),
             is_learner: membership.learner_ids().any(|id| id == self.id),
@@ -388,7 +392,7 @@ impl Node {
             request,
         };
         let deadline = Instant::now() + self.timeout;
-        let applied = self.waiters.register(id);
+        let applied = self.listeners.waiters.register(id);
         let result = async {
             self.submit(Proposal::Command(command), deadline).await?;
             match tokio::time::timeout_at(deadline.into(), applied).await {
@@ -411,7 +415,7 @@ impl Node {
                 self.counters
                     .proposals_failed
                     .fetch_add(1, Ordering::Relaxed);
-                self.waiters.cancel(id);
+                self.listeners.waiters.cancel(id);
             }
         }
         result
@@ -695,6 +699,26 @@ impl Node {
             return Err(NodeError::LearnerNotReady);
         }
         Ok(())
+    }
+
+    /// Raises `alarm` for this member through raft (what etcd does when a request does not fit
+    /// the quota); returns once it applied here.
+    pub async fn raise_alarm(&self, alarm: AlarmType) -> Result<(), NodeError> {
+        let request = Request::Alarm(AlarmRequest {
+            action: AlarmAction::Activate,
+            member_id: self.id,
+            alarm,
+        });
+        self.propose(RequestHeader::default(), request).await?;
+        Ok(())
+    }
+
+    /// Whether this member's `alarm` is active (as applied here).
+    pub fn has_alarm(&self, alarm: AlarmType) -> bool {
+        self.store.alarms(alarm).contains(&AlarmMember {
+            member_id: self.id,
+            alarm,
+        })
     }
 
     /// etcd's MoveLeader: on the leader, hand leadership to `target` and wait until it leads.

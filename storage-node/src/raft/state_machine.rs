@@ -9,8 +9,11 @@
 //!
 //! # Applying
 //! Entries that the stream already holds are applied together, in one engine transaction (one
-//! fsync), then each command's outcome goes to its [`Waiters`] entry and every openraft
-//! responder is answered. A storage error stops applying and is returned to openraft.
+//! fsync). Then the [`Listeners`] hear of it: the lessor of every lease granted or revoked, the
+//! alarm raiser of an entry that went past this member's quota while no NOSPACE alarm is
+//! active (etcd raises the alarm from its apply loop), and each command's [`Waiters`] entry of
+//! its outcome; last, every openraft responder is answered. A storage error stops applying and
+//! is returned to openraft.
 //!
 //! # Snapshots
 //! A snapshot is the engine's own checksummed stream ([`Store::write_snapshot`]), held in
@@ -22,15 +25,20 @@
 
 use std::io::{self, Cursor};
 use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
 use futures_util::{FutureExt, Stream, TryStreamExt};
 use openraft::storage::{EntryResponder, RaftStateMachine};
 use openraft::{OptionalSend, RaftSnapshotBuilder};
+use tokio::sync::Notify;
 
+use super::lessor::Lessor;
 use super::{
     Error, LogId, Snapshot, SnapshotData, SnapshotMeta, StoredMembership, TypeConfig, Waiters,
     blocking, entry_to_engine, log_id_from_engine, stored_membership_from_engine,
 };
+use crate::api::{AlarmType, Request, Response};
+use crate::apply::ApplyError;
 use crate::entry::EntryPayload;
 use crate::snapshot;
 use crate::store::{Outcome, Store};
@@ -65,20 +73,76 @@ fn meta_from_engine(meta: snapshot::SnapshotMeta) -> Result<SnapshotMeta, Error>
     })
 }
 
+/// The parts of a member that follow what the state machine applies.
+#[derive(Clone, Debug)]
+pub struct Listeners {
+    /// Requests waiting for their local result, and watchers waiting for anything.
+    pub waiters: Arc<Waiters>,
+    /// Lease deadlines, for expiry on the leader.
+    pub lessor: Arc<Lessor>,
+    /// Woken when an entry went past this member's quota and no NOSPACE alarm is active.
+    pub over_quota: Arc<Notify>,
+}
+
+impl Listeners {
+    /// Listeners for a member whose engine is `store`.
+    pub fn new(store: &Store) -> Listeners {
+        Listeners {
+            waiters: Arc::new(Waiters::new()),
+            lessor: Arc::new(Lessor::new(store.lease_ttls(), Instant::now())),
+            over_quota: Arc::new(Notify::new()),
+        }
+    }
+}
+
+/// What an entry does to leases, found before the entry is handed to the engine.
+#[derive(Clone, Copy)]
+enum LeaseChange {
+    Grant(i64),
+    Revoke(i64),
+}
+
 /// The engine, driven by openraft.
 pub struct StateMachine {
     store: Arc<Store>,
-    waiters: Arc<Waiters>,
+    listeners: Listeners,
     current: Slot,
 }
 
 impl StateMachine {
-    /// The state machine over `store`, completing `waiters` as commands apply.
-    pub fn new(store: Arc<Store>, waiters: Arc<Waiters>) -> StateMachine {
+    /// The state machine over `store`, telling `listeners` what applies.
+    pub fn new(store: Arc<Store>, listeners: Listeners) -> StateMachine {
         StateMachine {
             store,
-            waiters,
+            listeners,
             current: Slot::default(),
+        }
+    }
+
+    /// Tells the lessor what the batch did to leases. A grant is looked up in the engine when
+    /// its answer is not the grant itself: past the quota the grant applies but is answered
+    /// NOSPACE.
+    fn follow_leases(&self, changes: &[Option<LeaseChange>], outcomes: &[Outcome]) {
+        let now = Instant::now();
+        let lessor = &self.listeners.lessor;
+        for (change, outcome) in changes.iter().zip(outcomes) {
+            let Outcome::Command { response, .. } = outcome else {
+                continue;
+            };
+            match (change, response) {
+                (Some(LeaseChange::Grant(_)), Ok(Response::LeaseGrant(g))) => {
+                    lessor.granted(g.id, g.ttl, now)
+                }
+                (Some(LeaseChange::Grant(id)), Err(ApplyError::NoSpace)) => {
+                    if let Some(ttl) = self.store.lease_ttl(*id) {
+                        lessor.granted(*id, ttl, now);
+                    }
+                }
+                (Some(LeaseChange::Revoke(id)), Ok(Response::LeaseRevoke(_))) => {
+                    lessor.revoked(*id)
+                }
+                _ => {}
+            }
         }
     }
 
@@ -95,6 +159,17 @@ impl StateMachine {
                 _ => None,
             })
             .collect();
+        let lease_changes: Vec<Option<LeaseChange>> = entries
+            .iter()
+            .map(|e| match &e.payload {
+                EntryPayload::Normal(cmd) => match &cmd.request {
+                    Request::LeaseGrant(g) => Some(LeaseChange::Grant(g.id)),
+                    Request::LeaseRevoke(r) => Some(LeaseChange::Revoke(r.id)),
+                    _ => None,
+                },
+                _ => None,
+            })
+            .collect();
         let store = self.store.clone();
         let outcomes = match blocking(move || Ok(store.apply_batch(&entries)?)).await {
             Ok(outcomes) => outcomes,
@@ -102,24 +177,40 @@ impl StateMachine {
                 // Nothing of the batch was kept and raft stops here: tell the waiters now
                 // rather than leave them to time out.
                 for id in ids.into_iter().flatten() {
-                    self.waiters.cancel(id);
+                    self.listeners.waiters.cancel(id);
                 }
                 return Err(e);
             }
         };
+        // The lessor first: a client told its lease is granted may renew it at once.
+        self.follow_leases(&lease_changes, &outcomes);
+        let over_quota = outcomes.iter().any(|o| {
+            matches!(
+                o,
+                Outcome::Command {
+                    response: Err(ApplyError::NoSpace),
+                    ..
+                }
+            )
+        });
+        if over_quota && self.store.alarms(AlarmType::NoSpace).is_empty() {
+            self.listeners.over_quota.notify_one();
+        }
         for ((id, outcome), responder) in ids.into_iter().zip(outcomes).zip(responders) {
             match (id, outcome) {
-                (Some(id), outcome @ Outcome::Command { .. }) => self.waiters.complete(id, outcome),
+                (Some(id), outcome @ Outcome::Command { .. }) => {
+                    self.listeners.waiters.complete(id, outcome)
+                }
                 // The engine had applied this command before (its index was past it), so
                 // there is no local result to hand over.
-                (Some(id), _) => self.waiters.cancel(id),
+                (Some(id), _) => self.listeners.waiters.cancel(id),
                 (None, _) => {}
             }
             if let Some(responder) = responder {
                 responder.send(());
             }
         }
-        self.waiters.notify_applied();
+        self.listeners.waiters.notify_applied();
         Ok(())
     }
 }
@@ -191,7 +282,10 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             .into());
         }
         keep(&self.current, meta.clone(), Arc::new(data));
-        self.waiters.notify_applied();
+        self.listeners
+            .lessor
+            .reload(self.store.lease_ttls(), Instant::now());
+        self.listeners.waiters.notify_applied();
         Ok(())
     }
 

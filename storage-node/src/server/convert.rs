@@ -30,6 +30,12 @@ pub enum Error {
     /// `Permission.permType` is not one of the enum's numbers.
     #[error("unknown permission type {0} (expected READ, WRITE or READWRITE)")]
     PermissionType(i32),
+    /// `AlarmRequest.action` is not one of the enum's numbers.
+    #[error("unknown alarm action {0} (expected GET, ACTIVATE or DEACTIVATE)")]
+    AlarmAction(i32),
+    /// An alarm type that is not one of the enum's numbers.
+    #[error("unknown alarm type {0} (expected NONE, NOSPACE or CORRUPT)")]
+    AlarmType(i32),
 }
 
 /// A range request.
@@ -64,6 +70,44 @@ pub fn range_request(r: pb::RangeRequest) -> Result<api::RangeRequest, Error> {
         min_create_revision: r.min_create_revision,
         max_create_revision: r.max_create_revision,
     })
+}
+
+/// An alarm request.
+pub fn alarm_request(r: pb::AlarmRequest) -> Result<api::AlarmRequest, Error> {
+    use pb::alarm_request::AlarmAction;
+    let action = match AlarmAction::try_from(r.action) {
+        Ok(AlarmAction::Get) => api::AlarmAction::Get,
+        Ok(AlarmAction::Activate) => api::AlarmAction::Activate,
+        Ok(AlarmAction::Deactivate) => api::AlarmAction::Deactivate,
+        Err(_) => return Err(Error::AlarmAction(r.action)),
+    };
+    Ok(api::AlarmRequest {
+        action,
+        member_id: r.member_id,
+        alarm: alarm_type(r.alarm)?,
+    })
+}
+
+fn alarm_type(t: i32) -> Result<api::AlarmType, Error> {
+    match pb::AlarmType::try_from(t) {
+        Ok(pb::AlarmType::None) => Ok(api::AlarmType::None),
+        Ok(pb::AlarmType::Nospace) => Ok(api::AlarmType::NoSpace),
+        Ok(pb::AlarmType::Corrupt) => Ok(api::AlarmType::Corrupt),
+        Err(_) => Err(Error::AlarmType(t)),
+    }
+}
+
+/// An active alarm.
+pub fn alarm_member(a: api::AlarmMember) -> pb::AlarmMember {
+    let alarm = match a.alarm {
+        api::AlarmType::None => pb::AlarmType::None,
+        api::AlarmType::NoSpace => pb::AlarmType::Nospace,
+        api::AlarmType::Corrupt => pb::AlarmType::Corrupt,
+    };
+    pb::AlarmMember {
+        member_id: a.member_id,
+        alarm: alarm.into(),
+    }
 }
 
 /// A put request.

@@ -213,6 +213,17 @@ pub enum ServerError {
     #[error("etcdserver: context deadline exceeded")]
     DeadlineExceeded,
 
+    // Downgrade (etcd 3.5).
+    /// A downgrade target that is not `major.minor[.patch]`.
+    #[error("etcdserver: wrong downgrade target version format")]
+    WrongDowngradeVersionFormat,
+    /// A downgrade target the cluster cannot go to.
+    #[error("etcdserver: invalid downgrade target version")]
+    InvalidDowngradeTargetVersion,
+    /// Cancelling a downgrade when none is in progress.
+    #[error("etcdserver: no inflight downgrade job")]
+    NoInflightDowngrade,
+
     /// An error etcd has no entry for: answered as `Unknown` with its message.
     #[error("{0}")]
     Unknown(String),
@@ -238,7 +249,9 @@ impl ServerError {
             | E::AuthFailed
             | E::PermissionNotGiven
             | E::InvalidAuthMgmt
-            | E::AuthOldRevision => Code::InvalidArgument,
+            | E::AuthOldRevision
+            | E::WrongDowngradeVersionFormat
+            | E::InvalidDowngradeTargetVersion => Code::InvalidArgument,
             E::Compacted | E::FutureRev | E::LeaseTtlTooLarge => Code::OutOfRange,
             E::NoSpace | E::TooManyRequests => Code::ResourceExhausted,
             E::LeaseNotFound | E::MemberNotFound => Code::NotFound,
@@ -260,7 +273,8 @@ impl ServerError {
             | E::PermissionNotGranted
             | E::AuthNotEnabled
             | E::NotLeader
-            | E::BadLeaderTransferee => Code::FailedPrecondition,
+            | E::BadLeaderTransferee
+            | E::NoInflightDowngrade => Code::FailedPrecondition,
             E::PermissionDenied => Code::PermissionDenied,
             E::InvalidAuthToken => Code::Unauthenticated,
             E::NoLeader
@@ -366,6 +380,8 @@ impl From<ApplyError> for ServerError {
             ApplyError::Kv(k) => k.into(),
             ApplyError::Lease(l) => l.into(),
             ApplyError::Auth(a) => a.into(),
+            ApplyError::NoSpace => ServerError::NoSpace,
+            ApplyError::Corrupt => ServerError::Corrupt,
         }
     }
 }
@@ -378,7 +394,9 @@ impl From<convert::Error> for ServerError {
             convert::Error::PermissionNotGiven => ServerError::PermissionNotGiven,
             e @ (convert::Error::CompareResult(_)
             | convert::Error::CompareTarget(_)
-            | convert::Error::PermissionType(_)) => ServerError::Malformed(e),
+            | convert::Error::PermissionType(_)
+            | convert::Error::AlarmAction(_)
+            | convert::Error::AlarmType(_)) => ServerError::Malformed(e),
         }
     }
 }
@@ -601,10 +619,39 @@ mod tests {
                 Code::DataLoss,
                 "etcdserver: corrupt cluster",
             ),
+            (
+                ServerError::WrongDowngradeVersionFormat,
+                Code::InvalidArgument,
+                "etcdserver: wrong downgrade target version format",
+            ),
+            (
+                ServerError::InvalidDowngradeTargetVersion,
+                Code::InvalidArgument,
+                "etcdserver: invalid downgrade target version",
+            ),
+            (
+                ServerError::NoInflightDowngrade,
+                Code::FailedPrecondition,
+                "etcdserver: no inflight downgrade job",
+            ),
         ];
         for (err, code, message) in cases {
             assert_status(err.into(), code, message);
         }
+    }
+
+    #[test]
+    fn alarm_refusals_carry_etcds_codes_and_messages() {
+        assert_status(
+            ApplyError::NoSpace.into(),
+            Code::ResourceExhausted,
+            "etcdserver: mvcc: database space exceeded",
+        );
+        assert_status(
+            ApplyError::Corrupt.into(),
+            Code::DataLoss,
+            "etcdserver: corrupt cluster",
+        );
     }
 
     #[test]

@@ -142,6 +142,13 @@ pub fn render(node: &Node) -> String {
         "gauge",
         u64::from(status.unsafe_reproduce_etcd_11651),
     );
+    // etcd's name and meaning: the quota in bytes, negative when there is none.
+    let quota = status.quota_bytes.map_or(-1, |b| b as i64);
+    let _ = writeln!(
+        out,
+        "# HELP etcd_server_quota_backend_bytes Current backend storage quota size in bytes.\n\
+         # TYPE etcd_server_quota_backend_bytes gauge\netcd_server_quota_backend_bytes {quota}"
+    );
     let _ = writeln!(
         out,
         "# HELP mend_apply_rejections_total Entries applied as refusals, by reason.\n\

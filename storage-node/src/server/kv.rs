@@ -52,7 +52,9 @@ impl Kv for Api {
         self.check_size(request.get_ref())?;
         let req = convert::put_request(request.into_inner());
         req.validate().map_err(Status::from)?;
-        match self.propose(caller, api::Request::Put(req)).await? {
+        let req = api::Request::Put(req);
+        self.check_quota(&req).await?;
+        match self.propose(caller, req).await? {
             api::Response::Put(resp) => {
                 let header = self.header(resp.revision);
                 Ok(Response::new(convert::put_response(resp, header)))
@@ -85,7 +87,9 @@ impl Kv for Api {
         self.check_size(request.get_ref())?;
         let req = convert::txn_request(request.into_inner())?;
         req.validate(self.max_txn_ops).map_err(Status::from)?;
-        match self.propose(caller, api::Request::Txn(req)).await? {
+        let req = api::Request::Txn(req);
+        self.check_quota(&req).await?;
+        match self.propose(caller, req).await? {
             api::Response::Txn(resp) => {
                 let header = self.header(resp.revision);
                 Ok(Response::new(convert::txn_response(resp, header)))

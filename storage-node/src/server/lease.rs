@@ -4,8 +4,9 @@
 
 use tonic::{Request, Response, Status, Streaming};
 
+use super::error::ServerError;
 use super::{Api, error};
-use crate::api;
+use crate::api::{self, PermissionType};
 use crate::pb::etcdserverpb::{
     LeaseGrantRequest, LeaseGrantResponse, LeaseKeepAliveRequest, LeaseKeepAliveResponse,
     LeaseLeasesRequest, LeaseLeasesResponse, LeaseRevokeRequest, LeaseRevokeResponse, LeaseStatus,
@@ -35,11 +36,9 @@ impl Lease for Api {
         } else {
             req.id
         };
-        let grant = api::LeaseGrantRequest { ttl: req.ttl, id };
-        match self
-            .propose(caller, api::Request::LeaseGrant(grant))
-            .await?
-        {
+        let grant = api::Request::LeaseGrant(api::LeaseGrantRequest { ttl: req.ttl, id });
+        self.check_quota(&grant).await?;
+        match self.propose(caller, grant).await? {
             api::Response::LeaseGrant(resp) => Ok(Response::new(LeaseGrantResponse {
                 header: self.header(resp.revision),
                 id: resp.id,
@@ -106,7 +105,11 @@ impl Lease for Api {
         &self,
         request: Request<LeaseTimeToLiveRequest>,
     ) -> Result<Response<LeaseTimeToLiveResponse>, Status> {
+        let caller = self.caller(&request)?;
         let req = request.into_inner();
+        if req.keys {
+            self.check_lease_keys_readable(caller, req.id)?;
+        }
         let answer = self
             .node
             .lease(LeaseQuery::TimeToLive(req.id))
@@ -142,6 +145,32 @@ impl Lease for Api {
                 .map(|l| LeaseStatus { id: l.id })
                 .collect(),
         }))
+    }
+}
+
+impl Api {
+    /// With auth on, only a caller who may read every key attached to lease `id` sees their
+    /// names (etcd's fix for CVE-2023-32082): root, or read permission on each key.
+    fn check_lease_keys_readable(
+        &self,
+        caller: Option<crate::auth::AuthInfo>,
+        id: i64,
+    ) -> Result<(), Status> {
+        let store = &self.node.store;
+        let (enabled, _) = store.auth_status();
+        if !enabled {
+            return Ok(());
+        }
+        let info = caller.ok_or(ServerError::UserEmpty)?;
+        if store.check_admin(&info).is_ok() {
+            return Ok(());
+        }
+        if let Some(lease) = store.lease(id) {
+            for key in &lease.keys {
+                store.check_permission(&info, key, &[], PermissionType::Read)?;
+            }
+        }
+        Ok(())
     }
 }
 

@@ -1,25 +1,103 @@
-//! etcd's Maintenance service: Status (with etcd 3.5's fields), HashKV, Hash, MoveLeader.
-//! Alarm, Defragment, Snapshot and Downgrade answer `Unimplemented`.
+//! etcd's Maintenance service: Status, Alarm, Hash, HashKV, Defragment, MoveLeader, and
+//! Downgrade, answered as an etcd that cannot go to the requested version would. Snapshot
+//! answers `Unimplemented`.
+//!
+//! With auth on, as in etcd 3.5: Hash, HashKV, Snapshot, Defragment, MoveLeader, Downgrade and
+//! raising or clearing an alarm need the root role; listing alarms needs a user; Status is open.
 
 use tonic::{Request, Response, Status};
 
-use super::{Api, error};
+use super::{Api, convert, error};
+use crate::api::{self, AlarmAction};
 use crate::pb::etcdserverpb::{
     AlarmRequest, AlarmResponse, DefragmentRequest, DefragmentResponse, DowngradeRequest,
     DowngradeResponse, HashKvRequest, HashKvResponse, HashRequest, HashResponse, MoveLeaderRequest,
     MoveLeaderResponse, SnapshotRequest, SnapshotResponse, StatusRequest, StatusResponse,
-    maintenance_server::Maintenance,
+    downgrade_request::DowngradeAction, maintenance_server::Maintenance,
 };
+use crate::server::error::ServerError;
 
-/// The etcd API version this server speaks, as Status reports it.
+/// The etcd API level this server implements, reported as Status's `version`. Clients gate
+/// features on it (kube-apiserver, for one, reads it): Mend serves etcd 3.5's API, and says
+/// 3.5.0 so that nothing expects fixes of later 3.5 patch releases it was not checked against.
 pub const VERSION: &str = "3.5.0";
+
+/// etcd's text for an active alarm (the protobuf text form of its `AlarmMember`, trailing
+/// space included), as Status lists it in `errors`.
+fn alarm_text(a: api::AlarmMember) -> String {
+    format!("memberID:{} alarm:{} ", a.member_id, a.alarm.name())
+}
+
+/// The major and minor version of a downgrade target, parsed as etcd does: a semantic version
+/// (`3.4.0`, `3.4.1-rc.0+meta`) or `major.minor`; `None` when it is neither.
+fn downgrade_target(version: &str) -> Option<(i64, i64)> {
+    fn semver(v: &str) -> Option<(i64, i64)> {
+        let v = v.split_once('+').map_or(v, |(v, _)| v);
+        let (v, pre) = v.split_once('-').map_or((v, None), |(v, p)| (v, Some(p)));
+        if let Some(pre) = pre {
+            let valid = pre.split('.').all(|id| {
+                !id.is_empty() && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+            });
+            if !valid {
+                return None;
+            }
+        }
+        let parts: Vec<&str> = v.split('.').collect();
+        let [major, minor, patch] = parts.as_slice() else {
+            return None;
+        };
+        patch.parse::<i64>().ok()?;
+        Some((major.parse().ok()?, minor.parse().ok()?))
+    }
+    semver(version).or_else(|| semver(&format!("{version}.0")))
+}
+
+impl Api {
+    /// The root role check of Hash, HashKV, Snapshot and Defragment. etcd answers these with the
+    /// auth store's own error, not its gRPC mapping: code Unknown, "auth: ..." messages.
+    fn check_admin_unmapped<T>(&self, request: &Request<T>) -> Result<(), Status> {
+        let info = Self::local_identity(self.caller(request)?);
+        self.node
+            .store
+            .check_admin(&info)
+            .map_err(|e| Status::unknown(e.to_string()))
+    }
+
+    /// With auth on, the caller must be a user (etcd's `requireAuthInfo`).
+    fn require_user<T>(&self, request: &Request<T>) -> Result<(), Status> {
+        let (enabled, _) = self.node.store.auth_status();
+        if enabled && self.caller(request)?.is_none() {
+            return Err(ServerError::UserEmpty.into());
+        }
+        Ok(())
+    }
+}
 
 #[tonic::async_trait]
 impl Maintenance for Api {
     type SnapshotStream = tonic::codegen::tokio_stream::Empty<Result<SnapshotResponse, Status>>;
 
-    async fn alarm(&self, _: Request<AlarmRequest>) -> Result<Response<AlarmResponse>, Status> {
-        Err(Status::unimplemented("alarms are not supported by Mend"))
+    #[tracing::instrument(level = "debug", skip_all)]
+    async fn alarm(
+        &self,
+        request: Request<AlarmRequest>,
+    ) -> Result<Response<AlarmResponse>, Status> {
+        let req = convert::alarm_request(*request.get_ref())?;
+        match req.action {
+            AlarmAction::Get => self.require_user(&request)?,
+            AlarmAction::Activate | AlarmAction::Deactivate => {
+                self.check_cluster_admin(&request)?
+            }
+        }
+        let caller = self.caller(&request)?;
+        // Through raft even to list, as etcd does: the answer is linearizable.
+        match self.propose(caller, api::Request::Alarm(req)).await? {
+            api::Response::Alarm(resp) => Ok(Response::new(AlarmResponse {
+                header: self.current_header(),
+                alarms: resp.alarms.into_iter().map(convert::alarm_member).collect(),
+            })),
+            other => Err(error::unexpected(other)),
+        }
     }
 
     #[tracing::instrument(level = "debug", skip_all)]
@@ -31,6 +109,7 @@ impl Maintenance for Api {
         if raft.leader == 0 {
             errors.push("etcdserver: no leader".to_string());
         }
+        errors.extend(status.alarms.iter().copied().map(alarm_text));
         if status.unsafe_reproduce_etcd_11651 {
             errors.push("FAULT SWITCH ON: unsafe-reproduce-etcd-11651".to_string());
         }
@@ -42,7 +121,7 @@ impl Maintenance for Api {
             version: VERSION.to_string(),
             db_size: status.db_size as i64,
             leader: raft.leader,
-            raft_index: raft.last_log_index,
+            raft_index: raft.committed_index,
             raft_term: raft.term,
             raft_applied_index: raft.applied_index,
             errors,
@@ -51,21 +130,31 @@ impl Maintenance for Api {
         }))
     }
 
+    #[tracing::instrument(level = "debug", skip_all)]
     async fn defragment(
         &self,
-        _: Request<DefragmentRequest>,
+        request: Request<DefragmentRequest>,
     ) -> Result<Response<DefragmentResponse>, Status> {
-        Err(Status::unimplemented("defragment is not supported by Mend"))
+        self.check_admin_unmapped(&request)?;
+        let store = self.node.store.clone();
+        let patience = self.node.request_timeout();
+        tokio::task::spawn_blocking(move || store.defragment(patience))
+            .await
+            .map_err(|e| Status::internal(format!("defragment: {e}")))??;
+        // etcd's answer carries no header.
+        Ok(Response::new(DefragmentResponse { header: None }))
     }
 
     #[tracing::instrument(level = "debug", skip_all)]
-    async fn hash(&self, _: Request<HashRequest>) -> Result<Response<HashResponse>, Status> {
-        // etcd hashes the whole backend; Mend's closest equivalent is the hash of every
-        // revision it keeps.
-        let hash = self.node.store.hash_kv(0).map_err(Status::from)?;
+    async fn hash(&self, request: Request<HashRequest>) -> Result<Response<HashResponse>, Status> {
+        self.check_admin_unmapped(&request)?;
+        let store = self.node.store.clone();
+        let (hash, revision) = tokio::task::spawn_blocking(move || store.hash())
+            .await
+            .map_err(|e| Status::internal(format!("hash: {e}")))??;
         Ok(Response::new(HashResponse {
-            header: self.current_header(),
-            hash: hash.hash,
+            header: self.header(revision),
+            hash,
         }))
     }
 
@@ -74,8 +163,12 @@ impl Maintenance for Api {
         &self,
         request: Request<HashKvRequest>,
     ) -> Result<Response<HashKvResponse>, Status> {
+        self.check_admin_unmapped(&request)?;
         let revision = request.into_inner().revision;
-        let hash = self.node.store.hash_kv(revision).map_err(Status::from)?;
+        let store = self.node.store.clone();
+        let hash = tokio::task::spawn_blocking(move || store.hash_kv(revision))
+            .await
+            .map_err(|e| Status::internal(format!("hash_kv: {e}")))??;
         Ok(Response::new(HashKvResponse {
             header: self.current_header(),
             hash: hash.hash,
@@ -86,8 +179,9 @@ impl Maintenance for Api {
 
     async fn snapshot(
         &self,
-        _: Request<SnapshotRequest>,
+        request: Request<SnapshotRequest>,
     ) -> Result<Response<Self::SnapshotStream>, Status> {
+        self.check_admin_unmapped(&request)?;
         Err(Status::unimplemented(
             "snapshot download is not supported by Mend yet",
         ))
@@ -109,10 +203,56 @@ impl Maintenance for Api {
         }))
     }
 
+    /// Mend cannot run a cluster at an older etcd version, so it answers as etcd 3.5 answers a
+    /// downgrade it cannot make: a target it cannot reach is invalid, and with no downgrade
+    /// ever in progress there is none to cancel.
+    #[tracing::instrument(level = "debug", skip_all)]
     async fn downgrade(
         &self,
-        _: Request<DowngradeRequest>,
+        request: Request<DowngradeRequest>,
     ) -> Result<Response<DowngradeResponse>, Status> {
-        Err(Status::unimplemented("downgrade is not supported by Mend"))
+        self.check_cluster_admin(&request)?;
+        let req = request.into_inner();
+        match DowngradeAction::try_from(req.action) {
+            Ok(DowngradeAction::Validate | DowngradeAction::Enable) => {
+                downgrade_target(&req.version).ok_or(ServerError::WrongDowngradeVersionFormat)?;
+                // As etcd: the answer reflects the cluster as of a linearizable read.
+                self.read_index().await?;
+                Err(ServerError::InvalidDowngradeTargetVersion.into())
+            }
+            Ok(DowngradeAction::Cancel) => {
+                self.read_index().await?;
+                Err(ServerError::NoInflightDowngrade.into())
+            }
+            // etcd's ErrUnknownMethod, which its error table does not map.
+            Err(_) => Err(ServerError::Unknown("etcdserver: unknown method".into()).into()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn downgrade_targets_parse_as_etcd_parses_them() {
+        assert_eq!(downgrade_target("3.4"), Some((3, 4)));
+        assert_eq!(downgrade_target("3.4.0"), Some((3, 4)));
+        assert_eq!(downgrade_target("3.4.1-rc.0+build.5"), Some((3, 4)));
+        for bad in ["", "3", "three.four", "3.4.0.1", "3.4-", "v3.4"] {
+            assert_eq!(downgrade_target(bad), None, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn alarms_read_as_in_etcd_status() {
+        let a = api::AlarmMember {
+            member_id: 13668033151171901709,
+            alarm: api::AlarmType::NoSpace,
+        };
+        assert_eq!(
+            alarm_text(a),
+            "memberID:13668033151171901709 alarm:NOSPACE "
+        );
     }
 }

@@ -17,11 +17,11 @@ use tonic::transport::server::TcpIncoming;
 use super::authority::RepairAuthority;
 use crate::cli::{self, ClusterState, ServeArgs};
 use crate::entry::Member;
+use crate::quota::{self, Quota};
 use crate::raft::log_store::LogStore;
 use crate::raft::network::{NetworkFactory, PeerService, Peers, Rpc};
 use crate::raft::node::{MemberInfo, Node};
-use crate::raft::state_machine::StateMachine;
-use crate::raft::waiters::Waiters;
+use crate::raft::state_machine::{Listeners, StateMachine};
 use crate::store::{Store, StoreConfig};
 
 /// Why a member could not start or stopped with an error.
@@ -246,9 +246,20 @@ pub async fn run(args: ServeArgs, shutdown: impl Future<Output = ()>) -> Result<
     let span = tracing::info_span!("member", member_id = %format_args!("{:x}", identity.member_id));
     let _entered = span.enter();
 
+    let quota = Quota::from_flag(args.quota_backend_bytes);
+    match quota.bytes() {
+        None => tracing::info!("backend quota disabled"),
+        Some(bytes) if bytes > quota::MAX_QUOTA_BYTES => tracing::warn!(
+            quota_bytes = bytes,
+            max_quota_bytes = quota::MAX_QUOTA_BYTES,
+            "the backend quota exceeds the recommended maximum"
+        ),
+        Some(bytes) => tracing::info!(quota_bytes = bytes, "backend quota enabled"),
+    }
     let store = Arc::new(Store::open(
         &dir,
         StoreConfig {
+            quota,
             token_ttl: Duration::from_secs(args.auth_token_ttl),
             max_txn_ops: args.max_txn_ops,
             unsafe_reproduce_etcd_11651: args.unsafe_reproduce_etcd_11651,
@@ -259,8 +270,8 @@ pub async fn run(args: ServeArgs, shutdown: impl Future<Output = ()>) -> Result<
         },
     )?);
     let log_store = LogStore::open(&dir).map_err(|e| Error::Log(e.to_string()))?;
-    let waiters = Arc::new(Waiters::new());
-    let state_machine = StateMachine::new(store.clone(), waiters.clone());
+    let listeners = Listeners::new(&store);
+    let state_machine = StateMachine::new(store.clone(), listeners.clone());
     let config = openraft::Config {
         cluster_name: format!("{:x}", identity.cluster_id),
         heartbeat_interval: args.heartbeat_interval,
@@ -293,7 +304,7 @@ pub async fn run(args: ServeArgs, shutdown: impl Future<Output = ()>) -> Result<
         identity.cluster_id,
         raft.clone(),
         store,
-        waiters,
+        listeners,
         peers,
         request_timeout,
     ));
@@ -371,6 +382,7 @@ pub async fn run(args: ServeArgs, shutdown: impl Future<Output = ()>) -> Result<
     let publisher = tokio::spawn(publish(node.clone(), me));
     tokio::spawn(node.count_leader_changes());
     let lessor = tokio::spawn(crate::raft::lessor::run(node.clone()));
+    let alarms = tokio::spawn(crate::raft::alarm::run(node.clone()));
     let syncer = tokio::spawn(sync_applied(node.store.clone()));
     tracing::info!(
         name = %args.name,
@@ -390,6 +402,7 @@ pub async fn run(args: ServeArgs, shutdown: impl Future<Output = ()>) -> Result<
     tracing::info!("shutting down");
     publisher.abort();
     lessor.abort();
+    alarms.abort();
     syncer.abort();
     // Stop accepting work, then stop raft: requests still in flight (a forwarded write waiting
     // for its commit, say) then end with an error instead of holding the servers open.

@@ -166,6 +166,24 @@ impl Api {
             .map_err(error::node_status)
     }
 
+    /// Refuses a request that needs more space than the quota leaves, raising this member's
+    /// NOSPACE alarm first, as etcd's quota interceptor does before proposing.
+    async fn check_quota(&self, request: &Request) -> Result<(), tonic::Status> {
+        if self.node.store.quota_available(crate::quota::cost(request)) {
+            return Ok(());
+        }
+        if !self.node.has_alarm(crate::api::AlarmType::NoSpace) {
+            tracing::warn!(
+                kind = request.kind(),
+                "request does not fit the backend quota; raising the NOSPACE alarm"
+            );
+            if let Err(e) = self.node.raise_alarm(crate::api::AlarmType::NoSpace).await {
+                tracing::warn!(error = %e, "raising the NOSPACE alarm failed");
+            }
+        }
+        Err(ServerError::NoSpace.into())
+    }
+
     /// Waits for a linearizable read point.
     async fn read_index(&self) -> Result<(), tonic::Status> {
         self.node.read_index().await.map_err(error::node_status)

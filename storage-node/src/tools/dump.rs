@@ -36,6 +36,17 @@ pub fn dump_db(dir: &Path) -> Result<String, backend::Error> {
         }
     );
     let _ = writeln!(out, "AuthRevision:      {}", status.auth_revision);
+    let alarms: Vec<String> = status
+        .alarms
+        .iter()
+        .map(|a| format!("{:x}:{}", a.member_id, a.alarm.name()))
+        .collect();
+    let alarms = if alarms.is_empty() {
+        "none".to_string()
+    } else {
+        alarms.join(" ")
+    };
+    let _ = writeln!(out, "alarms:            {alarms}");
     let _ = writeln!(out, "users:");
     for name in store.users() {
         let roles = store

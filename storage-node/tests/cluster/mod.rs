@@ -20,6 +20,8 @@ pub struct Options {
     pub fault_switch: bool,
     /// `--snapshot-count`, when set.
     pub snapshot_count: Option<u64>,
+    /// `--quota-backend-bytes`, when set.
+    pub quota_backend_bytes: Option<i64>,
 }
 
 /// One member process and its addresses.
@@ -179,6 +181,9 @@ impl Member {
         }
         if let Some(count) = self.options.snapshot_count {
             cmd.arg("--snapshot-count").arg(count.to_string());
+        }
+        if let Some(bytes) = self.options.quota_backend_bytes {
+            cmd.arg(format!("--quota-backend-bytes={bytes}"));
         }
         let log = std::fs::OpenOptions::new()
             .create(true)

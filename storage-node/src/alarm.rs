@@ -1,0 +1,142 @@
+//! Alarms, apply side: the set of active alarms, changed only by applied alarm requests and
+//! kept in the backend, so every member holds the same set at the same log position and a
+//! restart keeps it (etcd's alarm store).
+//!
+//! While an alarm is active the applier refuses what it guards (see `apply`): NOSPACE the
+//! requests that need space, CORRUPT every KV and lease request.
+
+use std::collections::BTreeSet;
+
+use redb::{ReadTransaction, WriteTransaction};
+
+use crate::api::{AlarmAction, AlarmMember, AlarmRequest, AlarmResponse, AlarmType};
+use crate::backend::{self, put_value, read_value};
+use crate::schema::meta;
+
+/// The active alarms.
+#[derive(Debug, Default)]
+pub(crate) struct Alarms {
+    active: BTreeSet<AlarmMember>,
+}
+
+impl Alarms {
+    /// Loads the alarms persisted in the meta table.
+    pub(crate) fn load(txn: &ReadTransaction) -> backend::Result<Alarms> {
+        let list: Vec<AlarmMember> = read_value(txn, meta::ALARMS)?.unwrap_or_default();
+        Ok(Alarms {
+            active: list.into_iter().collect(),
+        })
+    }
+
+    /// The active alarms of type `alarm`, every active alarm for [`AlarmType::None`].
+    pub(crate) fn get(&self, alarm: AlarmType) -> Vec<AlarmMember> {
+        self.active
+            .iter()
+            .filter(|a| alarm == AlarmType::None || a.alarm == alarm)
+            .copied()
+            .collect()
+    }
+
+    /// Whether any member raised `alarm`.
+    pub(crate) fn is_active(&self, alarm: AlarmType) -> bool {
+        self.active.iter().any(|a| a.alarm == alarm)
+    }
+
+    /// Applies an alarm request, as etcd's applier does: a get lists, an activate answers the
+    /// alarm it added (nothing when it was already active or is `NONE`), a deactivate the one it
+    /// removed (nothing when it was not active).
+    pub(crate) fn apply(
+        &mut self,
+        txn: &WriteTransaction,
+        req: &AlarmRequest,
+    ) -> backend::Result<AlarmResponse> {
+        let member = AlarmMember {
+            member_id: req.member_id,
+            alarm: req.alarm,
+        };
+        let changed = match req.action {
+            AlarmAction::Get => {
+                return Ok(AlarmResponse {
+                    alarms: self.get(req.alarm),
+                });
+            }
+            AlarmAction::Activate => req.alarm != AlarmType::None && self.active.insert(member),
+            AlarmAction::Deactivate => self.active.remove(&member),
+        };
+        if !changed {
+            return Ok(AlarmResponse::default());
+        }
+        let list: Vec<AlarmMember> = self.active.iter().copied().collect();
+        put_value(txn, meta::ALARMS, &list)?;
+        tracing::warn!(
+            member_id = %format_args!("{:x}", req.member_id),
+            alarm = req.alarm.name(),
+            action = ?req.action,
+            "alarm changed"
+        );
+        Ok(AlarmResponse {
+            alarms: vec![member],
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::Backend;
+    use AlarmAction::{Activate, Deactivate, Get};
+    use AlarmType::{Corrupt, NoSpace};
+
+    /// Applies one request in its own transaction.
+    fn apply(
+        b: &Backend,
+        alarms: &mut Alarms,
+        action: AlarmAction,
+        member_id: u64,
+        alarm: AlarmType,
+    ) -> Vec<AlarmMember> {
+        let txn = b.begin_write().unwrap();
+        let req = AlarmRequest {
+            action,
+            member_id,
+            alarm,
+        };
+        let resp = alarms.apply(&txn, &req).unwrap();
+        txn.commit().unwrap();
+        resp.alarms
+    }
+
+    #[test]
+    fn activate_and_deactivate_answer_only_what_changed() {
+        let b = Backend::in_memory().unwrap();
+        let a = &mut Alarms::default();
+        let nospace = AlarmMember {
+            member_id: 7,
+            alarm: NoSpace,
+        };
+        assert_eq!(apply(&b, a, Activate, 7, NoSpace), vec![nospace]);
+        assert!(apply(&b, a, Activate, 7, NoSpace).is_empty(), "already on");
+        assert!(apply(&b, a, Activate, 7, AlarmType::None).is_empty());
+        apply(&b, a, Activate, 9, Corrupt);
+        assert!(a.is_active(NoSpace) && a.is_active(Corrupt));
+        assert_eq!(apply(&b, a, Get, 0, NoSpace), vec![nospace]);
+        assert_eq!(apply(&b, a, Get, 0, AlarmType::None).len(), 2);
+        assert_eq!(apply(&b, a, Deactivate, 7, NoSpace), vec![nospace]);
+        assert!(
+            apply(&b, a, Deactivate, 7, NoSpace).is_empty(),
+            "already off"
+        );
+        assert!(!a.is_active(NoSpace));
+    }
+
+    #[test]
+    fn alarms_are_loaded_from_the_backend() {
+        let b = Backend::in_memory().unwrap();
+        let a = &mut Alarms::default();
+        apply(&b, a, Activate, 3, NoSpace);
+        apply(&b, a, Activate, 1, NoSpace);
+        let loaded = Alarms::load(&b.begin_read().unwrap()).unwrap();
+        assert_eq!(loaded.get(AlarmType::None), a.get(AlarmType::None));
+        assert_eq!(loaded.get(AlarmType::None)[0].member_id, 1, "sorted");
+    }
+}
