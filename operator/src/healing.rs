@@ -122,10 +122,10 @@ pub struct Pass {
 }
 
 impl Pass {
-    /// Whether a heal is in progress (the driver comes back soon rather than after the probe
-    /// interval).
+    /// Whether a heal is under way and not paused (the driver comes back soon rather than after
+    /// the probe interval; a paused heal is looked at again on the probe interval).
     pub fn busy(&self) -> bool {
-        self.progress.is_some()
+        self.progress.as_ref().is_some_and(|p| p.paused.is_none())
     }
 }
 

@@ -203,9 +203,9 @@ impl Supervisor {
         self.last_times
     }
 
-    /// How often to tick: the probe interval, or at once while a heal runs.
+    /// How often to tick: the probe interval, or at once while a heal runs and is not paused.
     pub fn interval(&self) -> Duration {
-        if self.progress.is_some() {
+        if self.progress.as_ref().is_some_and(|p| p.paused.is_none()) {
             return HEAL_PASS;
         }
         Duration::from_secs(

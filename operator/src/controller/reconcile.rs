@@ -201,7 +201,7 @@ impl<'a> Reconciler<'a> {
         let stall = refused.or_else(|| live.stall.clone());
         // Whatever woke this reconcile (a child changed, a pod became ready), the members are
         // probed, and the status written, once per probe interval.
-        if let Some(left) = self.next_pass_in(resumed.is_some()) {
+        if let Some(left) = self.next_pass_in(resumed.as_ref()) {
             return Ok(Action::requeue(left));
         }
 
@@ -342,15 +342,14 @@ impl<'a> Reconciler<'a> {
         Ok(Action::await_change())
     }
 
-    /// How long until this cluster's next probe is due: `None` when it is due now (the probe
-    /// interval has passed since the last pass, the spec changed, or a heal runs, which goes on
-    /// at its own pace).
-    fn next_pass_in(&self, healing: bool) -> Option<Duration> {
-        if healing {
-            return None;
-        }
-        let interval =
-            Duration::from_secs(u64::from(self.cluster.spec.healing.probe_interval_seconds));
+    /// How long until this cluster's next pass is due: `None` when it is due now (a pass
+    /// interval has passed since the last one, or the spec changed). The interval is the probe
+    /// interval, or [`HEAL_PASS`] while a heal runs and is not paused.
+    fn next_pass_in(&self, heal: Option<&Progress>) -> Option<Duration> {
+        let interval = match heal {
+            Some(p) if p.paused.is_none() => HEAL_PASS,
+            _ => Duration::from_secs(u64::from(self.cluster.spec.healing.probe_interval_seconds)),
+        };
         let healers = self.ctx.healers.lock().unwrap_or_else(|p| p.into_inner());
         let cluster = healers.get(&ObjectRef::from_obj(self.cluster))?;
         if cluster.generation != self.cluster.metadata.generation {
