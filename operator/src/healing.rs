@@ -277,7 +277,8 @@ async fn step<P: Platform>(
                 described.get(index).map(String::as_str).unwrap_or("")
             ),
         )),
-        Outcome::Waiting(_) => {}
+        // The rules hold again: the pause is over, the step is under way.
+        Outcome::Waiting(_) => heal.paused = None,
         Outcome::Blocked(why) => pause(heal, why, notes, now),
     }
 }
