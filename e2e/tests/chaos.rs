@@ -59,7 +59,7 @@ fn the_fixed_engine_under_chaos_never_diverges_and_keeps_every_acknowledged_writ
     let mut monkey = Monkey(seed);
     let op = Arc::new(LocalOperator::start_with("ObserveOnly", false));
     op.wait_status("the cluster to form with auth on", |s| {
-        settled(s) && op.dir().join("root-credentials").exists()
+        settled(s) && op.dir().join("root-credentials").exists() && op.auth_on()
     });
     let root = op.root();
     let endpoints = op.endpoints();
@@ -124,7 +124,7 @@ fn the_bugged_engine_under_chaos_is_healed_and_keeps_every_acknowledged_write() 
         true,
     );
     op.wait_status("the cluster to form with auth on", |s| {
-        settled(s) && op.dir().join("root-credentials").exists()
+        settled(s) && op.dir().join("root-credentials").exists() && op.auth_on()
     });
     let root = op.root();
     let endpoints = op.endpoints();

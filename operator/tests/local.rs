@@ -27,7 +27,7 @@ fn play_seed(op: &LocalOperator) -> Vec<String> {
 /// [`play_seed`], running `before_writes` once the drift exists and before any write.
 fn play_seed_then(op: &LocalOperator, before_writes: impl FnOnce()) -> Vec<String> {
     op.wait_status("the cluster to form with auth on", |s| {
-        settled(s) && op.dir().join("root-credentials").exists()
+        settled(s) && op.dir().join("root-credentials").exists() && op.auth_on()
     });
     let root = op.root();
     let endpoints = op.endpoints();
@@ -356,7 +356,7 @@ fn disabled_healing_probes_health_only_and_never_acts() {
 fn a_member_that_lost_its_data_is_rebuilt_as_a_new_member() {
     let op = LocalOperator::start_with("Automatic", false);
     op.wait_status("the cluster to form with auth on", |s| {
-        settled(s) && op.dir().join("root-credentials").exists()
+        settled(s) && op.dir().join("root-credentials").exists() && op.auth_on()
     });
     let root = op.root();
     let endpoints = op.endpoints();
@@ -585,6 +585,7 @@ fn a_cluster_of_real_etcd_is_probed_and_a_member_that_lost_its_data_is_rebuilt()
     let formed = op.wait_status("the etcd cluster to form with auth on", |s| {
         settled(s)
             && op.dir().join("root-credentials").exists()
+            && op.auth_on()
             && s.members
                 .iter()
                 .all(|m| m.auth_revision.is_some_and(|r| r >= 2))

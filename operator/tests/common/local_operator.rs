@@ -114,6 +114,14 @@ impl LocalOperator {
         self.work.path()
     }
 
+    /// Whether auth is on: a member refuses to list users to a client without credentials
+    /// (`root-credentials` exists before the operator has turned auth on).
+    pub fn auth_on(&self) -> bool {
+        self.endpoints()
+            .first()
+            .is_some_and(|e| !etcdctl(e, &["user", "list"]).status.success())
+    }
+
     /// Changes `spec.healing.mode` in the spec file, as a user would; the operator reads it
     /// again.
     pub fn set_healing_mode(&self, mode: &str) {
