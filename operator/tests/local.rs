@@ -89,6 +89,19 @@ fn healing_message(s: &StorageClusterStatus) -> String {
         .unwrap_or_default()
 }
 
+/// Waits until the heal is over and the members agree, then checks it rebuilt one member
+/// (one backup) and lost no acknowledged write.
+fn finish_one_rebuild(op: &LocalOperator, acknowledged: &[String]) {
+    op.wait_status("the heal to finish", |s| {
+        s.healing
+            .as_ref()
+            .is_some_and(|h| h.count >= 1 && h.step.is_none())
+            && settled(s)
+    });
+    assert_eq!(op.backups(), 1);
+    assert_everywhere(op, acknowledged);
+}
+
 /// The name of the member the heal in progress rebuilds from.
 fn source_of(op: &LocalOperator) -> String {
     let record = op.heal_record().expect("a heal in progress");
@@ -459,14 +472,7 @@ fn a_frozen_source_pauses_the_heal_until_it_answers_again() {
         "no step ran while the source was frozen: {paused:#?}"
     );
     kill(Pid::from_raw(frozen), Signal::SIGCONT).expect("SIGCONT");
-    op.wait_status("the heal to finish", |s| {
-        s.healing
-            .as_ref()
-            .is_some_and(|h| h.count >= 1 && h.step.is_none())
-            && settled(s)
-    });
-    assert_eq!(op.backups(), 1);
-    assert_everywhere(&op, &acknowledged);
+    finish_one_rebuild(&op, &acknowledged);
 }
 
 #[test]
@@ -493,14 +499,7 @@ fn switching_to_disabled_mid_heal_stops_it_and_automatic_resumes_it() {
     assert_eq!(op.backups(), backups);
 
     op.set_healing_mode("Automatic");
-    op.wait_status("the heal to finish", |s| {
-        s.healing
-            .as_ref()
-            .is_some_and(|h| h.count >= 1 && h.step.is_none())
-            && settled(s)
-    });
-    assert_eq!(op.backups(), 1);
-    assert_everywhere(&op, &acknowledged);
+    finish_one_rebuild(&op, &acknowledged);
 }
 
 #[test]

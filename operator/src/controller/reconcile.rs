@@ -466,19 +466,20 @@ impl<'a> Reconciler<'a> {
         Ok(then)
     }
 
+    /// The Progressing condition of the stored status.
+    fn stored_progressing(&self) -> Option<&Condition> {
+        self.cluster
+            .status
+            .as_ref()?
+            .conditions
+            .iter()
+            .find(|c| c.type_ == condition::PROGRESSING)
+    }
+
     /// `Progressing=False` for `reason`, saying `message`; since the stored condition's time
     /// when it was False already.
     fn not_progressing(&self, reason: &str, message: String) -> Condition {
-        let unchanged = self
-            .cluster
-            .status
-            .as_ref()
-            .and_then(|s| {
-                s.conditions
-                    .iter()
-                    .find(|c| c.type_ == condition::PROGRESSING)
-            })
-            .filter(|c| c.status == "False");
+        let unchanged = self.stored_progressing().filter(|c| c.status == "False");
         Condition {
             type_: condition::PROGRESSING.to_string(),
             status: "False".to_string(),
@@ -530,14 +531,7 @@ impl<'a> Reconciler<'a> {
             return Ok(status);
         };
         let told = self
-            .cluster
-            .status
-            .as_ref()
-            .and_then(|s| {
-                s.conditions
-                    .iter()
-                    .find(|c| c.type_ == condition::PROGRESSING)
-            })
+            .stored_progressing()
             .is_some_and(|c| c.reason == stall.reason && c.message == stall.message);
         let stalled = self.not_progressing(stall.reason, stall.message.clone());
         match status
