@@ -215,45 +215,84 @@ const HASH_IGNORES: [&str; 2] = [
     schema::meta::CONSISTENT_TERM,
 ];
 
-/// A CRC-32C of every table in `txn` (etcd's backend `Hash`): tables in name order, each one's
-/// name followed by its keys and values in key order.
-pub fn hash(txn: &ReadTransaction) -> Result<u32> {
-    fn add(crc: u32, bytes: &[u8]) -> u32 {
+/// The whole-backend hash, fed table by table in name order (roles, users, kv, leases, meta),
+/// each table's name followed by its keys and values in key order. Shared by [`hash`] and the
+/// snapshot reader, so a snapshot's hash equals the member's `Hash` at the snapshot's moment.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Hasher(u32);
+
+impl Hasher {
+    fn add(&mut self, bytes: &[u8]) {
         // Lengths first, so that moving a byte between key and value changes the hash.
-        let crc = crc32c::crc32c_append(crc, &(bytes.len() as u64).to_be_bytes());
-        crc32c::crc32c_append(crc, bytes)
+        self.0 = crc32c::crc32c_append(self.0, &(bytes.len() as u64).to_be_bytes());
+        self.0 = crc32c::crc32c_append(self.0, bytes);
     }
-    let mut crc = add(0, AUTH_ROLES.name().as_bytes());
+
+    /// Starts the next table.
+    pub fn table(&mut self, name: &str) {
+        self.add(name.as_bytes());
+    }
+
+    /// Adds an auth role or user record.
+    pub fn named(&mut self, name: &str, value: &[u8]) {
+        self.add(name.as_bytes());
+        self.add(value);
+    }
+
+    /// Adds a key-value record.
+    pub fn kv(&mut self, (main, sub): (i64, i64), value: &[u8]) {
+        self.add(&[main.to_be_bytes(), sub.to_be_bytes()].concat());
+        self.add(value);
+    }
+
+    /// Adds a lease.
+    pub fn lease(&mut self, id: i64, ttl: i64) {
+        self.add(&id.to_be_bytes());
+        self.add(&ttl.to_be_bytes());
+    }
+
+    /// Adds a meta value, unless it is one the hash leaves out.
+    pub fn meta(&mut self, key: &str, value: &[u8]) {
+        if !HASH_IGNORES.contains(&key) {
+            self.named(key, value);
+        }
+    }
+
+    /// The hash of everything added.
+    pub fn finish(self) -> u32 {
+        self.0
+    }
+}
+
+/// A CRC-32C of every table in `txn` (etcd's backend `Hash`), as [`Hasher`] describes.
+pub fn hash(txn: &ReadTransaction) -> Result<u32> {
+    let mut h = Hasher::default();
+    h.table(AUTH_ROLES.name());
     for item in txn.open_table(AUTH_ROLES)?.iter()? {
         let (k, v) = item?;
-        crc = add(add(crc, k.value().as_bytes()), v.value());
+        h.named(k.value(), v.value());
     }
-    crc = add(crc, AUTH_USERS.name().as_bytes());
+    h.table(AUTH_USERS.name());
     for item in txn.open_table(AUTH_USERS)?.iter()? {
         let (k, v) = item?;
-        crc = add(add(crc, k.value().as_bytes()), v.value());
+        h.named(k.value(), v.value());
     }
-    crc = add(crc, KV.name().as_bytes());
+    h.table(KV.name());
     for item in txn.open_table(KV)?.iter()? {
         let (k, v) = item?;
-        let (main, sub) = k.value();
-        let key = [main.to_be_bytes(), sub.to_be_bytes()].concat();
-        crc = add(add(crc, &key), v.value());
+        h.kv(k.value(), v.value());
     }
-    crc = add(crc, LEASES.name().as_bytes());
+    h.table(LEASES.name());
     for item in txn.open_table(LEASES)?.iter()? {
         let (k, v) = item?;
-        crc = add(add(crc, &k.value().to_be_bytes()), &v.value().to_be_bytes());
+        h.lease(k.value(), v.value());
     }
-    crc = add(crc, META.name().as_bytes());
+    h.table(META.name());
     for item in txn.open_table(META)?.iter()? {
         let (k, v) = item?;
-        if HASH_IGNORES.contains(&k.value()) {
-            continue;
-        }
-        crc = add(add(crc, k.value().as_bytes()), v.value());
+        h.meta(k.value(), v.value());
     }
-    Ok(crc)
+    Ok(h.finish())
 }
 
 /// Reads a u64 meta value from any readable meta table.

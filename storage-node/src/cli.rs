@@ -273,6 +273,39 @@ pub fn socket_addr(flag: &'static str, url: &str) -> Result<SocketAddr, Error> {
     Ok(SocketAddr::new(ip, port))
 }
 
+/// The members of `--initial-cluster` (name → sorted peer URLs), checked against the member's
+/// own `--name` and `--initial-advertise-peer-urls`: it must be listed with exactly those URLs,
+/// and no two members may share peer URLs.
+pub fn initial_members(
+    name: &str,
+    initial_cluster: &str,
+    advertise_peer_urls: &[String],
+) -> Result<BTreeMap<String, Vec<String>>, Error> {
+    let members = parse_initial_cluster(initial_cluster)?;
+    let listed = members
+        .get(name)
+        .ok_or_else(|| Error::NotInCluster(name.to_string()))?;
+    let mut advertised = advertise_peer_urls.to_vec();
+    advertised.sort();
+    if &advertised != listed {
+        return Err(Error::PeerUrlMismatch {
+            name: name.to_string(),
+            advertised,
+            listed: listed.clone(),
+        });
+    }
+    let mut seen = std::collections::BTreeSet::new();
+    for urls in members.values() {
+        if !seen.insert(urls.clone()) {
+            return Err(Error::DuplicatePeer(urls.clone()));
+        }
+        for url in urls {
+            check_url("--initial-cluster", url)?;
+        }
+    }
+    Ok(members)
+}
+
 impl ServeArgs {
     /// The data directory (`--data-dir`, or `<name>.mend`).
     pub fn data_dir(&self) -> PathBuf {
@@ -283,29 +316,11 @@ impl ServeArgs {
 
     /// The initial members (name → peer URLs), checked against this member's own flags.
     pub fn initial_members(&self) -> Result<BTreeMap<String, Vec<String>>, Error> {
-        let members = parse_initial_cluster(&self.initial_cluster)?;
-        let listed = members
-            .get(&self.name)
-            .ok_or_else(|| Error::NotInCluster(self.name.clone()))?;
-        let mut advertised = self.initial_advertise_peer_urls.clone();
-        advertised.sort();
-        if &advertised != listed {
-            return Err(Error::PeerUrlMismatch {
-                name: self.name.clone(),
-                advertised,
-                listed: listed.clone(),
-            });
-        }
-        let mut seen = std::collections::BTreeSet::new();
-        for urls in members.values() {
-            if !seen.insert(urls.clone()) {
-                return Err(Error::DuplicatePeer(urls.clone()));
-            }
-            for url in urls {
-                check_url("--initial-cluster", url)?;
-            }
-        }
-        Ok(members)
+        initial_members(
+            &self.name,
+            &self.initial_cluster,
+            &self.initial_advertise_peer_urls,
+        )
     }
 
     /// Heartbeat interval.

@@ -23,7 +23,7 @@
 //!   index (the fix), reads, status, and the fault switch that brings the bug back.
 //! - [`server`]: the etcd v3 gRPC services, the HTTP endpoint, and starting a member.
 //! - [`cli`]: the serving node's flags, in etcd's spelling, and bootstrap identities.
-//! - [`tools`]: offline tools: the etcd 11651 demo and `dump-db`.
+//! - [`tools`]: offline tools: the etcd 11651 demo, `snapshot status|restore`, `dump-db`.
 
 pub mod alarm;
 pub mod api;

@@ -1,12 +1,12 @@
 //! The `storage-node` command: without a subcommand it serves as a cluster member, with
-//! etcd's flags; the subcommands are offline tools (`demo`, `dump-db`).
+//! etcd's flags; the subcommands are offline tools (`demo`, `snapshot`, `dump-db`, ...).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use storage_node::cli::{LogFormat, ServeArgs, init_logging};
-use storage_node::tools::{backup, demo, dump};
+use storage_node::tools::{backup, demo, dump, snapshot};
 
 /// Mend's etcd-compatible storage node. Without a subcommand it runs a cluster member
 /// configured with etcd's flags.
@@ -53,6 +53,10 @@ enum Cmd {
         #[arg(long, default_value_t = 3)]
         keep: usize,
     },
+    /// Check a snapshot file (`etcdctl snapshot save` from a Mend member) or build a member of
+    /// a new cluster from one, as etcdutl does for etcd's.
+    #[command(subcommand)]
+    Snapshot(SnapshotCmd),
     /// Print a stopped member's consistent index, revisions, AuthRevision, users, roles, leases
     /// and membership.
     DumpDb {
@@ -64,6 +68,22 @@ enum Cmd {
         /// The member's data directory (`--data-dir` of the node).
         data_dir: PathBuf,
     },
+}
+
+#[derive(Subcommand)]
+enum SnapshotCmd {
+    /// Check the whole file and print its hash, revision, total records and size.
+    Status {
+        /// The snapshot file.
+        file: PathBuf,
+        /// Output format.
+        #[arg(short = 'w', long, value_enum, default_value_t)]
+        write_out: snapshot::WriteOut,
+    },
+    /// Create a data directory for one member of a new cluster from the snapshot: its keys at
+    /// their revisions, leases, users, roles and AuthRevision. Run it for every member, then
+    /// start each with the same --name, --initial-cluster and --initial-cluster-token.
+    Restore(snapshot::RestoreArgs),
 }
 
 fn main() -> ExitCode {
@@ -90,6 +110,12 @@ fn main() -> ExitCode {
                 None => "no data to back up\n".to_string(),
             }),
         ),
+        Cmd::Snapshot(SnapshotCmd::Status { file, write_out }) => {
+            print_or_fail("snapshot status", snapshot::status(&file, write_out))
+        }
+        Cmd::Snapshot(SnapshotCmd::Restore(args)) => {
+            print_or_fail("snapshot restore", snapshot::restore(&args))
+        }
         Cmd::DumpDb { data_dir } => print_or_fail("dump-db", dump::dump_db(&data_dir)),
         Cmd::DumpLog { data_dir } => print_or_fail("dump-log", dump::dump_log(&data_dir)),
     }

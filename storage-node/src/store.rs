@@ -402,15 +402,45 @@ impl Store {
         &self,
         input: impl std::io::Read,
     ) -> Result<SnapshotMeta, snapshot::Error> {
+        self.replace(input, |_| Ok(()))
+    }
+
+    /// Makes this store a member of a new cluster built from a snapshot (`snapshot restore`):
+    /// the snapshot's keys and revisions, leases, users, roles and AuthRevision, with
+    /// `membership` as the only configuration ever applied (its entry becomes the consistent
+    /// index) and no alarms: those named the old cluster's members.
+    pub fn restore_snapshot(
+        &self,
+        input: impl std::io::Read,
+        membership: &StoredMembership,
+    ) -> Result<SnapshotMeta, snapshot::Error> {
+        self.replace(input, |txn| {
+            put_u64(txn, meta::CONSISTENT_INDEX, membership.log_id.index)?;
+            put_u64(txn, meta::CONSISTENT_TERM, membership.log_id.term)?;
+            put_value(txn, meta::MEMBERSHIP, membership)?;
+            let mut table = txn.open_table(crate::schema::META)?;
+            table.remove(meta::ALARMS)?;
+            Ok(())
+        })
+    }
+
+    /// Installs a snapshot, lets `adjust` change the result in the same transaction, commits,
+    /// and reloads the in-memory state.
+    fn replace(
+        &self,
+        input: impl std::io::Read,
+        adjust: impl FnOnce(&redb::WriteTransaction) -> backend::Result<()>,
+    ) -> Result<SnapshotMeta, snapshot::Error> {
         let mut state = self.write();
         let txn = self.backend.begin_write()?;
         let meta = snapshot::install(&txn, input)?;
+        adjust(&txn)?;
         txn.commit().map_err(backend::Error::from)?;
         let mut fresh = State::load(&self.backend, &self.config)?;
         fresh.counters = std::mem::take(&mut state.counters);
         *state = fresh;
         tracing::info!(
-            applied_index = meta.applied.index,
+            applied_index = state.applied.index,
             revision = state.engine.kv.current,
             "installed snapshot"
         );

@@ -338,17 +338,6 @@ fn member_update_changes_peer_urls_and_the_last_voter_cannot_be_removed() {
 }
 
 #[test]
-fn snapshot_download_is_not_served_yet_and_says_so() {
-    let c = Cluster::start(1, Options::default());
-    let err = fails(c.etcdctl(0, &["snapshot", "save", "/dev/null"]));
-    assert!(err.contains("Unimplemented"), "{err}");
-    assert!(
-        err.contains("snapshot download is not supported by Mend yet"),
-        "{err}"
-    );
-}
-
-#[test]
 fn metrics_health_and_readiness_endpoints_report_the_member() {
     let c = Cluster::start(1, Options::default());
     ok(c.etcdctl(0, &["put", "k", "v"]));

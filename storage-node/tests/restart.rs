@@ -280,3 +280,63 @@ fn a_damaged_snapshot_is_refused_and_changes_nothing() {
     assert_eq!(fingerprint(&target), before);
     assert_eq!(value(&target, "keep").as_deref(), Some("me"));
 }
+
+#[test]
+fn a_snapshot_summary_has_the_members_hash_and_revision_and_refuses_damage() {
+    let (_, reference) = workload(4, 200);
+    let mut bytes = Vec::new();
+    reference.write_snapshot(&mut bytes).unwrap();
+    let summary = storage_node::snapshot::inspect(bytes.as_slice()).unwrap();
+    let (hash, revision) = reference.hash().unwrap();
+    assert_eq!(summary.hash, hash, "the member's Hash at the snapshot");
+    assert_eq!(summary.revision, revision);
+    assert_eq!(summary.total_size, bytes.len() as u64);
+    assert!(summary.total_key > 10, "{summary:?}");
+
+    let mut flipped = bytes.clone();
+    let middle = flipped.len() / 2;
+    flipped[middle] ^= 0x01;
+    let err = storage_node::snapshot::inspect(flipped.as_slice()).unwrap_err();
+    assert!(err.to_string().contains("corrupt"), "{err}");
+    let truncated = &bytes[..bytes.len() - 1];
+    assert!(storage_node::snapshot::inspect(truncated).is_err());
+}
+
+#[test]
+fn a_restored_store_keeps_the_data_and_takes_the_new_membership_with_no_alarms() {
+    let (mut log, reference) = workload(3, 150);
+    let alarm = Request::Alarm(AlarmRequest {
+        action: AlarmAction::Activate,
+        member_id: 99,
+        alarm: AlarmType::NoSpace,
+    });
+    propose(&reference, &mut log, "root", alarm).unwrap();
+    assert_eq!(reference.alarms(AlarmType::None).len(), 1);
+    let mut bytes = Vec::new();
+    reference.write_snapshot(&mut bytes).unwrap();
+    let membership = storage_node::entry::StoredMembership {
+        log_id: storage_node::entry::LogId { term: 0, index: 1 },
+        membership: storage_node::entry::Membership {
+            configs: vec![[7u64].into_iter().collect()],
+            members: [(7u64, storage_node::entry::Member::default())]
+                .into_iter()
+                .collect(),
+        },
+    };
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let target = Store::open(dir.path(), config()).unwrap();
+        target
+            .restore_snapshot(bytes.as_slice(), &membership)
+            .unwrap();
+    }
+    let reopened = Store::open(dir.path(), config()).unwrap();
+    assert_eq!(fingerprint(&reopened), fingerprint(&reference));
+    assert_eq!(reopened.status().consistent_index.index, 1);
+    assert_eq!(reopened.membership(), Some(membership));
+    assert_eq!(reopened.auth_status(), reference.auth_status());
+    assert!(
+        reopened.alarms(AlarmType::None).is_empty(),
+        "the old cluster's alarms stay behind"
+    );
+}

@@ -1,6 +1,10 @@
-//! etcd's Maintenance service: Status, Alarm, Hash, HashKV, Defragment, MoveLeader, and
-//! Downgrade, answered as an etcd that cannot go to the requested version would. Snapshot
-//! answers `Unimplemented`.
+//! etcd's Maintenance service: Status, Alarm, Hash, HashKV, Snapshot, Defragment, MoveLeader,
+//! and Downgrade, answered as an etcd that cannot go to the requested version would.
+//!
+//! Snapshot streams the engine's own snapshot format ([`crate::snapshot`], checked end to end
+//! by its final checksum), not a bbolt file: `storage-node snapshot status|restore` read it.
+//! The stream comes from one read transaction opened at an applied position, so applies go on
+//! while it streams, and a client that stops reading holds up nothing but its own stream.
 //!
 //! With auth on, as in etcd 3.5: Hash, HashKV, Snapshot, Defragment, MoveLeader, Downgrade and
 //! raising or clearing an alarm need the root role; listing alarms needs a user; Status is open.
@@ -21,6 +25,66 @@ use crate::server::error::ServerError;
 /// features on it (kube-apiserver, for one, reads it): Mend serves etcd 3.5's API, and says
 /// 3.5.0 so that nothing expects fixes of later 3.5 patch releases it was not checked against.
 pub const VERSION: &str = "3.5.0";
+
+/// Bytes of snapshot per message (etcd sends 32 KiB; larger chunks cost fewer messages and stay
+/// far below every client's default receive limit of 4 MiB).
+const SNAPSHOT_CHUNK: usize = 1 << 20;
+
+/// Chunks buffered ahead of a slow client.
+const SNAPSHOT_CHUNKS_IN_FLIGHT: usize = 4;
+
+/// Cuts the snapshot stream into messages. etcd fills `remaining_bytes` from the file's size;
+/// Mend's stream is written as it is read, so until the last message it counts down from the
+/// backend's size in use and never reaches 0 early; the last message says 0.
+struct Chunks {
+    tx: tokio::sync::mpsc::Sender<Result<SnapshotResponse, Status>>,
+    buf: Vec<u8>,
+    header: Option<crate::pb::etcdserverpb::ResponseHeader>,
+    expected: u64,
+    sent: u64,
+}
+
+impl Chunks {
+    fn send(&mut self, last: bool) -> std::io::Result<()> {
+        let blob = std::mem::replace(&mut self.buf, Vec::with_capacity(SNAPSHOT_CHUNK));
+        self.sent += blob.len() as u64;
+        let remaining_bytes = if last {
+            0
+        } else {
+            self.expected.saturating_sub(self.sent).max(1)
+        };
+        let message = SnapshotResponse {
+            header: self.header.take(),
+            remaining_bytes,
+            blob,
+            version: VERSION.to_string(),
+        };
+        self.tx
+            .blocking_send(Ok(message))
+            .map_err(|_| std::io::Error::new(std::io::ErrorKind::BrokenPipe, "client went away"))
+    }
+
+    /// Sends what is left as the last message.
+    fn finish(&mut self) -> std::io::Result<()> {
+        self.send(true)
+    }
+}
+
+impl std::io::Write for Chunks {
+    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+        // A full chunk is sent only once more data follows, so the last one is known as such.
+        if self.buf.len() >= SNAPSHOT_CHUNK {
+            self.send(false)?;
+        }
+        let n = data.len().min(SNAPSHOT_CHUNK - self.buf.len());
+        self.buf.extend_from_slice(&data[..n]);
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
 
 /// etcd's text for an active alarm (the protobuf text form of its `AlarmMember`, trailing
 /// space included), as Status lists it in `errors`.
@@ -75,7 +139,8 @@ impl Api {
 
 #[tonic::async_trait]
 impl Maintenance for Api {
-    type SnapshotStream = tonic::codegen::tokio_stream::Empty<Result<SnapshotResponse, Status>>;
+    type SnapshotStream =
+        tonic::codegen::tokio_stream::wrappers::ReceiverStream<Result<SnapshotResponse, Status>>;
 
     #[tracing::instrument(level = "debug", skip_all)]
     async fn alarm(
@@ -182,8 +247,42 @@ impl Maintenance for Api {
         request: Request<SnapshotRequest>,
     ) -> Result<Response<Self::SnapshotStream>, Status> {
         self.check_admin_unmapped(&request)?;
-        Err(Status::unimplemented(
-            "snapshot download is not supported by Mend yet",
+        let store = self.node.store.clone();
+        let expected = store.db_size_in_use().unwrap_or(0);
+        let (tx, rx) = tokio::sync::mpsc::channel(SNAPSHOT_CHUNKS_IN_FLIGHT);
+        let mut out = Chunks {
+            tx,
+            buf: Vec::with_capacity(SNAPSHOT_CHUNK),
+            header: self.current_header(),
+            expected,
+            sent: 0,
+        };
+        tokio::task::spawn_blocking(move || {
+            let mut sealed = crate::snapshot::Sealer::new(&mut out);
+            let written = store
+                .write_snapshot(&mut sealed)
+                .and_then(|meta| Ok((meta, sealed.seal()?)));
+            match written {
+                Ok((meta, out)) => {
+                    if out.finish().is_ok() {
+                        tracing::info!(
+                            applied_index = meta.applied.index,
+                            bytes = out.sent,
+                            "sent snapshot"
+                        );
+                    }
+                }
+                Err(e) => {
+                    // The client may have gone away, which is also why writing failed.
+                    tracing::warn!(error = %e, bytes = out.sent, "snapshot not sent");
+                    let _ = out
+                        .tx
+                        .blocking_send(Err(Status::internal(format!("etcdserver: {e}"))));
+                }
+            }
+        });
+        Ok(Response::new(
+            tonic::codegen::tokio_stream::wrappers::ReceiverStream::new(rx),
         ))
     }
 

@@ -68,9 +68,28 @@ pub enum Error {
 
 /// What a member remembers about itself across restarts.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-struct Identity {
-    member_id: u64,
-    cluster_id: u64,
+pub(crate) struct Identity {
+    pub(crate) member_id: u64,
+    pub(crate) cluster_id: u64,
+}
+
+/// The members of a new cluster by ID, as `--initial-cluster` and the token name them; no
+/// member has published client URLs yet.
+pub(crate) fn new_cluster(
+    members: &BTreeMap<String, Vec<String>>,
+    token: &str,
+) -> BTreeMap<u64, Member> {
+    members
+        .iter()
+        .map(|(name, urls)| {
+            let member = Member {
+                name: name.clone(),
+                peer_urls: urls.clone(),
+                client_urls: Vec::new(),
+            };
+            (cli::member_id(urls, token), member)
+        })
+        .collect()
 }
 
 const IDENTITY_FILE: &str = "member.json";
@@ -95,7 +114,7 @@ fn read_identity(dir: &Path) -> Result<Option<Identity>, Error> {
     }
 }
 
-fn write_identity(dir: &Path, identity: Identity) -> Result<(), Error> {
+pub(crate) fn write_identity(dir: &Path, identity: Identity) -> Result<(), Error> {
     let path = dir.join(IDENTITY_FILE);
     let io = |source| Error::DataDir {
         path: path.clone(),
@@ -216,25 +235,14 @@ pub async fn run(args: ServeArgs, shutdown: impl Future<Output = ()>) -> Result<
         None => match args.initial_cluster_state {
             ClusterState::New => {
                 let members = args.initial_members()?;
-                let ids: BTreeMap<u64, Member> = members
-                    .iter()
-                    .map(|(name, urls)| {
-                        let id = cli::member_id(urls, &args.initial_cluster_token);
-                        let client_urls = if *name == args.name {
-                            args.advertise_client_urls.clone()
-                        } else {
-                            Vec::new()
-                        };
-                        let member = Member {
-                            name: name.clone(),
-                            peer_urls: urls.clone(),
-                            client_urls,
-                        };
-                        (id, member)
-                    })
-                    .collect();
+                let token = &args.initial_cluster_token;
+                let mut ids = new_cluster(&members, token);
+                let member_id = cli::member_id(&members[&args.name], token);
+                if let Some(me) = ids.get_mut(&member_id) {
+                    me.client_urls = args.advertise_client_urls.clone();
+                }
                 let identity = Identity {
-                    member_id: cli::member_id(&members[&args.name], &args.initial_cluster_token),
+                    member_id,
                     cluster_id: cli::cluster_id(ids.keys().copied()),
                 };
                 (identity, Some(ids))

@@ -415,6 +415,15 @@ impl Cluster {
         found.unwrap_or_default()
     }
 
+    /// `--initial-cluster` of the members as prepared.
+    pub fn initial_cluster(&self) -> String {
+        self.members
+            .iter()
+            .map(|m| format!("{}={}", m.name, m.peer_url()))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
     /// A new member prepared to join (not started, not added): returns its index.
     pub fn prepare_joiner(&mut self, name: &str) -> usize {
         let mut member = Member::new(name, self.root.path(), &self.options);
