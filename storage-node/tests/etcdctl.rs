@@ -338,6 +338,33 @@ fn member_update_changes_peer_urls_and_the_last_voter_cannot_be_removed() {
 }
 
 #[test]
+fn the_client_port_serves_http1_next_to_grpc_as_etcd_does() {
+    let c = Cluster::start(1, Options::default());
+    let m = &c.members[0];
+    // A client that connects and sends nothing holds up nobody.
+    let _idle = std::net::TcpStream::connect(("127.0.0.1", m.client_port)).expect("connect");
+    assert_eq!(ok(c.etcdctl(0, &["put", "k", "v"])), "OK\n");
+    let (code, version) = m.client_http_get("/version").expect("version");
+    assert_eq!(code, 200);
+    let version: serde_json::Value = serde_json::from_str(&version).expect("version json");
+    assert_eq!(
+        version,
+        serde_json::json!({"etcdserver": "3.5.0", "etcdcluster": "3.5.0"})
+    );
+    assert_eq!(
+        m.client_http_get("/health"),
+        Some((200, r#"{"health":"true","reason":""}"#.to_string()))
+    );
+    assert_eq!(m.client_http_get("/livez").map(|r| r.0), Some(200));
+    assert_eq!(m.client_http_get("/readyz").map(|r| r.0), Some(200));
+    let (code, metrics) = m.client_http_get("/metrics").expect("metrics");
+    assert_eq!(code, 200);
+    assert!(metrics.contains("mend_is_leader 1"), "{metrics}");
+    assert_eq!(m.client_http_get("/nope").map(|r| r.0), Some(404));
+    assert_eq!(ok(c.etcdctl(0, &["get", "k", "--print-value-only"])), "v\n");
+}
+
+#[test]
 fn metrics_health_and_readiness_endpoints_report_the_member() {
     let c = Cluster::start(1, Options::default());
     ok(c.etcdctl(0, &["put", "k", "v"]));

@@ -154,6 +154,21 @@ fn quota_exhaustion_raises_nospace_on_every_member_and_compact_defrag_disarm_rec
     let err = fails(c.etcdctl(1, &["put", "small", "1"]));
     assert!(err.contains(NOSPACE), "{err}");
 
+    // etcd 3.5's /health: an active alarm makes every member unhealthy, unless excluded.
+    for m in &c.members {
+        assert_eq!(
+            m.http_get("/health"),
+            Some((
+                503,
+                r#"{"health":"false","reason":"ALARM NOSPACE"}"#.to_string()
+            ))
+        );
+        assert_eq!(
+            m.http_get("/health?exclude=NOSPACE").map(|r| r.0),
+            Some(200)
+        );
+    }
+
     // Recovery as etcd documents it: compact, defragment every member, disarm.
     let revision = status_json(&c, 0)["header"]["revision"]
         .as_i64()
@@ -182,6 +197,7 @@ fn quota_exhaustion_raises_nospace_on_every_member_and_compact_defrag_disarm_rec
     assert_eq!(disarmed, listed, "disarm prints what it cleared");
     for i in 0..3 {
         assert!(alarm_list(&c, i, &[]).is_empty());
+        assert_eq!(c.members[i].http_get("/health").map(|r| r.0), Some(200));
         assert_eq!(
             ok(c.etcdctl(i, &["put", &format!("after{i}"), "1"])),
             "OK\n"

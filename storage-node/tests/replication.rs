@@ -325,6 +325,11 @@ fn a_member_without_a_leader_is_alive_but_neither_healthy_nor_ready() {
         (code, health.as_str()),
         (503, r#"{"health":"false","reason":"RAFT NO LEADER"}"#)
     );
+    // etcd 3.5's `serializable` health asks only the member's own state.
+    assert_eq!(
+        m.http_get("/health?serializable=true").map(|r| r.0),
+        Some(200)
+    );
     assert_eq!(m.http_get("/readyz").map(|r| r.0), Some(503));
     // Once a majority is up there is a leader, and all three answer.
     c.member(1).start();

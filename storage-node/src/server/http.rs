@@ -1,5 +1,10 @@
-//! The HTTP endpoint on `--listen-metrics-urls`: `/metrics` in Prometheus' text format,
-//! `/health` in etcd's JSON shape, `/readyz` and `/livez`.
+//! The member's HTTP endpoint, on `--listen-metrics-urls` and on the client port for HTTP/1.1
+//! clients: `/version` and `/health` in etcd's JSON shapes, `/metrics` in Prometheus' text
+//! format, `/readyz` and `/livez`.
+//!
+//! `/health` answers as etcd 3.5's: unhealthy on an active alarm (unless named in
+//! `?exclude=NOSPACE`, repeatable), on no leader (unless `?serializable=true`), and on a failed
+//! read (linearizable, or local with `serializable`), with the reason in its JSON.
 //!
 //! As in etcd 3.5, `/livez` says only that the process is alive (it answers and its store
 //! can be read), while `/health` and `/readyz` also need a leader. Kubernetes restarts a
@@ -13,7 +18,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use axum::Router;
-use axum::extract::State;
+use axum::extract::{RawQuery, State};
 use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 use axum::routing::get;
@@ -21,21 +26,39 @@ use tokio::net::TcpListener;
 
 use crate::raft::node::Node;
 
+/// The endpoint's routes, served on `--listen-metrics-urls` and to HTTP/1.1 clients of the
+/// client port.
+pub fn router(node: Arc<Node>) -> Router {
+    Router::new()
+        .route("/version", get(version))
+        .route("/metrics", get(metrics))
+        .route("/health", get(health))
+        .route("/readyz", get(readyz))
+        .route("/livez", get(livez))
+        .with_state(node)
+}
+
 /// Serves the endpoint on `listener` until `shutdown` resolves.
 pub async fn serve(
     listener: TcpListener,
     node: Arc<Node>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    let app = Router::new()
-        .route("/metrics", get(metrics))
-        .route("/health", get(health))
-        .route("/readyz", get(readyz))
-        .route("/livez", get(livez))
-        .with_state(node);
-    axum::serve(listener, app)
+    axum::serve(listener, router(node))
         .with_graceful_shutdown(shutdown)
         .await
+}
+
+/// etcd's `/version`: the server's version and the cluster's (major.minor.0).
+async fn version() -> impl IntoResponse {
+    let server = super::maintenance::VERSION;
+    let cluster = server
+        .rsplit_once('.')
+        .map_or(server.to_string(), |(minor, _)| format!("{minor}.0"));
+    (
+        [(header::CONTENT_TYPE, "application/json")],
+        serde_json::json!({"etcdserver": server, "etcdcluster": cluster}).to_string(),
+    )
 }
 
 async fn metrics(State(node): State<Arc<Node>>) -> impl IntoResponse {
@@ -163,15 +186,60 @@ pub fn render(node: &Node) -> String {
     out
 }
 
-async fn health(State(node): State<Arc<Node>>) -> impl IntoResponse {
-    let healthy = node.raft_status().leader != 0;
-    let (code, body) = if healthy {
-        (StatusCode::OK, r#"{"health":"true","reason":""}"#)
-    } else {
-        (
+/// What `/health` checks, from its query (`exclude=NOSPACE&exclude=CORRUPT&serializable=true`).
+#[derive(Debug, Default, PartialEq, Eq)]
+struct HealthQuery {
+    exclude: Vec<String>,
+    serializable: bool,
+}
+
+impl HealthQuery {
+    fn parse(query: Option<&str>) -> HealthQuery {
+        let mut q = HealthQuery::default();
+        for pair in query.unwrap_or_default().split('&') {
+            match pair.split_once('=') {
+                Some(("exclude", alarm)) => q.exclude.push(alarm.to_string()),
+                Some(("serializable", v)) => q.serializable = v == "true",
+                _ => {}
+            }
+        }
+        q
+    }
+}
+
+/// Why the member is unhealthy, in etcd's words; `None` when it is healthy.
+async fn unhealthy(node: &Node, query: &HealthQuery) -> Option<String> {
+    let alarms = node.store.alarms(crate::api::AlarmType::None);
+    if let Some(a) = alarms
+        .iter()
+        .find(|a| !query.exclude.iter().any(|e| e == a.alarm.name()))
+    {
+        return Some(format!("ALARM {}", a.alarm.name()));
+    }
+    if !query.serializable && node.raft_status().leader == 0 {
+        return Some("RAFT NO LEADER".into());
+    }
+    // As etcd: a read must succeed; with `serializable` the member's own state answers it,
+    // otherwise the member must reach a linearizable read point.
+    if !query.serializable
+        && let Err(e) = node.read_index().await
+    {
+        return Some(format!("RANGE ERROR:{e}"));
+    }
+    None
+}
+
+async fn health(State(node): State<Arc<Node>>, RawQuery(query): RawQuery) -> impl IntoResponse {
+    let query = HealthQuery::parse(query.as_deref());
+    let (code, body) = match unhealthy(&node, &query).await {
+        None => (
+            StatusCode::OK,
+            r#"{"health":"true","reason":""}"#.to_string(),
+        ),
+        Some(reason) => (
             StatusCode::SERVICE_UNAVAILABLE,
-            r#"{"health":"false","reason":"RAFT NO LEADER"}"#,
-        )
+            serde_json::json!({"health": "false", "reason": reason}).to_string(),
+        ),
     };
     (code, [(header::CONTENT_TYPE, "application/json")], body)
 }
@@ -192,5 +260,23 @@ async fn livez(State(node): State<Arc<Node>>) -> impl IntoResponse {
     match tokio::task::spawn_blocking(move || node.store.applied()).await {
         Ok(_) => (StatusCode::OK, "ok\n"),
         Err(_) => (StatusCode::SERVICE_UNAVAILABLE, "store unreadable\n"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::HealthQuery;
+
+    #[test]
+    fn health_queries_parse_as_etcd_reads_them() {
+        assert_eq!(HealthQuery::parse(None), HealthQuery::default());
+        assert_eq!(
+            HealthQuery::parse(Some("exclude=NOSPACE&exclude=CORRUPT&serializable=true")),
+            HealthQuery {
+                exclude: vec!["NOSPACE".into(), "CORRUPT".into()],
+                serializable: true,
+            }
+        );
+        assert!(!HealthQuery::parse(Some("serializable=false")).serializable);
     }
 }

@@ -14,7 +14,6 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tonic::transport::server::TcpIncoming;
 
-use super::authority::RepairAuthority;
 use crate::cli::{self, ClusterState, ServeArgs};
 use crate::entry::Member;
 use crate::quota::{self, Quota};
@@ -363,11 +362,11 @@ pub async fn run(args: ServeArgs, shutdown: impl Future<Output = ()>) -> Result<
     }
 
     for listener in client_listeners {
-        let router = super::services(node.clone(), &args);
-        let signal = stopped();
+        let grpc = super::services(node.clone(), &args);
+        let http = super::http::router(node.clone());
+        let stopped = stopped.clone();
         servers.spawn(async move {
-            router
-                .serve_with_incoming_shutdown(client_connections(listener), signal)
+            super::client_port::serve(listener, grpc, http, stopped)
                 .await
                 .map_err(|e| Error::Serve(format!("client: {e}")))
         });
@@ -446,19 +445,6 @@ async fn sync_applied(store: Arc<Store>) {
 }
 
 /// Client connections, each behind the `:authority` repair etcd's Go client 3.4 needs.
-fn client_connections(
-    listener: TcpListener,
-) -> impl futures_util::Stream<Item = std::io::Result<RepairAuthority<tokio::net::TcpStream>>> {
-    futures_util::stream::unfold(listener, |listener| async move {
-        let connection = listener.accept().await.map(|(stream, _)| {
-            // gRPC messages are small and latency-bound: do not wait to coalesce them.
-            let _ = stream.set_nodelay(true);
-            RepairAuthority::new(stream)
-        });
-        Some((connection, listener))
-    })
-}
-
 /// Records this member's name and client URLs in the membership once a leader can take it,
 /// retrying until it succeeds (the task is cancelled at shutdown).
 async fn publish(node: Arc<Node>, me: Member) {

@@ -8,7 +8,8 @@
 //! - `error`: engine and replication errors as etcd's gRPC codes and messages, in one table.
 //! - `authority`: repairs the `:authority` etcd's Go client 3.4 sends (a whole URL), which
 //!   Rust's HTTP/2 server would refuse.
-//! - `http`: `/metrics`, `/health`, `/readyz`, `/livez`.
+//! - `client_port`: gRPC and HTTP/1.1 on one client port, told apart per connection.
+//! - `http`: `/version`, `/metrics`, `/health`, `/readyz`, `/livez`.
 //! - `member`: starting and stopping a member.
 
 use std::sync::Arc;
@@ -28,6 +29,7 @@ use crate::raft::node::Node;
 
 pub mod auth;
 pub mod authority;
+pub mod client_port;
 pub mod cluster;
 pub mod convert;
 pub mod error;

@@ -225,20 +225,12 @@ impl Member {
 
     /// GET `path` on the metrics port: status code and body.
     pub fn http_get(&self, path: &str) -> Option<(u16, String)> {
-        let mut stream = TcpStream::connect(("127.0.0.1", self.metrics_port)).ok()?;
-        stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-        write!(
-            stream,
-            "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
-        )
-        .ok()?;
-        let mut response = String::new();
-        stream.read_to_string(&mut response).ok()?;
-        let code = response.split_whitespace().nth(1)?.parse().ok()?;
-        let body = response
-            .split_once("\r\n\r\n")
-            .map(|(_, b)| b.to_string())?;
-        Some((code, body))
+        http_get(self.metrics_port, path)
+    }
+
+    /// GET `path` over HTTP/1.1 on the client port: status code and body.
+    pub fn client_http_get(&self, path: &str) -> Option<(u16, String)> {
+        http_get(self.client_port, path)
     }
 
     /// One metric's value from `/metrics`.
@@ -248,9 +240,12 @@ impl Member {
             .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
     }
 
-    /// Whether the member reports a leader on `/health`.
+    /// Whether the member has a leader and serves reads (`/health`, whatever the alarms).
     pub fn healthy(&self) -> bool {
-        matches!(self.http_get("/health"), Some((200, _)))
+        matches!(
+            self.http_get("/health?exclude=NOSPACE&exclude=CORRUPT"),
+            Some((200, _))
+        )
     }
 
     /// The member's log so far (for failure messages).
@@ -446,6 +441,24 @@ impl Drop for Cluster {
             m.kill();
         }
     }
+}
+
+/// GET `path` on a loopback port over HTTP/1.1: status code and body.
+pub fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).ok()?;
+    let code = response.split_whitespace().nth(1)?.parse().ok()?;
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())?;
+    Some((code, body))
 }
 
 /// The last `n` lines of `text`.
