@@ -282,6 +282,12 @@ impl Store {
                         membership: membership.clone(),
                     };
                     put_value(&txn, meta::MEMBERSHIP, &stored)?;
+                    // A removed member's alarms would otherwise outlive it: a CORRUPT alarm
+                    // for an ID that is gone blocks every write and nobody can be healed.
+                    state
+                        .engine
+                        .alarms
+                        .retain_members(&txn, &membership.members)?;
                     state.membership = Some(stored);
                     Outcome::Membership
                 }
