@@ -111,7 +111,7 @@ pub struct Observation {
     pub key_count: Fact<u64>,
     /// HashKV at the round's common revision.
     pub hash: Fact<Hash>,
-    /// The cluster's active alarms, as this member lists them (AlarmList).
+    /// The cluster's active alarms, as this member lists them (in Status's `errors`).
     pub alarms: Fact<Vec<Alarm>>,
 }
 
@@ -516,10 +516,10 @@ mod tests {
     #[test]
     fn an_alarm_list_that_could_not_be_read_is_unknown_and_no_evidence() {
         let mut unread = member(2, 5, 3, 7);
-        unread.alarms = Fact::Unknown("AlarmList: deadline exceeded".into());
+        unread.alarms = Fact::Unknown("Status: unknown alarm \"alarm:LATER \"".into());
         assert_eq!(
             unread.incomplete().as_deref(),
-            Some("the alarm list of node2 unknown (AlarmList: deadline exceeded)")
+            Some("the alarm list of node2 unknown (Status: unknown alarm \"alarm:LATER \")")
         );
         let round = Round {
             members: vec![member(1, 5, 3, 7), unread],

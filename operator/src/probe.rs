@@ -1,6 +1,6 @@
-//! Probing members over the etcd v3 API: one [`Round`] is a Status, AuthStatus, key count and
-//! alarm list of every member, then a HashKV and a key count of each at one common revision, so
-//! hashes compare like with like. An unreachable member is an observation too (`reachable: false`),
+//! Probing members over the etcd v3 API: one [`Round`] is a Status (with the active alarms it
+//! lists), AuthStatus and key count of every member, then a HashKV and a key count of each at
+//! one common revision, so hashes compare like with like. An unreachable member is an observation too (`reachable: false`),
 //! never an error, and a call that fails leaves its value unknown ([`Fact::Unknown`], with the
 //! call and the reason), never zero.
 //!
@@ -14,9 +14,8 @@ use std::time::Duration;
 
 use http_body_util::BodyExt;
 use storage_node::pb::etcdserverpb::{
-    AlarmRequest, AlarmType, AuthStatusRequest, AuthenticateRequest, HashKvRequest, RangeRequest,
-    StatusRequest, alarm_request::AlarmAction, auth_client::AuthClient, kv_client::KvClient,
-    maintenance_client::MaintenanceClient,
+    AuthStatusRequest, AuthenticateRequest, HashKvRequest, RangeRequest, StatusRequest,
+    auth_client::AuthClient, kv_client::KvClient, maintenance_client::MaintenanceClient,
 };
 use tonic::transport::Channel;
 
@@ -229,41 +228,6 @@ impl Prober {
         }
     }
 
-    /// The cluster's active alarms as this member lists them (AlarmList).
-    async fn alarms(&self, channel: Channel, token: Option<&str>) -> Fact<Vec<Alarm>> {
-        let mut maintenance = MaintenanceClient::new(channel);
-        let list = AlarmRequest {
-            action: AlarmAction::Get as i32,
-            member_id: 0,
-            alarm: AlarmType::None as i32,
-        };
-        let reply =
-            match tokio::time::timeout(self.timeout, maintenance.alarm(self.request(list, token)))
-                .await
-            {
-                Ok(Ok(reply)) => reply.into_inner(),
-                Ok(Err(status)) => return Fact::Unknown(failed("AlarmList", Ok(status))),
-                Err(elapsed) => return Fact::Unknown(failed("AlarmList", Err(elapsed))),
-            };
-        let mut alarms = Vec::new();
-        for a in reply.alarms {
-            let kind = match AlarmType::try_from(a.alarm) {
-                Ok(AlarmType::Nospace) => AlarmKind::NoSpace,
-                Ok(AlarmType::Corrupt) => AlarmKind::Corrupt,
-                // etcd lists no NONE alarms; one of a newer kind is not known here.
-                Ok(AlarmType::None) => continue,
-                Err(_) => {
-                    return Fact::Unknown(format!("AlarmList: unknown alarm type {}", a.alarm));
-                }
-            };
-            alarms.push(Alarm {
-                member: a.member_id,
-                kind,
-            });
-        }
-        Fact::Known(alarms)
-    }
-
     /// The AuthRevision: AuthStatus, or the metrics gauge where the member has no AuthStatus.
     async fn auth_revision(
         &self,
@@ -299,7 +263,7 @@ impl Prober {
         }
     }
 
-    /// Status, AuthStatus, the key count and the alarm list of one member.
+    /// Status (with the alarms), AuthStatus and the key count of one member.
     async fn first_pass(&self, target: &Target, scope: Scope) -> Partial {
         let unreachable = |why: String| Partial {
             observation: Observation::unreachable(&target.name, &why),
@@ -344,6 +308,10 @@ impl Prober {
             Err(elapsed) => return unreachable(failed("Status", Err(elapsed))),
         };
         let header = status.header.unwrap_or_default();
+        // Status lists the alarms in `errors`, etcd 3.4 on: AlarmList would be a raft write on
+        // every member each round (etcd and Mend list alarms through raft), and a probe must
+        // not write: it would persist the consistent index the members it compares replay.
+        let alarms = alarms_in(&status.errors);
         let why = "not probed (healing is Disabled)";
         let health = Observation {
             name: target.name.clone(),
@@ -359,7 +327,7 @@ impl Prober {
             auth_revision: Fact::Unknown(why.to_string()),
             key_count: Fact::Unknown(why.to_string()),
             hash: Fact::Unknown(why.to_string()),
-            alarms: Fact::Unknown(why.to_string()),
+            alarms,
         };
         if scope == Scope::Health {
             return Partial {
@@ -367,17 +335,15 @@ impl Prober {
                 channel: None,
             };
         }
-        let (auth_revision, key_count, alarms) = futures_util::future::join3(
+        let (auth_revision, key_count) = futures_util::future::join(
             self.auth_revision(channel.clone(), token.as_deref(), target),
             self.count(url, channel.clone(), token.as_deref(), 0),
-            self.alarms(channel.clone(), token.as_deref()),
         )
         .await;
         Partial {
             observation: Observation {
                 auth_revision,
                 key_count,
-                alarms,
                 hash: Fact::Unknown("HashKV: no common revision".to_string()),
                 ..health
             },
@@ -404,6 +370,35 @@ async fn fetch(url: &str) -> Result<String, String> {
         .map_err(|e| e.to_string())?
         .to_bytes();
     String::from_utf8(body.to_vec()).map_err(|e| e.to_string())
+}
+
+/// The alarms among Status's `errors`, which etcd prints in protobuf's text format
+/// (`memberID:<id> alarm:<NAME> `, the member left out when it is 0); the other errors ("no
+/// leader") are not alarms. An alarm of a kind not known here leaves the list unknown.
+fn alarms_in(errors: &[String]) -> Fact<Vec<Alarm>> {
+    let mut alarms = Vec::new();
+    for error in errors {
+        let mut member = Some(0);
+        let mut kind = None;
+        for field in error.split_whitespace() {
+            if let Some(id) = field.strip_prefix("memberID:") {
+                member = id.parse().ok();
+            } else if let Some(name) = field.strip_prefix("alarm:") {
+                kind = Some(name);
+            }
+        }
+        let Some(name) = kind else { continue };
+        let kind = match name {
+            "NOSPACE" => AlarmKind::NoSpace,
+            "CORRUPT" => AlarmKind::Corrupt,
+            _ => return Fact::Unknown(format!("Status: unknown alarm {error:?}")),
+        };
+        let Some(member) = member else {
+            return Fact::Unknown(format!("Status: alarm of no member ID {error:?}"));
+        };
+        alarms.push(Alarm { member, kind });
+    }
+    Fact::Known(alarms)
 }
 
 /// The value of the unlabelled gauge `name` in Prometheus text exposition `text`.
@@ -436,6 +431,39 @@ mod tests {
                 "etcd_debugging_auth_revision"
             ),
             None
+        );
+    }
+
+    #[test]
+    fn alarms_are_read_from_status_errors_as_etcd_prints_them() {
+        let errors = [
+            "etcdserver: no leader".to_string(),
+            "memberID:10276657743932975437 alarm:NOSPACE ".to_string(),
+            "alarm:CORRUPT ".to_string(),
+        ];
+        assert_eq!(
+            alarms_in(&errors),
+            Fact::Known(vec![
+                Alarm {
+                    member: 10276657743932975437,
+                    kind: AlarmKind::NoSpace
+                },
+                Alarm {
+                    member: 0,
+                    kind: AlarmKind::Corrupt
+                },
+            ])
+        );
+        assert_eq!(alarms_in(&[]), Fact::Known(Vec::new()));
+        assert!(
+            alarms_in(&["memberID:1 alarm:LATER ".to_string()])
+                .unknown()
+                .is_some()
+        );
+        assert!(
+            alarms_in(&["memberID:x alarm:CORRUPT ".to_string()])
+                .unknown()
+                .is_some()
         );
     }
 
