@@ -374,6 +374,9 @@ pub struct MemberStatus {
     /// What the last probe could not learn of it, and why (a value never reads as zero).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub unknown: Option<String>,
+    /// Active alarms raised for it (`NOSPACE`, `CORRUPT`), as etcdctl names them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub alarms: Vec<String>,
 }
 
 /// Progress of healing.

@@ -1,5 +1,6 @@
 //! From probes of the members to findings: AuthRevision drift, data divergence (HashKV or key
-//! counts at the same revision), lagging and unreachable members.
+//! counts at the same revision), active alarms (NOSPACE, CORRUPT), lagging and unreachable
+//! members.
 //!
 //! Pure: it takes the recent probe rounds as values and returns findings. A member that is
 //! still applying looks different from its peers for a moment, so two rules keep in-flight
@@ -51,6 +52,35 @@ pub struct Hash {
     pub keys: u64,
 }
 
+/// The kinds of etcd alarm a finding reports.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum AlarmKind {
+    /// The member's backend reached its quota: writes that need space are refused.
+    NoSpace,
+    /// A corruption check found the member's data differing: every write is refused.
+    Corrupt,
+}
+
+impl AlarmKind {
+    /// The alarm's name as etcdctl prints it.
+    pub fn name(self) -> &'static str {
+        match self {
+            AlarmKind::NoSpace => "NOSPACE",
+            AlarmKind::Corrupt => "CORRUPT",
+        }
+    }
+}
+
+/// An active alarm: what and for which member (0: the whole cluster, as etcd names it when it
+/// cannot tell).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Alarm {
+    /// The member the alarm was raised for.
+    pub member: u64,
+    /// What it says.
+    pub kind: AlarmKind,
+}
+
 /// What one probe of one member found. The health fields (`member` to `revision`) come from
 /// one Status call and mean something only when `reachable`; the others are [`Fact`]s.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -81,6 +111,8 @@ pub struct Observation {
     pub key_count: Fact<u64>,
     /// HashKV at the round's common revision.
     pub hash: Fact<Hash>,
+    /// The cluster's active alarms, as this member lists them (in Status's `errors`).
+    pub alarms: Fact<Vec<Alarm>>,
 }
 
 impl Observation {
@@ -100,6 +132,7 @@ impl Observation {
             auth_revision: Fact::Unknown(why.to_string()),
             key_count: Fact::Unknown(why.to_string()),
             hash: Fact::Unknown(why.to_string()),
+            alarms: Fact::Unknown(why.to_string()),
         }
     }
 
@@ -113,6 +146,7 @@ impl Observation {
             ("AuthRevision", self.auth_revision.unknown()),
             ("the key count", self.key_count.unknown()),
             ("HashKV", self.hash.unknown()),
+            ("the alarm list", self.alarms.unknown()),
         ];
         missing.iter().find_map(|(what, why)| {
             why.map(|why| format!("{what} of {} unknown ({why})", self.name))
@@ -147,6 +181,15 @@ pub enum Finding {
         name: String,
         /// How many entries behind the most advanced member it is.
         behind: u64,
+    },
+    /// An alarm is active. A CORRUPT alarm names a member whose data a corruption check found
+    /// differing from the others' (the planner treats it as evidence of divergence, never as
+    /// a reason to choose another source); NOSPACE needs compaction, defragment and a disarm.
+    Alarm {
+        /// The member it was raised for (0: the whole cluster).
+        member: u64,
+        /// Which alarm.
+        alarm: AlarmKind,
     },
     /// A member did not answer.
     Unreachable {
@@ -202,6 +245,7 @@ fn same_kind(a: &Finding, b: &Finding) -> bool {
         (Finding::DataDivergence { groups: x }, Finding::DataDivergence { groups: y }) => x == y,
         (Finding::Lagging { name: x, .. }, Finding::Lagging { name: y, .. }) => x == y,
         (Finding::Unreachable { name: x }, Finding::Unreachable { name: y }) => x == y,
+        (a @ Finding::Alarm { .. }, b @ Finding::Alarm { .. }) => a == b,
         _ => false,
     }
 }
@@ -215,6 +259,15 @@ fn in_round(round: &Round, tolerance: Tolerance) -> Vec<Finding> {
             name: o.name.clone(),
         });
     }
+    // Alarms are replicated state, so any member's list will do; a member that has not
+    // applied a raise (or a disarm) yet differs for a moment, which the persistence rule
+    // absorbs. A list that could not be read is no evidence.
+    let alarms: BTreeSet<Alarm> = up
+        .iter()
+        .filter_map(|o| o.alarms.known())
+        .flatten()
+        .copied()
+        .collect();
     let Some(newest) = up.iter().map(|o| o.applied_index).max() else {
         return findings;
     };
@@ -248,6 +301,10 @@ fn in_round(round: &Round, tolerance: Tolerance) -> Vec<Finding> {
     if groups.len() > 1 {
         findings.push(Finding::DataDivergence { groups });
     }
+    findings.extend(alarms.into_iter().map(|a| Finding::Alarm {
+        member: a.member,
+        alarm: a.kind,
+    }));
     findings
 }
 
@@ -302,6 +359,7 @@ mod tests {
                 revision: 50,
                 keys,
             }),
+            alarms: Fact::Known(Vec::new()),
         }
     }
 
@@ -400,5 +458,72 @@ mod tests {
             name: "node2".into(),
             behind: 90
         }));
+    }
+
+    fn corrupt(member: u64) -> Alarm {
+        Alarm {
+            member,
+            kind: AlarmKind::Corrupt,
+        }
+    }
+
+    #[test]
+    fn an_active_alarm_is_a_finding_naming_its_member() {
+        let mut named = member(2, 5, 3, 7);
+        named.alarms = Fact::Known(vec![corrupt(3)]);
+        let mut other = member(3, 5, 3, 7);
+        other.alarms = Fact::Known(vec![
+            corrupt(3),
+            Alarm {
+                member: 1,
+                kind: AlarmKind::NoSpace,
+            },
+        ]);
+        let round = Round {
+            members: vec![member(1, 5, 3, 7), named, other],
+        };
+        assert_eq!(
+            detect(&rounds(3, round), Tolerance::default()),
+            vec![
+                Finding::Alarm {
+                    member: 1,
+                    alarm: AlarmKind::NoSpace
+                },
+                Finding::Alarm {
+                    member: 3,
+                    alarm: AlarmKind::Corrupt
+                },
+            ],
+            "every alarm any member lists, once"
+        );
+    }
+
+    #[test]
+    fn an_alarm_must_persist_before_it_counts() {
+        let mut alarmed = member(1, 5, 3, 7);
+        alarmed.alarms = Fact::Known(vec![corrupt(2)]);
+        let with = Round {
+            members: vec![alarmed, member(2, 5, 3, 7)],
+        };
+        let without = Round {
+            members: vec![member(1, 5, 3, 7), member(2, 5, 3, 7)],
+        };
+        let history = vec![with.clone(), without, with.clone()];
+        assert!(detect(&history, Tolerance::default()).is_empty());
+        assert_eq!(detect(&rounds(3, with), Tolerance::default()).len(), 1);
+    }
+
+    #[test]
+    fn an_alarm_list_that_could_not_be_read_is_unknown_and_no_evidence() {
+        let mut unread = member(2, 5, 3, 7);
+        unread.alarms = Fact::Unknown("Status: unknown alarm \"alarm:LATER \"".into());
+        assert_eq!(
+            unread.incomplete().as_deref(),
+            Some("the alarm list of node2 unknown (Status: unknown alarm \"alarm:LATER \")")
+        );
+        let round = Round {
+            members: vec![member(1, 5, 3, 7), unread],
+        };
+        assert!(detect(&rounds(3, round), Tolerance::default()).is_empty());
     }
 }

@@ -697,6 +697,7 @@ mod tests {
                             revision: 9,
                             keys: 3,
                         }),
+                        alarms: Fact::Known(Vec::new()),
                     }
                 })
                 .collect(),

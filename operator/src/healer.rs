@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use k8s_openapi::jiff::Timestamp;
 
-use crate::detector::{self, Finding, Round, Tolerance};
+use crate::detector::{self, AlarmKind, Finding, Round, Tolerance};
 use crate::planner::{self, Decision, Member, Mode};
 
 /// A heal that ended within this long of the previous one means the drift came back.
@@ -101,7 +101,17 @@ impl Healer {
     pub fn observe(&mut self, round: Round, now: Timestamp) -> Assessment {
         let diverged_now = !detector::detect(std::slice::from_ref(&round), single(self.tolerance))
             .iter()
-            .all(|f| matches!(f, Finding::Unreachable { .. } | Finding::Lagging { .. }));
+            .all(|f| {
+                matches!(
+                    f,
+                    Finding::Unreachable { .. }
+                        | Finding::Lagging { .. }
+                        | Finding::Alarm {
+                            alarm: AlarmKind::NoSpace,
+                            ..
+                        }
+                )
+            });
         match (diverged_now, self.first_seen) {
             (true, None) => self.first_seen = Some(now),
             (false, _) => self.first_seen = None,
@@ -218,6 +228,7 @@ mod tests {
                         revision: 9,
                         keys: 3,
                     }),
+                    alarms: Fact::Known(Vec::new()),
                 })
                 .collect(),
         }

@@ -5,7 +5,11 @@
 //! Pure: findings, the cluster's members and the policy in, a decision out. The rules, as in
 //! ../shared/DESIGN.md: after AuthRevision drift the member with the **lowest** AuthRevision is
 //! the source (it rejected nothing); after divergence without drift, the strict majority's
-//! data is; anything else is ambiguous and left to a human. A plan moves leadership to the
+//! data is; anything else is ambiguous and left to a human. A CORRUPT alarm naming a member is
+//! evidence that it diverged, so it is rebuilt too, but it never chooses the source: under
+//! drift the lowest AuthRevision holds the complete data even when the alarm names it (the
+//! others dropped writes, so they hold the majority hash), and without drift a source the alarm
+//! names, or an alarm without a divergence the probes confirm, is left to a human. A plan moves leadership to the
 //! source first, then for each member that differs from it: remove, back up (its data directory
 //! is moved aside, which also empties it), re-add as a learner, wait until caught up, promote,
 //! verify. Nothing is planned without a healthy quorum, while a member is unreachable or
@@ -14,7 +18,7 @@
 
 use std::collections::BTreeSet;
 
-use crate::detector::{Fact, Finding, Hash, Observation};
+use crate::detector::{AlarmKind, Fact, Finding, Hash, Observation};
 
 /// A member as the planner sees it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -276,6 +280,27 @@ pub fn rebuild_lost(lost: u64, members: &[Member]) -> Result<Plan, String> {
     })
 }
 
+/// Members a CORRUPT alarm names.
+fn named_corrupt(findings: &[Finding]) -> BTreeSet<u64> {
+    findings
+        .iter()
+        .filter_map(|f| match f {
+            Finding::Alarm {
+                member,
+                alarm: AlarmKind::Corrupt,
+            } => Some(*member),
+            _ => None,
+        })
+        .collect()
+}
+
+fn show_ids(ids: &BTreeSet<u64>) -> String {
+    ids.iter()
+        .map(|id| format!("{id:x}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 /// The member holding the complete data.
 fn choose_source(findings: &[Finding], members: &[Member]) -> Result<u64, String> {
     let drift = findings.iter().find_map(|f| match f {
@@ -318,11 +343,45 @@ fn choose_source(findings: &[Finding], members: &[Member]) -> Result<u64, String
                 .iter()
                 .find(|m| m.is_leader && largest.contains(&m.id))
                 .map(|m| m.id);
-            leader
+            let source = leader
                 .or_else(|| largest.first().copied())
-                .ok_or_else(|| "empty majority".to_string())
+                .ok_or_else(|| "empty majority".to_string())?;
+            if named_corrupt(findings).contains(&source) {
+                return Err(format!(
+                    "the majority's member {source:x} is named by a CORRUPT alarm: the probes and \
+                     the corruption check disagree; not choosing a source automatically"
+                ));
+            }
+            Ok(source)
         }
-        None => Err("nothing to heal from these findings".into()),
+        None => {
+            let corrupt = named_corrupt(findings);
+            if !corrupt.is_empty() {
+                return Err(format!(
+                    "a CORRUPT alarm names {} but the probes find no divergence to choose a \
+                     source by; not healing automatically",
+                    show_ids(&corrupt)
+                ));
+            }
+            let no_space: BTreeSet<u64> = findings
+                .iter()
+                .filter_map(|f| match f {
+                    Finding::Alarm {
+                        member,
+                        alarm: AlarmKind::NoSpace,
+                    } => Some(*member),
+                    _ => None,
+                })
+                .collect();
+            if !no_space.is_empty() {
+                return Err(format!(
+                    "the NOSPACE alarm of {} is active: compact, defragment and disarm it \
+                     (rebuilding members frees no space)",
+                    show_ids(&no_space)
+                ));
+            }
+            Err("nothing to heal from these findings".into())
+        }
     }
 }
 
@@ -341,12 +400,15 @@ fn rebuild_from(source: u64, findings: &[Finding], members: &[Member]) -> Plan {
             _ => None,
         })
         .unwrap_or_else(|| members.iter().map(|m| m.id).collect());
+    let corrupt = named_corrupt(findings);
     let mut steps = Vec::new();
     let differing: Vec<u64> = members
         .iter()
         .filter(|m| m.id != source)
         .filter(|m| {
-            Some(&m.auth_revision) != source_revision.as_ref() || !same_data.contains(&m.id)
+            Some(&m.auth_revision) != source_revision.as_ref()
+                || !same_data.contains(&m.id)
+                || corrupt.contains(&m.id)
         })
         .map(|m| m.id)
         .collect();
@@ -716,6 +778,80 @@ mod tests {
         assert!(
             matches!(plan(&[split], &m, Mode::Automatic), Decision::Wait(r) if r.contains("no majority"))
         );
+    }
+
+    fn alarm(member: u64, alarm: AlarmKind) -> Finding {
+        Finding::Alarm { member, alarm }
+    }
+
+    fn rebuilt(plan: &Plan) -> BTreeSet<u64> {
+        plan.steps
+            .iter()
+            .filter_map(|s| match s {
+                Step::Remove { member } => Some(*member),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_corrupt_alarm_alone_is_left_to_a_human() {
+        let m = members(&[5, 5, 5], 0);
+        let findings = [alarm(3, AlarmKind::Corrupt)];
+        assert!(matches!(
+            plan(&findings, &m, Mode::Automatic),
+            Decision::Wait(r) if r.contains("CORRUPT alarm names 3") && r.contains("no divergence")
+        ));
+    }
+
+    #[test]
+    fn a_corrupt_alarm_never_moves_the_source_away_from_the_lowest_auth_revision() {
+        // The seed: the others dropped the lowest's writes, so they share the majority hash
+        // and the corruption check names the one member that holds everything.
+        let m = members(&[9, 8, 7], 0);
+        let findings = [drift(&m), alarm(3, AlarmKind::Corrupt)];
+        let Decision::Heal(plan) = plan(&findings, &m, Mode::Automatic) else {
+            panic!("expected a plan");
+        };
+        assert_eq!(plan.source, 3);
+        assert_eq!(rebuilt(&plan), BTreeSet::from([1, 2]));
+    }
+
+    #[test]
+    fn a_corrupt_alarm_with_divergence_rebuilds_the_named_member_too() {
+        let m = members(&[5, 5, 5, 5, 5], 0);
+        let split = Finding::DataDivergence {
+            groups: vec![BTreeSet::from([1, 2, 3, 4]), BTreeSet::from([5])],
+        };
+        let findings = [split, alarm(4, AlarmKind::Corrupt)];
+        let Decision::Heal(plan) = plan(&findings, &m, Mode::Automatic) else {
+            panic!("expected a plan");
+        };
+        assert_eq!(plan.source, 1);
+        assert_eq!(rebuilt(&plan), BTreeSet::from([4, 5]));
+    }
+
+    #[test]
+    fn a_majority_source_named_by_a_corrupt_alarm_is_left_to_a_human() {
+        let m = members(&[5, 5, 5], 0);
+        let split = Finding::DataDivergence {
+            groups: vec![BTreeSet::from([1, 2]), BTreeSet::from([3])],
+        };
+        let findings = [split, alarm(1, AlarmKind::Corrupt)];
+        assert!(matches!(
+            plan(&findings, &m, Mode::Automatic),
+            Decision::Wait(r) if r.contains("disagree")
+        ));
+    }
+
+    #[test]
+    fn nospace_alone_is_left_to_a_human_with_what_to_do() {
+        let m = members(&[5, 5, 5], 0);
+        let findings = [alarm(2, AlarmKind::NoSpace)];
+        assert!(matches!(
+            plan(&findings, &m, Mode::Automatic),
+            Decision::Wait(r) if r.contains("NOSPACE alarm of 2") && r.contains("defragment")
+        ));
     }
 
     #[test]

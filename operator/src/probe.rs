@@ -1,6 +1,6 @@
-//! Probing members over the etcd v3 API: one [`Round`] is a Status, AuthStatus and key count
-//! of every member, then a HashKV and a key count of each at one common revision, so hashes
-//! compare like with like. An unreachable member is an observation too (`reachable: false`),
+//! Probing members over the etcd v3 API: one [`Round`] is a Status (with the active alarms it
+//! lists), AuthStatus and key count of every member, then a HashKV and a key count of each at
+//! one common revision, so hashes compare like with like. An unreachable member is an observation too (`reachable: false`),
 //! never an error, and a call that fails leaves its value unknown ([`Fact::Unknown`], with the
 //! call and the reason), never zero.
 //!
@@ -19,7 +19,7 @@ use storage_node::pb::etcdserverpb::{
 };
 use tonic::transport::Channel;
 
-use crate::detector::{Fact, Hash, Observation, Round};
+use crate::detector::{Alarm, AlarmKind, Fact, Hash, Observation, Round};
 
 /// How much a probe round asks.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -263,7 +263,7 @@ impl Prober {
         }
     }
 
-    /// Status, AuthStatus and the key count of one member.
+    /// Status (with the alarms), AuthStatus and the key count of one member.
     async fn first_pass(&self, target: &Target, scope: Scope) -> Partial {
         let unreachable = |why: String| Partial {
             observation: Observation::unreachable(&target.name, &why),
@@ -308,6 +308,10 @@ impl Prober {
             Err(elapsed) => return unreachable(failed("Status", Err(elapsed))),
         };
         let header = status.header.unwrap_or_default();
+        // Status lists the alarms in `errors`, etcd 3.4 on: AlarmList would be a raft write on
+        // every member each round (etcd and Mend list alarms through raft), and a probe must
+        // not write: it would persist the consistent index the members it compares replay.
+        let alarms = alarms_in(&status.errors);
         let why = "not probed (healing is Disabled)";
         let health = Observation {
             name: target.name.clone(),
@@ -323,6 +327,7 @@ impl Prober {
             auth_revision: Fact::Unknown(why.to_string()),
             key_count: Fact::Unknown(why.to_string()),
             hash: Fact::Unknown(why.to_string()),
+            alarms,
         };
         if scope == Scope::Health {
             return Partial {
@@ -367,6 +372,35 @@ async fn fetch(url: &str) -> Result<String, String> {
     String::from_utf8(body.to_vec()).map_err(|e| e.to_string())
 }
 
+/// The alarms among Status's `errors`, which etcd prints in protobuf's text format
+/// (`memberID:<id> alarm:<NAME> `, the member left out when it is 0); the other errors ("no
+/// leader") are not alarms. An alarm of a kind not known here leaves the list unknown.
+fn alarms_in(errors: &[String]) -> Fact<Vec<Alarm>> {
+    let mut alarms = Vec::new();
+    for error in errors {
+        let mut member = Some(0);
+        let mut kind = None;
+        for field in error.split_whitespace() {
+            if let Some(id) = field.strip_prefix("memberID:") {
+                member = id.parse().ok();
+            } else if let Some(name) = field.strip_prefix("alarm:") {
+                kind = Some(name);
+            }
+        }
+        let Some(name) = kind else { continue };
+        let kind = match name {
+            "NOSPACE" => AlarmKind::NoSpace,
+            "CORRUPT" => AlarmKind::Corrupt,
+            _ => return Fact::Unknown(format!("Status: unknown alarm {error:?}")),
+        };
+        let Some(member) = member else {
+            return Fact::Unknown(format!("Status: alarm of no member ID {error:?}"));
+        };
+        alarms.push(Alarm { member, kind });
+    }
+    Fact::Known(alarms)
+}
+
 /// The value of the unlabelled gauge `name` in Prometheus text exposition `text`.
 fn gauge(text: &str, name: &str) -> Option<u64> {
     text.lines().find_map(|line| {
@@ -397,6 +431,39 @@ mod tests {
                 "etcd_debugging_auth_revision"
             ),
             None
+        );
+    }
+
+    #[test]
+    fn alarms_are_read_from_status_errors_as_etcd_prints_them() {
+        let errors = [
+            "etcdserver: no leader".to_string(),
+            "memberID:10276657743932975437 alarm:NOSPACE ".to_string(),
+            "alarm:CORRUPT ".to_string(),
+        ];
+        assert_eq!(
+            alarms_in(&errors),
+            Fact::Known(vec![
+                Alarm {
+                    member: 10276657743932975437,
+                    kind: AlarmKind::NoSpace
+                },
+                Alarm {
+                    member: 0,
+                    kind: AlarmKind::Corrupt
+                },
+            ])
+        );
+        assert_eq!(alarms_in(&[]), Fact::Known(Vec::new()));
+        assert!(
+            alarms_in(&["memberID:1 alarm:LATER ".to_string()])
+                .unknown()
+                .is_some()
+        );
+        assert!(
+            alarms_in(&["memberID:x alarm:CORRUPT ".to_string()])
+                .unknown()
+                .is_some()
         );
     }
 

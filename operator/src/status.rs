@@ -9,7 +9,7 @@
 use crds::{HealingStatus, MemberStatus, Phase, Role, StorageClusterStatus, condition};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 
-use crate::detector::{Finding, Observation};
+use crate::detector::{AlarmKind, Finding, Observation};
 use crate::planner::{Decision, Plan, Step};
 
 /// One member: its name and client URL where it lives, and what the last probe saw.
@@ -50,7 +50,11 @@ pub struct Inputs<'a> {
 
 /// The status for `inputs`.
 pub fn build(inputs: &Inputs<'_>) -> StorageClusterStatus {
-    let members: Vec<MemberStatus> = inputs.members.iter().map(member_status).collect();
+    let members: Vec<MemberStatus> = inputs
+        .members
+        .iter()
+        .map(|m| member_status(m, inputs.findings))
+        .collect();
     let ready = members.iter().filter(|m| m.healthy).count() as i32;
     let leader = inputs
         .members
@@ -72,11 +76,21 @@ pub fn build(inputs: &Inputs<'_>) -> StorageClusterStatus {
         .as_ref()
         .is_some_and(|h| h.step.is_some() && !h.plan.is_empty());
     let diverged = divergence(inputs.findings);
-    let degraded = inputs
+    let member_down = inputs
         .findings
         .iter()
         .any(|f| matches!(f, Finding::Unreachable { .. } | Finding::Lagging { .. }))
         || ready < inputs.replicas;
+    let no_space = inputs.findings.iter().any(|f| {
+        matches!(
+            f,
+            Finding::Alarm {
+                alarm: AlarmKind::NoSpace,
+                ..
+            }
+        )
+    });
+    let degraded = member_down || no_space;
     let quorum = ready * 2 > inputs.replicas;
     let was_starting = inputs
         .previous
@@ -138,6 +152,13 @@ pub fn build(inputs: &Inputs<'_>) -> StorageClusterStatus {
         .filter_map(|f| match f {
             Finding::Unreachable { name } => Some(format!("{name} is unreachable")),
             Finding::Lagging { name, behind } => Some(format!("{name} is {behind} entries behind")),
+            Finding::Alarm {
+                member,
+                alarm: AlarmKind::NoSpace,
+            } => Some(format!(
+                "the NOSPACE alarm of {member:x} is active: writes that need space are refused \
+                 until compaction, defragment and `etcdctl alarm disarm`"
+            )),
             _ => None,
         })
         .collect::<Vec<_>>()
@@ -145,8 +166,10 @@ pub fn build(inputs: &Inputs<'_>) -> StorageClusterStatus {
     set(
         condition::DEGRADED,
         degraded,
-        if degraded {
+        if member_down {
             "MemberDown"
+        } else if no_space {
+            "NoSpace"
         } else {
             "AllMembersUp"
         },
@@ -233,7 +256,7 @@ pub fn build(inputs: &Inputs<'_>) -> StorageClusterStatus {
 
 /// The reason and message of the Diverged condition, when members disagree.
 fn divergence(findings: &[Finding]) -> Option<(&'static str, String)> {
-    findings.iter().find_map(|f| match f {
+    let compared = findings.iter().find_map(|f| match f {
         Finding::AuthRevisionDrift { revisions } => Some((
             "AuthRevisionDrift",
             format!(
@@ -261,10 +284,38 @@ fn divergence(findings: &[Finding]) -> Option<(&'static str, String)> {
             ),
         )),
         _ => None,
-    })
+    });
+    // A CORRUPT alarm alone (the probes saw the members agree, or could not compare them)
+    // still says a corruption check found data differing.
+    let corrupt: Vec<String> = findings
+        .iter()
+        .filter_map(|f| match f {
+            Finding::Alarm {
+                member,
+                alarm: AlarmKind::Corrupt,
+            } => Some(format!("{member:x}")),
+            _ => None,
+        })
+        .collect();
+    match (compared, corrupt.is_empty()) {
+        (Some((reason, message)), true) => Some((reason, message)),
+        (Some((reason, message)), false) => Some((
+            reason,
+            format!("{message}; a CORRUPT alarm names {}", corrupt.join(", ")),
+        )),
+        (None, false) => Some((
+            "CorruptAlarm",
+            format!(
+                "a CORRUPT alarm names {}: a corruption check found its data differing, and \
+                 every write is refused",
+                corrupt.join(", ")
+            ),
+        )),
+        (None, true) => None,
+    }
 }
 
-fn member_status(view: &MemberView) -> MemberStatus {
+fn member_status(view: &MemberView, findings: &[Finding]) -> MemberStatus {
     let o = &view.observation;
     let role = o.reachable.then_some(if o.is_leader {
         Role::Leader
@@ -292,6 +343,15 @@ fn member_status(view: &MemberView) -> MemberStatus {
         hash_kv: o.hash.known().map(|h| h.hash),
         hash_revision: o.hash.known().map(|h| h.revision),
         unknown: o.incomplete(),
+        alarms: findings
+            .iter()
+            .filter_map(|f| match f {
+                Finding::Alarm { member, alarm } if o.member != 0 && *member == o.member => {
+                    Some(alarm.name().to_string())
+                }
+                _ => None,
+            })
+            .collect(),
     }
 }
 
@@ -338,7 +398,7 @@ pub fn describe_plan(plan: &Plan) -> Vec<String> {
 
 #[cfg(test)]
 mod tests {
-    use std::collections::BTreeMap;
+    use std::collections::{BTreeMap, BTreeSet};
 
     use super::*;
     use crate::detector::Fact;
@@ -369,6 +429,7 @@ mod tests {
                     revision: 10,
                     keys: 9,
                 }),
+                alarms: Fact::Known(Vec::new()),
             },
         }
     }
@@ -451,6 +512,80 @@ mod tests {
                 .message
                 .ends_with("not healing: healing is disabled")
         );
+    }
+
+    #[test]
+    fn a_corrupt_alarm_sets_diverged_and_names_the_member_in_its_row() {
+        let members = [
+            view(1, 5, true, true),
+            view(2, 5, false, true),
+            view(3, 5, false, true),
+        ];
+        let findings = [Finding::Alarm {
+            member: 3,
+            alarm: AlarmKind::Corrupt,
+        }];
+        let decision = Decision::Wait("a CORRUPT alarm names 3".into());
+        let status = build(&inputs(&members, &findings, &decision, None, 100));
+        assert_eq!(status.phase, Phase::Diverged);
+        let diverged = condition_of(&status, condition::DIVERGED);
+        assert_eq!(
+            (diverged.status.as_str(), diverged.reason.as_str()),
+            ("True", "CorruptAlarm")
+        );
+        assert!(diverged.message.contains("names 3"), "{}", diverged.message);
+        assert_eq!(status.members[2].alarms, vec!["CORRUPT".to_string()]);
+        assert!(status.members[0].alarms.is_empty());
+    }
+
+    #[test]
+    fn a_corrupt_alarm_is_added_to_the_divergence_the_probes_saw() {
+        let members = [view(1, 5, true, true), view(2, 5, false, true)];
+        let findings = [
+            Finding::DataDivergence {
+                groups: vec![BTreeSet::from([1]), BTreeSet::from([2])],
+            },
+            Finding::Alarm {
+                member: 2,
+                alarm: AlarmKind::Corrupt,
+            },
+        ];
+        let status = build(&inputs(&members, &findings, &Decision::Healthy, None, 100));
+        let diverged = condition_of(&status, condition::DIVERGED);
+        assert_eq!(diverged.reason, "DataDivergence");
+        assert!(
+            diverged.message.ends_with("a CORRUPT alarm names 2"),
+            "{}",
+            diverged.message
+        );
+    }
+
+    #[test]
+    fn a_nospace_alarm_degrades_without_divergence() {
+        let members = [
+            view(1, 5, true, true),
+            view(2, 5, false, true),
+            view(3, 5, false, true),
+        ];
+        let findings = [Finding::Alarm {
+            member: 2,
+            alarm: AlarmKind::NoSpace,
+        }];
+        let decision = Decision::Wait("the NOSPACE alarm of 2 is active".into());
+        let status = build(&inputs(&members, &findings, &decision, None, 100));
+        assert_eq!(status.phase, Phase::Degraded);
+        let degraded = condition_of(&status, condition::DEGRADED);
+        assert_eq!(
+            (degraded.status.as_str(), degraded.reason.as_str()),
+            ("True", "NoSpace")
+        );
+        assert!(
+            degraded.message.contains("NOSPACE alarm of 2"),
+            "{}",
+            degraded.message
+        );
+        assert_eq!(condition_of(&status, condition::DIVERGED).status, "False");
+        assert_eq!(status.members[1].alarms, vec!["NOSPACE".to_string()]);
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! Probing a real cluster and deciding from the probes: with the etcd 11651 fault switch, a
 //! member restarted after auth changes drifts ahead, writes through the others are dropped on
-//! it, and the detector and planner see exactly that; without the switch, nothing is found.
+//! it, and the detector and planner see exactly that; without the switch, nothing is found. A
+//! CORRUPT alarm the members' corruption check raised is read (with auth on) as a finding.
 
 #[path = "../../storage-node/tests/cluster/mod.rs"]
 mod cluster;
@@ -9,7 +10,7 @@ mod common;
 use std::time::Duration;
 
 use cluster::{Cluster, DEADLINE, Options, ok, wait_until};
-use operator::detector::{self, Finding, Tolerance};
+use operator::detector::{self, AlarmKind, Finding, Tolerance};
 use operator::planner::{self, Decision, Mode};
 use operator::probe::Prober;
 
@@ -123,4 +124,61 @@ fn with_the_fix_the_same_script_gives_no_finding() {
         ),
         Decision::Healthy
     );
+}
+
+#[test]
+fn a_corrupt_alarm_is_a_finding_and_its_member_is_rebuilt_from_the_majority() {
+    let c = Cluster::start(
+        3,
+        Options {
+            extra_args: vec![
+                "--experimental-corrupt-check-time=500ms".into(),
+                "--unsafe-test-corrupt-puts-if=corrupt-puts".into(),
+            ],
+            ..Options::default()
+        },
+    );
+    for args in [
+        vec!["user", "add", "root:rootpw"],
+        vec!["user", "grant-role", "root", "root"],
+        vec!["auth", "enable"],
+    ] {
+        ok(c.etcdctl(0, &args));
+    }
+    // Member 2 stores the next put with its value inverted: same revision, other data.
+    let fault = c.members[2].dir.join("corrupt-puts");
+    std::fs::write(&fault, b"").expect("arm the fault");
+    ok(c.etcdctl(0, &["--user", "root:rootpw", "put", "k", "v"]));
+    for i in 0..3 {
+        ok(c.etcdctl(i, &["--user", "root:rootpw", "get", "k"]));
+    }
+    std::fs::remove_file(&fault).expect("disarm the fault");
+    assert!(
+        wait_until(DEADLINE, || {
+            !ok(c.etcdctl(0, &["--user", "root:rootpw", "alarm", "list"])).is_empty()
+        }),
+        "no alarm:\n{}",
+        c.logs()
+    );
+    let rounds = probe_rounds(&c, 3);
+    let last = rounds.last().expect("a round");
+    let named = last.members[2].member;
+    let findings = detector::detect(&rounds, Tolerance::default());
+    assert!(
+        findings.contains(&Finding::Alarm {
+            member: named,
+            alarm: AlarmKind::Corrupt
+        }),
+        "{findings:?} in {last:?}"
+    );
+    match planner::plan(&findings, &common::members(last), Mode::Automatic) {
+        Decision::Heal(plan) => {
+            assert_ne!(plan.source, named);
+            assert!(
+                plan.steps
+                    .contains(&planner::Step::Remove { member: named })
+            );
+        }
+        other => panic!("expected a plan, got {other:?}"),
+    }
 }

@@ -5,7 +5,7 @@
 //! While an alarm is active the applier refuses what it guards (see `apply`): NOSPACE the
 //! requests that need space, CORRUPT every KV and lease request.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 use redb::{ReadTransaction, WriteTransaction};
 
@@ -78,6 +78,36 @@ impl Alarms {
             alarms: vec![member],
         })
     }
+
+    /// Deactivates the alarms of members not in `members` (applied with a membership entry):
+    /// a removed member's ID never comes back (a re-added member gets a new one), so its alarms
+    /// could never be disarmed by it, yet a CORRUPT one would refuse every write. Alarms for
+    /// member 0 (etcd's "the whole cluster") stay.
+    pub(crate) fn retain_members<V>(
+        &mut self,
+        txn: &WriteTransaction,
+        members: &BTreeMap<u64, V>,
+    ) -> backend::Result<()> {
+        let gone: Vec<AlarmMember> = self
+            .active
+            .iter()
+            .filter(|a| a.member_id != 0 && !members.contains_key(&a.member_id))
+            .copied()
+            .collect();
+        if gone.is_empty() {
+            return Ok(());
+        }
+        for alarm in &gone {
+            self.active.remove(alarm);
+            tracing::warn!(
+                member_id = %format_args!("{:x}", alarm.member_id),
+                alarm = alarm.alarm.name(),
+                "alarm cleared: its member left the cluster"
+            );
+        }
+        let list: Vec<AlarmMember> = self.active.iter().copied().collect();
+        put_value(txn, meta::ALARMS, &list)
+    }
 }
 
 #[cfg(test)]
@@ -127,6 +157,31 @@ mod tests {
             "already off"
         );
         assert!(!a.is_active(NoSpace));
+    }
+
+    #[test]
+    fn alarms_of_members_that_left_are_cleared() {
+        let b = Backend::in_memory().unwrap();
+        let a = &mut Alarms::default();
+        apply(&b, a, Activate, 3, Corrupt);
+        apply(&b, a, Activate, 1, NoSpace);
+        apply(&b, a, Activate, 0, Corrupt);
+        let txn = b.begin_write().unwrap();
+        a.retain_members(&txn, &BTreeMap::from([(1u64, ()), (2, ())]))
+            .unwrap();
+        txn.commit().unwrap();
+        let left: Vec<u64> = a.get(AlarmType::None).iter().map(|m| m.member_id).collect();
+        assert_eq!(
+            left,
+            vec![0, 1],
+            "member 3 left; the cluster-wide alarm stays"
+        );
+        let loaded = Alarms::load(&b.begin_read().unwrap()).unwrap();
+        assert_eq!(
+            loaded.get(AlarmType::None),
+            a.get(AlarmType::None),
+            "persisted"
+        );
     }
 
     #[test]

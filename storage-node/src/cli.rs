@@ -100,6 +100,21 @@ pub struct ServeArgs {
     /// Applied entries between snapshots (log entries before them are then purged).
     #[arg(long, env = "ETCD_SNAPSHOT_COUNT", default_value_t = 100_000)]
     pub snapshot_count: u64,
+    /// Before serving, compare this member's KV hash with its peers' at a common revision and
+    /// refuse to start when this member is not in a strict majority of equal hashes (a member
+    /// whose data existed before; a new member has nothing to compare).
+    #[arg(long, env = "ETCD_EXPERIMENTAL_INITIAL_CORRUPT_CHECK")]
+    pub experimental_initial_corrupt_check: bool,
+    /// How often the leader compares the members' KV hashes at a common revision and raises a
+    /// CORRUPT alarm naming the members outside the majority (a duration such as `30s`, `5m`;
+    /// `0` turns the check off).
+    #[arg(
+        long,
+        env = "ETCD_EXPERIMENTAL_CORRUPT_CHECK_TIME",
+        default_value = "0s",
+        value_parser = parse_duration
+    )]
+    pub experimental_corrupt_check_time: Duration,
     /// Log format.
     #[arg(long, env = "MEND_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
@@ -113,6 +128,53 @@ pub struct ServeArgs {
     /// unknown, never zero.
     #[arg(long, hide = true, value_name = "FILE")]
     pub unsafe_test_fail_auth_status_if: Option<std::path::PathBuf>,
+    /// FAULT, tests only: while this file exists (a relative path is taken inside
+    /// `--data-dir`), this member stores the value of every Put it applies with its bytes
+    /// inverted, so its data, and its KV hash, differ from its peers' at the same revision
+    /// (what a corruption check must find).
+    #[arg(long, hide = true, value_name = "FILE")]
+    pub unsafe_test_corrupt_puts_if: Option<std::path::PathBuf>,
+}
+
+/// Why a duration flag does not parse.
+#[derive(Debug, Error, PartialEq, Eq)]
+#[error("{0:?} is not a duration such as 30s, 5m, 1h30m or 500ms")]
+pub struct BadDuration(String);
+
+/// Parses a duration as Go's `time.ParseDuration` does for etcd's flags: a sequence of decimal
+/// numbers, each with a unit (`ns`, `us`, `µs`, `ms`, `s`, `m`, `h`); a bare `0` is zero.
+pub fn parse_duration(text: &str) -> Result<Duration, BadDuration> {
+    let bad = || BadDuration(text.to_string());
+    if text == "0" {
+        return Ok(Duration::ZERO);
+    }
+    let mut rest = text;
+    let mut total = 0f64;
+    if rest.is_empty() {
+        return Err(bad());
+    }
+    while !rest.is_empty() {
+        let number_len = rest
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .ok_or_else(bad)?;
+        let number: f64 = rest[..number_len].parse().map_err(|_| bad())?;
+        rest = &rest[number_len..];
+        let unit_len = rest
+            .find(|c: char| c.is_ascii_digit() || c == '.')
+            .unwrap_or(rest.len());
+        let seconds = match &rest[..unit_len] {
+            "ns" => 1e-9,
+            "us" | "µs" => 1e-6,
+            "ms" => 1e-3,
+            "s" => 1.0,
+            "m" => 60.0,
+            "h" => 3600.0,
+            _ => return Err(bad()),
+        };
+        total += number * seconds;
+        rest = &rest[unit_len..];
+    }
+    Duration::try_from_secs_f64(total).map_err(|_| bad())
 }
 
 /// `--initial-cluster-state`.
@@ -445,6 +507,24 @@ mod tests {
         assert!(check_url("f", "http://node 0:2380").is_err());
         assert!(check_url("f", "ftp://node:2380").is_err());
         assert!(check_url("f", "http://node").is_err());
+    }
+
+    #[test]
+    fn durations_parse_as_go_parses_etcd_flags() {
+        assert_eq!(parse_duration("0"), Ok(Duration::ZERO));
+        assert_eq!(parse_duration("0s"), Ok(Duration::ZERO));
+        assert_eq!(parse_duration("30s"), Ok(Duration::from_secs(30)));
+        assert_eq!(parse_duration("5m"), Ok(Duration::from_secs(300)));
+        assert_eq!(parse_duration("1h30m"), Ok(Duration::from_secs(5400)));
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("1.5s"), Ok(Duration::from_millis(1500)));
+        for bad in ["", "5", "s", "5x", "1..5s", "-1s"] {
+            assert!(parse_duration(bad).is_err(), "{bad:?}");
+        }
+        let a = args(&["--experimental-corrupt-check-time", "2m"]);
+        assert_eq!(a.experimental_corrupt_check_time, Duration::from_secs(120));
+        assert!(!a.experimental_initial_corrupt_check);
+        assert_eq!(args(&[]).experimental_corrupt_check_time, Duration::ZERO);
     }
 
     #[test]

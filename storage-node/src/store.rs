@@ -14,15 +14,16 @@
 //! before PR 11652, so a restart before the next KV write re-applies them and this member's
 //! AuthRevision drifts ahead of its peers'.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::{Duration, Instant};
 
 use crate::alarm::Alarms;
 use crate::api::{
-    AlarmMember, AlarmType, Event, KeyInterval, PermissionType, RangeRequest, RangeResponse,
-    Response,
+    AlarmMember, AlarmType, Command, Event, KeyInterval, PermissionType, RangeRequest,
+    RangeResponse, Request, Response,
 };
 use crate::apply::{ApplyError, Engine, Failure, Limits};
 use crate::auth::{self, AuthInfo, AuthStore, Role, User};
@@ -57,6 +58,10 @@ pub struct StoreConfig {
     /// own file, so members may judge one request differently; it changes responses, never
     /// what is applied.
     pub quota: Quota,
+    /// TEST FAULT (`--unsafe-test-corrupt-puts-if`): while this file exists, every applied Put
+    /// stores its value with the bytes inverted, so this member's data silently differs from
+    /// its peers' at the same revision. Never set outside tests.
+    pub unsafe_test_corrupt_puts_if: Option<PathBuf>,
 }
 
 impl Default for StoreConfig {
@@ -68,6 +73,7 @@ impl Default for StoreConfig {
             unsafe_reproduce_etcd_11651: false,
             apply_sync_interval: None,
             quota: Quota::default(),
+            unsafe_test_corrupt_puts_if: None,
         }
     }
 }
@@ -269,6 +275,7 @@ impl Store {
         let mut persist = None;
         let mut outcomes = Vec::with_capacity(entries.len());
         for entry in entries {
+            let entry = self.faulty(entry);
             if entry.log_id.index <= state.applied.index {
                 state.counters.skipped += 1;
                 outcomes.push(Outcome::Skipped);
@@ -282,6 +289,12 @@ impl Store {
                         membership: membership.clone(),
                     };
                     put_value(&txn, meta::MEMBERSHIP, &stored)?;
+                    // A removed member's alarms would otherwise outlive it: a CORRUPT alarm
+                    // for an ID that is gone blocks every write and nobody can be healed.
+                    state
+                        .engine
+                        .alarms
+                        .retain_members(&txn, &membership.members)?;
                     state.membership = Some(stored);
                     Outcome::Membership
                 }
@@ -342,6 +355,33 @@ impl Store {
             state.persisted = log_id;
         }
         Ok(outcomes)
+    }
+
+    /// `entry` as the test fault `unsafe_test_corrupt_puts_if` makes this member apply it.
+    fn faulty<'e>(&self, entry: &'e Entry) -> Cow<'e, Entry> {
+        let armed = || {
+            self.config
+                .unsafe_test_corrupt_puts_if
+                .as_ref()
+                .is_some_and(|f| f.exists())
+        };
+        match &entry.payload {
+            EntryPayload::Normal(Command {
+                header,
+                request: Request::Put(put),
+            }) if armed() => {
+                let mut put = put.clone();
+                put.value.iter_mut().for_each(|b| *b = !*b);
+                Cow::Owned(Entry {
+                    log_id: entry.log_id,
+                    payload: EntryPayload::Normal(Command {
+                        header: header.clone(),
+                        request: Request::Put(put),
+                    }),
+                })
+            }
+            _ => Cow::Borrowed(entry),
+        }
     }
 
     /// Makes every applied batch durable (a no-op cost when each batch already was).

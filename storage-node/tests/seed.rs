@@ -4,7 +4,7 @@
 //! writes through each member. With the fault switch the restarted members replay auth
 //! entries, AuthRevisions drift apart, and writes vanish silently on some members while
 //! `endpoint status` shows equal raft term and index. Without the switch (the fix) every
-//! member agrees.
+//! member agrees. And the leader's corruption check names the member whose data differs.
 
 mod cluster;
 
@@ -218,4 +218,50 @@ fn with_the_fix_the_seed_script_leaves_all_members_equal() {
         .map(|i| c.members[i].metric("mend_mvcc_keys").unwrap_or(-1.0) as u64)
         .collect();
     assert_eq!(counts.len(), 1);
+}
+
+#[test]
+fn corruption_check_names_the_member_whose_writes_the_others_dropped() {
+    let mut c = Cluster::start(
+        3,
+        Options {
+            fault_switch: true,
+            extra_args: vec!["--experimental-corrupt-check-time=500ms".into()],
+            ..Options::default()
+        },
+    );
+    let revisions = play_seed(&mut c);
+    let lowest = (0..3).min_by_key(|i| revisions[*i]).unwrap_or_default();
+    let highest = (0..3).max_by_key(|i| revisions[*i]).unwrap_or_default();
+    assert_eq!(
+        revisions
+            .iter()
+            .filter(|r| **r == revisions[lowest])
+            .count(),
+        1,
+        "one member with the lowest AuthRevision expected: {revisions:?}"
+    );
+    // Only the lowest applies a write through itself; everyone applies one through the
+    // highest. At the first revision the others reached, the lowest then holds another key.
+    for i in [lowest, highest] {
+        let key = format!("a/through-{}", c.members[i].name);
+        ok(c.etcdctl(i, &["--user", "app:apppw", "put", &key, "v"]));
+    }
+    let id = status_json(&c, lowest)["header"]["member_id"]
+        .as_u64()
+        .expect("member_id");
+    let mut alarms = String::new();
+    assert!(
+        wait_until(DEADLINE, || {
+            alarms = ok(c.etcdctl(highest, &["--user", ROOT, "alarm", "list"]));
+            !alarms.is_empty()
+        }),
+        "no alarm:\n{}",
+        c.logs()
+    );
+    assert_eq!(
+        alarms.trim_end(),
+        format!("memberID:{id} alarm:CORRUPT"),
+        "revisions {revisions:?}"
+    );
 }

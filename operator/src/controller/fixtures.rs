@@ -59,6 +59,7 @@ pub fn observation(id: u64, leader: bool, auth_revision: u64) -> Observation {
             revision: 4,
             keys: 3,
         }),
+        alarms: Fact::Known(Vec::new()),
     }
 }
 

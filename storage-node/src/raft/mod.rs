@@ -10,6 +10,8 @@
 //! - [`network`]: the peer protocol over gRPC, both sides.
 //! - [`lessor`]: lease expiry on the leader; renewals forwarded to it.
 //! - [`alarm`]: raising this member's NOSPACE alarm when an apply went past its quota.
+//! - [`corrupt`]: the corruption checks: KV hashes compared at a common revision, CORRUPT
+//!   alarms naming the members outside the majority.
 //! - [`node`]: a running member: proposals answered from the local apply, read points,
 //!   membership changes, leader transfer.
 //!
@@ -31,6 +33,7 @@ use crate::entry::{self, Member};
 use crate::{backend, snapshot};
 
 pub mod alarm;
+pub mod corrupt;
 pub mod lessor;
 pub mod log_store;
 pub mod network;

@@ -1,5 +1,6 @@
-//! Member-to-member traffic on the peer port: openraft's RPCs, and the requests a follower
-//! sends its leader (forwarded writes, read points, membership lookups).
+//! Member-to-member traffic on the peer port: openraft's RPCs, the requests a follower sends
+//! its leader (forwarded writes, read points, membership lookups), and the KV hashes the
+//! corruption checks compare.
 //!
 //! Every message travels as postcard bytes inside the `mendpeer.Peer` gRPC service; a reply is
 //! a postcard `Result<T, String>`, so a remote refusal arrives as text and a transport failure
@@ -49,6 +50,8 @@ pub enum Rpc {
     Lease,
     /// The cluster's membership.
     Membership,
+    /// A KV hash or position, for the corruption checks.
+    HashKv,
 }
 
 /// Why a peer call failed.
@@ -142,6 +145,7 @@ impl Peers {
                 Rpc::ReadIndex => client.read_index(request).await,
                 Rpc::Lease => client.lease(request).await,
                 Rpc::Membership => client.membership(request).await,
+                Rpc::HashKv => client.hash_kv(request).await,
             }
         };
         let reply = match tokio::time::timeout(timeout, call).await {
@@ -389,6 +393,11 @@ impl crate::pb::mendpeer::peer_server::Peer for PeerService {
         let query: super::lessor::LeaseQuery = request(req)?;
         // `None` outside: this member does not lead (any more).
         reply::<Option<super::lessor::LeaseAnswer>>(Ok(self.node.lease_on_leader(query)))
+    }
+
+    async fn hash_kv(&self, req: tonic::Request<Blob>) -> Reply {
+        let query: super::corrupt::HashQuery = request(req)?;
+        reply(super::corrupt::answer(&self.node, query).await)
     }
 
     async fn membership(&self, _req: tonic::Request<Blob>) -> Reply {

@@ -704,9 +704,15 @@ impl Node {
     /// Raises `alarm` for this member through raft (what etcd does when a request does not fit
     /// the quota); returns once it applied here.
     pub async fn raise_alarm(&self, alarm: AlarmType) -> Result<(), NodeError> {
+        self.raise_alarm_for(self.id, alarm).await
+    }
+
+    /// Raises `alarm` for member `member_id` through raft (the leader's corruption check names
+    /// the members whose data differs); returns once it applied here.
+    pub async fn raise_alarm_for(&self, member_id: u64, alarm: AlarmType) -> Result<(), NodeError> {
         let request = Request::Alarm(AlarmRequest {
             action: AlarmAction::Activate,
-            member_id: self.id,
+            member_id,
             alarm,
         });
         self.propose(RequestHeader::default(), request).await?;

@@ -1,6 +1,7 @@
-//! Starting and stopping a member: identity, engine, raft, the peer and client gRPC servers,
-//! the metrics endpoint, and bootstrap (`new` clusters initialise raft, members joining an
-//! `existing` cluster learn their ID from the peers).
+//! Starting and stopping a member: identity, engine, the initial corruption check, raft, the
+//! peer and client gRPC servers, the metrics endpoint, the periodic corruption check, and
+//! bootstrap (`new` clusters initialise raft, members joining an `existing` cluster learn
+//! their ID from the peers).
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -63,6 +64,9 @@ pub enum Error {
     /// A server stopped with an error.
     #[error("server: {0}")]
     Serve(String),
+    /// The initial corruption check found this member's data differing from its peers'.
+    #[error("initial corruption check: {0}")]
+    Corrupt(#[from] crate::raft::corrupt::Error),
 }
 
 /// What a member remembers about itself across restarts.
@@ -229,7 +233,10 @@ pub async fn run(args: ServeArgs, shutdown: impl Future<Output = ()>) -> Result<
     let client_listeners = bind_all("--listen-client-urls", &args.listen_client_urls).await?;
     let metrics_listeners = bind_all("--listen-metrics-urls", &args.listen_metrics_urls).await?;
 
-    let (identity, bootstrap) = match read_identity(&dir)? {
+    let existed = read_identity(&dir)?;
+    // etcd checks only a member that ran before: a new one has no data to compare.
+    let had_data = existed.is_some();
+    let (identity, bootstrap) = match existed {
         Some(identity) => (identity, None),
         None => match args.initial_cluster_state {
             ClusterState::New => {
@@ -253,6 +260,16 @@ pub async fn run(args: ServeArgs, shutdown: impl Future<Output = ()>) -> Result<
     let span = tracing::info_span!("member", member_id = %format_args!("{:x}", identity.member_id));
     let _entered = span.enter();
 
+    let corrupt_puts_if = args
+        .unsafe_test_corrupt_puts_if
+        .as_ref()
+        .map(|file| dir.join(file));
+    if let Some(file) = &corrupt_puts_if {
+        tracing::warn!(
+            file = %file.display(),
+            "TEST FAULT ARMED: unsafe-test-corrupt-puts-if - applied Puts store inverted values while the file exists"
+        );
+    }
     let quota = Quota::from_flag(args.quota_backend_bytes);
     match quota.bytes() {
         None => tracing::info!("backend quota disabled"),
@@ -273,9 +290,16 @@ pub async fn run(args: ServeArgs, shutdown: impl Future<Output = ()>) -> Result<
             // As etcd's backend: the raft log is the durable record, the engine catches up on
             // it after a crash, so applies need not each wait for an fsync.
             apply_sync_interval: Some(APPLY_SYNC_INTERVAL),
+            unsafe_test_corrupt_puts_if: corrupt_puts_if.clone(),
             ..StoreConfig::default()
         },
     )?);
+    let request_timeout = Duration::from_secs(5) + 2 * args.election();
+    if args.experimental_initial_corrupt_check && had_data {
+        // Before raft runs and before the peer and client ports serve, as etcd does: a member
+        // whose data differs must not take part at all.
+        initial_corrupt_check(&store, &peers, identity, request_timeout).await?;
+    }
     let log_store = LogStore::open(&dir).map_err(|e| Error::Log(e.to_string()))?;
     let listeners = Listeners::new(&store);
     let state_machine = StateMachine::new(store.clone(), listeners.clone());
@@ -305,7 +329,6 @@ pub async fn run(args: ServeArgs, shutdown: impl Future<Output = ()>) -> Result<
     .await
     .map_err(|e| Error::Raft(e.to_string()))?;
 
-    let request_timeout = Duration::from_secs(5) + 2 * args.election();
     let node = Arc::new(Node::new(
         identity.member_id,
         identity.cluster_id,
@@ -391,6 +414,12 @@ pub async fn run(args: ServeArgs, shutdown: impl Future<Output = ()>) -> Result<
     let lessor = tokio::spawn(crate::raft::lessor::run(node.clone()));
     let alarms = tokio::spawn(crate::raft::alarm::run(node.clone()));
     let syncer = tokio::spawn(sync_applied(node.store.clone()));
+    let corrupt_check = (!args.experimental_corrupt_check_time.is_zero()).then(|| {
+        tokio::spawn(crate::raft::corrupt::run_periodic(
+            node.clone(),
+            args.experimental_corrupt_check_time,
+        ))
+    });
     tracing::info!(
         name = %args.name,
         cluster = %format_args!("{:x}", identity.cluster_id),
@@ -411,6 +440,9 @@ pub async fn run(args: ServeArgs, shutdown: impl Future<Output = ()>) -> Result<
     lessor.abort();
     alarms.abort();
     syncer.abort();
+    if let Some(task) = corrupt_check {
+        task.abort();
+    }
     // Stop accepting work, then stop raft: requests still in flight (a forwarded write waiting
     // for its commit, say) then end with an error instead of holding the servers open.
     let _ = stop_tx.send(true);
@@ -427,6 +459,28 @@ pub async fn run(args: ServeArgs, shutdown: impl Future<Output = ()>) -> Result<
         Some(e) => Err(e),
         None => Ok(()),
     }
+}
+
+/// The initial corruption check against the membership this member last applied.
+async fn initial_corrupt_check(
+    store: &Arc<Store>,
+    peers: &Peers,
+    identity: Identity,
+    timeout: Duration,
+) -> Result<(), Error> {
+    let Some(membership) = store.membership() else {
+        tracing::info!("initial corruption check skipped: no membership applied yet");
+        return Ok(());
+    };
+    let checker = crate::raft::corrupt::Checker {
+        me: identity.member_id,
+        cluster_id: identity.cluster_id,
+        store: store.clone(),
+        peers: peers.clone(),
+        timeout,
+    };
+    crate::raft::corrupt::initial_check(&checker, &membership.membership.members).await?;
+    Ok(())
 }
 
 /// Makes applied batches durable every [`APPLY_SYNC_INTERVAL`] while any are not.

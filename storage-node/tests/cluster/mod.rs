@@ -22,6 +22,8 @@ pub struct Options {
     pub snapshot_count: Option<u64>,
     /// `--quota-backend-bytes`, when set.
     pub quota_backend_bytes: Option<i64>,
+    /// More flags, given to every member as they are.
+    pub extra_args: Vec<String>,
 }
 
 /// One member process and its addresses.
@@ -185,6 +187,7 @@ impl Member {
         if let Some(bytes) = self.options.quota_backend_bytes {
             cmd.arg(format!("--quota-backend-bytes={bytes}"));
         }
+        cmd.args(&self.options.extra_args);
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
