@@ -359,10 +359,8 @@ fn main() {
                 String::from_utf8_lossy(&compacted.stderr).trim()
             );
             let done = cluster::wait_until(Duration::from_secs(600), || {
-                let out = cluster::etcdctl(
-                    &leader,
-                    &["get", "x", "--rev", &(revision - 1).to_string()],
-                );
+                let out =
+                    cluster::etcdctl(&leader, &["get", "x", "--rev", &(revision - 1).to_string()]);
                 String::from_utf8_lossy(&out.stderr).contains("compacted")
             });
             assert!(done, "{}: the compaction never finished", s.name);

@@ -337,3 +337,31 @@ fn a_member_without_a_leader_is_alive_but_neither_healthy_nor_ready() {
     assert_eq!(c.members[1].http_get("/livez").map(|r| r.0), Some(200));
     assert_eq!(c.members[1].http_get("/readyz").map(|r| r.0), Some(200));
 }
+
+/// A member left without a quorum may still name the old leader (pre-vote keeps it from
+/// starting an election), but it cannot reach a read point: it is neither healthy nor ready,
+/// and it stays alive.
+#[test]
+fn a_member_cut_off_from_its_quorum_is_alive_but_neither_healthy_nor_ready() {
+    let mut c = Cluster::start(3, Options::default());
+    let leader = c.wait_leader();
+    let survivor = (0..3).find(|i| *i != leader).expect("a follower");
+    let other = (0..3)
+        .find(|i| *i != leader && *i != survivor)
+        .expect("another follower");
+    c.member(leader).kill();
+    c.member(other).kill();
+    let m = &c.members[survivor];
+    let mut health = None;
+    assert!(
+        wait_until(DEADLINE, || {
+            health = m.http_get("/health");
+            health.as_ref().is_some_and(|(code, _)| *code == 503)
+        }),
+        "{health:?}"
+    );
+    assert!(wait_until(DEADLINE, || m.http_get("/readyz").is_some_and(
+        |(code, body)| code == 503 && body.contains("[-]linearizable_read failed")
+    )));
+    assert_eq!(m.http_get("/livez"), Some((200, "ok\n".to_string())));
+}

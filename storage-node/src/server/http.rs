@@ -7,7 +7,7 @@
 //! read (linearizable, or local with `serializable`), with the reason in its JSON.
 //!
 //! As in etcd 3.5, `/livez` says only that the process is alive (it answers and its store
-//! can be read), while `/health` and `/readyz` also need a leader. Kubernetes restarts a
+//! can be read), while `/health` and `/readyz` also need a linearizable read to succeed. Kubernetes restarts a
 //! member whose liveness fails, and restarting a member that lost its leader (a quorum loss,
 //! peers still starting) brings no leader back and makes the quorum loss worse, so liveness
 //! must not depend on the cluster.
@@ -186,6 +186,19 @@ pub fn render(node: &Node) -> String {
     out
 }
 
+/// How long `/health` and `/readyz` wait for a linearizable read point: probes time out in
+/// seconds, and a member cut off from its leader must say so before the prober gives up.
+const PROBE_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Reaches a linearizable read point within [`PROBE_READ_TIMEOUT`].
+async fn bounded_read(node: &Node) -> Result<(), String> {
+    match tokio::time::timeout(PROBE_READ_TIMEOUT, node.read_index()).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(_) => Err("etcdserver: request timed out".to_string()),
+    }
+}
+
 /// What `/health` checks, from its query (`exclude=NOSPACE&exclude=CORRUPT&serializable=true`).
 #[derive(Debug, Default, PartialEq, Eq)]
 struct HealthQuery {
@@ -222,7 +235,7 @@ async fn unhealthy(node: &Node, query: &HealthQuery) -> Option<String> {
     // As etcd: a read must succeed; with `serializable` the member's own state answers it,
     // otherwise the member must reach a linearizable read point.
     if !query.serializable
-        && let Err(e) = node.read_index().await
+        && let Err(e) = bounded_read(node).await
     {
         return Some(format!("RANGE ERROR:{e}"));
     }
@@ -244,12 +257,40 @@ async fn health(State(node): State<Arc<Node>>, RawQuery(query): RawQuery) -> imp
     (code, [(header::CONTENT_TYPE, "application/json")], body)
 }
 
+/// Ready, as etcd 3.5's `/readyz`: no CORRUPT alarm, and a linearizable read point reached
+/// (a member that only believes in a leader, cut off from a quorum, is not ready). Failures are
+/// listed as etcd lists its checks.
 async fn readyz(State(node): State<Arc<Node>>) -> impl IntoResponse {
-    if node.raft_status().leader != 0 {
-        (StatusCode::OK, "ok\n")
-    } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "no leader\n")
+    let corrupt = !node.store.alarms(crate::api::AlarmType::Corrupt).is_empty();
+    let checks = [
+        (
+            "data_corruption",
+            corrupt.then(|| "alarm activated: CORRUPT".to_string()),
+        ),
+        (
+            "linearizable_read",
+            match node.raft_status().leader {
+                0 => Some("etcdserver: no leader".to_string()),
+                _ => bounded_read(&node).await.err(),
+            },
+        ),
+    ];
+    if checks.iter().all(|(_, failed)| failed.is_none()) {
+        return (StatusCode::OK, "ok\n".to_string());
     }
+    let mut body = String::new();
+    for (name, failed) in &checks {
+        match failed {
+            None => {
+                let _ = writeln!(body, "[+]{name} ok");
+            }
+            Some(why) => {
+                let _ = writeln!(body, "[-]{name} failed: {why}");
+            }
+        }
+    }
+    body.push_str("readyz check failed\n");
+    (StatusCode::SERVICE_UNAVAILABLE, body)
 }
 
 /// 200 while the process answers and its store can be read, whatever the cluster's state.
