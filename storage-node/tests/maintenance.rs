@@ -325,6 +325,13 @@ fn with_auth_on_maintenance_needs_root_as_in_etcd() {
     );
     let out = ok(c.etcdctl(0, &with(&ROOT, &["endpoint", "hashkv"])));
     assert!(out.starts_with(&c.members[0].endpoint()), "{out}");
+    let dir = tempfile::tempdir().expect("temp dir");
+    let file = dir.path().join("s.db");
+    let file = file.to_str().expect("path");
+    let err = fails(c.etcdctl(0, &with(&ALICE, &["snapshot", "save", file])));
+    assert!(err.contains("auth: permission denied"), "{err}");
+    let out = ok(c.etcdctl(0, &with(&ROOT, &["snapshot", "save", file])));
+    assert!(out.contains("Snapshot saved at"), "{out}");
     let err = fails(c.etcdctl(0, &with(&ALICE, &["defrag"])));
     assert!(err.contains("auth: permission denied"), "{err}");
     let out = ok(c.etcdctl(0, &with(&ROOT, &["defrag"])));
