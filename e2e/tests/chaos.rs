@@ -25,6 +25,10 @@ use nix::unistd::Pid;
 /// Operations the monkey makes.
 const OPERATIONS: usize = 240;
 
+/// Rounds in a row a drift must show in before the watcher calls it a divergence (the
+/// operator's own default for reporting one).
+const DRIFT_ROUNDS: usize = 3;
+
 /// xorshift64*: small, seedable, good enough to pick operations.
 struct Monkey(u64);
 
@@ -70,14 +74,29 @@ fn the_fixed_engine_under_chaos_never_diverges_and_keeps_every_acknowledged_writ
         let (op, stop) = (op.clone(), stop.clone());
         std::thread::spawn(move || {
             let mut diverged = Vec::new();
+            // Distinct statuses in a row that show a drift on settled members. One alone can
+            // be a probe race (a member applied an auth change between the Status and the
+            // AuthStatus call of the same round); a real drift of the fixed engine never goes
+            // away, so it shows in every round after it.
+            let mut drifting: Vec<String> = Vec::new();
             while !stop.load(Ordering::SeqCst) {
                 if let Some(status) = op.status() {
                     let reported = status
                         .conditions
                         .iter()
                         .any(|c| c.type_ == "Diverged" && c.status == "True");
-                    if reported || status.auth_revision_drift > 0 && settled_enough(&status) {
-                        diverged.push(format!("{status:?}"));
+                    let shown = format!("{status:?}");
+                    if reported {
+                        diverged.push(shown);
+                    } else if status.auth_revision_drift > 0 && settled_enough(&status) {
+                        if drifting.last() != Some(&shown) {
+                            drifting.push(shown);
+                        }
+                        if drifting.len() >= DRIFT_ROUNDS {
+                            diverged.append(&mut drifting);
+                        }
+                    } else {
+                        drifting.clear();
                     }
                 }
                 // Polling interval of the watcher, not synchronisation.
@@ -90,11 +109,14 @@ fn the_fixed_engine_under_chaos_never_diverges_and_keeps_every_acknowledged_writ
     let traffic = run_monkey(&op, &mut monkey, &endpoints, &root, |_| true);
 
     // Quiet now: members must agree (with the fix, without any heal).
+    // With a real drift this never comes, and the wait fails.
     let last = op.wait_status("the members to agree after the chaos", |s| {
         settled(s)
-            && s.members
-                .windows(2)
-                .all(|w| w[0].applied_index == w[1].applied_index)
+            && s.members.windows(2).all(|w| {
+                w[0].applied_index == w[1].applied_index
+                    && w[0].auth_revision.is_some()
+                    && w[0].auth_revision == w[1].auth_revision
+            })
     });
     stop.store(true, Ordering::SeqCst);
     let diverged = watcher.join().expect("watcher");
@@ -104,6 +126,7 @@ fn the_fixed_engine_under_chaos_never_diverges_and_keeps_every_acknowledged_writ
         "members diverged: {:?}",
         diverged.first()
     );
+    assert_eq!(last.auth_revision_drift, 0, "{last:?}");
     assert_eq!(last.healing.map(|h| h.count), Some(0), "nothing was healed");
     assert_everywhere(&endpoints, &root, &traffic.acknowledged);
 }

@@ -335,14 +335,9 @@ impl<R: Read> Read for Hashing<R> {
     }
 }
 
-/// Checks a whole snapshot file, its seal and every frame, and summarises it.
-pub fn inspect_file(input: impl Read) -> Result<Summary, Error> {
-    let mut hashing = Hashing {
-        inner: input,
-        sha: Sha256::new(),
-        len: 0,
-    };
-    let mut summary = inspect(&mut hashing)?;
+/// Reads what follows the end frame of a snapshot file through `hashing` and checks the seal;
+/// returns the file's length.
+fn check_seal<R: Read>(mut hashing: Hashing<R>) -> Result<u64, Error> {
     let mut rest = Vec::new();
     // Padding and seal: less than SEAL_ALIGN + SEAL bytes; more is not a snapshot file.
     (&mut hashing.inner)
@@ -362,8 +357,34 @@ pub fn inspect_file(input: impl Read) -> Result<Summary, Error> {
     if hashing.sha.finalize().as_slice() != seal {
         return Err(Error::Corrupt("SHA-256 mismatch".into()));
     }
-    summary.total_size = total;
+    Ok(total)
+}
+
+fn hashing<R: Read>(inner: R) -> Hashing<R> {
+    Hashing {
+        inner,
+        sha: Sha256::new(),
+        len: 0,
+    }
+}
+
+/// Checks a whole snapshot file, its seal and every frame, and summarises it.
+pub fn inspect_file(input: impl Read) -> Result<Summary, Error> {
+    let mut reader = hashing(input);
+    let mut summary = inspect(&mut reader)?;
+    summary.total_size = check_seal(reader)?;
     Ok(summary)
+}
+
+/// [`install`] for a snapshot file: the seal is checked too, before the caller commits.
+pub(crate) fn install_file(
+    txn: &WriteTransaction,
+    input: impl Read,
+) -> Result<SnapshotMeta, Error> {
+    let mut reader = hashing(input);
+    let meta = install(txn, &mut reader)?;
+    check_seal(reader)?;
+    Ok(meta)
 }
 
 /// What `snapshot status` reports of a snapshot file, after checking it whole.

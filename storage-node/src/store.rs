@@ -442,38 +442,42 @@ impl Store {
         &self,
         input: impl std::io::Read,
     ) -> Result<SnapshotMeta, snapshot::Error> {
-        self.replace(input, |_| Ok(()))
+        self.replace(|txn| snapshot::install(txn, input), |_| Ok(()))
     }
 
-    /// Makes this store a member of a new cluster built from a snapshot (`snapshot restore`):
-    /// the snapshot's keys and revisions, leases, users, roles and AuthRevision, with
-    /// `membership` as the only configuration ever applied (its entry becomes the consistent
-    /// index) and no alarms: those named the old cluster's members.
+    /// Makes this store a member of a new cluster built from a snapshot file (`snapshot
+    /// restore`; the file's seal is checked before anything is committed): the snapshot's keys
+    /// and revisions, leases, users, roles and AuthRevision, with `membership` as the only
+    /// configuration ever applied (its entry becomes the consistent index) and no alarms: those
+    /// named the old cluster's members.
     pub fn restore_snapshot(
         &self,
-        input: impl std::io::Read,
+        file: impl std::io::Read,
         membership: &StoredMembership,
     ) -> Result<SnapshotMeta, snapshot::Error> {
-        self.replace(input, |txn| {
-            put_u64(txn, meta::CONSISTENT_INDEX, membership.log_id.index)?;
-            put_u64(txn, meta::CONSISTENT_TERM, membership.log_id.term)?;
-            put_value(txn, meta::MEMBERSHIP, membership)?;
-            let mut table = txn.open_table(crate::schema::META)?;
-            table.remove(meta::ALARMS)?;
-            Ok(())
-        })
+        self.replace(
+            |txn| snapshot::install_file(txn, file),
+            |txn| {
+                put_u64(txn, meta::CONSISTENT_INDEX, membership.log_id.index)?;
+                put_u64(txn, meta::CONSISTENT_TERM, membership.log_id.term)?;
+                put_value(txn, meta::MEMBERSHIP, membership)?;
+                let mut table = txn.open_table(crate::schema::META)?;
+                table.remove(meta::ALARMS)?;
+                Ok(())
+            },
+        )
     }
 
-    /// Installs a snapshot, lets `adjust` change the result in the same transaction, commits,
-    /// and reloads the in-memory state.
+    /// Installs a snapshot with `install`, lets `adjust` change the result in the same
+    /// transaction, commits, and reloads the in-memory state.
     fn replace(
         &self,
-        input: impl std::io::Read,
+        install: impl FnOnce(&redb::WriteTransaction) -> Result<SnapshotMeta, snapshot::Error>,
         adjust: impl FnOnce(&redb::WriteTransaction) -> backend::Result<()>,
     ) -> Result<SnapshotMeta, snapshot::Error> {
         let mut state = self.write();
         let txn = self.backend.begin_write()?;
-        let meta = snapshot::install(&txn, input)?;
+        let meta = install(&txn)?;
         adjust(&txn)?;
         txn.commit().map_err(backend::Error::from)?;
         let mut fresh = State::load(&self.backend, &self.config)?;

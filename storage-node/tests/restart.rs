@@ -312,8 +312,10 @@ fn a_restored_store_keeps_the_data_and_takes_the_new_membership_with_no_alarms()
     });
     propose(&reference, &mut log, "root", alarm).unwrap();
     assert_eq!(reference.alarms(AlarmType::None).len(), 1);
-    let mut bytes = Vec::new();
-    reference.write_snapshot(&mut bytes).unwrap();
+    // A snapshot file, as Maintenance.Snapshot streams it: sealed.
+    let mut sealer = storage_node::snapshot::Sealer::new(Vec::new());
+    reference.write_snapshot(&mut sealer).unwrap();
+    let bytes = sealer.seal().unwrap();
     let membership = storage_node::entry::StoredMembership {
         log_id: storage_node::entry::LogId { term: 0, index: 1 },
         membership: storage_node::entry::Membership {
@@ -326,6 +328,15 @@ fn a_restored_store_keeps_the_data_and_takes_the_new_membership_with_no_alarms()
     let dir = tempfile::tempdir().unwrap();
     {
         let target = Store::open(dir.path(), config()).unwrap();
+        let mut bad_seal = bytes.clone();
+        let last = bad_seal.len() - 1;
+        bad_seal[last] ^= 1;
+        let err = target
+            .restore_snapshot(bad_seal.as_slice(), &membership)
+            .unwrap_err();
+        assert!(err.to_string().contains("SHA-256 mismatch"), "{err}");
+        assert_eq!(target.status().key_count, 0, "nothing was committed");
+        assert_eq!(target.membership(), None, "nothing was committed");
         target
             .restore_snapshot(bytes.as_slice(), &membership)
             .unwrap();

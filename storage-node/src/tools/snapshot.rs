@@ -2,8 +2,8 @@
 //! for the snapshots Mend's `Maintenance.Snapshot` streams (and `etcdctl snapshot save`
 //! stores).
 //!
-//! Both read the whole file and check its end checksum before they report or create
-//! anything. A restore builds one member of a new cluster: its data directory holds the
+//! Both check the whole file (frames, end checksum, SHA-256 seal) before they report or
+//! commit anything. A restore builds one member of a new cluster: its data directory holds the
 //! snapshot's keys at their revisions, leases, users, roles and AuthRevision, the new
 //! cluster's membership as the only configuration ever applied, and the member's identity.
 //! It is assembled in a temporary directory beside the target and renamed into place, so a
@@ -208,7 +208,6 @@ pub fn restore(args: &RestoreArgs) -> Result<String, Error> {
     if target.exists() {
         return Err(Error::DataDirExists(target));
     }
-    let summary = check(&args.file)?;
 
     let by_id = member::new_cluster(&members, &args.initial_cluster_token);
     let identity = Identity {
@@ -240,22 +239,24 @@ pub fn restore(args: &RestoreArgs) -> Result<String, Error> {
         std::fs::remove_dir_all(&building).map_err(io("remove", &building))?;
     }
     std::fs::create_dir(&building).map_err(io("create", &building))?;
-    let built = build(&args.file, &building, &membership, identity);
-    if let Err(e) = built {
-        let _ = std::fs::remove_dir_all(&building);
-        return Err(e);
-    }
+    let summary = match build(&args.file, &building, &membership, identity) {
+        Ok(summary) => summary,
+        Err(e) => {
+            let _ = std::fs::remove_dir_all(&building);
+            return Err(e);
+        }
+    };
     std::fs::rename(&building, &target).map_err(io("rename into place", &target))?;
     File::open(&parent)
         .and_then(|d| d.sync_all())
         .map_err(io("sync", &parent))?;
     Ok(format!(
-        "restored snapshot {} (revision {}, {} records, hash {:x}) into {} as member {:x} of \
-         cluster {:x}\n",
+        "restored snapshot {} (revision {}, {} keys, AuthRevision {}) into {} as member {:x} \
+         of cluster {:x}\n",
         args.file.display(),
         summary.revision,
-        summary.total_key,
-        summary.hash,
+        summary.key_count,
+        summary.auth_revision,
         target.display(),
         identity.member_id,
         identity.cluster_id
@@ -274,12 +275,14 @@ fn first_membership(members: BTreeMap<u64, crate::entry::Member>) -> StoredMembe
     }
 }
 
+/// Restores the file into `dir` in one pass (the install checks the frames and the seal
+/// before it commits) and writes the identity; returns the restored engine's status.
 fn build(
     file: &Path,
     dir: &Path,
     membership: &StoredMembership,
     identity: Identity,
-) -> Result<(), Error> {
+) -> Result<crate::store::Status, Error> {
     let store = Store::open(dir, StoreConfig::default())?;
     store
         .restore_snapshot(open(file)?, membership)
@@ -288,9 +291,10 @@ fn build(
             source,
         })?;
     store.sync()?;
+    let status = store.status();
     drop(store);
     member::write_identity(dir, identity)?;
-    Ok(())
+    Ok(status)
 }
 
 #[cfg(test)]
