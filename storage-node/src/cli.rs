@@ -368,12 +368,17 @@ pub fn initial_members(
     Ok(members)
 }
 
+/// A member's data directory when `--data-dir` is not given: `<name>.mend`.
+pub fn default_data_dir(name: &str) -> PathBuf {
+    PathBuf::from(format!("{name}.mend"))
+}
+
 impl ServeArgs {
-    /// The data directory (`--data-dir`, or `<name>.mend`).
+    /// The data directory (`--data-dir`, or [`default_data_dir`]).
     pub fn data_dir(&self) -> PathBuf {
         self.data_dir
             .clone()
-            .unwrap_or_else(|| PathBuf::from(format!("{}.mend", self.name)))
+            .unwrap_or_else(|| default_data_dir(&self.name))
     }
 
     /// The initial members (name → peer URLs), checked against this member's own flags.

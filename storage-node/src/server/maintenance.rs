@@ -248,16 +248,18 @@ impl Maintenance for Api {
     ) -> Result<Response<Self::SnapshotStream>, Status> {
         self.check_admin_unmapped(&request)?;
         let store = self.node.store.clone();
-        let expected = store.db_size_in_use().unwrap_or(0);
         let (tx, rx) = tokio::sync::mpsc::channel(SNAPSHOT_CHUNKS_IN_FLIGHT);
-        let mut out = Chunks {
-            tx,
-            buf: Vec::with_capacity(SNAPSHOT_CHUNK),
-            header: self.current_header(),
-            expected,
-            sent: 0,
-        };
+        let header = self.current_header();
         tokio::task::spawn_blocking(move || {
+            // Off the async threads: reading the size in use opens a write transaction, which
+            // waits for an apply in progress.
+            let mut out = Chunks {
+                tx,
+                buf: Vec::with_capacity(SNAPSHOT_CHUNK),
+                header,
+                expected: store.db_size_in_use().unwrap_or(0),
+                sent: 0,
+            };
             let mut sealed = crate::snapshot::Sealer::new(&mut out);
             let written = store
                 .write_snapshot(&mut sealed)

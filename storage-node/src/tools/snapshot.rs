@@ -160,7 +160,8 @@ fn human_size(bytes: u64) -> String {
     }
 }
 
-/// etcdctl's table: centred headers, right-aligned cells.
+/// etcdctl's table: centred headers (an odd space goes to the right, as in Go's tablewriter),
+/// right-aligned cells.
 fn table(headers: &[&str], row: &[String]) -> String {
     let widths: Vec<usize> = headers
         .iter()
@@ -177,8 +178,8 @@ fn table(headers: &[&str], row: &[String]) -> String {
         let pad = w - h.len();
         out.push_str(&format!(
             "{}{h}{}|",
-            " ".repeat(pad / 2 + pad % 2),
-            " ".repeat(pad / 2)
+            " ".repeat(pad / 2),
+            " ".repeat(pad - pad / 2)
         ));
     }
     out.push_str(&format!("\n{rule}\n|"));
@@ -189,13 +190,6 @@ fn table(headers: &[&str], row: &[String]) -> String {
     out
 }
 
-/// The data directory `args` restore into.
-fn data_dir(args: &RestoreArgs) -> PathBuf {
-    args.data_dir
-        .clone()
-        .unwrap_or_else(|| PathBuf::from(format!("{}.mend", args.name)))
-}
-
 /// Builds one member of a new cluster from the snapshot, as `etcdutl snapshot restore` does;
 /// returns what it restored.
 pub fn restore(args: &RestoreArgs) -> Result<String, Error> {
@@ -204,7 +198,10 @@ pub fn restore(args: &RestoreArgs) -> Result<String, Error> {
         &args.initial_cluster,
         &args.initial_advertise_peer_urls,
     )?;
-    let target = data_dir(args);
+    let target = args
+        .data_dir
+        .clone()
+        .unwrap_or_else(|| cli::default_data_dir(&args.name));
     if target.exists() {
         return Err(Error::DataDirExists(target));
     }
@@ -329,5 +326,14 @@ mod tests {
             table(&["HASH", "REVISION", "TOTAL KEYS", "TOTAL SIZE"], &row),
             expected
         );
+        // A 7-digit hash: the odd space of the centred header goes to the right.
+        let row = [
+            "8472d91".to_string(),
+            "2".into(),
+            "5".into(),
+            "544 B".into(),
+        ];
+        let header = table(&["HASH", "REVISION", "TOTAL KEYS", "TOTAL SIZE"], &row);
+        assert!(header.contains("\n|  HASH   | REVISION |"), "{header}");
     }
 }
