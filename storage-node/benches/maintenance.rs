@@ -17,7 +17,7 @@
 mod cluster;
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -28,77 +28,6 @@ use storage_node::tools::load;
 
 /// Both systems' backend quota: 8 GiB, etcd's largest recommended, so neither stops the fill.
 const QUOTA: i64 = 8 << 30;
-
-/// A 3-member etcd cluster on loopback, killed on drop.
-struct Etcd {
-    children: Vec<Child>,
-    endpoints: Vec<String>,
-    _dir: tempfile::TempDir,
-}
-
-impl Etcd {
-    fn start() -> Etcd {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let ports: Vec<(u16, u16)> = (0..3)
-            .map(|_| (cluster::free_port(), cluster::free_port()))
-            .collect();
-        let initial = ports
-            .iter()
-            .enumerate()
-            .map(|(i, (_, peer))| format!("e{i}=http://127.0.0.1:{peer}"))
-            .collect::<Vec<_>>()
-            .join(",");
-        let mut children = Vec::new();
-        let mut endpoints = Vec::new();
-        for (i, (client, peer)) in ports.iter().enumerate() {
-            let url = format!("http://127.0.0.1:{client}");
-            let peer_url = format!("http://127.0.0.1:{peer}");
-            let log = std::fs::File::create(dir.path().join(format!("e{i}.log"))).expect("log");
-            let child = Command::new("/usr/bin/etcd")
-                .args(["--name", &format!("e{i}")])
-                .arg("--data-dir")
-                .arg(dir.path().join(format!("e{i}")))
-                .args([
-                    "--listen-client-urls",
-                    &url,
-                    "--advertise-client-urls",
-                    &url,
-                ])
-                .args(["--listen-peer-urls", &peer_url])
-                .args(["--initial-advertise-peer-urls", &peer_url])
-                .args(["--initial-cluster", &initial])
-                .args(["--heartbeat-interval", "50", "--election-timeout", "500"])
-                .arg(format!("--quota-backend-bytes={QUOTA}"))
-                .stdout(Stdio::null())
-                .stderr(log)
-                .spawn()
-                .expect("etcd 3.4 at /usr/bin/etcd (apt-get install etcd-server)");
-            children.push(child);
-            endpoints.push(url);
-        }
-        let etcd = Etcd {
-            children,
-            endpoints,
-            _dir: dir,
-        };
-        let healthy = cluster::wait_until(cluster::DEADLINE, || {
-            cluster::etcdctl(&etcd.endpoints.join(","), &["endpoint", "health"])
-                .status
-                .success()
-        });
-        assert!(healthy, "etcd did not become healthy");
-        etcd
-    }
-}
-
-impl Drop for Etcd {
-    fn drop(&mut self) {
-        for c in &mut self.children {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
 
 /// One system under measurement.
 struct System {
@@ -219,7 +148,7 @@ fn main() {
             ..cluster::Options::default()
         },
     );
-    let etcd = Etcd::start();
+    let etcd = cluster::Etcd::start(3, &[format!("--quota-backend-bytes={QUOTA}")]);
     let systems = [
         System {
             name: "mend",

@@ -50,14 +50,17 @@ pub mod pb {
     /// etcd's key-value messages.
     pub mod mvccpb {
         tonic::include_proto!("mvccpb");
+        include!(concat!(env!("OUT_DIR"), "/mvccpb.serde.rs"));
     }
     /// etcd's auth messages.
     pub mod authpb {
         tonic::include_proto!("authpb");
+        include!(concat!(env!("OUT_DIR"), "/authpb.serde.rs"));
     }
     /// etcd's v3 services and their messages.
     pub mod etcdserverpb {
         tonic::include_proto!("etcdserverpb");
+        include!(concat!(env!("OUT_DIR"), "/etcdserverpb.serde.rs"));
     }
     /// Mend's member-to-member service.
     pub mod mendpeer {

@@ -1,7 +1,8 @@
 //! One client port, both protocols, as etcd serves them: every accepted connection is told
 //! apart by its first bytes. HTTP/2's connection preface (`PRI * HTTP/2.0`) goes to the gRPC
 //! services, through the `:authority` repair; anything else is HTTP/1.1 and is served by the
-//! member's HTTP endpoint (`/version`, `/health`, `/readyz`, `/livez`, `/metrics`).
+//! member's HTTP endpoint (`/version`, `/health`, `/readyz`, `/livez`, `/metrics`) and etcd's
+//! JSON gateway (`/v3/...`).
 //!
 //! Telling a connection apart waits for its first two bytes, in a task of its own: a client
 //! that connects and sends nothing holds up no other connection, and is dropped after

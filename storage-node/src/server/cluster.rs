@@ -1,5 +1,6 @@
 //! etcd's Cluster service: MemberAdd (voter or learner), MemberRemove, MemberUpdate,
-//! MemberList, MemberPromote, over raft membership changes.
+//! MemberList, MemberPromote, over raft membership changes. As etcd's, their headers carry no
+//! store revision.
 
 use tonic::{Request, Response, Status};
 
@@ -57,7 +58,7 @@ impl Cluster for Api {
             .await
             .map_err(error::node_status)?;
         Ok(Response::new(MemberAddResponse {
-            header: self.current_header(),
+            header: self.header(0),
             member: Some(member(added)),
             members: self.member_list(),
         }))
@@ -75,7 +76,7 @@ impl Cluster for Api {
             .await
             .map_err(error::node_status)?;
         Ok(Response::new(MemberRemoveResponse {
-            header: self.current_header(),
+            header: self.header(0),
             members: self.member_list(),
         }))
     }
@@ -93,7 +94,7 @@ impl Cluster for Api {
             .await
             .map_err(error::node_status)?;
         Ok(Response::new(MemberUpdateResponse {
-            header: self.current_header(),
+            header: self.header(0),
             members: self.member_list(),
         }))
     }
@@ -107,7 +108,7 @@ impl Cluster for Api {
             self.read_index().await?;
         }
         Ok(Response::new(MemberListResponse {
-            header: self.current_header(),
+            header: self.header(0),
             members: self.member_list(),
         }))
     }
@@ -124,7 +125,7 @@ impl Cluster for Api {
             .await
             .map_err(error::node_status)?;
         Ok(Response::new(MemberPromoteResponse {
-            header: self.current_header(),
+            header: self.header(0),
             members: self.member_list(),
         }))
     }

@@ -308,17 +308,32 @@ pub fn delete_range_response(
 /// A txn response with its header; nested responses carry the same header, as in etcd.
 pub fn txn_response(r: api::TxnResponse, header: Option<pb::ResponseHeader>) -> pb::TxnResponse {
     use pb::response_op::Response;
+    // As etcd: the responses inside a transaction carry only their revision in their header.
+    let nested = |revision| {
+        Some(pb::ResponseHeader {
+            revision,
+            ..pb::ResponseHeader::default()
+        })
+    };
     let responses = r
         .responses
         .into_iter()
         .map(|op| pb::ResponseOp {
             response: Some(match op {
-                api::ResponseOp::Range(r) => Response::ResponseRange(range_response(r, header)),
-                api::ResponseOp::Put(r) => Response::ResponsePut(put_response(r, header)),
+                api::ResponseOp::Range(r) => {
+                    let header = nested(r.revision);
+                    Response::ResponseRange(range_response(r, header))
+                }
+                api::ResponseOp::Put(r) => {
+                    let header = nested(r.revision);
+                    Response::ResponsePut(put_response(r, header))
+                }
                 api::ResponseOp::DeleteRange(r) => {
+                    let header = nested(r.revision);
                     Response::ResponseDeleteRange(delete_range_response(r, header))
                 }
-                api::ResponseOp::Txn(r) => Response::ResponseTxn(txn_response(r, header)),
+                // etcd leaves a nested transaction's header empty.
+                api::ResponseOp::Txn(r) => Response::ResponseTxn(txn_response(r, nested(0))),
             }),
         })
         .collect();

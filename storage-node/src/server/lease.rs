@@ -2,6 +2,8 @@
 //! leader, which alone tracks expiry (see [`crate::raft::lessor`]); expired leases are revoked
 //! by the leader through raft.
 
+use futures_util::StreamExt as _;
+use tonic::codegen::tokio_stream::Stream;
 use tonic::{Request, Response, Status, Streaming};
 
 use super::error::ServerError;
@@ -14,14 +16,13 @@ use crate::pb::etcdserverpb::{
 };
 use crate::raft::lessor::LeaseQuery;
 
+/// Keep-alive responses, in the order of their requests.
+pub(super) type KeepAlives =
+    std::pin::Pin<Box<dyn Stream<Item = Result<LeaseKeepAliveResponse, Status>> + Send>>;
+
 #[tonic::async_trait]
 impl Lease for Api {
-    type LeaseKeepAliveStream = std::pin::Pin<
-        Box<
-            dyn tonic::codegen::tokio_stream::Stream<Item = Result<LeaseKeepAliveResponse, Status>>
-                + Send,
-        >,
-    >;
+    type LeaseKeepAliveStream = KeepAlives;
 
     #[tracing::instrument(level = "debug", skip_all)]
     async fn lease_grant(
@@ -74,30 +75,7 @@ impl Lease for Api {
         &self,
         request: Request<Streaming<LeaseKeepAliveRequest>>,
     ) -> Result<Response<Self::LeaseKeepAliveStream>, Status> {
-        let api = self.clone();
-        let incoming = request.into_inner();
-        // One renewal per request, answered in order; a lease the leader does not know is
-        // answered with TTL 0, which clients read as expired.
-        let stream =
-            futures_util::stream::unfold((api, incoming), |(api, mut incoming)| async move {
-                let request = match incoming.message().await {
-                    Ok(Some(request)) => request,
-                    Ok(None) => return None,
-                    Err(e) => return Some((Err(e), (api, incoming))),
-                };
-                let answer = api
-                    .node
-                    .lease(LeaseQuery::Renew(request.id))
-                    .await
-                    .map_err(error::node_status)
-                    .map(|answer| LeaseKeepAliveResponse {
-                        header: api.current_header(),
-                        id: request.id,
-                        ttl: answer.map(|(ttl, _)| ttl).unwrap_or(0),
-                    });
-                Some((answer, (api, incoming)))
-            });
-        Ok(Response::new(Box::pin(stream)))
+        Ok(Response::new(self.keep_alives(request.into_inner())))
     }
 
     #[tracing::instrument(level = "debug", skip_all)]
@@ -190,5 +168,37 @@ fn random_lease_id() -> i64 {
         if id != 0 {
             return id;
         }
+    }
+}
+
+impl Api {
+    /// Answers a keep-alive stream: one renewal per request, in order (from gRPC or the JSON
+    /// gateway); a lease the leader does not know is answered with TTL 0, which clients read
+    /// as expired. The stream ends when the client has sent its last request.
+    pub(super) fn keep_alives(
+        &self,
+        incoming: impl Stream<Item = Result<LeaseKeepAliveRequest, Status>> + Send + Unpin + 'static,
+    ) -> KeepAlives {
+        let api = self.clone();
+        let stream =
+            futures_util::stream::unfold((api, incoming), |(api, mut incoming)| async move {
+                let request = match incoming.next().await {
+                    Some(Ok(request)) => request,
+                    None => return None,
+                    Some(Err(e)) => return Some((Err(e), (api, incoming))),
+                };
+                let answer = api
+                    .node
+                    .lease(LeaseQuery::Renew(request.id))
+                    .await
+                    .map_err(error::node_status)
+                    .map(|answer| LeaseKeepAliveResponse {
+                        header: api.current_header(),
+                        id: request.id,
+                        ttl: answer.map(|(ttl, _)| ttl).unwrap_or(0),
+                    });
+                Some((answer, (api, incoming)))
+            });
+        Box::pin(stream)
     }
 }

@@ -385,8 +385,9 @@ pub async fn run(args: ServeArgs, shutdown: impl Future<Output = ()>) -> Result<
     }
 
     for listener in client_listeners {
-        let grpc = super::services(node.clone(), &args);
-        let http = super::http::router(node.clone());
+        let api = super::Api::new(node.clone(), &args);
+        let http = super::http::router(node.clone()).merge(super::gateway::router(api.clone()));
+        let grpc = super::services(api);
         let stopped = stopped.clone();
         servers.spawn(async move {
             super::client_port::serve(listener, grpc, http, stopped)

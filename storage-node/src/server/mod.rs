@@ -10,6 +10,7 @@
 //!   Rust's HTTP/2 server would refuse.
 //! - `client_port`: gRPC and HTTP/1.1 on one client port, told apart per connection.
 //! - `http`: `/version`, `/metrics`, `/health`, `/readyz`, `/livez`.
+//! - `gateway`: etcd's gRPC-gateway JSON API (`/v3/...`) on the same services.
 //! - `member`: starting and stopping a member.
 
 use std::sync::Arc;
@@ -33,6 +34,7 @@ pub mod client_port;
 pub mod cluster;
 pub mod convert;
 pub mod error;
+pub mod gateway;
 pub mod http;
 pub mod kv;
 pub mod lease;
@@ -56,25 +58,32 @@ pub struct Api {
     fail_auth_status_if: Option<std::path::PathBuf>,
 }
 
-/// The etcd services on one router, ready to serve on a listener.
-pub fn services(node: Arc<Node>, args: &ServeArgs) -> Router {
-    let api = Api {
-        node,
-        bcrypt_cost: args.bcrypt_cost,
-        max_request_bytes: args.max_request_bytes,
-        max_txn_ops: args.max_txn_ops,
-        fail_auth_status_if: args
-            .unsafe_test_fail_auth_status_if
-            .as_ref()
-            .map(|file| args.data_dir().join(file)),
-    };
-    if let Some(file) = &api.fail_auth_status_if {
-        tracing::warn!(
-            file = %file.display(),
-            "TEST FAULT ARMED: unsafe-test-fail-auth-status-if - AuthStatus fails while the file exists"
-        );
+impl Api {
+    /// The services' shared state for `node`, with the limits from the flags.
+    pub fn new(node: Arc<Node>, args: &ServeArgs) -> Api {
+        let api = Api {
+            node,
+            bcrypt_cost: args.bcrypt_cost,
+            max_request_bytes: args.max_request_bytes,
+            max_txn_ops: args.max_txn_ops,
+            fail_auth_status_if: args
+                .unsafe_test_fail_auth_status_if
+                .as_ref()
+                .map(|file| args.data_dir().join(file)),
+        };
+        if let Some(file) = &api.fail_auth_status_if {
+            tracing::warn!(
+                file = %file.display(),
+                "TEST FAULT ARMED: unsafe-test-fail-auth-status-if - AuthStatus fails while the file exists"
+            );
+        }
+        api
     }
-    let limit = args.max_request_bytes + GRPC_OVERHEAD_BYTES;
+}
+
+/// The etcd services on one router, ready to serve on a listener.
+pub fn services(api: Api) -> Router {
+    let limit = api.max_request_bytes + GRPC_OVERHEAD_BYTES;
     tonic::transport::Server::builder()
         .add_service(KvServer::new(api.clone()).max_decoding_message_size(limit))
         .add_service(WatchServer::new(api.clone()).max_decoding_message_size(limit))
@@ -92,10 +101,15 @@ impl Api {
             .is_some_and(|f| f.exists())
     }
 
-    /// The caller's identity from the `token` metadata etcd clients send after Authenticate;
-    /// `None` without a token.
+    /// The caller's identity from the `token` metadata etcd clients send after Authenticate,
+    /// or, as etcd also reads it, `authorization` (what its JSON gateway forwards); `None`
+    /// without a token.
     fn caller<T>(&self, request: &tonic::Request<T>) -> Result<Option<AuthInfo>, tonic::Status> {
-        let Some(token) = request.metadata().get("token") else {
+        let metadata = request.metadata();
+        let Some(token) = metadata
+            .get("token")
+            .or_else(|| metadata.get("authorization"))
+        else {
             return Ok(None);
         };
         let token = token.to_str().map_err(|_| ServerError::InvalidAuthToken)?;

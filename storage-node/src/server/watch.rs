@@ -10,6 +10,7 @@ use std::collections::HashMap;
 use std::pin::Pin;
 use std::sync::Arc;
 
+use futures_util::StreamExt as _;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tonic::codegen::tokio_stream::Stream;
@@ -59,21 +60,43 @@ impl Watch for Api {
         request: Request<Streaming<WatchRequest>>,
     ) -> Result<Response<Self::WatchStream>, Status> {
         let caller = self.caller(&request)?;
-        let mut incoming = request.into_inner();
+        Ok(Response::new(
+            self.watch_requests(caller, request.into_inner()),
+        ))
+    }
+}
+
+impl Api {
+    /// Serves one watch stream: `incoming` carries the client's requests (from gRPC or the
+    /// JSON gateway), the returned stream its responses.
+    ///
+    /// As etcd's, a stream whose client has sent its last request (half-closed) goes on
+    /// delivering events until the client stops listening; a broken request stream ends it.
+    pub(super) fn watch_requests(
+        &self,
+        caller: Option<AuthInfo>,
+        mut incoming: impl Stream<Item = Result<WatchRequest, Status>> + Send + Unpin + 'static,
+    ) -> Responses {
         let (tx, rx) = mpsc::channel(STREAM_BUFFER);
         let api = self.clone();
         tokio::spawn(async move {
             let mut watchers: HashMap<i64, JoinHandle<()>> = HashMap::new();
             let mut next_id = 0i64;
+            let mut reading = true;
             loop {
                 let message = tokio::select! {
-                    m = incoming.message() => m,
+                    m = incoming.next(), if reading => m,
                     () = tx.closed() => break,
                 };
                 let request = match message {
-                    Ok(Some(request)) => request,
-                    // The client closed its side or the stream broke: stop every watcher.
-                    Ok(None) | Err(_) => break,
+                    Some(Ok(request)) => request,
+                    // The client sent its last request: its watchers go on.
+                    None => {
+                        reading = false;
+                        continue;
+                    }
+                    // The stream broke: stop every watcher.
+                    Some(Err(_)) => break,
                 };
                 match request.request_union {
                     Some(RequestUnion::CreateRequest(create)) => {
@@ -128,11 +151,9 @@ impl Watch for Api {
         let stream = futures_util::stream::unfold(rx, |mut rx| async move {
             rx.recv().await.map(|item| (item, rx))
         });
-        Ok(Response::new(Box::pin(stream)))
+        Box::pin(stream)
     }
-}
 
-impl Api {
     fn watch_response(&self, id: i64, fill: impl FnOnce(&mut WatchResponse)) -> WatchResponse {
         let mut response = WatchResponse {
             header: self.current_header(),

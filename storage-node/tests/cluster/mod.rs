@@ -446,6 +446,81 @@ impl Drop for Cluster {
     }
 }
 
+/// An etcd 3.4 cluster (`/usr/bin/etcd`, Debian's) on loopback, the oracle for side-by-side
+/// tests and benchmarks; every member killed on drop.
+pub struct Etcd {
+    children: Vec<Child>,
+    /// Each member's client URL.
+    pub endpoints: Vec<String>,
+    /// Each member's client port.
+    pub client_ports: Vec<u16>,
+    _dir: tempfile::TempDir,
+}
+
+impl Etcd {
+    /// Starts `n` members with `extra_args` each and waits until the cluster is healthy.
+    pub fn start(n: usize, extra_args: &[String]) -> Etcd {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let ports: Vec<(u16, u16)> = (0..n).map(|_| (free_port(), free_port())).collect();
+        let initial = ports
+            .iter()
+            .enumerate()
+            .map(|(i, (_, peer))| format!("e{i}=http://127.0.0.1:{peer}"))
+            .collect::<Vec<_>>()
+            .join(",");
+        let mut children = Vec::new();
+        let mut endpoints = Vec::new();
+        for (i, (client, peer)) in ports.iter().enumerate() {
+            let url = format!("http://127.0.0.1:{client}");
+            let peer_url = format!("http://127.0.0.1:{peer}");
+            let log = std::fs::File::create(dir.path().join(format!("e{i}.log"))).expect("log");
+            let child = Command::new("/usr/bin/etcd")
+                .args(["--name", &format!("e{i}")])
+                .arg("--data-dir")
+                .arg(dir.path().join(format!("e{i}")))
+                .args([
+                    "--listen-client-urls",
+                    &url,
+                    "--advertise-client-urls",
+                    &url,
+                ])
+                .args(["--listen-peer-urls", &peer_url])
+                .args(["--initial-advertise-peer-urls", &peer_url])
+                .args(["--initial-cluster", &initial])
+                .args(["--heartbeat-interval", "50", "--election-timeout", "500"])
+                .args(extra_args)
+                .stdout(Stdio::null())
+                .stderr(log)
+                .spawn()
+                .expect("etcd 3.4 at /usr/bin/etcd (apt-get install etcd-server)");
+            children.push(child);
+            endpoints.push(url);
+        }
+        let etcd = Etcd {
+            children,
+            endpoints,
+            client_ports: ports.iter().map(|(client, _)| *client).collect(),
+            _dir: dir,
+        };
+        let healthy = wait_until(DEADLINE, || {
+            etcdctl(&etcd.endpoints.join(","), &["endpoint", "health"])
+                .status
+                .success()
+        });
+        assert!(healthy, "etcd did not become healthy");
+        etcd
+    }
+}
+
+impl Drop for Etcd {
+    fn drop(&mut self) {
+        for c in &mut self.children {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
 /// GET `path` on a loopback port over HTTP/1.1: status code and body.
 pub fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
     let mut stream = TcpStream::connect(("127.0.0.1", port)).ok()?;
@@ -462,6 +537,118 @@ pub fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
         .split_once("\r\n\r\n")
         .map(|(_, b)| b.to_string())?;
     Some((code, body))
+}
+
+/// An HTTP/1.1 POST on a loopback port and its response, read as it arrives: the status, then
+/// the body whole or line by line (a chunked body is decoded).
+pub struct HttpResponse {
+    stream: TcpStream,
+    /// The status code.
+    pub status: u16,
+    chunked: bool,
+    raw: Vec<u8>,
+    body: Vec<u8>,
+    ended: bool,
+}
+
+impl HttpResponse {
+    /// POSTs `body` to `path` with `Authorization: token` when given; `None` if the server
+    /// does not answer with a status within [`DEADLINE`].
+    pub fn post(port: u16, path: &str, token: Option<&str>, body: &str) -> Option<HttpResponse> {
+        let mut stream = TcpStream::connect(("127.0.0.1", port)).ok()?;
+        stream.set_read_timeout(Some(DEADLINE)).ok()?;
+        let auth = token.map_or(String::new(), |t| format!("Authorization: {t}\r\n"));
+        write!(
+            stream,
+            "POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n{auth}\
+             Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        )
+        .ok()?;
+        let mut response = HttpResponse {
+            stream,
+            status: 0,
+            chunked: false,
+            raw: Vec::new(),
+            body: Vec::new(),
+            ended: false,
+        };
+        let end = loop {
+            if let Some(end) = response.raw.windows(4).position(|w| w == b"\r\n\r\n") {
+                break end;
+            }
+            if !response.read_more() {
+                return None;
+            }
+        };
+        let head = String::from_utf8_lossy(&response.raw[..end]).to_lowercase();
+        response.status = head.split_whitespace().nth(1)?.parse().ok()?;
+        response.chunked = head.contains("transfer-encoding: chunked");
+        response.raw.drain(..end + 4);
+        Some(response)
+    }
+
+    /// Reads more of the connection into `raw`; false at its end (or after the deadline).
+    fn read_more(&mut self) -> bool {
+        let mut buf = [0u8; 16 * 1024];
+        match self.stream.read(&mut buf) {
+            Ok(0) | Err(_) => {
+                self.ended = true;
+                false
+            }
+            Ok(n) => {
+                self.raw.extend_from_slice(&buf[..n]);
+                true
+            }
+        }
+    }
+
+    /// Moves what arrived of the body from `raw` into `body`, decoding whole chunks.
+    fn decode(&mut self) {
+        if !self.chunked {
+            self.body.append(&mut self.raw);
+            return;
+        }
+        while let Some(eol) = self.raw.windows(2).position(|w| w == b"\r\n") {
+            let size = String::from_utf8_lossy(&self.raw[..eol]);
+            let Ok(size) = usize::from_str_radix(size.trim(), 16) else {
+                return;
+            };
+            if self.raw.len() < eol + 2 + size + 2 {
+                return;
+            }
+            self.body
+                .extend_from_slice(&self.raw[eol + 2..eol + 2 + size]);
+            self.raw.drain(..eol + 2 + size + 2);
+        }
+    }
+
+    /// The next line of the body (without its newline); `None` once the body has ended.
+    pub fn next_line(&mut self) -> Option<String> {
+        loop {
+            self.decode();
+            if let Some(pos) = self.body.iter().position(|b| *b == b'\n') {
+                let line: Vec<u8> = self.body.drain(..=pos).collect();
+                return Some(String::from_utf8_lossy(&line[..pos]).into_owned());
+            }
+            if self.ended || !self.read_more() {
+                self.decode();
+                if self.body.is_empty() {
+                    return None;
+                }
+                let line = String::from_utf8_lossy(&self.body).into_owned();
+                self.body.clear();
+                return Some(line);
+            }
+        }
+    }
+
+    /// The whole body, once the server has closed the connection.
+    pub fn body(mut self) -> String {
+        while self.read_more() {}
+        self.decode();
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
 }
 
 /// The last `n` lines of `text`.
