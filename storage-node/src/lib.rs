@@ -21,7 +21,8 @@
 //! - [`snapshot`]: streaming a consistent copy of every table out, and installing one.
 //! - [`store`]: the engine as a whole: open, apply batches atomically with the consistent
 //!   index (the fix), reads, status, and the fault switch that brings the bug back.
-//! - [`server`]: the etcd v3 gRPC services, the HTTP endpoint, and starting a member.
+//! - [`server`]: the etcd v3 gRPC services, their JSON gateway, the HTTP endpoint, and starting
+//!   a member.
 //! - [`cli`]: the serving node's flags, in etcd's spelling, and bootstrap identities.
 //! - [`tools`]: offline tools: the etcd 11651 demo, `snapshot status|restore`, `dump-db`.
 
