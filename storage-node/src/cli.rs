@@ -115,6 +115,18 @@ pub struct ServeArgs {
         value_parser = parse_duration
     )]
     pub experimental_corrupt_check_time: Duration,
+    /// How often a watcher created with progress notifications hears the current revision
+    /// while nothing changes for it (etcd's flag and default).
+    #[arg(
+        long,
+        env = "ETCD_EXPERIMENTAL_WATCH_PROGRESS_NOTIFY_INTERVAL",
+        default_value = "10m",
+        value_parser = parse_duration
+    )]
+    pub experimental_watch_progress_notify_interval: Duration,
+    /// The most watchers one Watch stream may hold (Mend's own limit; etcd has none).
+    #[arg(long, env = "MEND_MAX_WATCHERS_PER_STREAM", default_value_t = 100_000)]
+    pub max_watchers_per_stream: usize,
     /// Log format.
     #[arg(long, env = "MEND_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,

@@ -21,6 +21,8 @@
 //! - [`snapshot`]: streaming a consistent copy of every table out, and installing one.
 //! - [`store`]: the engine as a whole: open, apply batches atomically with the consistent
 //!   index (the fix), reads, status, and the fault switch that brings the bug back.
+//! - [`watchers`]: the watchable store: synced and unsynced watchers, the fan-out of applied
+//!   events, catch-up from history.
 //! - [`server`]: the etcd v3 gRPC services, their JSON gateway, the HTTP endpoint, and starting
 //!   a member.
 //! - [`cli`]: the serving node's flags, in etcd's spelling, and bootstrap identities.
@@ -42,6 +44,7 @@ pub mod server;
 pub mod snapshot;
 pub mod store;
 pub mod tools;
+pub mod watchers;
 
 pub use store::{Outcome, Status, Store, StoreConfig};
 

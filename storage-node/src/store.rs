@@ -548,21 +548,31 @@ impl Store {
         mvcc::hash_kv(&txn, &state.engine.kv, revision)
     }
 
-    /// Changes to keys in `[key, range_end)` from revision `from` on (Watch catch-up).
-    pub fn events_since(
+    /// Changes to keys in `[key, range_end)` at revisions `from..=to` (Watch catch-up).
+    pub fn events_between(
         &self,
         from: i64,
+        to: i64,
         key: &[u8],
         range_end: &[u8],
     ) -> mvcc::Result<Vec<Event>> {
+        // The key index (for previous versions) is read under the engine's lock, which holds
+        // applies back for the length of the read: callers bound `from..=to`.
         let state = self.read();
         let txn = self.backend.begin_read()?;
-        mvcc::events_since(
+        mvcc::events_between(
             &txn,
             &state.engine.kv,
             from,
+            to,
             &KeyInterval::of(key, range_end),
         )
+    }
+
+    /// The current and the compacted revision.
+    pub fn revisions(&self) -> (i64, i64) {
+        let state = self.read();
+        (state.engine.kv.current, state.engine.kv.compacted)
     }
 
     /// The engine's counters and positions.

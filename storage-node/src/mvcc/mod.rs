@@ -460,20 +460,24 @@ pub(crate) fn hash_kv(txn: &ReadTransaction, state: &KvState, rev: i64) -> Resul
     })
 }
 
-/// Every change to keys in `interval` from revision `from` on, with previous versions: what a
-/// Watch starting at `from` replays before following new changes.
-pub(crate) fn events_since(
+/// Every change to keys in `interval` at revisions `from..=to`, in order, with previous
+/// versions: what a watcher behind the current revision catches up with.
+pub(crate) fn events_between(
     txn: &ReadTransaction,
     state: &KvState,
     from: i64,
+    to: i64,
     interval: &KeyInterval,
 ) -> Result<Vec<Event>> {
     if from < state.compacted {
         return Err(Error::Compacted);
     }
-    let table = txn.open_table(KV)?;
     let mut events = Vec::new();
-    for item in table.range((from.max(1), 0)..)? {
+    if to < from {
+        return Ok(events);
+    }
+    let table = txn.open_table(KV)?;
+    for item in table.range((from.max(1), 0)..(to.saturating_add(1), 0))? {
         let (k, v) = item?;
         let (main, sub) = k.value();
         let (kv, tombstone) = record::decode(main, v.value())?;

@@ -482,13 +482,24 @@ fn writes_report_events_with_previous_values() {
     );
     assert_eq!(s(&events[0].prev_kv.as_ref().unwrap().value), "1");
     kv.delete("a", "");
-    let all = events_since(
+    let all = events_between(
         &kv.backend.begin_read().unwrap(),
         &kv.state,
         1,
+        kv.state.current,
         &KeyInterval::of(b"a", b""),
     )
     .unwrap();
+    // A bounded read stops at its last revision.
+    let first_two = events_between(
+        &kv.backend.begin_read().unwrap(),
+        &kv.state,
+        1,
+        3,
+        &KeyInterval::of(b"a", b""),
+    )
+    .unwrap();
+    assert_eq!(first_two.len(), 2);
     let kinds: Vec<_> = all
         .iter()
         .map(|e| {
@@ -509,10 +520,11 @@ fn writes_report_events_with_previous_values() {
     );
     kv.compact(3).unwrap();
     assert!(matches!(
-        events_since(
+        events_between(
             &kv.backend.begin_read().unwrap(),
             &kv.state,
             2,
+            4,
             &KeyInterval::of(b"a", b"")
         ),
         Err(Error::Compacted)

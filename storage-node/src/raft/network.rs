@@ -320,13 +320,13 @@ fn request<T: DeserializeOwned>(req: tonic::Request<Blob>) -> Result<T, tonic::S
 impl crate::pb::mendpeer::peer_server::Peer for PeerService {
     async fn append_entries(&self, req: tonic::Request<Blob>) -> Reply {
         let rpc: AppendEntriesRequest<TypeConfig> = request(req)?;
-        reply(
-            self.node
-                .raft
-                .append_entries(rpc)
-                .await
-                .map_err(|e| e.to_string()),
-        )
+        let response = self.node.raft.append_entries(rpc).await;
+        if let Ok(r) = &response
+            && !matches!(r, openraft::raft::AppendEntriesResponse::HigherVote(_))
+        {
+            self.node.heard_from_leader();
+        }
+        reply(response.map_err(|e| e.to_string()))
     }
 
     async fn vote(&self, req: tonic::Request<Blob>) -> Reply {

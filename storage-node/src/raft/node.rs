@@ -158,6 +158,8 @@ pub struct Node {
     next_request: AtomicU64,
     timeout: Duration,
     counters: Arc<Counters>,
+    /// When this member last heard from a leader it accepted (replication or a heartbeat).
+    leader_contact: std::sync::Mutex<Option<Instant>>,
 }
 
 impl Node {
@@ -188,7 +190,37 @@ impl Node {
             next_request: AtomicU64::new(first),
             timeout,
             counters: Arc::new(Counters::default()),
+            leader_contact: std::sync::Mutex::new(None),
         }
+    }
+
+    /// Records that a leader's replication (or heartbeat) was accepted just now.
+    pub fn heard_from_leader(&self) {
+        *self
+            .leader_contact
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = Some(Instant::now());
+    }
+
+    /// Whether this member has a leader it can vouch for: as leader, a quorum acknowledged it
+    /// within `within`; as follower, the leader was heard from within `within`. A member cut
+    /// off from its quorum may still name the old leader (pre-vote keeps it), so naming one is
+    /// not enough.
+    pub fn has_live_leader(&self, within: Duration) -> bool {
+        let m = self.metrics();
+        if m.current_leader.is_none() {
+            return false;
+        }
+        if m.state == ServerState::Leader {
+            let alone = m.membership_config.membership().voter_ids().count() == 1;
+            return alone
+                || m.last_quorum_acked
+                    .is_some_and(|at| openraft::Instant::elapsed(&*at) <= within);
+        }
+        self.leader_contact
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_some_and(|at| at.elapsed() <= within)
     }
 
     /// Lease deadlines (meaningful while this member leads).
@@ -293,11 +325,6 @@ impl Node {
                 leader = now;
             }
         }
-    }
-
-    /// A receiver that changes whenever this member applied entries (watchers wait on it).
-    pub fn applied_changes(&self) -> tokio::sync::watch::Receiver<u64> {
-        self.listeners.waiters.applied()
     }
 
     /// How long a request may take.

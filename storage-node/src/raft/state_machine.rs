@@ -25,7 +25,7 @@
 
 use std::io::{self, Cursor};
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use futures_util::{FutureExt, Stream, TryStreamExt};
 use openraft::storage::{EntryResponder, RaftStateMachine};
@@ -42,6 +42,7 @@ use crate::apply::ApplyError;
 use crate::entry::EntryPayload;
 use crate::snapshot;
 use crate::store::{Outcome, Store};
+use crate::watchers::Watchers;
 
 /// The current snapshot, shared by the state machine and the builders it hands out.
 type Slot = Arc<Mutex<Option<Current>>>;
@@ -76,21 +77,39 @@ fn meta_from_engine(meta: snapshot::SnapshotMeta) -> Result<SnapshotMeta, Error>
 /// The parts of a member that follow what the state machine applies.
 #[derive(Clone, Debug)]
 pub struct Listeners {
-    /// Requests waiting for their local result, and watchers waiting for anything.
+    /// Requests waiting for their local result.
     pub waiters: Arc<Waiters>,
     /// Lease deadlines, for expiry on the leader.
     pub lessor: Arc<Lessor>,
     /// Woken when an entry went past this member's quota and no NOSPACE alarm is active.
     pub over_quota: Arc<Notify>,
+    /// The watchers, sent the events of every applied entry.
+    pub watchers: Arc<Watchers>,
 }
 
 impl Listeners {
-    /// Listeners for a member whose engine is `store`.
-    pub fn new(store: &Store) -> Listeners {
+    /// Listeners for a member whose engine is `store`, with etcd's default watch progress
+    /// interval (10 minutes) and Mend's default watchers per stream.
+    pub fn new(store: &Arc<Store>) -> Listeners {
+        Listeners::with_watchers(store, Duration::from_secs(600), 100_000)
+    }
+
+    /// Listeners whose watchers hear progress every `progress_interval`, at most
+    /// `watchers_per_stream` on a stream.
+    pub fn with_watchers(
+        store: &Arc<Store>,
+        progress_interval: Duration,
+        watchers_per_stream: usize,
+    ) -> Listeners {
         Listeners {
             waiters: Arc::new(Waiters::new()),
             lessor: Arc::new(Lessor::new(store.lease_ttls(), Instant::now())),
             over_quota: Arc::new(Notify::new()),
+            watchers: Arc::new(Watchers::new(
+                store.clone(),
+                progress_interval,
+                watchers_per_stream,
+            )),
         }
     }
 }
@@ -184,6 +203,12 @@ impl StateMachine {
         };
         // The lessor first: a client told its lease is granted may renew it at once.
         self.follow_leases(&lease_changes, &outcomes);
+        self.listeners
+            .watchers
+            .publish(outcomes.iter().filter_map(|o| match o {
+                Outcome::Command { events, .. } => Some(events.as_slice()),
+                _ => None,
+            }));
         let over_quota = outcomes.iter().any(|o| {
             matches!(
                 o,
@@ -210,7 +235,6 @@ impl StateMachine {
                 responder.send(());
             }
         }
-        self.listeners.waiters.notify_applied();
         Ok(())
     }
 }
@@ -285,7 +309,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         self.listeners
             .lessor
             .reload(self.store.lease_ttls(), Instant::now());
-        self.listeners.waiters.notify_applied();
+        self.listeners.watchers.reset();
         Ok(())
     }
 

@@ -6,47 +6,24 @@
 //! that does not exist yet. Request IDs must be unique across the cluster (etcd derives them
 //! from the member ID), since every member applies every entry and completes any waiter it holds
 //! for that ID.
-//!
-//! It also tells watchers that something was applied, so they look for new events.
 
 use std::collections::HashMap;
 use std::sync::{Mutex, MutexGuard};
 
-use tokio::sync::{oneshot, watch};
+use tokio::sync::oneshot;
 
 use crate::store::Outcome;
 
 /// Pending requests by ID, each with the channel its outcome goes to.
-#[derive(Debug)]
+#[derive(Debug, Default)]
 pub struct Waiters {
     pending: Mutex<HashMap<u64, oneshot::Sender<Outcome>>>,
-    /// Bumped after every applied batch and installed snapshot.
-    applied: watch::Sender<u64>,
-}
-
-impl Default for Waiters {
-    fn default() -> Self {
-        Waiters {
-            pending: Mutex::default(),
-            applied: watch::channel(0).0,
-        }
-    }
 }
 
 impl Waiters {
     /// An empty registry.
     pub fn new() -> Waiters {
         Waiters::default()
-    }
-
-    /// Tells watchers that entries were applied.
-    pub fn notify_applied(&self) {
-        self.applied.send_modify(|n| *n = n.wrapping_add(1));
-    }
-
-    /// A receiver that changes whenever entries were applied.
-    pub fn applied(&self) -> watch::Receiver<u64> {
-        self.applied.subscribe()
     }
 
     fn lock(&self) -> MutexGuard<'_, HashMap<u64, oneshot::Sender<Outcome>>> {

@@ -142,11 +142,14 @@ async fn watch(State(api): State<Api>, headers: HeaderMap, body: Body) -> Respon
         Ok(request) => request,
         Err(status) => return error_reply(&status),
     };
-    let caller = match api.caller(&caller) {
-        Ok(caller) => caller,
+    let token = match super::token(&caller) {
+        Ok(token) => token,
         Err(status) => return stream_error_reply(&status),
     };
-    stream_reply(api.watch_requests(caller, requests))
+    if let Err(status) = api.identity(token.as_deref()) {
+        return stream_error_reply(&status);
+    }
+    stream_reply(api.watch_requests(token, false, requests))
 }
 
 /// `/v3/lease/keepalive`: one renewal per request in the body, answered in order.

@@ -301,7 +301,14 @@ pub async fn run(args: ServeArgs, shutdown: impl Future<Output = ()>) -> Result<
         initial_corrupt_check(&store, &peers, identity, request_timeout).await?;
     }
     let log_store = LogStore::open(&dir).map_err(|e| Error::Log(e.to_string()))?;
-    let listeners = Listeners::new(&store);
+    let listeners = Listeners::with_watchers(
+        &store,
+        args.experimental_watch_progress_notify_interval,
+        args.max_watchers_per_stream,
+    );
+    tokio::spawn(crate::watchers::Watchers::run(Arc::downgrade(
+        &listeners.watchers,
+    )));
     let state_machine = StateMachine::new(store.clone(), listeners.clone());
     let config = openraft::Config {
         cluster_name: format!("{:x}", identity.cluster_id),

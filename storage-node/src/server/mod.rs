@@ -58,6 +58,20 @@ pub struct Api {
     fail_auth_status_if: Option<std::path::PathBuf>,
 }
 
+/// The token a request carries, in `token` metadata or, as etcd also reads it,
+/// `authorization`.
+fn token<T>(request: &tonic::Request<T>) -> Result<Option<String>, tonic::Status> {
+    let metadata = request.metadata();
+    let Some(token) = metadata
+        .get("token")
+        .or_else(|| metadata.get("authorization"))
+    else {
+        return Ok(None);
+    };
+    let token = token.to_str().map_err(|_| ServerError::InvalidAuthToken)?;
+    Ok(Some(token.to_string()))
+}
+
 impl Api {
     /// The services' shared state for `node`, with the limits from the flags.
     pub fn new(node: Arc<Node>, args: &ServeArgs) -> Api {
@@ -105,14 +119,14 @@ impl Api {
     /// or, as etcd also reads it, `authorization` (what its JSON gateway forwards); `None`
     /// without a token.
     fn caller<T>(&self, request: &tonic::Request<T>) -> Result<Option<AuthInfo>, tonic::Status> {
-        let metadata = request.metadata();
-        let Some(token) = metadata
-            .get("token")
-            .or_else(|| metadata.get("authorization"))
-        else {
+        self.identity(token(request)?.as_deref())
+    }
+
+    /// The identity `token` stands for now; `None` without a token.
+    fn identity(&self, token: Option<&str>) -> Result<Option<AuthInfo>, tonic::Status> {
+        let Some(token) = token else {
             return Ok(None);
         };
-        let token = token.to_str().map_err(|_| ServerError::InvalidAuthToken)?;
         self.node
             .store
             .auth_info_from_token(token, Instant::now())

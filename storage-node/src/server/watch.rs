@@ -1,54 +1,42 @@
 //! etcd's Watch service: a bidirectional stream on which a client creates and cancels
-//! watchers; each watcher replays the history from its start revision, then follows new
-//! changes as this member applies them.
+//! watchers and asks for progress. The watchers themselves live in the member's watchable
+//! store ([`crate::watchers`]), which sends their events; this file turns requests into
+//! watchers and everything the stream is sent into `WatchResponse`s.
 //!
-//! A watcher reads its events from the engine's history (the same records ranges read), so it
-//! can never miss or reorder one: it remembers the next revision it owes the client, and after
-//! each apply notification asks the engine for everything from there on.
+//! As in etcd: permissions are checked per watcher with the caller's identity at that moment
+//! (its token, re-read, so an auth change on another stream does not fail later watchers with
+//! an old AuthRevision); a stream whose client asked for a leader (`hasleader` metadata) ends
+//! with "no leader" once this member has had none for a few election timeouts; a large
+//! response is split in fragments for clients that accept them; and a stream whose client has
+//! sent its last request goes on until the client stops listening.
 
-use std::collections::HashMap;
+use std::collections::VecDeque;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::time::Duration;
 
 use futures_util::StreamExt as _;
-use tokio::sync::mpsc;
-use tokio::task::JoinHandle;
+use prost::Message as _;
+use tokio::sync::{mpsc, oneshot};
 use tonic::codegen::tokio_stream::Stream;
 use tonic::{Request, Response, Status, Streaming};
 
 use super::{Api, convert};
-use crate::api::{Event, EventKind, PermissionType};
-use crate::auth::AuthInfo;
-use crate::mvcc;
+use crate::api::PermissionType;
 use crate::pb::etcdserverpb::watch_create_request::FilterType;
 use crate::pb::etcdserverpb::watch_request::RequestUnion;
 use crate::pb::etcdserverpb::{
     WatchCreateRequest, WatchRequest, WatchResponse, watch_server::Watch,
 };
+use crate::watchers::{Delivery, Spec, WatchStream};
 
-/// Responses queued per stream before a slow client holds its watchers back.
+/// Messages queued per stream; a client slower than this moves its watchers behind (they
+/// then catch up from history) instead of holding up applies.
 const STREAM_BUFFER: usize = 128;
 
+/// Election timeouts without a leader after which a `hasleader` stream ends (etcd's count).
+const LEADERLESS_TIMEOUTS: u32 = 3;
+
 type Responses = Pin<Box<dyn Stream<Item = Result<WatchResponse, Status>> + Send>>;
-
-/// One watcher's definition.
-struct Watcher {
-    id: i64,
-    key: Vec<u8>,
-    range_end: Vec<u8>,
-    prev_kv: bool,
-    no_put: bool,
-    no_delete: bool,
-}
-
-impl Watcher {
-    fn wants(&self, event: &Event) -> bool {
-        match event.kind {
-            EventKind::Put => !self.no_put,
-            EventKind::Delete => !self.no_delete,
-        }
-    }
-}
 
 #[tonic::async_trait]
 impl Watch for Api {
@@ -59,226 +47,335 @@ impl Watch for Api {
         &self,
         request: Request<Streaming<WatchRequest>>,
     ) -> Result<Response<Self::WatchStream>, Status> {
-        let caller = self.caller(&request)?;
-        Ok(Response::new(
-            self.watch_requests(caller, request.into_inner()),
-        ))
+        let token = super::token(&request)?;
+        // Refuse a token that is bad now, as etcd's interceptor does, before any watcher.
+        self.identity(token.as_deref())?;
+        let require_leader = request
+            .metadata()
+            .get("hasleader")
+            .is_some_and(|v| v == "true");
+        let election_timeout =
+            Duration::from_millis(self.node.raft.config().election_timeout_min.max(10));
+        if require_leader
+            && !self
+                .node
+                .has_live_leader(election_timeout * LEADERLESS_TIMEOUTS)
+        {
+            return Err(super::error::ServerError::NoLeader.into());
+        }
+        Ok(Response::new(self.watch_requests(
+            token,
+            require_leader,
+            request.into_inner(),
+        )))
     }
 }
 
 impl Api {
     /// Serves one watch stream: `incoming` carries the client's requests (from gRPC or the
     /// JSON gateway), the returned stream its responses.
-    ///
-    /// As etcd's, a stream whose client has sent its last request (half-closed) goes on
-    /// delivering events until the client stops listening; a broken request stream ends it.
     pub(super) fn watch_requests(
         &self,
-        caller: Option<AuthInfo>,
+        token: Option<String>,
+        require_leader: bool,
         mut incoming: impl Stream<Item = Result<WatchRequest, Status>> + Send + Unpin + 'static,
     ) -> Responses {
         let (tx, rx) = mpsc::channel(STREAM_BUFFER);
+        let (abort_tx, abort_rx) = oneshot::channel();
+        let stream = self.node.listeners().watchers.open(tx.clone());
         let api = self.clone();
         tokio::spawn(async move {
-            let mut watchers: HashMap<i64, JoinHandle<()>> = HashMap::new();
+            let election_timeout =
+                Duration::from_millis(api.node.raft.config().election_timeout_min.max(10));
+            let mut leader_check = tokio::time::interval(election_timeout);
+            let mut leaderless = 0;
             let mut next_id = 0i64;
             let mut reading = true;
             loop {
-                let message = tokio::select! {
-                    m = incoming.next(), if reading => m,
+                tokio::select! {
+                    message = incoming.next(), if reading => match message {
+                        Some(Ok(request)) => {
+                            let handled = api
+                                .handle_watch_request(&stream, &tx, token.as_deref(), &mut next_id, request)
+                                .await;
+                            if handled.is_err() {
+                                break;
+                            }
+                        }
+                        // The client sent its last request: its watchers go on.
+                        None => reading = false,
+                        // The stream broke.
+                        Some(Err(_)) => break,
+                    },
                     () = tx.closed() => break,
-                };
-                let request = match message {
-                    Some(Ok(request)) => request,
-                    // The client sent its last request: its watchers go on.
-                    None => {
-                        reading = false;
-                        continue;
-                    }
-                    // The stream broke: stop every watcher.
-                    Some(Err(_)) => break,
-                };
-                match request.request_union {
-                    Some(RequestUnion::CreateRequest(create)) => {
-                        let id = if create.watch_id > 0 {
-                            create.watch_id
-                        } else {
-                            while watchers.contains_key(&next_id) {
-                                next_id += 1;
-                            }
-                            next_id
+                    _ = leader_check.tick(), if require_leader => {
+                        leaderless = match api.node.has_live_leader(election_timeout) {
+                            false => leaderless + 1,
+                            true => 0,
                         };
-                        if watchers.contains_key(&id) {
-                            let refused = api.watch_response(id, |r| {
-                                r.created = true;
-                                r.canceled = true;
-                                r.cancel_reason = "etcdserver: duplicate watch ID".into();
-                            });
-                            let _ = tx.send(Ok(refused)).await;
-                            continue;
-                        }
-                        match api
-                            .start_watcher(caller.clone(), id, create, tx.clone())
-                            .await
-                        {
-                            Ok(handle) => {
-                                watchers.insert(id, handle);
-                            }
-                            Err(refusal) => {
-                                let _ = tx.send(Ok(refusal)).await;
-                            }
+                        if leaderless > LEADERLESS_TIMEOUTS {
+                            let _ = abort_tx.send(super::error::ServerError::NoLeader.into());
+                            break;
                         }
                     }
-                    Some(RequestUnion::CancelRequest(cancel)) => {
-                        if let Some(handle) = watchers.remove(&cancel.watch_id) {
-                            handle.abort();
-                            let canceled =
-                                api.watch_response(cancel.watch_id, |r| r.canceled = true);
-                            let _ = tx.send(Ok(canceled)).await;
-                        }
-                    }
-                    Some(RequestUnion::ProgressRequest(_)) => {
-                        // etcd answers a progress request with the header alone, watch ID -1.
-                        let _ = tx.send(Ok(api.watch_response(-1, |_| {}))).await;
-                    }
-                    None => {}
                 }
             }
-            for handle in watchers.into_values() {
-                handle.abort();
-            }
+            // Dropping the stream removes its watchers.
+            drop(stream);
         });
-        let stream = futures_util::stream::unfold(rx, |mut rx| async move {
-            rx.recv().await.map(|item| (item, rx))
-        });
-        Box::pin(stream)
+        let api = self.clone();
+        let responses = futures_util::stream::unfold(
+            (rx, abort_rx, VecDeque::new(), false),
+            move |(mut rx, mut abort, mut ready, ended)| {
+                let api = api.clone();
+                async move {
+                    if let Some(response) = ready.pop_front() {
+                        return Some((Ok(response), (rx, abort, ready, ended)));
+                    }
+                    if ended {
+                        return None;
+                    }
+                    tokio::select! {
+                        biased;
+                        status = &mut abort => match status {
+                            Ok(status) => Some((Err(status), (rx, abort, ready, true))),
+                            // The request loop ended without aborting: drain what is queued.
+                            Err(_) => {
+                                let delivery = rx.recv().await?;
+                                ready.extend(api.watch_responses(delivery));
+                                let first = ready.pop_front()?;
+                                Some((Ok(first), (rx, abort, ready, false)))
+                            }
+                        },
+                        delivery = rx.recv() => {
+                            ready.extend(api.watch_responses(delivery?));
+                            let first = ready.pop_front()?;
+                            Some((Ok(first), (rx, abort, ready, false)))
+                        }
+                    }
+                }
+            },
+        );
+        Box::pin(responses)
     }
 
-    fn watch_response(&self, id: i64, fill: impl FnOnce(&mut WatchResponse)) -> WatchResponse {
-        let mut response = WatchResponse {
-            header: self.current_header(),
-            watch_id: id,
-            ..WatchResponse::default()
-        };
-        fill(&mut response);
-        response
-    }
-
-    /// Checks the caller may read the range, confirms the watcher, and starts its task;
-    /// a refusal comes back as the response to send instead.
-    async fn start_watcher(
+    /// Acts on one request of a stream; an error means the client is gone.
+    async fn handle_watch_request(
         &self,
-        caller: Option<AuthInfo>,
-        id: i64,
-        create: WatchCreateRequest,
-        tx: mpsc::Sender<Result<WatchResponse, Status>>,
-    ) -> Result<JoinHandle<()>, WatchResponse> {
-        let info = Self::local_identity(caller);
-        if let Err(e) = self.node.store.check_permission(
-            &info,
-            &create.key,
-            &create.range_end,
-            PermissionType::Read,
-        ) {
-            return Err(self.watch_response(id, |r| {
+        stream: &WatchStream,
+        tx: &mpsc::Sender<Delivery>,
+        token: Option<&str>,
+        next_id: &mut i64,
+        request: WatchRequest,
+    ) -> Result<(), ClientGone> {
+        match request.request_union {
+            Some(RequestUnion::CreateRequest(create)) => {
+                let watch_id = if create.watch_id > 0 {
+                    create.watch_id
+                } else {
+                    // etcd's automatic IDs: the next one no watcher on the stream has.
+                    while stream.contains(*next_id) {
+                        *next_id += 1;
+                    }
+                    *next_id += 1;
+                    *next_id - 1
+                };
+                if let Err(reason) = self.check_watch_permitted(token, &create) {
+                    return send(
+                        tx,
+                        Delivery::Refused {
+                            watch_id: -1,
+                            reason,
+                        },
+                    )
+                    .await;
+                }
+                let permit = tx.reserve().await.map_err(|_| ClientGone)?;
+                if let Err(refusal) = stream.watch(spec(watch_id, create), permit) {
+                    let reason = refusal.to_string();
+                    return send(
+                        tx,
+                        Delivery::Refused {
+                            watch_id: -1,
+                            reason,
+                        },
+                    )
+                    .await;
+                }
+            }
+            Some(RequestUnion::CancelRequest(cancel)) if stream.cancel(cancel.watch_id) => {
+                let watch_id = cancel.watch_id;
+                return send(tx, Delivery::Canceled { watch_id }).await;
+            }
+            Some(RequestUnion::ProgressRequest(_)) => stream.request_progress(),
+            // Canceling a watcher the stream does not have: nothing to say, as in etcd.
+            Some(RequestUnion::CancelRequest(_)) | None => {}
+        }
+        Ok(())
+    }
+
+    /// Whether the caller (its token as it stands now) may read the watched range; the
+    /// refusal's words otherwise.
+    fn check_watch_permitted(
+        &self,
+        token: Option<&str>,
+        create: &WatchCreateRequest,
+    ) -> Result<(), String> {
+        let info = self
+            .identity(token)
+            .map(Self::local_identity)
+            .map_err(|s| s.message().to_string())?;
+        self.node
+            .store
+            .check_permission(&info, &create.key, &create.range_end, PermissionType::Read)
+            .map_err(|e| Status::from(e).message().to_string())
+    }
+
+    /// The responses a delivery makes: one, or its fragments.
+    fn watch_responses(&self, delivery: Delivery) -> Vec<WatchResponse> {
+        let response = |watch_id, revision, fill: &dyn Fn(&mut WatchResponse)| {
+            let mut r = WatchResponse {
+                header: self.header(revision),
+                watch_id,
+                ..WatchResponse::default()
+            };
+            fill(&mut r);
+            r
+        };
+        let current = self.node.store.revisions().0;
+        match delivery {
+            Delivery::Created { watch_id, revision } => {
+                vec![response(watch_id, revision, &|r| r.created = true)]
+            }
+            Delivery::Refused { watch_id, reason } => vec![response(watch_id, current, &|r| {
                 r.created = true;
                 r.canceled = true;
-                r.cancel_reason = Status::from(e).message().to_string();
-            }));
+                r.cancel_reason = reason.clone();
+            })],
+            Delivery::Canceled { watch_id } => {
+                vec![response(watch_id, current, &|r| r.canceled = true)]
+            }
+            Delivery::Compacted {
+                watch_id,
+                compact_revision,
+            } => vec![response(watch_id, 0, &|r| {
+                r.canceled = true;
+                r.compact_revision = compact_revision;
+            })],
+            Delivery::Progress { watch_id, revision } => {
+                vec![response(watch_id, revision, &|_| {})]
+            }
+            Delivery::Events {
+                watch_id,
+                revision,
+                events,
+                fragment,
+            } => {
+                let whole = WatchResponse {
+                    header: self.header(revision),
+                    watch_id,
+                    events: events.into_iter().map(convert::event).collect(),
+                    ..WatchResponse::default()
+                };
+                if fragment {
+                    fragments(whole, self.max_request_bytes)
+                } else {
+                    vec![whole]
+                }
+            }
         }
-        let filters: Vec<Option<FilterType>> = create
-            .filters
-            .iter()
-            .map(|f| FilterType::try_from(*f).ok())
-            .collect();
-        let watcher = Arc::new(Watcher {
-            id,
-            key: create.key,
-            range_end: create.range_end,
-            prev_kv: create.prev_kv,
-            no_put: filters.contains(&Some(FilterType::Noput)),
-            no_delete: filters.contains(&Some(FilterType::Nodelete)),
-        });
-        let current = self.node.store.status().revision;
-        let start = if create.start_revision > 0 {
-            create.start_revision
-        } else {
-            current + 1
-        };
-        if tx
-            .send(Ok(self.watch_response(id, |r| r.created = true)))
-            .await
-            .is_err()
-        {
-            return Err(self.watch_response(id, |r| r.canceled = true));
-        }
-        let api = self.clone();
-        Ok(tokio::spawn(
-            async move { api.follow(watcher, start, tx).await },
-        ))
     }
+}
 
-    /// Sends `watcher`'s events from revision `next` on, for as long as the client listens.
-    async fn follow(
-        &self,
-        watcher: Arc<Watcher>,
-        mut next: i64,
-        tx: mpsc::Sender<Result<WatchResponse, Status>>,
-    ) {
-        let mut applied = self.node.applied_changes();
-        loop {
-            let store = self.node.store.clone();
-            let (key, end) = (watcher.key.clone(), watcher.range_end.clone());
-            let found =
-                tokio::task::spawn_blocking(move || store.events_since(next, &key, &end)).await;
-            let events = match found {
-                Ok(Ok(events)) => events,
-                Ok(Err(mvcc::Error::Compacted)) => {
-                    let compacted = self.node.store.status().compact_revision;
-                    let response = self.watch_response(watcher.id, |r| {
-                        r.canceled = true;
-                        r.compact_revision = compacted;
-                        r.cancel_reason =
-                            "etcdserver: mvcc: required revision has been compacted".into();
-                    });
-                    let _ = tx.send(Ok(response)).await;
-                    return;
-                }
-                Ok(Err(e)) => {
-                    let _ = tx.send(Err(Status::from(e))).await;
-                    return;
-                }
-                Err(e) => {
-                    let _ = tx.send(Err(Status::internal(e.to_string()))).await;
-                    return;
-                }
+/// The stream's client stopped listening.
+struct ClientGone;
+
+async fn send(tx: &mpsc::Sender<Delivery>, delivery: Delivery) -> Result<(), ClientGone> {
+    tx.send(delivery).await.map_err(|_| ClientGone)
+}
+
+/// A watcher's definition from its create request.
+fn spec(watch_id: i64, create: WatchCreateRequest) -> Spec {
+    let filters: Vec<Option<FilterType>> = create
+        .filters
+        .iter()
+        .map(|f| FilterType::try_from(*f).ok())
+        .collect();
+    Spec {
+        watch_id,
+        key: create.key,
+        range_end: create.range_end,
+        start_revision: create.start_revision.max(0),
+        prev_kv: create.prev_kv,
+        no_put: filters.contains(&Some(FilterType::Noput)),
+        no_delete: filters.contains(&Some(FilterType::Nodelete)),
+        progress_notify: create.progress_notify,
+        fragment: create.fragment,
+    }
+}
+
+/// `whole` split as etcd splits it: while it is larger than `limit` and has more than one
+/// event, events go into responses of about `limit` bytes, each but the last marked
+/// `fragment`.
+fn fragments(whole: WatchResponse, limit: usize) -> Vec<WatchResponse> {
+    if whole.encoded_len() < limit || whole.events.len() < 2 {
+        return vec![whole];
+    }
+    let mut out = Vec::new();
+    let mut current = WatchResponse {
+        events: Vec::new(),
+        ..whole.clone()
+    };
+    let mut size = current.encoded_len();
+    for event in whole.events {
+        let event_size = event.encoded_len() + 8;
+        if !current.events.is_empty() && size + event_size > limit {
+            let next = WatchResponse {
+                events: Vec::new(),
+                ..current.clone()
             };
-            if let Some(last) = events.last() {
-                next = last.kv.mod_revision + 1;
-                let revision = last.kv.mod_revision;
-                let events: Vec<_> = events
-                    .into_iter()
-                    .filter(|e| watcher.wants(e))
-                    .map(|mut e| {
-                        if !watcher.prev_kv {
-                            e.prev_kv = None;
-                        }
-                        convert::event(e)
-                    })
-                    .collect();
-                if !events.is_empty() {
-                    let mut response = self.watch_response(watcher.id, |r| r.events = events);
-                    if let Some(header) = response.header.as_mut() {
-                        header.revision = revision;
-                    }
-                    if tx.send(Ok(response)).await.is_err() {
-                        return;
-                    }
-                }
-            }
-            if applied.changed().await.is_err() {
-                return;
-            }
+            current.fragment = true;
+            out.push(std::mem::replace(&mut current, next));
+            size = current.encoded_len();
         }
+        size += event_size;
+        current.events.push(event);
+    }
+    out.push(current);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pb::mvccpb::{Event, KeyValue};
+
+    #[test]
+    fn a_large_response_is_split_in_fragments_all_but_the_last_marked() {
+        let event = |i: u8| Event {
+            kv: Some(KeyValue {
+                key: vec![i],
+                value: vec![0; 100],
+                ..KeyValue::default()
+            }),
+            ..Event::default()
+        };
+        let whole = WatchResponse {
+            watch_id: 3,
+            events: (0..10).map(event).collect(),
+            ..WatchResponse::default()
+        };
+        let parts = fragments(whole.clone(), 350);
+        assert!(parts.len() > 1, "{}", parts.len());
+        assert!(
+            parts
+                .iter()
+                .all(|p| p.watch_id == 3 && !p.events.is_empty())
+        );
+        assert!(parts[..parts.len() - 1].iter().all(|p| p.fragment));
+        assert!(!parts[parts.len() - 1].fragment);
+        let events: Vec<Event> = parts.into_iter().flat_map(|p| p.events).collect();
+        assert_eq!(events, whole.events);
+        assert_eq!(fragments(whole.clone(), 1 << 20), vec![whole]);
     }
 }
