@@ -182,12 +182,22 @@ fn local(
             let listener = tokio::net::TcpListener::bind(addr)
                 .await
                 .map_err(|e| anyhow::anyhow!("--metrics-addr {addr}: {e}"))?;
-            let metrics = sup.metrics();
+            let mut registry = operator::metrics::registry();
+            sup.metrics().register(&mut registry);
+            let registry = std::sync::Arc::new(registry);
             let app = axum::Router::new().route(
                 "/metrics",
                 axum::routing::get(move || {
-                    let metrics = metrics.clone();
-                    async move { metrics.render() }
+                    let registry = registry.clone();
+                    async move {
+                        (
+                            [(
+                                axum::http::header::CONTENT_TYPE,
+                                operator::metrics::CONTENT_TYPE,
+                            )],
+                            operator::metrics::encode(&registry),
+                        )
+                    }
                 }),
             );
             tokio::spawn(async move {

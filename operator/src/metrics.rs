@@ -1,110 +1,168 @@
-//! Healing metrics in Prometheus' text format: per cluster, the drift gauges the seed's own
-//! monitoring watched (AuthRevision spread, key-count spread between members), ready members,
-//! whether members diverge, heals by result, heal duration and the time from a divergence's
-//! first sighting to the decision to heal. `manifests/prometheus-rules.yaml` alerts on them and
+//! Healing metrics: per cluster, the drift gauges the seed's own monitoring watched
+//! (AuthRevision spread, key-count spread between members), ready members, whether members
+//! diverge, heals by result, heal duration and the time from a divergence's first sighting to
+//! the decision to heal. `manifests/prometheus-rules.yaml` alerts on them and
 //! `manifests/grafana-dashboard.json` charts them.
+//!
+//! Kept in `prometheus-client` instruments and served in Prometheus' text format: both drivers
+//! build one registry ([`registry`]) with the process metrics, add these ([`HealMetrics::register`])
+//! and, for `operator run`, the controller's own, and serve [`encode`] of it.
 
-use std::collections::BTreeMap;
-use std::fmt::Write as _;
-use std::sync::Mutex;
 use std::time::Duration;
 
 use crds::{Phase, StorageClusterStatus};
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::{Registry, Unit};
+
+/// The `Content-Type` of `/metrics`: Prometheus' text format 0.0.4.
+pub const CONTENT_TYPE: &str = prometheus_client::encoding::prometheus_text::CONTENT_TYPE;
+
+/// A registry holding the process metrics (`process_*`), for a driver to add its own to.
+pub fn registry() -> Registry {
+    let mut registry = Registry::default();
+    registry.register_collector(Box::new(storage_node::metrics::Process));
+    registry
+}
+
+/// Everything in `registry`, in Prometheus' text format.
+pub fn encode(registry: &Registry) -> String {
+    let mut out = String::new();
+    // Writing into a String cannot fail, and no collector of ours returns an error.
+    let _ = prometheus_client::encoding::prometheus_text::encode(&mut out, registry);
+    out
+}
 
 /// Upper bounds (seconds) of the heal and detection histograms' buckets.
 const BUCKETS: [f64; 10] = [0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0];
 
-/// A cumulative Prometheus histogram of durations in seconds.
+fn durations() -> Histogram {
+    Histogram::new(BUCKETS)
+}
+
+/// The series of one cluster.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ClusterLabel {
+    cluster: String,
+}
+
+/// One cluster's heals that ended with `result`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct HealResult {
+    cluster: String,
+    result: &'static str,
+}
+
+type Gauges = Family<ClusterLabel, Gauge>;
+type Durations = Family<ClusterLabel, Histogram, fn() -> Histogram>;
+
+/// The healing metrics of every cluster this operator runs. Clones share the instruments.
 #[derive(Clone, Debug)]
-pub(crate) struct Histogram {
-    bounds: &'static [f64],
-    /// Observations at or below each bound (cumulative, as Prometheus wants).
-    counts: Vec<u64>,
-    count: u64,
-    sum: f64,
-}
-
-impl Histogram {
-    /// An empty histogram with buckets up to each of `bounds`.
-    pub(crate) fn new(bounds: &'static [f64]) -> Histogram {
-        Histogram {
-            bounds,
-            counts: vec![0; bounds.len()],
-            count: 0,
-            sum: 0.0,
-        }
-    }
-
-    /// Records one observation of `seconds`.
-    pub(crate) fn observe(&mut self, seconds: f64) {
-        for (bound, count) in self.bounds.iter().zip(&mut self.counts) {
-            if seconds <= *bound {
-                *count += 1;
-            }
-        }
-        self.count += 1;
-        self.sum += seconds;
-    }
-
-    /// Appends the series of histogram `name` with `labels` (`k="v",…`, or empty) to `out`.
-    pub(crate) fn render(&self, out: &mut String, name: &str, labels: &str) {
-        let bucket = |le: &str| match labels {
-            "" => format!("{{le=\"{le}\"}}"),
-            labels => format!("{{{labels},le=\"{le}\"}}"),
-        };
-        let plain = match labels {
-            "" => String::new(),
-            labels => format!("{{{labels}}}"),
-        };
-        for (bound, count) in self.bounds.iter().zip(&self.counts) {
-            let _ = writeln!(out, "{name}_bucket{} {count}", bucket(&bound.to_string()));
-        }
-        let _ = writeln!(out, "{name}_bucket{} {}", bucket("+Inf"), self.count);
-        let _ = writeln!(out, "{name}_sum{plain} {}", self.sum);
-        let _ = writeln!(out, "{name}_count{plain} {}", self.count);
-    }
-}
-
-/// What is known of one cluster.
-#[derive(Clone, Debug)]
-struct Cluster {
-    replicas: i64,
-    ready: i64,
-    auth_revision_drift: u64,
-    key_count_spread: u64,
-    diverged: bool,
-    heals_succeeded: u64,
-    heals_failed: u64,
-    heal_duration: Histogram,
-    detection: Histogram,
-}
-
-impl Default for Cluster {
-    fn default() -> Self {
-        Cluster {
-            replicas: 0,
-            ready: 0,
-            auth_revision_drift: 0,
-            key_count_spread: 0,
-            diverged: false,
-            heals_succeeded: 0,
-            heals_failed: 0,
-            heal_duration: Histogram::new(&BUCKETS),
-            detection: Histogram::new(&BUCKETS),
-        }
-    }
-}
-
-/// The healing metrics of every cluster this operator runs.
-#[derive(Debug, Default)]
 pub struct HealMetrics {
-    clusters: Mutex<BTreeMap<String, Cluster>>,
+    replicas: Gauges,
+    ready: Gauges,
+    auth_revision_drift: Gauges,
+    key_count_spread: Gauges,
+    diverged: Gauges,
+    heals: Family<HealResult, Counter>,
+    heal_duration: Durations,
+    detection: Durations,
+}
+
+impl Default for HealMetrics {
+    fn default() -> Self {
+        HealMetrics {
+            replicas: Gauges::default(),
+            ready: Gauges::default(),
+            auth_revision_drift: Gauges::default(),
+            key_count_spread: Gauges::default(),
+            diverged: Gauges::default(),
+            heals: Family::default(),
+            heal_duration: Durations::new_with_constructor(durations),
+            detection: Durations::new_with_constructor(durations),
+        }
+    }
+}
+
+/// A count as a gauge's value.
+fn value(n: u64) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
 }
 
 impl HealMetrics {
-    fn with(&self, cluster: &str, update: impl FnOnce(&mut Cluster)) {
-        let mut clusters = self.clusters.lock().unwrap_or_else(|p| p.into_inner());
-        update(clusters.entry(cluster.to_string()).or_default());
+    /// Adds every healing metric to `registry`.
+    pub fn register(&self, registry: &mut Registry) {
+        for (name, help, gauges) in [
+            (
+                "mend_cluster_replicas",
+                "Members the spec asks for",
+                &self.replicas,
+            ),
+            (
+                "mend_cluster_members_ready",
+                "Members answering probes",
+                &self.ready,
+            ),
+            (
+                "mend_cluster_auth_revision_drift",
+                "Highest minus lowest AuthRevision among members",
+                &self.auth_revision_drift,
+            ),
+            (
+                "mend_cluster_key_count_spread",
+                "Most minus fewest keys held by a reachable member",
+                &self.key_count_spread,
+            ),
+            (
+                "mend_cluster_diverged",
+                "1 while members disagree on their data",
+                &self.diverged,
+            ),
+        ] {
+            registry.register(name, help, gauges.clone());
+        }
+        registry.register("mend_heals", "Heals run, by result", self.heals.clone());
+        registry.register_with_unit(
+            "mend_heal_duration",
+            "Time from a heal's first step to its last",
+            Unit::Seconds,
+            self.heal_duration.clone(),
+        );
+        registry.register_with_unit(
+            "mend_divergence_detection",
+            "Time from the first probe showing a divergence to the decision to heal",
+            Unit::Seconds,
+            self.detection.clone(),
+        );
+    }
+
+    /// The label of `cluster`, with every series of the cluster created (at zero when new):
+    /// a cluster shows all its series from its first observation on.
+    fn cluster(&self, cluster: &str) -> ClusterLabel {
+        let label = ClusterLabel {
+            cluster: cluster.to_string(),
+        };
+        for gauges in [
+            &self.replicas,
+            &self.ready,
+            &self.auth_revision_drift,
+            &self.key_count_spread,
+            &self.diverged,
+        ] {
+            drop(gauges.get_or_create(&label));
+        }
+        for result in ["succeeded", "failed"] {
+            drop(self.heals.get_or_create(&HealResult {
+                cluster: label.cluster.clone(),
+                result,
+            }));
+        }
+        drop(self.heal_duration.get_or_create(&label));
+        drop(self.detection.get_or_create(&label));
+        label
     }
 
     /// Records what the latest status of `cluster` says.
@@ -119,105 +177,45 @@ impl HealMetrics {
             (Some(max), Some(min)) => max - min,
             _ => 0,
         };
-        self.with(cluster, |c| {
-            c.replicas = replicas.into();
-            c.ready = status.ready_replicas.into();
-            c.auth_revision_drift = status.auth_revision_drift;
-            c.key_count_spread = spread;
-            c.diverged = status.phase == Phase::Diverged
-                || status
-                    .conditions
-                    .iter()
-                    .any(|cond| cond.type_ == crds::condition::DIVERGED && cond.status == "True");
-        });
+        let diverged = status.phase == Phase::Diverged
+            || status
+                .conditions
+                .iter()
+                .any(|cond| cond.type_ == crds::condition::DIVERGED && cond.status == "True");
+        let label = self.cluster(cluster);
+        self.replicas.get_or_create(&label).set(replicas.into());
+        self.ready
+            .get_or_create(&label)
+            .set(status.ready_replicas.into());
+        self.auth_revision_drift
+            .get_or_create(&label)
+            .set(value(status.auth_revision_drift));
+        self.key_count_spread
+            .get_or_create(&label)
+            .set(value(spread));
+        self.diverged.get_or_create(&label).set(i64::from(diverged));
     }
 
     /// A divergence of `cluster` was confirmed `after` its first sighting.
     pub fn detected(&self, cluster: &str, after: Duration) {
-        self.with(cluster, |c| c.detection.observe(after.as_secs_f64()));
+        let label = self.cluster(cluster);
+        self.detection
+            .get_or_create(&label)
+            .observe(after.as_secs_f64());
     }
 
     /// A heal of `cluster` ended after `took`.
     pub fn heal_finished(&self, cluster: &str, succeeded: bool, took: Duration) {
-        self.with(cluster, |c| {
-            if succeeded {
-                c.heals_succeeded += 1;
-            } else {
-                c.heals_failed += 1;
-            }
-            c.heal_duration.observe(took.as_secs_f64());
-        });
-    }
-
-    /// Everything, in Prometheus' text exposition format.
-    pub fn render(&self) -> String {
-        let clusters = self.clusters.lock().unwrap_or_else(|p| p.into_inner());
-        let mut out = String::new();
-        let mut gauge = |name: &str, help: &str, value: &dyn Fn(&Cluster) -> String| {
-            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge");
-            for (cluster, c) in clusters.iter() {
-                let _ = writeln!(out, "{name}{{cluster=\"{cluster}\"}} {}", value(c));
-            }
-        };
-        gauge(
-            "mend_cluster_replicas",
-            "Members the spec asks for.",
-            &|c| c.replicas.to_string(),
-        );
-        gauge(
-            "mend_cluster_members_ready",
-            "Members answering probes.",
-            &|c| c.ready.to_string(),
-        );
-        gauge(
-            "mend_cluster_auth_revision_drift",
-            "Highest minus lowest AuthRevision among members.",
-            &|c| c.auth_revision_drift.to_string(),
-        );
-        gauge(
-            "mend_cluster_key_count_spread",
-            "Most minus fewest keys held by a reachable member.",
-            &|c| c.key_count_spread.to_string(),
-        );
-        gauge(
-            "mend_cluster_diverged",
-            "1 while members disagree on their data.",
-            &|c| u8::from(c.diverged).to_string(),
-        );
-        let _ = writeln!(
-            out,
-            "# HELP mend_heals_total Heals run, by result.\n# TYPE mend_heals_total counter"
-        );
-        for (cluster, c) in clusters.iter() {
-            let _ = writeln!(
-                out,
-                "mend_heals_total{{cluster=\"{cluster}\",result=\"succeeded\"}} {}",
-                c.heals_succeeded
-            );
-            let _ = writeln!(
-                out,
-                "mend_heals_total{{cluster=\"{cluster}\",result=\"failed\"}} {}",
-                c.heals_failed
-            );
-        }
-        for (name, help, pick) in [
-            (
-                "mend_heal_duration_seconds",
-                "Time from a heal's first step to its last.",
-                (|c: &Cluster| &c.heal_duration) as fn(&Cluster) -> &Histogram,
-            ),
-            (
-                "mend_divergence_detection_seconds",
-                "Time from the first probe showing a divergence to the decision to heal.",
-                |c: &Cluster| &c.detection,
-            ),
-        ] {
-            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
-            for (cluster, c) in clusters.iter() {
-                pick(c).render(&mut out, name, &format!("cluster=\"{cluster}\""));
-            }
-        }
-        out
+        let label = self.cluster(cluster);
+        self.heals
+            .get_or_create(&HealResult {
+                cluster: label.cluster.clone(),
+                result: if succeeded { "succeeded" } else { "failed" },
+            })
+            .inc();
+        self.heal_duration
+            .get_or_create(&label)
+            .observe(took.as_secs_f64());
     }
 }
 
@@ -253,7 +251,9 @@ mod tests {
         metrics.observe_status("seed", 3, &status);
         metrics.detected("seed", Duration::from_millis(2500));
         metrics.heal_finished("seed", true, Duration::from_millis(700));
-        let text = metrics.render();
+        let mut registry = registry();
+        metrics.register(&mut registry);
+        let text = encode(&registry);
         for line in [
             "mend_cluster_auth_revision_drift{cluster=\"seed\"} 2",
             "mend_cluster_key_count_spread{cluster=\"seed\"} 10",
@@ -269,6 +269,17 @@ mod tests {
             "mend_divergence_detection_seconds_bucket{cluster=\"seed\",le=\"+Inf\"} 1",
         ] {
             assert!(text.lines().any(|l| l == line), "missing {line} in\n{text}");
+        }
+        for family in [
+            "# TYPE mend_heals_total counter",
+            "# TYPE mend_heal_duration_seconds histogram",
+            "# TYPE mend_cluster_diverged gauge",
+            "# TYPE process_resident_memory_bytes gauge",
+        ] {
+            assert!(
+                text.lines().any(|l| l == family),
+                "missing {family} in\n{text}"
+            );
         }
     }
 }

@@ -435,6 +435,24 @@ mod tests {
     }
 
     #[test]
+    fn the_auth_revision_gauge_is_read_from_prometheus_clients_expositions() {
+        // Mend's members (prometheus-client's Prometheus text format), then the same gauge in
+        // OpenMetrics, as a float, with the `# EOF` line that ends that format.
+        let text = "# HELP etcd_debugging_auth_revision AuthRevision of this member's auth store.\n\
+                    # TYPE etcd_debugging_auth_revision gauge\n\
+                    etcd_debugging_auth_revision 3\n\
+                    # HELP etcd_debugging_mvcc_keys_total Live keys in the key-value store.\n\
+                    # TYPE etcd_debugging_mvcc_keys_total gauge\n\
+                    etcd_debugging_mvcc_keys_total 5\n";
+        assert_eq!(gauge(text, "etcd_debugging_auth_revision"), Some(3));
+        let openmetrics = "# HELP etcd_debugging_auth_revision AuthRevision.\n\
+                           # TYPE etcd_debugging_auth_revision gauge\n\
+                           etcd_debugging_auth_revision 4.0\n\
+                           # EOF\n";
+        assert_eq!(gauge(openmetrics, "etcd_debugging_auth_revision"), Some(4));
+    }
+
+    #[test]
     fn alarms_are_read_from_status_errors_as_etcd_prints_them() {
         let errors = [
             "etcdserver: no leader".to_string(),

@@ -6,6 +6,8 @@
 //!
 //! # Layout
 //! Modules depend only on those above them in this list:
+//! - [`metrics`]: instruments fed where things happen (fsyncs, commits, peer round trips, gRPC
+//!   calls) under etcd's metric names, and the process metrics.
 //! - [`api`]: request and response values mirroring etcd's protobuf messages, and request
 //!   validation.
 //! - [`schema`]: every table and meta key of the on-disk format.
@@ -36,6 +38,7 @@ pub mod backend;
 pub mod cli;
 pub mod entry;
 pub mod lease;
+pub mod metrics;
 pub mod mvcc;
 pub mod quota;
 pub mod raft;

@@ -184,6 +184,9 @@ pub struct Store {
     backend: Backend,
     config: StoreConfig,
     state: RwLock<State>,
+    /// Durations of the commits of applied batches and of the syncs that make them durable
+    /// (etcd's `etcd_disk_backend_commit_duration_seconds`).
+    commits: prometheus_client::metrics::histogram::Histogram,
 }
 
 impl Store {
@@ -216,7 +219,23 @@ impl Store {
             backend,
             config,
             state: RwLock::new(state),
+            commits: crate::metrics::disk_durations(),
         })
+    }
+
+    /// The durations of this engine's commits of applied entries, each from its start until
+    /// it returned (with the fsync when it was durable), and of the syncs that make earlier
+    /// commits durable: a handle on the histogram the store records into.
+    pub fn commit_durations(&self) -> prometheus_client::metrics::histogram::Histogram {
+        self.commits.clone()
+    }
+
+    /// Commits `txn`, timing it.
+    fn commit(&self, txn: redb::WriteTransaction) -> backend::Result<()> {
+        let started = Instant::now();
+        txn.commit()?;
+        self.commits.observe(started.elapsed().as_secs_f64());
+        Ok(())
     }
 
     fn read(&self) -> RwLockReadGuard<'_, State> {
@@ -344,7 +363,7 @@ impl Store {
             put_u64(&txn, meta::CONSISTENT_INDEX, log_id.index)?;
             put_u64(&txn, meta::CONSISTENT_TERM, log_id.term)?;
         }
-        txn.commit()?;
+        self.commit(txn)?;
         if sync {
             state.last_sync = now;
             state.unsynced = false;
@@ -407,7 +426,7 @@ impl Store {
     fn sync_locked(&self, state: &mut State) -> backend::Result<()> {
         // An empty commit with the default (immediate) durability persists every earlier
         // non-durable commit with it.
-        self.backend.begin_write()?.commit()?;
+        self.commit(self.backend.begin_write()?)?;
         state.last_sync = Instant::now();
         state.unsynced = false;
         Ok(())

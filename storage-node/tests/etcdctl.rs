@@ -409,6 +409,201 @@ fn metrics_health_and_readiness_endpoints_report_the_member() {
     assert_eq!(m.http_get("/readyz").map(|(code, _)| code), Some(200));
 }
 
+/// Every family's `# TYPE` in a Prometheus text exposition.
+fn types(text: &str) -> std::collections::BTreeMap<&str, &str> {
+    text.lines()
+        .filter_map(|l| l.strip_prefix("# TYPE ")?.split_once(' '))
+        .collect()
+}
+
+/// The value of `series` (a name with its labels, as exposed) in `text`.
+fn sample(text: &str, series: &str) -> Option<f64> {
+    text.lines().find_map(|l| {
+        l.strip_prefix(series)?
+            .strip_prefix(' ')?
+            .trim()
+            .parse()
+            .ok()
+    })
+}
+
+/// etcd's metrics a member must export, with etcd's types (names as etcd 3.4 exposes them).
+const ETCD_METRICS: [(&str, &str); 22] = [
+    ("etcd_server_has_leader", "gauge"),
+    ("etcd_server_is_leader", "gauge"),
+    ("etcd_server_leader_changes_seen_total", "counter"),
+    ("etcd_server_proposals_committed_total", "gauge"),
+    ("etcd_server_proposals_applied_total", "gauge"),
+    ("etcd_server_proposals_pending", "gauge"),
+    ("etcd_server_proposals_failed_total", "counter"),
+    ("etcd_server_quota_backend_bytes", "gauge"),
+    ("etcd_mvcc_db_total_size_in_bytes", "gauge"),
+    ("etcd_mvcc_db_total_size_in_use_in_bytes", "gauge"),
+    ("etcd_debugging_auth_revision", "gauge"),
+    ("etcd_debugging_mvcc_keys_total", "gauge"),
+    ("etcd_disk_wal_fsync_duration_seconds", "histogram"),
+    ("etcd_disk_backend_commit_duration_seconds", "histogram"),
+    ("etcd_network_peer_round_trip_time_seconds", "histogram"),
+    ("grpc_server_started_total", "counter"),
+    ("grpc_server_handled_total", "counter"),
+    ("grpc_server_handling_seconds", "histogram"),
+    ("process_resident_memory_bytes", "gauge"),
+    ("process_start_time_seconds", "gauge"),
+    ("process_open_fds", "gauge"),
+    ("process_cpu_seconds_total", "counter"),
+];
+
+#[test]
+fn metrics_carry_etcds_names_types_and_labels_and_move_with_traffic() {
+    let c = Cluster::start(3, Options::default());
+    let leader = c.wait_leader();
+    let m = &c.members[0];
+    let scrape = |i: usize| c.members[i].http_get("/metrics").expect("metrics").1;
+    let before = scrape(0);
+    let committed = |text: &str| sample(text, "etcd_server_proposals_committed_total");
+    let applied = |text: &str| sample(text, "etcd_server_proposals_applied_total");
+    for i in 0..5 {
+        assert_eq!(ok(c.etcdctl(0, &["put", &format!("k{i}"), "v"])), "OK\n");
+    }
+    ok(c.etcdctl(0, &["compaction", "4"]));
+    let err = fails(c.etcdctl(0, &["get", "k0", "--rev=2"]));
+    assert!(
+        err.contains("required revision has been compacted"),
+        "{err}"
+    );
+
+    // The leader has sent raft messages to both followers: every family has series there,
+    // on the client port and on --listen-metrics-urls alike.
+    let followers: Vec<String> = (0..3)
+        .filter(|&i| i != leader)
+        .map(|i| member_id(&c, i))
+        .collect();
+    let rtt = |text: &str, to: &str| {
+        sample(
+            text,
+            &format!("etcd_network_peer_round_trip_time_seconds_count{{To=\"{to}\"}}"),
+        )
+        .unwrap_or(0.0)
+    };
+    assert!(
+        cluster::wait_until(cluster::DEADLINE, || {
+            let text = scrape(leader);
+            followers.iter().all(|to| rtt(&text, to) > 0.0)
+        }),
+        "no round trips to {followers:?}:\n{}",
+        scrape(leader)
+    );
+    let l = &c.members[leader];
+    for (port, text) in [
+        (
+            "client port",
+            l.client_http_get("/metrics").expect("metrics").1,
+        ),
+        ("metrics URL", l.http_get("/metrics").expect("metrics").1),
+    ] {
+        let types = types(&text);
+        for (name, kind) in ETCD_METRICS {
+            assert_eq!(
+                types.get(name),
+                Some(&kind),
+                "{name} on the {port}:\n{text}"
+            );
+        }
+        // etcd's bucket layouts.
+        for series in [
+            r#"etcd_disk_wal_fsync_duration_seconds_bucket{le="0.001"}"#,
+            r#"etcd_disk_wal_fsync_duration_seconds_bucket{le="8.192"}"#,
+            r#"etcd_disk_backend_commit_duration_seconds_bucket{le="0.001"}"#,
+            r#"etcd_disk_backend_commit_duration_seconds_bucket{le="+Inf"}"#,
+            &format!(
+                r#"etcd_network_peer_round_trip_time_seconds_bucket{{To="{}",le="0.0001"}}"#,
+                followers[0]
+            ),
+            &format!(
+                r#"etcd_network_peer_round_trip_time_seconds_bucket{{To="{}",le="3.2768"}}"#,
+                followers[1]
+            ),
+            r#"grpc_server_handling_seconds_bucket{grpc_method="Range",grpc_service="etcdserverpb.KV",grpc_type="unary",le="0.005"}"#,
+            r#"grpc_server_handling_seconds_bucket{grpc_method="Watch",grpc_service="etcdserverpb.Watch",grpc_type="bidi_stream",le="10"}"#,
+        ] {
+            assert!(sample(&text, series).is_some(), "{series} on the {port}");
+        }
+        assert_eq!(sample(&text, "etcd_server_is_leader"), Some(1.0), "{port}");
+        assert!(sample(&text, "etcd_disk_wal_fsync_duration_seconds_count") > Some(0.0));
+        assert!(sample(&text, "etcd_disk_backend_commit_duration_seconds_count") > Some(0.0));
+    }
+
+    // The member the client talked to: its figures moved with the traffic.
+    let after = scrape(0);
+    for text in [&before, &after] {
+        assert_eq!(sample(text, "etcd_server_has_leader"), Some(1.0));
+        assert_eq!(sample(text, "etcd_server_proposals_pending"), Some(0.0));
+        assert_eq!(
+            sample(text, "etcd_server_proposals_failed_total"),
+            Some(0.0)
+        );
+    }
+    let grew = |what: &str, of: &dyn Fn(&str) -> Option<f64>| {
+        let (was, is) = (of(&before).expect(what), of(&after).expect(what));
+        assert!(
+            is >= was + 6.0,
+            "{what}: {was} then {is} after 5 puts and a compaction"
+        );
+    };
+    grew("committed", &committed);
+    grew("applied", &applied);
+    assert_eq!(
+        sample(&after, "etcd_debugging_auth_revision"),
+        sample(&after, "mend_auth_revision")
+    );
+    assert_eq!(sample(&after, "etcd_debugging_mvcc_keys_total"), Some(5.0));
+    let size = sample(&after, "etcd_mvcc_db_total_size_in_bytes").unwrap_or(0.0);
+    let in_use = sample(&after, "etcd_mvcc_db_total_size_in_use_in_bytes").unwrap_or(0.0);
+    assert!(0.0 < in_use && in_use <= size, "in use {in_use} of {size}");
+    let handled = |method: &str, code: &str| {
+        sample(
+            &after,
+            &format!(
+                r#"grpc_server_handled_total{{grpc_code="{code}",grpc_method="{method}",grpc_service="etcdserverpb.KV",grpc_type="unary"}}"#
+            ),
+        )
+    };
+    assert_eq!(handled("Put", "OK"), Some(5.0), "{after}");
+    assert_eq!(
+        handled("Put", "InvalidArgument"),
+        Some(0.0),
+        "every code from the start"
+    );
+    assert_eq!(handled("Compact", "OK"), Some(1.0));
+    assert_eq!(
+        handled("Range", "OutOfRange"),
+        Some(1.0),
+        "the compacted read"
+    );
+    assert_eq!(
+        sample(
+            &after,
+            r#"grpc_server_started_total{grpc_method="Put",grpc_service="etcdserverpb.KV",grpc_type="unary"}"#
+        ),
+        Some(5.0)
+    );
+    assert_eq!(
+        sample(
+            &after,
+            r#"grpc_server_handling_seconds_count{grpc_method="Put",grpc_service="etcdserverpb.KV",grpc_type="unary"}"#
+        ),
+        Some(5.0)
+    );
+    assert!(sample(&after, "process_resident_memory_bytes") > Some(0.0));
+    assert!(sample(&after, "process_open_fds") > Some(0.0));
+    assert!(sample(&after, "process_start_time_seconds") > Some(1.0e9));
+    assert_eq!(
+        m.http_get("/metrics").map(|(code, _)| code),
+        Some(200),
+        "still scrapes"
+    );
+}
+
 #[test]
 fn an_inverted_range_is_empty_and_changes_nothing() {
     let c = Cluster::start(1, Options::default());

@@ -1,38 +1,87 @@
-//! The controller's Prometheus metrics, kept in atomics and rendered in the text exposition
-//! format by hand: reconciles, failures by error label, reconcile duration, leadership, Events
-//! the API server did not take.
+//! The controller's Prometheus metrics: reconciles, failures by error label, reconcile
+//! duration, leadership, Events the API server did not take; in one registry with the healing
+//! metrics ([`crate::metrics`]) and the process metrics, which `operator run` serves.
 
-use std::collections::BTreeMap;
-use std::fmt::Write as _;
-use std::sync::Mutex;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Instant;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::{Registry, Unit};
 
 /// Upper bounds (seconds) of the reconcile duration histogram's buckets; a probe of
 /// unreachable members can take several seconds, so the buckets reach past that.
 const BUCKETS: [f64; 9] = [0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
 
+/// Failed reconciles of one error kind.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ErrorLabel {
+    error: &'static str,
+}
+
+/// Events of one reason the API server did not take.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabel {
+    reason: String,
+}
+
 /// Counters and the duration histogram, shared by the reconciler and the `/metrics` handler.
 #[derive(Debug)]
 pub struct Metrics {
-    reconciles: AtomicU64,
-    failures: Mutex<BTreeMap<&'static str, u64>>,
-    event_failures: Mutex<BTreeMap<String, u64>>,
-    histogram: Mutex<crate::metrics::Histogram>,
-    leader: AtomicBool,
+    registry: Registry,
+    reconciles: Counter,
+    failures: Family<ErrorLabel, Counter>,
+    event_failures: Family<ReasonLabel, Counter>,
+    duration: Histogram,
+    leader: Gauge,
     /// The healing metrics of every cluster (drift gauges, heals, durations).
     pub heal: crate::metrics::HealMetrics,
 }
 
 impl Default for Metrics {
     fn default() -> Self {
+        let (reconciles, failures, event_failures) =
+            (Counter::default(), Family::default(), Family::default());
+        let (duration, leader) = (Histogram::new(BUCKETS), Gauge::default());
+        let heal = crate::metrics::HealMetrics::default();
+        let mut registry = crate::metrics::registry();
+        heal.register(&mut registry);
+        registry.register(
+            "mend_operator_reconciles",
+            "Reconciles of StorageClusters",
+            reconciles.clone(),
+        );
+        registry.register(
+            "mend_operator_reconcile_failures",
+            "Failed reconciles by error",
+            failures.clone(),
+        );
+        registry.register(
+            "mend_operator_event_failures",
+            "Events the API server did not take, by reason",
+            event_failures.clone(),
+        );
+        registry.register_with_unit(
+            "mend_operator_reconcile_duration",
+            "Time one reconcile takes",
+            Unit::Seconds,
+            duration.clone(),
+        );
+        registry.register(
+            "mend_operator_leader",
+            "Whether this replica holds the leader lease",
+            leader.clone(),
+        );
         Metrics {
-            reconciles: AtomicU64::default(),
-            failures: Mutex::default(),
-            event_failures: Mutex::default(),
-            histogram: Mutex::new(crate::metrics::Histogram::new(&BUCKETS)),
-            leader: AtomicBool::default(),
-            heal: crate::metrics::HealMetrics::default(),
+            registry,
+            reconciles,
+            failures,
+            event_failures,
+            duration,
+            leader,
+            heal,
         }
     }
 }
@@ -46,9 +95,7 @@ pub struct ReconcileTimer<'m> {
 impl Drop for ReconcileTimer<'_> {
     fn drop(&mut self) {
         self.metrics
-            .histogram
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
+            .duration
             .observe(self.start.elapsed().as_secs_f64());
     }
 }
@@ -56,7 +103,7 @@ impl Drop for ReconcileTimer<'_> {
 impl Metrics {
     /// Counts a reconcile and measures it until the timer is dropped.
     pub fn reconcile(&self) -> ReconcileTimer<'_> {
-        self.reconciles.fetch_add(1, Ordering::Relaxed);
+        self.reconciles.inc();
         ReconcileTimer {
             metrics: self,
             start: Instant::now(),
@@ -65,91 +112,33 @@ impl Metrics {
 
     /// Counts a failed reconcile under the error's label.
     pub fn failure(&self, label: &'static str) {
-        *self
-            .failures
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .entry(label)
-            .or_default() += 1;
+        self.failures
+            .get_or_create(&ErrorLabel { error: label })
+            .inc();
     }
 
     /// Counts an Event (of `reason`) the API server did not take.
     pub fn event_failed(&self, reason: &str) {
-        *self
-            .event_failures
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .entry(reason.to_string())
-            .or_default() += 1;
+        self.event_failures
+            .get_or_create(&ReasonLabel {
+                reason: reason.to_string(),
+            })
+            .inc();
     }
 
     /// Records whether this replica holds the leader lease.
     pub fn set_leader(&self, leader: bool) {
-        self.leader.store(leader, Ordering::Relaxed);
+        self.leader.set(i64::from(leader));
     }
 
     /// Whether this replica holds the leader lease.
     pub fn is_leader(&self) -> bool {
-        self.leader.load(Ordering::Relaxed)
+        self.leader.get() == 1
     }
 
-    /// Everything in Prometheus' text exposition format.
+    /// Everything (controller, healing and process metrics) in Prometheus' text format.
     pub fn render(&self) -> String {
-        let mut out = self.heal.render();
-        let _ = writeln!(
-            out,
-            "# HELP mend_operator_reconciles_total Reconciles of StorageClusters.\n\
-             # TYPE mend_operator_reconciles_total counter\n\
-             mend_operator_reconciles_total {}",
-            self.reconciles.load(Ordering::Relaxed)
-        );
-        out.push_str(
-            "# HELP mend_operator_reconcile_failures_total Failed reconciles by error.\n\
-             # TYPE mend_operator_reconcile_failures_total counter\n",
-        );
-        for (label, count) in self
-            .failures
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .iter()
-        {
-            let _ = writeln!(
-                out,
-                "mend_operator_reconcile_failures_total{{error=\"{label}\"}} {count}"
-            );
-        }
-        out.push_str(
-            "# HELP mend_operator_event_failures_total Events the API server did not take, by \
-             reason.\n\
-             # TYPE mend_operator_event_failures_total counter\n",
-        );
-        for (reason, count) in self
-            .event_failures
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .iter()
-        {
-            let _ = writeln!(
-                out,
-                "mend_operator_event_failures_total{{reason=\"{reason}\"}} {count}"
-            );
-        }
-        out.push_str(
-            "# HELP mend_operator_reconcile_duration_seconds Time one reconcile takes.\n\
-             # TYPE mend_operator_reconcile_duration_seconds histogram\n",
-        );
-        self.histogram
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .render(&mut out, "mend_operator_reconcile_duration_seconds", "");
-        let _ = writeln!(
-            out,
-            "# HELP mend_operator_leader Whether this replica holds the leader lease.\n\
-             # TYPE mend_operator_leader gauge\n\
-             mend_operator_leader {}",
-            u8::from(self.is_leader())
-        );
-        out
+        crate::metrics::encode(&self.registry)
     }
 }
 

@@ -106,7 +106,7 @@ fn router(health: Arc<Health>) -> Router {
             "/metrics",
             get(|State(h): State<Arc<Health>>| async move {
                 (
-                    [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+                    [(header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)],
                     h.metrics.render(),
                 )
             }),

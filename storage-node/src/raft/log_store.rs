@@ -72,6 +72,8 @@ pub struct LogContents {
 #[derive(Clone)]
 pub struct LogStore {
     db: Arc<Database>,
+    /// Durations of the durable commits (etcd's `etcd_disk_wal_fsync_duration_seconds`).
+    fsyncs: prometheus_client::metrics::histogram::Histogram,
 }
 
 impl LogStore {
@@ -102,7 +104,16 @@ impl LogStore {
             }
         }
         txn.commit()?;
-        Ok(LogStore { db: Arc::new(db) })
+        Ok(LogStore {
+            db: Arc::new(db),
+            fsyncs: crate::metrics::disk_durations(),
+        })
+    }
+
+    /// The durations of this log's fsyncs: every durable commit, from its start until the
+    /// data is on disk (a handle on the histogram this log records into).
+    pub fn fsync_durations(&self) -> prometheus_client::metrics::histogram::Histogram {
+        self.fsyncs.clone()
     }
 
     /// Reads the whole raft log of a stopped member in `dir` (for `dump-log`). Fails if the
@@ -166,17 +177,23 @@ impl LogStore {
         F: FnOnce(&WriteTransaction) -> Result<(), Error> + Send + 'static,
     {
         let db = self.db.clone();
+        let fsyncs = self.fsyncs.clone();
+        let durable = matches!(durability, redb::Durability::Immediate);
         blocking(move || {
             let mut txn = db.begin_write()?;
             txn.set_durability(durability)
                 .map_err(|e| Error::Redb(redb::Error::from(e)))?;
             f(&txn)?;
+            let started = std::time::Instant::now();
             // The durability rule: except for `write_lazily`, this commit is `Immediate`, so it
             // returns only once the write is fsynced. Every caller reports completion to
             // openraft after this returns, never before: a vote, an entry or a purged log ID
             // openraft acts on is already on disk. The committed log ID is the exception
             // openraft allows: losing it only means learning it again from the leader.
             txn.commit()?;
+            if durable {
+                fsyncs.observe(started.elapsed().as_secs_f64());
+            }
             Ok(())
         })
         .await

@@ -93,12 +93,29 @@ pub fn decode<T: DeserializeOwned>(blob: &Blob) -> Result<T, postcard::Error> {
 }
 
 /// Lazily connected gRPC channels to peers, shared by every client of this member.
-#[derive(Clone, Default)]
+#[derive(Clone)]
 pub struct Peers {
     channels: Arc<Mutex<HashMap<String, Channel>>>,
+    /// Round trips of raft's RPCs, by target (etcd's `etcd_network_peer_round_trip_time_seconds`).
+    round_trips: crate::metrics::RoundTrips,
+}
+
+impl Default for Peers {
+    fn default() -> Peers {
+        Peers {
+            channels: Arc::default(),
+            round_trips: crate::metrics::round_trip_family(),
+        }
+    }
 }
 
 impl Peers {
+    /// The round-trip times of raft's messages to each peer (a handle on the histograms the
+    /// network records into).
+    pub fn round_trip_times(&self) -> crate::metrics::RoundTrips {
+        self.round_trips.clone()
+    }
+
     /// A client for the peer at `url` (connects on first use, reconnects after failures).
     pub fn client(&self, url: &str) -> Result<PeerClient<Channel>, PeerError> {
         let mut channels = self.channels.lock().unwrap_or_else(|p| p.into_inner());
@@ -201,7 +218,18 @@ impl Network {
         let url = self.url.as_deref().ok_or_else(|| {
             PeerError::Unreachable(format!("member {:x} has no peer URL", self.target))
         })?;
-        self.peers.call(url, rpc, req, timeout).await
+        let started = std::time::Instant::now();
+        let reply = self.peers.call(url, rpc, req, timeout).await;
+        // As etcd's prober, only messages the peer answered count (a refusal is an answer); a
+        // snapshot's transfer time would be no round trip.
+        let answered = matches!(reply, Ok(_) | Err(PeerError::Remote(_)));
+        if answered && !matches!(rpc, Rpc::InstallSnapshot) {
+            self.peers
+                .round_trips
+                .get_or_create(&crate::metrics::Peer::new(self.target))
+                .observe(started.elapsed().as_secs_f64());
+        }
+        reply
     }
 }
 

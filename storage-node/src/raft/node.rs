@@ -141,6 +141,25 @@ pub struct Counters {
     pub proposals_committed: AtomicU64,
     /// Proposals of this member's clients that failed or timed out.
     pub proposals_failed: AtomicU64,
+    /// Proposals of this member's clients in flight: proposed and not yet answered.
+    pub proposals_pending: AtomicU64,
+}
+
+/// Counts one proposal as pending for as long as it lives (also when its caller gives up and
+/// drops the proposal's future).
+struct Pending<'c>(&'c AtomicU64);
+
+impl<'c> Pending<'c> {
+    fn new(counter: &'c AtomicU64) -> Pending<'c> {
+        counter.fetch_add(1, Ordering::Relaxed);
+        Pending(counter)
+    }
+}
+
+impl Drop for Pending<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 /// A running member.
@@ -160,10 +179,14 @@ pub struct Node {
     counters: Arc<Counters>,
     /// When this member last heard from a leader it accepted (replication or a heartbeat).
     leader_contact: std::sync::Mutex<Option<Instant>>,
+    instruments: crate::metrics::Metrics,
 }
 
 impl Node {
     /// Wraps a started raft instance.
+    // One caller (`server::member`), which builds every part first; a struct of parts would
+    // only repeat these names.
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         id: u64,
         cluster_id: u64,
@@ -172,6 +195,7 @@ impl Node {
         listeners: Listeners,
         peers: Peers,
         timeout: Duration,
+        instruments: crate::metrics::Metrics,
     ) -> Node {
         // etcd's request IDs: the member's low 16 bits, then a millisecond timestamp and a
         // counter, so IDs stay unique across members and restarts.
@@ -191,6 +215,7 @@ impl Node {
             timeout,
             counters: Arc::new(Counters::default()),
             leader_contact: std::sync::Mutex::new(None),
+            instruments,
         }
     }
 
@@ -311,6 +336,11 @@ impl Node {
         &self.counters
     }
 
+    /// The member's instruments fed as things happen (fsyncs, commits, round trips, calls).
+    pub fn instruments(&self) -> &crate::metrics::Metrics {
+        &self.instruments
+    }
+
     /// Counts leader changes until raft stops (run as a task for the member's lifetime).
     pub fn count_leader_changes(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
         let mut metrics = self.raft.metrics();
@@ -419,6 +449,7 @@ impl Node {
             request,
         };
         let deadline = Instant::now() + self.timeout;
+        let _pending = Pending::new(&self.counters.proposals_pending);
         let applied = self.listeners.waiters.register(id);
         let result = async {
             self.submit(Proposal::Command(command), deadline).await?;

@@ -84,7 +84,7 @@ impl axum::serve::Listener for Http1Connections {
 /// the first server error.
 pub async fn serve<F>(
     listener: TcpListener,
-    grpc: tonic::transport::server::Router,
+    grpc: super::GrpcRouter,
     http: axum::Router,
     stopped: impl Fn() -> F,
 ) -> Result<(), String>

@@ -15,7 +15,6 @@
 use std::fmt::Write as _;
 use std::future::Future;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 
 use axum::Router;
 use axum::extract::{RawQuery, State};
@@ -62,128 +61,24 @@ async fn version() -> impl IntoResponse {
 }
 
 async fn metrics(State(node): State<Arc<Node>>) -> impl IntoResponse {
-    (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        render(&node),
-    )
+    // Reading the store's figures can wait for an apply in progress: off the async threads.
+    match tokio::task::spawn_blocking(move || render(&node)).await {
+        Ok(text) => (
+            StatusCode::OK,
+            [(header::CONTENT_TYPE, super::metrics::CONTENT_TYPE)],
+            text,
+        ),
+        Err(e) => (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            [(header::CONTENT_TYPE, "text/plain")],
+            e.to_string(),
+        ),
+    }
 }
 
-/// The Prometheus exposition of this member's figures.
+/// The Prometheus exposition of this member's figures (see [`super::metrics`]).
 pub fn render(node: &Node) -> String {
-    let status = node.store.status();
-    let raft = node.raft_status();
-    let counters = node.counters();
-    let mut out = String::new();
-    let mut gauge = |name: &str, help: &str, kind: &str, value: u64| {
-        let _ = writeln!(
-            out,
-            "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}"
-        );
-    };
-    gauge(
-        "mend_auth_revision",
-        "AuthRevision of this member's auth store.",
-        "gauge",
-        status.auth_revision,
-    );
-    gauge(
-        "mend_consistent_index",
-        "Index of the last entry whose effects are persisted.",
-        "gauge",
-        status.consistent_index.index,
-    );
-    gauge(
-        "mend_applied_index",
-        "Index of the last applied entry.",
-        "gauge",
-        raft.applied_index,
-    );
-    gauge("mend_raft_term", "Current raft term.", "gauge", raft.term);
-    gauge(
-        "mend_raft_index",
-        "Index of the last entry in this member's raft log.",
-        "gauge",
-        raft.last_log_index,
-    );
-    gauge(
-        "mend_raft_snapshot_index",
-        "Last log index covered by this member's latest snapshot (built or installed).",
-        "gauge",
-        raft.snapshot_index,
-    );
-    gauge(
-        "mend_mvcc_revision",
-        "Current revision of the key-value store.",
-        "gauge",
-        status.revision.max(0) as u64,
-    );
-    gauge(
-        "mend_mvcc_keys",
-        "Live keys in the key-value store.",
-        "gauge",
-        status.key_count,
-    );
-    gauge(
-        "mend_db_size_bytes",
-        "Size of the engine's database file.",
-        "gauge",
-        status.db_size,
-    );
-    gauge(
-        "mend_is_leader",
-        "1 when this member is the raft leader.",
-        "gauge",
-        u64::from(raft.is_leader),
-    );
-    gauge(
-        "mend_has_leader",
-        "1 when this member knows a leader.",
-        "gauge",
-        u64::from(raft.leader != 0),
-    );
-    gauge(
-        "mend_leader_changes_seen_total",
-        "Leader changes this member has seen since it started.",
-        "counter",
-        counters.leader_changes.load(Ordering::Relaxed),
-    );
-    gauge(
-        "mend_proposals_committed_total",
-        "Proposals from this member's clients that were applied here.",
-        "counter",
-        counters.proposals_committed.load(Ordering::Relaxed),
-    );
-    gauge(
-        "mend_proposals_failed_total",
-        "Proposals from this member's clients that failed or timed out.",
-        "counter",
-        counters.proposals_failed.load(Ordering::Relaxed),
-    );
-    gauge(
-        "mend_unsafe_reproduce_etcd_11651",
-        "1 when the fault switch reproducing etcd issue 11651 is on.",
-        "gauge",
-        u64::from(status.unsafe_reproduce_etcd_11651),
-    );
-    // etcd's name and meaning: the quota in bytes, negative when there is none.
-    let quota = status.quota_bytes.map_or(-1, |b| b as i64);
-    let _ = writeln!(
-        out,
-        "# HELP etcd_server_quota_backend_bytes Current backend storage quota size in bytes.\n\
-         # TYPE etcd_server_quota_backend_bytes gauge\netcd_server_quota_backend_bytes {quota}"
-    );
-    let _ = writeln!(
-        out,
-        "# HELP mend_apply_rejections_total Entries applied as refusals, by reason.\n\
-         # TYPE mend_apply_rejections_total counter"
-    );
-    for (reason, count) in &status.rejections {
-        let _ = writeln!(
-            out,
-            "mend_apply_rejections_total{{reason=\"{reason}\"}} {count}"
-        );
-    }
-    out
+    super::metrics::render(node)
 }
 
 /// How long `/health` and `/readyz` wait for a linearizable read point: probes time out in

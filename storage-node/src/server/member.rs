@@ -301,6 +301,12 @@ pub async fn run(args: ServeArgs, shutdown: impl Future<Output = ()>) -> Result<
         initial_corrupt_check(&store, &peers, identity, request_timeout).await?;
     }
     let log_store = LogStore::open(&dir).map_err(|e| Error::Log(e.to_string()))?;
+    let instruments = crate::metrics::Metrics {
+        wal_fsync: log_store.fsync_durations(),
+        backend_commit: store.commit_durations(),
+        peer_round_trip: peers.round_trip_times(),
+        grpc: crate::metrics::Grpc::default(),
+    };
     let listeners = Listeners::with_watchers(
         &store,
         args.experimental_watch_progress_notify_interval,
@@ -344,6 +350,7 @@ pub async fn run(args: ServeArgs, shutdown: impl Future<Output = ()>) -> Result<
         listeners,
         peers,
         request_timeout,
+        instruments,
     ));
 
     if let Some(members) = bootstrap {

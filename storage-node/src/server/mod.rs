@@ -11,6 +11,8 @@
 //! - `client_port`: gRPC and HTTP/1.1 on one client port, told apart per connection.
 //! - `http`: `/version`, `/metrics`, `/health`, `/readyz`, `/livez`.
 //! - `gateway`: etcd's gRPC-gateway JSON API (`/v3/...`) on the same services.
+//! - `metrics`: what `/metrics` shows (Mend's series and etcd's names), and the layer that
+//!   counts the gRPC calls.
 //! - `member`: starting and stopping a member.
 
 use std::sync::Arc;
@@ -40,6 +42,7 @@ pub mod kv;
 pub mod lease;
 pub mod maintenance;
 pub mod member;
+pub mod metrics;
 pub mod watch;
 
 use error::ServerError;
@@ -95,10 +98,15 @@ impl Api {
     }
 }
 
+/// The client port's gRPC router: the etcd services behind the layer that counts their calls.
+pub type GrpcRouter = Router<tower_layer::Stack<metrics::GrpcLayer, tower_layer::Identity>>;
+
 /// The etcd services on one router, ready to serve on a listener.
-pub fn services(api: Api) -> Router {
+pub fn services(api: Api) -> GrpcRouter {
     let limit = api.max_request_bytes + GRPC_OVERHEAD_BYTES;
+    let calls = metrics::GrpcLayer::new(api.node.instruments().grpc.clone());
     tonic::transport::Server::builder()
+        .layer(calls)
         .add_service(KvServer::new(api.clone()).max_decoding_message_size(limit))
         .add_service(WatchServer::new(api.clone()).max_decoding_message_size(limit))
         .add_service(LeaseServer::new(api.clone()).max_decoding_message_size(limit))
