@@ -518,9 +518,12 @@ impl Watchers {
     fn catch_up(&self) {
         let (compacted, batch, published) = {
             let g = self.lock();
+            // A stream with a full outbox cannot take anything now: its watchers wait (and
+            // history is not read again for them until it can).
             let batch: Vec<(Key, i64)> = g
                 .unsynced
                 .iter()
+                .filter(|k| g.streams.get(&k.0).is_some_and(|s| s.outbox.capacity() > 0))
                 .take(SYNC_WATCHERS)
                 .filter_map(|k| match g.watchers.get(k)?.position {
                     Position::Unsynced { next } => Some((*k, next)),

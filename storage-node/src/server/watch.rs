@@ -124,34 +124,35 @@ impl Api {
             drop(stream);
         });
         let api = self.clone();
+        // Responses in the order they were queued; the stream ends after an abort.
         let responses = futures_util::stream::unfold(
-            (rx, abort_rx, VecDeque::new(), false),
+            (rx, Some(abort_rx), VecDeque::new(), false),
             move |(mut rx, mut abort, mut ready, ended)| {
                 let api = api.clone();
                 async move {
-                    if let Some(response) = ready.pop_front() {
-                        return Some((Ok(response), (rx, abort, ready, ended)));
-                    }
-                    if ended {
-                        return None;
-                    }
-                    tokio::select! {
-                        biased;
-                        status = &mut abort => match status {
-                            Ok(status) => Some((Err(status), (rx, abort, ready, true))),
-                            // The request loop ended without aborting: drain what is queued.
-                            Err(_) => {
-                                let delivery = rx.recv().await?;
-                                ready.extend(api.watch_responses(delivery));
-                                let first = ready.pop_front()?;
-                                Some((Ok(first), (rx, abort, ready, false)))
-                            }
-                        },
-                        delivery = rx.recv() => {
-                            ready.extend(api.watch_responses(delivery?));
-                            let first = ready.pop_front()?;
-                            Some((Ok(first), (rx, abort, ready, false)))
+                    loop {
+                        if let Some(response) = ready.pop_front() {
+                            return Some((Ok(response), (rx, abort, ready, ended)));
                         }
+                        if ended {
+                            return None;
+                        }
+                        let delivery = match abort.as_mut() {
+                            Some(aborted) => tokio::select! {
+                                biased;
+                                status = aborted => match status {
+                                    Ok(status) => return Some((Err(status), (rx, None, ready, true))),
+                                    // The request loop ended without aborting: drain the queue.
+                                    Err(_) => {
+                                        abort = None;
+                                        continue;
+                                    }
+                                },
+                                delivery = rx.recv() => delivery?,
+                            },
+                            None => rx.recv().await?,
+                        };
+                        ready.extend(api.watch_responses(delivery));
                     }
                 }
             },
