@@ -181,27 +181,21 @@ impl Api {
                     *next_id += 1;
                     *next_id - 1
                 };
-                if let Err(reason) = self.check_watch_permitted(token, &create) {
-                    return send(
-                        tx,
-                        Delivery::Refused {
-                            watch_id: -1,
-                            reason,
-                        },
-                    )
-                    .await;
-                }
-                let permit = tx.reserve().await.map_err(|_| ClientGone)?;
-                if let Err(refusal) = stream.watch(spec(watch_id, create), permit) {
-                    let reason = refusal.to_string();
-                    return send(
-                        tx,
-                        Delivery::Refused {
-                            watch_id: -1,
-                            reason,
-                        },
-                    )
-                    .await;
+                let refused = match self.check_watch_permitted(token, &create) {
+                    Err(reason) => Some(reason),
+                    Ok(()) => {
+                        let permit = tx.reserve().await.map_err(|_| ClientGone)?;
+                        let created = stream.watch(spec(watch_id, create), permit);
+                        created.err().map(|refusal| refusal.to_string())
+                    }
+                };
+                if let Some(reason) = refused {
+                    // As etcd: a refused create names no watcher (ID -1).
+                    let refusal = Delivery::Refused {
+                        watch_id: -1,
+                        reason,
+                    };
+                    return send(tx, refusal).await;
                 }
             }
             Some(RequestUnion::CancelRequest(cancel)) if stream.cancel(cancel.watch_id) => {
