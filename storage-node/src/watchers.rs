@@ -211,9 +211,11 @@ impl Index {
         if let Some(set) = self.exact.get(key) {
             out.extend(set);
         }
-        for len in 1..=key.len() {
-            if let Some(set) = self.prefix.get(&key[..len]) {
-                out.extend(set);
+        if !self.prefix.is_empty() {
+            for len in 1..=key.len() {
+                if let Some(set) = self.prefix.get(&key[..len]) {
+                    out.extend(set);
+                }
             }
         }
         out.extend(&self.ranges);
@@ -332,6 +334,9 @@ impl Groups {
 
     /// Sends the synced watchers the changes of one revision.
     fn fan_out(&mut self, revision: i64, events: &[Event]) {
+        if self.watchers.is_empty() {
+            return;
+        }
         let mut batches: HashMap<Key, Vec<Event>> = HashMap::new();
         let mut candidates = Vec::new();
         for event in events {
@@ -484,9 +489,12 @@ impl Watchers {
             if notify {
                 w.notify_progress();
             }
-            w.lock().retry_progress();
-            if w.lock().unsynced.is_empty() {
-                continue;
+            {
+                let mut g = w.lock();
+                g.retry_progress();
+                if g.unsynced.is_empty() {
+                    continue;
+                }
             }
             let worker = w.clone();
             drop(w);
@@ -516,8 +524,10 @@ impl Watchers {
 
     /// One catch-up round: history for up to [`SYNC_WATCHERS`] unsynced watchers, read once.
     fn catch_up(&self) {
-        let (compacted, batch, published) = {
-            let g = self.lock();
+        let compacted = self.store.revisions().1;
+        // Watchers owed history below the compaction are canceled; the rest read it.
+        let (reading, published) = {
+            let mut g = self.lock();
             // A stream with a full outbox cannot take anything now: its watchers wait (and
             // history is not read again for them until it can).
             let batch: Vec<(Key, i64)> = g
@@ -530,12 +540,7 @@ impl Watchers {
                     Position::Synced { .. } => None,
                 })
                 .collect();
-            (self.store.revisions().1, batch, g.published)
-        };
-        // Watchers owed history below the compaction are canceled; the rest read it.
-        let mut reading = Vec::with_capacity(batch.len());
-        {
-            let mut g = self.lock();
+            let mut reading = Vec::with_capacity(batch.len());
             for (key, next) in batch {
                 if next < compacted {
                     let gone = Delivery::Compacted {
@@ -549,7 +554,8 @@ impl Watchers {
                     reading.push((key, next));
                 }
             }
-        }
+            (reading, g.published)
+        };
         let Some(from) = reading.iter().map(|(_, next)| *next).min() else {
             return;
         };

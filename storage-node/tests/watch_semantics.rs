@@ -120,6 +120,14 @@ async fn put(kv: &mut KvClient<Channel>, key: &str, value: &str) -> i64 {
     header.expect("header").revision
 }
 
+/// Each event's revision, in order.
+fn mod_revisions(events: &[Event]) -> Vec<i64> {
+    events
+        .iter()
+        .map(|e| e.kv.as_ref().map_or(0, |kv| kv.mod_revision))
+        .collect()
+}
+
 fn key_only(key: &str) -> WatchCreateRequest {
     WatchCreateRequest {
         key: key.into(),
@@ -356,10 +364,7 @@ async fn events_stay_complete_and_in_order_under_writes_through_every_member() {
     let history = replay.events(changes).await;
     assert_eq!(seen.len(), changes);
     assert_eq!(seen, history, "live events differ from history");
-    let revisions: Vec<i64> = seen
-        .iter()
-        .map(|e| e.kv.as_ref().map_or(0, |kv| kv.mod_revision))
-        .collect();
+    let revisions = mod_revisions(&seen);
     assert!(revisions.windows(2).all(|w| w[0] < w[1]), "{revisions:?}");
     // The model: each event's previous value is what the one before it on that key left.
     let mut model: std::collections::HashMap<Vec<u8>, Vec<u8>> = Default::default();
@@ -394,10 +399,7 @@ async fn a_client_that_does_not_read_holds_up_no_write() {
     }
     // Reading now, the stalled client gets every change, in order.
     let events = stalled.events(2000).await;
-    let revisions: Vec<i64> = events
-        .iter()
-        .map(|e| e.kv.as_ref().map_or(0, |kv| kv.mod_revision))
-        .collect();
+    let revisions = mod_revisions(&events);
     assert_eq!(revisions.len(), 2000);
     assert!(
         revisions.windows(2).all(|w| w[1] == w[0] + 1),

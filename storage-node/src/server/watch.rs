@@ -237,18 +237,19 @@ impl Api {
             fill(&mut r);
             r
         };
-        let current = self.node.store.revisions().0;
+        // Only a refusal or a cancel is answered at the current revision.
+        let current = || self.node.store.revisions().0;
         match delivery {
             Delivery::Created { watch_id, revision } => {
                 vec![response(watch_id, revision, &|r| r.created = true)]
             }
-            Delivery::Refused { watch_id, reason } => vec![response(watch_id, current, &|r| {
+            Delivery::Refused { watch_id, reason } => vec![response(watch_id, current(), &|r| {
                 r.created = true;
                 r.canceled = true;
                 r.cancel_reason = reason.clone();
             })],
             Delivery::Canceled { watch_id } => {
-                vec![response(watch_id, current, &|r| r.canceled = true)]
+                vec![response(watch_id, current(), &|r| r.canceled = true)]
             }
             Delivery::Compacted {
                 watch_id,
