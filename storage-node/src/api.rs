@@ -658,6 +658,25 @@ impl TxnRequest {
         branch_writes(&self.failure)?;
         Ok(())
     }
+
+    /// Whether neither branch writes, nested txns included (etcd's `isTxnReadonly`): such a
+    /// txn is served from a member's state, not proposed.
+    pub fn is_read_only(&self) -> bool {
+        self.success.iter().chain(&self.failure).all(|op| match op {
+            RequestOp::Range(_) => true,
+            RequestOp::Txn(t) => t.is_read_only(),
+            RequestOp::Put(_) | RequestOp::DeleteRange(_) => false,
+        })
+    }
+
+    /// Whether every operation is a serializable range (etcd's `isTxnSerializable`): such a
+    /// txn needs no read point. A nested txn makes it linearizable, as in etcd.
+    pub fn is_serializable(&self) -> bool {
+        self.success
+            .iter()
+            .chain(&self.failure)
+            .all(|op| matches!(op, RequestOp::Range(r) if r.serializable))
+    }
 }
 
 /// A half-open key interval; `end == None` means unbounded.

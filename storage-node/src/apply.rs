@@ -302,7 +302,11 @@ impl Engine {
 
     /// Every compare needs read access, every operation of both branches (nested txns
     /// included) its own access.
-    fn check_txn_auth(&self, info: &AuthInfo, t: &TxnRequest) -> Result<(), auth::Error> {
+    pub(crate) fn check_txn_auth(
+        &self,
+        info: &AuthInfo,
+        t: &TxnRequest,
+    ) -> Result<(), auth::Error> {
         for c in &t.compare {
             self.auth
                 .check_op(info, &c.key, &c.range_end, PermissionType::Read)?;

@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 use crate::alarm::Alarms;
 use crate::api::{
     AlarmMember, AlarmType, Command, Event, KeyInterval, PermissionType, RangeRequest,
-    RangeResponse, Request, Response,
+    RangeResponse, Request, Response, TxnRequest, TxnResponse,
 };
 use crate::apply::{ApplyError, Engine, Failure, Limits};
 use crate::auth::{self, AuthInfo, AuthStore, Role, User};
@@ -517,6 +517,13 @@ impl Store {
         mvcc::range_committed(&txn, &state.engine.kv, req)
     }
 
+    /// Serves a txn that writes nothing from the last applied state.
+    pub fn read_only_txn(&self, req: &TxnRequest) -> mvcc::Result<TxnResponse> {
+        let state = self.read();
+        let txn = self.backend.begin_read()?;
+        mvcc::read_only_txn(&txn, &state.engine.kv, req)
+    }
+
     /// Checksums the whole backend (etcd's Hash), with the revision it was taken at.
     pub fn hash(&self) -> backend::Result<(u32, i64)> {
         let state = self.read();
@@ -701,6 +708,12 @@ impl Store {
             .engine
             .auth
             .check_op(info, key, range_end, access)
+    }
+
+    /// Checks every access a txn makes (its compares and both branches) against the local auth
+    /// store, as a read-only txn is checked before it is served.
+    pub fn check_txn_permission(&self, info: &AuthInfo, req: &TxnRequest) -> auth::Result<()> {
+        self.read().engine.check_txn_auth(info, req)
     }
 
     /// Checks that the caller may read or change the auth store (etcd's `IsAdminPermitted`).

@@ -569,3 +569,96 @@ fn the_fault_switch_is_reported_in_status() {
             .unsafe_reproduce_etcd_11651
     );
 }
+
+/// A txn that writes nothing is served from the state without the log: its answer, errors
+/// included, must be the one applying it through the log gives.
+#[test]
+fn read_only_txns_served_from_the_state_answer_as_applied_ones() {
+    let s = store();
+    let mut log = Log::default();
+    for (k, v) in [("a", "1"), ("b", "2"), ("a", "3"), ("c", "4"), ("b", "5")] {
+        propose(&s, &mut log, "", put(k, v)).unwrap();
+    }
+    propose(&s, &mut log, "", del("c", "")).unwrap();
+    propose(
+        &s,
+        &mut log,
+        "",
+        Request::Compaction(CompactionRequest {
+            revision: 2,
+            physical: false,
+        }),
+    )
+    .unwrap();
+    let range = |key: &str, end: &str, revision: i64| {
+        RequestOp::Range(RangeRequest {
+            key: key.into(),
+            range_end: end.into(),
+            revision,
+            ..Default::default()
+        })
+    };
+    let value_is = |key: &str, value: &str| {
+        cmp(
+            key,
+            CompareTarget::Value(value.into()),
+            CompareResult::Equal,
+        )
+    };
+    let nested = |compare, success, failure| {
+        RequestOp::Txn(TxnRequest {
+            compare,
+            success,
+            failure,
+        })
+    };
+    let cases = [
+        (vec![], vec![], vec![]),
+        (
+            vec![value_is("a", "3")],
+            vec![range("a", "z", 0), range("a", "", 3)],
+            vec![range("b", "", 0)],
+        ),
+        (
+            vec![value_is("a", "1")],
+            vec![range("a", "z", 0)],
+            vec![range("a", "\0", 4), range("c", "", 5)],
+        ),
+        (
+            vec![cmp("c", CompareTarget::Version(0), CompareResult::Equal)],
+            vec![nested(
+                vec![cmp("b", CompareTarget::Mod(5), CompareResult::Greater)],
+                vec![range("b", "", 0)],
+                vec![range("a", "", 0)],
+            )],
+            vec![],
+        ),
+        (vec![], vec![range("a", "", 1)], vec![]),
+        (vec![], vec![range("a", "", 100)], vec![]),
+    ];
+    for (compare, success, failure) in cases {
+        let t = TxnRequest {
+            compare,
+            success,
+            failure,
+        };
+        assert!(t.is_read_only(), "{t:?}");
+        let served = s.read_only_txn(&t).map_err(|e| e.to_string());
+        let applied = propose(&s, &mut log, "", Request::Txn(t.clone())).map(txn_response_of);
+        assert_eq!(served, applied, "{t:?}");
+    }
+    let write = TxnRequest {
+        success: vec![nested(vec![], vec![op_put("x", "1")], vec![])],
+        ..Default::default()
+    };
+    assert!(!write.is_read_only());
+    assert!(
+        s.read_only_txn(&write).is_err(),
+        "a write is never served as a read"
+    );
+    assert_eq!(value(&s, "x"), None);
+}
+
+fn txn_response_of(r: Response) -> TxnResponse {
+    txn_response(Ok(r))
+}

@@ -17,7 +17,7 @@ use thiserror::Error;
 use crate::api::{
     Compare, CompareResult, CompareTarget, DeleteRangeRequest, DeleteRangeResponse, Event,
     EventKind, InvalidRequest, KeyInterval, KeyValue, PutRequest, PutResponse, RangeRequest,
-    RangeResponse, SortOrder, SortTarget,
+    RangeResponse, RequestOp, ResponseOp, SortOrder, SortTarget, TxnRequest, TxnResponse,
 };
 use crate::backend::{self, get_u64, put_u64};
 use crate::schema::{KV, META, meta};
@@ -39,6 +39,9 @@ pub enum Error {
     /// The request is malformed.
     #[error(transparent)]
     Invalid(#[from] InvalidRequest),
+    /// A txn that writes was handed to the read-only path: only raft may apply it.
+    #[error("mend: a txn that writes cannot be served as a read")]
+    NotReadOnly,
     /// Storage failed.
     #[error(transparent)]
     Backend(#[from] backend::Error),
@@ -229,6 +232,29 @@ fn sort(kvs: &mut [KeyValue], order: SortOrder, target: SortTarget) {
     }
 }
 
+/// Whether every key in the compare's range satisfies it at revision `now`.
+fn compare(
+    table: &impl ReadableTable<(i64, i64), &'static [u8]>,
+    state: &KvState,
+    c: &Compare,
+    now: i64,
+) -> Result<bool> {
+    let interval = KeyInterval::of(&c.key, &c.range_end);
+    let mut any = false;
+    for (_, rev) in state.index.range_at(&interval, now) {
+        any = true;
+        if !compare_kv(c, &fetch(table, rev)?) {
+            return Ok(false);
+        }
+    }
+    if any {
+        return Ok(true);
+    }
+    // A missing key has no value to compare (gRPC cannot tell nil from empty); its other
+    // fields compare as zero.
+    Ok(!matches!(c.target, CompareTarget::Value(_)) && compare_kv(c, &KeyValue::default()))
+}
+
 /// Whether `kv` satisfies a compare (etcd's `compareKV`).
 fn compare_kv(c: &Compare, kv: &KeyValue) -> bool {
     let ordering = match &c.target {
@@ -295,20 +321,7 @@ impl<'s, 't> KvWriter<'s, 't> {
 
     /// Whether every key in the compare's range satisfies it (etcd's `applyCompare`).
     pub(crate) fn compare(&self, c: &Compare) -> Result<bool> {
-        let interval = KeyInterval::of(&c.key, &c.range_end);
-        let mut any = false;
-        for (_, rev) in self.state.index.range_at(&interval, self.now()) {
-            any = true;
-            if !compare_kv(c, &fetch(&self.table, rev)?) {
-                return Ok(false);
-            }
-        }
-        if any {
-            return Ok(true);
-        }
-        // A missing key has no value to compare (gRPC cannot tell nil from empty); its other
-        // fields compare as zero.
-        Ok(!matches!(c.target, CompareTarget::Value(_)) && compare_kv(c, &KeyValue::default()))
+        compare(&self.table, self.state, c, self.now())
     }
 
     fn write(&mut self, kv: KeyValue, tombstone: bool, prev: Option<KeyValue>) -> Result<()> {
@@ -439,6 +452,44 @@ pub(crate) fn range_committed(
     req: &RangeRequest,
 ) -> Result<RangeResponse> {
     range(&txn.open_table(KV)?, state, req, state.current)
+}
+
+/// Serves a txn that writes nothing (see `TxnRequest::is_read_only`) on the last committed
+/// state: the branch its compares choose, nested txns included, all at the current revision.
+pub(crate) fn read_only_txn(
+    txn: &ReadTransaction,
+    state: &KvState,
+    t: &TxnRequest,
+) -> Result<TxnResponse> {
+    fn run(
+        table: &impl ReadableTable<(i64, i64), &'static [u8]>,
+        state: &KvState,
+        t: &TxnRequest,
+    ) -> Result<TxnResponse> {
+        let mut succeeded = true;
+        for c in &t.compare {
+            if !compare(table, state, c, state.current)? {
+                succeeded = false;
+                break;
+            }
+        }
+        let mut responses = Vec::new();
+        for op in if succeeded { &t.success } else { &t.failure } {
+            responses.push(match op {
+                RequestOp::Range(r) => ResponseOp::Range(range(table, state, r, state.current)?),
+                RequestOp::Txn(nested) => ResponseOp::Txn(run(table, state, nested)?),
+                RequestOp::Put(_) | RequestOp::DeleteRange(_) => {
+                    return Err(Error::NotReadOnly);
+                }
+            });
+        }
+        Ok(TxnResponse {
+            revision: state.current,
+            succeeded,
+            responses,
+        })
+    }
+    run(&txn.open_table(KV)?, state, t)
 }
 
 /// Checksums the history up to `rev` (0: now).

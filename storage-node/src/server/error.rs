@@ -321,6 +321,7 @@ impl From<mvcc::Error> for ServerError {
             mvcc::Error::FutureRev => ServerError::FutureRev,
             mvcc::Error::KeyNotFound => ServerError::KeyNotFound,
             mvcc::Error::Invalid(i) => i.into(),
+            e @ mvcc::Error::NotReadOnly => ServerError::Unknown(e.to_string()),
             mvcc::Error::Backend(b) => b.into(),
         }
     }

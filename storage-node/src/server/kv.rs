@@ -1,7 +1,8 @@
 //! etcd's KV service: Range, Put, DeleteRange, Txn, Compact.
 //!
-//! Writes and linearizable ranges go through raft; serializable ranges are served from this
-//! member's state after a local permission check, as etcd does.
+//! Writes go through raft. Ranges and txns that write nothing are served from this member's
+//! state after a local permission check, as etcd does: linearizable ones once the member has
+//! applied up to a read point the leader confirmed with a quorum (ReadIndex).
 
 use tonic::{Request, Response, Status};
 
@@ -29,6 +30,24 @@ impl Api {
             .check_permission(&info, &req.key, &req.range_end, PermissionType::Read)
             .map_err(Status::from)?;
         self.node.store.range(&req).map_err(Status::from)
+    }
+
+    /// Serves a txn that writes nothing as etcd does, like a range: after a read point unless
+    /// every operation is a serializable range, then from this member's state.
+    async fn local_txn(
+        &self,
+        caller: Option<crate::auth::AuthInfo>,
+        req: api::TxnRequest,
+    ) -> Result<api::TxnResponse, Status> {
+        if !req.is_serializable() {
+            self.read_index().await?;
+        }
+        let info = Self::local_identity(caller);
+        self.node
+            .store
+            .check_txn_permission(&info, &req)
+            .map_err(Status::from)?;
+        self.node.store.read_only_txn(&req).map_err(Status::from)
     }
 }
 
@@ -88,14 +107,17 @@ impl Kv for Api {
         let req = convert::txn_request(request.into_inner())?;
         req.validate(self.max_txn_ops).map_err(Status::from)?;
         let req = api::Request::Txn(req);
+        // etcd's quota interceptor runs before it tells reads from writes.
         self.check_quota(&req).await?;
-        match self.propose(caller, req).await? {
-            api::Response::Txn(resp) => {
-                let header = self.header(resp.revision);
-                Ok(Response::new(convert::txn_response(resp, header)))
-            }
-            other => Err(error::unexpected(other)),
-        }
+        let resp = match req {
+            api::Request::Txn(t) if t.is_read_only() => self.local_txn(caller, t).await?,
+            req => match self.propose(caller, req).await? {
+                api::Response::Txn(resp) => resp,
+                other => return Err(error::unexpected(other)),
+            },
+        };
+        let header = self.header(resp.revision);
+        Ok(Response::new(convert::txn_response(resp, header)))
     }
 
     #[tracing::instrument(level = "debug", skip_all)]
