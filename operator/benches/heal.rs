@@ -56,7 +56,7 @@ fn run(runtime: &tokio::runtime::Runtime, keys: usize) -> (Duration, Duration) {
     );
     settle(runtime, &prober);
     runtime
-        .block_on(storage_node::tools::load::put_load(
+        .block_on(storage_node::tools::benchmark::put_load(
             &endpoints, 64, keys, 256,
         ))
         .expect("load");

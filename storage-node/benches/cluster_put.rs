@@ -8,7 +8,7 @@
 #[path = "../tests/cluster/mod.rs"]
 mod cluster;
 
-use storage_node::tools::load;
+use storage_node::tools::benchmark as load;
 
 fn main() {
     let puts: usize = std::env::var("MEND_BENCH_PUTS")

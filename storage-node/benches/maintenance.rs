@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 
 use storage_node::pb::etcdserverpb::kv_client::KvClient;
 use storage_node::pb::etcdserverpb::{DeleteRangeRequest, PutRequest};
-use storage_node::tools::load;
+use storage_node::tools::benchmark as load;
 
 /// Both systems' backend quota: 8 GiB, etcd's largest recommended, so neither stops the fill.
 const QUOTA: i64 = 8 << 30;

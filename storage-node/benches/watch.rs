@@ -14,7 +14,7 @@ mod cluster;
 use storage_node::pb::etcdserverpb::watch_client::WatchClient;
 use storage_node::pb::etcdserverpb::watch_request::RequestUnion;
 use storage_node::pb::etcdserverpb::{WatchCreateRequest, WatchRequest, WatchResponse};
-use storage_node::tools::load;
+use storage_node::tools::benchmark as load;
 use tokio::sync::mpsc;
 
 fn env(name: &str, default: usize) -> usize {

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use storage_node::cli::{LogFormat, ServeArgs, init_logging};
-use storage_node::tools::{backup, demo, dump, snapshot};
+use storage_node::tools::{backup, benchmark, demo, dump, snapshot};
 
 /// Mend's etcd-compatible storage node. Without a subcommand it runs a cluster member
 /// configured with etcd's flags.
@@ -63,6 +63,9 @@ enum Cmd {
         /// The member's data directory (`--data-dir` of the node).
         data_dir: PathBuf,
     },
+    /// Load etcd v3 endpoints as etcd's benchmark tool does, or (--compare-etcd) a 3-member
+    /// etcd 3.4 and a 3-member Mend cluster started here, side by side.
+    Benchmark(benchmark::BenchmarkArgs),
     /// Print a stopped member's raft log: vote, committed index, and one line per entry.
     DumpLog {
         /// The member's data directory (`--data-dir` of the node).
@@ -118,6 +121,20 @@ fn main() -> ExitCode {
         }
         Cmd::DumpDb { data_dir } => print_or_fail("dump-db", dump::dump_db(&data_dir)),
         Cmd::DumpLog { data_dir } => print_or_fail("dump-log", dump::dump_log(&data_dir)),
+        Cmd::Benchmark(args) => run_benchmark(args),
+    }
+}
+
+fn run_benchmark(args: benchmark::BenchmarkArgs) -> ExitCode {
+    let result = tokio::runtime::Runtime::new()
+        .map_err(|e| benchmark::Error::Task(e.to_string()))
+        .and_then(|runtime| runtime.block_on(benchmark::run(args)));
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("storage-node benchmark: {e}");
+            ExitCode::FAILURE
+        }
     }
 }
 
