@@ -6,9 +6,14 @@
 //! applied batch), and lets either be inspected or rebuilt without the other.
 //!
 //! # Durability
-//! Every write commits one redb transaction with redb's default durability, `Immediate`:
-//! `commit` returns only once the data is fsynced. openraft learns that a write is done (the
-//! `IOFlushed` callback, or `save_vote` returning) only after that commit returned.
+//! An append commits its entries without an fsync (redb's `Durability::None`): they are
+//! readable at once, so openraft sends them to the followers while this member's disk write is
+//! still under way, as etcd's leader does. A flusher thread then makes every such append
+//! durable with one `Immediate` commit (group commit: appends that arrive during an fsync
+//! share the next one) and only then reports them flushed (the `IOFlushed` callback): openraft
+//! counts an entry toward a quorum on this member only once it is on disk. Every other write
+//! (vote, truncation, purge) commits `Immediate` itself, returns only once fsynced, and first
+//! reports the appends its fsync also covered, so completions reach openraft in log order.
 //!
 //! # Format
 //! Table `raft_log`: log index → postcard bytes of the openraft entry. Table `raft_meta`:
@@ -19,7 +24,8 @@ use std::fmt::Debug;
 use std::io;
 use std::ops::{Bound, RangeBounds};
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, Weak};
+use std::time::Duration;
 
 use openraft::OptionalSend;
 use openraft::storage::{IOFlushed, LogState, RaftLogReader, RaftLogStorage};
@@ -74,6 +80,162 @@ pub struct LogStore {
     db: Arc<Database>,
     /// Durations of the durable commits (etcd's `etcd_disk_wal_fsync_duration_seconds`).
     fsyncs: prometheus_client::metrics::histogram::Histogram,
+    flusher: Arc<Flusher>,
+    /// The newest entries, decoded: replication and the state machine read what was just
+    /// appended from here instead of from redb.
+    tail: Arc<Mutex<Tail>>,
+}
+
+/// Entries most recently appended, mirroring the end of the log: a contiguous run of indexes
+/// that redb holds with the same contents.
+#[derive(Default)]
+struct Tail {
+    entries: std::collections::BTreeMap<u64, Entry>,
+}
+
+/// How many of the newest entries [`Tail`] keeps.
+const TAIL_ENTRIES: usize = 1024;
+
+impl Tail {
+    /// Records entries just committed to redb, in index order.
+    fn appended(&mut self, entries: &[Entry]) {
+        let Some(first) = entries.first().map(|e| e.log_id.index()) else {
+            return;
+        };
+        // Appending at or below the current end replaces what follows (redb's inserts did);
+        // past the end would leave a gap this mirror cannot represent.
+        let contiguous = self
+            .entries
+            .last_key_value()
+            .is_none_or(|(&last, _)| first <= last + 1);
+        if !contiguous {
+            self.entries.clear();
+        }
+        self.entries.split_off(&first);
+        for entry in entries {
+            self.entries.insert(entry.log_id.index(), entry.clone());
+        }
+        while self.entries.len() > TAIL_ENTRIES {
+            self.entries.pop_first();
+        }
+    }
+
+    /// Entries in `[from, until)` if this mirror holds every one of them.
+    fn get(&self, from: u64, until: Option<u64>) -> Option<Vec<Entry>> {
+        let (&first, _) = self.entries.first_key_value()?;
+        let (&last, _) = self.entries.last_key_value()?;
+        let until = until.unwrap_or(last + 1);
+        if from < first || until > last + 1 {
+            return None;
+        }
+        if until <= from {
+            return Some(Vec::new());
+        }
+        Some(
+            self.entries
+                .range(from..until)
+                .map(|(_, e)| e.clone())
+                .collect(),
+        )
+    }
+}
+
+/// Appends committed but not yet fsynced, and the order of durable commits.
+#[derive(Default)]
+struct Flusher {
+    /// Callbacks of appends whose entries are committed without an fsync, in log order.
+    pending: Mutex<Vec<IOFlushed<TypeConfig>>>,
+    /// Wakes the flusher thread when `pending` gains a callback.
+    wake: Condvar,
+    /// Held from the start of a durable commit until the callbacks it covers were called, so
+    /// the flusher thread and other durable writes never report out of order.
+    order: Mutex<()>,
+    /// The committed log ID openraft last saved, not yet written: the next durable commit
+    /// writes it (`Some(None)`: remove it).
+    committed: Mutex<Option<Option<LogId>>>,
+}
+
+impl Flusher {
+    fn lock_pending(&self) -> MutexGuard<'_, Vec<IOFlushed<TypeConfig>>> {
+        // A panic while holding the list leaves it usable: it only ever holds callbacks.
+        self.pending.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn lock_order(&self) -> MutexGuard<'_, ()> {
+        self.order.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn lock_committed(&self) -> MutexGuard<'_, Option<Option<LogId>>> {
+        self.committed.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Writes the committed log ID saved since the last durable commit into `txn`.
+    fn write_committed(&self, txn: &WriteTransaction) -> Result<(), Error> {
+        match self.lock_committed().take() {
+            None => Ok(()),
+            Some(Some(id)) => put_meta(txn, key::COMMITTED, &id),
+            Some(None) => {
+                txn.open_table(META)?.remove(key::COMMITTED)?;
+                Ok(())
+            }
+        }
+    }
+
+    /// Reports every pending append as `result` (called after a durable commit, under the
+    /// order lock).
+    fn complete_pending(&self, result: &Result<(), Error>) {
+        let flushed = std::mem::take(&mut *self.lock_pending());
+        for callback in flushed {
+            callback.io_completed(match result {
+                Ok(()) => Ok(()),
+                Err(e) => Err(io::Error::other(e.to_string())),
+            });
+        }
+    }
+}
+
+/// How often an idle flusher thread checks whether its log is still open.
+const FLUSHER_IDLE_CHECK: Duration = Duration::from_millis(200);
+
+/// The flusher thread: waits for pending appends, makes them durable with one `Immediate`
+/// commit (which persists every earlier non-durable one; it writes only the committed log ID),
+/// then reports them.
+/// Ends once the log is closed.
+fn flush_appends(
+    db: Weak<Database>,
+    flusher: Arc<Flusher>,
+    fsyncs: prometheus_client::metrics::histogram::Histogram,
+) {
+    loop {
+        {
+            let mut pending = flusher.lock_pending();
+            while pending.is_empty() {
+                if db.strong_count() == 0 {
+                    return;
+                }
+                pending = flusher
+                    .wake
+                    .wait_timeout(pending, FLUSHER_IDLE_CHECK)
+                    .unwrap_or_else(|p| p.into_inner())
+                    .0;
+            }
+        }
+        let Some(db) = db.upgrade() else {
+            return;
+        };
+        let _order = flusher.lock_order();
+        let started = std::time::Instant::now();
+        let result = db.begin_write().map_err(Error::from).and_then(|txn| {
+            flusher.write_committed(&txn)?;
+            txn.commit().map_err(Error::from)
+        });
+        if result.is_ok() {
+            fsyncs.observe(started.elapsed().as_secs_f64());
+        } else if let Err(error) = &result {
+            tracing::error!(%error, "the raft log's fsync failed");
+        }
+        flusher.complete_pending(&result);
+    }
 }
 
 impl LogStore {
@@ -104,9 +266,23 @@ impl LogStore {
             }
         }
         txn.commit()?;
+        let db = Arc::new(db);
+        let fsyncs = crate::metrics::disk_durations();
+        let flusher = Arc::new(Flusher::default());
+        let (weak, thread_flusher, thread_fsyncs) =
+            (Arc::downgrade(&db), flusher.clone(), fsyncs.clone());
+        std::thread::Builder::new()
+            .name("raft-log-flush".into())
+            .spawn(move || flush_appends(weak, thread_flusher, thread_fsyncs))
+            .map_err(|source| Error::Io {
+                path: dir.join(LOG_FILE),
+                source,
+            })?;
         Ok(LogStore {
-            db: Arc::new(db),
-            fsyncs: crate::metrics::disk_durations(),
+            db,
+            fsyncs,
+            flusher,
+            tail: Arc::default(),
         })
     }
 
@@ -145,6 +321,10 @@ impl LogStore {
         })
     }
 
+    fn lock_tail(&self) -> MutexGuard<'_, Tail> {
+        self.tail.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     /// Reads in a blocking task, on a snapshot of the last committed state.
     async fn read<T, F>(&self, f: F) -> Result<T, Error>
     where
@@ -163,37 +343,72 @@ impl LogStore {
         self.write_with(redb::Durability::Immediate, f).await
     }
 
-    /// Writes without waiting for the disk: for values openraft can lose and recompute (the
-    /// committed log ID); the next durable write persists them too.
-    async fn write_lazily<F>(&self, f: F) -> Result<(), Error>
-    where
-        F: FnOnce(&WriteTransaction) -> Result<(), Error> + Send + 'static,
-    {
-        self.write_with(redb::Durability::None, f).await
-    }
-
     async fn write_with<F>(&self, durability: redb::Durability, f: F) -> Result<(), Error>
     where
         F: FnOnce(&WriteTransaction) -> Result<(), Error> + Send + 'static,
     {
         let db = self.db.clone();
         let fsyncs = self.fsyncs.clone();
+        let flusher = self.flusher.clone();
         let durable = matches!(durability, redb::Durability::Immediate);
         blocking(move || {
-            let mut txn = db.begin_write()?;
-            txn.set_durability(durability)
-                .map_err(|e| Error::Redb(redb::Error::from(e)))?;
-            f(&txn)?;
-            let started = std::time::Instant::now();
-            // The durability rule: except for `write_lazily`, this commit is `Immediate`, so it
-            // returns only once the write is fsynced. Every caller reports completion to
-            // openraft after this returns, never before: a vote, an entry or a purged log ID
-            // openraft acts on is already on disk. The committed log ID is the exception
-            // openraft allows: losing it only means learning it again from the leader.
-            txn.commit()?;
+            // A durable commit also persists the pending appends: they are reported, in
+            // order, before this write returns.
+            let _order = durable.then(|| flusher.lock_order());
+            let commit = || {
+                let mut txn = db.begin_write()?;
+                txn.set_durability(durability)
+                    .map_err(|e| Error::Redb(redb::Error::from(e)))?;
+                f(&txn)?;
+                if durable {
+                    flusher.write_committed(&txn)?;
+                }
+                let started = std::time::Instant::now();
+                // The durability rule: a durable commit returns only once the write is
+                // fsynced. Every caller reports completion to openraft after this returns,
+                // never before: a vote, an entry or a purged log ID openraft acts on is
+                // already on disk.
+                txn.commit()?;
+                if durable {
+                    fsyncs.observe(started.elapsed().as_secs_f64());
+                }
+                Ok(())
+            };
+            let result = commit();
             if durable {
-                fsyncs.observe(started.elapsed().as_secs_f64());
+                flusher.complete_pending(&result);
             }
+            result
+        })
+        .await
+    }
+
+    /// Commits entries without an fsync and hands their callback to the flusher thread.
+    async fn append_entries(
+        &self,
+        entries: Vec<Entry>,
+        callback: IOFlushed<TypeConfig>,
+    ) -> Result<(), Error> {
+        let db = self.db.clone();
+        let flusher = self.flusher.clone();
+        let tail = self.tail.clone();
+        blocking(move || {
+            let mut txn = db.begin_write()?;
+            txn.set_durability(redb::Durability::None)
+                .map_err(|e| Error::Redb(redb::Error::from(e)))?;
+            {
+                let mut log = txn.open_table(LOG)?;
+                for entry in &entries {
+                    log.insert(entry.log_id.index(), encode("entry", entry)?.as_slice())?;
+                }
+            }
+            txn.commit()?;
+            tail.lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .appended(&entries);
+            // Readable now; reported flushed only once an `Immediate` commit covered it.
+            flusher.lock_pending().push(callback);
+            flusher.wake.notify_one();
             Ok(())
         })
         .await
@@ -206,6 +421,9 @@ impl RaftLogReader<TypeConfig> for LogStore {
         range: RB,
     ) -> Result<Vec<Entry>, io::Error> {
         let (from, until) = index_bounds(&range);
+        if let Some(entries) = self.lock_tail().get(from, until) {
+            return Ok(entries);
+        }
         Ok(self.read(move |txn| read_entries(txn, from, until)).await?)
     }
 
@@ -251,18 +469,16 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), io::Error> {
-        Ok(self
-            .write_lazily(move |txn| match committed {
-                Some(id) => put_meta(txn, key::COMMITTED, &id),
-                None => {
-                    txn.open_table(META)?.remove(key::COMMITTED)?;
-                    Ok(())
-                }
-            })
-            .await?)
+        // Kept in memory until the next durable commit (an append's fsync, usually right
+        // after): openraft can lose it and learn it again from the leader.
+        *self.flusher.lock_committed() = Some(committed);
+        Ok(())
     }
 
     async fn read_committed(&mut self) -> Result<Option<LogId>, io::Error> {
+        if let Some(committed) = *self.flusher.lock_committed() {
+            return Ok(committed);
+        }
         Ok(self
             .read(|txn| get_meta(&txn.open_table(META)?, key::COMMITTED))
             .await?)
@@ -277,42 +493,36 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I: IntoIterator<Item = Entry> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
-        let entries: Vec<Entry> = entries.into_iter().collect();
-        self.write(move |txn| {
-            let mut log = txn.open_table(LOG)?;
-            for entry in &entries {
-                log.insert(entry.log_id.index(), encode("entry", entry)?.as_slice())?;
-            }
-            Ok(())
-        })
-        .await?;
-        // The entries are committed and fsynced: readable now, and durable, so the flush can
-        // be reported before returning.
-        callback.io_completed(Ok(()));
-        Ok(())
+        // Returns once the entries are readable; `callback` is called once they are durable.
+        Ok(self
+            .append_entries(entries.into_iter().collect(), callback)
+            .await?)
     }
 
     async fn truncate_after(&mut self, last_log_id: Option<LogId>) -> Result<(), io::Error> {
         let from = last_log_id.map_or(0, |id| id.index() + 1);
-        Ok(self
-            .write(move |txn| {
-                txn.open_table(LOG)?.retain_in(from.., |_, _| false)?;
-                Ok(())
-            })
-            .await?)
+        self.write(move |txn| {
+            txn.open_table(LOG)?.retain_in(from.., |_, _| false)?;
+            Ok(())
+        })
+        .await?;
+        self.lock_tail().entries.split_off(&from);
+        Ok(())
     }
 
     async fn purge(&mut self, log_id: LogId) -> Result<(), io::Error> {
-        Ok(self
-            .write(move |txn| {
-                // One transaction: the marker and the deletion land together, so the log never
-                // shows a gap below its first entry that the marker does not explain.
-                put_meta(txn, key::LAST_PURGED, &log_id)?;
-                txn.open_table(LOG)?
-                    .retain_in(..=log_id.index(), |_, _| false)?;
-                Ok(())
-            })
-            .await?)
+        self.write(move |txn| {
+            // One transaction: the marker and the deletion land together, so the log never
+            // shows a gap below its first entry that the marker does not explain.
+            put_meta(txn, key::LAST_PURGED, &log_id)?;
+            txn.open_table(LOG)?
+                .retain_in(..=log_id.index(), |_, _| false)?;
+            Ok(())
+        })
+        .await?;
+        let mut tail = self.lock_tail();
+        tail.entries = tail.entries.split_off(&(log_id.index() + 1));
+        Ok(())
     }
 }
 

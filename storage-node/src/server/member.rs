@@ -327,6 +327,9 @@ pub async fn run(args: ServeArgs, shutdown: impl Future<Output = ()>) -> Result<
         // A member that restarts or is cut off must not depose a healthy leader by bumping the
         // term (etcd 3.5 turns pre-vote on by default for the same reason).
         enable_pre_vote: Some(true),
+        // Entries go to the followers as soon as the log store has them, while this member's
+        // own fsync of them is still under way (see `raft::log_store`).
+        broadcast_submitted_on_append: Some(true),
         ..openraft::Config::default()
     };
     let config = Arc::new(config.validate().map_err(|e| Error::Raft(e.to_string()))?);
