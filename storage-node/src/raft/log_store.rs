@@ -335,49 +335,33 @@ impl LogStore {
         blocking(move || f(&db.begin_read()?)).await
     }
 
-    /// Runs `f` in one write transaction in a blocking task and commits it durably.
+    /// Runs `f` in one write transaction in a blocking task and commits it durably. The
+    /// commit also persists the pending appends: they are reported, in order, before this
+    /// write returns.
     async fn write<F>(&self, f: F) -> Result<(), Error>
-    where
-        F: FnOnce(&WriteTransaction) -> Result<(), Error> + Send + 'static,
-    {
-        self.write_with(redb::Durability::Immediate, f).await
-    }
-
-    async fn write_with<F>(&self, durability: redb::Durability, f: F) -> Result<(), Error>
     where
         F: FnOnce(&WriteTransaction) -> Result<(), Error> + Send + 'static,
     {
         let db = self.db.clone();
         let fsyncs = self.fsyncs.clone();
         let flusher = self.flusher.clone();
-        let durable = matches!(durability, redb::Durability::Immediate);
         blocking(move || {
-            // A durable commit also persists the pending appends: they are reported, in
-            // order, before this write returns.
-            let _order = durable.then(|| flusher.lock_order());
+            let _order = flusher.lock_order();
             let commit = || {
-                let mut txn = db.begin_write()?;
-                txn.set_durability(durability)
-                    .map_err(|e| Error::Redb(redb::Error::from(e)))?;
+                let txn = db.begin_write()?;
                 f(&txn)?;
-                if durable {
-                    flusher.write_committed(&txn)?;
-                }
+                flusher.write_committed(&txn)?;
                 let started = std::time::Instant::now();
                 // The durability rule: a durable commit returns only once the write is
                 // fsynced. Every caller reports completion to openraft after this returns,
                 // never before: a vote, an entry or a purged log ID openraft acts on is
                 // already on disk.
                 txn.commit()?;
-                if durable {
-                    fsyncs.observe(started.elapsed().as_secs_f64());
-                }
+                fsyncs.observe(started.elapsed().as_secs_f64());
                 Ok(())
             };
             let result = commit();
-            if durable {
-                flusher.complete_pending(&result);
-            }
+            flusher.complete_pending(&result);
             result
         })
         .await
