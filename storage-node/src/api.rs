@@ -8,6 +8,9 @@
 //! Request validation that etcd performs before proposing (empty keys, conflicting flags,
 //! duplicate keys in a txn) lives here too, so the server and the applier share one definition.
 
+use std::collections::{BTreeMap, HashSet};
+use std::ops::Bound;
+
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
@@ -712,31 +715,84 @@ pub(crate) fn successor(key: &[u8]) -> Vec<u8> {
     next
 }
 
-/// The keys put and the intervals deleted by one txn branch, nested txns included; fails when a
-/// put overlaps another put or a delete of the same branch (etcd's `checkIntervals`).
-fn branch_writes(ops: &[RequestOp]) -> Result<(Vec<Vec<u8>>, Vec<KeyInterval>), InvalidRequest> {
-    let mut dels: Vec<KeyInterval> = ops
-        .iter()
-        .filter_map(|op| match op {
-            RequestOp::DeleteRange(d) => Some(KeyInterval::of(&d.key, &d.range_end)),
+/// Deleted key ranges as disjoint intervals ordered by start, so that asking whether a key is
+/// deleted costs one ordered lookup however many deletes a txn holds.
+#[derive(Default)]
+struct DeletedRanges {
+    /// start → end (`None`: unbounded); intervals neither overlap nor touch.
+    by_start: BTreeMap<Vec<u8>, Option<Vec<u8>>>,
+}
+
+impl DeletedRanges {
+    /// Adds `interval`, merging it with every interval it overlaps or touches.
+    fn insert(&mut self, interval: KeyInterval) {
+        let KeyInterval { mut start, mut end } = interval;
+        if end.as_deref().is_some_and(|e| e <= start.as_slice()) {
+            return; // empty: deletes nothing
+        }
+        let reaches = |end: &Option<Vec<u8>>, key: &[u8]| end.as_deref().is_none_or(|e| e >= key);
+        let later = |a: Option<Vec<u8>>, b: Option<Vec<u8>>| match (a, b) {
+            (Some(a), Some(b)) => Some(a.max(b)),
             _ => None,
-        })
-        .collect();
-    let mut puts: Vec<Vec<u8>> = Vec::new();
-    let deleted = |dels: &[KeyInterval], key: &[u8]| dels.iter().any(|d| d.contains(key));
+        };
+        let before = self.by_start.range(..=start.clone()).next_back();
+        if let Some((s, _)) = before.filter(|(_, e)| reaches(e, &start)) {
+            let s = s.clone();
+            let e = self.by_start.remove(&s).flatten();
+            end = later(end, e);
+            start = s;
+        }
+        loop {
+            let next = self.by_start.range(start.clone()..).next();
+            let Some((s, _)) = next.filter(|(s, _)| reaches(&end, s)) else {
+                break;
+            };
+            let s = s.clone();
+            let e = self.by_start.remove(&s).flatten();
+            end = later(end, e);
+        }
+        self.by_start.insert(start, end);
+    }
+
+    fn contains(&self, key: &[u8]) -> bool {
+        self.by_start
+            .range::<[u8], _>((Bound::Unbounded, Bound::Included(key)))
+            .next_back()
+            .is_some_and(|(_, end)| end.as_deref().is_none_or(|e| key < e))
+    }
+
+    fn extend(&mut self, other: DeletedRanges) {
+        for (start, end) in other.by_start {
+            self.insert(KeyInterval { start, end });
+        }
+    }
+}
+
+/// The keys put and the ranges deleted by one txn branch, nested txns included; fails when a
+/// put overlaps another put or a delete of the same branch (etcd's `checkIntervals`). Every
+/// check is a hash or ordered lookup, so a request of many operations or deep nesting costs
+/// about its size, not its size squared.
+fn branch_writes(ops: &[RequestOp]) -> Result<(HashSet<&[u8]>, DeletedRanges), InvalidRequest> {
+    let mut dels = DeletedRanges::default();
+    for op in ops {
+        if let RequestOp::DeleteRange(d) = op {
+            dels.insert(KeyInterval::of(&d.key, &d.range_end));
+        }
+    }
+    let mut puts: HashSet<&[u8]> = HashSet::new();
     for op in ops {
         let RequestOp::Txn(txn) = op else { continue };
         let (then_puts, then_dels) = branch_writes(&txn.success)?;
         let (else_puts, else_dels) = branch_writes(&txn.failure)?;
-        for key in &then_puts {
-            if puts.contains(key) || deleted(&dels, key) {
+        for &key in &then_puts {
+            if puts.contains(key) || dels.contains(key) {
                 return Err(InvalidRequest::DuplicateKey);
             }
         }
-        for key in &else_puts {
+        for &key in &else_puts {
             // A key put by both branches of one nested txn is fine: only one branch runs.
             let clash = puts.contains(key) && !then_puts.contains(key);
-            if clash || deleted(&dels, key) {
+            if clash || dels.contains(key) {
                 return Err(InvalidRequest::DuplicateKey);
             }
         }
@@ -747,10 +803,9 @@ fn branch_writes(ops: &[RequestOp]) -> Result<(Vec<Vec<u8>>, Vec<KeyInterval>), 
     }
     for op in ops {
         let RequestOp::Put(p) = op else { continue };
-        if puts.contains(&p.key) || deleted(&dels, &p.key) {
+        if dels.contains(&p.key) || !puts.insert(&p.key) {
             return Err(InvalidRequest::DuplicateKey);
         }
-        puts.push(p.key.clone());
     }
     Ok((puts, dels))
 }
@@ -865,5 +920,135 @@ mod tests {
         assert!(from.contains(b"zzz") && !from.contains(b"a"));
         let range = KeyInterval::of(b"a", b"c");
         assert!(range.contains(b"b") && !range.contains(b"c"));
+    }
+
+    /// etcd's `checkIntervals` written plainly (every check a scan), the model for the
+    /// ordered-lookup version.
+    fn model_writes(ops: &[RequestOp]) -> Option<(Vec<Vec<u8>>, Vec<KeyInterval>)> {
+        let mut dels: Vec<KeyInterval> = ops
+            .iter()
+            .filter_map(|op| match op {
+                RequestOp::DeleteRange(d) => Some(KeyInterval::of(&d.key, &d.range_end)),
+                _ => None,
+            })
+            .collect();
+        let deleted = |dels: &[KeyInterval], key: &[u8]| dels.iter().any(|d| d.contains(key));
+        let mut puts: Vec<Vec<u8>> = Vec::new();
+        for op in ops {
+            let RequestOp::Txn(t) = op else { continue };
+            let (then_puts, then_dels) = model_writes(&t.success)?;
+            let (else_puts, else_dels) = model_writes(&t.failure)?;
+            for k in &then_puts {
+                if puts.contains(k) || deleted(&dels, k) {
+                    return None;
+                }
+            }
+            for k in &else_puts {
+                if (puts.contains(k) && !then_puts.contains(k)) || deleted(&dels, k) {
+                    return None;
+                }
+            }
+            puts.extend(then_puts);
+            puts.extend(else_puts);
+            dels.extend(then_dels);
+            dels.extend(else_dels);
+        }
+        for op in ops {
+            let RequestOp::Put(p) = op else { continue };
+            if puts.contains(&p.key) || deleted(&dels, &p.key) {
+                return None;
+            }
+            puts.push(p.key.clone());
+        }
+        Some((puts, dels))
+    }
+
+    fn ops_strategy() -> impl proptest::strategy::Strategy<Value = Vec<RequestOp>> {
+        use proptest::prelude::*;
+        // A key space of four letters, so clashes are common.
+        let key = || "[a-d]{1,2}".prop_map(String::into_bytes);
+        let leaf = prop_oneof![
+            key().prop_map(|key| {
+                RequestOp::Put(PutRequest {
+                    key,
+                    ..Default::default()
+                })
+            }),
+            (key(), prop_oneof![Just(Vec::new()), Just(vec![0]), key()]).prop_map(
+                |(key, range_end)| RequestOp::DeleteRange(DeleteRangeRequest {
+                    key,
+                    range_end,
+                    ..Default::default()
+                })
+            ),
+        ];
+        let op = leaf.prop_recursive(3, 24, 4, |inner| {
+            (
+                proptest::collection::vec(inner.clone(), 0..4),
+                proptest::collection::vec(inner, 0..4),
+            )
+                .prop_map(|(success, failure)| {
+                    RequestOp::Txn(TxnRequest {
+                        success,
+                        failure,
+                        ..Default::default()
+                    })
+                })
+        });
+        proptest::collection::vec(op, 0..6)
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn duplicate_key_check_agrees_with_etcds_model(ops in ops_strategy()) {
+            let fast = branch_writes(&ops).map(|(puts, _)| {
+                let mut puts: Vec<Vec<u8>> = puts.into_iter().map(<[u8]>::to_vec).collect();
+                puts.sort();
+                puts
+            });
+            // The model lists a key put by both branches of a nested txn twice.
+            let model = model_writes(&ops).map(|(mut puts, _)| {
+                puts.sort();
+                puts.dedup();
+                puts
+            });
+            proptest::prop_assert_eq!(fast.ok(), model);
+        }
+
+        #[test]
+        fn merged_deletes_contain_what_the_intervals_do(
+            intervals in proptest::collection::vec(
+                ("[a-d]{1,2}", "[a-d]{0,2}", proptest::bool::ANY), 0..8),
+            probe in "[a-d]{0,3}",
+        ) {
+            let mut merged = DeletedRanges::default();
+            let mut plain = Vec::new();
+            for (key, end, unbounded) in &intervals {
+                let end: &[u8] = if *unbounded { &[0] } else { end.as_bytes() };
+                let interval = KeyInterval::of(key.as_bytes(), end);
+                plain.push(interval.clone());
+                merged.insert(interval);
+            }
+            let expected = plain.iter().any(|i| i.contains(probe.as_bytes()));
+            proptest::prop_assert_eq!(merged.contains(probe.as_bytes()), expected);
+        }
+    }
+
+    #[test]
+    fn many_distinct_puts_in_nested_txns_are_accepted_and_one_repeat_is_not() {
+        // 64 nested txns of 1000 puts each: 64 000 keys, all distinct.
+        let nested = |n: usize| {
+            RequestOp::Txn(txn(
+                (0..1000).map(|i| put(&format!("k{n}-{i}"))).collect(),
+                Vec::new(),
+            ))
+        };
+        let mut request = txn((0..64).map(nested).collect(), Vec::new());
+        assert_eq!(request.validate(usize::MAX), Ok(()));
+        request.success.push(put("k63-999"));
+        assert_eq!(
+            request.validate(usize::MAX),
+            Err(InvalidRequest::DuplicateKey)
+        );
     }
 }

@@ -127,6 +127,79 @@ pub struct ServeArgs {
     /// The most watchers one Watch stream may hold (Mend's own limit; etcd has none).
     #[arg(long, env = "MEND_MAX_WATCHERS_PER_STREAM", default_value_t = 100_000)]
     pub max_watchers_per_stream: usize,
+    /// How often the server pings a client connection to check it is alive (etcd's flag and
+    /// default).
+    #[arg(
+        long,
+        env = "ETCD_GRPC_KEEPALIVE_INTERVAL",
+        default_value = "2h",
+        value_parser = parse_duration
+    )]
+    pub grpc_keepalive_interval: Duration,
+    /// How long a ping may go unanswered before the connection is closed (etcd's flag and
+    /// default).
+    #[arg(
+        long,
+        env = "ETCD_GRPC_KEEPALIVE_TIMEOUT",
+        default_value = "20s",
+        value_parser = parse_duration
+    )]
+    pub grpc_keepalive_timeout: Duration,
+    /// The most connections one listener (client or peer URL) keeps open; beyond it new
+    /// clients wait until one closes (Mend's own limit; etcd has none).
+    #[arg(
+        long,
+        env = "MEND_MAX_CONNECTIONS_PER_LISTENER",
+        default_value_t = 4096
+    )]
+    pub max_connections_per_listener: usize,
+    /// Client TLS: the certificate the client port serves (PEM).
+    #[arg(long, env = "ETCD_CERT_FILE")]
+    pub cert_file: Option<PathBuf>,
+    /// Client TLS: the private key of --cert-file (PEM).
+    #[arg(long, env = "ETCD_KEY_FILE")]
+    pub key_file: Option<PathBuf>,
+    /// The CA bundle client certificates must chain to (with --client-cert-auth).
+    #[arg(long, env = "ETCD_TRUSTED_CA_FILE")]
+    pub trusted_ca_file: Option<PathBuf>,
+    /// Require a client certificate signed by --trusted-ca-file on every client connection;
+    /// with auth on, a request without a token acts as the certificate's Common Name.
+    #[arg(long, env = "ETCD_CLIENT_CERT_AUTH")]
+    pub client_cert_auth: bool,
+    /// Client TLS with a self-signed certificate made at first start (kept in
+    /// <data-dir>/fixtures/client) when --cert-file and --key-file are not given.
+    #[arg(long, env = "ETCD_AUTO_TLS")]
+    pub auto_tls: bool,
+    /// Peer TLS: the certificate the peer port serves and presents to peers (PEM; it needs
+    /// both the server and client auth usages).
+    #[arg(long, env = "ETCD_PEER_CERT_FILE")]
+    pub peer_cert_file: Option<PathBuf>,
+    /// Peer TLS: the private key of --peer-cert-file (PEM).
+    #[arg(long, env = "ETCD_PEER_KEY_FILE")]
+    pub peer_key_file: Option<PathBuf>,
+    /// The CA bundle peers' certificates must chain to.
+    #[arg(long, env = "ETCD_PEER_TRUSTED_CA_FILE")]
+    pub peer_trusted_ca_file: Option<PathBuf>,
+    /// Require a certificate signed by --peer-trusted-ca-file on every peer connection.
+    #[arg(long, env = "ETCD_PEER_CLIENT_CERT_AUTH")]
+    pub peer_client_cert_auth: bool,
+    /// Peer TLS with a self-signed certificate made at first start (kept in
+    /// <data-dir>/fixtures/peer); peers' certificates are then not verified.
+    #[arg(long, env = "ETCD_PEER_AUTO_TLS")]
+    pub peer_auto_tls: bool,
+    /// With --peer-client-cert-auth: the only Common Name a peer's certificate may carry.
+    #[arg(long, env = "ETCD_PEER_CERT_ALLOWED_CN")]
+    pub peer_cert_allowed_cn: Option<String>,
+    /// TLS 1.2 cipher suites both ports allow, by their Go names (comma-separated; default:
+    /// rustls' AEAD suites with forward secrecy). TLS 1.3's suites are always allowed.
+    #[arg(long, env = "ETCD_CIPHER_SUITES", value_delimiter = ',')]
+    pub cipher_suites: Vec<String>,
+    /// The lowest TLS version both ports accept: TLS1.2 or TLS1.3.
+    #[arg(long, env = "ETCD_TLS_MIN_VERSION", default_value = "TLS1.2")]
+    pub tls_min_version: String,
+    /// The highest TLS version both ports accept (empty: the highest there is).
+    #[arg(long, env = "ETCD_TLS_MAX_VERSION", default_value = "")]
+    pub tls_max_version: String,
     /// Log format.
     #[arg(long, env = "MEND_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
@@ -243,8 +316,8 @@ pub enum Error {
         /// URLs --initial-cluster lists for the member.
         listed: Vec<String>,
     },
-    /// A URL that is not `http://host:port`.
-    #[error("{flag}: {url:?} is not http://host:port")]
+    /// A URL that is not `http(s)://host:port`.
+    #[error("{flag}: {url:?} is not http(s)://host:port")]
     Url {
         /// The flag.
         flag: &'static str,
@@ -299,7 +372,7 @@ fn fnv1a(a: &[u8], b: &[u8]) -> u64 {
     })
 }
 
-/// Checks that an advertised URL is `http://host:port`, where the host may be a DNS name
+/// Checks that an advertised URL is `http(s)://host:port`, where the host may be a DNS name
 /// (peers and clients resolve it; only listen URLs must be IP addresses, as in etcd).
 pub fn check_url(flag: &'static str, url: &str) -> Result<(), Error> {
     let (host, _) = host_port(flag, url)?;
@@ -317,13 +390,16 @@ pub fn check_url(flag: &'static str, url: &str) -> Result<(), Error> {
     }
 }
 
-/// The host (brackets of an IPv6 literal removed) and port of an `http://host:port` URL.
+/// The host (brackets of an IPv6 literal removed) and port of an `http(s)://host:port` URL.
 fn host_port<'a>(flag: &'static str, url: &'a str) -> Result<(&'a str, u16), Error> {
     let bad = || Error::Url {
         flag,
         url: url.to_string(),
     };
-    let rest = url.strip_prefix("http://").ok_or_else(bad)?;
+    let rest = url
+        .strip_prefix("http://")
+        .or_else(|| url.strip_prefix("https://"))
+        .ok_or_else(bad)?;
     let (host, port) = rest
         .trim_end_matches('/')
         .rsplit_once(':')
@@ -332,7 +408,7 @@ fn host_port<'a>(flag: &'static str, url: &'a str) -> Result<(&'a str, u16), Err
     Ok((host.trim_start_matches('[').trim_end_matches(']'), port))
 }
 
-/// The socket address of an `http://ip:port` URL to listen on (`localhost` is 127.0.0.1).
+/// The socket address of an `http(s)://ip:port` URL to listen on (`localhost` is 127.0.0.1).
 pub fn socket_addr(flag: &'static str, url: &str) -> Result<SocketAddr, Error> {
     let (host, port) = host_port(flag, url)?;
     let host = if host == "localhost" {
@@ -411,6 +487,38 @@ impl ServeArgs {
     pub fn election(&self) -> Duration {
         Duration::from_millis(self.election_timeout)
     }
+
+    /// The client port's TLS flags.
+    pub fn client_tls(&self) -> crate::tls::PortFlags {
+        crate::tls::PortFlags {
+            cert_file: self.cert_file.clone(),
+            key_file: self.key_file.clone(),
+            trusted_ca_file: self.trusted_ca_file.clone(),
+            client_cert_auth: self.client_cert_auth,
+            auto_tls: self.auto_tls,
+            allowed_cn: None,
+        }
+    }
+
+    /// The peer port's TLS flags.
+    pub fn peer_tls(&self) -> crate::tls::PortFlags {
+        crate::tls::PortFlags {
+            cert_file: self.peer_cert_file.clone(),
+            key_file: self.peer_key_file.clone(),
+            trusted_ca_file: self.peer_trusted_ca_file.clone(),
+            client_cert_auth: self.peer_client_cert_auth,
+            auto_tls: self.peer_auto_tls,
+            allowed_cn: self.peer_cert_allowed_cn.clone(),
+        }
+    }
+}
+
+/// The hosts of `urls` (for the names a self-signed certificate carries).
+pub fn url_hosts(urls: &[String]) -> Vec<String> {
+    urls.iter()
+        .filter_map(|u| crate::tls::url_host(u))
+        .map(str::to_string)
+        .collect()
 }
 
 #[cfg(test)]
@@ -515,7 +623,10 @@ mod tests {
             socket_addr("f", "http://[::1]:80/").unwrap(),
             "[::1]:80".parse().unwrap()
         );
-        assert!(socket_addr("f", "https://localhost:2379").is_err());
+        assert_eq!(
+            socket_addr("f", "https://127.0.0.1:2379").unwrap(),
+            "127.0.0.1:2379".parse().unwrap()
+        );
         assert!(socket_addr("f", "http://localhost").is_err());
         assert!(socket_addr("f", "http://example.com:1").is_err());
         // Advertised URLs may name hosts (Kubernetes members are reached by DNS names).

@@ -19,6 +19,8 @@
 //! - [`quota`]: the backend quota and what each request costs against it.
 //! - [`entry`]: log entries and cluster membership.
 //! - [`apply`]: applying one request: alarm and auth checks, state checks, writes.
+//! - [`tls`]: TLS on the client and peer ports from etcd's flags, accepted connections and
+//!   what is known of their clients.
 //! - [`raft`]: openraft types, the durable raft log, the engine as raft state machine.
 //! - [`snapshot`]: streaming a consistent copy of every table out, and installing one.
 //! - [`store`]: the engine as a whole: open, apply batches atomically with the consistent
@@ -46,6 +48,7 @@ pub mod schema;
 pub mod server;
 pub mod snapshot;
 pub mod store;
+pub mod tls;
 pub mod tools;
 pub mod watchers;
 

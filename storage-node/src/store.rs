@@ -690,6 +690,11 @@ impl Store {
         }
     }
 
+    /// The current AuthRevision.
+    pub fn auth_revision(&self) -> u64 {
+        self.read().engine.auth.revision()
+    }
+
     /// The user and current AuthRevision a token stands for: the header to propose with.
     pub fn auth_info_from_token(&self, token: &str, now: Instant) -> auth::Result<AuthInfo> {
         self.read().engine.auth.info_from_token(token, now)

@@ -26,6 +26,9 @@ use crate::entry::Member;
 use crate::pb::mendpeer::Blob;
 use crate::pb::mendpeer::peer_client::PeerClient;
 
+/// How long connecting to a peer may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+
 /// Largest peer message: snapshots travel whole, so this bounds the data a member can hold.
 pub const MAX_PEER_MESSAGE: usize = 1 << 30;
 
@@ -96,6 +99,8 @@ pub fn decode<T: DeserializeOwned>(blob: &Blob) -> Result<T, postcard::Error> {
 #[derive(Clone)]
 pub struct Peers {
     channels: Arc<Mutex<HashMap<String, Channel>>>,
+    /// Peer TLS, for `https://` peer URLs.
+    tls: Option<crate::tls::PortTls>,
     /// Round trips of raft's RPCs, by target (etcd's `etcd_network_peer_round_trip_time_seconds`).
     round_trips: crate::metrics::RoundTrips,
 }
@@ -104,12 +109,64 @@ impl Default for Peers {
     fn default() -> Peers {
         Peers {
             channels: Arc::default(),
+            tls: None,
             round_trips: crate::metrics::round_trip_family(),
         }
     }
 }
 
+/// Dials a peer's `https://` URL: TCP, then a TLS handshake presenting this member's peer
+/// certificate and checking the peer's against the peer CA.
+#[derive(Clone)]
+struct TlsDialer {
+    tls: crate::tls::PortTls,
+    timeout: Duration,
+}
+
+impl tower_service::Service<http::Uri> for TlsDialer {
+    type Response = hyper_util::rt::TokioIo<tokio_rustls::client::TlsStream<tokio::net::TcpStream>>;
+    type Error = std::io::Error;
+    type Future =
+        std::pin::Pin<Box<dyn Future<Output = Result<Self::Response, Self::Error>> + Send>>;
+
+    fn poll_ready(
+        &mut self,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, uri: http::Uri) -> Self::Future {
+        let dialer = self.clone();
+        Box::pin(async move {
+            let invalid = |what: &str| {
+                std::io::Error::new(std::io::ErrorKind::InvalidInput, format!("{uri}: {what}"))
+            };
+            let host = uri.host().ok_or_else(|| invalid("no host"))?.to_string();
+            let port = uri.port_u16().ok_or_else(|| invalid("no port"))?;
+            let connect = tokio::net::TcpStream::connect((
+                host.trim_start_matches('[').trim_end_matches(']'),
+                port,
+            ));
+            let tcp = tokio::time::timeout(dialer.timeout, connect)
+                .await
+                .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "connect"))??;
+            tcp.set_nodelay(true)?;
+            let tls = dialer.tls.connect(&host, tcp).await?;
+            Ok(hyper_util::rt::TokioIo::new(tls))
+        })
+    }
+}
+
 impl Peers {
+    /// Peers reached with `tls` for `https://` URLs.
+    pub fn with_tls(tls: Option<crate::tls::PortTls>) -> Peers {
+        Peers {
+            tls,
+            ..Peers::default()
+        }
+    }
+
     /// The round-trip times of raft's messages to each peer (a handle on the histograms the
     /// network records into).
     pub fn round_trip_times(&self) -> crate::metrics::RoundTrips {
@@ -127,10 +184,21 @@ impl Peers {
                         url: url.to_string(),
                         reason: e.to_string(),
                     })?;
-                let channel = endpoint
-                    .connect_timeout(Duration::from_secs(1))
-                    .tcp_nodelay(true)
-                    .connect_lazy();
+                let endpoint = endpoint.connect_timeout(CONNECT_TIMEOUT).tcp_nodelay(true);
+                let channel = if crate::tls::is_https(url) {
+                    let tls = self.tls.clone().ok_or_else(|| PeerError::BadUrl {
+                        url: url.to_string(),
+                        reason: "an https peer URL, but this member has no peer TLS \
+                                 (--peer-cert-file, --peer-key-file or --peer-auto-tls)"
+                            .to_string(),
+                    })?;
+                    endpoint.connect_with_connector_lazy(TlsDialer {
+                        tls,
+                        timeout: CONNECT_TIMEOUT,
+                    })
+                } else {
+                    endpoint.connect_lazy()
+                };
                 channels.insert(url.to_string(), channel.clone());
                 channel
             }
@@ -404,6 +472,22 @@ impl crate::pb::mendpeer::peer_server::Peer for PeerService {
     }
 
     async fn propose(&self, req: tonic::Request<Blob>) -> Reply {
+        // Under peer client-certificate auth, a forwarded write (which names its user, so may
+        // act as root) is taken only from a certificate issued to a member: one whose names
+        // include the host of a member's peer URL.
+        if let Some(info) = req.extensions().get::<crate::tls::ConnInfo>()
+            && info.verified
+            && !self.node.certifies_a_member(&info.names)
+        {
+            tracing::warn!(
+                peer = ?info.remote,
+                names = ?info.names,
+                "refused a forwarded proposal: the peer's certificate names no member"
+            );
+            return Err(tonic::Status::permission_denied(
+                "forwarded proposals are taken only from members: the certificate names none",
+            ));
+        }
         let proposal: super::node::Proposal = request(req)?;
         reply::<super::node::ForwardReply>(Ok(self.node.serve_forwarded(proposal).await))
     }

@@ -403,6 +403,18 @@ impl Node {
         }
     }
 
+    /// Whether a certificate with these subject alternative `names` was issued to a member:
+    /// one of them is the host of a member's peer URL.
+    pub fn certifies_a_member(&self, names: &[String]) -> bool {
+        let m = self.metrics();
+        let membership = m.membership_config.membership();
+        let mut hosts = membership
+            .nodes()
+            .flat_map(|(_, member)| member.peer_urls.iter())
+            .filter_map(|url| crate::tls::url_host(url));
+        hosts.any(|host| names.iter().any(|n| n.eq_ignore_ascii_case(host)))
+    }
+
     /// Every member, voters first by ID, then learners.
     pub fn members(&self) -> Vec<MemberInfo> {
         let m = self.metrics();

@@ -28,8 +28,7 @@ use std::task::{Context, Poll};
 use http::uri::Authority;
 use loona_hpack::Decoder;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::TcpStream;
-use tonic::transport::server::{Connected, TcpConnectInfo};
+use tonic::transport::server::Connected;
 
 /// The client connection preface (RFC 9113 §3.4).
 const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
@@ -47,10 +46,10 @@ const MAX_BUFFERED: usize = 1 << 24;
 /// The largest HPACK dynamic table a client may use: SETTINGS_HEADER_TABLE_SIZE's initial
 /// value, which the server keeps (it advertises no other).
 const HEADER_TABLE_SIZE: usize = 4096;
-/// Largest decoded header list (sized as in RFC 9113 §6.5.2): a few indexed octets can name a
-/// table entry of kilobytes, so the decoded list, not the block, bounds the memory. The server
-/// itself refuses lists over 16 KiB per request; this only has to stay well above that.
-const MAX_HEADER_LIST: usize = 1 << 20;
+/// Largest decoded header list (sized as in RFC 9113 §6.5.2): what the gRPC server itself
+/// accepts per request ([`super::MAX_HEADER_LIST_BYTES`]). A few indexed octets can name a
+/// table entry of kilobytes, so the decoded list, not the block, bounds the memory.
+const MAX_HEADER_LIST: usize = super::MAX_HEADER_LIST_BYTES as usize;
 /// How much of a refused value an error message quotes.
 const QUOTED: usize = 64;
 
@@ -332,26 +331,16 @@ impl<S> RepairAuthority<S> {
             flags |= PRIORITY;
             first.extend_from_slice(&priority);
         }
-        let room = MAX_FRAME - first.len();
-        let (head, mut rest) = block.split_at(block.len().min(room));
-        first.extend_from_slice(head);
-        if rest.is_empty() {
-            push_frame(&mut self.ready, HEADERS, flags, pending.stream, &first);
-            return Ok(());
+        // Re-encoded literals take less than the 32 octets per field RFC 9113 counts, so a
+        // list within MAX_HEADER_LIST always fits one frame.
+        if first.len() + block.len() > MAX_FRAME {
+            return Err(invalid(format!(
+                "request headers on stream {}: re-encoded block exceeds one frame",
+                pending.stream
+            )));
         }
-        push_frame(
-            &mut self.ready,
-            HEADERS,
-            flags & !END_HEADERS,
-            pending.stream,
-            &first,
-        );
-        while !rest.is_empty() {
-            let (chunk, tail) = rest.split_at(rest.len().min(MAX_FRAME));
-            let last = if tail.is_empty() { END_HEADERS } else { 0 };
-            push_frame(&mut self.ready, CONTINUATION, last, pending.stream, chunk);
-            rest = tail;
-        }
+        first.extend_from_slice(&block);
+        push_frame(&mut self.ready, HEADERS, flags, pending.stream, &first);
         Ok(())
     }
 }
@@ -436,8 +425,8 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for RepairAuthority<S> {
     }
 }
 
-impl Connected for RepairAuthority<TcpStream> {
-    type ConnectInfo = TcpConnectInfo;
+impl Connected for RepairAuthority<crate::tls::Conn> {
+    type ConnectInfo = crate::tls::ConnInfo;
 
     fn connect_info(&self) -> Self::ConnectInfo {
         self.inner.connect_info()
@@ -747,29 +736,39 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_large_header_block_is_split_across_frames() {
-        let big = vec![b'x'; 40_000];
-        let headers: Vec<(&[u8], &[u8])> = vec![
-            (b":method", b"POST"),
-            (b":authority", b"http://127.0.0.1:1"),
-            (b"big", &big),
-        ];
-        let (input, _) = client_stream(&[headers]);
-        let out = filtered(input, 4096).await.expect("filtered");
-        let frames = frames(&out);
-        let kinds: Vec<u8> = frames.iter().map(|f| f.0).collect();
-        assert!(kinds.contains(&CONTINUATION), "{kinds:?}");
-        assert!(frames.iter().all(|f| f.3.len() <= MAX_FRAME));
-        let block: Vec<u8> = frames
-            .iter()
-            .filter(|f| f.0 == HEADERS || f.0 == CONTINUATION)
-            .flat_map(|f| f.3.clone())
-            .collect();
-        let decoded = Decoder::new().decode(&block).expect("decodes");
-        assert_eq!(
-            decoded[1],
-            (b":authority".to_vec(), b"127.0.0.1:1".to_vec())
-        );
-        assert_eq!(decoded[2].1.len(), 40_000);
+    async fn a_header_list_within_the_servers_limit_passes_and_a_larger_one_does_not() {
+        let headers = |size: usize| vec![b'x'; size];
+        let (big, small) = (headers(40_000), headers(15_000));
+        for (value, passes) in [(&small, true), (&big, false)] {
+            let list: Vec<(&[u8], &[u8])> = vec![
+                (b":method", b"POST"),
+                (b":authority", b"http://127.0.0.1:1"),
+                (b"big", value),
+            ];
+            let (input, _) = client_stream(&[list]);
+            let result = filtered(input, 4096).await;
+            if !passes {
+                let err = result.expect_err("a list over the limit is refused");
+                assert!(
+                    err.to_string().contains("header list of more than"),
+                    "{err}"
+                );
+                continue;
+            }
+            let out = result.expect("filtered");
+            let frames = frames(&out);
+            let block: Vec<u8> = frames
+                .iter()
+                .filter(|f| f.0 == HEADERS || f.0 == CONTINUATION)
+                .flat_map(|f| f.3.clone())
+                .collect();
+            assert!(frames.iter().all(|f| f.3.len() <= MAX_FRAME));
+            let decoded = Decoder::new().decode(&block).expect("decodes");
+            assert_eq!(
+                decoded[1],
+                (b":authority".to_vec(), b"127.0.0.1:1".to_vec())
+            );
+            assert_eq!(decoded[2].1.len(), 15_000);
+        }
     }
 }

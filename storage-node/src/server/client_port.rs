@@ -4,9 +4,11 @@
 //! member's HTTP endpoint (`/version`, `/health`, `/readyz`, `/livez`, `/metrics`) and etcd's
 //! JSON gateway (`/v3/...`).
 //!
-//! Telling a connection apart waits for its first two bytes, in a task of its own: a client
-//! that connects and sends nothing holds up no other connection, and is dropped after
-//! [`FIRST_BYTES_TIMEOUT`].
+//! Telling a plain connection apart waits for its first two bytes, in a task of its own: a
+//! client that connects and sends nothing holds up no other connection, and is dropped after
+//! [`FIRST_BYTES_TIMEOUT`]. Over TLS (`https://` client URLs), ALPN says it: `h2` is gRPC,
+//! anything else HTTP/1.1 (so over TLS the HTTP endpoints answer HTTP/1.1 clients, such as
+//! `curl --http1.1` and Kubernetes' probes).
 
 use std::future::Future;
 use std::io;
@@ -17,6 +19,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 
 use super::authority::RepairAuthority;
+use crate::tls::{Conn, PortTls};
 
 /// How long a new connection may take to send its first bytes.
 const FIRST_BYTES_TIMEOUT: Duration = Duration::from_secs(10);
@@ -43,7 +46,8 @@ fn protocol(first: &[u8]) -> Protocol {
     }
 }
 
-/// Waits for a connection's first two bytes without taking them; `None` if it closes first.
+/// Waits for a plain connection's first two bytes without taking them; `None` if it closes
+/// first.
 async fn first_bytes(stream: &TcpStream) -> io::Result<Option<Protocol>> {
     let mut buf = [0u8; 2];
     loop {
@@ -57,19 +61,43 @@ async fn first_bytes(stream: &TcpStream) -> io::Result<Option<Protocol>> {
     }
 }
 
+/// What `conn` speaks: over TLS, what ALPN agreed on (gRPC clients always offer `h2`); in
+/// plain text, what its first bytes say. `None`: it closed or sent nothing in time.
+async fn protocol_of(conn: &Conn) -> Option<Protocol> {
+    if conn.info().tls {
+        return Some(if conn.info().h2 {
+            Protocol::Grpc
+        } else {
+            Protocol::Http1
+        });
+    }
+    let peer = conn.info().remote;
+    match tokio::time::timeout(FIRST_BYTES_TIMEOUT, first_bytes(conn.tcp())).await {
+        Ok(Ok(protocol)) => protocol,
+        Ok(Err(_)) => None,
+        Err(_) => {
+            tracing::debug!(?peer, "client sent nothing; closing");
+            None
+        }
+    }
+}
+
 /// HTTP/1.1 connections, handed to axum's server as its listener.
 struct Http1Connections {
-    rx: mpsc::Receiver<(TcpStream, SocketAddr)>,
+    rx: mpsc::Receiver<Conn>,
     addr: SocketAddr,
 }
 
 impl axum::serve::Listener for Http1Connections {
-    type Io = TcpStream;
+    type Io = Conn;
     type Addr = SocketAddr;
 
     async fn accept(&mut self) -> (Self::Io, Self::Addr) {
         match self.rx.recv().await {
-            Some(connection) => connection,
+            Some(conn) => {
+                let peer = conn.info().remote.unwrap_or(self.addr);
+                (conn, peer)
+            }
             // The accept loop ended (shutdown): nothing more comes; axum stops on its signal.
             None => std::future::pending().await,
         }
@@ -80,10 +108,13 @@ impl axum::serve::Listener for Http1Connections {
     }
 }
 
-/// Serves gRPC and HTTP/1.1 on `listener` until the futures `stopped` makes resolve; returns
-/// the first server error.
+/// Serves gRPC and HTTP/1.1 on `listener`, over TLS when `tls` is given, with at most
+/// `max_connections` open, until the futures `stopped` makes resolve; returns the first
+/// server error.
 pub async fn serve<F>(
     listener: TcpListener,
+    tls: Option<PortTls>,
+    max_connections: usize,
     grpc: super::GrpcRouter,
     http: axum::Router,
     stopped: impl Fn() -> F,
@@ -92,7 +123,7 @@ where
     F: Future<Output = ()> + Send + 'static,
 {
     let addr = listener.local_addr().map_err(|e| e.to_string())?;
-    let (grpc_tx, grpc_rx) = mpsc::channel::<io::Result<RepairAuthority<TcpStream>>>(QUEUED);
+    let (grpc_tx, grpc_rx) = mpsc::channel::<io::Result<RepairAuthority<Conn>>>(QUEUED);
     let (http_tx, http_rx) = mpsc::channel(QUEUED);
     let grpc_server = grpc.serve_with_incoming_shutdown(
         tonic::codegen::tokio_stream::wrappers::ReceiverStream::new(grpc_rx),
@@ -102,33 +133,28 @@ where
         .with_graceful_shutdown(stopped())
         .into_future();
     let stop = stopped();
+    let mut connections = crate::tls::incoming(listener, tls, max_connections);
     let accept = tokio::spawn(async move {
         tokio::pin!(stop);
         loop {
-            let (stream, peer) = tokio::select! {
+            let conn = tokio::select! {
                 () = &mut stop => return,
-                accepted = listener.accept() => match accepted {
-                    Ok(a) => a,
-                    Err(e) => {
-                        // Out of file descriptors and the like: the listener itself is fine.
-                        tracing::warn!(error = %e, "accepting a client connection failed");
-                        continue;
-                    }
+                conn = connections.recv() => match conn {
+                    Some(conn) => conn,
+                    None => return,
                 },
             };
-            // gRPC messages are small and latency-bound: do not wait to coalesce them.
-            let _ = stream.set_nodelay(true);
             let (grpc_tx, http_tx) = (grpc_tx.clone(), http_tx.clone());
+            // Telling the protocol apart may wait for the client: not in the accept loop.
             tokio::spawn(async move {
-                match tokio::time::timeout(FIRST_BYTES_TIMEOUT, first_bytes(&stream)).await {
-                    Ok(Ok(Some(Protocol::Grpc))) => {
-                        let _ = grpc_tx.send(Ok(RepairAuthority::new(stream))).await;
+                match protocol_of(&conn).await {
+                    Some(Protocol::Grpc) => {
+                        let _ = grpc_tx.send(Ok(RepairAuthority::new(conn))).await;
                     }
-                    Ok(Ok(Some(Protocol::Http1))) => {
-                        let _ = http_tx.send((stream, peer)).await;
+                    Some(Protocol::Http1) => {
+                        let _ = http_tx.send(conn).await;
                     }
-                    Ok(Ok(None) | Err(_)) => {}
-                    Err(_) => tracing::debug!(%peer, "client sent nothing; closing"),
+                    None => {}
                 }
             });
         }

@@ -12,8 +12,10 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use tokio::net::TcpListener;
+
+use crate::tls::PortTls;
+use futures_util::StreamExt;
 use tokio::sync::watch;
-use tonic::transport::server::TcpIncoming;
 
 use crate::cli::{self, ClusterState, ServeArgs};
 use crate::entry::Member;
@@ -67,6 +69,77 @@ pub enum Error {
     /// The initial corruption check found this member's data differing from its peers'.
     #[error("initial corruption check: {0}")]
     Corrupt(#[from] crate::raft::corrupt::Error),
+    /// The TLS flags or files are not usable.
+    #[error("{0}")]
+    Tls(#[from] crate::tls::Error),
+}
+
+/// The client port's and the peer port's TLS from the flags, checked against the URLs: an
+/// `https://` URL needs its port's certificate (etcd's message), and so does
+/// `--client-cert-auth` (etcd would serve plain text and ignore it).
+fn tls_from_flags(
+    args: &ServeArgs,
+    dir: &std::path::Path,
+) -> Result<(Option<PortTls>, Option<PortTls>), Error> {
+    let policy = crate::tls::Policy::new(
+        &args.tls_min_version,
+        &args.tls_max_version,
+        &args.cipher_suites,
+    )?;
+    let fixtures = dir.join("fixtures");
+    let client_urls = [
+        args.listen_client_urls.clone(),
+        args.advertise_client_urls.clone(),
+    ]
+    .concat();
+    let peer_urls = [
+        args.listen_peer_urls.clone(),
+        args.initial_advertise_peer_urls.clone(),
+    ]
+    .concat();
+    let client = crate::tls::client_port(
+        &args.client_tls(),
+        &policy,
+        &fixtures.join("client"),
+        &cli::url_hosts(&client_urls),
+    )?;
+    let peer = crate::tls::peer_port(
+        &args.peer_tls(),
+        &policy,
+        &fixtures.join("peer"),
+        &cli::url_hosts(&peer_urls),
+    )?;
+    let missing = |kind: &str, flags: &str, url: &str| {
+        Error::Tls(crate::tls::Error::Flags(format!(
+            "TLS key/cert ({flags}) must be provided for {kind} url {url} with HTTPS scheme"
+        )))
+    };
+    if client.is_none()
+        && let Some(url) = client_urls.iter().find(|u| crate::tls::is_https(u))
+    {
+        return Err(missing("client", "--cert-file, --key-file", url));
+    }
+    if peer.is_none()
+        && let Some(url) = peer_urls.iter().find(|u| crate::tls::is_https(u))
+    {
+        return Err(missing("peer", "--peer-cert-file, --peer-key-file", url));
+    }
+    if client.is_some()
+        && !args
+            .listen_client_urls
+            .iter()
+            .any(|u| crate::tls::is_https(u))
+    {
+        tracing::warn!("client TLS is configured but no --listen-client-urls is https://");
+    }
+    if peer.is_none() {
+        tracing::warn!(
+            "the peer port is plain text without authentication: anyone who reaches it can act \
+             as a member (use --peer-cert-file, --peer-key-file, --peer-trusted-ca-file and \
+             --peer-client-cert-auth, or a NetworkPolicy)"
+        );
+    }
+    Ok((client, peer))
 }
 
 /// What a member remembers about itself across restarts.
@@ -225,7 +298,8 @@ pub async fn run(args: ServeArgs, shutdown: impl Future<Output = ()>) -> Result<
         path: dir.clone(),
         source,
     })?;
-    let peers = Peers::default();
+    let (client_tls, peer_tls) = tls_from_flags(&args, &dir)?;
+    let peers = Peers::with_tls(peer_tls.clone());
 
     // Bind first: a port in use is the commonest start failure and must be reported before
     // anything is written to the data directory.
@@ -385,15 +459,18 @@ pub async fn run(args: ServeArgs, shutdown: impl Future<Output = ()>) -> Result<
         }
     };
     let mut servers = tokio::task::JoinSet::new();
-    for listener in peer_listeners {
+    let max_connections = args.max_connections_per_listener;
+    for (listener, url) in peer_listeners.into_iter().zip(&args.listen_peer_urls) {
         let service = PeerService::new(node.clone()).into_server();
         let signal = stopped();
+        let tls = peer_tls.clone().filter(|_| crate::tls::is_https(url));
         servers.spawn(async move {
+            let incoming = crate::tls::incoming(listener, tls, max_connections);
             tonic::transport::Server::builder()
                 .add_service(service)
                 .serve_with_incoming_shutdown(
-                    // Raft messages are small and latency-bound: no Nagle delay.
-                    TcpIncoming::from(listener).with_nodelay(Some(true)),
+                    tonic::codegen::tokio_stream::wrappers::ReceiverStream::new(incoming)
+                        .map(Ok::<_, std::io::Error>),
                     signal,
                 )
                 .await
@@ -401,13 +478,14 @@ pub async fn run(args: ServeArgs, shutdown: impl Future<Output = ()>) -> Result<
         });
     }
 
-    for listener in client_listeners {
+    for (listener, url) in client_listeners.into_iter().zip(&args.listen_client_urls) {
+        let tls = client_tls.clone().filter(|_| crate::tls::is_https(url));
         let api = super::Api::new(node.clone(), &args);
         let http = super::http::router(node.clone()).merge(super::gateway::router(api.clone()));
-        let grpc = super::services(api);
+        let grpc = super::services(api, http.clone());
         let stopped = stopped.clone();
         servers.spawn(async move {
-            super::client_port::serve(listener, grpc, http, stopped)
+            super::client_port::serve(listener, tls, max_connections, grpc, http, stopped)
                 .await
                 .map_err(|e| Error::Serve(format!("client: {e}")))
         });

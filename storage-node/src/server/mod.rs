@@ -47,6 +47,10 @@ pub mod watch;
 
 use error::ServerError;
 
+/// The largest request header list the client port accepts (HTTP/2's SETTINGS_MAX_HEADER_LIST_SIZE
+/// it advertises, and the limit of the `:authority` filter in front of it).
+pub const MAX_HEADER_LIST_BYTES: u32 = 16 * 1024;
+
 /// gRPC framing and field overhead allowed on top of `--max-request-bytes` (etcd's figure).
 const GRPC_OVERHEAD_BYTES: usize = 512 * 1024;
 
@@ -59,6 +63,11 @@ pub struct Api {
     max_txn_ops: usize,
     /// `--unsafe-test-fail-auth-status-if`, resolved.
     fail_auth_status_if: Option<std::path::PathBuf>,
+    /// `--grpc-keepalive-interval`: how often an idle connection is pinged.
+    keepalive_interval: std::time::Duration,
+    /// `--grpc-keepalive-timeout`: how long a ping may go unanswered before the connection
+    /// is closed.
+    keepalive_timeout: std::time::Duration,
 }
 
 /// The token a request carries, in `token` metadata or, as etcd also reads it,
@@ -87,6 +96,8 @@ impl Api {
                 .unsafe_test_fail_auth_status_if
                 .as_ref()
                 .map(|file| args.data_dir().join(file)),
+            keepalive_interval: args.grpc_keepalive_interval,
+            keepalive_timeout: args.grpc_keepalive_timeout,
         };
         if let Some(file) = &api.fail_auth_status_if {
             tracing::warn!(
@@ -101,18 +112,38 @@ impl Api {
 /// The client port's gRPC router: the etcd services behind the layer that counts their calls.
 pub type GrpcRouter = Router<tower_layer::Stack<metrics::GrpcLayer, tower_layer::Identity>>;
 
-/// The etcd services on one router, ready to serve on a listener.
-pub fn services(api: Api) -> GrpcRouter {
+/// The etcd services on one router, ready to serve on a listener, with `http` (the HTTP
+/// endpoint and the JSON gateway) beside them: HTTP/2 clients that are not gRPC (`curl`
+/// over TLS negotiates HTTP/2) reach the same handlers HTTP/1.1 clients do.
+pub fn services(api: Api, http: axum::Router) -> GrpcRouter {
     let limit = api.max_request_bytes + GRPC_OVERHEAD_BYTES;
     let calls = metrics::GrpcLayer::new(api.node.instruments().grpc.clone());
+    let http = tonic::service::Routes::from(http.fallback(not_found));
     tonic::transport::Server::builder()
+        .http2_max_header_list_size(MAX_HEADER_LIST_BYTES)
+        .http2_keepalive_interval(Some(api.keepalive_interval))
+        .http2_keepalive_timeout(Some(api.keepalive_timeout))
         .layer(calls)
+        .add_routes(http)
         .add_service(KvServer::new(api.clone()).max_decoding_message_size(limit))
         .add_service(WatchServer::new(api.clone()).max_decoding_message_size(limit))
         .add_service(LeaseServer::new(api.clone()).max_decoding_message_size(limit))
         .add_service(ClusterServer::new(api.clone()).max_decoding_message_size(limit))
         .add_service(MaintenanceServer::new(api.clone()).max_decoding_message_size(limit))
         .add_service(AuthServer::new(api).max_decoding_message_size(limit))
+}
+
+/// An unknown path: gRPC's Unimplemented for gRPC calls, 404 for anything else.
+async fn not_found(request: axum::extract::Request) -> axum::response::Response {
+    let grpc = request
+        .headers()
+        .get(::http::header::CONTENT_TYPE)
+        .is_some_and(|t| t.as_bytes().starts_with(b"application/grpc"));
+    if grpc {
+        tonic::Status::unimplemented("").into_http()
+    } else {
+        axum::response::IntoResponse::into_response(::http::StatusCode::NOT_FOUND)
+    }
 }
 
 impl Api {
@@ -124,10 +155,21 @@ impl Api {
     }
 
     /// The caller's identity from the `token` metadata etcd clients send after Authenticate,
-    /// or, as etcd also reads it, `authorization` (what its JSON gateway forwards); `None`
-    /// without a token.
+    /// or, as etcd also reads it, `authorization` (what its JSON gateway forwards). Without a
+    /// token, under `--client-cert-auth`, the verified client certificate's Common Name at the
+    /// current AuthRevision, as etcd's `AuthInfoFromTLS`; otherwise `None`.
     fn caller<T>(&self, request: &tonic::Request<T>) -> Result<Option<AuthInfo>, tonic::Status> {
-        self.identity(token(request)?.as_deref())
+        if let Some(token) = token(request)? {
+            return self.identity(Some(&token));
+        }
+        let certified = request
+            .extensions()
+            .get::<crate::tls::ConnInfo>()
+            .and_then(|info| info.common_name.clone());
+        Ok(certified.map(|username| AuthInfo {
+            username,
+            revision: self.node.store.auth_revision(),
+        }))
     }
 
     /// The identity `token` stands for now; `None` without a token.

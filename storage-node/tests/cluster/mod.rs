@@ -24,6 +24,14 @@ pub struct Options {
     pub quota_backend_bytes: Option<i64>,
     /// More flags, given to every member as they are.
     pub extra_args: Vec<String>,
+    /// Client URLs are `https://` (the TLS flags go in `extra_args`).
+    pub https_clients: bool,
+    /// Peer URLs are `https://`.
+    pub https_peers: bool,
+}
+
+fn scheme(https: bool) -> &'static str {
+    if https { "https" } else { "http" }
 }
 
 /// One member process and its addresses.
@@ -137,12 +145,14 @@ impl Member {
 
     /// The client URL.
     pub fn endpoint(&self) -> String {
-        format!("http://127.0.0.1:{}", self.client_port)
+        let scheme = scheme(self.options.https_clients);
+        format!("{scheme}://127.0.0.1:{}", self.client_port)
     }
 
     /// The peer URL.
     pub fn peer_url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.peer_port)
+        let scheme = scheme(self.options.https_peers);
+        format!("{scheme}://127.0.0.1:{}", self.peer_port)
     }
 
     /// `--initial-cluster-state` for the next start (`new` or `existing`).
@@ -460,19 +470,30 @@ pub struct Etcd {
 impl Etcd {
     /// Starts `n` members with `extra_args` each and waits until the cluster is healthy.
     pub fn start(n: usize, extra_args: &[String]) -> Etcd {
+        Etcd::start_with(n, extra_args, &Options::default())
+    }
+
+    /// Starts `n` members with `extra_args` each, their URLs `https://` as `options` say, and
+    /// waits until every member's `/health` (on a plain metrics URL) is true.
+    pub fn start_with(n: usize, extra_args: &[String], options: &Options) -> Etcd {
         let dir = tempfile::tempdir().expect("temp dir");
-        let ports: Vec<(u16, u16)> = (0..n).map(|_| (free_port(), free_port())).collect();
+        let ports: Vec<(u16, u16, u16)> = (0..n)
+            .map(|_| (free_port(), free_port(), free_port()))
+            .collect();
+        let (client_scheme, peer_scheme) =
+            (scheme(options.https_clients), scheme(options.https_peers));
         let initial = ports
             .iter()
             .enumerate()
-            .map(|(i, (_, peer))| format!("e{i}=http://127.0.0.1:{peer}"))
+            .map(|(i, (_, peer, _))| format!("e{i}={peer_scheme}://127.0.0.1:{peer}"))
             .collect::<Vec<_>>()
             .join(",");
         let mut children = Vec::new();
         let mut endpoints = Vec::new();
-        for (i, (client, peer)) in ports.iter().enumerate() {
-            let url = format!("http://127.0.0.1:{client}");
-            let peer_url = format!("http://127.0.0.1:{peer}");
+        for (i, (client, peer, metrics)) in ports.iter().enumerate() {
+            let url = format!("{client_scheme}://127.0.0.1:{client}");
+            let peer_url = format!("{peer_scheme}://127.0.0.1:{peer}");
+            let metrics_url = format!("http://127.0.0.1:{metrics}");
             let log = std::fs::File::create(dir.path().join(format!("e{i}.log"))).expect("log");
             let child = Command::new("/usr/bin/etcd")
                 .args(["--name", &format!("e{i}")])
@@ -487,6 +508,7 @@ impl Etcd {
                 .args(["--listen-peer-urls", &peer_url])
                 .args(["--initial-advertise-peer-urls", &peer_url])
                 .args(["--initial-cluster", &initial])
+                .args(["--listen-metrics-urls", &metrics_url])
                 .args(["--heartbeat-interval", "50", "--election-timeout", "500"])
                 .args(extra_args)
                 .stdout(Stdio::null())
@@ -499,13 +521,13 @@ impl Etcd {
         let etcd = Etcd {
             children,
             endpoints,
-            client_ports: ports.iter().map(|(client, _)| *client).collect(),
+            client_ports: ports.iter().map(|(client, _, _)| *client).collect(),
             _dir: dir,
         };
         let healthy = wait_until(DEADLINE, || {
-            etcdctl(&etcd.endpoints.join(","), &["endpoint", "health"])
-                .status
-                .success()
+            ports.iter().all(|(_, _, metrics)| {
+                http_get(*metrics, "/health").is_some_and(|(_, body)| body.contains("true"))
+            })
         });
         assert!(healthy, "etcd did not become healthy");
         etcd
