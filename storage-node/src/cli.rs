@@ -76,6 +76,11 @@ pub struct ServeArgs {
     /// Lifetime of an unused simple auth token, in seconds.
     #[arg(long, env = "ETCD_AUTH_TOKEN_TTL", default_value_t = 300)]
     pub auth_token_ttl: u64,
+    /// Auth token type: `simple`, or
+    /// `jwt,pub-key=<pem>,priv-key=<pem>,sign-method=<RS256|ES256|HS256|...>[,ttl=5m]` (signed
+    /// tokens any member verifies; without priv-key a member verifies but does not issue).
+    #[arg(long, env = "ETCD_AUTH_TOKEN", default_value = "simple", value_parser = parse_auth_token)]
+    pub auth_token: AuthToken,
     /// Largest client request accepted, in bytes.
     #[arg(long, env = "ETCD_MAX_REQUEST_BYTES", default_value_t = 1_572_864)]
     pub max_request_bytes: usize,
@@ -513,6 +518,46 @@ impl ServeArgs {
     }
 }
 
+/// What `--auth-token` selects.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum AuthToken {
+    /// etcd's simple tokens: random strings registered through the log.
+    Simple,
+    /// Signed JWT tokens.
+    Jwt(crate::auth::jwt::JwtOptions),
+}
+
+/// Parses `--auth-token` as etcd does: `simple`, or `jwt` followed by `key=value` options.
+pub fn parse_auth_token(spec: &str) -> Result<AuthToken, crate::auth::jwt::OptionsError> {
+    use crate::auth::jwt::{JwtOptions, OptionsError};
+    let mut parts = spec.split(',');
+    match parts.next().unwrap_or_default() {
+        "simple" => return Ok(AuthToken::Simple),
+        "jwt" => {}
+        other => return Err(OptionsError(format!("unknown token type: {other}"))),
+    }
+    let mut options = JwtOptions {
+        ttl: crate::auth::jwt::DEFAULT_TTL,
+        ..JwtOptions::default()
+    };
+    for option in parts {
+        let (key, value) = option
+            .split_once('=')
+            .ok_or_else(|| OptionsError(format!("{option:?} is not key=value")))?;
+        match key {
+            "pub-key" => options.public_key = Some(PathBuf::from(value)),
+            "priv-key" => options.private_key = Some(PathBuf::from(value)),
+            "sign-method" => options.sign_method = value.to_string(),
+            "ttl" => {
+                options.ttl =
+                    parse_duration(value).map_err(|e| OptionsError(format!("ttl: {e}")))?;
+            }
+            other => return Err(OptionsError(format!("unknown option {other:?}"))),
+        }
+    }
+    Ok(AuthToken::Jwt(options))
+}
+
 /// The hosts of `urls` (for the names a self-signed certificate carries).
 pub fn url_hosts(urls: &[String]) -> Vec<String> {
     urls.iter()
@@ -611,6 +656,33 @@ mod tests {
             "a=http://localhost:2380,b=http://localhost:2380",
         ]);
         assert!(matches!(a.initial_members(), Err(Error::DuplicatePeer(_))));
+    }
+
+    #[test]
+    fn auth_token_options_parse_as_etcd_writes_them() {
+        assert_eq!(parse_auth_token("simple").unwrap(), AuthToken::Simple);
+        let jwt = parse_auth_token("jwt,pub-key=a.pub,priv-key=a,sign-method=RS512,ttl=10m");
+        assert_eq!(
+            jwt.unwrap(),
+            AuthToken::Jwt(crate::auth::jwt::JwtOptions {
+                public_key: Some("a.pub".into()),
+                private_key: Some("a".into()),
+                sign_method: "RS512".into(),
+                ttl: Duration::from_secs(600),
+            })
+        );
+        for (bad, says) in [
+            ("bogus", "unknown token type: bogus"),
+            ("jwt,foo=bar", "unknown option"),
+            ("jwt,pub-key", "is not key=value"),
+            ("jwt,ttl=soon", "ttl"),
+        ] {
+            let e = parse_auth_token(bad).unwrap_err().to_string();
+            assert!(
+                e.starts_with("auth: invalid auth options") && e.contains(says),
+                "{e}"
+            );
+        }
     }
 
     #[test]

@@ -17,7 +17,7 @@
 use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::{Duration, Instant};
 
 use crate::alarm::Alarms;
@@ -62,6 +62,8 @@ pub struct StoreConfig {
     /// stores its value with the bytes inverted, so this member's data silently differs from
     /// its peers' at the same revision. Never set outside tests.
     pub unsafe_test_corrupt_puts_if: Option<PathBuf>,
+    /// JWT tokens instead of simple ones (`--auth-token jwt,...`).
+    pub jwt: Option<Arc<auth::jwt::Jwt>>,
 }
 
 impl Default for StoreConfig {
@@ -74,6 +76,7 @@ impl Default for StoreConfig {
             apply_sync_interval: None,
             quota: Quota::default(),
             unsafe_test_corrupt_puts_if: None,
+            jwt: None,
         }
     }
 }
@@ -695,9 +698,20 @@ impl Store {
         self.read().engine.auth.revision()
     }
 
-    /// The user and current AuthRevision a token stands for: the header to propose with.
+    /// The user and AuthRevision a token stands for: the header to propose with. A simple
+    /// token stands for the current AuthRevision; a JWT token for the one it was issued at.
     pub fn auth_info_from_token(&self, token: &str, now: Instant) -> auth::Result<AuthInfo> {
+        if let Some(jwt) = &self.config.jwt {
+            let (username, revision) = jwt.verify(token).ok_or(auth::Error::InvalidAuthToken)?;
+            return Ok(AuthInfo { username, revision });
+        }
         self.read().engine.auth.info_from_token(token, now)
+    }
+
+    /// The JWT signer, when tokens are JWT (Authenticate then signs one instead of proposing a
+    /// simple token).
+    pub fn jwt(&self) -> Option<&auth::jwt::Jwt> {
+        self.config.jwt.as_deref()
     }
 
     /// Checks an access against the local auth store (serializable reads are checked here,

@@ -8,6 +8,7 @@
 //! rejects a header AuthRevision lower than the store's as old: that comparison is what turns
 //! members with drifted AuthRevisions into members that silently drop each other's writes.
 
+pub mod jwt;
 mod perm;
 mod token;
 
@@ -70,6 +71,9 @@ pub enum Error {
     /// Unknown or expired token.
     #[error("auth: invalid auth token")]
     InvalidAuthToken,
+    /// A JWT token was asked of a member that only verifies them (no `priv-key`).
+    #[error("auth: token signing attempted with verify-only key")]
+    CannotSign,
     /// Would lock everybody out (delete root, revoke root's role) while auth is on.
     #[error("auth: invalid auth management")]
     InvalidAuthMgmt,

@@ -359,8 +359,9 @@ impl From<auth::Error> for ServerError {
             A::OldRevision => ServerError::AuthOldRevision,
             A::RootUserNotExist => ServerError::RootUserNotExist,
             A::RootRoleNotExist => ServerError::RootRoleNotExist,
-            // etcd returns bcrypt's own error unmapped, hence Unknown.
-            e @ A::PasswordHash(_) => ServerError::Unknown(e.to_string()),
+            // etcd returns bcrypt's own error unmapped, hence Unknown; so is a verify-only
+            // JWT key's refusal to sign.
+            e @ (A::PasswordHash(_) | A::CannotSign) => ServerError::Unknown(e.to_string()),
             A::Backend(b) => b.into(),
         }
     }

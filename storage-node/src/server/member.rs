@@ -72,6 +72,9 @@ pub enum Error {
     /// The TLS flags or files are not usable.
     #[error("{0}")]
     Tls(#[from] crate::tls::Error),
+    /// `--auth-token` is not usable.
+    #[error("{0}")]
+    AuthToken(#[from] crate::auth::jwt::OptionsError),
 }
 
 /// The client port's and the peer port's TLS from the flags, checked against the URLs: an
@@ -299,6 +302,10 @@ pub async fn run(args: ServeArgs, shutdown: impl Future<Output = ()>) -> Result<
         source,
     })?;
     let (client_tls, peer_tls) = tls_from_flags(&args, &dir)?;
+    let jwt = match &args.auth_token {
+        cli::AuthToken::Simple => None,
+        cli::AuthToken::Jwt(options) => Some(Arc::new(crate::auth::jwt::Jwt::new(options)?)),
+    };
     let peers = Peers::with_tls(peer_tls.clone());
 
     // Bind first: a port in use is the commonest start failure and must be reported before
@@ -359,6 +366,7 @@ pub async fn run(args: ServeArgs, shutdown: impl Future<Output = ()>) -> Result<
         StoreConfig {
             quota,
             token_ttl: Duration::from_secs(args.auth_token_ttl),
+            jwt,
             max_txn_ops: args.max_txn_ops,
             unsafe_reproduce_etcd_11651: args.unsafe_reproduce_etcd_11651,
             // As etcd's backend: the raft log is the durable record, the engine catches up on
