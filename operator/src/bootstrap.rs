@@ -1,14 +1,21 @@
 //! Turning authentication on in a new cluster, as `etcdctl user add root`, `user grant-role
 //! root root` and `auth enable` would: the root user with the operator's password, then auth.
-//! Idempotent: a cluster with auth on is left alone, and a user or grant that exists already
-//! (an earlier attempt stopped half-way) is not an error.
+//!
+//! The operator never adopts what it did not create. Before auth is on anyone who reaches a
+//! member may add users, so a root user found then may carry a password someone else knows:
+//! it is deleted and created again with the operator's password (an earlier attempt that
+//! stopped half-way leaves exactly such a root, so this is also how a retry goes). Any other
+//! user means someone else has been configuring the cluster: auth is not turned on and the
+//! cluster is reported untrusted. With auth already on, the operator proves it can log in with
+//! its own credentials; if it cannot, the cluster is untrusted too.
 
 use std::time::Duration;
 
 use storage_node::pb::etcdserverpb::{
-    AuthEnableRequest, AuthStatusRequest, AuthUserAddRequest, AuthUserGrantRoleRequest,
-    AuthUserListRequest, auth_client::AuthClient,
+    AuthEnableRequest, AuthStatusRequest, AuthUserAddRequest, AuthUserDeleteRequest,
+    AuthUserGrantRoleRequest, AuthUserListRequest, AuthenticateRequest, auth_client::AuthClient,
 };
+use tonic::transport::Channel;
 
 /// Why auth could not be turned on.
 #[derive(Debug, thiserror::Error)]
@@ -32,6 +39,14 @@ pub enum Error {
         /// What the member answered.
         message: String,
     },
+    /// The cluster's auth is not the operator's: it must not act on it.
+    #[error("auth on {endpoint} is not the operator's: {why}")]
+    Untrusted {
+        /// Where.
+        endpoint: String,
+        /// What was found.
+        why: String,
+    },
 }
 
 /// Makes sure auth is on in the cluster `endpoint` belongs to, with `user` (the root user)
@@ -53,7 +68,11 @@ pub async fn enable_auth(
         endpoint: endpoint.to_string(),
         message: status.message().to_string(),
     };
-    let mut auth = AuthClient::new(channel);
+    let untrusted = |why: String| Error::Untrusted {
+        endpoint: endpoint.to_string(),
+        why,
+    };
+    let mut auth = AuthClient::new(channel.clone());
     let enabled = match auth.auth_status(AuthStatusRequest {}).await {
         Ok(status) => status.into_inner().enabled,
         // etcd 3.4 has no AuthStatus: a user list without credentials is refused only when
@@ -64,20 +83,45 @@ pub async fn enable_auth(
         Err(s) => return Err(call("AuthStatus", s)),
     };
     if enabled {
-        return Ok(false);
+        return match login(channel, user, password).await {
+            Ok(_) => Ok(false),
+            Err(s) if s.message().contains("authentication failed") => Err(untrusted(format!(
+                "auth is on and {user:?} cannot log in with the operator's password"
+            ))),
+            Err(s) => Err(call("Authenticate", s)),
+        };
     }
-    let added = auth
-        .user_add(AuthUserAddRequest {
+    let users = auth
+        .user_list(AuthUserListRequest {})
+        .await
+        .map_err(|s| call("UserList", s))?
+        .into_inner()
+        .users;
+    let strangers: Vec<&String> = users.iter().filter(|u| u.as_str() != user).collect();
+    if !strangers.is_empty() {
+        return Err(untrusted(format!(
+            "users the operator did not create exist before auth is on: {strangers:?}"
+        )));
+    }
+    if users.iter().any(|u| u == user) {
+        tracing::warn!(
+            user,
+            endpoint,
+            "a root user exists before auth is on; deleting it and creating it with the operator's password"
+        );
+        auth.user_delete(AuthUserDeleteRequest {
             name: user.to_string(),
-            password: password.to_string(),
-            ..AuthUserAddRequest::default()
         })
-        .await;
-    match added {
-        Ok(_) => {}
-        Err(s) if s.message().contains("already exists") => {}
-        Err(s) => return Err(call("UserAdd", s)),
+        .await
+        .map_err(|s| call("UserDelete", s))?;
     }
+    auth.user_add(AuthUserAddRequest {
+        name: user.to_string(),
+        password: password.to_string(),
+        ..AuthUserAddRequest::default()
+    })
+    .await
+    .map_err(|s| call("UserAdd", s))?;
     auth.user_grant_role(AuthUserGrantRoleRequest {
         user: user.to_string(),
         role: "root".to_string(),
@@ -87,7 +131,34 @@ pub async fn enable_auth(
     auth.auth_enable(AuthEnableRequest {})
         .await
         .map_err(|s| call("AuthEnable", s))?;
+    // A user added between the list above and the enable would now hold whatever role it was
+    // granted: look again, as root.
+    let token = login(channel.clone(), user, password)
+        .await
+        .map_err(|s| call("Authenticate", s))?;
+    let users = auth
+        .user_list(crate::client::request(AuthUserListRequest {}, Some(&token)))
+        .await
+        .map_err(|s| call("UserList", s))?
+        .into_inner()
+        .users;
+    if users.iter().any(|u| u != user) {
+        return Err(untrusted(format!(
+            "users the operator did not create appeared while it turned auth on: {users:?}"
+        )));
+    }
     Ok(true)
+}
+
+/// Logs in as `user`: the token.
+async fn login(channel: Channel, user: &str, password: &str) -> Result<String, tonic::Status> {
+    let reply = AuthClient::new(channel)
+        .authenticate(AuthenticateRequest {
+            name: user.to_string(),
+            password: password.to_string(),
+        })
+        .await?;
+    Ok(reply.into_inner().token)
 }
 
 /// Length of a generated root password (alphanumeric: about 190 bits).

@@ -26,3 +26,26 @@ pub fn request<T>(message: T, token: Option<&str>) -> tonic::Request<T> {
     }
     request
 }
+
+/// Whether a refusal means the token is no longer good and a new login is the cure: unknown
+/// or expired (a simple token after its TTL or a member restart, a JWT token after its expiry),
+/// or issued before an auth change (a JWT token carries the AuthRevision it was issued at).
+pub fn needs_new_token(status: &tonic::Status) -> bool {
+    status.code() == tonic::Code::Unauthenticated
+        || status.message().contains("revision of auth store is old")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn expired_unknown_and_outdated_tokens_call_for_a_new_login_and_nothing_else_does() {
+        let expired = tonic::Status::unauthenticated("etcdserver: invalid auth token");
+        let outdated = tonic::Status::invalid_argument("etcdserver: revision of auth store is old");
+        let denied = tonic::Status::permission_denied("etcdserver: permission denied");
+        let other = tonic::Status::invalid_argument("etcdserver: key is not provided");
+        assert!(needs_new_token(&expired) && needs_new_token(&outdated));
+        assert!(!needs_new_token(&denied) && !needs_new_token(&other));
+    }
+}

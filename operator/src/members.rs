@@ -193,10 +193,11 @@ impl Grpc {
                     Ok(value) => return Ok(value),
                     Err(status)
                         if attempt == 0
-                            && status.code() == tonic::Code::Unauthenticated
+                            && crate::client::needs_new_token(&status)
                             && credentials.is_some() =>
                     {
-                        // The token expired or the member restarted: log in again.
+                        // The token expired, the member restarted, or (JWT) auth changed
+                        // since the login: log in again.
                         let mut tokens = tokens.lock().unwrap_or_else(|p| p.into_inner());
                         tokens.retain(|(e, _), _| *e != endpoint);
                     }

@@ -218,8 +218,8 @@ impl Prober {
                 Err(_) => Fact::Unknown("Range: negative count".to_string()),
             },
             Ok(Err(status)) => {
-                // An expired or unknown token: log in again next round.
-                if status.code() == tonic::Code::Unauthenticated {
+                // An expired, unknown or outdated token: log in again next round.
+                if crate::client::needs_new_token(&status) {
                     self.remember_token(endpoint, None);
                 }
                 Fact::Unknown(failed("Range", Ok(status)))

@@ -158,6 +158,10 @@ pub struct ServeArgs {
         default_value_t = 4096
     )]
     pub max_connections_per_listener: usize,
+    /// `/readyz` fails until authentication is enabled (Mend's own flag): a Kubernetes Service
+    /// then routes no client to a member before its operator turned auth on.
+    #[arg(long, env = "MEND_READY_ONLY_WITH_AUTH")]
+    pub ready_only_with_auth: bool,
     /// Client TLS: the certificate the client port serves (PEM).
     #[arg(long, env = "ETCD_CERT_FILE")]
     pub cert_file: Option<PathBuf>,

@@ -1,6 +1,7 @@
 //! JWT auth tokens (`--auth-token jwt,...`) side by side with etcd 3.4: a token issued by one
 //! member works on every member and after a restart, carries etcd's claims, and a token signed
-//! with another key is refused. Mend issues them without a raft entry.
+//! with another key is refused. Mend issues them without a raft entry. And
+//! `--ready-only-with-auth`: no readiness before auth is on.
 
 mod cluster;
 
@@ -145,4 +146,35 @@ fn forged(private: &str) -> String {
     };
     let jwt = storage_node::auth::jwt::Jwt::new(&options).expect("stranger's signer");
     jwt.sign("root", 1 << 40).expect("signed")
+}
+
+#[test]
+fn a_member_that_must_not_serve_before_auth_is_ready_only_once_auth_is_on() {
+    let mend = Cluster::start(
+        1,
+        Options {
+            extra_args: vec!["--ready-only-with-auth".into()],
+            ..Options::default()
+        },
+    );
+    let member = &mend.members[0];
+    let (code, body) = member.http_get("/readyz").expect("an answer");
+    assert_eq!(code, 503, "{body}");
+    assert!(body.contains("[-]auth_enabled failed"), "{body}");
+    assert!(
+        member.healthy(),
+        "it has a leader and serves the operator meanwhile"
+    );
+    for args in [
+        &["user", "add", "root:rootpw"][..],
+        &["user", "grant-role", "root", "root"],
+        &["auth", "enable"],
+    ] {
+        ok(etcdctl(&member.endpoint(), args));
+    }
+    assert!(wait_until(DEADLINE, || {
+        member
+            .http_get("/readyz")
+            .is_some_and(|(code, _)| code == 200)
+    }));
 }

@@ -25,25 +25,43 @@ use tokio::net::TcpListener;
 
 use crate::raft::node::Node;
 
+/// What the endpoint's handlers share.
+#[derive(Clone)]
+struct Endpoint {
+    node: Arc<Node>,
+    /// `--ready-only-with-auth`: `/readyz` fails until authentication is on.
+    ready_only_with_auth: bool,
+}
+
 /// The endpoint's routes, served on `--listen-metrics-urls` and to HTTP/1.1 clients of the
-/// client port.
-pub fn router(node: Arc<Node>) -> Router {
+/// client port. With `ready_only_with_auth`, `/readyz` also waits for authentication to be on,
+/// so a Kubernetes Service routes no client to a member its operator has not secured yet.
+pub fn router(node: Arc<Node>, ready_only_with_auth: bool) -> Router {
+    let endpoint = Endpoint {
+        node: node.clone(),
+        ready_only_with_auth,
+    };
     Router::new()
         .route("/version", get(version))
         .route("/metrics", get(metrics))
         .route("/health", get(health))
-        .route("/readyz", get(readyz))
         .route("/livez", get(livez))
         .with_state(node)
+        .merge(
+            Router::new()
+                .route("/readyz", get(readyz))
+                .with_state(endpoint),
+        )
 }
 
 /// Serves the endpoint on `listener` until `shutdown` resolves.
 pub async fn serve(
     listener: TcpListener,
     node: Arc<Node>,
+    ready_only_with_auth: bool,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router(node))
+    axum::serve(listener, router(node, ready_only_with_auth))
         .with_graceful_shutdown(shutdown)
         .await
 }
@@ -155,18 +173,24 @@ async fn health(State(node): State<Arc<Node>>, RawQuery(query): RawQuery) -> imp
 /// Ready, as etcd 3.5's `/readyz`: no CORRUPT alarm, and a linearizable read point reached
 /// (a member that only believes in a leader, cut off from a quorum, is not ready). Failures are
 /// listed as etcd lists its checks.
-async fn readyz(State(node): State<Arc<Node>>) -> impl IntoResponse {
+async fn readyz(State(endpoint): State<Endpoint>) -> impl IntoResponse {
+    let node = &endpoint.node;
     let corrupt = !node.store.alarms(crate::api::AlarmType::Corrupt).is_empty();
+    let auth_off = endpoint.ready_only_with_auth && !node.store.auth_status().0;
     let checks = [
         (
             "data_corruption",
             corrupt.then(|| "alarm activated: CORRUPT".to_string()),
         ),
         (
+            "auth_enabled",
+            auth_off.then(|| "authentication is not enabled yet".to_string()),
+        ),
+        (
             "linearizable_read",
             match node.raft_status().leader {
                 0 => Some("etcdserver: no leader".to_string()),
-                _ => bounded_read(&node).await.err(),
+                _ => bounded_read(node).await.err(),
             },
         ),
     ];

@@ -489,7 +489,8 @@ pub async fn run(args: ServeArgs, shutdown: impl Future<Output = ()>) -> Result<
     for (listener, url) in client_listeners.into_iter().zip(&args.listen_client_urls) {
         let tls = client_tls.clone().filter(|_| crate::tls::is_https(url));
         let api = super::Api::new(node.clone(), &args);
-        let http = super::http::router(node.clone()).merge(super::gateway::router(api.clone()));
+        let http = super::http::router(node.clone(), args.ready_only_with_auth)
+            .merge(super::gateway::router(api.clone()));
         let grpc = super::services(api, http.clone());
         let stopped = stopped.clone();
         servers.spawn(async move {
@@ -498,11 +499,12 @@ pub async fn run(args: ServeArgs, shutdown: impl Future<Output = ()>) -> Result<
                 .map_err(|e| Error::Serve(format!("client: {e}")))
         });
     }
+    let ready_only_with_auth = args.ready_only_with_auth;
     for listener in metrics_listeners {
         let node = node.clone();
         let signal = stopped();
         servers.spawn(async move {
-            super::http::serve(listener, node, signal)
+            super::http::serve(listener, node, ready_only_with_auth, signal)
                 .await
                 .map_err(|e| Error::Serve(format!("metrics: {e}")))
         });
