@@ -13,7 +13,8 @@
 //!   membership changes; [`client`]: channels and tokens), [`executor`] (one step of a plan at
 //!   a time, each re-checked on a fresh observation), [`platform`] (where members live:
 //!   [`platform::local`] processes or [`platform::kube`] pods and volumes), [`bootstrap`]
-//!   (turning auth on), [`metrics`] (healing metrics).
+//!   (turning auth on), [`metrics`] (healing metrics), [`pki`] (the CA and certificates of
+//!   clusters with `spec.tls`).
 //! - Drivers: [`controller`] (Kubernetes, `operator run`) and [`supervisor`] (`operator
 //!   local`), with [`demo`] (`operator demo`) on top of the supervisor.
 //! - [`yaml`]: strict YAML parsing; [`crd_yaml`]: the `StorageCluster` CRD as YAML, for
@@ -29,6 +30,7 @@ pub mod healer;
 pub mod healing;
 pub mod members;
 pub mod metrics;
+pub mod pki;
 pub mod planner;
 pub mod platform;
 pub mod probe;
