@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::Output;
 
 use cluster::{Cluster, DEADLINE, Etcd, Options, etcdctl, wait_until};
+use rustls::pki_types::pem::PemObject;
 
 /// A test CA and the certificates it issues, as PEM files in a temporary directory.
 struct Pki {
@@ -332,6 +333,50 @@ fn peer_client(pki: &Pki, issued: &Issued) -> storage_node::tls::PortTls {
         .expect("configured")
 }
 
+/// Connects to `url` over TLS trusting `ca` but presenting no certificate, sends HTTP/2's
+/// preface and a SETTINGS frame, and returns how many bytes came back before the connection
+/// failed or closed.
+async fn speak_without_a_certificate(url: &str, ca: &Path) -> usize {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut roots = rustls::RootCertStore::empty();
+    let pem = std::fs::read(ca).expect("CA");
+    for cert in rustls::pki_types::CertificateDer::pem_slice_iter(&pem) {
+        roots.add(cert.expect("PEM")).expect("CA certificate");
+    }
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .expect("versions")
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config));
+    let address = url.trim_start_matches("https://");
+    let tcp = tokio::net::TcpStream::connect(address)
+        .await
+        .expect("connect");
+    let name = rustls::pki_types::ServerName::try_from("127.0.0.1").expect("name");
+    let Ok(mut tls) = connector.connect(name, tcp).await else {
+        return 0; // refused within the handshake
+    };
+    let hello = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00";
+    if tls.write_all(hello).await.is_err() {
+        return 0;
+    }
+    let mut received = 0;
+    let mut buf = [0u8; 1024];
+    let read = tokio::time::timeout(DEADLINE, async {
+        loop {
+            match tls.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => received += n,
+            }
+        }
+    });
+    read.await
+        .expect("the peer port neither answered nor closed");
+    received
+}
+
 #[test]
 fn the_peer_port_takes_forwarded_proposals_only_from_members() {
     let pki = Pki::new("cluster-ca");
@@ -371,6 +416,10 @@ fn the_peer_port_takes_forwarded_proposals_only_from_members() {
         unknown.is_err(),
         "a certificate of another CA got an answer"
     );
+
+    // A peer presenting no certificate at all reads nothing from the port.
+    let answered = runtime.block_on(speak_without_a_certificate(&peer_url, &pki.ca_file()));
+    assert_eq!(answered, 0, "a peer without a certificate was answered");
 
     // The control: a certificate naming the member's peer host is taken.
     let taken = runtime.block_on(forward_put(&peer_url, peer_client(&pki, &member), "named"));
