@@ -307,6 +307,10 @@ async fn first_reconcile_creates_exactly_the_expected_children_the_workload_owne
         "data-demo-0"
     );
     assert_eq!(pod["spec"]["securityContext"]["runAsNonRoot"], true);
+    assert_eq!(
+        pod["spec"]["automountServiceAccountToken"], false,
+        "a member never calls the Kubernetes API: no token in its filesystem"
+    );
 
     let pvc = &applied.items("persistentvolumeclaims")[0];
     assert_eq!(pvc["spec"]["resources"]["requests"]["storage"], "1Gi");

@@ -381,6 +381,10 @@ mod tests {
         assert_eq!(body["metadata"]["name"], "demo-1-backup");
         assert_eq!(body["spec"]["restartPolicy"], "Never");
         assert_eq!(
+            body["spec"]["automountServiceAccountToken"], false,
+            "no service account token in the pod that holds the member's data"
+        );
+        assert_eq!(
             body["spec"]["volumes"][0]["persistentVolumeClaim"]["claimName"],
             "data-demo-1"
         );

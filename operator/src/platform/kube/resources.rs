@@ -552,6 +552,9 @@ pub fn member_pod(cluster: &StorageCluster, member: &str, state: ClusterState) -
             // Service links would put `<SERVICE>_*` variables in the environment, where the
             // node reads its `ETCD_*` flags: a Service named `etcd-...` could set one.
             enable_service_links: Some(false),
+            // A member never calls the Kubernetes API: a token in its filesystem would only
+            // hand the namespace's default service account to whoever breaks into it.
+            automount_service_account_token: Some(false),
             restart_policy: Some("Always".to_string()),
             termination_grace_period_seconds: Some(30),
             security_context: Some(PodSecurityContext {
