@@ -61,6 +61,7 @@ fn an_empty_spec_gets_the_documented_defaults() {
     assert_eq!(spec.healing.backoff.min_seconds, 30);
     assert_eq!(spec.healing.backoff.max_seconds, 1800);
     assert_eq!(spec.placement, Placement::default());
+    assert_eq!(spec.network, Network::default());
 }
 
 #[test]
@@ -219,6 +220,38 @@ fn a_name_the_children_could_not_carry_is_refused_with_what_to_choose() {
     ] {
         assert_eq!(cel_messages(&named(name), None), [NAME_MESSAGE], "{name}");
     }
+}
+
+#[test]
+fn each_declared_client_selects_pods_namespaces_or_addresses_and_an_ip_block_stands_alone() {
+    let with = |clients: Value| cluster(json!({"network": {"clients": clients}}));
+    for clients in [
+        json!([]),
+        json!([{"podSelector": {"matchLabels": {"app": "api"}}}]),
+        json!([{"namespaceSelector": {}}]),
+        json!([{"namespaceSelector": {"matchLabels": {"team": "a"}},
+                "podSelector": {"matchLabels": {"app": "api"}}}]),
+        json!([{"ipBlock": {"cidr": "10.0.0.0/24"}}, {"namespaceSelector": {}}]),
+    ] {
+        assert_eq!(
+            cel_messages(&with(clients.clone()), None),
+            Vec::<String>::new(),
+            "{clients}"
+        );
+    }
+    assert_eq!(
+        cel_messages(&with(json!([{"podSelector": {}}, {}])), None),
+        [CLIENT_NAMES_SOMEONE_MESSAGE]
+    );
+    assert_eq!(
+        cel_messages(
+            &with(json!([{"ipBlock": {"cidr": "10.0.0.0/24"}, "namespaceSelector": {}}])),
+            None
+        ),
+        [CLIENT_IP_BLOCK_ALONE_MESSAGE]
+    );
+    let clients = &schema()["properties"]["spec"]["properties"]["network"]["properties"]["clients"];
+    assert_eq!(clients["maxItems"], 32);
 }
 
 /// Keys a structural schema may not use anywhere (apiextensions.k8s.io/v1 refuses them).

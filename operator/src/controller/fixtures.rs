@@ -443,6 +443,7 @@ impl Context {
             "mend-operator-test".into(),
             Arc::new(Metrics::default()),
             members.clone(),
+            "mend-system".to_string(),
         );
         (Arc::new(ctx), verifier, members)
     }

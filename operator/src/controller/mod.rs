@@ -21,15 +21,15 @@
 //! operator's way (one at a time, quorum kept), is the healing loop's job anyway.
 //!
 //! # A finalizer, for the data only
-//! The workload (pods, Services, the PodDisruptionBudget) carries an owner reference to its
-//! cluster, so Kubernetes' garbage collector deletes it with the cluster. The data does not:
-//! volume claims and the generated root Secret have no owner, so deleting a `StorageCluster`
-//! (or the CRD, or the namespace's cluster objects) never deletes member data on its own. The
-//! operator's finalizer ([`FINALIZER`], kube-runtime's `finalizer` helper) runs the cleanup
-//! before the cluster goes: with `spec.storage.retentionPolicy: Delete` it deletes the claims
-//! and the generated Secret; with `Retain` (the default) it keeps them and says how to delete
-//! them (an Event). The price of a finalizer: a cluster deleted while no operator runs stays
-//! `Terminating` until one runs again (or the finalizer is removed by hand).
+//! The workload (pods, Services, the PodDisruptionBudget, the NetworkPolicy) carries an owner
+//! reference to its cluster, so Kubernetes' garbage collector deletes it with the cluster. The
+//! data does not: volume claims and the generated root Secret have no owner, so deleting a
+//! `StorageCluster` (or the CRD, or the namespace's cluster objects) never deletes member data
+//! on its own. The operator's finalizer ([`FINALIZER`], kube-runtime's `finalizer` helper) runs
+//! the cleanup before the cluster goes: with `spec.storage.retentionPolicy: Delete` it deletes
+//! the claims and the generated Secret; with `Retain` (the default) it keeps them and says how
+//! to delete them (an Event). The price of a finalizer: a cluster deleted while no operator
+//! runs stays `Terminating` until one runs again (or the finalizer is removed by hand).
 //!
 //! # Layout
 //! - [`resources`] (in [`crate::platform::kube`]): the children as pure functions of the
@@ -113,6 +113,10 @@ pub const API_CALLS: &[(&str, &str, &str)] = &[
     ("watch", "policy", "poddisruptionbudgets"),
     ("create", "policy", "poddisruptionbudgets"),
     ("patch", "policy", "poddisruptionbudgets"),
+    ("list", "networking.k8s.io", "networkpolicies"),
+    ("watch", "networking.k8s.io", "networkpolicies"),
+    ("create", "networking.k8s.io", "networkpolicies"),
+    ("patch", "networking.k8s.io", "networkpolicies"),
     // Root credentials: read by name, created by server-side apply; never listed or watched,
     // so the operator cannot read Secrets it was not pointed at (a ClusterRole cannot name
     // them in advance: they live in each cluster's namespace).
@@ -199,6 +203,9 @@ pub struct Context {
     pub metrics: Arc<metrics::Metrics>,
     /// The members' etcd API.
     pub members: Arc<dyn members::Members>,
+    /// The operator's own namespace: each cluster's NetworkPolicy admits the operator's pods
+    /// there to the client port.
+    pub operator_namespace: String,
     /// Failures in a row per object, for the backoff.
     failures: Mutex<HashMap<ObjectRef<StorageCluster>, u32>>,
     /// The healing loop's memory (probe history, findings) per cluster, with the generation
@@ -207,18 +214,21 @@ pub struct Context {
 }
 
 impl Context {
-    /// A context for reconciles through `client`, publishing Events as `reporter`.
+    /// A context for reconciles through `client`, publishing Events as `reporter`, for an
+    /// operator running in `operator_namespace`.
     pub fn new(
         client: Client,
         reporter: Reporter,
         metrics: Arc<metrics::Metrics>,
         members: Arc<dyn members::Members>,
+        operator_namespace: String,
     ) -> Context {
         Context {
             events: events::Events::new(client.clone(), reporter),
             client,
             metrics,
             members,
+            operator_namespace,
             failures: Mutex::default(),
             healers: Mutex::default(),
         }

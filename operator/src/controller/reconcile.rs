@@ -7,8 +7,10 @@
 //! elected operator resumes it) and publish an Event for each thing the pass did.
 //!
 //! # A second reconcile is a no-op
-//! Children are applied only when missing, or, for Services and the PodDisruptionBudget, when
-//! their [`APPLIED_HASH`](crate::platform::kube::resources::APPLIED_HASH) differs from the desired object's.
+//! Children are applied only when missing, or, for Services, the PodDisruptionBudget and the
+//! NetworkPolicy, when their
+//! [`APPLIED_HASH`](crate::platform::kube::resources::APPLIED_HASH) differs from the desired
+//! object's.
 //! Pods and volume claims are never re-applied: their specs are immutable where it matters
 //! (flags, volume), and changing a running member is the healing loop's one-at-a-time job. The
 //! status is written only when it differs from the one stored. So a reconcile of a cluster whose
@@ -21,6 +23,7 @@ use std::time::Duration;
 
 use crds::{RetentionPolicy, StorageCluster, StorageClusterStatus, condition};
 use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod, Secret, Service};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, ObjectMeta, Time};
 use k8s_openapi::jiff::Timestamp;
@@ -122,6 +125,7 @@ struct Live {
     pvcs: BTreeMap<String, ObjectMeta>,
     services: BTreeMap<String, ObjectMeta>,
     pdbs: BTreeMap<String, ObjectMeta>,
+    network_policies: BTreeMap<String, ObjectMeta>,
     stall: Option<Stall>,
 }
 
@@ -625,6 +629,7 @@ impl<'a> Reconciler<'a> {
             pvcs: by_name(pvcs),
             services: by_name(self.list::<Service>().await?),
             pdbs: by_name(self.list::<PodDisruptionBudget>().await?),
+            network_policies: by_name(self.list::<NetworkPolicy>().await?),
         })
     }
 
@@ -698,7 +703,8 @@ impl<'a> Reconciler<'a> {
         Ok(true)
     }
 
-    /// Creates missing children and updates changed Services and the PodDisruptionBudget.
+    /// Creates missing children and updates changed Services, the PodDisruptionBudget and the
+    /// NetworkPolicy (first, so that no member pod ever runs unprotected).
     /// Returns the members that lost their volume, and the first refusal of the API server to
     /// create a member's claim or pod (a quota, a LimitRange, admission): the other members are
     /// still created, the refused one is tried again at the next reconcile. A member that ran
@@ -711,6 +717,9 @@ impl<'a> Reconciler<'a> {
         held_out: &[String],
     ) -> Result<(Vec<String>, Option<Stall>)> {
         let cluster = self.cluster;
+        let policy = resources::network_policy(cluster, &self.ctx.operator_namespace);
+        self.apply_if_changed(&live.network_policies, &policy)
+            .await?;
         self.apply_if_changed(&live.services, &resources::peer_service(cluster))
             .await?;
         self.apply_if_changed(&live.services, &resources::client_service(cluster))

@@ -22,6 +22,7 @@ use axum::routing::get;
 use crds::StorageCluster;
 use futures_util::StreamExt;
 use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod, Service};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::runtime::Controller;
 use kube::runtime::events::Reporter;
@@ -41,7 +42,9 @@ pub struct RunArgs {
     /// Address serving /metrics, /healthz and /readyz.
     #[arg(long, env = "MEND_METRICS_ADDR", default_value = "0.0.0.0:8080")]
     pub metrics_addr: SocketAddr,
-    /// Namespace of the leader-election Lease (the operator's own namespace).
+    /// The operator's own namespace: where its leader-election Lease lives, and where the
+    /// members' NetworkPolicies expect the operator's pods (the only ones they admit to the
+    /// client port, with the clients a cluster declares).
     #[arg(long, env = "POD_NAMESPACE", default_value = "mend-system")]
     pub lease_namespace: String,
     /// Name of the leader-election Lease.
@@ -194,6 +197,7 @@ pub async fn run(args: RunArgs) -> Result<()> {
         },
         metrics.clone(),
         Arc::new(Grpc::new(Duration::from_secs(args.member_timeout_seconds))),
+        args.lease_namespace.clone(),
     ));
     let children = watcher::Config::default().labels("app.kubernetes.io/managed-by=mend-operator");
     let controller = Controller::new(
@@ -206,7 +210,11 @@ pub async fn run(args: RunArgs) -> Result<()> {
         children.clone(),
     )
     .owns(Api::<Service>::all(client.clone()), children.clone())
-    .owns(Api::<PodDisruptionBudget>::all(client.clone()), children)
+    .owns(
+        Api::<PodDisruptionBudget>::all(client.clone()),
+        children.clone(),
+    )
+    .owns(Api::<NetworkPolicy>::all(client.clone()), children)
     .graceful_shutdown_on(stopped(shutdown.clone()))
     .run(reconcile, error_policy, ctx)
     .for_each(|result| async move {

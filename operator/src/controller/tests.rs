@@ -21,7 +21,7 @@ const STATUS: &str = "/apis/mend.dev/v1alpha1/namespaces/default/storageclusters
 const EVENTS: &str = "/apis/events.k8s.io/v1/namespaces/default/events";
 
 /// The label-selected lists every valid reconcile starts with, in order.
-const LISTS: [(&str, &str); 4] = [
+const LISTS: [(&str, &str); 5] = [
     ("pods", "/api/v1/namespaces/default/pods"),
     (
         "persistentvolumeclaims",
@@ -32,7 +32,14 @@ const LISTS: [(&str, &str); 4] = [
         "poddisruptionbudgets",
         "/apis/policy/v1/namespaces/default/poddisruptionbudgets",
     ),
+    (
+        "networkpolicies",
+        "/apis/networking.k8s.io/v1/namespaces/default/networkpolicies",
+    ),
 ];
+
+/// The cluster's NetworkPolicy.
+const NETWORK_POLICY: &str = "/apis/networking.k8s.io/v1/namespaces/default/networkpolicies/demo";
 
 /// What a first reconcile applied: the children by list they belong to, and the status.
 #[derive(Clone, Debug, Default)]
@@ -129,6 +136,10 @@ impl ApiServerVerifier {
             list.ok(&json!({ "apiVersion": "v1", "kind": "List", "metadata": {}, "items": [] }));
         }
         let mut children = vec![
+            (
+                "networkpolicies",
+                self.apply(NETWORK_POLICY, "NetworkPolicy").await,
+            ),
             (
                 "services",
                 self.apply(&format!("{NS}/services/demo-peer"), "Service")
@@ -335,8 +346,123 @@ async fn first_reconcile_creates_exactly_the_expected_children_the_workload_owne
     assert_eq!(status["members"].as_array().map(Vec::len), Some(3));
 }
 
+/// The NetworkPolicy of `cluster`'s first reconcile, without its applied-hash annotation
+/// (checked to be there).
+async fn first_network_policy(cluster: crds::StorageCluster) -> Value {
+    let (ctx, verifier, _) = Context::test();
+    let server = verifier.run(Scenario::Create);
+    reconcile_in_time(cluster, &ctx).await.expect("reconcile");
+    drop(ctx);
+    let (applied, verifier) = server.await.expect("scenario");
+    verifier.no_more_requests().await;
+    let [mut policy]: [Value; 1] = applied
+        .items("networkpolicies")
+        .try_into()
+        .expect("one NetworkPolicy");
+    let annotations = policy["metadata"]["annotations"]
+        .as_object_mut()
+        .expect("annotations");
+    let hash = annotations.remove("mend.dev/applied-hash").expect("hash");
+    assert!(hash.as_str().is_some_and(|h| h.len() == 16), "{hash}");
+    assert!(annotations.is_empty(), "{annotations:?}");
+    policy["metadata"]
+        .as_object_mut()
+        .expect("metadata")
+        .remove("annotations");
+    policy
+}
+
+/// The NetworkPolicy body the operator applies for `demo`, admitting `clients` to the client
+/// port after the operator.
+fn expected_network_policy(clients: &[Value]) -> Value {
+    let members = json!({ "matchLabels": {
+        "app.kubernetes.io/instance": "demo", "app.kubernetes.io/name": "storage-node",
+    }});
+    let operator = json!({
+        "namespaceSelector": { "matchLabels": { "kubernetes.io/metadata.name": "mend-system" } },
+        "podSelector": { "matchLabels": { "app.kubernetes.io/name": "mend-operator" } },
+    });
+    let from: Vec<Value> = std::iter::once(operator)
+        .chain(clients.iter().cloned())
+        .collect();
+    json!({
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "NetworkPolicy",
+        "metadata": {
+            "name": "demo",
+            "namespace": "default",
+            "labels": {
+                "app.kubernetes.io/instance": "demo",
+                "app.kubernetes.io/managed-by": "mend-operator",
+                "app.kubernetes.io/name": "storage-node",
+            },
+            "ownerReferences": [{
+                "apiVersion": "mend.dev/v1alpha1", "kind": "StorageCluster", "name": "demo",
+                "uid": "uid-demo", "controller": true,
+            }],
+        },
+        "spec": {
+            "podSelector": members,
+            "policyTypes": ["Ingress"],
+            "ingress": [
+                { "from": [{ "podSelector": members }],
+                  "ports": [{ "port": 2380, "protocol": "TCP" }] },
+                { "from": from, "ports": [{ "port": 2379, "protocol": "TCP" }] },
+                { "ports": [{ "port": 2381, "protocol": "TCP" }] },
+            ],
+        },
+    })
+}
+
+#[tokio::test]
+async fn only_members_reach_the_peer_port_and_only_the_operator_the_client_port_by_default() {
+    let policy = first_network_policy(cluster("demo", 3)).await;
+    assert_eq!(policy, expected_network_policy(&[]));
+}
+
+#[tokio::test]
+async fn declared_clients_reach_the_client_port_beside_the_operator() {
+    let clients = vec![
+        json!({
+            "namespaceSelector": { "matchLabels": { "team": "a" } },
+            "podSelector": { "matchLabels": { "app": "api" } },
+        }),
+        json!({ "ipBlock": { "cidr": "10.0.0.0/16" } }),
+    ];
+    let mut declared = cluster("demo", 3);
+    declared.spec.network.clients =
+        serde_json::from_value(Value::from(clients.clone())).expect("peers");
+    let policy = first_network_policy(declared).await;
+    assert_eq!(policy, expected_network_policy(&clients));
+}
+
+/// A client declared later changes the NetworkPolicy only: it is applied again, nothing else.
+#[tokio::test]
+async fn a_client_declared_later_reapplies_the_network_policy_and_nothing_else() {
+    let applied = first_reconcile().await;
+    let mut changed = cluster("demo", 3);
+    changed.status = Some(serde_json::from_value(applied.status.clone()).expect("status"));
+    changed.spec.network.clients =
+        serde_json::from_value(json!([{ "podSelector": { "matchLabels": { "app": "api" } } }]))
+            .expect("peers");
+    let (ctx, mut verifier, _) = Context::test();
+    let server = tokio::spawn(async move {
+        verifier.reads(&applied).await;
+        let policy = verifier.apply(NETWORK_POLICY, "NetworkPolicy").await;
+        (policy, verifier)
+    });
+    reconcile_in_time(changed, &ctx).await.expect("reconcile");
+    drop(ctx);
+    let (policy, verifier) = server.await.expect("scenario");
+    verifier.no_more_requests().await;
+    assert_eq!(
+        policy["spec"]["ingress"][1]["from"][1],
+        json!({ "podSelector": { "matchLabels": { "app": "api" } } })
+    );
+}
+
 /// "No-op" here means: fed back exactly the children and status the first reconcile applied, a
-/// second reconcile makes only the reads it needs to know that (the Secret, four label-selected
+/// second reconcile makes only the reads it needs to know that (the Secret, five label-selected
 /// lists) and no write at all: no create, no apply, no status patch, no Event.
 #[tokio::test]
 async fn a_second_reconcile_with_nothing_changed_makes_no_write() {
@@ -1358,6 +1484,7 @@ async fn a_pod_refused_by_a_quota_is_reported_and_the_other_members_still_start(
                 .await
                 .ok(&json!({ "apiVersion": "v1", "kind": "List", "metadata": {}, "items": [] }));
         }
+        verifier.apply(NETWORK_POLICY, "NetworkPolicy").await;
         verifier
             .apply(&format!("{NS}/services/demo-peer"), "Service")
             .await;

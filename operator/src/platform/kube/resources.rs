@@ -1,12 +1,13 @@
 //! The child objects of a `StorageCluster`, as pure functions of it: member pods and their
-//! volumes, the peer and client Services, the PodDisruptionBudget and the generated root Secret.
+//! volumes, the peer and client Services, the PodDisruptionBudget, the NetworkPolicy and the
+//! generated root Secret.
 //! Nothing here talks to the API server; [`crate::controller::reconcile()`] applies what these build.
 //!
 //! Every child carries the cluster's labels ([`labels`]) and an [`APPLIED_HASH`] annotation: a
 //! digest of the object as built, which lets a reconcile skip a child whose live copy was
 //! applied from the very same desired state. The workload (pods, Services, the
-//! PodDisruptionBudget) carries a controller owner reference to the cluster, so Kubernetes'
-//! garbage collector removes it with the cluster. The data does not: volume claims and the
+//! PodDisruptionBudget, the NetworkPolicy) carries a controller owner reference to the cluster,
+//! so Kubernetes' garbage collector removes it with the cluster. The data does not: volume claims and the
 //! generated root Secret (the password of the data's root user) have no owner, so deleting the
 //! cluster never deletes them behind the operator's back; the operator's finalizer deletes them
 //! only when `spec.storage.retentionPolicy` is `Delete`.
@@ -21,6 +22,10 @@ use k8s_openapi::api::core::v1::{
     PodAntiAffinity, PodSecurityContext, PodSpec, Probe, ResourceRequirements, SeccompProfile,
     Secret, SecurityContext, Service, ServicePort, ServiceSpec, Volume, VolumeMount,
     VolumeResourceRequirements, WeightedPodAffinityTerm,
+};
+use k8s_openapi::api::networking::v1::{
+    NetworkPolicy, NetworkPolicyIngressRule, NetworkPolicyPeer, NetworkPolicyPort,
+    NetworkPolicySpec,
 };
 use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
@@ -81,6 +86,10 @@ pub fn awaits_rebuild(meta: &ObjectMeta) -> bool {
         .as_ref()
         .is_some_and(|l| l.contains_key(REBUILD_LABEL))
 }
+/// The label of the operator's own pods (its Deployment's pod template in `manifests/`): the
+/// NetworkPolicies admit pods carrying it, in the operator's namespace, to the client port.
+pub const OPERATOR_POD_LABEL: (&str, &str) = ("app.kubernetes.io/name", "mend-operator");
+
 /// User the members run as (no root in the container).
 const MEMBER_UID: i64 = 65532;
 
@@ -379,6 +388,68 @@ pub fn pod_disruption_budget(cluster: &StorageCluster) -> PodDisruptionBudget {
     })
 }
 
+/// Who may reach the members (named after the cluster, as the PodDisruptionBudget): the peer
+/// port only from the cluster's own members (anyone else reaching it could append entries,
+/// vote or change the membership); the client port only from the operator's pods in
+/// `operator_namespace` and the clients `spec.network.clients` declares; the metrics port from
+/// anywhere, as it serves only metrics and health, no keys (Prometheus scrapes it from its own
+/// namespace; the kubelet's probes come from the pod's own node, which a NetworkPolicy cannot
+/// block). Ingress only: what members call (each other, DNS) is left alone.
+pub fn network_policy(cluster: &StorageCluster, operator_namespace: &str) -> NetworkPolicy {
+    let members = LabelSelector {
+        match_labels: Some(selector_labels(cluster)),
+        match_expressions: None,
+    };
+    let operator = NetworkPolicyPeer {
+        namespace_selector: Some(LabelSelector {
+            // Set by the API server on every namespace (Kubernetes 1.22 and later).
+            match_labels: Some(BTreeMap::from([(
+                "kubernetes.io/metadata.name".to_string(),
+                operator_namespace.to_string(),
+            )])),
+            match_expressions: None,
+        }),
+        pod_selector: Some(LabelSelector {
+            match_labels: Some(BTreeMap::from([(
+                OPERATOR_POD_LABEL.0.to_string(),
+                OPERATOR_POD_LABEL.1.to_string(),
+            )])),
+            match_expressions: None,
+        }),
+        ip_block: None,
+    };
+    let clients = std::iter::once(operator)
+        .chain(cluster.spec.network.clients.iter().cloned())
+        .collect();
+    let to = |port: i32, from: Option<Vec<NetworkPolicyPeer>>| NetworkPolicyIngressRule {
+        from,
+        ports: Some(vec![NetworkPolicyPort {
+            port: Some(IntOrString::Int(port)),
+            protocol: Some("TCP".to_string()),
+            end_port: None,
+        }]),
+    };
+    stamp(NetworkPolicy {
+        metadata: child_meta(cluster, cluster.name_any()),
+        spec: Some(NetworkPolicySpec {
+            pod_selector: Some(members.clone()),
+            policy_types: Some(vec!["Ingress".to_string()]),
+            ingress: Some(vec![
+                to(
+                    PEER_PORT,
+                    Some(vec![NetworkPolicyPeer {
+                        pod_selector: Some(members),
+                        ..NetworkPolicyPeer::default()
+                    }]),
+                ),
+                to(CLIENT_PORT, Some(clients)),
+                to(METRICS_PORT, None),
+            ]),
+            egress: None,
+        }),
+    })
+}
+
 /// A member's volume claim, sized and classed from `spec.storage`.
 pub fn pvc(cluster: &StorageCluster, member: &str) -> PersistentVolumeClaim {
     let mut metadata = data_meta(cluster, pvc_name(member));
@@ -656,6 +727,25 @@ pub fn spec_problem(cluster: &StorageCluster) -> Option<String> {
     if cluster.namespace().is_none() {
         return Some("the StorageCluster has no namespace".to_string());
     }
+    let clients = &cluster.spec.network.clients;
+    let empty = |p: &NetworkPolicyPeer| {
+        p.pod_selector.is_none() && p.namespace_selector.is_none() && p.ip_block.is_none()
+    };
+    if let Some(i) = clients.iter().position(empty) {
+        return Some(format!(
+            "spec.network.clients[{i}]: {}",
+            crds::CLIENT_NAMES_SOMEONE_MESSAGE
+        ));
+    }
+    let mixed = |p: &NetworkPolicyPeer| {
+        p.ip_block.is_some() && (p.pod_selector.is_some() || p.namespace_selector.is_some())
+    };
+    if let Some(i) = clients.iter().position(mixed) {
+        return Some(format!(
+            "spec.network.clients[{i}]: {}",
+            crds::CLIENT_IP_BLOCK_ALONE_MESSAGE
+        ));
+    }
     None
 }
 
@@ -717,6 +807,7 @@ mod tests {
             peer_service(&sc).metadata,
             client_service(&sc).metadata,
             pod_disruption_budget(&sc).metadata,
+            network_policy(&sc, "mend-system").metadata,
             member_pod(&sc, "demo-0", ClusterState::New).metadata,
         ];
         let data = [pvc(&sc, "demo-0").metadata, root_secret(&sc, "pw").metadata];
@@ -843,6 +934,23 @@ mod tests {
             let problem = spec_problem(&cluster(name, 3)).expect("refused");
             assert!(problem.contains("DNS-1035"), "{problem}");
         }
+    }
+
+    #[test]
+    fn a_declared_client_the_network_policy_would_refuse_is_refused_here_too() {
+        let with = |clients: serde_json::Value| {
+            let mut sc = cluster("demo", 3);
+            sc.spec.network.clients = serde_json::from_value(clients).expect("peers");
+            spec_problem(&sc)
+        };
+        assert_eq!(with(serde_json::json!([{ "namespaceSelector": {} }])), None);
+        let empty = with(serde_json::json!([{ "podSelector": {} }, {}])).expect("refused");
+        assert!(empty.starts_with("spec.network.clients[1]: "), "{empty}");
+        let mixed = with(serde_json::json!([
+            { "ipBlock": { "cidr": "10.0.0.0/8" }, "podSelector": {} },
+        ]))
+        .expect("refused");
+        assert!(mixed.contains("separate entries"), "{mixed}");
     }
 
     #[test]
