@@ -13,7 +13,7 @@
 //! `MEND_OPERATOR_IMAGE` and `MEND_STORAGE_NODE_IMAGE` name other images. Without a reachable
 //! cluster the test prints why and passes.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
@@ -82,19 +82,35 @@ async fn apply(client: &Client, object: Value) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The files the kustomization in `dir` lists, in its order, with those of the directories it
+/// lists (which have no patches or namespace of their own in the cluster-wide install).
+fn kustomized(dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
+    let kustomization: Value =
+        serde_saphyr::from_str(&std::fs::read_to_string(dir.join("kustomization.yaml"))?)?;
+    let mut files = Vec::new();
+    for resource in kustomization["resources"]
+        .as_array()
+        .context("kustomization resources")?
+        .iter()
+        .filter_map(Value::as_str)
+    {
+        let path = dir.join(resource);
+        if path.is_dir() {
+            files.extend(kustomized(&path)?);
+        } else {
+            files.push(path);
+        }
+    }
+    Ok(files)
+}
+
 /// Installs what the README's install steps install (`crd.yaml`, then what `kubectl apply -k
 /// manifests/` installs), with the operator image overridden by `MEND_OPERATOR_IMAGE` when set.
 async fn install(client: &Client) -> anyhow::Result<()> {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../manifests");
-    let kustomization: Value =
-        serde_saphyr::from_str(&std::fs::read_to_string(dir.join("kustomization.yaml"))?)?;
-    let files = kustomization["resources"]
-        .as_array()
-        .context("kustomization resources")?;
-    let crd = Value::from("crd.yaml");
-    for file in std::iter::once(&crd).chain(files).filter_map(Value::as_str) {
-        let docs: Vec<Value> =
-            serde_saphyr::from_multiple(&std::fs::read_to_string(dir.join(file))?)?;
+    let files = std::iter::once(dir.join("crd.yaml")).chain(kustomized(&dir)?);
+    for file in files {
+        let docs: Vec<Value> = serde_saphyr::from_multiple(&std::fs::read_to_string(&file)?)?;
         for mut doc in docs.into_iter().filter(|d| !d.is_null()) {
             if let (Some("Deployment"), Ok(image)) =
                 (doc["kind"].as_str(), std::env::var("MEND_OPERATOR_IMAGE"))

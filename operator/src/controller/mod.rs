@@ -73,9 +73,10 @@ pub use run::{RunArgs, run, run_cli};
 pub const FINALIZER: &str = "mend.dev/cleanup";
 
 /// Every (verb, API group, resource) the operator calls, and so exactly what its RBAC grants
-/// (`manifests/rbac.yaml`: the Lease rules in a Role in the operator's namespace, the rest in
-/// the ClusterRole). A test holds the two equal, and the mocked API server tests check every
-/// request they see against this table.
+/// (`manifests/`: the Lease rules in a Role in the operator's namespace,
+/// `operator/leader-election.yaml`; the rest in the ClusterRole of `rbac.yaml`, or in the Role
+/// of `namespaced/rbac.yaml` for the namespace-scoped install). A test holds them equal, and
+/// the mocked API server tests check every request they see against this table.
 pub const API_CALLS: &[(&str, &str, &str)] = &[
     // The watched resource, and its status written by server-side apply; the finalizer is
     // added and removed by a JSON patch of the resource.

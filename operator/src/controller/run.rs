@@ -5,6 +5,9 @@
 //! deadline ([`super::lease`]) the Controller is dropped at once (in-flight reconciles are
 //! cancelled) and the process exits with an error, for Kubernetes to restart it as a standby.
 //!
+//! The Controller watches every namespace, or only the one `--watch-namespace` names (the
+//! namespace-scoped install of `manifests/namespaced/`, whose Role grants nothing elsewhere).
+//!
 //! `/healthz` answers 200 while the process runs. `/readyz` answers 200 once the replica has
 //! reached the API server and taken part in the election (leader or standby): a standby is
 //! ready to take over, which is what its readiness means.
@@ -27,7 +30,7 @@ use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::runtime::Controller;
 use kube::runtime::events::Reporter;
 use kube::runtime::watcher;
-use kube::{Api, Client};
+use kube::{Api, Client, Resource};
 use tokio::sync::watch;
 use tracing::{info, warn};
 
@@ -47,6 +50,11 @@ pub struct RunArgs {
     /// client port, with the clients a cluster declares).
     #[arg(long, env = "POD_NAMESPACE", default_value = "mend-system")]
     pub lease_namespace: String,
+    /// Reconcile only the StorageClusters of this namespace (and watch their children there
+    /// only), as a namespace-scoped install whose RBAC is a Role in it; every namespace when
+    /// absent.
+    #[arg(long, env = "MEND_WATCH_NAMESPACE", value_parser = clap::builder::NonEmptyStringValueParser::new())]
+    pub watch_namespace: Option<String>,
     /// Name of the leader-election Lease.
     #[arg(long, env = "MEND_LEASE_NAME", default_value = "mend-operator")]
     pub lease_name: String,
@@ -68,6 +76,52 @@ pub struct RunArgs {
     /// Seconds any call to a member (probe, auth bootstrap) may take.
     #[arg(long, env = "MEND_MEMBER_TIMEOUT_SECONDS", default_value_t = 3, value_parser = clap::value_parser!(u64).range(1..=60))]
     pub member_timeout_seconds: u64,
+}
+
+impl RunArgs {
+    /// Where the Controller watches, as `--watch-namespace` says.
+    pub fn scope(&self) -> Scope {
+        match &self.watch_namespace {
+            Some(namespace) => Scope::Namespace(namespace.clone()),
+            None => Scope::All,
+        }
+    }
+}
+
+/// Where the Controller watches `StorageCluster`s and their children.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Scope {
+    /// Every namespace (the cluster-wide install, a ClusterRole).
+    All,
+    /// One namespace (the namespace-scoped install, a Role there).
+    Namespace(String),
+}
+
+impl Scope {
+    fn api<K>(&self, client: &Client) -> Api<K>
+    where
+        K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>,
+    {
+        match self {
+            Scope::All => Api::all(client.clone()),
+            Scope::Namespace(namespace) => Api::namespaced(client.clone(), namespace),
+        }
+    }
+}
+
+/// The Controller over the `StorageCluster`s in `scope` and the children they own there (the
+/// ones labelled as the operator's).
+fn controller(client: &Client, scope: &Scope) -> Controller<StorageCluster> {
+    let children = watcher::Config::default().labels("app.kubernetes.io/managed-by=mend-operator");
+    Controller::new(
+        scope.api::<StorageCluster>(client),
+        watcher::Config::default(),
+    )
+    .owns(scope.api::<Pod>(client), children.clone())
+    .owns(scope.api::<PersistentVolumeClaim>(client), children.clone())
+    .owns(scope.api::<Service>(client), children.clone())
+    .owns(scope.api::<PodDisruptionBudget>(client), children.clone())
+    .owns(scope.api::<NetworkPolicy>(client), children)
 }
 
 /// Resolves on SIGTERM or Ctrl-C.
@@ -162,6 +216,7 @@ pub async fn run(args: RunArgs) -> Result<()> {
         }
     });
 
+    let scope = args.scope();
     let client = Client::try_default()
         .await
         .map_err(|e| Error::Config(format!("no Kubernetes client configuration: {e}")))?;
@@ -199,29 +254,15 @@ pub async fn run(args: RunArgs) -> Result<()> {
         Arc::new(Grpc::new(Duration::from_secs(args.member_timeout_seconds))),
         args.lease_namespace.clone(),
     ));
-    let children = watcher::Config::default().labels("app.kubernetes.io/managed-by=mend-operator");
-    let controller = Controller::new(
-        Api::<StorageCluster>::all(client.clone()),
-        watcher::Config::default(),
-    )
-    .owns(Api::<Pod>::all(client.clone()), children.clone())
-    .owns(
-        Api::<PersistentVolumeClaim>::all(client.clone()),
-        children.clone(),
-    )
-    .owns(Api::<Service>::all(client.clone()), children.clone())
-    .owns(
-        Api::<PodDisruptionBudget>::all(client.clone()),
-        children.clone(),
-    )
-    .owns(Api::<NetworkPolicy>::all(client.clone()), children)
-    .graceful_shutdown_on(stopped(shutdown.clone()))
-    .run(reconcile, error_policy, ctx)
-    .for_each(|result| async move {
-        if let Err(e) = result {
-            warn!(error = %e, "controller");
-        }
-    });
+    info!(?scope, "watching StorageClusters");
+    let controller = controller(&client, &scope)
+        .graceful_shutdown_on(stopped(shutdown.clone()))
+        .run(reconcile, error_policy, ctx)
+        .for_each(|result| async move {
+            if let Err(e) = result {
+                warn!(error = %e, "controller");
+            }
+        });
 
     let outcome = tokio::select! {
         () = controller => Ok(()),
@@ -262,8 +303,98 @@ pub fn run_cli(args: RunArgs) -> ExitCode {
 
 #[cfg(test)]
 mod tests {
+    use std::collections::BTreeSet;
+
     use super::*;
+    use crate::controller::fixtures::mock_client;
+    use clap::Parser;
+    use serde_json::json;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// The (verb, path) of the requests the Controller over `scope` starts with: one list of
+    /// each watched kind, answered empty, then the watch that follows it.
+    async fn first_requests(scope: Scope) -> BTreeSet<(String, String)> {
+        let (client, mut server) = mock_client();
+        let (ctx, _, _) = Context::test();
+        let running = tokio::spawn(
+            controller(&client, &scope)
+                .run(reconcile, error_policy, ctx)
+                .for_each(|_| async {}),
+        );
+        let kinds = 6;
+        let mut seen = BTreeSet::new();
+        for _ in 0..kinds {
+            let list = server.next().await;
+            assert!(!list.query.contains("watch=true"), "{}", list.query);
+            seen.insert(("list".to_string(), list.path.clone()));
+            list.ok(&json!({
+                "apiVersion": "v1", "kind": "List", "metadata": { "resourceVersion": "1" },
+                "items": [],
+            }));
+        }
+        for _ in 0..kinds {
+            let watch = server.next().await;
+            assert!(watch.query.contains("watch=true"), "{}", watch.query);
+            seen.insert(("watch".to_string(), watch.path.clone()));
+        }
+        running.abort();
+        seen
+    }
+
+    /// Every (verb, path) the Controller lists and watches, with `scope` (`/namespaces/<ns>`,
+    /// or nothing for every namespace) after each kind's API group and version.
+    fn expected(scope: &str) -> BTreeSet<(String, String)> {
+        let paths = [
+            format!("/apis/mend.dev/v1alpha1{scope}/storageclusters"),
+            format!("/api/v1{scope}/pods"),
+            format!("/api/v1{scope}/persistentvolumeclaims"),
+            format!("/api/v1{scope}/services"),
+            format!("/apis/policy/v1{scope}/poddisruptionbudgets"),
+            format!("/apis/networking.k8s.io/v1{scope}/networkpolicies"),
+        ];
+        ["list", "watch"]
+            .into_iter()
+            .flat_map(|verb| paths.iter().map(move |p| (verb.to_string(), p.clone())))
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn a_namespaced_controller_lists_and_watches_only_in_its_namespace() {
+        assert_eq!(
+            first_requests(Scope::Namespace("tenant".to_string())).await,
+            expected("/namespaces/tenant")
+        );
+    }
+
+    #[tokio::test]
+    async fn the_cluster_wide_controller_lists_and_watches_every_namespace() {
+        assert_eq!(first_requests(Scope::All).await, expected(""));
+    }
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        run: RunArgs,
+    }
+
+    #[test]
+    fn watch_namespace_scopes_the_controller_to_one_namespace() {
+        let scope = |args: &[&str]| {
+            Cli::try_parse_from(std::iter::once("run").chain(args.iter().copied()))
+                .map(|cli| cli.run.scope())
+        };
+        assert_eq!(
+            scope(&["--watch-namespace=tenant"]).expect("parses"),
+            Scope::Namespace("tenant".to_string())
+        );
+        assert!(
+            scope(&["--watch-namespace="]).is_err(),
+            "an empty namespace"
+        );
+        if std::env::var_os("MEND_WATCH_NAMESPACE").is_none() {
+            assert_eq!(scope(&[]).expect("parses"), Scope::All);
+        }
+    }
 
     /// The status line and body of `GET path` on `addr`.
     async fn get(addr: SocketAddr, path: &str) -> String {
