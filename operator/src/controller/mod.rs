@@ -118,10 +118,11 @@ pub const API_CALLS: &[(&str, &str, &str)] = &[
     ("watch", "networking.k8s.io", "networkpolicies"),
     ("create", "networking.k8s.io", "networkpolicies"),
     ("patch", "networking.k8s.io", "networkpolicies"),
-    // Root credentials: read by name, created by server-side apply; never listed or watched,
-    // so the operator cannot read Secrets it was not pointed at (a ClusterRole cannot name
-    // them in advance: they live in each cluster's namespace).
-    // The generated one is deleted by the finalizer under the Delete retention policy.
+    // Root credentials: read by name, the generated one created (never applied over an
+    // existing Secret); never listed or watched, so the operator cannot read Secrets it was
+    // not pointed at (a role cannot name them in advance: each cluster names its own). Patched
+    // only to remove the cluster's owner reference an older operator set; the generated one
+    // is deleted by the finalizer under the Delete retention policy.
     ("get", "", "secrets"),
     ("create", "", "secrets"),
     ("patch", "", "secrets"),

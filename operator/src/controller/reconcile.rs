@@ -27,7 +27,7 @@ use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, ObjectMeta, Time};
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams, Preconditions};
 use kube::runtime::controller::Action;
 use kube::runtime::events::{Event, EventType};
 use kube::runtime::finalizer::{self, Event as FinalizerEvent, finalizer};
@@ -313,18 +313,29 @@ impl<'a> Reconciler<'a> {
             }
             RetentionPolicy::Delete => {
                 for claim in &claims {
-                    delete_if_present(&pvcs, claim).await?;
+                    delete_if_present(&pvcs, claim, &DeleteParams::default()).await?;
                 }
                 let secrets: Api<Secret> = self.api();
-                // Only the Secret the operator generated (its labels say so), never one the
-                // spec pointed at.
-                let generated = secrets.get_opt(&secret).await?.is_some_and(|s| {
-                    resources::labels(self.cluster)
-                        .iter()
-                        .all(|(k, v)| s.labels().get(k) == Some(v))
+                // Only the Secret the operator generated (its name and labels say so), never
+                // one the spec names, and only the very object looked at (its UID as a
+                // precondition: one replaced in between is not deleted).
+                let named = self.cluster.spec.auth.root_secret_ref.as_deref() == Some(&secret);
+                let found = secrets.get_opt(&secret).await?.filter(|s| {
+                    !named
+                        && resources::labels(self.cluster)
+                            .iter()
+                            .all(|(k, v)| s.labels().get(k) == Some(v))
                 });
-                if generated {
-                    delete_if_present(&secrets, &secret).await?;
+                let generated = found.is_some();
+                if let Some(found) = found {
+                    let exactly = DeleteParams {
+                        preconditions: Some(Preconditions {
+                            uid: found.metadata.uid,
+                            resource_version: None,
+                        }),
+                        ..DeleteParams::default()
+                    };
+                    delete_if_present(&secrets, &secret, &exactly).await?;
                 }
                 info!(claims = ?claims, generated, "deleted with its data (retentionPolicy Delete)");
                 self.event(
@@ -561,6 +572,8 @@ impl<'a> Reconciler<'a> {
 
     /// The root user's name and password when auth is on: from `spec.auth.rootSecretRef`, or
     /// from the Secret the operator generates (once: an existing one is never overwritten).
+    /// These two names are the only Secrets the operator reads: it may neither list nor watch
+    /// Secrets (`manifests/rbac.yaml` says why RBAC cannot narrow it further).
     async fn root_credentials(&self) -> Result<Option<(String, String)>> {
         let auth = &self.cluster.spec.auth;
         if !auth.enabled {
@@ -589,7 +602,13 @@ impl<'a> Reconciler<'a> {
                 let password = crate::bootstrap::generate_password()
                     .map_err(|e| Error::Random(e.to_string()))?;
                 let secret = resources::root_secret(self.cluster, &password);
-                self.apply(&secrets, &secret).await?;
+                // A create, not an apply: a Secret of that name made since the read above is
+                // refused (409, retried and read next time), never overwritten.
+                let params = PostParams {
+                    field_manager: Some(FIELD_MANAGER.to_string()),
+                    ..PostParams::default()
+                };
+                secrets.create(&params, &secret).await?;
                 info!(secret = %name, "generated root credentials");
                 secret
             }
@@ -898,12 +917,12 @@ fn by_name<K: Resource>(objects: Vec<K>) -> BTreeMap<String, ObjectMeta> {
         .collect()
 }
 
-/// Deletes `name` through `api`; one already gone is not an error.
-async fn delete_if_present<K>(api: &Api<K>, name: &str) -> Result<()>
+/// Deletes `name` through `api` with `params`; one already gone is not an error.
+async fn delete_if_present<K>(api: &Api<K>, name: &str, params: &DeleteParams) -> Result<()>
 where
     K: Resource + Clone + DeserializeOwned + std::fmt::Debug,
 {
-    match api.delete(name, &DeleteParams::default()).await {
+    match api.delete(name, params).await {
         Ok(_) => Ok(()),
         Err(kube::Error::Api(status)) if status.is_not_found() => Ok(()),
         Err(e) => Err(e.into()),

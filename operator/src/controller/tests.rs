@@ -126,10 +126,7 @@ impl ApiServerVerifier {
         self.expect(Method::GET, &format!("{NS}/secrets/demo-root"))
             .await
             .error(404, "NotFound");
-        let secret = self
-            .apply(&format!("{NS}/secrets/demo-root"), "Secret")
-            .await;
-        assert!(secret["data"]["username"].is_string() && secret["data"]["password"].is_string());
+        let secret = self.created_secret().await;
         for (_, path) in LISTS {
             let list = self.expect(Method::GET, path).await;
             assert!(list.query.contains("labelSelector="), "{}", list.query);
@@ -224,6 +221,32 @@ impl ApiServerVerifier {
             );
         }
         seen.echo();
+        body
+    }
+
+    /// The generated root Secret, created (never applied: an existing one is not overwritten)
+    /// by the operator, labelled for the cluster and owned by nothing.
+    async fn created_secret(&mut self) -> Value {
+        let seen = self.expect(Method::POST, &format!("{NS}/secrets")).await;
+        assert!(
+            seen.query.contains("fieldManager=mend-operator"),
+            "{}",
+            seen.query
+        );
+        let body = seen.body.clone();
+        assert_eq!(body["kind"], "Secret");
+        assert_eq!(body["metadata"]["name"], "demo-root");
+        assert!(body["metadata"]["ownerReferences"].is_null(), "{body}");
+        assert_eq!(
+            body["metadata"]["labels"]["app.kubernetes.io/instance"],
+            "demo"
+        );
+        assert_eq!(
+            body["metadata"]["labels"]["app.kubernetes.io/managed-by"],
+            "mend-operator"
+        );
+        assert!(body["data"]["username"].is_string() && body["data"]["password"].is_string());
+        seen.respond(http::StatusCode::CREATED, &body);
         body
     }
 
@@ -1360,15 +1383,22 @@ async fn deleting_a_cluster_with_the_delete_policy_deletes_its_claims_and_genera
             )
             .await
             .error(404, "NotFound");
-        let secret = resources::root_secret(&cluster("demo", 3), "pw");
+        let mut secret =
+            serde_json::to_value(resources::root_secret(&cluster("demo", 3), "pw")).expect("json");
+        secret["metadata"]["uid"] = json!("uid-secret");
         verifier
             .expect(Method::GET, &format!("{NS}/secrets/demo-root"))
             .await
-            .ok(&serde_json::to_value(&secret).expect("json"));
-        verifier
+            .ok(&secret);
+        let deleted = verifier
             .expect(Method::DELETE, &format!("{NS}/secrets/demo-root"))
-            .await
-            .ok(&json!({ "kind": "Status", "apiVersion": "v1", "status": "Success" }));
+            .await;
+        assert_eq!(
+            deleted.body["preconditions"],
+            json!({ "uid": "uid-secret" }),
+            "exactly the Secret looked at, not one made since under its name"
+        );
+        deleted.ok(&json!({ "kind": "Status", "apiVersion": "v1", "status": "Success" }));
         let note = verifier.event("DataDeleted", "Normal").await;
         verifier.finalizer_removed().await;
         (note, verifier)
@@ -1407,6 +1437,61 @@ async fn a_secret_the_operator_did_not_generate_is_never_deleted() {
         .expect("cleanup");
     drop(ctx);
     server.await.expect("scenario").no_more_requests().await;
+}
+
+/// A Secret the spec names is the user's, even under the generated name and labels.
+#[tokio::test]
+async fn the_secret_the_spec_names_is_never_deleted() {
+    let (ctx, mut verifier, _) = Context::test();
+    let server = tokio::spawn(async move {
+        verifier.claims(&[]).await;
+        let secret = resources::root_secret(&cluster("demo", 3), "pw");
+        verifier
+            .expect(Method::GET, &format!("{NS}/secrets/demo-root"))
+            .await
+            .ok(&serde_json::to_value(&secret).expect("json"));
+        let note = verifier.event("DataDeleted", "Normal").await;
+        verifier.finalizer_removed().await;
+        (note, verifier)
+    });
+    let mut named = deleted(crds::RetentionPolicy::Delete);
+    named.spec.auth.root_secret_ref = Some("demo-root".to_string());
+    reconcile_in_time(named, &ctx).await.expect("cleanup");
+    drop(ctx);
+    let (note, verifier) = server.await.expect("scenario");
+    verifier.no_more_requests().await;
+    assert!(!note.contains("Secret"), "{note}");
+}
+
+/// A Secret created under the generated name between the operator's read and its create is
+/// not the operator's: the create is refused rather than overwriting it, and the reconcile
+/// fails (to read it next time).
+#[tokio::test]
+async fn a_secret_made_meanwhile_under_the_generated_name_is_never_overwritten() {
+    let (ctx, mut verifier, _) = Context::test();
+    let server = tokio::spawn(async move {
+        verifier
+            .expect(Method::GET, &format!("{NS}/secrets/demo-root"))
+            .await
+            .error(404, "NotFound");
+        verifier
+            .expect(Method::POST, &format!("{NS}/secrets"))
+            .await
+            .error(409, "AlreadyExists");
+        let recorded = verifier.status().await;
+        (recorded, verifier)
+    });
+    let error = reconcile_in_time(cluster("demo", 3), &ctx)
+        .await
+        .expect_err("the create was refused");
+    drop(ctx);
+    let (recorded, verifier) = server.await.expect("scenario");
+    verifier.no_more_requests().await;
+    assert!(error.to_string().contains("AlreadyExists"), "{error}");
+    assert_eq!(
+        condition(&recorded, "Progressing")["reason"],
+        "ReconcileFailed"
+    );
 }
 
 /// Claims and Secrets an operator before the retention policy made were owned by the cluster,
@@ -1475,9 +1560,7 @@ async fn a_pod_refused_by_a_quota_is_reported_and_the_other_members_still_start(
             .expect(Method::GET, &format!("{NS}/secrets/demo-root"))
             .await
             .error(404, "NotFound");
-        verifier
-            .apply(&format!("{NS}/secrets/demo-root"), "Secret")
-            .await;
+        verifier.created_secret().await;
         for (_, path) in LISTS {
             verifier
                 .expect(Method::GET, path)
@@ -1615,7 +1698,7 @@ async fn a_failed_reconcile_says_so_in_the_progressing_condition() {
             .await
             .error(404, "NotFound");
         verifier
-            .expect(Method::PATCH, &format!("{NS}/secrets/demo-root"))
+            .expect(Method::POST, &format!("{NS}/secrets"))
             .await
             .error(500, "InternalError");
         let recorded = verifier.status().await;
