@@ -406,6 +406,12 @@ fn port(
             )));
         }
     };
+    if flags.allowed_cn.as_deref().is_some_and(|cn| !cn.is_empty()) && !flags.client_cert_auth {
+        return Err(Error::Flags(format!(
+            "an allowed Common Name needs {}: without it no certificate is asked for",
+            names.client_cert_auth
+        )));
+    }
     let rustls_error = |source| Error::Rustls {
         port: names.port,
         source,
@@ -906,5 +912,12 @@ mod tests {
         };
         let tls = client_port(&flags, &Policy::default(), dir.path(), &hosts);
         assert!(tls.expect("configures").is_some());
+        let cn_without_auth = PortFlags {
+            auto_tls: true,
+            allowed_cn: Some("m1".into()),
+            ..PortFlags::default()
+        };
+        let refused = peer_port(&cn_without_auth, &Policy::default(), dir.path(), &hosts);
+        assert!(matches!(refused, Err(Error::Flags(m)) if m.contains("--peer-client-cert-auth")));
     }
 }
