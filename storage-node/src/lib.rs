@@ -31,6 +31,7 @@
 //!   a member.
 //! - [`cli`]: the serving node's flags, in etcd's spelling, and bootstrap identities.
 //! - [`tools`]: offline tools: the etcd 11651 demo, `snapshot status|restore`, `dump-db`.
+//! - `fuzzing` (tests only): what the fuzzing properties of the decoding modules share.
 
 pub mod alarm;
 pub mod api;
@@ -39,6 +40,8 @@ pub mod auth;
 pub mod backend;
 pub mod cli;
 pub mod entry;
+#[cfg(test)]
+mod fuzzing;
 pub mod lease;
 pub mod metrics;
 pub mod mvcc;

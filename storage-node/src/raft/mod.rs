@@ -8,6 +8,7 @@
 //! - [`state_machine`]: the engine as openraft's state machine; snapshots.
 //! - [`waiters`]: hands each applied command's local result to the request waiting for it.
 //! - [`network`]: the peer protocol over gRPC, both sides.
+//! - `nesting`: decoding peer messages with a bound on how deep values nest.
 //! - [`lessor`]: lease expiry on the leader; renewals forwarded to it.
 //! - [`alarm`]: raising this member's NOSPACE alarm when an apply went past its quota.
 //! - [`corrupt`]: the corruption checks: KV hashes compared at a common revision, CORRUPT
@@ -36,6 +37,7 @@ pub mod alarm;
 pub mod corrupt;
 pub mod lessor;
 pub mod log_store;
+mod nesting;
 pub mod network;
 pub mod node;
 pub mod state_machine;

@@ -78,10 +78,30 @@ pub enum PeerError {
     /// The peer answered with a refusal.
     #[error("{0}")]
     Remote(String),
-    /// A message could not be encoded or decoded.
+    /// A message could not be encoded.
     #[error("peer message encoding: {0}")]
     Codec(#[from] postcard::Error),
+    /// A reply could not be decoded.
+    #[error("peer message decoding: {0}")]
+    Decode(#[from] DecodeError),
 }
+
+/// Why a peer message could not be decoded.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum DecodeError {
+    /// The bytes are not an encoding of the message.
+    #[error(transparent)]
+    Postcard(postcard::Error),
+    /// The message nests values deeper than [`MAX_NESTING`].
+    #[error("values nested more than {MAX_NESTING} levels deep")]
+    TooDeep,
+}
+
+/// The most levels a decoded peer message may nest (see [`super::nesting`]): far more than
+/// any member sends (an AppendEntries carrying the deepest txn a client can send, 50 nested
+/// txns, nests about 160), far fewer than would overflow the stack decoding it.
+pub const MAX_NESTING: usize = 256;
 
 /// Encodes a value for the wire.
 pub fn encode<T: Serialize>(value: &T) -> Result<Blob, postcard::Error> {
@@ -90,9 +110,13 @@ pub fn encode<T: Serialize>(value: &T) -> Result<Blob, postcard::Error> {
     })
 }
 
-/// Decodes a value from the wire.
-pub fn decode<T: DeserializeOwned>(blob: &Blob) -> Result<T, postcard::Error> {
-    postcard::from_bytes(&blob.data)
+/// Decodes a value from the wire, refusing one nested more than [`MAX_NESTING`] levels deep.
+pub fn decode<T: DeserializeOwned>(blob: &Blob) -> Result<T, DecodeError> {
+    let mut deserializer = postcard::Deserializer::from_bytes(&blob.data);
+    super::nesting::deserialize(&mut deserializer, MAX_NESTING).map_err(|e| match e {
+        super::nesting::Refused::TooDeep => DecodeError::TooDeep,
+        super::nesting::Refused::Invalid(e) => DecodeError::Postcard(e),
+    })
 }
 
 /// Lazily connected gRPC channels to peers, shared by every client of this member.
@@ -517,5 +541,438 @@ impl crate::pb::mendpeer::peer_server::Peer for PeerService {
             self.node.cluster_id,
             self.node.members(),
         )))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+
+    use openraft::ChangeMembers;
+
+    use super::*;
+    use crate::api::{Command, Request, RequestHeader, RequestOp, TxnRequest};
+    use crate::raft::node::Proposal;
+
+    fn blob(data: Vec<u8>) -> Blob {
+        Blob { data }
+    }
+
+    /// A forwarded write of a txn nesting `depth` txns, each holding only the next.
+    fn nested_txns(depth: usize) -> Proposal {
+        let mut txn = TxnRequest::default();
+        for _ in 0..depth {
+            txn = TxnRequest {
+                success: vec![RequestOp::Txn(txn)],
+                ..TxnRequest::default()
+            };
+        }
+        Proposal::Command(Command {
+            header: RequestHeader::default(),
+            request: Request::Txn(txn),
+        })
+    }
+
+    /// [`nested_txns`] as postcard bytes, written out (building a value thousands deep to
+    /// encode would itself recurse that deep): three bytes per level.
+    fn nested_txns_bytes(depth: usize) -> Vec<u8> {
+        // `Proposal::Command`, a header of zeros and an empty name, `Request::Txn`.
+        let mut bytes = vec![0, 0, 0, 0, 3];
+        // No compares, one success operation: a `RequestOp::Txn`.
+        bytes.extend([0, 1, 3].repeat(depth));
+        // The innermost txn is empty; on the way out, every failure branch is.
+        bytes.extend([0, 0, 0]);
+        bytes.extend(vec![0; depth]);
+        bytes
+    }
+
+    /// A forwarded membership change of `depth` nested batches around an empty change.
+    fn nested_batches(depth: usize) -> Proposal {
+        let mut change = ChangeMembers::AddVoterIds(BTreeSet::new());
+        for _ in 0..depth {
+            change = ChangeMembers::Batch(vec![change]);
+        }
+        Proposal::Change(change)
+    }
+
+    /// [`nested_batches`] as postcard bytes, written out: two bytes per level.
+    fn nested_batches_bytes(depth: usize) -> Vec<u8> {
+        // `Proposal::Change`; per level `ChangeMembers::Batch` of one; an empty AddVoterIds.
+        let mut bytes = vec![2];
+        bytes.extend([8, 1].repeat(depth));
+        bytes.extend([0, 0]);
+        bytes
+    }
+
+    #[test]
+    fn a_proposal_of_txns_nested_a_thousand_deep_is_refused_instead_of_overflowing_the_stack() {
+        // Regression: 3 KB of Propose made the receiving member abort with a stack overflow.
+        for depth in [0, 3, 80] {
+            let bytes = nested_txns_bytes(depth);
+            assert_eq!(bytes, encode(&nested_txns(depth)).expect("encodes").data);
+            let decoded: Proposal = decode(&blob(bytes)).expect("decodes");
+            assert!(
+                matches!(decoded, Proposal::Command(c) if c == match nested_txns(depth) {
+                    Proposal::Command(c) => c,
+                    _ => unreachable!(),
+                })
+            );
+        }
+        for depth in [1000, 100_000] {
+            let refused = decode::<Proposal>(&blob(nested_txns_bytes(depth)));
+            assert!(matches!(refused, Err(DecodeError::TooDeep)), "{refused:?}");
+        }
+    }
+
+    #[test]
+    fn a_proposal_of_membership_batches_nested_deep_is_refused_instead_of_overflowing_the_stack() {
+        // Regression: 20 KB of Propose (openraft's `ChangeMembers::Batch` nests itself) made
+        // the receiving member abort with a stack overflow.
+        for depth in [0, 3, 100] {
+            let bytes = nested_batches_bytes(depth);
+            assert_eq!(bytes, encode(&nested_batches(depth)).expect("encodes").data);
+            let decoded: Proposal = decode(&blob(bytes)).expect("decodes");
+            assert_eq!(
+                encode(&decoded).expect("encodes").data,
+                nested_batches_bytes(depth)
+            );
+        }
+        for depth in [1000, 100_000] {
+            let refused = decode::<Proposal>(&blob(nested_batches_bytes(depth)));
+            assert!(matches!(refused, Err(DecodeError::TooDeep)), "{refused:?}");
+            let err = refused.expect_err("refused").to_string();
+            assert!(err.contains("nested more than 256 levels"), "{err}");
+        }
+    }
+
+    /// Peer messages, both ways: arbitrary bytes and damaged encodings decoded as every
+    /// message, and generated messages round-tripped. The message strategies are boxed: their
+    /// value trees held inline overflow a test thread's stack in debug builds.
+    mod fuzz {
+        use std::collections::BTreeMap;
+
+        use openraft::EntryPayload;
+        use openraft::raft::TransferLeaderResponse;
+        use proptest::collection::{btree_set, vec};
+        use proptest::prelude::*;
+
+        use super::*;
+        use crate::fuzzing::{self, config, number, text};
+        use crate::raft::corrupt::{HashAnswer, HashQuery, Position};
+        use crate::raft::lessor::{LeaseAnswer, LeaseQuery};
+        use crate::raft::node::{ForwardReply, MemberInfo, Rejection};
+        use crate::raft::{Entry, LogId, Membership, SnapshotMeta, StoredMembership};
+
+        /// Decodes `bytes` as a `T`: an error, or a value whose encoding decodes to a value
+        /// with the same encoding.
+        fn decodes_stably<T: Serialize + DeserializeOwned>(
+            bytes: &[u8],
+        ) -> Result<(), TestCaseError> {
+            let Ok(value) = decode::<T>(&blob(bytes.to_vec())) else {
+                return Ok(());
+            };
+            let once = encode(&value).map_err(|e| TestCaseError::fail(e.to_string()))?;
+            let again: T = decode(&once).map_err(|e| TestCaseError::fail(e.to_string()))?;
+            let twice = encode(&again).map_err(|e| TestCaseError::fail(e.to_string()))?;
+            prop_assert_eq!(once.data, twice.data);
+            Ok(())
+        }
+
+        /// Decodes `bytes` as every message a member receives: each request of the peer
+        /// service, and each reply.
+        fn decode_as_every_message(bytes: &[u8]) -> Result<(), TestCaseError> {
+            macro_rules! each {
+                ($($message:ty),* $(,)?) => {
+                    $( decodes_stably::<$message>(bytes)?; )*
+                };
+            }
+            each!(
+                AppendEntriesRequest<TypeConfig>,
+                VoteRequest<TypeConfig>,
+                (Vote, SnapshotMeta, Vec<u8>),
+                TransferLeaderRequest<TypeConfig>,
+                Proposal,
+                LeaseQuery,
+                HashQuery,
+                Result<AppendEntriesResponse<TypeConfig>, String>,
+                Result<VoteResponse<TypeConfig>, String>,
+                Result<SnapshotResponse<TypeConfig>, String>,
+                Result<TransferLeaderResponse<TypeConfig>, String>,
+                Result<ForwardReply, String>,
+                Result<Option<u64>, String>,
+                Result<Option<LeaseAnswer>, String>,
+                Result<HashAnswer, String>,
+                Result<(u64, Vec<MemberInfo>), String>,
+            );
+            Ok(())
+        }
+
+        fn log_id() -> impl Strategy<Value = LogId> {
+            (0..4u64, any::<u64>()).prop_map(|(term, index)| LogId::new_term_index(term, index))
+        }
+
+        fn vote() -> impl Strategy<Value = Vote> {
+            (any::<u64>(), 0..8u64, any::<bool>()).prop_map(|(term, node, committed)| {
+                if committed {
+                    Vote::new_committed(term, node)
+                } else {
+                    Vote::new(term, node)
+                }
+            })
+        }
+
+        fn member() -> impl Strategy<Value = Member> {
+            (text(), vec(text(), 0..3), vec(text(), 0..3)).prop_map(
+                |(name, peer_urls, client_urls)| Member {
+                    name,
+                    peer_urls,
+                    client_urls,
+                },
+            )
+        }
+
+        fn members() -> impl Strategy<Value = BTreeMap<u64, Member>> {
+            proptest::collection::btree_map(0..8u64, member(), 0..4)
+        }
+
+        /// A membership: one or two voter sets, and learners.
+        fn membership() -> BoxedStrategy<Membership> {
+            (
+                vec(btree_set(0..6u64, 1..4), 1..3),
+                btree_set(0..8u64, 0..3),
+                member(),
+            )
+                .prop_map(|(configs, learners, member)| {
+                    let ids: BTreeSet<u64> =
+                        configs.iter().flatten().chain(&learners).copied().collect();
+                    let nodes: BTreeMap<u64, Member> =
+                        ids.into_iter().map(|id| (id, member.clone())).collect();
+                    Membership::new(configs, nodes).expect("every voter has a member")
+                })
+                .boxed()
+        }
+
+        fn entry() -> BoxedStrategy<Entry> {
+            let payload = prop_oneof![
+                Just(EntryPayload::Blank),
+                fuzzing::command().prop_map(EntryPayload::Normal),
+                membership().prop_map(EntryPayload::Membership),
+            ];
+            (log_id(), payload)
+                .prop_map(|(log_id, payload)| Entry { log_id, payload })
+                .boxed()
+        }
+
+        fn append_entries() -> BoxedStrategy<AppendEntriesRequest<TypeConfig>> {
+            use proptest::option::of;
+            (vote(), of(log_id()), vec(entry(), 0..4), of(log_id()))
+                .prop_map(
+                    |(vote, prev_log_id, entries, leader_commit)| AppendEntriesRequest {
+                        vote,
+                        prev_log_id,
+                        entries,
+                        leader_commit,
+                    },
+                )
+                .boxed()
+        }
+
+        fn snapshot() -> BoxedStrategy<(Vote, SnapshotMeta, Vec<u8>)> {
+            use proptest::option::of;
+            (
+                vote(),
+                of(log_id()),
+                of(log_id()),
+                membership(),
+                fuzzing::bytes(64),
+            )
+                .prop_map(|(vote, last_log_id, membership_log_id, membership, data)| {
+                    let meta = SnapshotMeta {
+                        last_log_id,
+                        last_membership: StoredMembership::new(membership_log_id, membership),
+                    };
+                    (vote, meta, data)
+                })
+                .boxed()
+        }
+
+        /// A membership change, batches nested a few deep.
+        fn change() -> BoxedStrategy<ChangeMembers<u64, Member>> {
+            let ids = || btree_set(0..8u64, 0..4);
+            let leaf = prop_oneof![
+                ids().prop_map(ChangeMembers::AddVoterIds),
+                members().prop_map(ChangeMembers::AddVoters),
+                ids().prop_map(ChangeMembers::RemoveVoters),
+                ids().prop_map(ChangeMembers::ReplaceAllVoters),
+                members().prop_map(ChangeMembers::AddNodes),
+                members().prop_map(ChangeMembers::SetNodes),
+                ids().prop_map(ChangeMembers::RemoveNodes),
+                members().prop_map(ChangeMembers::ReplaceAllNodes),
+            ];
+            leaf.prop_recursive(3, 12, 3, |inner| {
+                vec(inner, 0..3).prop_map(ChangeMembers::Batch)
+            })
+            .boxed()
+        }
+
+        fn proposal() -> BoxedStrategy<Proposal> {
+            prop_oneof![
+                fuzzing::command().prop_map(Proposal::Command),
+                (any::<u64>(), member())
+                    .prop_map(|(id, member)| Proposal::AddLearner { id, member }),
+                change().prop_map(Proposal::Change),
+                any::<u64>().prop_map(|id| Proposal::Promote { id }),
+            ]
+            .boxed()
+        }
+
+        fn position() -> impl Strategy<Value = Position> {
+            (number(), number()).prop_map(|(revision, compact_revision)| Position {
+                revision,
+                compact_revision,
+            })
+        }
+
+        /// Every reply a member decodes, each as its encoding.
+        fn reply_encoding() -> BoxedStrategy<Vec<u8>> {
+            fn bytes<T: Serialize>(value: &T) -> Vec<u8> {
+                encode(value).expect("encodes").data
+            }
+            let error = || text().prop_map(Err::<(), String>);
+            let forward = (0..7u8, text()).prop_map(|(kind, text)| match kind {
+                0 => ForwardReply::Done,
+                1 => ForwardReply::NotLeader,
+                2 => ForwardReply::Busy,
+                3 => ForwardReply::Failed(Rejection::MemberNotFound),
+                4 => ForwardReply::Failed(Rejection::NotLearner),
+                5 => ForwardReply::Failed(Rejection::LearnerNotReady),
+                _ => ForwardReply::Failed(Rejection::Other(text)),
+            });
+            let hash = prop_oneof![
+                position().prop_map(HashAnswer::Position),
+                (any::<u32>(), number()).prop_map(|(hash, compact_revision)| HashAnswer::Hash {
+                    hash,
+                    compact_revision
+                }),
+                position().prop_map(HashAnswer::Compacted),
+                position().prop_map(HashAnswer::Future),
+            ];
+            let member_info =
+                (any::<u64>(), member(), any::<bool>()).prop_map(|(id, member, is_learner)| {
+                    MemberInfo {
+                        id,
+                        member,
+                        is_learner,
+                    }
+                });
+            let append = prop_oneof![
+                Just(AppendEntriesResponse::<TypeConfig>::Success),
+                Just(AppendEntriesResponse::Conflict),
+                proptest::option::of(log_id()).prop_map(AppendEntriesResponse::PartialSuccess),
+                vote().prop_map(AppendEntriesResponse::HigherVote),
+            ];
+            prop_oneof![
+                error().prop_map(|e| bytes(&e)),
+                append.prop_map(|r| bytes(&Ok::<_, String>(r))),
+                (vote(), proptest::option::of(log_id()), any::<bool>()).prop_map(|(v, l, g)| {
+                    bytes(&Ok::<_, String>(VoteResponse::<TypeConfig>::new(v, l, g)))
+                }),
+                vote()
+                    .prop_map(|v| bytes(&Ok::<_, String>(SnapshotResponse::<TypeConfig>::new(v)))),
+                forward.prop_map(|r| bytes(&Ok::<_, String>(r))),
+                proptest::option::of(any::<u64>()).prop_map(|r| bytes(&Ok::<_, String>(r))),
+                proptest::option::of(proptest::option::of((number(), number())))
+                    .prop_map(|r| bytes(&Ok::<_, String>(r))),
+                hash.prop_map(|r| bytes(&Ok::<_, String>(r))),
+                (any::<u64>(), vec(member_info, 0..4)).prop_map(|r| bytes(&Ok::<_, String>(r))),
+            ]
+            .boxed()
+        }
+
+        /// Every request a member decodes, each as its encoding.
+        fn request_encoding() -> BoxedStrategy<Vec<u8>> {
+            fn bytes<T: Serialize>(value: &T) -> Vec<u8> {
+                encode(value).expect("encodes").data
+            }
+            use proptest::option::of;
+            prop_oneof![
+                append_entries().prop_map(|m| bytes(&m)),
+                (vote(), of(log_id()))
+                    .prop_map(|(v, l)| bytes(&VoteRequest::<TypeConfig>::new(v, l))),
+                snapshot().prop_map(|m| bytes(&m)),
+                (vote(), 0..8u64, of(log_id())).prop_map(|(v, to, l)| {
+                    bytes(&TransferLeaderRequest::<TypeConfig>::new(v, to, l))
+                }),
+                proposal().prop_map(|m| bytes(&m)),
+                prop_oneof![
+                    number().prop_map(LeaseQuery::Renew),
+                    number().prop_map(LeaseQuery::TimeToLive),
+                ]
+                .prop_map(|m| bytes(&m)),
+                (any::<u64>(), of(number())).prop_map(|(cluster_id, revision)| {
+                    bytes(&HashQuery {
+                        cluster_id,
+                        revision,
+                    })
+                }),
+            ]
+            .boxed()
+        }
+
+        /// `value` decodes from its encoding to a value encoding the same.
+        fn round_trips<T: Serialize + DeserializeOwned>(value: &T) -> Result<T, TestCaseError> {
+            let bytes = encode(value).map_err(|e| TestCaseError::fail(e.to_string()))?;
+            let decoded: T = decode(&bytes).map_err(|e| TestCaseError::fail(e.to_string()))?;
+            let again = encode(&decoded).map_err(|e| TestCaseError::fail(e.to_string()))?;
+            prop_assert_eq!(bytes.data, again.data);
+            Ok(decoded)
+        }
+
+        proptest! {
+            #![proptest_config(config(256))]
+
+            #[test]
+            fn arbitrary_bytes_as_any_message_decode_or_are_refused(
+                bytes in fuzzing::bytes(256),
+            ) {
+                decode_as_every_message(&bytes)?;
+            }
+
+            #[test]
+            fn damaged_messages_decode_or_are_refused(
+                bytes in prop_oneof![request_encoding(), reply_encoding()],
+                edits in fuzzing::edits(),
+            ) {
+                decode_as_every_message(&fuzzing::mutate(bytes, &edits))?;
+            }
+
+            #[test]
+            fn damaged_messages_nested_about_the_limit_decode_or_are_refused(
+                depth in 60..140usize,
+                batches in any::<bool>(),
+                edits in fuzzing::edits(),
+            ) {
+                // Near the limit is where a decoder's stack runs deepest.
+                let bytes = if batches {
+                    nested_batches_bytes(depth)
+                } else {
+                    nested_txns_bytes(depth)
+                };
+                decode_as_every_message(&fuzzing::mutate(bytes, &edits))?;
+            }
+
+            #[test]
+            fn generated_messages_round_trip(
+                append in append_entries(),
+                snapshot in snapshot(),
+                proposal in proposal(),
+                command in fuzzing::command(),
+            ) {
+                round_trips(&append)?;
+                round_trips(&snapshot)?;
+                round_trips(&proposal)?;
+                prop_assert_eq!(round_trips(&command)?, command);
+            }
+        }
     }
 }

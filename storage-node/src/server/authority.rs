@@ -469,11 +469,24 @@ mod tests {
 
     /// Reads everything the filter yields for `input`, fed in chunks of `chunk` bytes.
     async fn filtered(input: Vec<u8>, chunk: usize) -> io::Result<Vec<u8>> {
-        let (mut client, server) = tokio::io::duplex(64);
+        filtered_in(input, &[chunk], 64).await
+    }
+
+    /// Reads everything the filter yields for `input`, written in pieces of the sizes in
+    /// `chunks` (in turn, over and over) through a pipe holding `capacity` bytes.
+    async fn filtered_in(input: Vec<u8>, chunks: &[usize], capacity: usize) -> io::Result<Vec<u8>> {
+        let (mut client, server) = tokio::io::duplex(capacity);
+        let chunks = chunks.to_vec();
         let writer = tokio::spawn(async move {
             use tokio::io::AsyncWriteExt;
-            for piece in input.chunks(chunk) {
+            let mut rest = &input[..];
+            for &chunk in chunks.iter().cycle() {
+                if rest.is_empty() {
+                    break;
+                }
+                let (piece, after) = rest.split_at(chunk.clamp(1, rest.len()));
                 client.write_all(piece).await?;
+                rest = after;
             }
             client.shutdown().await
         });
@@ -769,6 +782,379 @@ mod tests {
                 (b":authority".to_vec(), b"127.0.0.1:1".to_vec())
             );
             assert_eq!(decoded[2].1.len(), 15_000);
+        }
+    }
+
+    /// Hostile client streams: valid request sequences, the same damaged, and arbitrary
+    /// frames and bytes, fed in arbitrary pieces.
+    mod fuzz {
+        use std::time::Duration;
+
+        use proptest::collection::vec;
+        use proptest::prelude::*;
+        use proptest::sample::Index;
+
+        use super::*;
+        use crate::fuzzing::{self, config};
+
+        /// A header list.
+        type Headers = Vec<(Vec<u8>, Vec<u8>)>;
+
+        /// What a stream is given to finish in: far more than any case takes, so running out
+        /// means the filter hangs.
+        const DEADLINE: Duration = Duration::from_secs(30);
+
+        /// The most the filter may emit for `input` bytes: every frame (at least
+        /// FRAME_HEADER bytes of input) passed on unchanged or, for a header block,
+        /// re-encoded into one frame of at most MAX_FRAME.
+        fn output_bound(input: usize) -> usize {
+            input + (input / FRAME_HEADER + 1) * (FRAME_HEADER + MAX_FRAME)
+        }
+
+        /// An `:authority` of every kind the filter meets: valid, a URL, garbage, any bytes.
+        fn authority() -> impl Strategy<Value = Vec<u8>> {
+            prop_oneof![
+                Just(b"127.0.0.1:2379".to_vec()),
+                Just(b"http://127.0.0.1:2379".to_vec()),
+                Just(b"https://node-1.mend:2379/a/b".to_vec()),
+                Just(b"#initially=[http://x]".to_vec()),
+                Just(Vec::new()),
+                "[a-z0-9.:/@#\\[\\]-]{0,30}".prop_map(String::into_bytes),
+                fuzzing::bytes(40),
+            ]
+        }
+
+        /// A request's header list: pseudo-headers, any number of `:authority` values, other
+        /// headers, now and then one large enough to take the list past the limit.
+        fn header_list() -> impl Strategy<Value = Headers> {
+            let value = prop_oneof![
+                9 => fuzzing::bytes(64),
+                1 => (0..20_000usize).prop_map(|n| vec![b'v'; n]),
+            ];
+            (
+                vec(authority(), 0..3),
+                vec(("[a-z-]{1,12}".prop_map(String::into_bytes), value), 0..4),
+            )
+                .prop_map(|(authorities, others)| {
+                    let mut list: Headers = vec![
+                        (b":method".to_vec(), b"POST".to_vec()),
+                        (b":scheme".to_vec(), b"http".to_vec()),
+                        (b":path".to_vec(), b"/etcdserverpb.KV/Range".to_vec()),
+                    ];
+                    list.extend(authorities.into_iter().map(|a| (b":authority".to_vec(), a)));
+                    list.extend(others);
+                    list
+                })
+        }
+
+        /// How one request's HEADERS frame is sent: where its block is cut into CONTINUATION
+        /// frames, whether it ends the stream, its priority, its padding.
+        #[derive(Clone, Debug)]
+        struct Framing {
+            cuts: Vec<Index>,
+            end_stream: bool,
+            priority: Option<[u8; 5]>,
+            padding: Option<Vec<u8>>,
+        }
+
+        fn framing() -> impl Strategy<Value = Framing> {
+            (
+                vec(any::<Index>(), 0..3),
+                any::<bool>(),
+                proptest::option::of(any::<[u8; 5]>()),
+                proptest::option::of(fuzzing::bytes(12)),
+            )
+                .prop_map(|(cuts, end_stream, priority, padding)| Framing {
+                    cuts,
+                    end_stream,
+                    priority,
+                    padding,
+                })
+        }
+
+        /// A frame the filter passes through: DATA, SETTINGS, PING, WINDOW_UPDATE, RST_STREAM
+        /// or a type HTTP/2 does not define.
+        fn other_frame() -> impl Strategy<Value = Vec<u8>> {
+            let kind = prop_oneof![
+                Just(0x0),
+                Just(0x3),
+                Just(0x4),
+                Just(0x6),
+                Just(0x8),
+                0xau8..
+            ];
+            (kind, any::<u8>(), any::<u32>(), fuzzing::bytes(32)).prop_map(
+                |(kind, flags, stream, payload)| {
+                    let mut frame = Vec::new();
+                    push_frame(&mut frame, kind, flags, stream, &payload);
+                    frame
+                },
+            )
+        }
+
+        /// One request: its headers, how they are framed, and the frames that follow it.
+        type Request = (Headers, Framing, Vec<Vec<u8>>);
+
+        fn requests() -> impl Strategy<Value = Vec<Request>> {
+            vec((header_list(), framing(), vec(other_frame(), 0..3)), 0..5)
+        }
+
+        /// The client's stream for `requests`: preface, SETTINGS, then each request's header
+        /// block (HPACK-encoded with one encoder, so later blocks refer to its dynamic table)
+        /// and the frames after it.
+        fn stream(requests: &[Request]) -> Vec<u8> {
+            let mut encoder = loona_hpack::Encoder::new();
+            let mut out = PREFACE.to_vec();
+            push_frame(&mut out, 0x4, 0, 0, &[]);
+            for (i, (headers, framing, after)) in requests.iter().enumerate() {
+                let stream = 2 * i as u32 + 1;
+                let block = encoder.encode(headers.iter().map(|(n, v)| (&n[..], &v[..])));
+                let mut cuts: Vec<usize> = framing
+                    .cuts
+                    .iter()
+                    .map(|c| c.index(block.len() + 1))
+                    .collect();
+                cuts.sort_unstable();
+                cuts.push(block.len());
+                let mut flags = if framing.end_stream { END_STREAM } else { 0 };
+                let mut first = Vec::new();
+                if let Some(padding) = &framing.padding {
+                    flags |= PADDED;
+                    first.push(padding.len() as u8);
+                }
+                if let Some(priority) = framing.priority {
+                    flags |= PRIORITY;
+                    first.extend_from_slice(&priority);
+                }
+                first.extend_from_slice(&block[..cuts[0]]);
+                first.extend(framing.padding.iter().flatten());
+                if cuts.len() == 1 {
+                    flags |= END_HEADERS;
+                }
+                push_frame(&mut out, HEADERS, flags, stream, &first);
+                for (i, pair) in cuts.windows(2).enumerate() {
+                    let last = i + 2 == cuts.len();
+                    let flags = if last { END_HEADERS } else { 0 };
+                    push_frame(
+                        &mut out,
+                        CONTINUATION,
+                        flags,
+                        stream,
+                        &block[pair[0]..pair[1]],
+                    );
+                }
+                out.extend(after.iter().flatten());
+            }
+            out
+        }
+
+        /// `headers` as the filter forwards them: each `:authority` repaired or dropped.
+        fn forwarded(headers: &Headers) -> Headers {
+            headers
+                .iter()
+                .filter_map(|(name, value)| {
+                    if name.as_slice() != b":authority" {
+                        return Some((name.clone(), value.clone()));
+                    }
+                    forwarded_authority(value).ok().map(|v| (name.clone(), v))
+                })
+                .collect()
+        }
+
+        /// Whether `headers` decode to more than the server accepts (sized as RFC 9113 does).
+        fn too_large(headers: &Headers) -> bool {
+            let size: usize = headers.iter().map(|(n, v)| n.len() + v.len() + 32).sum();
+            size > MAX_HEADER_LIST
+        }
+
+        /// How the pieces are written: their sizes, taken in turn, and the pipe's capacity.
+        fn chunking() -> impl Strategy<Value = (Vec<usize>, usize)> {
+            let size = prop_oneof![1..8usize, 1..512usize, 1..20_000usize];
+            (vec(size, 1..6), 1..4096usize)
+        }
+
+        /// Runs the filter over `input` on a runtime of its own; a hang fails the case.
+        fn run(input: Vec<u8>, chunks: &[usize], capacity: usize) -> io::Result<Vec<u8>> {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_time()
+                .build()?;
+            runtime.block_on(async {
+                tokio::time::timeout(DEADLINE, filtered_in(input, chunks, capacity))
+                    .await
+                    .unwrap_or_else(|_| panic!("the filter hung"))
+            })
+        }
+
+        /// What holds for whatever the filter makes of any input: it finishes, an error is
+        /// InvalidData, the output is bounded, and every header block leaves as one HEADERS
+        /// frame no larger than a frame may be.
+        fn passed_or_refused(
+            input: Vec<u8>,
+            chunks: &[usize],
+            capacity: usize,
+        ) -> Result<(), TestCaseError> {
+            let len = input.len();
+            let out = match run(input, chunks, capacity) {
+                Ok(out) => out,
+                Err(e) => {
+                    prop_assert_eq!(e.kind(), io::ErrorKind::InvalidData, "{}", e);
+                    return Ok(());
+                }
+            };
+            prop_assert!(
+                out.len() <= output_bound(len),
+                "{} bytes out of {}",
+                out.len(),
+                len
+            );
+            let Some(mut rest) = out.strip_prefix(PREFACE) else {
+                return Ok(());
+            };
+            // Complete frames; a trailing partial frame is the client's own, handed over.
+            while rest.len() >= FRAME_HEADER {
+                let len =
+                    usize::from(rest[0]) << 16 | usize::from(rest[1]) << 8 | usize::from(rest[2]);
+                if rest.len() < FRAME_HEADER + len {
+                    break;
+                }
+                let (kind, flags) = (rest[3], rest[4]);
+                prop_assert_ne!(kind, CONTINUATION, "a CONTINUATION frame was passed on");
+                if kind == HEADERS {
+                    prop_assert!(len <= MAX_FRAME, "a HEADERS frame of {} bytes", len);
+                    prop_assert_ne!(flags & END_HEADERS, 0);
+                    prop_assert_eq!(flags & PADDED, 0);
+                }
+                rest = &rest[FRAME_HEADER + len..];
+            }
+            Ok(())
+        }
+
+        /// Random HPACK representations, lengths and indexes not to be trusted: indexed
+        /// fields, literals with or without Huffman coding, table size updates, overlong
+        /// integers.
+        fn hpack_noise() -> impl Strategy<Value = Vec<u8>> {
+            let representation = prop_oneof![
+                any::<u8>().prop_map(|i| vec![0x80 | i]),
+                (0..6000usize).prop_map(|size| {
+                    let mut out = Vec::new();
+                    put_integer(&mut out, 0x20, 5, size);
+                    out
+                }),
+                (
+                    any::<bool>(),
+                    0..0x7fu8,
+                    fuzzing::bytes(20),
+                    any::<bool>(),
+                    0..0x7fu8
+                )
+                    .prop_map(|(indexing, name_len, data, huffman, value_len)| {
+                        let mut out = vec![if indexing { 0x40 } else { 0x00 }, name_len];
+                        out.extend_from_slice(&data);
+                        out.push(if huffman { 0x80 | value_len } else { value_len });
+                        out.extend_from_slice(&data);
+                        out
+                    }),
+                (1..12usize).prop_map(|n| {
+                    let mut out = vec![0x7f];
+                    out.extend(std::iter::repeat_n(0xff, n));
+                    out
+                }),
+            ];
+            vec(representation, 0..12).prop_map(|parts| parts.concat())
+        }
+
+        /// A frame with no regard for the rules: any type (mostly HEADERS and
+        /// CONTINUATION), flags and stream, its payload HPACK noise or any bytes.
+        fn any_frame() -> impl Strategy<Value = Vec<u8>> {
+            let kind = prop_oneof![3 => Just(HEADERS), 2 => Just(CONTINUATION), 1 => any::<u8>()];
+            let payload = prop_oneof![hpack_noise(), fuzzing::bytes(64)];
+            (kind, any::<u8>(), 0..4u32, payload).prop_map(|(kind, flags, stream, payload)| {
+                let mut frame = Vec::new();
+                push_frame(&mut frame, kind, flags, stream, &payload);
+                frame
+            })
+        }
+
+        proptest! {
+            #![proptest_config(config(96))]
+
+            #[test]
+            fn valid_streams_pass_with_only_their_authorities_changed(
+                requests in requests(),
+                (chunks, capacity) in chunking(),
+            ) {
+                let refused = requests.iter().any(|(headers, _, _)| too_large(headers));
+                let result = run(stream(&requests), &chunks, capacity);
+                if refused {
+                    let err = result.expect_err("a header list over the limit is refused");
+                    prop_assert_eq!(err.kind(), io::ErrorKind::InvalidData);
+                    return Ok(());
+                }
+                let out = result.expect("a valid stream passes");
+                let mut frames = frames(&out).into_iter();
+                prop_assert_eq!(frames.next().map(|f| f.0), Some(0x4), "SETTINGS first");
+                // The server's decoder: the filter's literals never change its table.
+                let mut decoder = Decoder::new();
+                for (i, (headers, framing, after)) in requests.iter().enumerate() {
+                    let (kind, flags, stream, payload) = frames.next().expect("HEADERS");
+                    prop_assert_eq!((kind, stream), (HEADERS, 2 * i as u32 + 1));
+                    prop_assert_eq!(flags & END_STREAM != 0, framing.end_stream);
+                    prop_assert_eq!(flags & PRIORITY != 0, framing.priority.is_some());
+                    let block = match framing.priority {
+                        Some(priority) => {
+                            prop_assert_eq!(&payload[..5], &priority[..]);
+                            &payload[5..]
+                        }
+                        None => &payload[..],
+                    };
+                    let decoded = decoder.decode(block).expect("the forwarded block decodes");
+                    prop_assert_eq!(decoded, forwarded(headers));
+                    for frame in after {
+                        let (kind, flags, stream, payload) = frames.next().expect("a frame");
+                        let mut passed = Vec::new();
+                        push_frame(&mut passed, kind, flags, stream, &payload);
+                        prop_assert_eq!(&passed, frame, "passed through unchanged");
+                    }
+                }
+                prop_assert!(frames.next().is_none(), "nothing more");
+            }
+        }
+
+        proptest! {
+            #![proptest_config(config(192))]
+
+            #[test]
+            fn damaged_streams_are_passed_or_refused_within_bounds(
+                requests in requests(),
+                edits in fuzzing::edits(),
+                (chunks, capacity) in chunking(),
+            ) {
+                let input = fuzzing::mutate(stream(&requests), &edits);
+                passed_or_refused(input, &chunks, capacity)?;
+            }
+
+            #[test]
+            fn arbitrary_frames_are_passed_or_refused_within_bounds(
+                frames in vec(any_frame(), 0..8),
+                tail in fuzzing::bytes(64),
+                (chunks, capacity) in chunking(),
+            ) {
+                let mut input = PREFACE.to_vec();
+                input.extend(frames.concat());
+                input.extend(tail);
+                passed_or_refused(input, &chunks, capacity)?;
+            }
+
+            #[test]
+            fn arbitrary_bytes_are_passed_or_refused_within_bounds(
+                preface in any::<bool>(),
+                bytes in fuzzing::bytes(1024),
+                (chunks, capacity) in chunking(),
+            ) {
+                let mut input = if preface { PREFACE.to_vec() } else { Vec::new() };
+                input.extend(bytes);
+                passed_or_refused(input, &chunks, capacity)?;
+            }
         }
     }
 }

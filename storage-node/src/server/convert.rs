@@ -444,4 +444,278 @@ mod tests {
             assert_eq!(permission_request(permission(p.clone())), Ok(p));
         }
     }
+
+    /// Hostile client requests: arbitrary bytes, and hostile or damaged messages, decoded as
+    /// each request the client port takes, then converted and validated as its service does.
+    mod fuzz {
+        use super::*;
+        use crate::fuzzing::{self, check_delete, check_put, check_range, check_txn, config};
+        use pb::request_op::Request;
+        use proptest::prelude::*;
+        use prost::Message;
+
+        /// Converts an alarm request as the Alarm service does: unknown action or alarm
+        /// numbers are refused.
+        fn check_alarm(wire: pb::AlarmRequest) -> Result<(), TestCaseError> {
+            let known = (0..3).contains(&wire.action) && (0..3).contains(&wire.alarm);
+            prop_assert_eq!(alarm_request(wire).is_ok(), known);
+            Ok(())
+        }
+
+        /// Converts a permission as RoleGrantPermission does: an unknown type is refused.
+        fn check_permission(wire: authpb::Permission) -> Result<(), TestCaseError> {
+            let known = (0..3).contains(&wire.perm_type);
+            prop_assert_eq!(permission_request(wire).is_ok(), known);
+            Ok(())
+        }
+
+        /// Decodes `bytes` as every request the client port takes; those the services convert
+        /// are converted and validated, and checked.
+        fn take_as_every_request(bytes: &[u8]) -> Result<(), TestCaseError> {
+            macro_rules! decode_only {
+                ($($request:ty),* $(,)?) => {
+                    $( let _ = <$request>::decode(bytes); )*
+                };
+            }
+            decode_only!(
+                pb::CompactionRequest,
+                pb::HashRequest,
+                pb::HashKvRequest,
+                pb::SnapshotRequest,
+                pb::WatchRequest,
+                pb::LeaseGrantRequest,
+                pb::LeaseRevokeRequest,
+                pb::LeaseKeepAliveRequest,
+                pb::LeaseTimeToLiveRequest,
+                pb::LeaseLeasesRequest,
+                pb::MemberAddRequest,
+                pb::MemberRemoveRequest,
+                pb::MemberUpdateRequest,
+                pb::MemberListRequest,
+                pb::MemberPromoteRequest,
+                pb::DefragmentRequest,
+                pb::MoveLeaderRequest,
+                pb::DowngradeRequest,
+                pb::StatusRequest,
+                pb::AuthEnableRequest,
+                pb::AuthDisableRequest,
+                pb::AuthStatusRequest,
+                pb::AuthenticateRequest,
+                pb::AuthUserAddRequest,
+                pb::AuthUserGetRequest,
+                pb::AuthUserDeleteRequest,
+                pb::AuthUserChangePasswordRequest,
+                pb::AuthUserGrantRoleRequest,
+                pb::AuthUserRevokeRoleRequest,
+                pb::AuthRoleAddRequest,
+                pb::AuthRoleGetRequest,
+                pb::AuthUserListRequest,
+                pb::AuthRoleListRequest,
+                pb::AuthRoleDeleteRequest,
+                pb::AuthRoleRevokePermissionRequest,
+            );
+            if let Ok(wire) = pb::RangeRequest::decode(bytes) {
+                check_range(wire)?;
+            }
+            if let Ok(wire) = pb::PutRequest::decode(bytes) {
+                check_put(wire)?;
+            }
+            if let Ok(wire) = pb::DeleteRangeRequest::decode(bytes) {
+                check_delete(wire)?;
+            }
+            if let Ok(wire) = pb::TxnRequest::decode(bytes) {
+                check_txn(wire)?;
+            }
+            if let Ok(wire) = pb::AlarmRequest::decode(bytes) {
+                check_alarm(wire)?;
+            }
+            if let Ok(pb::AuthRoleGrantPermissionRequest {
+                perm: Some(perm), ..
+            }) = pb::AuthRoleGrantPermissionRequest::decode(bytes)
+            {
+                check_permission(perm)?;
+            }
+            Ok(())
+        }
+
+        proptest! {
+            #![proptest_config(config(256))]
+
+            #[test]
+            fn arbitrary_bytes_as_any_request_decode_or_are_refused(
+                bytes in fuzzing::bytes(512),
+            ) {
+                take_as_every_request(&bytes)?;
+            }
+
+            #[test]
+            fn hostile_txns_are_converted_and_validated_as_the_model_says(
+                txn in fuzzing::wire_txn(),
+            ) {
+                let decoded = pb::TxnRequest::decode(&txn.encode_to_vec()[..]);
+                prop_assert_eq!(decoded.as_ref(), Ok(&txn));
+                check_txn(txn)?;
+            }
+
+            #[test]
+            fn damaged_txn_encodings_decode_or_are_refused(
+                txn in fuzzing::wire_txn(),
+                edits in fuzzing::edits(),
+            ) {
+                take_as_every_request(&fuzzing::mutate(txn.encode_to_vec(), &edits))?;
+            }
+
+            #[test]
+            fn hostile_requests_are_converted_and_validated_as_the_model_says(
+                range in fuzzing::wire_range(),
+                put in fuzzing::wire_put(),
+                delete in fuzzing::wire_delete(),
+                alarm in (fuzzing::enum_number(3), any::<u64>(), fuzzing::enum_number(3)),
+                perm in (fuzzing::enum_number(3), fuzzing::key(), fuzzing::range_end()),
+                edits in fuzzing::edits(),
+            ) {
+                let (action, member_id, alarm) = alarm;
+                let alarm = pb::AlarmRequest { action, member_id, alarm };
+                let (perm_type, key, range_end) = perm;
+                let perm = authpb::Permission { perm_type, key, range_end };
+                let damaged = [
+                    range.encode_to_vec(),
+                    put.encode_to_vec(),
+                    delete.encode_to_vec(),
+                    alarm.encode_to_vec(),
+                    perm.encode_to_vec(),
+                ];
+                check_range(range)?;
+                check_put(put)?;
+                check_delete(delete)?;
+                check_alarm(alarm)?;
+                check_permission(perm)?;
+                for bytes in damaged {
+                    take_as_every_request(&fuzzing::mutate(bytes, &edits))?;
+                }
+            }
+        }
+
+        proptest! {
+            #![proptest_config(config(32))]
+
+            #[test]
+            fn a_txn_branch_longer_than_the_limit_is_refused(
+                ops in 0..400usize,
+                branch in 0..3usize,
+            ) {
+                let compare = pb::Compare {
+                    key: b"k".to_vec(),
+                    ..Default::default()
+                };
+                let puts = (0..ops).map(|i| pb::RequestOp {
+                    request: Some(Request::RequestPut(pb::PutRequest {
+                        key: format!("k{i}").into_bytes(),
+                        ..Default::default()
+                    })),
+                });
+                let mut txn = pb::TxnRequest::default();
+                match branch {
+                    0 => txn.compare = vec![compare; ops],
+                    1 => txn.success = puts.collect(),
+                    _ => txn.failure = puts.collect(),
+                }
+                let txn = pb::TxnRequest::decode(&txn.encode_to_vec()[..]).expect("decodes");
+                let txn = txn_request(txn).expect("converts");
+                let refused = txn.validate(api::DEFAULT_MAX_TXN_OPS);
+                let too_many = ops > api::DEFAULT_MAX_TXN_OPS;
+                prop_assert_eq!(refused.err(), too_many.then_some(api::InvalidRequest::TooManyOps));
+            }
+        }
+
+        /// A txn nesting `depth` txns, each holding a put of its own key besides the next one.
+        fn nested(depth: usize) -> pb::TxnRequest {
+            let put = |level: usize| pb::RequestOp {
+                request: Some(Request::RequestPut(pb::PutRequest {
+                    key: format!("k{level}").into_bytes(),
+                    ..Default::default()
+                })),
+            };
+            let mut txn = pb::TxnRequest {
+                success: vec![put(depth)],
+                ..Default::default()
+            };
+            for level in (0..depth).rev() {
+                txn = pb::TxnRequest {
+                    success: vec![
+                        put(level),
+                        pb::RequestOp {
+                            request: Some(Request::RequestTxn(txn)),
+                        },
+                    ],
+                    ..Default::default()
+                };
+            }
+            txn
+        }
+
+        #[test]
+        fn every_txn_nesting_the_client_port_decodes_crosses_the_peer_port() {
+            use crate::raft::network::{decode, encode};
+            use crate::raft::{Entry, TypeConfig, Vote};
+            let mut refused = None;
+            for depth in 0..=60 {
+                let Ok(wire) = pb::TxnRequest::decode(&nested(depth).encode_to_vec()[..]) else {
+                    refused.get_or_insert(depth);
+                    continue;
+                };
+                assert!(
+                    refused.is_none(),
+                    "depth {depth} decodes, a shallower one did not"
+                );
+                let txn = txn_request(wire).expect("converts");
+                assert_eq!(txn.validate(api::DEFAULT_MAX_TXN_OPS), Ok(()));
+                let command = api::Command {
+                    header: api::RequestHeader::default(),
+                    request: api::Request::Txn(txn),
+                };
+                // The deepest a member sends it: in an entry of an AppendEntries.
+                let append = openraft::raft::AppendEntriesRequest::<TypeConfig> {
+                    vote: Vote::new(1, 1),
+                    prev_log_id: None,
+                    entries: vec![Entry {
+                        log_id: crate::raft::LogId::new_term_index(1, 0),
+                        payload: openraft::EntryPayload::Normal(command.clone()),
+                    }],
+                    leader_commit: None,
+                };
+                let blob = encode(&append).expect("encodes");
+                let decoded: openraft::raft::AppendEntriesRequest<TypeConfig> =
+                    decode(&blob).unwrap_or_else(|e| panic!("depth {depth}: {e}"));
+                match &decoded.entries[..] {
+                    [
+                        Entry {
+                            payload: openraft::EntryPayload::Normal(c),
+                            ..
+                        },
+                    ] => assert_eq!(c, &command, "depth {depth}"),
+                    other => panic!("depth {depth}: {other:?}"),
+                }
+            }
+            // The range covers the client port's limit.
+            assert!(refused.is_some(), "every depth up to 60 decodes");
+        }
+
+        #[test]
+        fn a_request_of_a_hundred_thousand_operations_is_refused() {
+            // Two bytes per empty operation (`success`, length 0), seven per put of a one-byte
+            // key: requests far below the 1.5 MiB limit holding far more than 128 operations.
+            let empty = [0x12, 0x00].repeat(100_000);
+            let txn = pb::TxnRequest::decode(&empty[..]).expect("decodes");
+            assert_eq!(txn.success.len(), 100_000);
+            assert_eq!(txn_request(txn), Err(Error::EmptyRequestOp));
+            let puts = [0x12, 0x05, 0x12, 0x03, 0x0a, 0x01, b'k'].repeat(100_000);
+            let txn =
+                txn_request(pb::TxnRequest::decode(&puts[..]).expect("decodes")).expect("converts");
+            assert_eq!(
+                txn.validate(api::DEFAULT_MAX_TXN_OPS),
+                Err(api::InvalidRequest::TooManyOps)
+            );
+        }
+    }
 }

@@ -495,4 +495,134 @@ mod tests {
             "{read:?}"
         );
     }
+
+    /// Hostile JSON bodies decoded as the gateway's requests.
+    mod fuzz {
+        use super::*;
+        use crate::fuzzing::{self, check_txn, config};
+        use crate::pb::etcdserverpb as pb;
+        use proptest::prelude::*;
+
+        /// Decodes `body` as a `T`: a message or an InvalidArgument status, nothing else.
+        fn decodes_or_is_refused<T: DeserializeOwned + Default>(
+            body: &[u8],
+        ) -> Result<Option<T>, TestCaseError> {
+            match decode::<T>(body) {
+                Ok(message) => Ok(Some(message)),
+                Err(status) => {
+                    prop_assert_eq!(status.code(), Code::InvalidArgument, "{}", status.message());
+                    Ok(None)
+                }
+            }
+        }
+
+        /// Decodes `body` as each request of the unary routes; a txn that decodes is also
+        /// converted and validated.
+        fn take_as_every_request(body: &[u8]) -> Result<(), TestCaseError> {
+            macro_rules! decode_only {
+                ($($request:ty),* $(,)?) => {
+                    $( decodes_or_is_refused::<$request>(body)?; )*
+                };
+            }
+            decode_only!(
+                pb::RangeRequest,
+                pb::PutRequest,
+                pb::DeleteRangeRequest,
+                pb::CompactionRequest,
+                pb::WatchRequest,
+                pb::LeaseGrantRequest,
+                pb::LeaseKeepAliveRequest,
+                pb::LeaseTimeToLiveRequest,
+                pb::MemberAddRequest,
+                pb::MemberUpdateRequest,
+                pb::AlarmRequest,
+                pb::MoveLeaderRequest,
+                pb::AuthenticateRequest,
+                pb::AuthUserAddRequest,
+                pb::AuthRoleGrantPermissionRequest,
+            );
+            if let Some(txn) = decodes_or_is_refused::<pb::TxnRequest>(body)? {
+                check_txn(txn)?;
+            }
+            Ok(())
+        }
+
+        /// Text made of JSON's punctuation, digits, field names and base64, which parses
+        /// further than arbitrary bytes do.
+        fn json_like() -> impl Strategy<Value = Vec<u8>> {
+            let token = prop_oneof![
+                Just("{"),
+                Just("}"),
+                Just("["),
+                Just("]"),
+                Just(":"),
+                Just(","),
+                Just("\""),
+                Just("\"key\""),
+                Just("\"range_end\""),
+                Just("\"success\""),
+                Just("\"request_txn\""),
+                Just("\"request_put\""),
+                Just("\"sort_order\""),
+                Just("\"DESCEND\""),
+                Just("\"YQ==\""),
+                Just("\"-9223372036854775809\""),
+                Just("1e999"),
+                Just("null"),
+                Just("-0"),
+                Just("\"\\ud800\""),
+            ];
+            proptest::collection::vec(token, 0..48).prop_map(|tokens| tokens.concat().into_bytes())
+        }
+
+        proptest! {
+            #![proptest_config(config(256))]
+
+            #[test]
+            fn arbitrary_bodies_decode_or_are_refused(
+                body in prop_oneof![fuzzing::bytes(256), json_like()],
+            ) {
+                take_as_every_request(&body)?;
+            }
+
+            #[test]
+            fn hostile_txns_as_json_decode_to_themselves_and_damaged_ones_are_refused(
+                txn in fuzzing::wire_txn(),
+                edits in fuzzing::edits(),
+            ) {
+                // pbjson writes no unknown enum number (etcd's gateway writes none either).
+                let Ok(json) = serde_json::to_vec(&txn) else {
+                    return Ok(());
+                };
+                let decoded = decodes_or_is_refused::<pb::TxnRequest>(&json)?;
+                prop_assert_eq!(decoded.as_ref(), Some(&txn));
+                take_as_every_request(&fuzzing::mutate(json, &edits))?;
+            }
+        }
+
+        /// A txn as JSON, nesting `depth` txns.
+        fn nested(depth: usize) -> String {
+            let open = r#"{"success":[{"request_txn":"#.repeat(depth);
+            format!(
+                r#"{open}{{"success":[{{"request_put":{{"key":"YQ=="}}}}]}}{}"#,
+                "}]}".repeat(depth)
+            )
+        }
+
+        #[test]
+        fn json_nested_past_the_parsers_limit_is_refused() {
+            // serde_json stops at 128 levels: three per txn (txn, branch, operation), four for
+            // the innermost with its put.
+            for depth in [0, 1, 41] {
+                let txn = decode::<pb::TxnRequest>(nested(depth).as_bytes()).expect("decodes");
+                check_txn(txn).expect("accepted");
+            }
+            for depth in [42, 1000, 100_000] {
+                let refused = decode::<pb::TxnRequest>(nested(depth).as_bytes());
+                assert_eq!(refused.expect_err("refused").code(), Code::InvalidArgument);
+            }
+            let brackets = "[".repeat(100_000);
+            assert!(decode::<pb::TxnRequest>(brackets.as_bytes()).is_err());
+        }
+    }
 }
