@@ -34,6 +34,9 @@ pub mod condition {
     pub const DIVERGED: &str = "Diverged";
     /// A heal is running.
     pub const HEALING: &str = "Healing";
+    /// The cluster's auth is not the operator's (it cannot log in with its own Secret, or
+    /// users it did not create existed before it turned auth on): it does not heal.
+    pub const AUTH_UNTRUSTED: &str = "AuthUntrusted";
 }
 
 /// A self-healing, etcd-compatible key-value cluster.

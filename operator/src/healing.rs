@@ -101,6 +101,8 @@ pub struct Cluster<'a, P: Platform> {
     pub credentials: Credentials,
     /// Where healing metrics go.
     pub metrics: &'a HealMetrics,
+    /// Why the cluster's auth is not the operator's, when it is not: nothing is healed then.
+    pub auth_untrusted: Option<&'a str>,
 }
 
 /// What one pass saw, decided and did: the driver records `progress`, builds the status from
@@ -157,7 +159,7 @@ pub async fn pass<P: Platform>(
     let mut notes = Vec::new();
     let resumed = progress.is_some();
     let mut progress = progress;
-    if progress.is_none() && mode == Mode::Automatic {
+    if progress.is_none() && mode == Mode::Automatic && cluster.auth_untrusted.is_none() {
         if let Some(rebuild) = plan_rebuild(&cluster, &round, lost).await {
             notes.push(Note::warning(
                 "HealStarted",
@@ -201,7 +203,10 @@ pub async fn pass<P: Platform>(
     // A heal decided in this pass is recorded and told before anything acts: its first step
     // runs in the next pass, on a fresh observation.
     if resumed && let Some(mut heal) = progress.take() {
-        if mode == Mode::Automatic {
+        if let Some(why) = cluster.auth_untrusted {
+            let why = format!("the cluster's auth is not the operator's: {why}");
+            pause(&mut heal, why, &mut notes, now);
+        } else if mode == Mode::Automatic {
             step(&mut cluster, &mut heal, &round, &mut notes, now).await;
         } else {
             let why = format!(

@@ -40,6 +40,8 @@ pub struct Inputs<'a> {
     pub healing: Option<HealingStatus>,
     /// Why healing is held back, when it is (backoff after drift came back).
     pub held_back: Option<String>,
+    /// Why the cluster's auth is not the operator's, when it is not.
+    pub auth_untrusted: Option<&'a str>,
     /// Label selector of the members (for the scale subresource).
     pub selector: String,
     /// The status written last, for condition transition times.
@@ -205,6 +207,19 @@ pub fn build(inputs: &Inputs<'_>) -> StorageClusterStatus {
         diverged_status,
         diverged_reason,
         diverged_message,
+    );
+    set(
+        condition::AUTH_UNTRUSTED,
+        inputs.auth_untrusted.is_some(),
+        if inputs.auth_untrusted.is_some() {
+            "NotTheOperatorsAuth"
+        } else {
+            "OperatorsAuth"
+        },
+        match inputs.auth_untrusted {
+            Some(why) => format!("{why}; not healing"),
+            None => "the operator's credentials are the cluster's".to_string(),
+        },
     );
     let last_result = inputs.healing.as_ref().and_then(|h| h.last_result.clone());
     set(
@@ -449,6 +464,7 @@ mod tests {
             decision,
             healing: None,
             held_back: None,
+            auth_untrusted: None,
             selector: "app=x".into(),
             previous,
             now: now(second),
@@ -482,7 +498,25 @@ mod tests {
         assert_eq!(status.members[2].hash_kv, Some(77));
         assert_eq!(condition_of(&status, condition::AVAILABLE).status, "True");
         assert_eq!(condition_of(&status, condition::DIVERGED).status, "False");
-        assert_eq!(status.conditions.len(), 5);
+        assert_eq!(
+            condition_of(&status, condition::AUTH_UNTRUSTED).status,
+            "False"
+        );
+        assert_eq!(status.conditions.len(), 6);
+    }
+
+    #[test]
+    fn untrusted_auth_sets_its_condition_with_the_reason() {
+        let members = [view(1, 5, true, true), view(2, 5, false, true)];
+        let why = "users the operator did not create exist before auth is on: [\"mallory\"]";
+        let status = build(&Inputs {
+            auth_untrusted: Some(why),
+            ..inputs(&members, &[], &Decision::Healthy, None, 100)
+        });
+        let untrusted = condition_of(&status, condition::AUTH_UNTRUSTED);
+        assert_eq!(untrusted.status, "True");
+        assert_eq!(untrusted.reason, "NotTheOperatorsAuth");
+        assert!(untrusted.message.contains("mallory") && untrusted.message.contains("not healing"));
     }
 
     #[test]

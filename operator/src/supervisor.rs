@@ -90,6 +90,8 @@ pub struct Supervisor {
     healer: Healer,
     credentials: Option<(String, String)>,
     auth_on: bool,
+    /// Why the cluster's auth is not the operator's, when the last bootstrap found so.
+    auth_untrusted: Option<String>,
     progress: Option<Progress>,
     status: Option<StorageClusterStatus>,
     views: Vec<MemberView>,
@@ -157,6 +159,7 @@ impl Supervisor {
             healer,
             credentials,
             auth_on: false,
+            auth_untrusted: None,
             progress,
             status,
             views: Vec::new(),
@@ -240,6 +243,7 @@ impl Supervisor {
                 members: &self.members,
                 credentials: self.credentials.clone(),
                 metrics: &self.metrics,
+                auth_untrusted: self.auth_untrusted.as_deref(),
             },
             &mut self.healer,
             self.progress.take(),
@@ -371,6 +375,13 @@ impl Supervisor {
                     tracing::info!(user, "auth enabled");
                 }
                 self.auth_on = true;
+                self.auth_untrusted = None;
+            }
+            Err(crate::bootstrap::Error::Untrusted { why, .. }) => {
+                if self.auth_untrusted.as_deref() != Some(why.as_str()) {
+                    tracing::warn!(reason = "AuthUntrusted", "{why}; not healing");
+                }
+                self.auth_untrusted = Some(why);
             }
             Err(e) => tracing::debug!(error = %e, "auth not enabled yet"),
         }
@@ -412,6 +423,7 @@ impl Supervisor {
             decision: &assessment.decision,
             healing: Some(healing),
             held_back: assessment.held_back.clone(),
+            auth_untrusted: self.auth_untrusted.as_deref(),
             selector: String::new(),
             previous: self.status.as_ref(),
             now: Time(Timestamp::now()),

@@ -175,6 +175,8 @@ pub struct FakeMembers {
     pub calls: Mutex<Vec<String>>,
     /// Probe rounds asked for.
     pub probes: AtomicUsize,
+    /// When set, the bootstrap finds the cluster's auth not the operator's, for this reason.
+    pub untrusted: Mutex<Option<String>>,
 }
 
 impl FakeMembers {
@@ -216,6 +218,14 @@ impl Members for FakeMembers {
         _user: String,
         _password: String,
     ) -> BoxFuture<'static, Result<bool, bootstrap::Error>> {
+        if let Some(why) = self.untrusted.lock().expect("untrusted").clone() {
+            return Box::pin(async move {
+                Err(bootstrap::Error::Untrusted {
+                    endpoint: "fake".to_string(),
+                    why,
+                })
+            });
+        }
         let enabled_now = !self.auth_enabled.swap(true, Ordering::SeqCst);
         if enabled_now {
             self.bootstraps.fetch_add(1, Ordering::SeqCst);

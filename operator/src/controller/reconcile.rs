@@ -224,6 +224,8 @@ impl<'a> Reconciler<'a> {
             .collect();
         let key = format!("{}/{}", self.namespace, self.cluster.name_any());
         let mut healer = self.take_healer();
+        // Untrusted auth, as the last pass found it: no heal starts or goes on meanwhile.
+        let untrusted_before = self.auth_untrusted();
         let mut platform = KubePlatform::new(self.ctx.client.clone(), self.cluster.clone());
         let pass = healing::pass(
             healing::Cluster {
@@ -234,6 +236,7 @@ impl<'a> Reconciler<'a> {
                 members: self.ctx.members.as_ref(),
                 credentials: credentials.clone(),
                 metrics: &self.ctx.metrics.heal,
+                auth_untrusted: untrusted_before.as_deref(),
             },
             &mut healer,
             resumed,
@@ -241,13 +244,20 @@ impl<'a> Reconciler<'a> {
         )
         .await;
         self.put_healer(healer);
+        let mut untrusted = untrusted_before.clone();
         if let Some((user, password)) = &credentials {
             let reachable = pass.round.members.iter().filter(|m| m.reachable).count();
             if reachable == names.len() {
-                self.bootstrap_auth(&endpoints, user, password).await?;
+                untrusted = self.bootstrap_auth(&endpoints, user, password).await?;
+                if untrusted.is_some() && untrusted != untrusted_before {
+                    let why = untrusted.clone().unwrap_or_default();
+                    warn!(%why, "the cluster's auth is not the operator's; not healing");
+                    self.event(EventType::Warning, "AuthUntrusted", "BootstrapAuth", why)
+                        .await?;
+                }
             }
         }
-        let status = self.status(&names, &endpoints, &pass);
+        let status = self.status(&names, &endpoints, &pass, untrusted.as_deref());
         let status = self.report_stall(status, stall).await?;
         self.ctx
             .metrics
@@ -420,6 +430,7 @@ impl<'a> Reconciler<'a> {
         names: &[String],
         endpoints: &[String],
         pass: &healing::Pass,
+        auth_untrusted: Option<&str>,
     ) -> StorageClusterStatus {
         let views: Vec<MemberView> = names
             .iter()
@@ -444,6 +455,7 @@ impl<'a> Reconciler<'a> {
             decision: &pass.assessment.decision,
             healing: Some(pass.healing.clone()),
             held_back: pass.assessment.held_back.clone(),
+            auth_untrusted,
             selector: resources::selector(self.cluster),
             previous: self.cluster.status.as_ref(),
             now: Time(Timestamp::now()),
@@ -840,12 +852,24 @@ impl<'a> Reconciler<'a> {
         }
     }
 
-    async fn bootstrap_auth(&self, endpoints: &[String], user: &str, password: &str) -> Result<()> {
-        let enabled = self
+    /// Turns auth on when it is not; `Some(why)` when the cluster's auth is not the
+    /// operator's (see [`crate::bootstrap`]).
+    async fn bootstrap_auth(
+        &self,
+        endpoints: &[String],
+        user: &str,
+        password: &str,
+    ) -> Result<Option<String>> {
+        let enabled = match self
             .ctx
             .members
             .bootstrap_auth(endpoints.to_vec(), user.to_string(), password.to_string())
-            .await?;
+            .await
+        {
+            Ok(enabled) => enabled,
+            Err(crate::bootstrap::Error::Untrusted { why, .. }) => return Ok(Some(why)),
+            Err(e) => return Err(e.into()),
+        };
         if enabled {
             info!("auth enabled");
             self.event(
@@ -857,7 +881,17 @@ impl<'a> Reconciler<'a> {
             )
             .await?;
         }
-        Ok(())
+        Ok(None)
+    }
+
+    /// Why the cluster's auth is not the operator's, as the status last said.
+    fn auth_untrusted(&self) -> Option<String> {
+        let status = self.cluster.status.as_ref()?;
+        let condition = status
+            .conditions
+            .iter()
+            .find(|c| c.type_ == crds::condition::AUTH_UNTRUSTED)?;
+        (condition.status == "True").then(|| condition.message.clone())
     }
 
     /// Writes `status` with server-side apply on the status subresource, unless it is the

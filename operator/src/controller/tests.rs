@@ -71,6 +71,9 @@ enum Scenario {
     MembersAnswer(Applied),
     /// Children exist, auth is on, members answer: only the status is written.
     StatusOnly(Applied),
+    /// Children exist, members answer, the cluster's auth is not the operator's: a Warning
+    /// Event, then the status.
+    Untrusted(Applied),
     /// A spec the operator refuses (even replicas, a resize): a condition and a Warning Event
     /// with this reason, nothing else.
     Refused(&'static str),
@@ -95,6 +98,13 @@ impl ApiServerVerifier {
                 }
                 Scenario::StatusOnly(applied) => {
                     self.reads(&applied).await;
+                    let status = self.status().await;
+                    Applied { status, ..applied }
+                }
+                Scenario::Untrusted(applied) => {
+                    self.reads(&applied).await;
+                    let note = self.event("AuthUntrusted", "Warning").await;
+                    assert!(note.contains("mallory"), "{note}");
                     let status = self.status().await;
                     Applied { status, ..applied }
                 }
@@ -537,6 +547,47 @@ async fn members_answering_get_auth_bootstrapped_once_and_reported_in_status() {
     assert_eq!(condition(status, "Available")["status"], "True");
     assert_eq!(condition(status, "Progressing")["status"], "False");
     assert_eq!(condition(status, "Diverged")["status"], "False");
+}
+
+#[tokio::test]
+async fn auth_that_is_not_the_operators_is_a_warning_and_a_condition_and_no_heal() {
+    let applied = first_reconcile().await;
+    let mut running = cluster("demo", 3);
+    running.status = Some(serde_json::from_value(applied.status.clone()).expect("status"));
+
+    let (ctx, verifier, members) = Context::test();
+    *members.untrusted.lock().expect("untrusted") =
+        Some("users the operator did not create exist before auth is on: [\"mallory\"]".into());
+    *members.round.lock().expect("round") = Round {
+        members: vec![
+            observation(0x11, true, 2),
+            observation(0x22, false, 2),
+            observation(0x33, false, 2),
+        ],
+    };
+    let server = verifier.run(Scenario::Untrusted(applied));
+    reconcile_in_time(running, &ctx).await.expect("reconcile");
+    drop(ctx);
+    let (applied, verifier) = server.await.expect("scenario");
+    verifier.no_more_requests().await;
+    assert_eq!(
+        members.bootstraps.load(Ordering::SeqCst),
+        0,
+        "auth was turned on"
+    );
+    let untrusted = condition(&applied.status, "AuthUntrusted");
+    assert_eq!(untrusted["status"], "True");
+    assert!(
+        untrusted["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("not healing"),
+        "{untrusted}"
+    );
+    assert!(
+        members.calls.lock().expect("calls").is_empty(),
+        "a membership call was made"
+    );
 }
 
 /// An Event reports work; a refused one (RBAC, an overloaded API server) must not undo it.

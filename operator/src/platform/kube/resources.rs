@@ -527,6 +527,14 @@ pub fn member_args(cluster: &StorageCluster, member: &str, state: ClusterState) 
     ]
     .into_iter()
     .map(|(flag, value)| format!("{flag}={value}"))
+    .chain(
+        // Not Ready, so behind no client Service, until the operator turned auth on.
+        cluster
+            .spec
+            .auth
+            .enabled
+            .then(|| "--ready-only-with-auth".to_string()),
+    )
     .collect()
 }
 
@@ -798,6 +806,12 @@ mod tests {
         );
         let joining = member_args(&sc, "demo-1", ClusterState::Existing);
         assert!(joining.contains(&"--initial-cluster-state=existing".to_string()));
+        // Auth is on by default: not Ready before the operator turned it on.
+        assert!(args.contains(&"--ready-only-with-auth".to_string()));
+        let mut open = sc.clone();
+        open.spec.auth.enabled = false;
+        let args = member_args(&open, "demo-1", ClusterState::New);
+        assert!(!args.contains(&"--ready-only-with-auth".to_string()));
     }
 
     #[test]
