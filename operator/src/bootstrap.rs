@@ -50,11 +50,14 @@ pub enum Error {
 }
 
 /// Makes sure auth is on in the cluster `endpoint` belongs to, with `user` (the root user)
-/// holding `password`. Returns whether it had to turn auth on.
+/// holding `password`. Returns whether it had to turn auth on. With auth already on, the login
+/// is proven only when `prove_login` (a login is a raft write: a caller that proved these
+/// credentials already need not pay it every time).
 pub async fn enable_auth(
     endpoint: &str,
     user: &str,
     password: &str,
+    prove_login: bool,
     timeout: Duration,
 ) -> Result<bool, Error> {
     let channel = crate::client::connect(endpoint, timeout)
@@ -82,6 +85,9 @@ pub async fn enable_auth(
         }
         Err(s) => return Err(call("AuthStatus", s)),
     };
+    if enabled && !prove_login {
+        return Ok(false);
+    }
     if enabled {
         return match login(channel, user, password).await {
             Ok(_) => Ok(false),

@@ -108,7 +108,13 @@ pub struct Grpc {
     probers: Mutex<HashMap<String, Arc<Prober>>>,
     /// Login tokens of membership calls, by endpoint and user.
     tokens: Arc<Mutex<HashMap<(String, String), String>>>,
+    /// Credentials the auth bootstrap proved (logged in with), by the cluster's endpoints: not
+    /// proven again while they stay the same.
+    proven: Arc<Mutex<std::collections::HashSet<ProvenLogin>>>,
 }
+
+/// A cluster's endpoints, the user and the password a bootstrap logged in with.
+type ProvenLogin = (Vec<String>, String, String);
 
 impl Grpc {
     /// Members reached with calls bounded by `timeout`.
@@ -117,6 +123,7 @@ impl Grpc {
             timeout,
             probers: Mutex::default(),
             tokens: Arc::default(),
+            proven: Arc::default(),
         }
     }
 
@@ -228,13 +235,24 @@ impl Members for Grpc {
         password: String,
     ) -> BoxFuture<'static, Result<bool, bootstrap::Error>> {
         let timeout = self.timeout;
+        let proven = self.proven.clone();
         Box::pin(async move {
+            let key = (endpoints.clone(), user.clone(), password.clone());
+            let prove = !proven
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .contains(&key);
             let mut last = None;
             for endpoint in &endpoints {
-                match bootstrap::enable_auth(endpoint, &user, &password, timeout).await {
+                match bootstrap::enable_auth(endpoint, &user, &password, prove, timeout).await {
                     // Another member may answer.
                     Err(e @ bootstrap::Error::Connect { .. }) => last = Some(e),
-                    done => return done,
+                    done => {
+                        if done.is_ok() {
+                            proven.lock().unwrap_or_else(|p| p.into_inner()).insert(key);
+                        }
+                        return done;
+                    }
                 }
             }
             Err(last.unwrap_or_else(|| bootstrap::Error::Connect {

@@ -14,9 +14,13 @@ use operator::bootstrap::{Error, enable_auth};
 const TIMEOUT: Duration = Duration::from_secs(10);
 
 fn enable(cluster: &Cluster, password: &str) -> Result<bool, Error> {
+    enable_proving(cluster, password, true)
+}
+
+fn enable_proving(cluster: &Cluster, password: &str, prove: bool) -> Result<bool, Error> {
     let runtime = tokio::runtime::Runtime::new().expect("runtime");
     let endpoint = cluster.members[0].endpoint();
-    runtime.block_on(enable_auth(&endpoint, "root", password, TIMEOUT))
+    runtime.block_on(enable_auth(&endpoint, "root", password, prove, TIMEOUT))
 }
 
 fn can_log_in(cluster: &Cluster, password: &str) -> bool {
@@ -84,4 +88,6 @@ fn auth_on_with_a_root_the_operator_cannot_log_in_as_is_untrusted() {
         Err(Error::Untrusted { why, .. }) => assert!(why.contains("cannot log in"), "{why}"),
         other => panic!("expected untrusted, got {other:?}"),
     }
+    // Without the proof (credentials proven before) auth being on is all it checks.
+    assert!(!enable_proving(&cluster, "ours", false).expect("auth is on"));
 }
