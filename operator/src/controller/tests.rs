@@ -1553,6 +1553,201 @@ async fn a_secret_made_meanwhile_under_the_generated_name_is_never_overwritten()
     );
 }
 
+/// Claims and Secrets an operator before the retention policy made were owned by the cluster,
+/// so deleting it would still delete them: each reconcile removes that owner reference.
+#[tokio::test]
+async fn data_an_earlier_operator_made_owned_is_disowned() {
+    let mut applied = first_reconcile().await;
+    let owner = json!([{ "apiVersion": "mend.dev/v1alpha1", "kind": "StorageCluster",
+                         "name": "demo", "uid": "uid-demo", "controller": true }]);
+    applied.secret["metadata"]["ownerReferences"] = owner.clone();
+    applied.secret["metadata"]["resourceVersion"] = json!("41");
+    for (list, object) in &mut applied.children {
+        if *list == "persistentvolumeclaims" && object["metadata"]["name"] == "data-demo-1" {
+            object["metadata"]["ownerReferences"] = owner.clone();
+            object["metadata"]["resourceVersion"] = json!("42");
+        }
+    }
+    let mut again = cluster("demo", 3);
+    again.status = Some(serde_json::from_value(applied.status.clone()).expect("status"));
+    let (ctx, mut verifier, _) = Context::test();
+    let server = tokio::spawn(async move {
+        let disowned = |seen: &super::fixtures::Seen, version: &str| {
+            assert_eq!(seen.method, Method::PATCH);
+            assert_eq!(
+                seen.body,
+                json!({ "metadata": { "resourceVersion": version, "ownerReferences": null } })
+            );
+        };
+        verifier
+            .expect(Method::GET, &format!("{NS}/secrets/demo-root"))
+            .await
+            .ok(&applied.secret);
+        let seen = verifier
+            .expect(Method::PATCH, &format!("{NS}/secrets/demo-root"))
+            .await;
+        disowned(&seen, "41");
+        seen.ok(&applied.secret);
+        for (list, path) in LISTS {
+            verifier.expect(Method::GET, path).await.ok(&json!({
+                "apiVersion": "v1", "kind": "List", "metadata": {}, "items": applied.items(list),
+            }));
+        }
+        let seen = verifier
+            .expect(
+                Method::PATCH,
+                &format!("{NS}/persistentvolumeclaims/data-demo-1"),
+            )
+            .await;
+        disowned(&seen, "42");
+        seen.echo();
+        verifier
+    });
+    reconcile_in_time(again, &ctx).await.expect("reconcile");
+    drop(ctx);
+    server.await.expect("scenario").no_more_requests().await;
+}
+
+/// A namespace whose ResourceQuota refuses one member's pod: the others are created, the
+/// refusal is a condition and a Warning Event saying what to change, and the reconcile
+/// succeeds (the pod is tried again at the next one).
+#[tokio::test]
+async fn a_pod_refused_by_a_quota_is_reported_and_the_other_members_still_start() {
+    let (ctx, mut verifier, _) = Context::test();
+    let server = tokio::spawn(async move {
+        verifier
+            .expect(Method::GET, &format!("{NS}/secrets/demo-root"))
+            .await
+            .error(404, "NotFound");
+        verifier.created_secret().await;
+        for (_, path) in LISTS {
+            verifier
+                .expect(Method::GET, path)
+                .await
+                .ok(&json!({ "apiVersion": "v1", "kind": "List", "metadata": {}, "items": [] }));
+        }
+        verifier.apply(NETWORK_POLICY, "NetworkPolicy").await;
+        verifier
+            .apply(&format!("{NS}/services/demo-peer"), "Service")
+            .await;
+        verifier
+            .apply(&format!("{NS}/services/demo-client"), "Service")
+            .await;
+        verifier
+            .apply(
+                "/apis/policy/v1/namespaces/default/poddisruptionbudgets/demo",
+                "PodDisruptionBudget",
+            )
+            .await;
+        for member in ["demo-0", "demo-1", "demo-2"] {
+            verifier
+                .apply(
+                    &format!("{NS}/persistentvolumeclaims/data-{member}"),
+                    "PersistentVolumeClaim",
+                )
+                .await;
+            if member == "demo-1" {
+                let refused = verifier
+                    .expect(Method::PATCH, &format!("{NS}/pods/demo-1"))
+                    .await;
+                let status = json!({
+                    "kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+                    "reason": "Forbidden", "code": 403,
+                    "message": "pods \"demo-1\" is forbidden: exceeded quota: compute, \
+                                requested: requests.memory=256Mi, used: requests.memory=1792Mi, \
+                                limited: requests.memory=2Gi",
+                });
+                refused.respond(http::StatusCode::FORBIDDEN, &status);
+            } else {
+                verifier.apply(&format!("{NS}/pods/{member}"), "Pod").await;
+            }
+        }
+        let created = verifier.event("MembersCreated", "Normal").await;
+        assert_eq!(created, "created member pods demo-0, demo-2");
+        let warning = verifier.event("PodRejected", "Warning").await;
+        let status = verifier.status().await;
+        (warning, status, verifier)
+    });
+    reconcile_in_time(cluster("demo", 3), &ctx)
+        .await
+        .expect("a refusal is reported, not an error");
+    drop(ctx);
+    let (warning, status, verifier) = server.await.expect("scenario");
+    verifier.no_more_requests().await;
+    let progressing = condition(&status, "Progressing");
+    assert_eq!(progressing["status"], "False");
+    assert_eq!(progressing["reason"], "PodRejected");
+    assert_eq!(progressing["message"], warning.as_str());
+    assert!(
+        warning.contains("member pod demo-1 (403)")
+            && warning.contains("exceeded quota")
+            && warning.contains("set spec.resources"),
+        "{warning}"
+    );
+    // The members that run are still reported.
+    assert_eq!(status["members"].as_array().map(Vec::len), Some(3));
+}
+
+/// No StorageClass: the claims stay Pending and the scheduler says the pods wait for them. Past
+/// the grace this is a condition and a Warning Event, said once: the next reconcile, finding
+/// it in the status, writes and tells nothing more.
+#[tokio::test]
+async fn a_volume_pending_for_want_of_a_storage_class_is_a_condition_and_a_warning_once() {
+    let mut applied = first_reconcile().await;
+    let long_ago =
+        (Timestamp::now() - k8s_openapi::jiff::SignedDuration::from_secs(300)).to_string();
+    for (list, object) in &mut applied.children {
+        match *list {
+            "pods" => {
+                object["status"] = json!({ "phase": "Pending", "conditions": [{
+                    "type": "PodScheduled", "status": "False", "reason": "Unschedulable",
+                    "lastTransitionTime": long_ago,
+                    "message": "0/1 nodes are available: pod has unbound immediate \
+                                PersistentVolumeClaims. preemption: 0/1 nodes are available: \
+                                1 Preemption is not helpful for scheduling.",
+                }]});
+            }
+            "persistentvolumeclaims" => {
+                object["metadata"]["creationTimestamp"] = json!(long_ago);
+                object["status"] = json!({ "phase": "Pending" });
+            }
+            _ => {}
+        }
+    }
+    let mut stuck = cluster("demo", 3);
+    stuck.status = Some(serde_json::from_value(applied.status.clone()).expect("status"));
+    let (ctx, mut verifier, _) = Context::test();
+    let live = applied.clone();
+    let server = tokio::spawn(async move {
+        verifier.reads(&live).await;
+        let warning = verifier.event("VolumePending", "Warning").await;
+        let status = verifier.status().await;
+        (warning, status, verifier)
+    });
+    reconcile_in_time(stuck, &ctx).await.expect("reconcile");
+    drop(ctx);
+    let (warning, status, verifier) = server.await.expect("scenario");
+    verifier.no_more_requests().await;
+    let progressing = condition(&status, "Progressing");
+    assert_eq!(progressing["status"], "False");
+    assert_eq!(progressing["reason"], "VolumePending");
+    assert!(
+        warning.contains("member pod demo-0")
+            && warning.contains("data-demo-0")
+            && warning.contains("StorageClass"),
+        "{warning}"
+    );
+
+    let mut again = cluster("demo", 3);
+    again.status = Some(serde_json::from_value(status).expect("status"));
+    let (ctx, verifier, _) = Context::test();
+    let server = verifier.run(Scenario::Unchanged(applied));
+    reconcile_in_time(again, &ctx).await.expect("reconcile");
+    drop(ctx);
+    let (_, verifier) = server.await.expect("scenario");
+    verifier.no_more_requests().await;
+}
+
 #[tokio::test]
 async fn a_failed_reconcile_says_so_in_the_progressing_condition() {
     let (error, recorded) = secret_create_refused(500, "InternalError").await;
