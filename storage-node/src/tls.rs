@@ -850,6 +850,79 @@ impl tonic::transport::server::Connected for Conn {
     }
 }
 
+/// Dials an `https://` URL for a gRPC channel: TCP, then a TLS handshake presenting this
+/// side's certificate and checking the server's against the CA (peers dialing peers, tools
+/// dialing members).
+#[derive(Clone)]
+pub struct Dialer {
+    tls: PortTls,
+    timeout: Duration,
+}
+
+impl Dialer {
+    /// Dials with `tls`, connecting within `timeout`.
+    pub fn new(tls: PortTls, timeout: Duration) -> Dialer {
+        Dialer { tls, timeout }
+    }
+}
+
+/// A channel to `url` through `endpoint`'s settings: over TLS with `tls` for an `https://` URL
+/// (an error without it), in plain text otherwise.
+pub async fn connect_channel(
+    url: &str,
+    endpoint: tonic::transport::Endpoint,
+    tls: Option<&PortTls>,
+    timeout: Duration,
+) -> std::result::Result<tonic::transport::Channel, String> {
+    if !is_https(url) {
+        return endpoint.connect().await.map_err(|e| e.to_string());
+    }
+    let tls = tls.ok_or_else(|| format!("{url}: an https URL needs --cacert, --cert and --key"))?;
+    endpoint
+        .connect_with_connector(Dialer::new(tls.clone(), timeout))
+        .await
+        .map_err(|e| e.to_string())
+}
+
+impl tower_service::Service<http::Uri> for Dialer {
+    type Response = hyper_util::rt::TokioIo<tokio_rustls::client::TlsStream<tokio::net::TcpStream>>;
+    type Error = std::io::Error;
+    type Future = std::pin::Pin<
+        Box<
+            dyn std::future::Future<Output = std::result::Result<Self::Response, Self::Error>>
+                + Send,
+        >,
+    >;
+
+    fn poll_ready(
+        &mut self,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::result::Result<(), Self::Error>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, uri: http::Uri) -> Self::Future {
+        let dialer = self.clone();
+        Box::pin(async move {
+            let invalid = |what: &str| {
+                std::io::Error::new(std::io::ErrorKind::InvalidInput, format!("{uri}: {what}"))
+            };
+            let host = uri.host().ok_or_else(|| invalid("no host"))?.to_string();
+            let port = uri.port_u16().ok_or_else(|| invalid("no port"))?;
+            let connect = tokio::net::TcpStream::connect((
+                host.trim_start_matches('[').trim_end_matches(']'),
+                port,
+            ));
+            let tcp = tokio::time::timeout(dialer.timeout, connect)
+                .await
+                .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "connect"))??;
+            tcp.set_nodelay(true)?;
+            let tls = dialer.tls.connect(&host, tcp).await?;
+            Ok(hyper_util::rt::TokioIo::new(tls))
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

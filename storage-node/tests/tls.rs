@@ -191,6 +191,39 @@ fn tls_members_serve_certified_clients_only_as_etcd_does() {
     let mend = Cluster::start(3, options);
     let endpoints: Vec<String> = mend.members.iter().map(|m| m.endpoint()).collect();
     only_certified_clients_get_in(&endpoints, &pki, &other);
+
+    // The benchmark tool loads TLS endpoints with etcdctl's certificate flags.
+    let client = pki.issue("bench", "bench", &[]);
+    let benchmark = |tls: bool| {
+        let mut cmd = std::process::Command::new(cluster::storage_node_bin());
+        cmd.args([
+            "benchmark",
+            "--endpoints",
+            &endpoints.join(","),
+            "--total",
+            "20",
+        ]);
+        if tls {
+            cmd.arg("--cacert").arg(pki.ca_file());
+            cmd.arg("--cert")
+                .arg(&client.cert)
+                .arg("--key")
+                .arg(&client.key);
+        }
+        cmd.arg("put").output().expect("run the benchmark")
+    };
+    let loaded = benchmark(true);
+    let stdout = String::from_utf8_lossy(&loaded.stdout);
+    assert!(
+        loaded.status.success() && stdout.contains("20 ops"),
+        "{stdout}"
+    );
+    let refused = benchmark(false);
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        !refused.status.success() && stderr.contains("needs --cacert"),
+        "{stderr}"
+    );
 }
 
 /// With auth on, a request without a token acts as its certificate's Common Name: denied

@@ -139,49 +139,6 @@ impl Default for Peers {
     }
 }
 
-/// Dials a peer's `https://` URL: TCP, then a TLS handshake presenting this member's peer
-/// certificate and checking the peer's against the peer CA.
-#[derive(Clone)]
-struct TlsDialer {
-    tls: crate::tls::PortTls,
-    timeout: Duration,
-}
-
-impl tower_service::Service<http::Uri> for TlsDialer {
-    type Response = hyper_util::rt::TokioIo<tokio_rustls::client::TlsStream<tokio::net::TcpStream>>;
-    type Error = std::io::Error;
-    type Future =
-        std::pin::Pin<Box<dyn Future<Output = Result<Self::Response, Self::Error>> + Send>>;
-
-    fn poll_ready(
-        &mut self,
-        _: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Result<(), Self::Error>> {
-        std::task::Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, uri: http::Uri) -> Self::Future {
-        let dialer = self.clone();
-        Box::pin(async move {
-            let invalid = |what: &str| {
-                std::io::Error::new(std::io::ErrorKind::InvalidInput, format!("{uri}: {what}"))
-            };
-            let host = uri.host().ok_or_else(|| invalid("no host"))?.to_string();
-            let port = uri.port_u16().ok_or_else(|| invalid("no port"))?;
-            let connect = tokio::net::TcpStream::connect((
-                host.trim_start_matches('[').trim_end_matches(']'),
-                port,
-            ));
-            let tcp = tokio::time::timeout(dialer.timeout, connect)
-                .await
-                .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "connect"))??;
-            tcp.set_nodelay(true)?;
-            let tls = dialer.tls.connect(&host, tcp).await?;
-            Ok(hyper_util::rt::TokioIo::new(tls))
-        })
-    }
-}
-
 impl Peers {
     /// Peers reached with `tls` for `https://` URLs.
     pub fn with_tls(tls: Option<crate::tls::PortTls>) -> Peers {
@@ -216,10 +173,8 @@ impl Peers {
                                  (--peer-cert-file, --peer-key-file or --peer-auto-tls)"
                             .to_string(),
                     })?;
-                    endpoint.connect_with_connector_lazy(TlsDialer {
-                        tls,
-                        timeout: CONNECT_TIMEOUT,
-                    })
+                    endpoint
+                        .connect_with_connector_lazy(crate::tls::Dialer::new(tls, CONNECT_TIMEOUT))
                 } else {
                     endpoint.connect_lazy()
                 };

@@ -39,12 +39,13 @@ impl Conn {
     }
 }
 
-/// Opens `count` connections spread round-robin over `endpoints`, each authenticated as
-/// `user` ("name:password") when given.
+/// Opens `count` connections spread round-robin over `endpoints` (over TLS with `tls` for
+/// `https://` ones), each authenticated as `user` ("name:password") when given.
 pub(super) async fn connect(
     endpoints: &[String],
     count: usize,
     user: Option<&str>,
+    tls: Option<&crate::tls::PortTls>,
 ) -> Result<Vec<Conn>, Error> {
     if endpoints.is_empty() {
         return Err(Error::Usage("no endpoints".into()));
@@ -52,13 +53,13 @@ pub(super) async fn connect(
     let mut channels = Vec::new();
     for i in 0..count.max(1) {
         let url = &endpoints[i % endpoints.len()];
-        let channel = Endpoint::from_shared(url.clone())
+        let endpoint = Endpoint::from_shared(url.clone())
             .map_err(|e| Error::Endpoint(url.clone(), e.to_string()))?
             .timeout(REQUEST_TIMEOUT)
-            .tcp_nodelay(true)
-            .connect()
+            .tcp_nodelay(true);
+        let channel = crate::tls::connect_channel(url, endpoint, tls, REQUEST_TIMEOUT)
             .await
-            .map_err(|e| Error::Endpoint(url.clone(), e.to_string()))?;
+            .map_err(|e| Error::Endpoint(url.clone(), e))?;
         channels.push(channel);
     }
     // One token per endpoint, taken on that endpoint: a member knows a token once it has

@@ -34,8 +34,59 @@ impl Kind {
 pub(super) struct LocalCluster {
     pub(super) kind: Kind,
     pub(super) endpoints: Vec<String>,
+    /// How clients reach it when it serves TLS.
+    pub(super) tls: Option<crate::tls::PortTls>,
     children: Vec<Child>,
     dir: tempfile::TempDir,
+}
+
+/// A client's TLS: trusting `ca`, presenting `cert` with `key`.
+pub(super) fn client_tls(ca: &Path, cert: &Path, key: &Path) -> Result<crate::tls::PortTls, Error> {
+    let flags = crate::tls::PortFlags {
+        cert_file: Some(cert.to_path_buf()),
+        key_file: Some(key.to_path_buf()),
+        trusted_ca_file: Some(ca.to_path_buf()),
+        ..crate::tls::PortFlags::default()
+    };
+    crate::tls::peer_port(&flags, &crate::tls::Policy::default(), Path::new("."), &[])
+        .map_err(|e| Error::Usage(e.to_string()))?
+        .ok_or_else(|| Error::Usage("no client certificate".into()))
+}
+
+/// A CA and one certificate (for 127.0.0.1, serving and client use) in `dir`: `ca.pem`,
+/// `cert.pem`, `key.pem`. Members and the benchmark's clients all use it.
+fn make_certificates(dir: &Path) -> Result<(PathBuf, PathBuf, PathBuf), Error> {
+    let failed = |e: rcgen::Error| Error::Start(format!("certificates: {e}"));
+    let ca_key = rcgen::KeyPair::generate().map_err(failed)?;
+    let mut ca = rcgen::CertificateParams::new(Vec::<String>::new()).map_err(failed)?;
+    ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    ca.distinguished_name
+        .push(rcgen::DnType::CommonName, "benchmark CA");
+    let ca_cert = ca.self_signed(&ca_key).map_err(failed)?;
+    let issuer = rcgen::Issuer::new(ca, ca_key);
+    let key = rcgen::KeyPair::generate().map_err(failed)?;
+    let mut params =
+        rcgen::CertificateParams::new(vec!["127.0.0.1".to_string()]).map_err(failed)?;
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "root");
+    params.extended_key_usages = vec![
+        rcgen::ExtendedKeyUsagePurpose::ServerAuth,
+        rcgen::ExtendedKeyUsagePurpose::ClientAuth,
+    ];
+    let cert = params.signed_by(&key, &issuer).map_err(failed)?;
+    let paths = (
+        dir.join("ca.pem"),
+        dir.join("cert.pem"),
+        dir.join("key.pem"),
+    );
+    let write = |path: &Path, text: &str| {
+        std::fs::write(path, text).map_err(|e| Error::Start(format!("{}: {e}", path.display())))
+    };
+    write(&paths.0, &ca_cert.pem())?;
+    write(&paths.1, &cert.pem())?;
+    write(&paths.2, &key.serialize_pem())?;
+    Ok(paths)
 }
 
 /// A port the OS just handed out on loopback (free when this returns).
@@ -50,11 +101,17 @@ fn free_port() -> Result<u16, Error> {
 impl LocalCluster {
     /// Starts three members of `kind` from `binary` and waits until every member names the
     /// same leader.
-    pub(super) async fn start(kind: Kind, binary: &Path) -> Result<LocalCluster, Error> {
+    pub(super) async fn start(kind: Kind, binary: &Path, tls: bool) -> Result<LocalCluster, Error> {
         let dir = tempfile::Builder::new()
             .prefix(&format!("mend-benchmark-{}-", kind.name()))
             .tempdir()
             .map_err(|e| Error::Start(e.to_string()))?;
+        let certificates = if tls {
+            Some(make_certificates(dir.path())?)
+        } else {
+            None
+        };
+        let scheme = if tls { "https" } else { "http" };
         let mut ports = Vec::new();
         for _ in 0..3 {
             ports.push((free_port()?, free_port()?));
@@ -62,18 +119,23 @@ impl LocalCluster {
         let initial = ports
             .iter()
             .enumerate()
-            .map(|(i, (_, peer))| format!("m{i}=http://127.0.0.1:{peer}"))
+            .map(|(i, (_, peer))| format!("m{i}={scheme}://127.0.0.1:{peer}"))
             .collect::<Vec<_>>()
             .join(",");
+        let client_tls = match &certificates {
+            Some((ca, cert, key)) => Some(client_tls(ca, cert, key)?),
+            None => None,
+        };
         let mut cluster = LocalCluster {
             kind,
             endpoints: Vec::new(),
+            tls: client_tls,
             children: Vec::new(),
             dir,
         };
         for (i, (client, peer)) in ports.iter().enumerate() {
-            let client_url = format!("http://127.0.0.1:{client}");
-            let peer_url = format!("http://127.0.0.1:{peer}");
+            let client_url = format!("{scheme}://127.0.0.1:{client}");
+            let peer_url = format!("{scheme}://127.0.0.1:{peer}");
             let log = std::fs::File::create(cluster.dir.path().join(format!("m{i}.log")))
                 .map_err(|e| Error::Start(e.to_string()))?;
             let mut cmd = Command::new(binary);
@@ -87,6 +149,19 @@ impl LocalCluster {
                 .args(["--initial-cluster", &initial])
                 .stdout(Stdio::null())
                 .stderr(log);
+            if let Some((ca, cert, key)) = &certificates {
+                for (flag, file) in [
+                    ("--cert-file", cert),
+                    ("--key-file", key),
+                    ("--trusted-ca-file", ca),
+                    ("--peer-cert-file", cert),
+                    ("--peer-key-file", key),
+                    ("--peer-trusted-ca-file", ca),
+                ] {
+                    cmd.arg(flag).arg(file);
+                }
+                cmd.args(["--client-cert-auth", "--peer-client-cert-auth"]);
+            }
             if kind == Kind::Mend {
                 // Its metrics port would default to a fixed one; give it a free one.
                 let metrics = format!("http://127.0.0.1:{}", free_port()?);
@@ -107,7 +182,7 @@ impl LocalCluster {
         loop {
             let mut leaders = Vec::new();
             for url in &self.endpoints {
-                leaders.push(leader_of(url).await);
+                leaders.push(leader_of(url, self.tls.as_ref()).await);
             }
             if leaders[0].is_some_and(|l| l != 0) && leaders.iter().all(|l| *l == leaders[0]) {
                 return Ok(());
@@ -157,12 +232,12 @@ impl LocalCluster {
 }
 
 /// The leader member `url` names, `None` if it does not answer.
-async fn leader_of(url: &str) -> Option<u64> {
-    let channel = tonic::transport::Endpoint::from_shared(url.to_string())
+async fn leader_of(url: &str, tls: Option<&crate::tls::PortTls>) -> Option<u64> {
+    let endpoint = tonic::transport::Endpoint::from_shared(url.to_string())
         .ok()?
         .connect_timeout(Duration::from_secs(1))
-        .timeout(Duration::from_secs(2))
-        .connect()
+        .timeout(Duration::from_secs(2));
+    let channel = crate::tls::connect_channel(url, endpoint, tls, Duration::from_secs(1))
         .await
         .ok()?;
     let status = MaintenanceClient::new(channel)

@@ -137,6 +137,19 @@ pub struct BenchmarkArgs {
     /// Rounds of --compare-etcd; the order alternates each round.
     #[arg(long, default_value_t = 2)]
     pub rounds: usize,
+    /// With --compare-etcd: both clusters serve clients and peers over TLS with client
+    /// certificates required (a CA and certificates made for the run).
+    #[arg(long)]
+    pub tls: bool,
+    /// The CA bundle `https://` endpoints' certificates chain to (etcdctl's flag).
+    #[arg(long)]
+    pub cacert: Option<PathBuf>,
+    /// The client certificate presented to `https://` endpoints.
+    #[arg(long)]
+    pub cert: Option<PathBuf>,
+    /// The client certificate's key.
+    #[arg(long)]
+    pub key: Option<PathBuf>,
     /// The load.
     #[command(subcommand)]
     pub load: Load,
@@ -329,9 +342,14 @@ fn load_name(load: &Load) -> &'static str {
     }
 }
 
-/// Runs one step against `endpoints`.
-async fn run_step(endpoints: &[String], user: Option<&str>, step: &Step) -> Result<Report, Error> {
-    let conns: Vec<Conn> = loads::connect(endpoints, step.conns, user).await?;
+/// Runs one step against `endpoints` (over TLS with `tls` for `https://` ones).
+async fn run_step(
+    endpoints: &[String],
+    user: Option<&str>,
+    tls: Option<&crate::tls::PortTls>,
+    step: &Step,
+) -> Result<Report, Error> {
+    let conns: Vec<Conn> = loads::connect(endpoints, step.conns, user, tls).await?;
     match &step.load {
         Load::Put(k) => loads::put(&conns, step.clients, step.total, k.keys(), k.val_size).await,
         Load::TxnPut { keys, txn_ops } => {
@@ -384,6 +402,19 @@ async fn run_step(endpoints: &[String], user: Option<&str>, step: &Step) -> Resu
     }
 }
 
+impl BenchmarkArgs {
+    /// The client TLS `--cacert`, `--cert` and `--key` describe; `None` without them.
+    fn client_tls(&self) -> Result<Option<crate::tls::PortTls>, Error> {
+        match (&self.cacert, &self.cert, &self.key) {
+            (None, None, None) => Ok(None),
+            (Some(ca), Some(cert), Some(key)) => local::client_tls(ca, cert, key).map(Some),
+            _ => Err(Error::Usage(
+                "--cacert, --cert and --key go together".into(),
+            )),
+        }
+    }
+}
+
 /// Runs the benchmark the arguments describe, printing as it goes; stops any local cluster
 /// on Ctrl-C.
 pub async fn run(args: BenchmarkArgs) -> Result<(), Error> {
@@ -398,8 +429,10 @@ async fn run_uninterrupted(args: BenchmarkArgs) -> Result<(), Error> {
         if matches!(args.load, Load::Suite) {
             return Err(Error::Usage("suite runs only with --compare-etcd".into()));
         }
+        let tls = args.client_tls()?;
         for step in args.steps() {
-            let report = run_step(&args.endpoints, args.user.as_deref(), &step).await?;
+            let report =
+                run_step(&args.endpoints, args.user.as_deref(), tls.as_ref(), &step).await?;
             println!("{}: {report}", step.name);
         }
         return Ok(());
@@ -408,8 +441,8 @@ async fn run_uninterrupted(args: BenchmarkArgs) -> Result<(), Error> {
         Some(path) => path.clone(),
         None => std::env::current_exe().map_err(|e| Error::Start(e.to_string()))?,
     };
-    let etcd = LocalCluster::start(Kind::Etcd, &args.etcd_bin).await?;
-    let mend = LocalCluster::start(Kind::Mend, &mend_bin).await?;
+    let etcd = LocalCluster::start(Kind::Etcd, &args.etcd_bin, args.tls).await?;
+    let mend = LocalCluster::start(Kind::Mend, &mend_bin, args.tls).await?;
     println!(
         "etcd: {} ({}), mend: {} ({})",
         etcd.endpoints.join(","),
@@ -434,7 +467,13 @@ async fn run_uninterrupted(args: BenchmarkArgs) -> Result<(), Error> {
             let mut etcd_report = None;
             let mut mend_report = None;
             for cluster in order {
-                let report = run_step(&cluster.endpoints, args.user.as_deref(), step).await?;
+                let report = run_step(
+                    &cluster.endpoints,
+                    args.user.as_deref(),
+                    cluster.tls.as_ref(),
+                    step,
+                )
+                .await?;
                 println!(
                     "{} round {round} {}: {report}",
                     step.name,
@@ -523,7 +562,7 @@ fn print_table(table: &[(String, Vec<(Report, Report)>)]) {
 /// Readies a fresh local cluster: the key ranges read, and with a user, auth turned on with
 /// that user holding the root role.
 async fn prepare(cluster: &LocalCluster, user: Option<&str>) -> Result<(), Error> {
-    let conn = loads::connect(&cluster.endpoints, 1, None).await?;
+    let conn = loads::connect(&cluster.endpoints, 1, None, cluster.tls.as_ref()).await?;
     let channel = conn[0].channel.clone();
     KvClient::new(channel.clone())
         .put(PutRequest {
@@ -574,7 +613,7 @@ pub async fn put_load(
     total: usize,
     value_size: usize,
 ) -> Result<Report, Error> {
-    let conns = loads::connect(endpoints, endpoints.len(), None).await?;
+    let conns = loads::connect(endpoints, endpoints.len(), None, None).await?;
     let keys = Keys {
         size: 16,
         space: u64::MAX,
