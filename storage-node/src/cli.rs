@@ -405,16 +405,9 @@ fn host_port<'a>(flag: &'static str, url: &'a str) -> Result<(&'a str, u16), Err
         flag,
         url: url.to_string(),
     };
-    let rest = url
-        .strip_prefix("http://")
-        .or_else(|| url.strip_prefix("https://"))
-        .ok_or_else(bad)?;
-    let (host, port) = rest
-        .trim_end_matches('/')
-        .rsplit_once(':')
-        .ok_or_else(bad)?;
+    let (host, port) = crate::tls::url_host_port(url).ok_or_else(bad)?;
     let port = port.parse().map_err(|_| bad())?;
-    Ok((host.trim_start_matches('[').trim_end_matches(']'), port))
+    Ok((host, port))
 }
 
 /// The socket address of an `http(s)://ip:port` URL to listen on (`localhost` is 127.0.0.1).

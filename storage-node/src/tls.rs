@@ -44,11 +44,17 @@ pub fn is_https(url: &str) -> bool {
 
 /// The host of an `http(s)://host:port` URL (an IPv6 literal without its brackets).
 pub fn url_host(url: &str) -> Option<&str> {
+    url_host_port(url).map(|(host, _)| host)
+}
+
+/// The host (an IPv6 literal without its brackets) and the port text of an
+/// `http(s)://host:port` URL.
+pub fn url_host_port(url: &str) -> Option<(&str, &str)> {
     let rest = url
         .strip_prefix("http://")
         .or_else(|| url.strip_prefix("https://"))?;
-    let (host, _port) = rest.trim_end_matches('/').rsplit_once(':')?;
-    Some(host.trim_start_matches('[').trim_end_matches(']'))
+    let (host, port) = rest.trim_end_matches('/').rsplit_once(':')?;
+    Some((host.trim_start_matches('[').trim_end_matches(']'), port))
 }
 
 /// What can go wrong setting TLS up; each says which flag or file is at fault.

@@ -406,7 +406,9 @@ impl Node {
     /// Whether a certificate with these subject alternative `names` was issued to a member:
     /// one of them is the host of a member's peer URL.
     pub fn certifies_a_member(&self, names: &[String]) -> bool {
-        let m = self.metrics();
+        // Every forwarded write asks: read the membership in place, without copying metrics.
+        let metrics = self.raft.metrics();
+        let m = metrics.borrow_watched();
         let membership = m.membership_config.membership();
         let mut hosts = membership
             .nodes()

@@ -10,11 +10,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures_util::StreamExt;
 use serde::{Deserialize, Serialize};
 use tokio::net::TcpListener;
-
-use crate::tls::PortTls;
-use futures_util::StreamExt;
 use tokio::sync::watch;
 
 use crate::cli::{self, ClusterState, ServeArgs};
@@ -25,6 +23,7 @@ use crate::raft::network::{NetworkFactory, PeerService, Peers, Rpc};
 use crate::raft::node::{MemberInfo, Node};
 use crate::raft::state_machine::{Listeners, StateMachine};
 use crate::store::{Store, StoreConfig};
+use crate::tls::PortTls;
 
 /// Why a member could not start or stopped with an error.
 #[derive(Debug, thiserror::Error)]
