@@ -22,6 +22,20 @@ use crate::pb::etcdserverpb::{
 };
 
 impl Api {
+    /// Checks a login's password off the async threads (bcrypt is slow on purpose): the
+    /// AuthRevision it was checked at.
+    async fn check_password(&self, req: &AuthenticateRequest) -> Result<u64, Status> {
+        let (name, password, store) = (
+            req.name.clone(),
+            req.password.clone(),
+            self.node.store.clone(),
+        );
+        tokio::task::spawn_blocking(move || store.check_password(&name, &password))
+            .await
+            .map_err(|e| Status::internal(format!("checking password: {e}")))?
+            .map_err(Status::from)
+    }
+
     /// Proposes an auth change and returns the response header it earned.
     async fn auth_change(
         &self,
@@ -111,12 +125,7 @@ impl Auth for Api {
             // A JWT token is signed here and needs no entry: only the password check must see
             // every auth change committed before the request, as a read does.
             self.read_index().await?;
-            let (name, password, check) = (req.name.clone(), req.password, store.clone());
-            let checked_at =
-                tokio::task::spawn_blocking(move || check.check_password(&name, &password))
-                    .await
-                    .map_err(|e| Status::internal(format!("checking password: {e}")))?
-                    .map_err(Status::from)?;
+            let checked_at = self.check_password(&req).await?;
             let jwt = store
                 .jwt()
                 .ok_or_else(|| Status::internal("no JWT signer"))?;
@@ -127,12 +136,7 @@ impl Auth for Api {
             }));
         }
         loop {
-            let (name, password, check) = (req.name.clone(), req.password.clone(), store.clone());
-            let checked_at =
-                tokio::task::spawn_blocking(move || check.check_password(&name, &password))
-                    .await
-                    .map_err(|e| Status::internal(format!("checking password: {e}")))?
-                    .map_err(Status::from)?;
+            let checked_at = self.check_password(&req).await?;
             let token = generate_simple_token(self.node.store.applied().index);
             let register = AuthRequest::Authenticate {
                 name: req.name.clone(),
