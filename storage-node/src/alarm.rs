@@ -17,14 +17,21 @@ use crate::schema::meta;
 #[derive(Debug, Default)]
 pub(crate) struct Alarms {
     active: BTreeSet<AlarmMember>,
+    /// The members of the cluster as last applied (`None` before any membership entry): an
+    /// alarm is raised only for one of them or for member 0.
+    members: Option<BTreeSet<u64>>,
 }
 
 impl Alarms {
-    /// Loads the alarms persisted in the meta table.
-    pub(crate) fn load(txn: &ReadTransaction) -> backend::Result<Alarms> {
+    /// Loads the alarms persisted in the meta table; `members` is the applied membership's.
+    pub(crate) fn load(
+        txn: &ReadTransaction,
+        members: Option<BTreeSet<u64>>,
+    ) -> backend::Result<Alarms> {
         let list: Vec<AlarmMember> = read_value(txn, meta::ALARMS)?.unwrap_or_default();
         Ok(Alarms {
             active: list.into_iter().collect(),
+            members,
         })
     }
 
@@ -45,6 +52,11 @@ impl Alarms {
     /// Applies an alarm request, as etcd's applier does: a get lists, an activate answers the
     /// alarm it added (nothing when it was already active or is `NONE`), a deactivate the one it
     /// removed (nothing when it was not active).
+    ///
+    /// An activate naming a member that is not in the cluster changes nothing: a member's
+    /// alarm can be proposed before its removal and applied after it (the periodic corruption
+    /// check does exactly that), and would then outlive the member it names, refusing every
+    /// write with nobody left to disarm it.
     pub(crate) fn apply(
         &mut self,
         txn: &WriteTransaction,
@@ -59,6 +71,14 @@ impl Alarms {
                 return Ok(AlarmResponse {
                     alarms: self.get(req.alarm),
                 });
+            }
+            AlarmAction::Activate if !self.is_member(req.member_id) => {
+                tracing::warn!(
+                    member_id = %format_args!("{:x}", req.member_id),
+                    alarm = req.alarm.name(),
+                    "alarm not raised: its member is not in the cluster"
+                );
+                false
             }
             AlarmAction::Activate => req.alarm != AlarmType::None && self.active.insert(member),
             AlarmAction::Deactivate => self.active.remove(&member),
@@ -79,7 +99,13 @@ impl Alarms {
         })
     }
 
-    /// Deactivates the alarms of members not in `members` (applied with a membership entry):
+    /// Whether `id` is member 0 (the whole cluster) or in the applied membership.
+    fn is_member(&self, id: u64) -> bool {
+        id == 0 || self.members.as_ref().is_none_or(|m| m.contains(&id))
+    }
+
+    /// Records `members` as the cluster's and deactivates the alarms of members not in it
+    /// (applied with a membership entry):
     /// a removed member's ID never comes back (a re-added member gets a new one), so its alarms
     /// could never be disarmed by it, yet a CORRUPT one would refuse every write. Alarms for
     /// member 0 (etcd's "the whole cluster") stay.
@@ -88,6 +114,7 @@ impl Alarms {
         txn: &WriteTransaction,
         members: &BTreeMap<u64, V>,
     ) -> backend::Result<()> {
+        self.members = Some(members.keys().copied().collect());
         let gone: Vec<AlarmMember> = self
             .active
             .iter()
@@ -176,7 +203,7 @@ mod tests {
             vec![0, 1],
             "member 3 left; the cluster-wide alarm stays"
         );
-        let loaded = Alarms::load(&b.begin_read().unwrap()).unwrap();
+        let loaded = Alarms::load(&b.begin_read().unwrap(), None).unwrap();
         assert_eq!(
             loaded.get(AlarmType::None),
             a.get(AlarmType::None),
@@ -185,12 +212,35 @@ mod tests {
     }
 
     #[test]
+    fn an_alarm_applied_after_its_member_left_is_not_raised() {
+        let b = Backend::in_memory().unwrap();
+        let a = &mut Alarms::default();
+        let txn = b.begin_write().unwrap();
+        a.retain_members(&txn, &BTreeMap::from([(1u64, ()), (2, ())]))
+            .unwrap();
+        txn.commit().unwrap();
+        assert!(
+            apply(&b, a, Activate, 3, Corrupt).is_empty(),
+            "member 3 is not in the cluster"
+        );
+        assert!(!a.is_active(Corrupt));
+        assert_eq!(apply(&b, a, Activate, 2, Corrupt).len(), 1, "a member's is");
+        assert_eq!(
+            apply(&b, a, Activate, 0, NoSpace).len(),
+            1,
+            "the cluster's is"
+        );
+        let loaded = Alarms::load(&b.begin_read().unwrap(), None).unwrap();
+        assert_eq!(loaded.get(AlarmType::None).len(), 2, "only those persisted");
+    }
+
+    #[test]
     fn alarms_are_loaded_from_the_backend() {
         let b = Backend::in_memory().unwrap();
         let a = &mut Alarms::default();
         apply(&b, a, Activate, 3, NoSpace);
         apply(&b, a, Activate, 1, NoSpace);
-        let loaded = Alarms::load(&b.begin_read().unwrap()).unwrap();
+        let loaded = Alarms::load(&b.begin_read().unwrap(), None).unwrap();
         assert_eq!(loaded.get(AlarmType::None), a.get(AlarmType::None));
         assert_eq!(loaded.get(AlarmType::None)[0].member_id, 1, "sorted");
     }

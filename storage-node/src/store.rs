@@ -159,12 +159,15 @@ impl State {
         let (kv, attached) = KvState::load(&txn)?;
         let leases = Leases::load(&txn, attached)?;
         let auth = AuthStore::load(&txn, config.token_ttl)?;
-        let alarms = Alarms::load(&txn)?;
+        let membership: Option<StoredMembership> = read_value(&txn, meta::MEMBERSHIP)?;
+        let members = membership
+            .as_ref()
+            .map(|m| m.membership.members.keys().copied().collect());
+        let alarms = Alarms::load(&txn, members)?;
         let persisted = LogId {
             index: read_u64(&txn, meta::CONSISTENT_INDEX)?,
             term: read_u64(&txn, meta::CONSISTENT_TERM)?,
         };
-        let membership = read_value(&txn, meta::MEMBERSHIP)?;
         Ok(State {
             engine: Engine {
                 kv,

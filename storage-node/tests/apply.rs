@@ -662,3 +662,57 @@ fn read_only_txns_served_from_the_state_answer_as_applied_ones() {
 fn txn_response_of(r: Response) -> TxnResponse {
     txn_response(Ok(r))
 }
+
+#[test]
+fn an_alarm_applied_after_its_member_was_removed_is_not_raised_and_writes_go_on() {
+    // The periodic corruption check can propose a member's CORRUPT alarm just before the
+    // operator removes that member; the alarm entry then lands after the membership entry.
+    let dir = tempfile::tempdir().unwrap();
+    let member = |name: &str| Member {
+        name: name.into(),
+        ..Default::default()
+    };
+    let after_removal = Membership {
+        configs: vec![[1, 3].into_iter().collect()],
+        members: [(1, member("n1")), (3, member("n3"))].into_iter().collect(),
+    };
+    let alarm = |member_id| {
+        Request::Alarm(AlarmRequest {
+            action: AlarmAction::Activate,
+            member_id,
+            alarm: AlarmType::Corrupt,
+        })
+    };
+    let mut log = Log::default();
+    {
+        let s = Store::open(dir.path(), config()).unwrap();
+        s.apply(&log.push_payload(EntryPayload::Membership(after_removal)))
+            .unwrap();
+        s.apply(&log.push(RequestHeader::default(), alarm(2)))
+            .unwrap();
+        assert!(s.alarms(AlarmType::None).is_empty(), "member 2 left");
+        let written = s.apply(&log.push(RequestHeader::default(), put("k", "v")));
+        assert!(
+            matches!(
+                written,
+                Ok(Outcome::Command {
+                    response: Ok(_),
+                    ..
+                })
+            ),
+            "{written:?}"
+        );
+    }
+    // After a restart the membership is known before any entry is applied.
+    let s = Store::open(dir.path(), config()).unwrap();
+    s.apply(&log.push(RequestHeader::default(), alarm(2)))
+        .unwrap();
+    assert!(s.alarms(AlarmType::None).is_empty());
+    s.apply(&log.push(RequestHeader::default(), alarm(3)))
+        .unwrap();
+    assert_eq!(
+        s.alarms(AlarmType::Corrupt).len(),
+        1,
+        "a member's alarm is raised"
+    );
+}
