@@ -74,6 +74,7 @@ pub mod condition {
     ),
     validation = Rule::new(NAME_RULE).message(NAME_MESSAGE)
 )]
+#[x_kube(validation = Rule::new(TLS_FROZEN).message(TLS_FROZEN_MESSAGE).field_path(".tls"))]
 #[serde(rename_all = "camelCase")]
 pub struct StorageClusterSpec {
     /// Members: odd, 1 to 7, so a majority survives the loss of a minority.
@@ -108,6 +109,64 @@ pub struct StorageClusterSpec {
     /// Who may connect to the members.
     #[serde(default)]
     pub network: Network,
+    /// TLS on the client and peer ports, with client certificates required on both. Absent
+    /// (the default): plain text. Fixed at creation: members' data names their peer URLs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<Tls>,
+}
+
+/// CEL: TLS is neither turned on nor off after creation.
+const TLS_FROZEN: &str = "has(self.tls) == has(oldSelf.tls)";
+
+/// What the API server answers when [`TLS_FROZEN`] fails.
+pub const TLS_FROZEN_MESSAGE: &str = "spec.tls cannot be added or removed after creation (the \
+    members' data names their http:// or https:// peer URLs): put it back as it was, or create \
+    a new StorageCluster";
+
+/// TLS of a cluster: who issues the certificates. Each member gets its own certificate, for
+/// its client and peer ports, naming its DNS names; the operator gets a client certificate;
+/// all are signed by one CA. The members require client certificates signed by that CA on
+/// both ports, and a certificate is issued again, with a rolling restart of the members one at
+/// a time, before it expires.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct Tls {
+    /// Issue the certificates with cert-manager `Certificate` resources signed by this issuer
+    /// instead of the operator's own CA (`<name>-ca`, made once, valid ten years). The issuer
+    /// must put `ca.crt` in the Secrets it writes (a CA issuer does).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cert_manager: Option<CertManager>,
+}
+
+/// The cert-manager issuer of a cluster's certificates.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct CertManager {
+    /// The `Issuer` (in the cluster's namespace) or `ClusterIssuer` that signs.
+    pub issuer_ref: IssuerRef,
+}
+
+/// A cert-manager issuer, as a `Certificate`'s `issuerRef`.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct IssuerRef {
+    /// Its name.
+    #[schemars(length(min = 1))]
+    pub name: String,
+    /// `Issuer` (the default) or `ClusterIssuer`.
+    #[serde(default = "default_issuer_kind")]
+    pub kind: String,
+    /// Its API group.
+    #[serde(default = "default_issuer_group")]
+    pub group: String,
+}
+
+fn default_issuer_kind() -> String {
+    "Issuer".to_string()
+}
+
+fn default_issuer_group() -> String {
+    "cert-manager.io".to_string()
 }
 
 /// The longest `StorageCluster` name: the client Service is `<name>-client` and a Service name

@@ -176,6 +176,36 @@ fn the_storage_class_cannot_be_set_changed_or_removed_after_creation() {
 }
 
 #[test]
+fn tls_cannot_be_turned_on_or_off_after_creation_but_its_issuer_can_change() {
+    let plain = cluster(json!({}));
+    let own_ca = cluster(json!({"tls": {}}));
+    let issuer = cluster(json!({"tls": {"certManager": {"issuerRef": {"name": "ca"}}}}));
+    for (old, new) in [(&plain, &plain), (&own_ca, &own_ca), (&own_ca, &issuer)] {
+        assert_eq!(cel_messages(new, Some(old)), Vec::<String>::new());
+    }
+    for (old, new) in [(&plain, &own_ca), (&issuer, &plain)] {
+        assert_eq!(
+            cel_messages(new, Some(old)),
+            [TLS_FROZEN_MESSAGE],
+            "{old:?} → {new:?}"
+        );
+    }
+    let reference = &issuer
+        .spec
+        .tls
+        .as_ref()
+        .unwrap()
+        .cert_manager
+        .as_ref()
+        .unwrap()
+        .issuer_ref;
+    assert_eq!(
+        (reference.kind.as_str(), reference.group.as_str()),
+        ("Issuer", "cert-manager.io")
+    );
+}
+
+#[test]
 fn the_storage_size_must_be_a_positive_quantity() {
     for size in ["1Gi", "512Mi", "10G", "1.5Gi", "100", ".5Ti", "0.5Gi"] {
         let ok = cluster(json!({"storage": {"size": size}}));

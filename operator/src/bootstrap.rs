@@ -58,9 +58,10 @@ pub async fn enable_auth(
     user: &str,
     password: &str,
     prove_login: bool,
+    tls: Option<&crate::client::ClientCert>,
     timeout: Duration,
 ) -> Result<bool, Error> {
-    let channel = crate::client::connect(endpoint, timeout)
+    let channel = crate::client::connect(endpoint, tls, timeout)
         .await
         .map_err(|message| Error::Connect {
             endpoint: endpoint.to_string(),

@@ -230,7 +230,7 @@ async fn present(
 }
 
 async fn login(endpoint: &str, user: &str, password: &str) -> Result<(Channel, String)> {
-    let channel = client::connect(endpoint, CALL_TIMEOUT)
+    let channel = client::connect(endpoint, None, CALL_TIMEOUT)
         .await
         .map_err(|message| Error::Call {
             call: "connect",

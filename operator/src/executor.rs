@@ -741,7 +741,7 @@ mod tests {
         let mut executor = Executor {
             platform: &mut platform,
             members: &members,
-            credentials: None,
+            credentials: Credentials::default(),
             replicas: 3,
             max_lag: 1000,
         };
@@ -805,7 +805,7 @@ mod tests {
                 let mut executor = Executor {
                     platform: &mut platform,
                     members: &members,
-                    credentials: None,
+                    credentials: Credentials::default(),
                     replicas: 3,
                     max_lag: 1000,
                 };

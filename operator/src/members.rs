@@ -16,12 +16,20 @@ use storage_node::pb::etcdserverpb::{
 use tonic::transport::Channel;
 
 use crate::bootstrap;
+use crate::client::ClientCert;
 use crate::detector::Round;
 use crate::planner::Listed;
 use crate::probe::{Prober, Scope, Target};
 
-/// `user:password` of the root user, when auth is on.
-pub type Credentials = Option<(String, String)>;
+/// How the operator reaches a cluster's members: as the root user (`user`, `password`) when
+/// auth is on, with its client certificate when they serve TLS.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Credentials {
+    /// The root user's name and password.
+    pub login: Option<(String, String)>,
+    /// The client certificate.
+    pub tls: Option<ClientCert>,
+}
 
 /// A call to a member that failed.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -51,13 +59,14 @@ pub trait Members: Send + Sync {
     ) -> BoxFuture<'static, Round>;
 
     /// Creates the root user `user` with `password`, grants it the root role and enables auth,
-    /// unless auth is on already, through the first member that answers. `Ok(true)` when this
-    /// call enabled it.
+    /// unless auth is on already, through the first member that answers (over TLS with
+    /// `tls`). `Ok(true)` when this call enabled it.
     fn bootstrap_auth(
         &self,
         endpoints: Vec<String>,
         user: String,
         password: String,
+        tls: Option<ClientCert>,
     ) -> BoxFuture<'static, Result<bool, bootstrap::Error>>;
 
     /// The member list as `endpoint` has it, read linearizably.
@@ -161,11 +170,11 @@ impl Grpc {
                 endpoint: endpoint.clone(),
                 message,
             };
-            let channel = crate::client::connect(&endpoint, timeout)
+            let channel = crate::client::connect(&endpoint, credentials.tls.as_ref(), timeout)
                 .await
                 .map_err(|e| error(format!("connect: {e}")))?;
             for attempt in 0..2 {
-                let token = match &credentials {
+                let token = match &credentials.login {
                     None => None,
                     Some((user, password)) => {
                         let key = (endpoint.clone(), user.clone());
@@ -201,7 +210,7 @@ impl Grpc {
                     Err(status)
                         if attempt == 0
                             && crate::client::needs_new_token(&status)
-                            && credentials.is_some() =>
+                            && credentials.login.is_some() =>
                     {
                         // The token expired, the member restarted, or (JWT) auth changed
                         // since the login: log in again.
@@ -233,6 +242,7 @@ impl Members for Grpc {
         endpoints: Vec<String>,
         user: String,
         password: String,
+        tls: Option<ClientCert>,
     ) -> BoxFuture<'static, Result<bool, bootstrap::Error>> {
         let timeout = self.timeout;
         let proven = self.proven.clone();
@@ -244,7 +254,15 @@ impl Members for Grpc {
                 .contains(&key);
             let mut last = None;
             for endpoint in &endpoints {
-                match bootstrap::enable_auth(endpoint, &user, &password, prove, timeout).await {
+                let enabled = bootstrap::enable_auth(
+                    endpoint,
+                    &user,
+                    &password,
+                    prove,
+                    tls.as_ref(),
+                    timeout,
+                );
+                match enabled.await {
                     // Another member may answer.
                     Err(e @ bootstrap::Error::Connect { .. }) => last = Some(e),
                     done => {

@@ -20,6 +20,7 @@ use storage_node::pb::etcdserverpb::{
 use tonic::transport::Channel;
 
 use crate::detector::{Alarm, AlarmKind, Fact, Hash, Observation, Round};
+use crate::members::Credentials;
 
 /// How much a probe round asks.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -56,8 +57,8 @@ pub struct Target {
 pub struct Prober {
     /// The members, in the order rounds report them.
     pub targets: Vec<Target>,
-    /// `user:password` for clusters with auth on (the root user).
-    pub credentials: Option<(String, String)>,
+    /// The root login for clusters with auth on, the client certificate for TLS ones.
+    pub credentials: Credentials,
     /// Bound on every call.
     pub timeout: Duration,
     /// Tokens by endpoint, kept across rounds: a login is a raft write, and probing must not
@@ -81,11 +82,7 @@ fn failed(call: &str, outcome: Result<tonic::Status, tokio::time::error::Elapsed
 
 impl Prober {
     /// A prober for `targets`, logging in with `credentials` when given.
-    pub fn new(
-        targets: Vec<Target>,
-        credentials: Option<(String, String)>,
-        timeout: Duration,
-    ) -> Prober {
+    pub fn new(targets: Vec<Target>, credentials: Credentials, timeout: Duration) -> Prober {
         Prober {
             targets,
             credentials,
@@ -270,11 +267,12 @@ impl Prober {
             channel: None,
         };
         let url = target.endpoint.as_str();
-        let channel = match crate::client::connect(url, self.timeout).await {
+        let tls = self.credentials.tls.as_ref();
+        let channel = match crate::client::connect(url, tls, self.timeout).await {
             Ok(channel) => channel,
             Err(why) => return unreachable(format!("connect: {why}")),
         };
-        let token = match (&self.credentials, self.cached_token(url)) {
+        let token = match (&self.credentials.login, self.cached_token(url)) {
             (_, Some(token)) => Some(token),
             (Some((name, password)), None) => {
                 let mut auth = AuthClient::new(channel.clone());
@@ -496,7 +494,7 @@ mod tests {
                 endpoint: format!("http://127.0.0.1:{port}"),
                 metrics: None,
             }],
-            None,
+            Credentials::default(),
             Duration::from_millis(500),
         );
         let round = prober.round().await;

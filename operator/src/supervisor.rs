@@ -6,6 +6,11 @@
 //! work directory holds all state: members' data, `backups/`, `members.json` (ports),
 //! `root-credentials` (`user:password`), `heal.json` (a heal in progress, so a restarted
 //! operator finishes it) and `status.json` (the resource's status shape).
+//!
+//! With `spec.tls` the members serve TLS with certificates from `pki/` (see
+//! [`crate::platform::local`]), and a member certificate due for renewal is issued again and
+//! its member restarted, one member a tick and only while every member answers and a leader
+//! leads, so the cluster keeps its quorum.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -89,6 +94,8 @@ pub struct Supervisor {
     members: Grpc,
     healer: Healer,
     credentials: Option<(String, String)>,
+    /// The operator's client certificate, with TLS.
+    client_cert: Option<crate::client::ClientCert>,
     auth_on: bool,
     /// Why the cluster's auth is not the operator's, when the last bootstrap found so.
     auth_untrusted: Option<String>,
@@ -125,6 +132,8 @@ impl Supervisor {
             config.node_args.clone(),
         )?;
         platform.set_backup_retention(spec.healing.backup_retention as usize);
+        platform.use_tls(spec.tls.is_some())?;
+        let client_cert = platform.client_cert()?;
         let credentials = if spec.auth.enabled {
             Some(credentials(&config.workdir)?)
         } else {
@@ -158,6 +167,7 @@ impl Supervisor {
             members: Grpc::new(CALL_TIMEOUT),
             healer,
             credentials,
+            client_cert,
             auth_on: false,
             auth_untrusted: None,
             progress,
@@ -179,6 +189,11 @@ impl Supervisor {
     /// The status written last.
     pub fn status(&self) -> Option<&StorageClusterStatus> {
         self.status.as_ref()
+    }
+
+    /// The operator's client certificate, when the members serve TLS.
+    pub fn client_cert(&self) -> Option<&crate::client::ClientCert> {
+        self.client_cert.as_ref()
     }
 
     /// The root user's name and password, when auth is configured.
@@ -225,6 +240,8 @@ impl Supervisor {
     /// probes, decides and runs at most one step of a heal), record the heal and the status.
     pub async fn tick(&mut self) -> Result<()> {
         self.reload_spec();
+        // Renewed when due (it is read once a tick: a renewal is no restart for the operator).
+        self.client_cert = self.platform.client_cert()?;
         self.keep_running()?;
         self.bootstrap_auth().await;
         let targets = self
@@ -234,6 +251,7 @@ impl Supervisor {
             .map(|m| self.platform.target(&m.name))
             .collect::<platform::Result<Vec<_>>>()?;
         let lost = self.refused_to_start.clone();
+        let credentials = self.access();
         let pass = healing::pass(
             healing::Cluster {
                 name: &self.config.name,
@@ -241,7 +259,7 @@ impl Supervisor {
                 targets,
                 platform: &mut self.platform,
                 members: &self.members,
-                credentials: self.credentials.clone(),
+                credentials,
                 metrics: &self.metrics,
                 auth_untrusted: self.auth_untrusted.as_deref(),
             },
@@ -267,8 +285,37 @@ impl Supervisor {
                 .retain(|n| !progress.names.values().any(|m| m == n));
         }
         self.save_progress()?;
+        self.renew_one_certificate(&pass.round)?;
         self.views = self.views_of(&pass.round);
         self.write_status(&pass.assessment, pass.healing)
+    }
+
+    /// How the operator reaches the members.
+    fn access(&self) -> crate::members::Credentials {
+        crate::members::Credentials {
+            login: self.credentials.clone(),
+            tls: self.client_cert.clone(),
+        }
+    }
+
+    /// Restarts one member whose certificate is due on a new one, when `round` shows every
+    /// member answering, no learner, one leader and no heal running: so at most one member is
+    /// down at a time, and only while the others hold a quorum. The next member waits for a
+    /// round where the restarted one answers again.
+    fn renew_one_certificate(&mut self, round: &Round) -> Result<()> {
+        let Some(name) = self.platform.certificates_due().into_iter().next() else {
+            return Ok(());
+        };
+        let everyone = round.members.len() == self.platform.members.len()
+            && round.members.iter().all(|m| m.reachable && !m.is_learner);
+        let leaders = round.members.iter().filter(|m| m.is_leader).count();
+        if self.progress.is_some() || !everyone || leaders != 1 {
+            tracing::debug!(member = %name, "certificate due; waiting for every member and a leader");
+            return Ok(());
+        }
+        tracing::info!(member = %name, "certificate due for renewal: restarting the member on a new one");
+        self.platform.renew_certificate(&name)?;
+        Ok(())
     }
 
     /// Takes a changed `spec.healing` from the spec file. Other changes are refused with a log
@@ -367,7 +414,12 @@ impl Supervisor {
         }
         match self
             .members
-            .bootstrap_auth(self.endpoints(), user.clone(), password)
+            .bootstrap_auth(
+                self.endpoints(),
+                user.clone(),
+                password,
+                self.client_cert.clone(),
+            )
             .await
         {
             Ok(turned_on) => {

@@ -20,7 +20,9 @@ fn enable(cluster: &Cluster, password: &str) -> Result<bool, Error> {
 fn enable_proving(cluster: &Cluster, password: &str, prove: bool) -> Result<bool, Error> {
     let runtime = tokio::runtime::Runtime::new().expect("runtime");
     let endpoint = cluster.members[0].endpoint();
-    runtime.block_on(enable_auth(&endpoint, "root", password, prove, TIMEOUT))
+    runtime.block_on(enable_auth(
+        &endpoint, "root", password, prove, None, TIMEOUT,
+    ))
 }
 
 fn can_log_in(cluster: &Cluster, password: &str) -> bool {

@@ -61,7 +61,10 @@ fn probe_rounds(c: &Cluster, n: usize) -> Vec<detector::Round> {
                 metrics: None,
             })
             .collect(),
-        Some((ROOT.0.into(), ROOT.1.into())),
+        operator::members::Credentials {
+            login: Some((ROOT.0.into(), ROOT.1.into())),
+            tls: None,
+        },
         Duration::from_secs(5),
     );
     let runtime = tokio::runtime::Runtime::new().expect("runtime");

@@ -42,7 +42,10 @@ fn the_seed_is_detected_and_healed_and_no_acknowledged_write_is_lost() {
     let endpoints: Vec<String> = platform.members.iter().map(|m| m.endpoint()).collect();
     let prober = Prober::new(
         common::targets(&platform),
-        Some(("root".into(), "rootpw".into())),
+        operator::members::Credentials {
+            login: Some(("root".into(), "rootpw".into())),
+            tls: None,
+        },
         Duration::from_secs(5),
     );
     let runtime = tokio::runtime::Runtime::new().expect("runtime");

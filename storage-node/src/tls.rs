@@ -286,7 +286,7 @@ impl Default for Policy {
 #[derive(Clone)]
 pub struct PortTls {
     acceptor: tokio_rustls::TlsAcceptor,
-    connector: tokio_rustls::TlsConnector,
+    client: ClientTls,
     allowed_cn: Option<String>,
     /// Whether clients are verified (their Common Name is then trustworthy).
     pub client_cert_auth: bool,
@@ -310,8 +310,15 @@ fn read(flag: &'static str, path: &Path) -> Result<Vec<u8>> {
 }
 
 fn certificates(flag: &'static str, path: &Path) -> Result<Vec<CertificateDer<'static>>> {
-    let pem = read(flag, path)?;
-    let certs = CertificateDer::pem_slice_iter(&pem)
+    parse_certificates(flag, path, &read(flag, path)?)
+}
+
+fn parse_certificates(
+    flag: &'static str,
+    path: &Path,
+    pem: &[u8],
+) -> Result<Vec<CertificateDer<'static>>> {
+    let certs = CertificateDer::pem_slice_iter(pem)
         .collect::<std::result::Result<Vec<_>, _>>()
         .map_err(|e| Error::Pem {
             flag,
@@ -329,8 +336,15 @@ fn certificates(flag: &'static str, path: &Path) -> Result<Vec<CertificateDer<'s
 }
 
 fn private_key(flag: &'static str, path: &Path) -> Result<PrivateKeyDer<'static>> {
-    let pem = read(flag, path)?;
-    PrivateKeyDer::from_pem_slice(&pem).map_err(|e| Error::Pem {
+    parse_private_key(flag, path, &read(flag, path)?)
+}
+
+fn parse_private_key(
+    flag: &'static str,
+    path: &Path,
+    pem: &[u8],
+) -> Result<PrivateKeyDer<'static>> {
+    PrivateKeyDer::from_pem_slice(pem).map_err(|e| Error::Pem {
         flag,
         path: path.to_path_buf(),
         what: format!("no usable private key: {e}"),
@@ -338,8 +352,12 @@ fn private_key(flag: &'static str, path: &Path) -> Result<PrivateKeyDer<'static>
 }
 
 fn roots(flag: &'static str, path: &Path) -> Result<RootCertStore> {
+    parse_roots(flag, path, &read(flag, path)?)
+}
+
+fn parse_roots(flag: &'static str, path: &Path, pem: &[u8]) -> Result<RootCertStore> {
     let mut store = RootCertStore::empty();
-    for cert in certificates(flag, path)? {
+    for cert in parse_certificates(flag, path, pem)? {
         store.add(cert).map_err(|e| Error::Pem {
             flag,
             path: path.to_path_buf(),
@@ -347,6 +365,85 @@ fn roots(flag: &'static str, path: &Path) -> Result<RootCertStore> {
         })?;
     }
     Ok(store)
+}
+
+/// A client's TLS (tools and the operator dialing members, members dialing peers): the CA the
+/// server's certificate must chain to, and the certificate the client presents.
+#[derive(Clone)]
+pub struct ClientTls {
+    connector: tokio_rustls::TlsConnector,
+}
+
+impl std::fmt::Debug for ClientTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClientTls").finish_non_exhaustive()
+    }
+}
+
+impl ClientTls {
+    /// From PEM: trusting the CA certificates in `ca`, presenting `cert` (leaf first) with
+    /// `key`. `name` says where the PEM came from in errors (a Secret, say).
+    pub fn from_pem(name: &str, ca: &[u8], cert: &[u8], key: &[u8]) -> Result<ClientTls> {
+        let from = Path::new(name);
+        ClientTls::build(
+            ("CA", from, ca),
+            ("certificate", from, cert),
+            ("key", from, key),
+        )
+    }
+
+    /// From files: `ca`, `cert` and `key` (etcdctl's `--cacert`, `--cert`, `--key`).
+    pub fn from_files(ca: &Path, cert: &Path, key: &Path) -> Result<ClientTls> {
+        ClientTls::build(
+            ("--cacert", ca, &read("--cacert", ca)?),
+            ("--cert", cert, &read("--cert", cert)?),
+            ("--key", key, &read("--key", key)?),
+        )
+    }
+
+    /// Each part as (what names it in errors, where it came from, its PEM).
+    fn build(
+        ca: (&'static str, &Path, &[u8]),
+        cert: (&'static str, &Path, &[u8]),
+        key: (&'static str, &Path, &[u8]),
+    ) -> Result<ClientTls> {
+        let roots = parse_roots(ca.0, ca.1, ca.2)?;
+        let certs = parse_certificates(cert.0, cert.1, cert.2)?;
+        let key = parse_private_key(key.0, key.1, key.2)?;
+        let policy = Policy::default();
+        let config = ClientConfig::builder_with_provider(policy.provider())
+            .with_protocol_versions(&policy.versions)
+            .and_then(|c| {
+                c.with_root_certificates(Arc::new(roots))
+                    .with_client_auth_cert(certs, key)
+            })
+            .map_err(|source| Error::Rustls {
+                port: "client",
+                source,
+            })?;
+        Ok(ClientTls::new(config))
+    }
+
+    fn new(mut config: ClientConfig) -> ClientTls {
+        config.alpn_protocols = vec![b"h2".to_vec()];
+        ClientTls {
+            connector: tokio_rustls::TlsConnector::from(Arc::new(config)),
+        }
+    }
+
+    /// Opens a TLS connection to `host` over `tcp`, presenting the client certificate.
+    pub async fn connect(
+        &self,
+        host: &str,
+        tcp: TcpStream,
+    ) -> io::Result<tokio_rustls::client::TlsStream<TcpStream>> {
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        let name = ServerName::try_from(host.to_string())
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+        tokio::time::timeout(HANDSHAKE_TIMEOUT, self.connector.connect(name, tcp))
+            .await
+            .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "TLS handshake timed out"))?
+    }
 }
 
 impl PortFlags {
@@ -472,14 +569,13 @@ fn port(
                 .with_custom_certificate_verifier(Arc::new(Unverified(provider)))
         }
     };
-    let mut client = client
+    let client = client
         .with_client_auth_cert(certs, key)
         .map_err(rustls_error)?;
-    client.alpn_protocols = vec![b"h2".to_vec()];
 
     Ok(Some(PortTls {
         acceptor: tokio_rustls::TlsAcceptor::from(Arc::new(server)),
-        connector: tokio_rustls::TlsConnector::from(Arc::new(client)),
+        client: ClientTls::new(client),
         allowed_cn: flags.allowed_cn.clone().filter(|cn| !cn.is_empty()),
         client_cert_auth: flags.client_cert_auth,
     }))
@@ -660,18 +756,9 @@ impl PortTls {
         })
     }
 
-    /// Opens a TLS connection to `host` over `tcp`, presenting this port's certificate.
-    pub async fn connect(
-        &self,
-        host: &str,
-        tcp: TcpStream,
-    ) -> io::Result<tokio_rustls::client::TlsStream<TcpStream>> {
-        let host = host.trim_start_matches('[').trim_end_matches(']');
-        let name = ServerName::try_from(host.to_string())
-            .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
-        tokio::time::timeout(HANDSHAKE_TIMEOUT, self.connector.connect(name, tcp))
-            .await
-            .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "TLS handshake timed out"))?
+    /// How this port dials others (peers dialing peers), presenting its certificate.
+    pub fn client(&self) -> &ClientTls {
+        &self.client
     }
 }
 
@@ -861,13 +948,13 @@ impl tonic::transport::server::Connected for Conn {
 /// dialing members).
 #[derive(Clone)]
 pub struct Dialer {
-    tls: PortTls,
+    tls: ClientTls,
     timeout: Duration,
 }
 
 impl Dialer {
     /// Dials with `tls`, connecting within `timeout`.
-    pub fn new(tls: PortTls, timeout: Duration) -> Dialer {
+    pub fn new(tls: ClientTls, timeout: Duration) -> Dialer {
         Dialer { tls, timeout }
     }
 }
@@ -877,7 +964,7 @@ impl Dialer {
 pub async fn connect_channel(
     url: &str,
     endpoint: tonic::transport::Endpoint,
-    tls: Option<&PortTls>,
+    tls: Option<&ClientTls>,
     timeout: Duration,
 ) -> std::result::Result<tonic::transport::Channel, String> {
     if !is_https(url) {

@@ -217,6 +217,7 @@ impl Members for FakeMembers {
         _endpoints: Vec<String>,
         _user: String,
         _password: String,
+        _tls: Option<crate::client::ClientCert>,
     ) -> BoxFuture<'static, Result<bool, bootstrap::Error>> {
         if let Some(why) = self.untrusted.lock().expect("untrusted").clone() {
             return Box::pin(async move {

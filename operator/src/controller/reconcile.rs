@@ -234,7 +234,10 @@ impl<'a> Reconciler<'a> {
                 targets,
                 platform: &mut platform,
                 members: self.ctx.members.as_ref(),
-                credentials: credentials.clone(),
+                credentials: crate::members::Credentials {
+                    login: credentials.clone(),
+                    tls: None,
+                },
                 metrics: &self.ctx.metrics.heal,
                 auth_untrusted: untrusted_before.as_deref(),
             },
@@ -863,7 +866,12 @@ impl<'a> Reconciler<'a> {
         let enabled = match self
             .ctx
             .members
-            .bootstrap_auth(endpoints.to_vec(), user.to_string(), password.to_string())
+            .bootstrap_auth(
+                endpoints.to_vec(),
+                user.to_string(),
+                password.to_string(),
+                None,
+            )
             .await
         {
             Ok(enabled) => enabled,

@@ -6,6 +6,11 @@
 //! data names its peer URL, so the ports must not change), and `<name>.pid` each process, so
 //! an operator started again stops members a killed predecessor left running before it
 //! starts them under its own supervision.
+//!
+//! With TLS (`spec.tls`), `pki/` holds the cluster's CA, each member's certificate (serving
+//! both its ports, presented to its peers), the operator's client certificate and one for
+//! users (`client.pem`, for etcdctl's `--cacert pki/ca.pem --cert pki/client.pem --key
+//! pki/client-key.pem`). Keys are readable by their owner only.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -24,21 +29,38 @@ pub struct LocalMember {
     pub peer_port: u16,
     /// Metrics port on 127.0.0.1.
     pub metrics_port: u16,
+    /// Whether its client and peer ports serve TLS (fixed when the work directory is made:
+    /// its data names its peer URL).
+    #[serde(default)]
+    pub tls: bool,
     #[serde(skip)]
     child: Option<Child>,
 }
 
 impl LocalMember {
+    fn scheme(&self) -> &'static str {
+        if self.tls { "https" } else { "http" }
+    }
+
     /// Client URL.
     pub fn endpoint(&self) -> String {
-        format!("http://127.0.0.1:{}", self.client_port)
+        format!("{}://127.0.0.1:{}", self.scheme(), self.client_port)
     }
 
     /// Peer URL.
     pub fn peer_url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.peer_port)
+        format!("{}://127.0.0.1:{}", self.scheme(), self.peer_port)
     }
 }
+
+/// The hosts local certificates name.
+const LOCAL_HOSTS: [&str; 2] = ["127.0.0.1", "localhost"];
+
+/// The Common Name of the operator's client certificate.
+pub const OPERATOR_CN: &str = "mend-operator";
+
+/// The certificate for users' clients (etcdctl), in `pki/`.
+pub const USER_CERT: &str = "client";
 
 /// Local processes under one work directory.
 #[derive(Debug)]
@@ -92,6 +114,7 @@ impl LocalPlatform {
                 client_port: port()?,
                 peer_port: port()?,
                 metrics_port: port()?,
+                tls: false,
                 child: None,
             });
         }
@@ -327,12 +350,15 @@ impl LocalPlatform {
         let initial_cluster = self.initial_cluster();
         let dir = self.data_dir(name);
         let binary = self.binary.clone();
-        let node_args = self.node_args.clone();
+        let mut node_args = self.node_args.clone();
         let log_path = self.workdir.join(format!("{name}.log"));
-        let member = self.member_mut(name)?;
-        if member.child.is_some() {
+        if self.member(name)?.child.is_some() {
             return Ok(());
         }
+        if self.member(name)?.tls {
+            node_args.extend(self.tls_args(name)?);
+        }
+        let member = self.member_mut(name)?;
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -364,6 +390,127 @@ impl LocalPlatform {
         )
     }
 
+    fn pki_dir(&self) -> PathBuf {
+        self.workdir.join("pki")
+    }
+
+    /// Whether the members serve TLS.
+    pub fn tls(&self) -> bool {
+        self.members.iter().any(|m| m.tls)
+    }
+
+    /// Makes the members serve TLS (`on`) or not. Only a work directory where no member has
+    /// data yet can change: a member's data names its `http://` or `https://` peer URL.
+    pub fn use_tls(&mut self, on: bool) -> Result<()> {
+        if self.members.iter().all(|m| m.tls == on) {
+            return Ok(());
+        }
+        if let Some(member) = self.members.iter().find(|m| self.has_data(&m.name)) {
+            return Err(Error::Io(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                format!(
+                    "{} was made {} TLS (member {} has data) but the spec asks for it {}: \
+                     use a new work directory",
+                    self.workdir.display(),
+                    if on { "without" } else { "with" },
+                    member.name,
+                    if on { "on" } else { "off" },
+                ),
+            )));
+        }
+        for member in &mut self.members {
+            member.tls = on;
+        }
+        write_json(&self.workdir.join(MEMBERS_FILE), &self.members)
+    }
+
+    fn ca(&self) -> Result<crate::pki::Ca> {
+        crate::pki::Ca::load_or_create(&self.pki_dir(), "mend-local").map_err(pki_error)
+    }
+
+    /// The certificate `file` in `pki/` for `common_name`, issued again when it is missing or
+    /// due for renewal (`hosts` are the local ones); whether it was issued now.
+    fn certificate(&self, file: &str, common_name: &str) -> Result<(crate::pki::Issued, bool)> {
+        let dir = self.pki_dir();
+        let existing = crate::pki::Issued {
+            cert: dir.join(format!("{file}.pem")),
+            key: dir.join(format!("{file}-key.pem")),
+            ca: dir.join("ca.pem"),
+        };
+        let current = std::fs::read_to_string(&existing.cert).ok();
+        let due = current
+            .is_none_or(|pem| crate::pki::needs_renewal(&pem, time::OffsetDateTime::now_utc()));
+        if !due && existing.key.exists() && existing.ca.exists() {
+            return Ok((existing, false));
+        }
+        let hosts = LOCAL_HOSTS.map(String::from);
+        let issued = self
+            .ca()?
+            .issue(&dir, file, common_name, &hosts)
+            .map_err(pki_error)?;
+        Ok((issued, true))
+    }
+
+    /// The TLS flags of member `name`, its certificate issued first when missing or due.
+    fn tls_args(&self, name: &str) -> Result<Vec<String>> {
+        let (issued, _) = self.certificate(name, name)?;
+        let path = |p: &Path| p.display().to_string();
+        let (cert, key, ca) = (path(&issued.cert), path(&issued.key), path(&issued.ca));
+        Ok([
+            ("--cert-file", &cert),
+            ("--key-file", &key),
+            ("--trusted-ca-file", &ca),
+            ("--peer-cert-file", &cert),
+            ("--peer-key-file", &key),
+            ("--peer-trusted-ca-file", &ca),
+        ]
+        .into_iter()
+        .flat_map(|(flag, value)| [flag.to_string(), value.clone()])
+        .chain([
+            "--client-cert-auth".into(),
+            "--peer-client-cert-auth".into(),
+        ])
+        .collect())
+    }
+
+    /// The operator's client certificate (and the users' one beside it), issued when missing
+    /// or due; `None` without TLS.
+    pub fn client_cert(&self) -> Result<Option<crate::client::ClientCert>> {
+        if !self.tls() {
+            return Ok(None);
+        }
+        self.certificate(USER_CERT, USER_CERT)?;
+        let (issued, _) = self.certificate("operator", OPERATOR_CN)?;
+        crate::client::ClientCert::from_issued(&issued)
+            .map(Some)
+            .map_err(|e| Error::Io(std::io::Error::other(e)))
+    }
+
+    /// Members whose certificate is due for renewal (or missing), in member order.
+    pub fn certificates_due(&self) -> Vec<String> {
+        let now = time::OffsetDateTime::now_utc();
+        self.members
+            .iter()
+            .filter(|m| m.tls)
+            .filter(|m| {
+                let cert = self.pki_dir().join(format!("{}.pem", m.name));
+                std::fs::read_to_string(cert).is_ok_and(|pem| crate::pki::needs_renewal(&pem, now))
+            })
+            .map(|m| m.name.clone())
+            .collect()
+    }
+
+    /// Issues member `name` a new certificate and restarts it on it (a member reads its
+    /// certificate at start).
+    pub fn renew_certificate(&mut self, name: &str) -> Result<()> {
+        let issued = self
+            .ca()?
+            .issue(&self.pki_dir(), name, name, &LOCAL_HOSTS.map(String::from));
+        issued.map_err(pki_error)?;
+        self.stop_member(name)?;
+        self.spawn(name, "new")
+    }
+
     /// Starts member `name` again; `state` is `new` or `existing` (it only matters when its
     /// data directory is empty).
     pub fn start(&mut self, name: &str, state: &str) -> Result<()> {
@@ -388,6 +535,10 @@ impl LocalPlatform {
     pub fn endpoint(&self, name: &str) -> Result<String> {
         Ok(self.member(name)?.endpoint())
     }
+}
+
+fn pki_error(e: crate::pki::Error) -> Error {
+    Error::Io(std::io::Error::other(e.to_string()))
 }
 
 /// Where the members and their ports are recorded in the work directory.

@@ -173,8 +173,10 @@ impl Peers {
                                  (--peer-cert-file, --peer-key-file or --peer-auto-tls)"
                             .to_string(),
                     })?;
-                    endpoint
-                        .connect_with_connector_lazy(crate::tls::Dialer::new(tls, CONNECT_TIMEOUT))
+                    endpoint.connect_with_connector_lazy(crate::tls::Dialer::new(
+                        tls.client().clone(),
+                        CONNECT_TIMEOUT,
+                    ))
                 } else {
                     endpoint.connect_lazy()
                 };

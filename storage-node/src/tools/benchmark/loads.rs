@@ -45,7 +45,7 @@ pub(super) async fn connect(
     endpoints: &[String],
     count: usize,
     user: Option<&str>,
-    tls: Option<&crate::tls::PortTls>,
+    tls: Option<&crate::tls::ClientTls>,
 ) -> Result<Vec<Conn>, Error> {
     if endpoints.is_empty() {
         return Err(Error::Usage("no endpoints".into()));

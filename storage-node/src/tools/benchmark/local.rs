@@ -2,6 +2,7 @@
 //! the same heartbeat and election settings in a temporary directory, stopped (every process
 //! killed and reaped) when dropped.
 
+use crate::tls::ClientTls;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -35,22 +36,14 @@ pub(super) struct LocalCluster {
     pub(super) kind: Kind,
     pub(super) endpoints: Vec<String>,
     /// How clients reach it when it serves TLS.
-    pub(super) tls: Option<crate::tls::PortTls>,
+    pub(super) tls: Option<ClientTls>,
     children: Vec<Child>,
     dir: tempfile::TempDir,
 }
 
 /// A client's TLS: trusting `ca`, presenting `cert` with `key`.
-pub(super) fn client_tls(ca: &Path, cert: &Path, key: &Path) -> Result<crate::tls::PortTls, Error> {
-    let flags = crate::tls::PortFlags {
-        cert_file: Some(cert.to_path_buf()),
-        key_file: Some(key.to_path_buf()),
-        trusted_ca_file: Some(ca.to_path_buf()),
-        ..crate::tls::PortFlags::default()
-    };
-    crate::tls::peer_port(&flags, &crate::tls::Policy::default(), Path::new("."), &[])
-        .map_err(|e| Error::Usage(e.to_string()))?
-        .ok_or_else(|| Error::Usage("no client certificate".into()))
+pub(super) fn client_tls(ca: &Path, cert: &Path, key: &Path) -> Result<ClientTls, Error> {
+    ClientTls::from_files(ca, cert, key).map_err(|e| Error::Usage(e.to_string()))
 }
 
 /// A CA and one certificate (for 127.0.0.1, serving and client use) in `dir`: `ca.pem`,
@@ -232,7 +225,7 @@ impl LocalCluster {
 }
 
 /// The leader member `url` names, `None` if it does not answer.
-async fn leader_of(url: &str, tls: Option<&crate::tls::PortTls>) -> Option<u64> {
+async fn leader_of(url: &str, tls: Option<&ClientTls>) -> Option<u64> {
     let endpoint = tonic::transport::Endpoint::from_shared(url.to_string())
         .ok()?
         .connect_timeout(Duration::from_secs(1))

@@ -346,7 +346,7 @@ fn load_name(load: &Load) -> &'static str {
 async fn run_step(
     endpoints: &[String],
     user: Option<&str>,
-    tls: Option<&crate::tls::PortTls>,
+    tls: Option<&crate::tls::ClientTls>,
     step: &Step,
 ) -> Result<Report, Error> {
     let conns: Vec<Conn> = loads::connect(endpoints, step.conns, user, tls).await?;
@@ -404,7 +404,7 @@ async fn run_step(
 
 impl BenchmarkArgs {
     /// The client TLS `--cacert`, `--cert` and `--key` describe; `None` without them.
-    fn client_tls(&self) -> Result<Option<crate::tls::PortTls>, Error> {
+    fn client_tls(&self) -> Result<Option<crate::tls::ClientTls>, Error> {
         match (&self.cacert, &self.cert, &self.key) {
             (None, None, None) => Ok(None),
             (Some(ca), Some(cert), Some(key)) => local::client_tls(ca, cert, key).map(Some),
