@@ -32,14 +32,11 @@ fn play_seed_then(op: &LocalOperator, before_writes: impl FnOnce()) -> Vec<Strin
     let root = op.root();
     let endpoints = op.endpoints();
     // Auth is on: without credentials a write is refused.
-    let refused = etcdctl(&endpoints[0], &["put", "anonymous", "x"]);
+    let refused = op.etcdctl(&endpoints[0], &["put", "anonymous", "x"]);
     assert!(!refused.status.success(), "auth is not on");
     let start = op.status().map(|s| max_applied(&s)).unwrap_or_default();
-    ok(etcdctl(
-        &endpoints[1],
-        &["--user", &root, "role", "add", "app"],
-    ));
-    ok(etcdctl(
+    ok(op.etcdctl(&endpoints[1], &["--user", &root, "role", "add", "app"]));
+    ok(op.etcdctl(
         &endpoints[1],
         &[
             "--user",
@@ -73,7 +70,7 @@ fn play_seed_then(op: &LocalOperator, before_writes: impl FnOnce()) -> Vec<Strin
     for (i, endpoint) in endpoints.iter().enumerate() {
         for n in 0..5 {
             let key = format!("k{i}-{n}");
-            ok(etcdctl(endpoint, &["--user", &root, "put", &key, "v"]));
+            ok(op.etcdctl(endpoint, &["--user", &root, "put", &key, "v"]));
             acknowledged.push(key);
         }
     }
@@ -626,5 +623,168 @@ fn a_cluster_of_real_etcd_is_probed_and_a_member_that_lost_its_data_is_rebuilt()
             .iter()
             .all(|m| m.auth_revision == formed.members[0].auth_revision)
     );
+    assert_everywhere(&op, &acknowledged);
+}
+
+#[test]
+fn a_tls_cluster_is_healed_over_tls_and_clients_without_a_certificate_are_refused() {
+    let op = LocalOperator::start_tls("Automatic", true);
+    let acknowledged = play_seed(&op);
+    let endpoints = op.endpoints();
+    assert!(
+        endpoints
+            .iter()
+            .all(|e| e.starts_with("https://127.0.0.1:")),
+        "{endpoints:?}"
+    );
+    let pki = op.dir().join("pki");
+    let root = op.root();
+    // The CA alone (no client certificate) and plain text are both refused.
+    let ca = format!("--cacert={}", pki.join("ca.pem").display());
+    let no_cert = etcdctl(&endpoints[0], &[&ca, "--user", &root, "get", "k0-0"]);
+    assert!(!no_cert.status.success(), "served without a certificate");
+    let plain = endpoints[0].replace("https://", "http://");
+    assert!(
+        !etcdctl(&plain, &["--user", &root, "get", "k0-0"])
+            .status
+            .success()
+    );
+    finish_one_rebuild(&op, &acknowledged);
+    for entry in std::fs::read_dir(&pki).expect("pki") {
+        let path = entry.expect("entry").path();
+        if path.to_string_lossy().ends_with("-key.pem") {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(&path).expect("key").permissions().mode();
+            assert_eq!(mode & 0o777, 0o600, "{}", path.display());
+        }
+    }
+}
+
+/// Replaces member `name`'s certificate in `pki/` with one signed by the same CA that expires
+/// in `days` (the running member keeps the one it loaded).
+fn reissue_expiring(pki: &Path, name: &str, days: i64) {
+    let ca_key =
+        rcgen::KeyPair::from_pem(&std::fs::read_to_string(pki.join("ca-key.pem")).expect("CA key"))
+            .expect("CA key");
+    let ca_pem = std::fs::read_to_string(pki.join("ca.pem")).expect("CA");
+    let issuer = rcgen::Issuer::from_ca_cert_pem(&ca_pem, ca_key).expect("CA");
+    let mut params =
+        rcgen::CertificateParams::new(vec!["127.0.0.1".to_string(), "localhost".to_string()])
+            .expect("params");
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, name);
+    params.extended_key_usages = vec![
+        rcgen::ExtendedKeyUsagePurpose::ServerAuth,
+        rcgen::ExtendedKeyUsagePurpose::ClientAuth,
+    ];
+    let now = time::OffsetDateTime::now_utc();
+    params.not_before = now - time::Duration::hours(1);
+    params.not_after = now + time::Duration::days(days);
+    let key = rcgen::KeyPair::generate().expect("key");
+    let cert = params.signed_by(&key, &issuer).expect("certificate");
+    storage_node::tls::write_private(
+        &pki.join(format!("{name}-key.pem")),
+        key.serialize_pem().as_bytes(),
+    )
+    .expect("key");
+    std::fs::write(pki.join(format!("{name}.pem")), cert.pem()).expect("certificate");
+}
+
+/// Counts, every few milliseconds until `stop`, how many of `endpoints` answer a Status call
+/// within a second; returns the fewest seen in one sample.
+fn fewest_answering(
+    endpoints: Vec<String>,
+    tls: operator::client::ClientCert,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> std::thread::JoinHandle<usize> {
+    use storage_node::pb::etcdserverpb::{StatusRequest, maintenance_client::MaintenanceClient};
+    std::thread::spawn(move || {
+        let runtime = tokio::runtime::Runtime::new().expect("runtime");
+        runtime.block_on(async {
+            let mut fewest = endpoints.len();
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                let mut answering = 0;
+                for endpoint in &endpoints {
+                    let timeout = std::time::Duration::from_secs(1);
+                    let Ok(channel) =
+                        operator::client::connect(endpoint, Some(&tls), timeout).await
+                    else {
+                        continue;
+                    };
+                    let status = MaintenanceClient::new(channel)
+                        .status(StatusRequest {})
+                        .await;
+                    answering += usize::from(status.is_ok());
+                }
+                fewest = fewest.min(answering);
+                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+            }
+            fewest
+        })
+    })
+}
+
+#[test]
+fn certificates_due_for_renewal_are_renewed_one_member_at_a_time_and_quorum_holds() {
+    // The fault switch off: a restart must not replay auth entries and start a heal.
+    let op = LocalOperator::start_tls("Automatic", false);
+    op.wait_status("the cluster to form with auth on", |s| {
+        settled(s) && op.dir().join("root-credentials").exists() && op.auth_on()
+    });
+    let root = op.root();
+    let endpoints = op.endpoints();
+    let mut acknowledged = Vec::new();
+    for (i, endpoint) in endpoints.iter().enumerate() {
+        let key = format!("before-{i}");
+        ok(op.etcdctl(endpoint, &["--user", &root, "put", &key, "v"]));
+        acknowledged.push(key);
+    }
+    let pki = op.dir().join("pki");
+    let user = operator::client::ClientCert::from_issued(&operator::pki::Issued {
+        cert: pki.join("client.pem"),
+        key: pki.join("client-key.pem"),
+        ca: pki.join("ca.pem"),
+    })
+    .expect("the users' client certificate");
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let observer = fewest_answering(endpoints.clone(), user, stop.clone());
+    let pids: Vec<i32> = ["node1", "node2", "node3"]
+        .iter()
+        .map(|n| op.member_pid(n).expect("pid"))
+        .collect();
+    // 20 days left: inside the renewal window (the last 30 days), so due.
+    for name in ["node1", "node2", "node3"] {
+        reissue_expiring(&pki, name, 20);
+    }
+    let renewed = |name: &str| {
+        std::fs::read_to_string(pki.join(format!("{name}.pem")))
+            .ok()
+            .and_then(|pem| operator::pki::expiry(&pem))
+            .is_some_and(|t| t - time::OffsetDateTime::now_utc() > time::Duration::days(60))
+    };
+    op.wait_status("every member restarted on a renewed certificate", |s| {
+        settled(s)
+            && ["node1", "node2", "node3"].iter().all(|n| renewed(n))
+            && ["node1", "node2", "node3"]
+                .iter()
+                .zip(&pids)
+                .all(|(n, old)| op.member_pid(n).is_some_and(|p| p != *old))
+    });
+    op.wait_rewrites(1);
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let fewest = observer.join().expect("observer");
+    assert!(
+        fewest >= 2,
+        "only {fewest} of 3 members answered at one point: quorum was lost\n{}",
+        op.log()
+    );
+    let restarts = op.full_log().matches("certificate due for renewal").count();
+    assert_eq!(restarts, 3, "{}", op.log());
+    for (i, endpoint) in op.endpoints().iter().enumerate() {
+        let key = format!("after-{i}");
+        ok(op.etcdctl(endpoint, &["--user", &root, "put", &key, "v"]));
+        acknowledged.push(key);
+    }
     assert_everywhere(&op, &acknowledged);
 }

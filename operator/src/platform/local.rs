@@ -671,4 +671,39 @@ mod tests {
                 .contains("holds 3 members but the spec asks for 5")
         );
     }
+
+    #[test]
+    fn tls_is_fixed_once_a_member_has_data_and_switches_the_urls_to_https() {
+        let work = tempfile::tempdir().expect("workdir");
+        let mut platform =
+            LocalPlatform::open(PathBuf::from("storage-node"), work.path(), 3, Vec::new())
+                .expect("platform");
+        platform.use_tls(true).expect("no data yet");
+        assert!(
+            platform
+                .members
+                .iter()
+                .all(|m| m.endpoint().starts_with("https://"))
+        );
+        assert!(platform.initial_cluster().contains("=https://127.0.0.1:"));
+        let cert = platform.client_cert().expect("issued").expect("TLS");
+        drop(platform);
+        let mut again =
+            LocalPlatform::open(PathBuf::from("storage-node"), work.path(), 3, Vec::new())
+                .expect("reopened");
+        assert!(again.tls(), "recorded in members.json");
+        assert_eq!(
+            again.client_cert().expect("kept"),
+            Some(cert),
+            "not issued again"
+        );
+        std::fs::create_dir_all(work.path().join("node2")).expect("data");
+        std::fs::write(work.path().join("node2").join("member.json"), "{}").expect("data");
+        let error = again.use_tls(false).expect_err("node2 has data");
+        assert!(
+            error.to_string().contains("member node2 has data"),
+            "{error}"
+        );
+        assert!(again.tls());
+    }
 }

@@ -36,6 +36,8 @@ pub struct LocalOperator {
     engine: PathBuf,
     /// Extra `spec.healing` lines.
     healing: String,
+    /// Whether the spec asks for TLS (`spec.tls: {}`).
+    tls: bool,
 }
 
 impl LocalOperator {
@@ -63,7 +65,27 @@ impl LocalOperator {
         healing: &str,
         fault_switch: bool,
     ) -> LocalOperator {
-        LocalOperator::start_full(storage_node_bin(), healing_mode, healing, fault_switch, &[])
+        LocalOperator::start_full(
+            storage_node_bin(),
+            healing_mode,
+            healing,
+            fault_switch,
+            &[],
+            false,
+        )
+    }
+
+    /// Starts `operator local` on a 3-member spec with `spec.tls` and `healing_mode`, members
+    /// with the fault switch on or off.
+    pub fn start_tls(healing_mode: &str, fault_switch: bool) -> LocalOperator {
+        LocalOperator::start_full(
+            storage_node_bin(),
+            healing_mode,
+            "",
+            fault_switch,
+            &[],
+            true,
+        )
     }
 
     /// `operator local` running `engine` (storage-node, or etcd itself) as its members.
@@ -73,7 +95,7 @@ impl LocalOperator {
         fault_switch: bool,
         extra: &[&str],
     ) -> LocalOperator {
-        LocalOperator::start_full(engine, healing_mode, "", fault_switch, extra)
+        LocalOperator::start_full(engine, healing_mode, "", fault_switch, extra, false)
     }
 
     fn start_full(
@@ -82,10 +104,11 @@ impl LocalOperator {
         healing: &str,
         fault_switch: bool,
         extra: &[&str],
+        tls: bool,
     ) -> LocalOperator {
         let work = tempfile::tempdir().expect("workdir");
         let spec = work.path().join("cluster.yaml");
-        write_spec(&spec, healing_mode, healing);
+        write_spec(&spec, healing_mode, healing, tls);
         let mut node_args = [
             "--bcrypt-cost=4",
             "--heartbeat-interval=50",
@@ -105,6 +128,7 @@ impl LocalOperator {
             metrics_port: free_port(),
             engine,
             healing: healing.to_string(),
+            tls,
         };
         op.spawn();
         op
@@ -119,13 +143,31 @@ impl LocalOperator {
     pub fn auth_on(&self) -> bool {
         self.endpoints()
             .first()
-            .is_some_and(|e| !etcdctl(e, &["user", "list"]).status.success())
+            .is_some_and(|e| !self.etcdctl(e, &["user", "list"]).status.success())
+    }
+
+    /// `etcdctl` against `endpoint`, with the users' client certificate from `pki/` when the
+    /// cluster serves TLS.
+    pub fn etcdctl(&self, endpoint: &str, args: &[&str]) -> std::process::Output {
+        if !self.tls {
+            return etcdctl(endpoint, args);
+        }
+        let pki = self.dir().join("pki");
+        let flag = |name: &str, file: &str| format!("--{name}={}", pki.join(file).display());
+        let tls = [
+            flag("cacert", "ca.pem"),
+            flag("cert", "client.pem"),
+            flag("key", "client-key.pem"),
+        ];
+        let mut all: Vec<&str> = tls.iter().map(String::as_str).collect();
+        all.extend_from_slice(args);
+        etcdctl(endpoint, &all)
     }
 
     /// Changes `spec.healing.mode` in the spec file, as a user would; the operator reads it
     /// again.
     pub fn set_healing_mode(&self, mode: &str) {
-        write_spec(&self.spec, mode, &self.healing);
+        write_spec(&self.spec, mode, &self.healing, self.tls);
     }
 
     /// The heal in progress as `heal.json` records it.
@@ -321,10 +363,11 @@ impl Drop for LocalOperator {
 
 /// The 3-member spec the tests run, with `healing_mode`, 2 s probes and `healing` (more YAML
 /// lines under `spec.healing`), written atomically (the operator may be reading it).
-fn write_spec(path: &Path, healing_mode: &str, healing: &str) {
+fn write_spec(path: &Path, healing_mode: &str, healing: &str, tls: bool) {
+    let tls = if tls { "  tls: {}\n" } else { "" };
     let spec = format!(
         "apiVersion: mend.dev/v1alpha1\nkind: StorageCluster\nmetadata:\n  name: seed\n\
-         spec:\n  replicas: 3\n  healing:\n    mode: {healing_mode}\n    \
+         spec:\n  replicas: 3\n{tls}  healing:\n    mode: {healing_mode}\n    \
          probeIntervalSeconds: 2\n    consecutiveProbes: 3\n{healing}"
     );
     let tmp = path.with_extension("yaml.tmp");
@@ -351,7 +394,7 @@ pub fn max_applied(s: &StorageClusterStatus) -> u64 {
 pub fn assert_everywhere(op: &LocalOperator, acknowledged: &[String]) {
     let root = op.root();
     for endpoint in op.endpoints() {
-        let all = ok(etcdctl(
+        let all = ok(op.etcdctl(
             &endpoint,
             &["--user", &root, "get", "--consistency=s", "--prefix", ""],
         ));
