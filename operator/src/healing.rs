@@ -131,6 +131,16 @@ impl Pass {
     }
 }
 
+/// Whether `round`, a probe of all `members` of a cluster, allows taking one of them down for
+/// a planned restart (a renewed certificate): every member answers, none is a learner, and
+/// exactly one leads, so the others keep a quorum while it is away. The caller also holds
+/// back while a heal runs and while a member restarted before is not back.
+pub fn may_restart_one(round: &Round, members: usize) -> bool {
+    round.members.len() == members
+        && round.members.iter().all(|m| m.reachable && !m.is_learner)
+        && round.members.iter().filter(|m| m.is_leader).count() == 1
+}
+
 /// Runs one pass of the loop over `cluster`; `progress` is the heal recorded so far, `lost` the
 /// members the platform found without their data.
 pub async fn pass<P: Platform>(

@@ -18,6 +18,14 @@ pub const CERT_VALIDITY: Duration = Duration::from_secs(90 * 24 * 3600);
 /// How long before its expiry a certificate is issued again.
 pub const RENEW_BEFORE: Duration = Duration::from_secs(30 * 24 * 3600);
 
+/// The Common Name of the operator's client certificate.
+pub const OPERATOR_CN: &str = "mend-operator";
+
+/// The Common Name of the certificate issued for users' clients (etcdctl, applications): with
+/// auth on they still log in as a user; the certificate only lets them through the TLS
+/// handshake, which the members' client-cert-auth requires.
+pub const CLIENT_CN: &str = "client";
+
 /// How long the CA is valid.
 const CA_VALIDITY: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
 
@@ -58,10 +66,28 @@ pub struct Issued {
     pub ca: PathBuf,
 }
 
+/// A certificate and its private key, in PEM.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Pem {
+    /// The certificate.
+    pub cert: String,
+    /// Its private key.
+    pub key: String,
+}
+
+impl std::fmt::Debug for Pem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never a private key in a log line.
+        f.debug_struct("Pem")
+            .field("cert", &self.cert)
+            .finish_non_exhaustive()
+    }
+}
+
 /// The cluster's CA.
 pub struct Ca {
     issuer: Issuer<'static, KeyPair>,
-    cert: PathBuf,
+    cert_pem: String,
 }
 
 fn failed(what: impl Into<String>) -> impl FnOnce(rcgen::Error) -> Error {
@@ -86,19 +112,18 @@ fn validity(params: &mut CertificateParams, valid_for: Duration) {
     params.not_after = now + valid_for;
 }
 
+/// Who a certificate is for: the TLS roles it may take.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Usage {
+    /// A member: it serves clients and peers, and presents it to the peers it dials.
+    ServerAndClient,
+    /// A client only (the operator, users).
+    Client,
+}
+
 impl Ca {
-    /// The CA kept in `dir` (`ca.pem`, `ca-key.pem`), made the first time.
-    pub fn load_or_create(dir: &Path, name: &str) -> Result<Ca> {
-        let (cert, key) = (dir.join("ca.pem"), dir.join("ca-key.pem"));
-        if cert.exists() && key.exists() {
-            let key_pem = std::fs::read_to_string(&key).map_err(file_error(&key))?;
-            let cert_pem = std::fs::read_to_string(&cert).map_err(file_error(&cert))?;
-            let key_pair = KeyPair::from_pem(&key_pem).map_err(failed("the CA key"))?;
-            let issuer = Issuer::from_ca_cert_pem(&cert_pem, key_pair)
-                .map_err(failed("the CA certificate"))?;
-            return Ok(Ca { issuer, cert });
-        }
-        std::fs::create_dir_all(dir).map_err(file_error(dir))?;
+    /// A new CA named `<name> CA`, valid ten years.
+    pub fn generate(name: &str) -> Result<Ca> {
         let key_pair = KeyPair::generate().map_err(failed("the CA key"))?;
         let mut params = CertificateParams::new(Vec::<String>::new()).map_err(failed("the CA"))?;
         params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
@@ -110,25 +135,55 @@ impl Ca {
         let certificate = params
             .self_signed(&key_pair)
             .map_err(failed("the CA certificate"))?;
-        storage_node::tls::write_private(&key, key_pair.serialize_pem().as_bytes())
-            .map_err(file_error(&key))?;
-        std::fs::write(&cert, certificate.pem()).map_err(file_error(&cert))?;
         Ok(Ca {
+            cert_pem: certificate.pem(),
             issuer: Issuer::new(params, key_pair),
-            cert,
         })
     }
 
-    /// A certificate for `common_name` naming `hosts` (DNS names or IP addresses), usable to
-    /// serve and as a client (members present theirs to peers), written as `<file>.pem` and
-    /// `<file>-key.pem` in `dir`.
-    pub fn issue(
-        &self,
-        dir: &Path,
-        file: &str,
-        common_name: &str,
-        hosts: &[String],
-    ) -> Result<Issued> {
+    /// The CA whose certificate and key are `cert_pem` and `key_pem`.
+    pub fn from_pem(cert_pem: &str, key_pem: &str) -> Result<Ca> {
+        let key_pair = KeyPair::from_pem(key_pem).map_err(failed("the CA key"))?;
+        let issuer =
+            Issuer::from_ca_cert_pem(cert_pem, key_pair).map_err(failed("the CA certificate"))?;
+        Ok(Ca {
+            issuer,
+            cert_pem: cert_pem.to_string(),
+        })
+    }
+
+    /// The CA certificate and key, in PEM (the key: to be stored readable by its owner only).
+    pub fn to_pem(&self) -> Pem {
+        Pem {
+            cert: self.cert_pem.clone(),
+            key: self.issuer.key().serialize_pem(),
+        }
+    }
+
+    /// The CA certificate, in PEM.
+    pub fn cert_pem(&self) -> &str {
+        &self.cert_pem
+    }
+
+    /// The CA kept in `dir` (`ca.pem`, `ca-key.pem`), made the first time.
+    pub fn load_or_create(dir: &Path, name: &str) -> Result<Ca> {
+        let (cert, key) = (dir.join("ca.pem"), dir.join("ca-key.pem"));
+        if cert.exists() && key.exists() {
+            let key_pem = std::fs::read_to_string(&key).map_err(file_error(&key))?;
+            let cert_pem = std::fs::read_to_string(&cert).map_err(file_error(&cert))?;
+            return Ca::from_pem(&cert_pem, &key_pem);
+        }
+        std::fs::create_dir_all(dir).map_err(file_error(dir))?;
+        let ca = Ca::generate(name)?;
+        let pem = ca.to_pem();
+        storage_node::tls::write_private(&key, pem.key.as_bytes()).map_err(file_error(&key))?;
+        std::fs::write(&cert, &pem.cert).map_err(file_error(&cert))?;
+        Ok(ca)
+    }
+
+    /// A certificate for `common_name` naming `hosts` (DNS names or IP addresses), for
+    /// `usage`, valid [`CERT_VALIDITY`].
+    pub fn issue_pem(&self, common_name: &str, hosts: &[String], usage: Usage) -> Result<Pem> {
         let what = format!("the certificate of {common_name}");
         let key_pair = KeyPair::generate().map_err(failed(what.clone()))?;
         let mut params = CertificateParams::new(hosts.to_vec()).map_err(failed(what.clone()))?;
@@ -139,29 +194,44 @@ impl Ca {
             KeyUsagePurpose::DigitalSignature,
             KeyUsagePurpose::KeyEncipherment,
         ];
-        params.extended_key_usages = vec![
-            ExtendedKeyUsagePurpose::ServerAuth,
-            ExtendedKeyUsagePurpose::ClientAuth,
-        ];
+        params.extended_key_usages = match usage {
+            Usage::ServerAndClient => vec![
+                ExtendedKeyUsagePurpose::ServerAuth,
+                ExtendedKeyUsagePurpose::ClientAuth,
+            ],
+            Usage::Client => vec![ExtendedKeyUsagePurpose::ClientAuth],
+        };
         validity(&mut params, CERT_VALIDITY);
         let certificate = params
             .signed_by(&key_pair, &self.issuer)
             .map_err(failed(what))?;
+        Ok(Pem {
+            cert: certificate.pem(),
+            key: key_pair.serialize_pem(),
+        })
+    }
+
+    /// A certificate for `common_name` naming `hosts` (DNS names or IP addresses), usable to
+    /// serve and as a client (members present theirs to peers), written as `<file>.pem` and
+    /// `<file>-key.pem` in `dir`, beside the CA's `ca.pem`.
+    pub fn issue(
+        &self,
+        dir: &Path,
+        file: &str,
+        common_name: &str,
+        hosts: &[String],
+    ) -> Result<Issued> {
+        let pem = self.issue_pem(common_name, hosts, Usage::ServerAndClient)?;
         std::fs::create_dir_all(dir).map_err(file_error(dir))?;
         let issued = Issued {
             cert: dir.join(format!("{file}.pem")),
             key: dir.join(format!("{file}-key.pem")),
-            ca: self.cert.clone(),
+            ca: dir.join("ca.pem"),
         };
-        storage_node::tls::write_private(&issued.key, key_pair.serialize_pem().as_bytes())
+        storage_node::tls::write_private(&issued.key, pem.key.as_bytes())
             .map_err(file_error(&issued.key))?;
-        std::fs::write(&issued.cert, certificate.pem()).map_err(file_error(&issued.cert))?;
+        std::fs::write(&issued.cert, &pem.cert).map_err(file_error(&issued.cert))?;
         Ok(issued)
-    }
-
-    /// The CA certificate file.
-    pub fn cert(&self) -> &Path {
-        &self.cert
     }
 }
 
@@ -186,10 +256,10 @@ mod tests {
     fn a_ca_is_made_once_and_signs_member_certificates_with_private_keys() {
         use std::os::unix::fs::PermissionsExt;
         let dir = tempfile::tempdir().expect("tempdir");
-        let ca = Ca::load_or_create(dir.path(), "c1").expect("CA");
-        let first = std::fs::read(ca.cert()).expect("CA file");
+        Ca::load_or_create(dir.path(), "c1").expect("CA");
+        let first = std::fs::read(dir.path().join("ca.pem")).expect("CA file");
         let again = Ca::load_or_create(dir.path(), "c1").expect("CA again");
-        assert_eq!(std::fs::read(again.cert()).expect("CA file"), first);
+        assert_eq!(again.cert_pem().as_bytes(), first);
         let hosts = vec!["127.0.0.1".to_string(), "m1.c1.svc".to_string()];
         let issued = again
             .issue(dir.path(), "m1", "m1", &hosts)

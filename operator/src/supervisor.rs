@@ -306,10 +306,9 @@ impl Supervisor {
         let Some(name) = self.platform.certificates_due().into_iter().next() else {
             return Ok(());
         };
-        let everyone = round.members.len() == self.platform.members.len()
-            && round.members.iter().all(|m| m.reachable && !m.is_learner);
-        let leaders = round.members.iter().filter(|m| m.is_leader).count();
-        if self.progress.is_some() || !everyone || leaders != 1 {
+        if self.progress.is_some()
+            || !crate::healing::may_restart_one(round, self.platform.members.len())
+        {
             tracing::debug!(member = %name, "certificate due; waiting for every member and a leader");
             return Ok(());
         }

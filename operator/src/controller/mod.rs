@@ -40,6 +40,7 @@
 //! - [`lease`]: leader election on a `coordination.k8s.io` Lease.
 //! - [`metrics`] and [`run`](mod@run): `operator run`, its `/metrics`, `/healthz`, `/readyz`.
 
+pub mod certificates;
 pub mod events;
 pub mod lease;
 pub mod metrics;
@@ -118,11 +119,17 @@ pub const API_CALLS: &[(&str, &str, &str)] = &[
     ("watch", "networking.k8s.io", "networkpolicies"),
     ("create", "networking.k8s.io", "networkpolicies"),
     ("patch", "networking.k8s.io", "networkpolicies"),
-    // Root credentials: read by name, the generated one created (never applied over an
-    // existing Secret); never listed or watched, so the operator cannot read Secrets it was
-    // not pointed at (a role cannot name them in advance: each cluster names its own). Patched
-    // only to remove the cluster's owner reference an older operator set; the generated one
-    // is deleted by the finalizer under the Delete retention policy.
+    // spec.tls with spec.tls.certManager: a Certificate per member, the operator and the
+    // clients, read by name and applied (server-side) when missing or changed.
+    ("get", "cert-manager.io", "certificates"),
+    ("create", "cert-manager.io", "certificates"),
+    ("patch", "cert-manager.io", "certificates"),
+    // Root credentials and, with spec.tls, certificates: read by name, the generated ones
+    // created (never applied over an existing Secret); never listed or watched, so the
+    // operator cannot read Secrets it was not pointed at (a role cannot name them in advance:
+    // each cluster names its own). Patched only to remove the cluster's owner reference an
+    // older operator set, and to renew a certificate it issued; the generated root Secret and
+    // CA are deleted by the finalizer under the Delete retention policy.
     ("get", "", "secrets"),
     ("create", "", "secrets"),
     ("patch", "", "secrets"),
@@ -151,6 +158,16 @@ pub enum Error {
         /// What is wrong with it.
         reason: String,
     },
+    /// A certificate Secret (`spec.tls`) is unusable, or not issued yet (`waiting`).
+    #[error("certificate {name}: {reason}")]
+    Certificate {
+        /// The Secret or cert-manager Certificate.
+        name: String,
+        /// What is wrong and what to do.
+        reason: String,
+        /// Whether it is only not issued yet (cert-manager at work).
+        waiting: bool,
+    },
     /// No randomness for a generated password.
     #[error("generating the root password: {0}")]
     Random(String),
@@ -174,6 +191,7 @@ impl Error {
         match self {
             Error::Kube(_) => "kube",
             Error::Secret { .. } => "secret",
+            Error::Certificate { .. } => "certificate",
             Error::Random(_) => "random",
             Error::Bootstrap(_) => "bootstrap",
             Error::Config(_) => "config",

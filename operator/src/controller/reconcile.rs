@@ -45,9 +45,11 @@ use crate::platform::kube::KubePlatform;
 use crate::probe::Target;
 use crate::status::{self, MemberView};
 
+use super::certificates::{self, Certificates};
 use super::resources;
 use super::stalls::{self, Stall};
 use super::{Context, Error, FIELD_MANAGER, FINALIZER, Result};
+use crate::platform::kube::tls;
 
 /// How soon to look again at a root credentials Secret that was missing or incomplete.
 const SECRET_RETRY: Action = Action::requeue(Duration::from_secs(30));
@@ -126,6 +128,8 @@ struct Live {
     services: BTreeMap<String, ObjectMeta>,
     pdbs: BTreeMap<String, ObjectMeta>,
     network_policies: BTreeMap<String, ObjectMeta>,
+    /// The member pods whose Ready condition is True.
+    ready: BTreeSet<String>,
     stall: Option<Stall>,
 }
 
@@ -191,6 +195,25 @@ impl<'a> Reconciler<'a> {
             }
             credentials => credentials?,
         };
+        let certificates = match self.certificates().await {
+            // Secrets are not watched: look again after a while.
+            Err(Error::Certificate {
+                name,
+                reason,
+                waiting,
+            }) => {
+                let why = if waiting {
+                    "CertificatesNotIssued"
+                } else {
+                    "CertificatesUnusable"
+                };
+                let problem = format!("certificate {name}: {reason}");
+                return self
+                    .refuse(why, "IssueCertificates", problem, SECRET_RETRY)
+                    .await;
+            }
+            certificates => certificates?,
+        };
         let live = self.live_children().await?;
         // A heal in progress (recorded in the status) owns the pods of the members it took out.
         let resumed = self
@@ -201,7 +224,10 @@ impl<'a> Reconciler<'a> {
             .and_then(|h| h.progress.as_ref())
             .and_then(Progress::from_status);
         let held_out = resumed.as_ref().map(Progress::held_out).unwrap_or_default();
-        let (lost, refused) = self.apply_children(&live, &held_out).await?;
+        let healing_before = resumed.is_some();
+        let (lost, refused) = self
+            .apply_children(&live, &held_out, certificates.as_ref())
+            .await?;
         let stall = refused.or_else(|| live.stall.clone());
         // Whatever woke this reconcile (a child changed, a pod became ready), the members are
         // probed, and the status written, once per probe interval.
@@ -226,7 +252,14 @@ impl<'a> Reconciler<'a> {
         let mut healer = self.take_healer();
         // Untrusted auth, as the last pass found it: no heal starts or goes on meanwhile.
         let untrusted_before = self.auth_untrusted();
-        let mut platform = KubePlatform::new(self.ctx.client.clone(), self.cluster.clone());
+        let mut platform = KubePlatform::new(self.ctx.client.clone(), self.cluster.clone())
+            .with_certificates(
+                certificates
+                    .as_ref()
+                    .map(|c| c.members.clone())
+                    .unwrap_or_default(),
+            );
+        let operator_cert = certificates.as_ref().map(|c| c.operator.clone());
         let pass = healing::pass(
             healing::Cluster {
                 name: &key,
@@ -236,7 +269,7 @@ impl<'a> Reconciler<'a> {
                 members: self.ctx.members.as_ref(),
                 credentials: crate::members::Credentials {
                     login: credentials.clone(),
-                    tls: None,
+                    tls: operator_cert.clone(),
                 },
                 metrics: &self.ctx.metrics.heal,
                 auth_untrusted: untrusted_before.as_deref(),
@@ -251,7 +284,9 @@ impl<'a> Reconciler<'a> {
         if let Some((user, password)) = &credentials {
             let reachable = pass.round.members.iter().filter(|m| m.reachable).count();
             if reachable == names.len() {
-                untrusted = self.bootstrap_auth(&endpoints, user, password).await?;
+                untrusted = self
+                    .bootstrap_auth(&endpoints, user, password, operator_cert.clone())
+                    .await?;
                 if untrusted.is_some() && untrusted != untrusted_before {
                     let why = untrusted.clone().unwrap_or_default();
                     warn!(%why, "the cluster's auth is not the operator's; not healing");
@@ -259,6 +294,17 @@ impl<'a> Reconciler<'a> {
                         .await?;
                 }
             }
+        }
+        let mut stall = stall;
+        if let Some(certificates) = &certificates
+            && untrusted.is_none()
+            && !healing_before
+            && pass.progress.is_none()
+        {
+            let held = self
+                .roll_certificates(&live, &pass.round, certificates)
+                .await?;
+            stall = stall.or(held);
         }
         let status = self.status(&names, &endpoints, &pass, untrusted.as_deref());
         let status = self.report_stall(status, stall).await?;
@@ -313,10 +359,15 @@ impl<'a> Reconciler<'a> {
                     "DataRetained",
                     "Cleanup",
                     format!(
-                        "kept {claims_text} and the generated root Secret {secret}, if any \
+                        "kept {claims_text} and the generated root Secret {secret}{}, if any \
                          (spec.storage.retentionPolicy Retain): a StorageCluster created again \
                          as {}/{} starts on this data; to delete it: kubectl delete \
                          pvc,secret -n {} -l {selector}",
+                        if self.cluster.spec.tls.is_some() {
+                            format!(" and CA Secret {}", tls::ca_secret_name(self.cluster))
+                        } else {
+                            String::new()
+                        },
                         self.namespace,
                         self.cluster.name_any(),
                         self.namespace
@@ -328,37 +379,32 @@ impl<'a> Reconciler<'a> {
                 for claim in &claims {
                     delete_if_present(&pvcs, claim, &DeleteParams::default()).await?;
                 }
-                let secrets: Api<Secret> = self.api();
-                // Only the Secret the operator generated (its name and labels say so), never
-                // one the spec names, and only the very object looked at (its UID as a
-                // precondition: one replaced in between is not deleted).
+                // Only the Secret the operator generated, never one the spec names.
                 let named = self.cluster.spec.auth.root_secret_ref.as_deref() == Some(&secret);
-                let found = secrets.get_opt(&secret).await?.filter(|s| {
-                    !named
-                        && resources::labels(self.cluster)
-                            .iter()
-                            .all(|(k, v)| s.labels().get(k) == Some(v))
-                });
-                let generated = found.is_some();
-                if let Some(found) = found {
-                    let exactly = DeleteParams {
-                        preconditions: Some(Preconditions {
-                            uid: found.metadata.uid,
-                            resource_version: None,
-                        }),
-                        ..DeleteParams::default()
-                    };
-                    delete_if_present(&secrets, &secret, &exactly).await?;
-                }
+                let generated = !named && self.delete_generated(&secret).await?;
+                // The CA the operator made for spec.tls: with the data it signed for.
+                let own_ca = self
+                    .cluster
+                    .spec
+                    .tls
+                    .as_ref()
+                    .is_some_and(|t| t.cert_manager.is_none());
+                let ca = tls::ca_secret_name(self.cluster);
+                let ca_deleted = own_ca && self.delete_generated(&ca).await?;
                 info!(claims = ?claims, generated, "deleted with its data (retentionPolicy Delete)");
                 self.event(
                     EventType::Normal,
                     "DataDeleted",
                     "Cleanup",
                     format!(
-                        "deleted {claims_text}{} (spec.storage.retentionPolicy Delete)",
+                        "deleted {claims_text}{}{} (spec.storage.retentionPolicy Delete)",
                         if generated {
                             format!(" and the generated root Secret {secret}")
+                        } else {
+                            String::new()
+                        },
+                        if ca_deleted {
+                            format!(" and the cluster's CA Secret {ca}")
                         } else {
                             String::new()
                         }
@@ -368,6 +414,30 @@ impl<'a> Reconciler<'a> {
             }
         }
         Ok(Action::await_change())
+    }
+
+    /// Deletes the Secret `name` if the operator generated it for this cluster (it bears the
+    /// cluster's labels), and only the very object looked at (its UID as a precondition: one
+    /// replaced in between is not deleted). Returns whether it deleted.
+    async fn delete_generated(&self, name: &str) -> Result<bool> {
+        let secrets: Api<Secret> = self.api();
+        let found = secrets.get_opt(name).await?.filter(|s| {
+            resources::labels(self.cluster)
+                .iter()
+                .all(|(k, v)| s.labels().get(k) == Some(v))
+        });
+        let Some(found) = found else {
+            return Ok(false);
+        };
+        let exactly = DeleteParams {
+            preconditions: Some(Preconditions {
+                uid: found.metadata.uid,
+                resource_version: None,
+            }),
+            ..DeleteParams::default()
+        };
+        delete_if_present(&secrets, name, &exactly).await?;
+        Ok(true)
     }
 
     /// How long until this cluster's next pass is due: `None` when it is due now (a pass
@@ -657,7 +727,18 @@ impl<'a> Reconciler<'a> {
     async fn live_children(&self) -> Result<Live> {
         let pods = self.list::<Pod>().await?;
         let pvcs = self.list::<PersistentVolumeClaim>().await?;
+        let ready = pods
+            .iter()
+            .filter(|p| {
+                p.status
+                    .as_ref()
+                    .and_then(|s| s.conditions.as_ref())
+                    .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+            })
+            .map(ResourceExt::name_any)
+            .collect();
         Ok(Live {
+            ready,
             stall: stalls::find(&pods, &pvcs, Timestamp::now()),
             pods: by_name(pods),
             pvcs: by_name(pvcs),
@@ -749,6 +830,7 @@ impl<'a> Reconciler<'a> {
         &self,
         live: &Live,
         held_out: &[String],
+        certificates: Option<&Certificates>,
     ) -> Result<(Vec<String>, Option<Stall>)> {
         let cluster = self.cluster;
         let policy = resources::network_policy(cluster, &self.ctx.operator_namespace);
@@ -781,6 +863,24 @@ impl<'a> Reconciler<'a> {
         let mut created = Vec::new();
         let mut lost = Vec::new();
         let mut refused = None;
+        // With TLS, a member starts only on a certificate (cert-manager may not have issued
+        // it yet).
+        let waiting = certificates.map(|c| c.waiting(&names)).unwrap_or_default();
+        if !waiting.is_empty() {
+            refused = Some(Stall {
+                reason: "CertificatesNotIssued",
+                message: format!(
+                    "cert-manager has not issued the certificates of {} yet: their pods start                      once it has (see `kubectl describe certificate -n {} {}`)",
+                    waiting.join(", "),
+                    self.namespace,
+                    waiting
+                        .iter()
+                        .map(|m| tls::Holder::Member(m.to_string()).secret_name(cluster))
+                        .collect::<Vec<_>>()
+                        .join(" ")
+                ),
+            });
+        }
         for member in &names {
             let state = resources::start_state(member, &with_data);
             match live.pvcs.get(&resources::pvc_name(member)) {
@@ -810,8 +910,12 @@ impl<'a> Reconciler<'a> {
             if !live.pods.contains_key(member)
                 && !held_out.contains(member)
                 && !lost.contains(member)
+                && !waiting.contains(&member.as_str())
             {
-                let pod = resources::member_pod(cluster, member, state);
+                let mut pod = resources::member_pod(cluster, member, state);
+                if let Some(digests) = certificates.and_then(|c| c.members.get(member)) {
+                    pod = digests.annotate(pod);
+                }
                 match self.apply_or_refused(&pods, &pod).await? {
                     Some(stall) => {
                         refused.get_or_insert(stall);
@@ -862,6 +966,7 @@ impl<'a> Reconciler<'a> {
         endpoints: &[String],
         user: &str,
         password: &str,
+        tls: Option<crate::client::ClientCert>,
     ) -> Result<Option<String>> {
         let enabled = match self
             .ctx
@@ -870,7 +975,7 @@ impl<'a> Reconciler<'a> {
                 endpoints.to_vec(),
                 user.to_string(),
                 password.to_string(),
-                None,
+                tls,
             )
             .await
         {
@@ -889,6 +994,99 @@ impl<'a> Reconciler<'a> {
             )
             .await?;
         }
+        Ok(None)
+    }
+
+    /// With `spec.tls`, the cluster's certificates, made or requested where missing and
+    /// renewed where due (see [`certificates`]), told by an Event when any was issued.
+    async fn certificates(&self) -> Result<Option<Certificates>> {
+        if self.cluster.spec.tls.is_none() {
+            return Ok(None);
+        }
+        let certificates = certificates::ensure(&self.ctx.client, self.cluster).await?;
+        if !certificates.issued.is_empty() {
+            self.event(
+                EventType::Normal,
+                "CertificatesIssued",
+                "IssueCertificates",
+                format!(
+                    "issued certificates into Secrets {} (signed by the CA in Secret {}; a \
+                     renewed member certificate is picked up by restarting the member, one \
+                     at a time)",
+                    certificates.issued.join(", "),
+                    tls::ca_secret_name(self.cluster)
+                ),
+            )
+            .await?;
+        }
+        Ok(Some(certificates))
+    }
+
+    /// Restarts one member whose pod runs on an older certificate than its Secret now holds
+    /// (renewed by the operator or by cert-manager): only when every member pod is Ready and
+    /// none is terminating, and `round` shows every member answering with one leader (see
+    /// [`healing::may_restart_one`]); the caller holds it back while a heal runs. So one member
+    /// at a time is down, and the next waits until it is back. A certificate signed by another
+    /// CA than the one the running members trust is never rolled out (they would not trust
+    /// each other): that is a stall, returned.
+    async fn roll_certificates(
+        &self,
+        live: &Live,
+        round: &crate::detector::Round,
+        certificates: &Certificates,
+    ) -> Result<Option<Stall>> {
+        let names = resources::member_names(self.cluster);
+        let due = names.iter().find_map(|m| {
+            let running = tls::Digests::of_pod(live.pods.get(m)?)?;
+            let current = certificates.members.get(m)?;
+            (running != *current).then_some((m, running, current))
+        });
+        let Some((member, running, current)) = due else {
+            return Ok(None);
+        };
+        if running.ca != current.ca {
+            return Ok(Some(Stall {
+                reason: "CertificateAuthorityChanged",
+                message: format!(
+                    "the certificate of {member} is now signed by another CA than the one the \
+                     running members trust: restarted one at a time, they would not trust each \
+                     other, so none is restarted; issue the certificates from the former CA \
+                     again (its issuer in spec.tls.certManager, or Secret {})",
+                    tls::ca_secret_name(self.cluster)
+                ),
+            }));
+        }
+        let settled = names.iter().all(|m| {
+            live.ready.contains(m)
+                && live
+                    .pods
+                    .get(m)
+                    .is_some_and(|p| p.deletion_timestamp.is_none())
+        });
+        if !settled || !healing::may_restart_one(round, names.len()) {
+            info!(member = %member, "certificate renewed; waiting for every member and a leader before restarting it");
+            return Ok(None);
+        }
+        let uid = live.pods.get(member).and_then(|p| p.uid.clone());
+        let exactly = DeleteParams {
+            preconditions: Some(Preconditions {
+                uid,
+                resource_version: None,
+            }),
+            ..DeleteParams::default()
+        };
+        delete_if_present(&self.api::<Pod>(), member, &exactly).await?;
+        info!(member = %member, "restarting the member on its renewed certificate");
+        self.event(
+            EventType::Normal,
+            "MemberRestarted",
+            "RenewCertificate",
+            format!(
+                "restarted {member} on its renewed certificate; the next member waits until it \
+                 is back and a leader leads"
+            ),
+        )
+        .await?;
         Ok(None)
     }
 

@@ -56,11 +56,8 @@ impl LocalMember {
 /// The hosts local certificates name.
 const LOCAL_HOSTS: [&str; 2] = ["127.0.0.1", "localhost"];
 
-/// The Common Name of the operator's client certificate.
-pub const OPERATOR_CN: &str = "mend-operator";
-
-/// The certificate for users' clients (etcdctl), in `pki/`.
-pub const USER_CERT: &str = "client";
+/// The certificate for users' clients (etcdctl), in `pki/`, named after its Common Name.
+const USER_CERT: &str = crate::pki::CLIENT_CN;
 
 /// Local processes under one work directory.
 #[derive(Debug)]
@@ -480,7 +477,7 @@ impl LocalPlatform {
             return Ok(None);
         }
         self.certificate(USER_CERT, USER_CERT)?;
-        let (issued, _) = self.certificate("operator", OPERATOR_CN)?;
+        let (issued, _) = self.certificate("operator", crate::pki::OPERATOR_CN)?;
         crate::client::ClientCert::from_issued(&issued)
             .map(Some)
             .map_err(|e| Error::Io(std::io::Error::other(e)))

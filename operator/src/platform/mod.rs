@@ -27,6 +27,9 @@ pub enum Error {
     /// A wait ran out of time.
     #[error("timed out waiting for {0}")]
     Timeout(String),
+    /// A member with TLS has no certificate issued yet (its pod would not start).
+    #[error("no certificate issued yet for member {0}")]
+    NoCertificate(String),
     /// Moving a member's data aside failed.
     #[error("backup failed: {0}")]
     BackupFailed(String),

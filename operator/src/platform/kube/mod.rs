@@ -15,6 +15,7 @@ use super::{Error, Op, Platform, Result};
 use resources::{BACKUP_DIR, ClusterState};
 
 pub mod resources;
+pub mod tls;
 
 /// The field manager of every server-side apply the operator makes.
 pub const FIELD_MANAGER: &str = "mend-operator";
@@ -23,12 +24,28 @@ pub const FIELD_MANAGER: &str = "mend-operator";
 pub struct KubePlatform {
     client: Client,
     cluster: StorageCluster,
+    /// With `spec.tls`: the digest of each member's current certificate, which a pod started
+    /// to join is annotated with.
+    certificates: std::collections::BTreeMap<String, tls::Digests>,
 }
 
 impl KubePlatform {
     /// The members of `cluster`, reached through `client`.
     pub fn new(client: Client, cluster: StorageCluster) -> KubePlatform {
-        KubePlatform { client, cluster }
+        KubePlatform {
+            client,
+            cluster,
+            certificates: Default::default(),
+        }
+    }
+
+    /// The same, with the digests of the members' current certificates (`spec.tls`).
+    pub fn with_certificates(
+        mut self,
+        certificates: std::collections::BTreeMap<String, tls::Digests>,
+    ) -> KubePlatform {
+        self.certificates = certificates;
+        self
     }
 
     fn pods(&self) -> Api<Pod> {
@@ -190,6 +207,10 @@ impl Platform for KubePlatform {
 
     async fn start_joining(&mut self, name: &str) -> Result<()> {
         self.known(name)?;
+        let digests = self.certificates.get(name);
+        if self.cluster.spec.tls.is_some() && digests.is_none() {
+            return Err(Error::NoCertificate(name.to_string()));
+        }
         // First, so a claim still marked never makes the loop rebuild a member that rejoined.
         let claim = resources::pvc_name(name);
         let unmark =
@@ -204,7 +225,10 @@ impl Platform for KubePlatform {
             object: format!("persistentvolumeclaim {claim}"),
             source: Box::new(source),
         })?;
-        let pod = resources::member_pod(&self.cluster, name, ClusterState::Existing);
+        let mut pod = resources::member_pod(&self.cluster, name, ClusterState::Existing);
+        if let Some(digests) = digests {
+            pod = digests.annotate(pod);
+        }
         self.pods()
             .patch(
                 name,

@@ -145,7 +145,14 @@ pub fn backup_pod(cluster: &StorageCluster, member: &str, backup: &str) -> Pod {
         spec.hostname = None;
         spec.subdomain = None;
         spec.restart_policy = Some("Never".to_string());
+        // Only the data volume: moving data aside needs no certificate.
+        if let Some(volumes) = spec.volumes.as_mut() {
+            volumes.retain(|v| v.name == "data");
+        }
         for container in &mut spec.containers {
+            if let Some(mounts) = container.volume_mounts.as_mut() {
+                mounts.retain(|m| m.name == "data");
+            }
             container.name = "backup".to_string();
             container.args = Some(vec![
                 "backup-data".to_string(),
@@ -170,7 +177,20 @@ pub fn backup_pod_name(member: &str) -> String {
 
 /// A member's peer URL.
 pub fn peer_url(cluster: &StorageCluster, member: &str) -> String {
-    format!("http://{}:{PEER_PORT}", member_host(cluster, member))
+    format!(
+        "{}://{}:{PEER_PORT}",
+        scheme(cluster),
+        member_host(cluster, member)
+    )
+}
+
+/// `https` for a cluster with `spec.tls` (both ports), `http` otherwise.
+pub fn scheme(cluster: &StorageCluster) -> &'static str {
+    if cluster.spec.tls.is_some() {
+        "https"
+    } else {
+        "http"
+    }
 }
 
 /// The labels every child carries; the first two also select the member pods.
@@ -246,7 +266,11 @@ pub fn member_host(cluster: &StorageCluster, member: &str) -> String {
 
 /// A member's client URL, as it advertises it and the operator probes it.
 pub fn client_url(cluster: &StorageCluster, member: &str) -> String {
-    format!("http://{}:{CLIENT_PORT}", member_host(cluster, member))
+    format!(
+        "{}://{}:{CLIENT_PORT}",
+        scheme(cluster),
+        member_host(cluster, member)
+    )
 }
 
 /// Base URL of `member`'s metrics endpoint (`/metrics`, `/health`).
@@ -264,7 +288,7 @@ pub fn initial_cluster(cluster: &StorageCluster) -> String {
 }
 
 /// Metadata of a child named `name`: the cluster's namespace, labels and owner reference.
-fn child_meta(cluster: &StorageCluster, name: String) -> ObjectMeta {
+pub(crate) fn child_meta(cluster: &StorageCluster, name: String) -> ObjectMeta {
     ObjectMeta {
         name: Some(name),
         namespace: cluster.namespace(),
@@ -277,7 +301,7 @@ fn child_meta(cluster: &StorageCluster, name: String) -> ObjectMeta {
 /// Metadata of a child that holds data (a volume claim, the generated root Secret): the
 /// cluster's namespace and labels, and no owner, so that it outlives the cluster unless the
 /// retention policy says otherwise.
-fn data_meta(cluster: &StorageCluster, name: String) -> ObjectMeta {
+pub(crate) fn data_meta(cluster: &StorageCluster, name: String) -> ObjectMeta {
     ObjectMeta {
         owner_references: None,
         ..child_meta(cluster, name)
@@ -302,7 +326,7 @@ fn owner_reference(cluster: &StorageCluster) -> Option<OwnerReference> {
 }
 
 /// Sets the [`APPLIED_HASH`] annotation of `object` to the digest of `object` as it is.
-fn stamp<K: Resource + Serialize>(mut object: K) -> K {
+pub(crate) fn stamp<K: Resource + Serialize>(mut object: K) -> K {
     let hash = digest(&object);
     object
         .meta_mut()
@@ -314,7 +338,7 @@ fn stamp<K: Resource + Serialize>(mut object: K) -> K {
 
 /// FNV-1a of the object's JSON: stable across runs and builds (unlike std's `DefaultHasher`),
 /// which is all a change detector needs.
-fn digest<T: Serialize>(object: &T) -> String {
+pub(crate) fn digest<T: Serialize>(object: &T) -> String {
     // Serializing plain data to a Vec cannot fail; an empty input would only cost one re-apply.
     let bytes = serde_json::to_vec(object).unwrap_or_default();
     let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
@@ -495,6 +519,7 @@ pub fn root_secret(cluster: &StorageCluster, password: &str) -> Secret {
 /// URLs must be IPs) and advertising the member's stable DNS name.
 pub fn member_args(cluster: &StorageCluster, member: &str, state: ClusterState) -> Vec<String> {
     let host = member_host(cluster, member);
+    let scheme = scheme(cluster);
     let token = format!(
         "{}-{}",
         cluster.namespace().unwrap_or_default(),
@@ -505,16 +530,19 @@ pub fn member_args(cluster: &StorageCluster, member: &str, state: ClusterState) 
         ("--data-dir", DATA_DIR.to_string()),
         (
             "--listen-client-urls",
-            format!("http://0.0.0.0:{CLIENT_PORT}"),
+            format!("{scheme}://0.0.0.0:{CLIENT_PORT}"),
         ),
         (
             "--advertise-client-urls",
-            format!("http://{host}:{CLIENT_PORT}"),
+            format!("{scheme}://{host}:{CLIENT_PORT}"),
         ),
-        ("--listen-peer-urls", format!("http://0.0.0.0:{PEER_PORT}")),
+        (
+            "--listen-peer-urls",
+            format!("{scheme}://0.0.0.0:{PEER_PORT}"),
+        ),
         (
             "--initial-advertise-peer-urls",
-            format!("http://{host}:{PEER_PORT}"),
+            format!("{scheme}://{host}:{PEER_PORT}"),
         ),
         ("--initial-cluster", initial_cluster(cluster)),
         ("--initial-cluster-state", state.flag().to_string()),
@@ -527,6 +555,13 @@ pub fn member_args(cluster: &StorageCluster, member: &str, state: ClusterState) 
     ]
     .into_iter()
     .map(|(flag, value)| format!("{flag}={value}"))
+    .chain(
+        cluster
+            .spec
+            .tls
+            .iter()
+            .flat_map(|_| super::tls::member_args()),
+    )
     .chain(
         // Not Ready, so behind no client Service, until the operator turned auth on.
         cluster
@@ -597,11 +632,15 @@ pub fn member_pod(cluster: &StorageCluster, member: &str, state: ClusterState) -
                 .clone()
                 .unwrap_or_else(default_resources),
         ),
-        volume_mounts: Some(vec![VolumeMount {
-            name: "data".to_string(),
-            mount_path: DATA_MOUNT.to_string(),
-            ..VolumeMount::default()
-        }]),
+        volume_mounts: Some(
+            std::iter::once(VolumeMount {
+                name: "data".to_string(),
+                mount_path: DATA_MOUNT.to_string(),
+                ..VolumeMount::default()
+            })
+            .chain(cluster.spec.tls.iter().map(|_| super::tls::volume_mount()))
+            .collect(),
+        ),
         security_context: Some(SecurityContext {
             allow_privilege_escalation: Some(false),
             read_only_root_filesystem: Some(true),
@@ -620,14 +659,24 @@ pub fn member_pod(cluster: &StorageCluster, member: &str, state: ClusterState) -
             hostname: Some(member.to_string()),
             subdomain: Some(peer_service_name(cluster)),
             containers: vec![container],
-            volumes: Some(vec![Volume {
-                name: "data".to_string(),
-                persistent_volume_claim: Some(PersistentVolumeClaimVolumeSource {
-                    claim_name: pvc_name(member),
-                    read_only: None,
-                }),
-                ..Volume::default()
-            }]),
+            volumes: Some(
+                std::iter::once(Volume {
+                    name: "data".to_string(),
+                    persistent_volume_claim: Some(PersistentVolumeClaimVolumeSource {
+                        claim_name: pvc_name(member),
+                        read_only: None,
+                    }),
+                    ..Volume::default()
+                })
+                .chain(
+                    cluster
+                        .spec
+                        .tls
+                        .iter()
+                        .map(|_| super::tls::volume(cluster, member)),
+                )
+                .collect(),
+            ),
             // Service links would put `<SERVICE>_*` variables in the environment, where the
             // node reads its `ETCD_*` flags: a Service named `etcd-...` could set one.
             enable_service_links: Some(false),
