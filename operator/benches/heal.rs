@@ -51,7 +51,10 @@ fn run(runtime: &tokio::runtime::Runtime, keys: usize) -> (Duration, Duration) {
     let endpoints: Vec<String> = platform.members.iter().map(|m| m.endpoint()).collect();
     let prober = Prober::new(
         common::targets(&platform),
-        Some(("root".into(), "rootpw".into())),
+        operator::members::Credentials {
+            login: Some(("root".into(), "rootpw".into())),
+            tls: None,
+        },
         Duration::from_secs(5),
     );
     settle(runtime, &prober);
