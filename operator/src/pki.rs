@@ -184,6 +184,17 @@ impl Ca {
     /// A certificate for `common_name` naming `hosts` (DNS names or IP addresses), for
     /// `usage`, valid [`CERT_VALIDITY`].
     pub fn issue_pem(&self, common_name: &str, hosts: &[String], usage: Usage) -> Result<Pem> {
+        self.issue_pem_for(common_name, hosts, usage, CERT_VALIDITY)
+    }
+
+    /// The same, valid `valid_for`.
+    pub fn issue_pem_for(
+        &self,
+        common_name: &str,
+        hosts: &[String],
+        usage: Usage,
+        valid_for: Duration,
+    ) -> Result<Pem> {
         let what = format!("the certificate of {common_name}");
         let key_pair = KeyPair::generate().map_err(failed(what.clone()))?;
         let mut params = CertificateParams::new(hosts.to_vec()).map_err(failed(what.clone()))?;
@@ -201,7 +212,7 @@ impl Ca {
             ],
             Usage::Client => vec![ExtendedKeyUsagePurpose::ClientAuth],
         };
-        validity(&mut params, CERT_VALIDITY);
+        validity(&mut params, valid_for);
         let certificate = params
             .signed_by(&key_pair, &self.issuer)
             .map_err(failed(what))?;

@@ -86,14 +86,10 @@ pub async fn ensure(client: &Client, cluster: &StorageCluster) -> Result<Certifi
     let holders = tls::holders(cluster);
     let mut found = Vec::with_capacity(holders.len());
     for holder in &holders {
-        let name = holder.secret_name(cluster);
-        let secret = secrets.get_opt(&name).await?;
-        if let Some(secret) = &secret
-            && !ours(cluster, &secret.metadata)
-        {
-            return Err(not_ours(cluster, &name, "Secret"));
-        }
-        found.push(secret);
+        found.push(secrets.get_opt(&holder.secret_name(cluster)).await?);
+    }
+    if let Some(secret) = found.iter().flatten().find(|s| !ours(cluster, &s.metadata)) {
+        return Err(not_ours(cluster, &secret.name_any(), "Secret"));
     }
     let issuer = cluster
         .spec

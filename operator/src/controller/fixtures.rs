@@ -175,6 +175,8 @@ pub struct FakeMembers {
     pub calls: Mutex<Vec<String>>,
     /// Probe rounds asked for.
     pub probes: AtomicUsize,
+    /// The credentials of each probe round.
+    pub credentials: Mutex<Vec<Credentials>>,
     /// When set, the bootstrap finds the cluster's auth not the operator's, for this reason.
     pub untrusted: Mutex<Option<String>>,
 }
@@ -195,10 +197,14 @@ impl Members for FakeMembers {
         &self,
         _key: String,
         targets: Vec<Target>,
-        _credentials: Credentials,
+        credentials: Credentials,
         _scope: crate::probe::Scope,
     ) -> BoxFuture<'static, Round> {
         self.probes.fetch_add(1, Ordering::SeqCst);
+        self.credentials
+            .lock()
+            .expect("credentials")
+            .push(credentials);
         let mut round = self.round.lock().expect("round").clone();
         if round.members.is_empty() {
             round.members = targets

@@ -16,6 +16,8 @@ use super::lease::{LeaseLock, Timing};
 use super::{API_CALLS, Context, reconcile, resources};
 use crate::detector::Round;
 
+mod tls;
+
 const NS: &str = "/api/v1/namespaces/default";
 const STATUS: &str = "/apis/mend.dev/v1alpha1/namespaces/default/storageclusters/demo/status";
 const EVENTS: &str = "/apis/events.k8s.io/v1/namespaces/default/events";
