@@ -321,7 +321,6 @@ fn healthy(members: &super::super::fixtures::FakeMembers) {
     members.auth_enabled.store(true, Ordering::SeqCst);
     *members.round.lock().expect("round") = Round {
         members: (1..=3).map(|id| observation(id, id == 1, 5)).collect(),
-        ..Round::default()
     };
 }
 
