@@ -864,6 +864,44 @@ mod tests {
     }
 
     #[test]
+    fn with_tls_members_serve_https_and_their_backup_pod_needs_no_certificate() {
+        let mut sc = cluster("demo", 3);
+        sc.spec.tls = Some(crds::Tls::default());
+        assert_eq!(
+            client_url(&sc, "demo-0"),
+            "https://demo-0.demo-peer.default.svc:2379"
+        );
+        let args = member_args(&sc, "demo-0", ClusterState::New);
+        assert!(
+            args.contains(
+                &"--initial-cluster=demo-0=https://demo-0.demo-peer.default.svc:2380,\
+            demo-1=https://demo-1.demo-peer.default.svc:2380,\
+            demo-2=https://demo-2.demo-peer.default.svc:2380"
+                    .replace(' ', "")
+            )
+        );
+        assert!(args.contains(&"--key-file=/etc/mend/tls/tls.key".to_string()));
+        // Probes and Prometheus keep plain HTTP on the metrics port.
+        assert!(args.contains(&"--listen-metrics-urls=http://0.0.0.0:2381".to_string()));
+        let backup = backup_pod(&sc, "demo-0", "0001-demo-0");
+        let spec = backup.spec.expect("spec");
+        let volumes: Vec<_> = spec
+            .volumes
+            .iter()
+            .flatten()
+            .map(|v| v.name.as_str())
+            .collect();
+        assert_eq!(volumes, ["data"]);
+        let mounts: Vec<_> = spec.containers[0]
+            .volume_mounts
+            .iter()
+            .flatten()
+            .map(|m| m.name.as_str())
+            .collect();
+        assert_eq!(mounts, ["data"]);
+    }
+
+    #[test]
     fn the_workload_is_owned_by_the_cluster_and_the_data_is_not() {
         let sc = cluster("demo", 3);
         let workload = [
