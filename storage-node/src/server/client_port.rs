@@ -12,7 +12,6 @@
 
 use std::future::Future;
 use std::io;
-use std::net::SocketAddr;
 use std::time::Duration;
 
 use tokio::net::{TcpListener, TcpStream};
@@ -23,6 +22,12 @@ use crate::tls::{Conn, PortTls};
 
 /// How long a new connection may take to send its first bytes.
 const FIRST_BYTES_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How long an HTTP/1.1 connection may take to send a request's headers, which is also how
+/// long it may stay idle between requests (keep-alive). Not while a response streams (a
+/// gateway watch may be quiet for hours): the clock runs only while a request head is
+/// awaited. etcd's Go server has no such limit by default; 30 s is hyper's default.
+pub const HTTP1_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Connections waiting to be taken by a server (gRPC or HTTP/1.1).
 const QUEUED: usize = 128;
@@ -82,29 +87,53 @@ async fn protocol_of(conn: &Conn) -> Option<Protocol> {
     }
 }
 
-/// HTTP/1.1 connections, handed to axum's server as its listener.
-struct Http1Connections {
-    rx: mpsc::Receiver<Conn>,
-    addr: SocketAddr,
+/// Serves HTTP/1.1 on each connection `connections` hands over, with `http`, until `stop`
+/// resolves; connections then finish the response under way and close.
+pub(super) async fn serve_http1<F>(
+    mut connections: mpsc::Receiver<Conn>,
+    http: axum::Router,
+    stopped: impl Fn() -> F,
+) where
+    F: Future<Output = ()> + Send + 'static,
+{
+    let stop = stopped();
+    tokio::pin!(stop);
+    loop {
+        let conn = tokio::select! {
+            () = &mut stop => return,
+            conn = connections.recv() => match conn {
+                Some(conn) => conn,
+                None => return,
+            },
+        };
+        tokio::spawn(serve_http1_connection(conn, http.clone(), stopped()));
+    }
 }
 
-impl axum::serve::Listener for Http1Connections {
-    type Io = Conn;
-    type Addr = SocketAddr;
-
-    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
-        match self.rx.recv().await {
-            Some(conn) => {
-                let peer = conn.info().remote.unwrap_or(self.addr);
-                (conn, peer)
-            }
-            // The accept loop ended (shutdown): nothing more comes; axum stops on its signal.
-            None => std::future::pending().await,
+/// Serves HTTP/1.1 on `io` with `http`, dropping the connection when a request's headers take
+/// longer than [`HTTP1_IDLE_TIMEOUT`] to arrive (the first request's, or the next one's after
+/// a response), until `stop` resolves: then the response under way is finished and the
+/// connection closed.
+async fn serve_http1_connection<I>(io: I, http: axum::Router, stop: impl Future<Output = ()>)
+where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(HTTP1_IDLE_TIMEOUT);
+    let service = hyper_util::service::TowerToHyperService::new(http);
+    let connection = builder.serve_connection(hyper_util::rt::TokioIo::new(io), service);
+    tokio::pin!(connection, stop);
+    let served = tokio::select! {
+        served = connection.as_mut() => served,
+        () = &mut stop => {
+            connection.as_mut().graceful_shutdown();
+            connection.await
         }
-    }
-
-    fn local_addr(&self) -> io::Result<Self::Addr> {
-        Ok(self.addr)
+    };
+    if let Err(e) = served {
+        tracing::debug!(error = %e, "HTTP/1.1 connection ended");
     }
 }
 
@@ -122,16 +151,13 @@ pub async fn serve<F>(
 where
     F: Future<Output = ()> + Send + 'static,
 {
-    let addr = listener.local_addr().map_err(|e| e.to_string())?;
     let (grpc_tx, grpc_rx) = mpsc::channel::<io::Result<RepairAuthority<Conn>>>(QUEUED);
     let (http_tx, http_rx) = mpsc::channel(QUEUED);
     let grpc_server = grpc.serve_with_incoming_shutdown(
         tonic::codegen::tokio_stream::wrappers::ReceiverStream::new(grpc_rx),
         stopped(),
     );
-    let http_server = axum::serve(Http1Connections { rx: http_rx, addr }, http)
-        .with_graceful_shutdown(stopped())
-        .into_future();
+    let http_server = serve_http1(http_rx, http, &stopped);
     let stop = stopped();
     let mut connections = crate::tls::incoming(listener, tls, max_connections);
     let accept = tokio::spawn(async move {
@@ -161,7 +187,10 @@ where
     });
     let served = tokio::try_join!(
         async { grpc_server.await.map_err(|e| format!("gRPC: {e}")) },
-        async { http_server.await.map_err(|e| format!("HTTP: {e}")) },
+        async {
+            http_server.await;
+            Ok(())
+        },
     );
     accept.abort();
     served.map(|_| ())
@@ -170,6 +199,68 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// What `client` reads until the server closes, or until `until` shows up.
+    async fn read_until(client: &mut tokio::io::DuplexStream, until: Option<&str>) -> String {
+        use tokio::io::AsyncReadExt;
+        let mut seen = Vec::new();
+        let mut buf = [0u8; 4096];
+        loop {
+            let n = client.read(&mut buf).await.expect("read");
+            if n == 0 {
+                break;
+            }
+            seen.extend_from_slice(&buf[..n]);
+            let text = String::from_utf8_lossy(&seen);
+            if until.is_some_and(|u| text.contains(u)) {
+                break;
+            }
+        }
+        String::from_utf8_lossy(&seen).into_owned()
+    }
+
+    // Paused time: the runtime jumps the clock forward whenever every task waits.
+    #[tokio::test(start_paused = true)]
+    async fn an_idle_http1_connection_is_closed_but_a_quiet_response_stream_is_not() {
+        use tokio::io::AsyncWriteExt;
+        let quiet = || async {
+            let late = futures_util::stream::once(async {
+                tokio::time::sleep(HTTP1_IDLE_TIMEOUT * 4).await;
+                Ok::<_, std::io::Error>("late event")
+            });
+            axum::body::Body::from_stream(late)
+        };
+        let http = axum::Router::new()
+            .route("/health", axum::routing::get(|| async { "healthy" }))
+            .route("/quiet", axum::routing::get(quiet));
+
+        let (mut client, server) = tokio::io::duplex(1 << 16);
+        tokio::spawn(serve_http1_connection(
+            server,
+            http.clone(),
+            std::future::pending(),
+        ));
+        client
+            .write_all(b"GET /health HTTP/1.1\r\nhost: m\r\n\r\n")
+            .await
+            .expect("write");
+        let answer = read_until(&mut client, Some("healthy")).await;
+        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+        // Kept alive, then idle: closed once the next request's headers are overdue.
+        let idle = tokio::time::Instant::now();
+        let closed = tokio::time::timeout(HTTP1_IDLE_TIMEOUT * 2, read_until(&mut client, None));
+        assert_eq!(closed.await.expect("closed when idle"), "");
+        assert!(idle.elapsed() >= HTTP1_IDLE_TIMEOUT, "{:?}", idle.elapsed());
+
+        let (mut client, server) = tokio::io::duplex(1 << 16);
+        tokio::spawn(serve_http1_connection(server, http, std::future::pending()));
+        client
+            .write_all(b"GET /quiet HTTP/1.1\r\nhost: m\r\n\r\n")
+            .await
+            .expect("write");
+        let answer = read_until(&mut client, Some("late event")).await;
+        assert!(answer.contains("late event"), "{answer}");
+    }
 
     #[test]
     fn only_the_http2_preface_is_taken_for_grpc() {

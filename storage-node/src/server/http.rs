@@ -54,16 +54,19 @@ pub fn router(node: Arc<Node>, ready_only_with_auth: bool) -> Router {
         )
 }
 
-/// Serves the endpoint on `listener` until `shutdown` resolves.
-pub async fn serve(
+/// Serves the endpoint on `listener` (the metrics URLs), with at most `max_connections` open
+/// and the client port's HTTP/1.1 idle limit, until the futures `stopped` makes resolve.
+pub async fn serve<F>(
     listener: TcpListener,
     node: Arc<Node>,
     ready_only_with_auth: bool,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-) -> std::io::Result<()> {
-    axum::serve(listener, router(node, ready_only_with_auth))
-        .with_graceful_shutdown(shutdown)
-        .await
+    max_connections: usize,
+    stopped: impl Fn() -> F,
+) where
+    F: Future<Output = ()> + Send + 'static,
+{
+    let connections = crate::tls::incoming(listener, None, max_connections);
+    super::client_port::serve_http1(connections, router(node, ready_only_with_auth), stopped).await
 }
 
 /// etcd's `/version`: the server's version and the cluster's (major.minor.0).

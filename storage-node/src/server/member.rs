@@ -501,11 +501,17 @@ pub async fn run(args: ServeArgs, shutdown: impl Future<Output = ()>) -> Result<
     let ready_only_with_auth = args.ready_only_with_auth;
     for listener in metrics_listeners {
         let node = node.clone();
-        let signal = stopped();
+        let stopped = stopped.clone();
         servers.spawn(async move {
-            super::http::serve(listener, node, ready_only_with_auth, signal)
-                .await
-                .map_err(|e| Error::Serve(format!("metrics: {e}")))
+            super::http::serve(
+                listener,
+                node,
+                ready_only_with_auth,
+                max_connections,
+                stopped,
+            )
+            .await;
+            Ok(())
         });
     }
 
