@@ -411,7 +411,7 @@ async fn speak_without_a_certificate(url: &str, ca: &Path) -> usize {
 }
 
 #[test]
-fn the_peer_port_takes_forwarded_proposals_only_from_members() {
+fn the_peer_port_takes_forwarded_proposals_and_every_other_request_only_from_members() {
     let pki = Pki::new("cluster-ca");
     let member = pki.issue("member", "member", &["127.0.0.1", "localhost"]);
     let mend = Cluster::start(1, tls_options(&pki, &member));
@@ -440,6 +440,24 @@ fn the_peer_port_takes_forwarded_proposals_only_from_members() {
         Ok(reply) => panic!("a forged proposal was taken: {reply:?}"),
     }
     assert_eq!(read("forged"), "", "nothing was written");
+    // Nor any other peer request: it cannot read the membership (or vote, or replicate).
+    let membership = |issued: &Issued| {
+        runtime.block_on(
+            storage_node::raft::network::Peers::with_tls(Some(peer_client(&pki, issued)))
+                .call::<(), (u64, Vec<storage_node::raft::node::MemberInfo>)>(
+                    &peer_url,
+                    storage_node::raft::network::Rpc::Membership,
+                    &(),
+                    DEADLINE,
+                ),
+        )
+    };
+    match membership(&intruder) {
+        Err(e) => assert!(e.to_string().contains("only from members"), "{e}"),
+        Ok(members) => panic!("a non-member read the membership: {members:?}"),
+    }
+    let (_, members) = membership(&member).expect("a member reads the membership");
+    assert_eq!(members.len(), 1);
 
     // A peer whose certificate another CA issued gets no answer at all.
     let other = Pki::new("other-ca");

@@ -382,6 +382,31 @@ impl PeerService {
 
 type Reply = Result<tonic::Response<Blob>, tonic::Status>;
 
+impl PeerService {
+    /// Under peer client-certificate auth, every peer RPC is taken only from a certificate
+    /// issued to a member: one whose names include the host of a member's peer URL. A
+    /// certificate from the same CA issued to anyone else (a client, the operator) could
+    /// otherwise append entries, vote, or forward a write naming root. etcd takes any
+    /// certificate of the peer CA unless `--peer-cert-allowed-cn` says otherwise.
+    fn from_member(&self, req: &tonic::Request<Blob>, what: &str) -> Result<(), tonic::Status> {
+        let Some(info) = req.extensions().get::<crate::tls::ConnInfo>() else {
+            return Ok(());
+        };
+        if !info.verified || self.node.certifies_a_member(&info.names) {
+            return Ok(());
+        }
+        tracing::warn!(
+            peer = ?info.remote,
+            names = ?info.names,
+            what,
+            "refused a peer request: the peer's certificate names no member"
+        );
+        Err(tonic::Status::permission_denied(format!(
+            "{what} are taken only from members: the certificate names none"
+        )))
+    }
+}
+
 fn reply<T: Serialize>(result: Result<T, String>) -> Reply {
     encode(&result)
         .map(tonic::Response::new)
@@ -396,6 +421,7 @@ fn request<T: DeserializeOwned>(req: tonic::Request<Blob>) -> Result<T, tonic::S
 #[tonic::async_trait]
 impl crate::pb::mendpeer::peer_server::Peer for PeerService {
     async fn append_entries(&self, req: tonic::Request<Blob>) -> Reply {
+        self.from_member(&req, "replication requests")?;
         let rpc: AppendEntriesRequest<TypeConfig> = request(req)?;
         let response = self.node.raft.append_entries(rpc).await;
         if let Ok(r) = &response
@@ -407,11 +433,13 @@ impl crate::pb::mendpeer::peer_server::Peer for PeerService {
     }
 
     async fn vote(&self, req: tonic::Request<Blob>) -> Reply {
+        self.from_member(&req, "votes")?;
         let rpc: VoteRequest<TypeConfig> = request(req)?;
         reply(self.node.raft.vote(rpc).await.map_err(|e| e.to_string()))
     }
 
     async fn pre_vote(&self, req: tonic::Request<Blob>) -> Reply {
+        self.from_member(&req, "votes")?;
         let rpc: VoteRequest<TypeConfig> = request(req)?;
         reply(
             self.node
@@ -423,6 +451,7 @@ impl crate::pb::mendpeer::peer_server::Peer for PeerService {
     }
 
     async fn install_snapshot(&self, req: tonic::Request<Blob>) -> Reply {
+        self.from_member(&req, "snapshots")?;
         let (vote, meta, data): (
             Vote,
             openraft::type_config::alias::SnapshotMetaOf<TypeConfig>,
@@ -442,6 +471,7 @@ impl crate::pb::mendpeer::peer_server::Peer for PeerService {
     }
 
     async fn transfer_leader(&self, req: tonic::Request<Blob>) -> Reply {
+        self.from_member(&req, "leadership transfers")?;
         let rpc: TransferLeaderRequest<TypeConfig> = request(req)?;
         reply(
             self.node
@@ -453,27 +483,13 @@ impl crate::pb::mendpeer::peer_server::Peer for PeerService {
     }
 
     async fn propose(&self, req: tonic::Request<Blob>) -> Reply {
-        // Under peer client-certificate auth, a forwarded write (which names its user, so may
-        // act as root) is taken only from a certificate issued to a member: one whose names
-        // include the host of a member's peer URL.
-        if let Some(info) = req.extensions().get::<crate::tls::ConnInfo>()
-            && info.verified
-            && !self.node.certifies_a_member(&info.names)
-        {
-            tracing::warn!(
-                peer = ?info.remote,
-                names = ?info.names,
-                "refused a forwarded proposal: the peer's certificate names no member"
-            );
-            return Err(tonic::Status::permission_denied(
-                "forwarded proposals are taken only from members: the certificate names none",
-            ));
-        }
+        self.from_member(&req, "forwarded proposals")?;
         let proposal: super::node::Proposal = request(req)?;
         reply::<super::node::ForwardReply>(Ok(self.node.serve_forwarded(proposal).await))
     }
 
-    async fn read_index(&self, _req: tonic::Request<Blob>) -> Reply {
+    async fn read_index(&self, req: tonic::Request<Blob>) -> Reply {
+        self.from_member(&req, "read index requests")?;
         // `None` tells the follower to look for the leader again.
         reply::<Option<u64>>(match self.node.leader_read_index().await {
             Ok(index) => Ok(Some(index)),
@@ -483,17 +499,20 @@ impl crate::pb::mendpeer::peer_server::Peer for PeerService {
     }
 
     async fn lease(&self, req: tonic::Request<Blob>) -> Reply {
+        self.from_member(&req, "lease requests")?;
         let query: super::lessor::LeaseQuery = request(req)?;
         // `None` outside: this member does not lead (any more).
         reply::<Option<super::lessor::LeaseAnswer>>(Ok(self.node.lease_on_leader(query)))
     }
 
     async fn hash_kv(&self, req: tonic::Request<Blob>) -> Reply {
+        self.from_member(&req, "hash requests")?;
         let query: super::corrupt::HashQuery = request(req)?;
         reply(super::corrupt::answer(&self.node, query).await)
     }
 
-    async fn membership(&self, _req: tonic::Request<Blob>) -> Reply {
+    async fn membership(&self, req: tonic::Request<Blob>) -> Reply {
+        self.from_member(&req, "membership requests")?;
         reply::<(u64, Vec<super::node::MemberInfo>)>(Ok((
             self.node.cluster_id,
             self.node.members(),

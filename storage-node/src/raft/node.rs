@@ -180,6 +180,10 @@ pub struct Node {
     /// When this member last heard from a leader it accepted (replication or a heartbeat).
     leader_contact: std::sync::Mutex<Option<Instant>>,
     instruments: crate::metrics::Metrics,
+    /// The hosts of `--initial-cluster`'s peer URLs: members before this one has a
+    /// membership of its own (a new cluster's first entries, a joining member's first
+    /// replication).
+    initial_peer_hosts: Vec<String>,
 }
 
 impl Node {
@@ -216,7 +220,19 @@ impl Node {
             counters: Arc::new(Counters::default()),
             leader_contact: std::sync::Mutex::new(None),
             instruments,
+            initial_peer_hosts: Vec::new(),
         }
+    }
+
+    /// The same, knowing the peer URLs `--initial-cluster` names (see
+    /// [`Node::certifies_a_member`]).
+    pub fn with_initial_peers<'u>(mut self, urls: impl IntoIterator<Item = &'u String>) -> Node {
+        self.initial_peer_hosts = urls
+            .into_iter()
+            .filter_map(|url| crate::tls::url_host(url))
+            .map(str::to_string)
+            .collect();
+        self
     }
 
     /// Records that a leader's replication (or heartbeat) was accepted just now.
@@ -404,9 +420,14 @@ impl Node {
     }
 
     /// Whether a certificate with these subject alternative `names` was issued to a member:
-    /// one of them is the host of a member's peer URL.
+    /// one of them is the host of a member's peer URL, in the membership or in
+    /// `--initial-cluster` (before the membership reached this member).
     pub fn certifies_a_member(&self, names: &[String]) -> bool {
-        // Every forwarded write asks: read the membership in place, without copying metrics.
+        let named = |host: &str| names.iter().any(|n| n.eq_ignore_ascii_case(host));
+        if self.initial_peer_hosts.iter().any(|h| named(h)) {
+            return true;
+        }
+        // Every peer RPC asks: read the membership in place, without copying metrics.
         let metrics = self.raft.metrics();
         let m = metrics.borrow_watched();
         let membership = m.membership_config.membership();
@@ -414,7 +435,7 @@ impl Node {
             .nodes()
             .flat_map(|(_, member)| member.peer_urls.iter())
             .filter_map(|url| crate::tls::url_host(url));
-        hosts.any(|host| names.iter().any(|n| n.eq_ignore_ascii_case(host)))
+        hosts.any(named)
     }
 
     /// Every member, voters first by ID, then learners.

@@ -426,16 +426,22 @@ pub async fn run(args: ServeArgs, shutdown: impl Future<Output = ()>) -> Result<
     .await
     .map_err(|e| Error::Raft(e.to_string()))?;
 
-    let node = Arc::new(Node::new(
-        identity.member_id,
-        identity.cluster_id,
-        raft.clone(),
-        store,
-        listeners,
-        peers,
-        request_timeout,
-        instruments,
-    ));
+    // A malformed --initial-cluster was refused above where it matters (a new member); a
+    // restarted member's may be stale and names no one then.
+    let initial_cluster = cli::parse_initial_cluster(&args.initial_cluster).unwrap_or_default();
+    let node = Arc::new(
+        Node::new(
+            identity.member_id,
+            identity.cluster_id,
+            raft.clone(),
+            store,
+            listeners,
+            peers,
+            request_timeout,
+            instruments,
+        )
+        .with_initial_peers(initial_cluster.values().flatten()),
+    );
 
     if let Some(members) = bootstrap {
         let initialized = raft
