@@ -388,7 +388,7 @@ impl PeerService {
     /// certificate from the same CA issued to anyone else (a client, the operator) could
     /// otherwise append entries, vote, or forward a write naming root. etcd takes any
     /// certificate of the peer CA unless `--peer-cert-allowed-cn` says otherwise.
-    fn from_member(&self, req: &tonic::Request<Blob>, what: &str) -> Result<(), tonic::Status> {
+    fn only_members(&self, req: &tonic::Request<Blob>, what: &str) -> Result<(), tonic::Status> {
         let Some(info) = req.extensions().get::<crate::tls::ConnInfo>() else {
             return Ok(());
         };
@@ -421,7 +421,7 @@ fn request<T: DeserializeOwned>(req: tonic::Request<Blob>) -> Result<T, tonic::S
 #[tonic::async_trait]
 impl crate::pb::mendpeer::peer_server::Peer for PeerService {
     async fn append_entries(&self, req: tonic::Request<Blob>) -> Reply {
-        self.from_member(&req, "replication requests")?;
+        self.only_members(&req, "replication requests")?;
         let rpc: AppendEntriesRequest<TypeConfig> = request(req)?;
         let response = self.node.raft.append_entries(rpc).await;
         if let Ok(r) = &response
@@ -433,13 +433,13 @@ impl crate::pb::mendpeer::peer_server::Peer for PeerService {
     }
 
     async fn vote(&self, req: tonic::Request<Blob>) -> Reply {
-        self.from_member(&req, "votes")?;
+        self.only_members(&req, "votes")?;
         let rpc: VoteRequest<TypeConfig> = request(req)?;
         reply(self.node.raft.vote(rpc).await.map_err(|e| e.to_string()))
     }
 
     async fn pre_vote(&self, req: tonic::Request<Blob>) -> Reply {
-        self.from_member(&req, "votes")?;
+        self.only_members(&req, "votes")?;
         let rpc: VoteRequest<TypeConfig> = request(req)?;
         reply(
             self.node
@@ -451,7 +451,7 @@ impl crate::pb::mendpeer::peer_server::Peer for PeerService {
     }
 
     async fn install_snapshot(&self, req: tonic::Request<Blob>) -> Reply {
-        self.from_member(&req, "snapshots")?;
+        self.only_members(&req, "snapshots")?;
         let (vote, meta, data): (
             Vote,
             openraft::type_config::alias::SnapshotMetaOf<TypeConfig>,
@@ -471,7 +471,7 @@ impl crate::pb::mendpeer::peer_server::Peer for PeerService {
     }
 
     async fn transfer_leader(&self, req: tonic::Request<Blob>) -> Reply {
-        self.from_member(&req, "leadership transfers")?;
+        self.only_members(&req, "leadership transfers")?;
         let rpc: TransferLeaderRequest<TypeConfig> = request(req)?;
         reply(
             self.node
@@ -483,13 +483,13 @@ impl crate::pb::mendpeer::peer_server::Peer for PeerService {
     }
 
     async fn propose(&self, req: tonic::Request<Blob>) -> Reply {
-        self.from_member(&req, "forwarded proposals")?;
+        self.only_members(&req, "forwarded proposals")?;
         let proposal: super::node::Proposal = request(req)?;
         reply::<super::node::ForwardReply>(Ok(self.node.serve_forwarded(proposal).await))
     }
 
     async fn read_index(&self, req: tonic::Request<Blob>) -> Reply {
-        self.from_member(&req, "read index requests")?;
+        self.only_members(&req, "read index requests")?;
         // `None` tells the follower to look for the leader again.
         reply::<Option<u64>>(match self.node.leader_read_index().await {
             Ok(index) => Ok(Some(index)),
@@ -499,20 +499,20 @@ impl crate::pb::mendpeer::peer_server::Peer for PeerService {
     }
 
     async fn lease(&self, req: tonic::Request<Blob>) -> Reply {
-        self.from_member(&req, "lease requests")?;
+        self.only_members(&req, "lease requests")?;
         let query: super::lessor::LeaseQuery = request(req)?;
         // `None` outside: this member does not lead (any more).
         reply::<Option<super::lessor::LeaseAnswer>>(Ok(self.node.lease_on_leader(query)))
     }
 
     async fn hash_kv(&self, req: tonic::Request<Blob>) -> Reply {
-        self.from_member(&req, "hash requests")?;
+        self.only_members(&req, "hash requests")?;
         let query: super::corrupt::HashQuery = request(req)?;
         reply(super::corrupt::answer(&self.node, query).await)
     }
 
     async fn membership(&self, req: tonic::Request<Blob>) -> Reply {
-        self.from_member(&req, "membership requests")?;
+        self.only_members(&req, "membership requests")?;
         reply::<(u64, Vec<super::node::MemberInfo>)>(Ok((
             self.node.cluster_id,
             self.node.members(),
