@@ -144,6 +144,19 @@ impl ApiServerVerifier {
             assert!(list.query.contains("labelSelector="), "{}", list.query);
             list.ok(&json!({ "apiVersion": "v1", "kind": "List", "metadata": {}, "items": [] }));
         }
+        let children = self.children_created().await;
+        let status = self.status().await;
+        Applied {
+            secret,
+            children,
+            status,
+        }
+    }
+
+    /// A first reconcile's creation of every child, in order, after its lists: the
+    /// NetworkPolicy, the Services, the PodDisruptionBudget, each member's claim and pod, and
+    /// the Event telling it. Returns them by the list they belong to.
+    async fn children_created(&mut self) -> Vec<(&'static str, Value)> {
         let mut children = vec![
             (
                 "networkpolicies",
@@ -180,12 +193,7 @@ impl ApiServerVerifier {
             children.push(("pods", pod));
         }
         self.event("MembersCreated", "Normal").await;
-        let status = self.status().await;
-        Applied {
-            secret,
-            children,
-            status,
-        }
+        children
     }
 
     /// The reads of a reconcile whose children exist as `applied` holds them.
@@ -297,6 +305,20 @@ async fn reconcile_in_time(
     )
     .await
     .expect("the reconcile made no request the scenario does not expect")
+}
+
+/// Reconciles `cluster` once against the scenario `server` plays, which must have made every
+/// request it expects and no other: returns what the scenario returned.
+async fn reconciled<T>(
+    cluster: crds::StorageCluster,
+    ctx: std::sync::Arc<Context>,
+    server: tokio::task::JoinHandle<(T, ApiServerVerifier)>,
+) -> T {
+    reconcile_in_time(cluster, &ctx).await.expect("reconcile");
+    drop(ctx);
+    let (seen, verifier) = server.await.expect("scenario");
+    verifier.no_more_requests().await;
+    seen
 }
 
 fn condition<'v>(status: &'v Value, type_: &str) -> &'v Value {

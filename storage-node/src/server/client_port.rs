@@ -87,6 +87,17 @@ async fn protocol_of(conn: &Conn) -> Option<Protocol> {
     }
 }
 
+/// The next of `items`; `None` once `stop` resolved or the senders are gone.
+async fn next_until<T>(
+    items: &mut mpsc::Receiver<T>,
+    stop: &mut (impl Future<Output = ()> + Unpin),
+) -> Option<T> {
+    tokio::select! {
+        () = stop => None,
+        item = items.recv() => item,
+    }
+}
+
 /// Serves HTTP/1.1 on each connection `connections` hands over, with `http`, until `stop`
 /// resolves; connections then finish the response under way and close.
 pub(super) async fn serve_http1<F>(
@@ -98,14 +109,7 @@ pub(super) async fn serve_http1<F>(
 {
     let stop = stopped();
     tokio::pin!(stop);
-    loop {
-        let conn = tokio::select! {
-            () = &mut stop => return,
-            conn = connections.recv() => match conn {
-                Some(conn) => conn,
-                None => return,
-            },
-        };
+    while let Some(conn) = next_until(&mut connections, &mut stop).await {
         tokio::spawn(serve_http1_connection(conn, http.clone(), stopped()));
     }
 }
@@ -162,14 +166,7 @@ where
     let mut connections = crate::tls::incoming(listener, tls, max_connections);
     let accept = tokio::spawn(async move {
         tokio::pin!(stop);
-        loop {
-            let conn = tokio::select! {
-                () = &mut stop => return,
-                conn = connections.recv() => match conn {
-                    Some(conn) => conn,
-                    None => return,
-                },
-            };
+        while let Some(conn) = next_until(&mut connections, &mut stop).await {
             let (grpc_tx, http_tx) = (grpc_tx.clone(), http_tx.clone());
             // Telling the protocol apart may wait for the client: not in the accept loop.
             tokio::spawn(async move {

@@ -13,7 +13,7 @@ use serde_json::{Value, json};
 
 use super::super::Context;
 use super::super::fixtures::{ApiServerVerifier, cluster, observation};
-use super::{Applied, LISTS, NS, condition, reconcile_in_time};
+use super::{Applied, LISTS, NS, condition, reconciled};
 use crate::detector::Round;
 use crate::pki;
 use crate::platform::kube::tls::{self, Digests, Holder};
@@ -163,45 +163,7 @@ async fn first_tls_reconcile() -> (Stored, std::sync::Arc<super::super::fixtures
                 .await
                 .ok(&json!({ "apiVersion": "v1", "kind": "List", "metadata": {}, "items": [] }));
         }
-        let mut children = vec![
-            (
-                "networkpolicies",
-                verifier.apply(super::NETWORK_POLICY, "NetworkPolicy").await,
-            ),
-            (
-                "services",
-                verifier
-                    .apply(&format!("{NS}/services/demo-peer"), "Service")
-                    .await,
-            ),
-            (
-                "services",
-                verifier
-                    .apply(&format!("{NS}/services/demo-client"), "Service")
-                    .await,
-            ),
-            (
-                "poddisruptionbudgets",
-                verifier
-                    .apply(
-                        "/apis/policy/v1/namespaces/default/poddisruptionbudgets/demo",
-                        "PodDisruptionBudget",
-                    )
-                    .await,
-            ),
-        ];
-        for member in MEMBERS {
-            let pvc = verifier
-                .apply(
-                    &format!("{NS}/persistentvolumeclaims/data-{member}"),
-                    "PersistentVolumeClaim",
-                )
-                .await;
-            children.push(("persistentvolumeclaims", pvc));
-            let pod = verifier.apply(&format!("{NS}/pods/{member}"), "Pod").await;
-            children.push(("pods", pod));
-        }
-        verifier.event("MembersCreated", "Normal").await;
+        let children = verifier.children_created().await;
         let status = verifier.status().await;
         let applied = Applied {
             secret: root,
@@ -217,12 +179,7 @@ async fn first_tls_reconcile() -> (Stored, std::sync::Arc<super::super::fixtures
             verifier,
         )
     });
-    reconcile_in_time(tls_cluster(), &ctx)
-        .await
-        .expect("reconcile");
-    drop(ctx);
-    let (stored, verifier) = server.await.expect("scenario");
-    verifier.no_more_requests().await;
+    let stored = reconciled(tls_cluster(), ctx, server).await;
     (stored, members)
 }
 
@@ -398,12 +355,7 @@ async fn renewed_member_certificates_restart_one_member_at_a_time_while_a_quorum
         verifier.status().await;
         (renewed, verifier)
     });
-    reconcile_in_time(tls_cluster(), &ctx)
-        .await
-        .expect("reconcile");
-    drop(ctx);
-    let (renewed, verifier) = server.await.expect("scenario");
-    verifier.no_more_requests().await;
+    let renewed = reconciled(tls_cluster(), ctx, server).await;
     for (name, secret) in &renewed {
         let expires = pki::expiry(&text(secret, tls::CERT_KEY)).expect("expiry");
         assert!(
@@ -444,12 +396,7 @@ async fn renewed_member_certificates_restart_one_member_at_a_time_while_a_quorum
         verifier.status().await;
         (pod, verifier)
     });
-    reconcile_in_time(tls_cluster(), &ctx)
-        .await
-        .expect("reconcile");
-    drop(ctx);
-    let (pod, verifier) = server.await.expect("scenario");
-    verifier.no_more_requests().await;
+    let pod = reconciled(tls_cluster(), ctx, server).await;
     let digests = Digests::of(&secret_of(&renewed["demo-1-tls"])).expect("complete");
     assert_eq!(
         pod["metadata"]["annotations"][tls::TLS_DIGEST],
@@ -487,12 +434,7 @@ async fn refused(secrets: BTreeMap<String, Value>, ca: Option<Value>, reason: &s
         let note = verifier.event(&reason, "Warning").await;
         (note, verifier)
     });
-    reconcile_in_time(tls_cluster(), &ctx)
-        .await
-        .expect("refused, not failed");
-    drop(ctx);
-    let (note, verifier) = server.await.expect("scenario");
-    verifier.no_more_requests().await;
+    let note = reconciled(tls_cluster(), ctx, server).await;
     note
 }
 
@@ -572,11 +514,9 @@ async fn with_cert_manager_the_operator_requests_certificates_and_waits_for_thei
             "{progressing}"
         );
         verifier.event("CertificatesNotIssued", "Warning").await;
-        verifier
+        ((), verifier)
     });
-    reconcile_in_time(sc, &ctx).await.expect("waits");
-    drop(ctx);
-    server.await.expect("scenario").no_more_requests().await;
+    reconciled(sc, ctx, server).await;
 }
 
 #[tokio::test]
@@ -645,9 +585,7 @@ async fn certificates_from_another_ca_are_not_rolled_out_under_running_members()
             condition(&status, "Progressing")["reason"],
             "CertificateAuthorityChanged"
         );
-        verifier
+        ((), verifier)
     });
-    reconcile_in_time(sc, &ctx).await.expect("reconcile");
-    drop(ctx);
-    server.await.expect("scenario").no_more_requests().await;
+    reconciled(sc, ctx, server).await;
 }
