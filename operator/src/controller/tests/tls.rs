@@ -434,8 +434,7 @@ async fn refused(secrets: BTreeMap<String, Value>, ca: Option<Value>, reason: &s
         let note = verifier.event(&reason, "Warning").await;
         (note, verifier)
     });
-    let note = reconciled(tls_cluster(), ctx, server).await;
-    note
+    reconciled(tls_cluster(), ctx, server).await
 }
 
 fn resources_root() -> Value {
