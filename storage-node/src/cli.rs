@@ -87,6 +87,13 @@ pub struct ServeArgs {
     /// Most operations in one txn branch.
     #[arg(long, env = "ETCD_MAX_TXN_OPS", default_value_t = 128)]
     pub max_txn_ops: usize,
+    /// How `--auto-compaction-retention` is read: `periodic` (a duration of history, a bare
+    /// number meaning hours) or `revision` (a count of revisions) (etcd's flag and default).
+    #[arg(long, env = "ETCD_AUTO_COMPACTION_MODE", default_value = "periodic")]
+    pub auto_compaction_mode: String,
+    /// How much history automatic compaction keeps; 0 turns it off (etcd's flag and default).
+    #[arg(long, env = "ETCD_AUTO_COMPACTION_RETENTION", default_value = "0")]
+    pub auto_compaction_retention: String,
     /// Raise the NOSPACE alarm, and refuse writes that need space, once the backend file
     /// reaches this many bytes (0: the default, 2 GiB; negative: no quota).
     #[arg(

@@ -39,6 +39,7 @@ pub mod apply;
 pub mod auth;
 pub mod backend;
 pub mod cli;
+pub mod compactor;
 pub mod entry;
 #[cfg(test)]
 mod fuzzing;

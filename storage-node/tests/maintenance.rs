@@ -571,3 +571,102 @@ fn status_reports_the_commit_index_and_downgrade_answers_as_an_etcd_that_cannot(
         "the write is in the log ({last_log}) above the commit index ({raft_index})"
     );
 }
+
+/// Whether `get k --rev=1` through `endpoint` answers that revision 1 was compacted.
+fn history_compacted(endpoint: &str, user: &[&str]) -> bool {
+    let args: Vec<&str> = user
+        .iter()
+        .copied()
+        .chain(["get", "k", "--rev=1"])
+        .collect();
+    let out = cluster::etcdctl(endpoint, &args);
+    !out.status.success()
+        && String::from_utf8_lossy(&out.stderr).contains("required revision has been compacted")
+}
+
+#[test]
+fn periodic_auto_compaction_drops_history_older_than_its_retention_as_etcd_does() {
+    // Two seconds of history: sampled every 200 ms, compacted every 2 s.
+    let flags = ["--auto-compaction-retention".to_string(), "2s".to_string()];
+    let write = |endpoint: &str, user: &[&str]| {
+        for i in 0..3 {
+            let value = format!("v{i}");
+            let args: Vec<&str> = user.iter().copied().chain(["put", "k", &value]).collect();
+            ok(cluster::etcdctl(endpoint, &args));
+        }
+    };
+    let etcd = cluster::Etcd::start(1, &flags);
+    write(&etcd.endpoints[0], &[]);
+    assert!(
+        wait_until(DEADLINE, || history_compacted(&etcd.endpoints[0], &[])),
+        "etcd compacts"
+    );
+    drop(etcd);
+
+    // Mend, with auth on: the member compacts as itself, no user needed.
+    let c = Cluster::start(
+        3,
+        Options {
+            extra_args: flags.to_vec(),
+            ..Options::default()
+        },
+    );
+    for args in [
+        &["user", "add", "root:rootpw"][..],
+        &["user", "grant-role", "root", "root"],
+        &["auth", "enable"],
+    ] {
+        ok(c.etcdctl(0, args));
+    }
+    let endpoint = c.members[1].endpoint();
+    write(&endpoint, &ROOT);
+    assert!(
+        wait_until(DEADLINE, || history_compacted(&endpoint, &ROOT)),
+        "Mend compacts: {}",
+        cluster::tail(&c.logs(), 20)
+    );
+    // The latest value stays.
+    let value = ok(c.etcdctl(2, &with(&ROOT, &["get", "k", "--print-value-only"])));
+    assert_eq!(value.trim(), "v2");
+}
+
+#[test]
+fn auto_compaction_flags_are_refused_in_etcds_words() {
+    let refusal = |binary: &str, args: &[&str]| {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let output = std::process::Command::new(binary)
+            .arg("--data-dir")
+            .arg(dir.path().join("data"))
+            .args(args)
+            .output()
+            .expect("runs");
+        assert!(!output.status.success(), "{binary} {args:?} started");
+        String::from_utf8_lossy(&output.stderr).into_owned()
+    };
+    let mend = cluster::storage_node_bin();
+    let mend = mend.to_str().expect("path");
+    for (args, words) in [
+        (
+            &[
+                "--auto-compaction-mode",
+                "bogus",
+                "--auto-compaction-retention",
+                "1",
+            ][..],
+            "unknown auto-compaction-mode \"bogus\"",
+        ),
+        (
+            &["--auto-compaction-retention", "abc"],
+            "error parsing CompactionRetention: time: invalid duration \"abc\"",
+        ),
+        (
+            &["--auto-compaction-retention", "1.5"],
+            "error parsing CompactionRetention: time: missing unit in duration \"1.5\"",
+        ),
+    ] {
+        let etcd = refusal("etcd", args);
+        assert!(etcd.contains(words), "etcd: {etcd}");
+        let ours = refusal(mend, args);
+        assert!(ours.contains(words), "mend: {ours}");
+    }
+}

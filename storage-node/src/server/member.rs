@@ -74,6 +74,9 @@ pub enum Error {
     /// `--auth-token` is not usable.
     #[error("{0}")]
     AuthToken(#[from] crate::auth::jwt::OptionsError),
+    /// `--auto-compaction-mode` or `--auto-compaction-retention` is not usable.
+    #[error("{0}")]
+    AutoCompaction(String),
 }
 
 /// The client port's and the peer port's TLS from the flags, checked against the URLs: an
@@ -301,6 +304,9 @@ pub async fn run(args: ServeArgs, shutdown: impl Future<Output = ()>) -> Result<
         source,
     })?;
     let (client_tls, peer_tls) = tls_from_flags(&args, &dir)?;
+    let auto_compaction =
+        crate::compactor::from_flags(&args.auto_compaction_mode, &args.auto_compaction_retention)
+            .map_err(Error::AutoCompaction)?;
     let jwt = match &args.auth_token {
         cli::AuthToken::Simple => None,
         cli::AuthToken::Jwt(options) => Some(Arc::new(crate::auth::jwt::Jwt::new(options)?)),
@@ -502,6 +508,13 @@ pub async fn run(args: ServeArgs, shutdown: impl Future<Output = ()>) -> Result<
             super::client_port::serve(listener, tls, max_connections, grpc, http, stopped)
                 .await
                 .map_err(|e| Error::Serve(format!("client: {e}")))
+        });
+    }
+    if let Some(retention) = auto_compaction {
+        let (node, stop) = (node.clone(), stopped());
+        servers.spawn(async move {
+            crate::compactor::run(retention, node, stop).await;
+            Ok(())
         });
     }
     let ready_only_with_auth = args.ready_only_with_auth;
