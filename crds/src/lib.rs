@@ -113,6 +113,56 @@ pub struct StorageClusterSpec {
     /// (the default): plain text. Fixed at creation: members' data names their peer URLs.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls: Option<Tls>,
+    /// Automatic compaction of the members' history (etcd's `--auto-compaction-mode` and
+    /// `--auto-compaction-retention`). Absent (the default): none, as in etcd; kube-apiserver
+    /// compacts the history it writes itself. Members read it at start: a change reaches a
+    /// member when its pod is next created.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auto_compaction: Option<AutoCompaction>,
+}
+
+/// Automatic compaction: how much history the members keep.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct AutoCompaction {
+    /// `Periodic` (the default): keep `retention` of time; `Revision`: keep `retention`
+    /// revisions.
+    #[serde(default)]
+    pub mode: CompactionMode,
+    /// With `Periodic`, a duration such as `30m` or `1h30m` (a bare number is hours); with
+    /// `Revision`, a count of revisions. `0` turns compaction off.
+    #[schemars(regex(pattern = r"^([0-9]+|([0-9]+(\.[0-9]+)?(ns|us|ms|s|m|h))+)$"))]
+    pub retention: String,
+}
+
+/// How [`AutoCompaction::retention`] is read.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum CompactionMode {
+    /// A duration of history.
+    #[default]
+    Periodic,
+    /// A count of revisions.
+    Revision,
+}
+
+impl CompactionMode {
+    /// Its `--auto-compaction-mode` value.
+    pub fn flag(self) -> &'static str {
+        match self {
+            CompactionMode::Periodic => "periodic",
+            CompactionMode::Revision => "revision",
+        }
+    }
+}
+
+impl AutoCompaction {
+    /// The storage-node flags that ask for it.
+    pub fn flags(&self) -> [String; 2] {
+        [
+            format!("--auto-compaction-mode={}", self.mode.flag()),
+            format!("--auto-compaction-retention={}", self.retention),
+        ]
+    }
 }
 
 /// CEL: TLS is neither turned on nor off after creation.

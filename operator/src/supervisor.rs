@@ -121,6 +121,9 @@ impl Supervisor {
                 spec.replicas
             )));
         }
+        if let Some(problem) = crate::platform::auto_compaction_problem(spec) {
+            return Err(Error::Spec(problem));
+        }
         std::fs::create_dir_all(&config.workdir).map_err(|source| Error::File {
             path: config.workdir.clone(),
             source,
@@ -129,7 +132,12 @@ impl Supervisor {
             config.storage_node.clone(),
             &config.workdir,
             spec.replicas as usize,
-            config.node_args.clone(),
+            config
+                .node_args
+                .iter()
+                .cloned()
+                .chain(spec.auto_compaction.iter().flat_map(|c| c.flags()))
+                .collect(),
         )?;
         platform.set_backup_retention(spec.healing.backup_retention as usize);
         platform.use_tls(spec.tls.is_some())?;
@@ -656,5 +664,32 @@ mod tests {
             .mode();
         assert_eq!(mode & 0o777, 0o600);
         assert_eq!(credentials(work.path()).expect("read"), (user, password));
+    }
+
+    #[test]
+    fn a_bad_auto_compaction_is_refused_before_anything_is_made() {
+        let work = tempfile::tempdir().expect("workdir");
+        let spec: StorageClusterSpec = serde_json::from_value(serde_json::json!({
+            "replicas": 3,
+            "autoCompaction": { "mode": "Periodic", "retention": "abc" },
+        }))
+        .expect("spec");
+        let config = Config {
+            name: "c".to_string(),
+            spec,
+            workdir: work.path().join("w"),
+            storage_node: PathBuf::from("/nonexistent/storage-node"),
+            node_args: Vec::new(),
+            print_table: false,
+            spec_file: None,
+        };
+        let Err(Error::Spec(why)) = Supervisor::open(config) else {
+            panic!("a bad spec.autoCompaction was taken");
+        };
+        assert!(
+            why.contains("error parsing CompactionRetention: time: invalid duration"),
+            "{why}"
+        );
+        assert!(!work.path().join("w").exists(), "nothing made");
     }
 }

@@ -35,6 +35,24 @@ pub enum Error {
     BackupFailed(String),
 }
 
+/// What is wrong with `spec.autoCompaction`, in storage-node's (etcd's) words; `None` when
+/// it is absent or valid. Both platforms pass it to every member as flags.
+pub fn auto_compaction_problem(spec: &crds::StorageClusterSpec) -> Option<String> {
+    let compaction = spec.auto_compaction.as_ref()?;
+    let retention = compaction.retention.as_str();
+    if let Err(why) = storage_node::compactor::from_flags(compaction.mode.flag(), retention) {
+        return Some(format!("spec.autoCompaction: {why}"));
+    }
+    (compaction.mode == crds::CompactionMode::Revision && retention.parse::<u64>().is_err()).then(
+        || {
+            format!(
+                "spec.autoCompaction: with mode Revision the retention is a count of revisions, \
+                 not {retention:?}"
+            )
+        },
+    )
+}
+
 /// Result of platform operations.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 

@@ -562,6 +562,7 @@ pub fn member_args(cluster: &StorageCluster, member: &str, state: ClusterState) 
             .iter()
             .flat_map(|_| super::tls::member_args()),
     )
+    .chain(cluster.spec.auto_compaction.iter().flat_map(|c| c.flags()))
     .chain(
         // Not Ready, so behind no client Service, until the operator turned auth on.
         cluster
@@ -778,6 +779,9 @@ pub fn spec_problem(cluster: &StorageCluster) -> Option<String> {
             replicas + 1
         ));
     }
+    if let Some(problem) = super::super::auto_compaction_problem(&cluster.spec) {
+        return Some(problem);
+    }
     if cluster.spec.image.trim().is_empty() {
         return Some("spec.image is empty: set the storage-node image to run".to_string());
     }
@@ -899,6 +903,32 @@ mod tests {
             .map(|m| m.name.as_str())
             .collect();
         assert_eq!(mounts, ["data"]);
+    }
+
+    #[test]
+    fn auto_compaction_reaches_every_member_and_a_bad_one_is_refused_in_etcds_words() {
+        let with = |compaction: serde_json::Value| {
+            let mut sc = cluster("demo", 3);
+            sc.spec.auto_compaction = Some(serde_json::from_value(compaction).expect("spec"));
+            sc
+        };
+        let sc = with(serde_json::json!({ "retention": "1h" }));
+        assert_eq!(spec_problem(&sc), None);
+        let args = member_args(&sc, "demo-2", ClusterState::New);
+        assert!(args.contains(&"--auto-compaction-mode=periodic".to_string()));
+        assert!(args.contains(&"--auto-compaction-retention=1h".to_string()));
+        let args = member_args(&cluster("demo", 3), "demo-2", ClusterState::New);
+        assert!(
+            !args.iter().any(|a| a.starts_with("--auto-compaction")),
+            "none by default"
+        );
+        let bad = spec_problem(&with(serde_json::json!({ "retention": "1.5" }))).expect("refused");
+        assert!(bad.contains("missing unit in duration"), "{bad}");
+        let count = with(serde_json::json!({ "mode": "Revision", "retention": "1h" }));
+        let bad = spec_problem(&count).expect("refused");
+        assert!(bad.contains("count of revisions"), "{bad}");
+        let count = with(serde_json::json!({ "mode": "Revision", "retention": "10000" }));
+        assert_eq!(spec_problem(&count), None);
     }
 
     #[test]
