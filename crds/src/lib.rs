@@ -166,12 +166,14 @@ impl AutoCompaction {
 }
 
 /// CEL: TLS is neither turned on nor off after creation.
-const TLS_FROZEN: &str = "has(self.tls) == has(oldSelf.tls)";
+const TLS_FROZEN: &str =
+    "has(self.tls) == has(oldSelf.tls) && (!has(self.tls) || self.tls == oldSelf.tls)";
 
 /// What the API server answers when [`TLS_FROZEN`] fails.
-pub const TLS_FROZEN_MESSAGE: &str = "spec.tls cannot be added or removed after creation (the \
-    members' data names their http:// or https:// peer URLs): put it back as it was, or create \
-    a new StorageCluster";
+pub const TLS_FROZEN_MESSAGE: &str = "spec.tls cannot change after creation (the members' data \
+    names their http:// or https:// peer URLs, and certificates from another issuer may be \
+    signed by another CA, which the running members would not trust): put it back as it was, or \
+    create a new StorageCluster";
 
 /// TLS of a cluster: who issues the certificates. Each member gets its own certificate, for
 /// its client and peer ports, naming its DNS names; the operator gets a client certificate;

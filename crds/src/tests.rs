@@ -176,14 +176,20 @@ fn the_storage_class_cannot_be_set_changed_or_removed_after_creation() {
 }
 
 #[test]
-fn tls_cannot_be_turned_on_or_off_after_creation_but_its_issuer_can_change() {
+fn tls_cannot_change_after_creation() {
     let plain = cluster(json!({}));
     let own_ca = cluster(json!({"tls": {}}));
     let issuer = cluster(json!({"tls": {"certManager": {"issuerRef": {"name": "ca"}}}}));
-    for (old, new) in [(&plain, &plain), (&own_ca, &own_ca), (&own_ca, &issuer)] {
+    let other = cluster(json!({"tls": {"certManager": {"issuerRef": {"name": "other-ca"}}}}));
+    for (old, new) in [(&plain, &plain), (&own_ca, &own_ca), (&issuer, &issuer)] {
         assert_eq!(cel_messages(new, Some(old)), Vec::<String>::new());
     }
-    for (old, new) in [(&plain, &own_ca), (&issuer, &plain)] {
+    for (old, new) in [
+        (&plain, &own_ca),
+        (&issuer, &plain),
+        (&own_ca, &issuer),
+        (&issuer, &other),
+    ] {
         assert_eq!(
             cel_messages(new, Some(old)),
             [TLS_FROZEN_MESSAGE],

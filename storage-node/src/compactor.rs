@@ -64,6 +64,13 @@ pub fn from_flags(mode: &str, retention: &str) -> Result<Option<Retention>, Stri
             if duration.is_zero() {
                 return Ok(None);
             }
+            // etcd panics on a retention under 10 ns and compacts continually under a second.
+            if mode == "periodic" && duration < Duration::from_secs(1) {
+                return Err(format!(
+                    "error parsing CompactionRetention: a retention under 1s ({retention}) would \
+                     compact continually"
+                ));
+            }
             match mode {
                 "revision" => {
                     Retention::Revision(i64::try_from(duration.as_nanos()).unwrap_or(i64::MAX))

@@ -47,6 +47,24 @@ pub fn url_host(url: &str) -> Option<&str> {
     url_host_port(url).map(|(host, _)| host)
 }
 
+/// Whether the certificate name `name` (a subject alternative name) covers `host`, as a TLS
+/// client checks a server's: IP addresses compared as addresses (`fd00:0::1` is `fd00::1`),
+/// DNS names without regard to case, a `*.` wildcard standing for exactly the first label.
+pub fn name_matches(name: &str, host: &str) -> bool {
+    if let Ok(ip) = host.parse::<std::net::IpAddr>() {
+        return name.parse::<std::net::IpAddr>() == Ok(ip);
+    }
+    if name.eq_ignore_ascii_case(host) {
+        return true;
+    }
+    match (name.strip_prefix("*."), host.split_once('.')) {
+        (Some(parent), Some((first, rest))) => {
+            !first.is_empty() && !parent.is_empty() && parent.eq_ignore_ascii_case(rest)
+        }
+        _ => false,
+    }
+}
+
 /// The host (an IPv6 literal without its brackets) and the port text of an
 /// `http(s)://host:port` URL.
 pub fn url_host_port(url: &str) -> Option<(&str, &str)> {
@@ -1019,6 +1037,24 @@ impl tower_service::Service<http::Uri> for Dialer {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn certificate_names_cover_hosts_as_a_tls_client_checks_them() {
+        assert!(name_matches("m1.peer.ns.svc", "M1.Peer.ns.svc"));
+        assert!(name_matches("*.peer.ns.svc", "m1.peer.ns.svc"));
+        assert!(
+            !name_matches("*.peer.ns.svc", "a.m1.peer.ns.svc"),
+            "one label only"
+        );
+        assert!(!name_matches("*.peer.ns.svc", "peer.ns.svc"));
+        assert!(name_matches("fd00::1", "fd00:0::1"));
+        assert!(!name_matches("fd00::1", "fd00::2"));
+        assert!(
+            !name_matches("*.0.0.1", "127.0.0.1"),
+            "no wildcard over an address"
+        );
+        assert!(!name_matches("m2.peer.ns.svc", "m1.peer.ns.svc"));
+    }
 
     #[test]
     fn versions_and_suites_are_checked_as_etcd_checks_them() {

@@ -97,6 +97,9 @@ pub const API_CALLS: &[(&str, &str, &str)] = &[
     // moves its data aside (created, watched by name until it finishes).
     ("get", "", "pods"),
     ("delete", "", "pods"),
+    // spec.tls: a member whose certificate was renewed is restarted through an eviction, so
+    // the PodDisruptionBudget is checked at that moment.
+    ("create", "", "pods/eviction"),
     // Volume claims: not owned by the cluster (the data outlives it unless the retention
     // policy is Delete, when the finalizer deletes them).
     ("list", "", "persistentvolumeclaims"),

@@ -870,7 +870,8 @@ impl<'a> Reconciler<'a> {
             refused = Some(Stall {
                 reason: "CertificatesNotIssued",
                 message: format!(
-                    "cert-manager has not issued the certificates of {} yet: their pods start                      once it has (see `kubectl describe certificate -n {} {}`)",
+                    "cert-manager has not issued the certificates of {} yet: their pods start \
+                     once it has (see `kubectl describe certificate -n {} {}`)",
                     waiting.join(", "),
                     self.namespace,
                     waiting
@@ -1050,8 +1051,8 @@ impl<'a> Reconciler<'a> {
                 message: format!(
                     "the certificate of {member} is now signed by another CA than the one the \
                      running members trust: restarted one at a time, they would not trust each \
-                     other, so none is restarted; issue the certificates from the former CA \
-                     again (its issuer in spec.tls.certManager, or Secret {})",
+                     other, so none is restarted; have the issuer sign with the former CA's \
+                     key again (or restore Secret {})",
                     tls::ca_secret_name(self.cluster)
                 ),
             }));
@@ -1067,15 +1068,40 @@ impl<'a> Reconciler<'a> {
             info!(member = %member, "certificate renewed; waiting for every member and a leader before restarting it");
             return Ok(None);
         }
-        let uid = live.pods.get(member).and_then(|p| p.uid.clone());
-        let exactly = DeleteParams {
-            preconditions: Some(Preconditions {
-                uid,
-                resource_version: None,
-            }),
-            ..DeleteParams::default()
+        // An eviction, not a delete: the PodDisruptionBudget (one member down at most) is
+        // checked by the API server at this very moment, so a member drained or lost since
+        // the pods were listed makes it refuse (429) rather than take a second one down. Only
+        // the pod looked at (its UID as a precondition).
+        let eviction = k8s_openapi::api::policy::v1::Eviction {
+            metadata: ObjectMeta {
+                name: Some(member.clone()),
+                namespace: Some(self.namespace.clone()),
+                ..ObjectMeta::default()
+            },
+            delete_options: Some(
+                k8s_openapi::apimachinery::pkg::apis::meta::v1::DeleteOptions {
+                    preconditions: Some(
+                        k8s_openapi::apimachinery::pkg::apis::meta::v1::Preconditions {
+                            uid: live.pods.get(member).and_then(|p| p.uid.clone()),
+                            resource_version: None,
+                        },
+                    ),
+                    ..Default::default()
+                },
+            ),
         };
-        delete_if_present(&self.api::<Pod>(), member, &exactly).await?;
+        let evicted: std::result::Result<serde_json::Value, _> = self
+            .api::<Pod>()
+            .create_subresource("eviction", member, &PostParams::default(), &eviction)
+            .await;
+        match evicted {
+            Ok(_) => {}
+            Err(kube::Error::Api(status)) if matches!(status.code, 404 | 409 | 429) => {
+                info!(member = %member, code = status.code, message = %status.message, "restart on the renewed certificate refused for now; trying again next pass");
+                return Ok(None);
+            }
+            Err(e) => return Err(e.into()),
+        }
         info!(member = %member, "restarting the member on its renewed certificate");
         self.event(
             EventType::Normal,

@@ -423,7 +423,7 @@ impl Node {
     /// one of them is the host of a member's peer URL, in the membership or in
     /// `--initial-cluster` (before the membership reached this member).
     pub fn certifies_a_member(&self, names: &[String]) -> bool {
-        let named = |host: &str| names.iter().any(|n| n.eq_ignore_ascii_case(host));
+        let named = |host: &str| names.iter().any(|n| crate::tls::name_matches(n, host));
         if self.initial_peer_hosts.iter().any(|h| named(h)) {
             return true;
         }

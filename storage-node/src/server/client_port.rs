@@ -99,7 +99,8 @@ async fn next_until<T>(
 }
 
 /// Serves HTTP/1.1 on each connection `connections` hands over, with `http`, until `stop`
-/// resolves; connections then finish the response under way and close.
+/// resolves; connections then finish the response under way and close, and this returns
+/// once they have.
 pub(super) async fn serve_http1<F>(
     mut connections: mpsc::Receiver<Conn>,
     http: axum::Router,
@@ -109,9 +110,14 @@ pub(super) async fn serve_http1<F>(
 {
     let stop = stopped();
     tokio::pin!(stop);
+    let mut open = tokio::task::JoinSet::new();
     while let Some(conn) = next_until(&mut connections, &mut stop).await {
-        tokio::spawn(serve_http1_connection(conn, http.clone(), stopped()));
+        open.spawn(serve_http1_connection(conn, http.clone(), stopped()));
+        while open.try_join_next().is_some() {}
     }
+    // Stopped: each connection finishes the response under way (the member bounds the wait),
+    // so a client is not left without the answer to a write that was applied.
+    while open.join_next().await.is_some() {}
 }
 
 /// Serves HTTP/1.1 on `io` with `http`, dropping the connection when a request's headers take

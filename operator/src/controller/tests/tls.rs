@@ -345,11 +345,18 @@ async fn renewed_member_certificates_restart_one_member_at_a_time_while_a_quorum
         verifier.event("CertificatesIssued", "Normal").await;
         verifier.lists(&applied, pods).await;
         let seen = verifier
-            .expect(Method::DELETE, &format!("{NS}/pods/demo-1"))
+            .expect(Method::POST, &format!("{NS}/pods/demo-1/eviction"))
             .await;
-        // Only the pod looked at.
-        assert_eq!(seen.body["preconditions"]["uid"], "uid-demo-1");
-        seen.ok(&json!({ "apiVersion": "v1", "kind": "Pod", "metadata": { "name": "demo-1" } }));
+        // An eviction, so the PodDisruptionBudget is checked now; only the pod looked at.
+        assert_eq!(seen.body["kind"], "Eviction");
+        assert_eq!(
+            seen.body["deleteOptions"]["preconditions"]["uid"],
+            "uid-demo-1"
+        );
+        seen.respond(
+            http::StatusCode::CREATED,
+            &json!({ "apiVersion": "v1", "kind": "Status", "status": "Success" }),
+        );
         let note = verifier.event("MemberRestarted", "Normal").await;
         assert!(note.contains("demo-1"), "{note}");
         verifier.status().await;

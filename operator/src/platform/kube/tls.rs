@@ -249,12 +249,15 @@ pub struct Digests {
 }
 
 impl Digests {
-    /// Of the certificate Secret `secret`, when it is complete.
+    /// Of the certificate Secret `secret`, when it is complete. The CA's is of its subject and
+    /// public key, not of its PEM: a CA certificate renewed on the same key (cert-manager's
+    /// CA issuers do that by default) verifies the same certificates, so members on either
+    /// trust each other.
     pub fn of(secret: &Secret) -> Option<Digests> {
         let (cert, _, ca) = certificate_of(secret)?;
         Some(Digests {
             cert: resources::digest(&(cert, ca)),
-            ca: resources::digest(&ca),
+            ca: resources::digest(&ca_identity(ca)?),
         })
     }
 
@@ -274,6 +277,16 @@ impl Digests {
         annotations.insert(TLS_CA_DIGEST.to_string(), self.ca.clone());
         pod
     }
+}
+
+/// The subject and public key of the first certificate in `pem` (a CA bundle's first).
+fn ca_identity(pem: &str) -> Option<(Vec<u8>, Vec<u8>)> {
+    let (_, der) = x509_parser::pem::parse_x509_pem(pem.as_bytes()).ok()?;
+    let cert = der.parse_x509().ok()?;
+    Some((
+        cert.subject().as_raw().to_vec(),
+        cert.public_key().raw.to_vec(),
+    ))
 }
 
 /// The member's flags for TLS on both ports, with client certificates required on both, from
@@ -402,6 +415,43 @@ mod tests {
         let renewed = Digests::of(&again).expect("complete");
         assert_ne!(digests.cert, renewed.cert);
         assert_eq!(digests.ca, renewed.ca, "the same CA");
+        // A CA certificate issued again on the same key and name is the same CA to members.
+        let key = rcgen::KeyPair::generate().expect("key");
+        let ca_cert = |days: i64| {
+            let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
+            params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Constrained(0));
+            params
+                .distinguished_name
+                .push(rcgen::DnType::CommonName, "corp CA");
+            params.not_after = time::OffsetDateTime::now_utc() + time::Duration::days(days);
+            params.self_signed(&key).expect("CA").pem()
+        };
+        let with_ca = |pem: String| {
+            let mut secret = again.clone();
+            secret
+                .data
+                .as_mut()
+                .expect("data")
+                .insert(CA_KEY.to_string(), ByteString(pem.into_bytes()));
+            Digests::of(&secret).expect("complete")
+        };
+        let (first, renewed_ca) = (with_ca(ca_cert(60)), with_ca(ca_cert(120)));
+        assert_eq!(first.ca, renewed_ca.ca, "same CA");
+        assert_ne!(
+            first.cert, renewed_ca.cert,
+            "a new CA file is still a restart"
+        );
+        let mut recertified = again.clone();
+        let other = pki::Ca::generate("demo").expect("another CA");
+        recertified.data.as_mut().expect("data").insert(
+            CA_KEY.to_string(),
+            ByteString(other.cert_pem().as_bytes().to_vec()),
+        );
+        assert_ne!(
+            Digests::of(&recertified).expect("complete").ca,
+            renewed.ca,
+            "another key"
+        );
         let mut partial = again.clone();
         partial.data.as_mut().expect("data").remove(CA_KEY);
         assert_eq!(
