@@ -103,6 +103,26 @@ impl ApiServerVerifier {
         }
     }
 
+    /// The reads a reconcile of a stored TLS cluster starts with: its root Secret `root`, the
+    /// certificate Secrets from `secrets`, then, with the operator's own CA, the CA Secret
+    /// `ca`.
+    async fn stored_reads(
+        &mut self,
+        root: &Value,
+        secrets: &BTreeMap<String, Value>,
+        ca: Option<&Value>,
+    ) {
+        self.expect(Method::GET, &format!("{NS}/secrets/demo-root"))
+            .await
+            .ok(root);
+        self.certificate_reads(secrets).await;
+        if let Some(ca) = ca {
+            self.expect(Method::GET, &format!("{NS}/secrets/demo-ca"))
+                .await
+                .ok(ca);
+        }
+    }
+
     /// A create of Secret `name` (never an apply: an existing one is not overwritten).
     async fn secret_created(&mut self, name: &str) -> Value {
         let seen = self.expect(Method::POST, &format!("{NS}/secrets")).await;
@@ -321,14 +341,8 @@ async fn renewed_member_certificates_restart_one_member_at_a_time_while_a_quorum
     );
     let server = tokio::spawn(async move {
         verifier
-            .expect(Method::GET, &format!("{NS}/secrets/demo-root"))
-            .await
-            .ok(&applied.secret);
-        verifier.certificate_reads(&due).await;
-        verifier
-            .expect(Method::GET, &format!("{NS}/secrets/demo-ca"))
-            .await
-            .ok(&ca_secret);
+            .stored_reads(&applied.secret, &due, Some(&ca_secret))
+            .await;
         let mut renewed = BTreeMap::new();
         for name in ["demo-1-tls", "demo-2-tls"] {
             let seen = verifier
@@ -389,14 +403,8 @@ async fn renewed_member_certificates_restart_one_member_at_a_time_while_a_quorum
     let (ca_secret, current) = (stored.ca.clone(), secrets.clone());
     let server = tokio::spawn(async move {
         verifier
-            .expect(Method::GET, &format!("{NS}/secrets/demo-root"))
-            .await
-            .ok(&applied.secret);
-        verifier.certificate_reads(&current).await;
-        verifier
-            .expect(Method::GET, &format!("{NS}/secrets/demo-ca"))
-            .await
-            .ok(&ca_secret);
+            .stored_reads(&applied.secret, &current, Some(&ca_secret))
+            .await;
         verifier.lists(&applied, pods).await;
         let pod = verifier.apply(&format!("{NS}/pods/demo-1"), "Pod").await;
         verifier.event("MembersCreated", "Normal").await;
@@ -419,11 +427,7 @@ async fn refused(secrets: BTreeMap<String, Value>, ca: Option<Value>, reason: &s
     let root = resources_root();
     let reason = reason.to_string();
     let server = tokio::spawn(async move {
-        verifier
-            .expect(Method::GET, &format!("{NS}/secrets/demo-root"))
-            .await
-            .ok(&root);
-        verifier.certificate_reads(&secrets).await;
+        verifier.stored_reads(&root, &secrets, None).await;
         if secrets
             .values()
             .all(|s| s["metadata"]["labels"].is_object())
@@ -489,11 +493,7 @@ async fn with_cert_manager_the_operator_requests_certificates_and_waits_for_thei
     let (ctx, mut verifier, _) = Context::test();
     let root = resources_root();
     let server = tokio::spawn(async move {
-        verifier
-            .expect(Method::GET, &format!("{NS}/secrets/demo-root"))
-            .await
-            .ok(&root);
-        verifier.certificate_reads(&BTreeMap::new()).await;
+        verifier.stored_reads(&root, &BTreeMap::new(), None).await;
         let certificates = "/apis/cert-manager.io/v1/namespaces/default/certificates";
         for name in HOLDERS {
             verifier
@@ -567,10 +567,8 @@ async fn certificates_from_another_ca_are_not_rolled_out_under_running_members()
     let applied = stored.applied.clone();
     let server = tokio::spawn(async move {
         verifier
-            .expect(Method::GET, &format!("{NS}/secrets/demo-root"))
-            .await
-            .ok(&applied.secret);
-        verifier.certificate_reads(&reissued).await;
+            .stored_reads(&applied.secret, &reissued, None)
+            .await;
         for (name, certificate) in HOLDERS.iter().zip(&requested) {
             verifier
                 .expect(
