@@ -101,11 +101,12 @@ async fn next_until<T>(
 /// Serves HTTP/1.1 on each connection `connections` hands over, with `http`, until `stop`
 /// resolves; connections then finish the response under way and close, and this returns
 /// once they have.
-pub(super) async fn serve_http1<F>(
-    mut connections: mpsc::Receiver<Conn>,
+pub(super) async fn serve_http1<I, F>(
+    mut connections: mpsc::Receiver<I>,
     http: axum::Router,
     stopped: impl Fn() -> F,
 ) where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
     F: Future<Output = ()> + Send + 'static,
 {
     let stop = stopped();
@@ -263,6 +264,53 @@ mod tests {
             .expect("write");
         let answer = read_until(&mut client, Some("late event")).await;
         assert!(answer.contains("late event"), "{answer}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn stopping_lets_the_response_under_way_finish_before_the_server_returns() {
+        use tokio::io::AsyncWriteExt;
+        // The response's body waits until the test releases it.
+        let release = std::sync::Arc::new(tokio::sync::Notify::new());
+        let slow = {
+            let release = release.clone();
+            move || async move {
+                let late = futures_util::stream::once(async move {
+                    release.notified().await;
+                    Ok::<_, std::io::Error>("the write was applied")
+                });
+                axum::body::Body::from_stream(late)
+            }
+        };
+        let http = axum::Router::new().route("/slow", axum::routing::get(slow));
+        let (connections, incoming) = mpsc::channel(1);
+        let (stop, stopping) = tokio::sync::watch::channel(false);
+        let stopped = move || {
+            let mut stopping = stopping.clone();
+            async move {
+                let _ = stopping.wait_for(|s| *s).await;
+            }
+        };
+        let server = tokio::spawn(serve_http1(incoming, http, stopped));
+        let (mut client, conn) = tokio::io::duplex(1 << 16);
+        connections.send(conn).await.expect("handed over");
+        client
+            .write_all(b"GET /slow HTTP/1.1\r\nhost: m\r\n\r\n")
+            .await
+            .expect("write");
+        // The response has begun (its head is out) when the member starts to stop.
+        let head = read_until(&mut client, Some("HTTP/1.1 200")).await;
+        assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+        stop.send(true).expect("stop");
+        let mut server = server;
+        let early = tokio::time::timeout(Duration::from_secs(10), &mut server).await;
+        assert!(early.is_err(), "returned with a response under way");
+        release.notify_one();
+        let answer = read_until(&mut client, Some("the write was applied")).await;
+        assert!(answer.contains("the write was applied"), "{answer}");
+        tokio::time::timeout(Duration::from_secs(60), server)
+            .await
+            .expect("the server returned once the connection was done")
+            .expect("server task");
     }
 
     #[test]
