@@ -246,6 +246,26 @@ impl Ca {
     }
 }
 
+/// A member's TLS flags: both ports serve `cert` (with `key`) and require client
+/// certificates signed by the CA in `ca`.
+pub fn member_flags(cert: &str, key: &str, ca: &str) -> Vec<String> {
+    [
+        ("--cert-file", cert),
+        ("--key-file", key),
+        ("--trusted-ca-file", ca),
+        ("--peer-cert-file", cert),
+        ("--peer-key-file", key),
+        ("--peer-trusted-ca-file", ca),
+    ]
+    .into_iter()
+    .map(|(flag, value)| format!("{flag}={value}"))
+    .chain([
+        "--client-cert-auth".to_string(),
+        "--peer-client-cert-auth".to_string(),
+    ])
+    .collect()
+}
+
 /// When the certificate in `pem` expires; `None` when it cannot be read (read as "renew").
 pub fn expiry(pem: &str) -> Option<OffsetDateTime> {
     let (_, der) = x509_parser::pem::parse_x509_pem(pem.as_bytes()).ok()?;

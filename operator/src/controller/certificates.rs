@@ -56,17 +56,6 @@ fn refused(name: &str, reason: impl Into<String>) -> Error {
     }
 }
 
-/// Whether `meta` bears every label of `cluster`'s children: the operator made it.
-fn ours(
-    cluster: &StorageCluster,
-    meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta,
-) -> bool {
-    let labels = meta.labels.as_ref();
-    resources::labels(cluster)
-        .iter()
-        .all(|(k, v)| labels.and_then(|l| l.get(k)) == Some(v))
-}
-
 fn not_ours(cluster: &StorageCluster, name: &str, kind: &str) -> Error {
     refused(
         name,
@@ -88,7 +77,11 @@ pub async fn ensure(client: &Client, cluster: &StorageCluster) -> Result<Certifi
     for holder in &holders {
         found.push(secrets.get_opt(&holder.secret_name(cluster)).await?);
     }
-    if let Some(secret) = found.iter().flatten().find(|s| !ours(cluster, &s.metadata)) {
+    if let Some(secret) = found
+        .iter()
+        .flatten()
+        .find(|s| !resources::made_for(cluster, &s.metadata))
+    {
         return Err(not_ours(cluster, &secret.name_any(), "Secret"));
     }
     let issuer = cluster
@@ -160,7 +153,7 @@ async fn request(
         let name = desired.name_any();
         let live = api.get_opt(&name).await?;
         if let Some(live) = &live {
-            if !ours(cluster, &live.metadata) {
+            if !resources::made_for(cluster, &live.metadata) {
                 return Err(not_ours(cluster, &name, "cert-manager Certificate"));
             }
             if resources::applied_hash(&live.metadata) == resources::applied_hash(desired.meta()) {
@@ -201,7 +194,7 @@ async fn issue_own(
     let ca = match secrets.get_opt(&ca_name).await? {
         Some(secret) => {
             let part = |key: &str| {
-                tls::text(&secret, key).ok_or_else(|| {
+                resources::secret_text(&secret, key).ok_or_else(|| {
                     refused(
                         &ca_name,
                         format!("no PEM under key {key}: restore the CA Secret"),
@@ -249,7 +242,7 @@ async fn issue_own(
     for (holder, slot) in holders.iter().zip(found.iter_mut()) {
         let name = holder.secret_name(cluster);
         if let Some((cert, _, ca_cert)) = slot.as_ref().and_then(tls::certificate_of) {
-            if ca_cert.trim() != ca.cert_pem().trim() {
+            if !tls::same_ca(ca_cert, ca.cert_pem()) {
                 return Err(refused(
                     &name,
                     format!(

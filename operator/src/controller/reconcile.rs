@@ -421,11 +421,10 @@ impl<'a> Reconciler<'a> {
     /// replaced in between is not deleted). Returns whether it deleted.
     async fn delete_generated(&self, name: &str) -> Result<bool> {
         let secrets: Api<Secret> = self.api();
-        let found = secrets.get_opt(name).await?.filter(|s| {
-            resources::labels(self.cluster)
-                .iter()
-                .all(|(k, v)| s.labels().get(k) == Some(v))
-        });
+        let found = secrets
+            .get_opt(name)
+            .await?
+            .filter(|s| resources::made_for(self.cluster, &s.metadata));
         let Some(found) = found else {
             return Ok(false);
         };
@@ -699,12 +698,8 @@ impl<'a> Reconciler<'a> {
             }
         };
         let field = |key: &str| {
-            secret
-                .data
-                .as_ref()
-                .and_then(|d| d.get(key))
-                .and_then(|v| String::from_utf8(v.0.clone()).ok())
-                .filter(|v| !v.is_empty())
+            resources::secret_text(&secret, key)
+                .map(str::to_string)
                 .ok_or_else(|| Error::Secret {
                     name: name.clone(),
                     reason: format!("no UTF-8 value under key {key}"),

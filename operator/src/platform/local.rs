@@ -452,22 +452,11 @@ impl LocalPlatform {
     fn tls_args(&self, name: &str) -> Result<Vec<String>> {
         let (issued, _) = self.certificate(name, name)?;
         let path = |p: &Path| p.display().to_string();
-        let (cert, key, ca) = (path(&issued.cert), path(&issued.key), path(&issued.ca));
-        Ok([
-            ("--cert-file", &cert),
-            ("--key-file", &key),
-            ("--trusted-ca-file", &ca),
-            ("--peer-cert-file", &cert),
-            ("--peer-key-file", &key),
-            ("--peer-trusted-ca-file", &ca),
-        ]
-        .into_iter()
-        .flat_map(|(flag, value)| [flag.to_string(), value.clone()])
-        .chain([
-            "--client-cert-auth".into(),
-            "--peer-client-cert-auth".into(),
-        ])
-        .collect())
+        Ok(crate::pki::member_flags(
+            &path(&issued.cert),
+            &path(&issued.key),
+            &path(&issued.ca),
+        ))
     }
 
     /// The operator's client certificate (and the users' one beside it), issued when missing

@@ -223,10 +223,16 @@ mod tests {
         String::from_utf8_lossy(&seen).into_owned()
     }
 
+    /// Sends `GET path` over `client`.
+    async fn get(client: &mut tokio::io::DuplexStream, path: &str) {
+        use tokio::io::AsyncWriteExt;
+        let request = format!("GET {path} HTTP/1.1\r\nhost: m\r\n\r\n");
+        client.write_all(request.as_bytes()).await.expect("write");
+    }
+
     // Paused time: the runtime jumps the clock forward whenever every task waits.
     #[tokio::test(start_paused = true)]
     async fn an_idle_http1_connection_is_closed_but_a_quiet_response_stream_is_not() {
-        use tokio::io::AsyncWriteExt;
         let quiet = || async {
             let late = futures_util::stream::once(async {
                 tokio::time::sleep(HTTP1_IDLE_TIMEOUT * 4).await;
@@ -244,10 +250,7 @@ mod tests {
             http.clone(),
             std::future::pending(),
         ));
-        client
-            .write_all(b"GET /health HTTP/1.1\r\nhost: m\r\n\r\n")
-            .await
-            .expect("write");
+        get(&mut client, "/health").await;
         let answer = read_until(&mut client, Some("healthy")).await;
         assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
         // Kept alive, then idle: closed once the next request's headers are overdue.
@@ -258,17 +261,13 @@ mod tests {
 
         let (mut client, server) = tokio::io::duplex(1 << 16);
         tokio::spawn(serve_http1_connection(server, http, std::future::pending()));
-        client
-            .write_all(b"GET /quiet HTTP/1.1\r\nhost: m\r\n\r\n")
-            .await
-            .expect("write");
+        get(&mut client, "/quiet").await;
         let answer = read_until(&mut client, Some("late event")).await;
         assert!(answer.contains("late event"), "{answer}");
     }
 
     #[tokio::test(start_paused = true)]
     async fn stopping_lets_the_response_under_way_finish_before_the_server_returns() {
-        use tokio::io::AsyncWriteExt;
         // The response's body waits until the test releases it.
         let release = std::sync::Arc::new(tokio::sync::Notify::new());
         let slow = {
@@ -293,10 +292,7 @@ mod tests {
         let server = tokio::spawn(serve_http1(incoming, http, stopped));
         let (mut client, conn) = tokio::io::duplex(1 << 16);
         connections.send(conn).await.expect("handed over");
-        client
-            .write_all(b"GET /slow HTTP/1.1\r\nhost: m\r\n\r\n")
-            .await
-            .expect("write");
+        get(&mut client, "/slow").await;
         // The response has begun (its head is out) when the member starts to stop.
         let head = read_until(&mut client, Some("HTTP/1.1 200")).await;
         assert!(head.starts_with("HTTP/1.1 200"), "{head}");

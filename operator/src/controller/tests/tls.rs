@@ -39,7 +39,7 @@ fn secret_of(value: &Value) -> Secret {
 }
 
 fn text(value: &Value, key: &str) -> String {
-    tls::text(&secret_of(value), key)
+    super::resources::secret_text(&secret_of(value), key)
         .unwrap_or_else(|| panic!("no {key} in {value}"))
         .to_string()
 }

@@ -308,6 +308,21 @@ pub(crate) fn data_meta(cluster: &StorageCluster, name: String) -> ObjectMeta {
     }
 }
 
+/// Whether an object (its metadata) bears every label of `cluster`'s children: the operator
+/// made it for this cluster.
+pub fn made_for(cluster: &StorageCluster, meta: &ObjectMeta) -> bool {
+    let labels = meta.labels.as_ref();
+    self::labels(cluster)
+        .iter()
+        .all(|(k, v)| labels.and_then(|l| l.get(k)) == Some(v))
+}
+
+/// The value under `key` in `secret`'s data, as non-empty UTF-8 text.
+pub fn secret_text<'s>(secret: &'s Secret, key: &str) -> Option<&'s str> {
+    let value = secret.data.as_ref()?.get(key)?;
+    std::str::from_utf8(&value.0).ok().filter(|v| !v.is_empty())
+}
+
 /// Labels selecting every child the operator made for `cluster` (and only those: a claim
 /// someone else labelled `app.kubernetes.io/instance` is not the operator's).
 pub fn owned_selector(cluster: &StorageCluster) -> String {
@@ -881,7 +896,7 @@ mod tests {
                 &"--initial-cluster=demo-0=https://demo-0.demo-peer.default.svc:2380,\
             demo-1=https://demo-1.demo-peer.default.svc:2380,\
             demo-2=https://demo-2.demo-peer.default.svc:2380"
-                    .replace(' ', "")
+                    .to_string()
             )
         );
         assert!(args.contains(&"--key-file=/etc/mend/tls/tls.key".to_string()));

@@ -223,19 +223,10 @@ pub fn certificate(cluster: &StorageCluster, holder: &Holder, issuer: &IssuerRef
     resources::stamp(object)
 }
 
-/// A value of `secret`'s data as text.
-pub fn text<'s>(secret: &'s Secret, key: &str) -> Option<&'s str> {
-    let value = secret.data.as_ref()?.get(key)?;
-    std::str::from_utf8(&value.0).ok().filter(|v| !v.is_empty())
-}
-
 /// The certificate, key and CA of a certificate Secret, when all three are there.
 pub fn certificate_of(secret: &Secret) -> Option<(&str, &str, &str)> {
-    Some((
-        text(secret, CERT_KEY)?,
-        text(secret, KEY_KEY)?,
-        text(secret, CA_KEY)?,
-    ))
+    let text = |key| resources::secret_text(secret, key);
+    Some((text(CERT_KEY)?, text(KEY_KEY)?, text(CA_KEY)?))
 }
 
 /// What a certificate Secret holds, as digests: what a member pod started on it notes in its
@@ -279,6 +270,12 @@ impl Digests {
     }
 }
 
+/// Whether the CA certificates `a` and `b` are one CA to members: the same subject and public
+/// key (see [`Digests::of`]).
+pub fn same_ca(a: &str, b: &str) -> bool {
+    matches!((ca_identity(a), ca_identity(b)), (Some(a), Some(b)) if a == b)
+}
+
 /// The subject and public key of the first certificate in `pem` (a CA bundle's first).
 fn ca_identity(pem: &str) -> Option<(Vec<u8>, Vec<u8>)> {
     let (_, der) = x509_parser::pem::parse_x509_pem(pem.as_bytes()).ok()?;
@@ -293,21 +290,7 @@ fn ca_identity(pem: &str) -> Option<(Vec<u8>, Vec<u8>)> {
 /// the Secret mounted at [`TLS_MOUNT`].
 pub fn member_args() -> Vec<String> {
     let file = |key: &str| format!("{TLS_MOUNT}/{key}");
-    [
-        ("--cert-file", file(CERT_KEY)),
-        ("--key-file", file(KEY_KEY)),
-        ("--trusted-ca-file", file(CA_KEY)),
-        ("--peer-cert-file", file(CERT_KEY)),
-        ("--peer-key-file", file(KEY_KEY)),
-        ("--peer-trusted-ca-file", file(CA_KEY)),
-    ]
-    .into_iter()
-    .map(|(flag, value)| format!("{flag}={value}"))
-    .chain([
-        "--client-cert-auth".to_string(),
-        "--peer-client-cert-auth".to_string(),
-    ])
-    .collect()
+    pki::member_flags(&file(CERT_KEY), &file(KEY_KEY), &file(CA_KEY))
 }
 
 /// The member pod's volume of its certificate Secret: readable by the member's group only
