@@ -17,7 +17,7 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::{Affinity, ResourceRequirements, Toleration};
 use k8s_openapi::api::networking::v1::NetworkPolicyPeer;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -119,6 +119,22 @@ pub struct StorageClusterSpec {
     /// member when its pod is next created.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub auto_compaction: Option<AutoCompaction>,
+    /// Scheduled defragmentation of the members' backends (etcd's `etcdctl defrag`), one
+    /// member at a time, followers first and the leader last, only while every member answers
+    /// and the cluster is neither diverged nor healing. Absent (the default): none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub defragmentation: Option<Defragmentation>,
+}
+
+/// When to defragment the members.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct Defragmentation {
+    /// A five-field cron schedule in UTC (`minute hour day-of-month month day-of-week`, as a
+    /// CronJob's), such as `0 3 * * 0` for Sundays at 03:00. A time missed while the operator
+    /// was down is caught up once, as soon as the cluster allows it.
+    #[schemars(length(min = 1))]
+    pub schedule: String,
 }
 
 /// Automatic compaction: how much history the members keep.
@@ -654,6 +670,40 @@ pub struct StorageClusterStatus {
     /// Healing progress.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub healing: Option<HealingStatus>,
+    /// Scheduled defragmentation: the last pass, the one under way and the next.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub defragmentation: Option<DefragmentationStatus>,
+}
+
+/// Where scheduled defragmentation stands.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct DefragmentationStatus {
+    /// The scheduled time of the last pass started (or, before the first, the last one the
+    /// schedule had when the operator first read it, which is not run).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_schedule_time: Option<Time>,
+    /// When the last pass finished with every member defragmented.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_successful_time: Option<Time>,
+    /// The next scheduled time.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_schedule_time: Option<Time>,
+    /// Members defragmented by the pass under way (or the last one), in order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub defragmented: Vec<String>,
+    /// Whether a pass is under way.
+    #[serde(default)]
+    pub active: bool,
+    /// Why the pass under way waits, when it does.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub waiting: Option<String>,
+    /// Failed attempts in a row on the member being defragmented.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub failures: u32,
+    /// How the last pass that ended without every member ended.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_failure: Option<String>,
 }
 
 fn default_replicas() -> i32 {

@@ -15,12 +15,13 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use crds::{HealingStatus, StorageClusterSpec};
+use crds::{DefragmentationStatus, HealingStatus, StorageClusterSpec};
 use k8s_openapi::jiff::Timestamp;
 
-use crate::detector::Round;
+use crate::detector::{Finding, Round};
 use crate::executor::{Executor, Outcome, Pause, Progress};
 use crate::healer::{Assessment, Healer};
+use crate::maintenance;
 use crate::members::{Credentials, Members};
 use crate::metrics::HealMetrics;
 use crate::planner::{self, Decision, Member, Mode, Step};
@@ -50,7 +51,11 @@ pub fn step_limit(step: &Step) -> Duration {
 pub struct Note {
     /// A warning rather than a normal event.
     pub warning: bool,
-    /// `HealStarted`, `HealStep`, `HealPaused`, `Healed` or `HealFailed`.
+    /// What the operator was doing: `Heal` or `Defragment`.
+    pub action: &'static str,
+    /// `HealStarted`, `HealStep`, `HealPaused`, `Healed`, `HealFailed`; `DefragmentationStarted`,
+    /// `MemberDefragmented`, `Defragmented`, `DefragmentationWaiting`, `DefragmentFailed`,
+    /// `DefragmentationFailed`.
     pub reason: &'static str,
     /// What happened, in words.
     pub message: String,
@@ -60,6 +65,7 @@ impl Note {
     fn normal(reason: &'static str, message: String) -> Note {
         Note {
             warning: false,
+            action: "Heal",
             reason,
             message,
         }
@@ -68,8 +74,7 @@ impl Note {
     fn warning(reason: &'static str, message: String) -> Note {
         Note {
             warning: true,
-            reason,
-            message,
+            ..Note::normal(reason, message)
         }
     }
 }
@@ -103,6 +108,8 @@ pub struct Cluster<'a, P: Platform> {
     pub metrics: &'a HealMetrics,
     /// Why the cluster's auth is not the operator's, when it is not: nothing is healed then.
     pub auth_untrusted: Option<&'a str>,
+    /// Scheduled defragmentation as recorded last (`None`: never).
+    pub defragmentation: Option<&'a DefragmentationStatus>,
 }
 
 /// What one pass saw, decided and did: the driver records `progress`, builds the status from
@@ -121,6 +128,8 @@ pub struct Pass {
     pub ended: Option<(bool, HealTimes)>,
     /// The healing part of the status.
     pub healing: HealingStatus,
+    /// Scheduled defragmentation, to record (`None`: no schedule).
+    pub defragmentation: Option<DefragmentationStatus>,
 }
 
 impl Pass {
@@ -253,6 +262,20 @@ pub async fn pass<P: Platform>(
             }
         }
     }
+    let schedule = cluster
+        .spec
+        .defragmentation
+        .as_ref()
+        .map(|d| maintenance::Schedule::parse(&d.schedule));
+    let defragmentation = match schedule {
+        None => None,
+        // Drivers refuse such a spec before a pass: keep what was recorded.
+        Some(Err(_)) => cluster.defragmentation.cloned(),
+        Some(Ok(schedule)) => {
+            let held = defragmentation_held(&assessment, progress.is_some());
+            Some(defragment(&cluster, &schedule, &round, held, &mut notes, now).await)
+        }
+    };
     let healing = healing_status(healer, progress.as_ref());
     Pass {
         round,
@@ -261,7 +284,113 @@ pub async fn pass<P: Platform>(
         notes,
         ended,
         healing,
+        defragmentation,
     }
+}
+
+/// Why no member may be defragmented now: a heal runs, the members diverged (defragmenting
+/// changes no data, but a heal may need every member soon), or one lags far behind.
+fn defragmentation_held(assessment: &Assessment, healing: bool) -> Option<String> {
+    if healing {
+        return Some("a heal is under way".into());
+    }
+    if let Some((_, why)) = status::divergence(&assessment.findings) {
+        return Some(format!("the cluster diverged: {why}"));
+    }
+    assessment.findings.iter().find_map(|f| match f {
+        Finding::Lagging { name, behind } => Some(format!("{name} is {behind} entries behind")),
+        _ => None,
+    })
+}
+
+/// Runs this pass's part of scheduled defragmentation on `cluster`: starts a pass when one is
+/// due, defragments at most one member, and returns the status to record.
+async fn defragment<P: Platform>(
+    cluster: &Cluster<'_, P>,
+    schedule: &maintenance::Schedule,
+    round: &Round,
+    held: Option<String>,
+    notes: &mut Vec<Note>,
+    now: Timestamp,
+) -> DefragmentationStatus {
+    let waited = cluster.defragmentation.and_then(|s| s.waiting.clone());
+    let decision = maintenance::decide(schedule, cluster.defragmentation, round, held, now);
+    let mut recorded = decision.status;
+    let first = notes.len();
+    if decision.started {
+        let due = recorded
+            .last_schedule_time
+            .as_ref()
+            .map(|t| t.0.to_string())
+            .unwrap_or_default();
+        notes.push(Note::normal(
+            "DefragmentationStarted",
+            format!(
+                "defragmenting the {} members for the schedule's {due}: followers first, the \
+                 leader last, one at a time",
+                round.members.len()
+            ),
+        ));
+    }
+    match decision.next {
+        maintenance::Next::Idle => {}
+        maintenance::Next::Wait(why) => {
+            if waited.as_deref() != Some(why.as_str()) {
+                notes.push(Note::warning(
+                    "DefragmentationWaiting",
+                    format!("defragmentation waits: {why}"),
+                ));
+            }
+        }
+        maintenance::Next::Defragment(name) => {
+            let before = round
+                .members
+                .iter()
+                .find(|m| m.name == name)
+                .map_or(0, |m| m.db_size);
+            let result = match cluster.platform.endpoint(&name) {
+                Ok(endpoint) => cluster
+                    .members
+                    .defragment(endpoint, cluster.credentials.clone())
+                    .await
+                    .map_err(|e| e.to_string()),
+                Err(e) => Err(e.to_string()),
+            };
+            tracing::info!(member = %name, ?result, "defragmentation");
+            let members = round.members.len();
+            let ended = maintenance::record(&mut recorded, &name, result.clone(), members, now);
+            let why = result.err().unwrap_or_default();
+            match ended {
+                maintenance::Recorded::Member | maintenance::Recorded::Completed => {
+                    notes.push(Note::normal(
+                        "MemberDefragmented",
+                        format!("defragmented {name} (its backend held {before} bytes before)"),
+                    ));
+                }
+                maintenance::Recorded::Retrying => notes.push(Note::warning(
+                    "DefragmentFailed",
+                    format!("defragmenting {name} failed ({why}); trying again in the next pass"),
+                )),
+                maintenance::Recorded::Failed => notes.push(Note::warning(
+                    "DefragmentationFailed",
+                    recorded.last_failure.clone().unwrap_or_default(),
+                )),
+            }
+            if ended == maintenance::Recorded::Completed {
+                notes.push(Note::normal(
+                    "Defragmented",
+                    format!(
+                        "defragmented every member, in this order: {}",
+                        recorded.defragmented.join(", ")
+                    ),
+                ));
+            }
+        }
+    }
+    for note in &mut notes[first..] {
+        note.action = "Defragment";
+    }
+    recorded
 }
 
 /// Runs (or looks again at) the next step of `heal`.

@@ -6,7 +6,8 @@
 //! - Pure decision code: [`detector`] (probe rounds in, findings out, tolerant of changes still
 //!   in flight), [`planner`] (findings in, a recovery plan or a reason to wait out, and the
 //!   safety rules each step is held to right before it runs), [`healer`] (the loop's memory
-//!   between passes: evidence, backoff when drift returns), [`status`] (observations and
+//!   between passes: evidence, backoff when drift returns), [`maintenance`] (when scheduled
+//!   defragmentation is due and which member goes next), [`status`] (observations and
 //!   decisions to the resource's status).
 //! - I/O that observes and acts: [`probe`] (one probe round of every member; what could not be
 //!   observed stays unknown), [`members`] (the etcd API seam: probes, auth bootstrap,
@@ -28,6 +29,7 @@ pub mod detector;
 pub mod executor;
 pub mod healer;
 pub mod healing;
+pub mod maintenance;
 pub mod members;
 pub mod metrics;
 pub mod pki;

@@ -9,9 +9,9 @@ use std::time::Duration;
 
 use futures_util::future::BoxFuture;
 use storage_node::pb::etcdserverpb::{
-    AuthenticateRequest, MemberAddRequest, MemberListRequest, MemberPromoteRequest,
-    MemberRemoveRequest, MoveLeaderRequest, auth_client::AuthClient, cluster_client::ClusterClient,
-    maintenance_client::MaintenanceClient,
+    AuthenticateRequest, DefragmentRequest, MemberAddRequest, MemberListRequest,
+    MemberPromoteRequest, MemberRemoveRequest, MoveLeaderRequest, auth_client::AuthClient,
+    cluster_client::ClusterClient, maintenance_client::MaintenanceClient,
 };
 use tonic::transport::Channel;
 
@@ -107,7 +107,19 @@ pub trait Members: Send + Sync {
         credentials: Credentials,
         to: u64,
     ) -> BoxFuture<'static, CallResult<()>>;
+
+    /// Defragments the backend of the member at `endpoint` (etcdctl's `defrag`), waiting up
+    /// to [`DEFRAGMENT_TIMEOUT`] for it: a large backend takes a while to rewrite.
+    fn defragment(
+        &self,
+        endpoint: String,
+        credentials: Credentials,
+    ) -> BoxFuture<'static, CallResult<()>>;
 }
+
+/// How long a member's defragmentation may take before the call gives up (the member goes
+/// on; the pass tries it again).
+pub const DEFRAGMENT_TIMEOUT: Duration = Duration::from_secs(5 * 60);
 
 /// The real members, over gRPC, every call bounded by `timeout`.
 pub struct Grpc {
@@ -162,7 +174,23 @@ impl Grpc {
         F: Fn(Channel, Option<String>) -> Fut + Send + 'static,
         Fut: Future<Output = Result<T, tonic::Status>> + Send,
     {
-        let timeout = self.timeout;
+        self.call_within(self.timeout, name, endpoint, credentials, call)
+    }
+
+    /// [`Grpc::call`] with every request bounded by `timeout` instead.
+    fn call_within<T, F, Fut>(
+        &self,
+        timeout: Duration,
+        name: &'static str,
+        endpoint: String,
+        credentials: Credentials,
+        call: F,
+    ) -> BoxFuture<'static, CallResult<T>>
+    where
+        T: Send + 'static,
+        F: Fn(Channel, Option<String>) -> Fut + Send + 'static,
+        Fut: Future<Output = Result<T, tonic::Status>> + Send,
+    {
         let tokens = self.tokens.clone();
         Box::pin(async move {
             let error = |message: String| CallError {
@@ -385,6 +413,24 @@ impl Members for Grpc {
                 let request =
                     crate::client::request(MoveLeaderRequest { target_id: to }, token.as_deref());
                 MaintenanceClient::new(channel).move_leader(request).await?;
+                Ok(())
+            },
+        )
+    }
+
+    fn defragment(
+        &self,
+        endpoint: String,
+        credentials: Credentials,
+    ) -> BoxFuture<'static, CallResult<()>> {
+        self.call_within(
+            DEFRAGMENT_TIMEOUT,
+            "Defragment",
+            endpoint,
+            credentials,
+            |channel, token| async move {
+                let request = crate::client::request(DefragmentRequest {}, token.as_deref());
+                MaintenanceClient::new(channel).defragment(request).await?;
                 Ok(())
             },
         )

@@ -6,7 +6,10 @@
 //! Pure: probe observations, findings, the planner's decision and the heal's progress in, a
 //! status out. A condition keeps its `lastTransitionTime` while its status stays the same.
 
-use crds::{HealingStatus, MemberStatus, Phase, Role, StorageClusterStatus, condition};
+use crds::{
+    DefragmentationStatus, HealingStatus, MemberStatus, Phase, Role, StorageClusterStatus,
+    condition,
+};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 
 use crate::detector::{AlarmKind, Finding, Observation};
@@ -44,6 +47,8 @@ pub struct Inputs<'a> {
     pub auth_untrusted: Option<&'a str>,
     /// Label selector of the members (for the scale subresource).
     pub selector: String,
+    /// Scheduled defragmentation, as the pass left it.
+    pub defragmentation: Option<DefragmentationStatus>,
     /// The status written last, for condition transition times.
     pub previous: Option<&'a StorageClusterStatus>,
     /// Now.
@@ -266,11 +271,12 @@ pub fn build(inputs: &Inputs<'_>) -> StorageClusterStatus {
         members,
         auth_revision_drift: drift,
         healing: inputs.healing.clone(),
+        defragmentation: inputs.defragmentation.clone(),
     }
 }
 
 /// The reason and message of the Diverged condition, when members disagree.
-fn divergence(findings: &[Finding]) -> Option<(&'static str, String)> {
+pub(crate) fn divergence(findings: &[Finding]) -> Option<(&'static str, String)> {
     let compared = findings.iter().find_map(|f| match f {
         Finding::AuthRevisionDrift { revisions } => Some((
             "AuthRevisionDrift",
@@ -466,6 +472,7 @@ mod tests {
             held_back: None,
             auth_untrusted: None,
             selector: "app=x".into(),
+            defragmentation: None,
             previous,
             now: now(second),
         }

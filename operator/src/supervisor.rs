@@ -124,6 +124,9 @@ impl Supervisor {
         if let Some(problem) = crate::platform::auto_compaction_problem(spec) {
             return Err(Error::Spec(problem));
         }
+        if let Some(problem) = crate::maintenance::schedule_problem(spec) {
+            return Err(Error::Spec(problem));
+        }
         std::fs::create_dir_all(&config.workdir).map_err(|source| Error::File {
             path: config.workdir.clone(),
             source,
@@ -270,6 +273,10 @@ impl Supervisor {
                 credentials,
                 metrics: &self.metrics,
                 auth_untrusted: self.auth_untrusted.as_deref(),
+                defragmentation: self
+                    .status
+                    .as_ref()
+                    .and_then(|s| s.defragmentation.as_ref()),
             },
             &mut self.healer,
             self.progress.take(),
@@ -295,7 +302,7 @@ impl Supervisor {
         self.save_progress()?;
         self.renew_one_certificate(&pass.round)?;
         self.views = self.views_of(&pass.round);
-        self.write_status(&pass.assessment, pass.healing)
+        self.write_status(&pass.assessment, pass.healing, pass.defragmentation)
     }
 
     /// How the operator reaches the members.
@@ -325,9 +332,10 @@ impl Supervisor {
         Ok(())
     }
 
-    /// Takes a changed `spec.healing` from the spec file. Other changes are refused with a log
-    /// line (the members, their ports and their data are made for the spec they started with),
-    /// and so is a file that no longer parses: the running spec stays.
+    /// Takes a changed `spec.healing` or `spec.defragmentation` from the spec file. Other
+    /// changes are refused with a log line (the members, their ports and their data are made
+    /// for the spec they started with), and so is a file that no longer parses: the running
+    /// spec stays.
     fn reload_spec(&mut self) {
         let Some(path) = &self.config.spec_file else {
             return;
@@ -351,11 +359,22 @@ impl Supervisor {
         };
         let mut kept = spec.clone();
         kept.healing = self.config.spec.healing.clone();
+        kept.defragmentation = self.config.spec.defragmentation.clone();
         if kept != self.config.spec {
             tracing::error!(
                 file = %path.display(),
-                "only spec.healing can change while operator local runs; other changes ignored"
+                "only spec.healing and spec.defragmentation can change while operator local \
+                 runs; other changes ignored"
             );
+        }
+        if spec.defragmentation != self.config.spec.defragmentation {
+            match crate::maintenance::schedule_problem(&spec) {
+                Some(problem) => tracing::error!(file = %path.display(), "{problem}; not taken"),
+                None => {
+                    tracing::info!(schedule = ?spec.defragmentation, "spec.defragmentation changed");
+                    self.config.spec.defragmentation = spec.defragmentation.clone();
+                }
+            }
         }
         if spec.healing == self.config.spec.healing {
             return;
@@ -473,7 +492,12 @@ impl Supervisor {
             .collect()
     }
 
-    fn write_status(&mut self, assessment: &Assessment, healing: HealingStatus) -> Result<()> {
+    fn write_status(
+        &mut self,
+        assessment: &Assessment,
+        healing: HealingStatus,
+        defragmentation: Option<crds::DefragmentationStatus>,
+    ) -> Result<()> {
         let status = status::build(&status::Inputs {
             generation: None,
             replicas: self.config.spec.replicas,
@@ -484,6 +508,7 @@ impl Supervisor {
             held_back: assessment.held_back.clone(),
             auth_untrusted: self.auth_untrusted.as_deref(),
             selector: String::new(),
+            defragmentation,
             previous: self.status.as_ref(),
             now: Time(Timestamp::now()),
         });

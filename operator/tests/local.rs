@@ -788,3 +788,71 @@ fn certificates_due_for_renewal_are_renewed_one_member_at_a_time_and_quorum_hold
     }
     assert_everywhere(&op, &acknowledged);
 }
+
+#[test]
+fn scheduled_defragmentation_goes_member_by_member_leader_last_and_gives_space_back() {
+    let mut op = LocalOperator::start_with("Automatic", false);
+    op.wait_status("the cluster to form with auth on", |s| {
+        settled(s) && op.auth_on()
+    });
+    let root = op.root();
+    let endpoint = op.endpoints()[0].clone();
+    let value = vec![b'v'; 75_000];
+    for i in 0..60 {
+        let key = format!("k{}", i % 5);
+        ok(cluster::etcdctl_with_input(
+            &endpoint,
+            &["--user", &root, "put", &key],
+            Some(&value),
+        ));
+    }
+    let status = ok(op.etcdctl(
+        &endpoint,
+        &["--user", &root, "endpoint", "status", "-w", "json"],
+    ));
+    let revision = serde_json::from_str::<serde_json::Value>(&status).expect("status json")[0]
+        ["Status"]["header"]["revision"]
+        .as_i64()
+        .expect("revision");
+    ok(op.etcdctl(
+        &endpoint,
+        &["--user", &root, "compaction", &revision.to_string()],
+    ));
+    ok(op.etcdctl(&endpoint, &["--user", &root, "put", "after", "v"]));
+    let before = op.wait_status("every member to hold the history", |s| {
+        settled(s) && s.members.iter().all(|m| m.db_size > 3_000_000)
+    });
+
+    op.set_defragmentation("Automatic", "* * * * *");
+    let done = op.wait_status("a scheduled pass to defragment every member", |s| {
+        s.defragmentation
+            .as_ref()
+            .is_some_and(|d| d.last_successful_time.is_some())
+    });
+    let pass = done.defragmentation.clone().unwrap_or_default();
+    let mut names = pass.defragmented.clone();
+    names.sort();
+    assert_eq!(names, ["node1", "node2", "node3"], "each member once");
+    assert_eq!(
+        pass.defragmented.last(),
+        done.leader.as_ref(),
+        "the leader goes last"
+    );
+    let size_before = |name: &str| {
+        before
+            .members
+            .iter()
+            .find(|m| m.name == name)
+            .map_or(0, |m| m.db_size)
+    };
+    op.wait_status("every member's backend to shrink", |s| {
+        s.members
+            .iter()
+            .all(|m| m.healthy && m.db_size * 2 < size_before(&m.name))
+    });
+    assert_everywhere(&op, &["after".to_string()]);
+    for endpoint in op.endpoints() {
+        let held = ok(op.etcdctl(&endpoint, &["--user", &root, "get", "k4", "--keys-only"]));
+        assert_eq!(held, "k4\n\n", "{endpoint}");
+    }
+}

@@ -296,6 +296,14 @@ impl Members for FakeMembers {
     ) -> BoxFuture<'static, CallResult<()>> {
         self.record(format!("MoveLeader {to:x}"), ())
     }
+
+    fn defragment(
+        &self,
+        endpoint: String,
+        _credentials: Credentials,
+    ) -> BoxFuture<'static, CallResult<()>> {
+        self.record(format!("Defragment {endpoint}"), ())
+    }
 }
 
 type Handle = tower_test::mock::Handle<Request<Body>, Response<Body>>;

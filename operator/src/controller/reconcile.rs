@@ -273,6 +273,11 @@ impl<'a> Reconciler<'a> {
                 },
                 metrics: &self.ctx.metrics.heal,
                 auth_untrusted: untrusted_before.as_deref(),
+                defragmentation: self
+                    .cluster
+                    .status
+                    .as_ref()
+                    .and_then(|s| s.defragmentation.as_ref()),
             },
             &mut healer,
             resumed,
@@ -319,7 +324,7 @@ impl<'a> Reconciler<'a> {
             } else {
                 EventType::Normal
             };
-            self.event(kind, note.reason, "Heal", note.message.clone())
+            self.event(kind, note.reason, note.action, note.message.clone())
                 .await?;
         }
         if pass.busy() {
@@ -529,6 +534,7 @@ impl<'a> Reconciler<'a> {
             held_back: pass.assessment.held_back.clone(),
             auth_untrusted,
             selector: resources::selector(self.cluster),
+            defragmentation: pass.defragmentation.clone(),
             previous: self.cluster.status.as_ref(),
             now: Time(Timestamp::now()),
         })

@@ -38,6 +38,8 @@ pub struct LocalOperator {
     healing: String,
     /// Whether the spec asks for TLS (`spec.tls: {}`).
     tls: bool,
+    /// Extra lines under `spec` (after `healing`).
+    extra_spec: String,
 }
 
 impl LocalOperator {
@@ -108,7 +110,7 @@ impl LocalOperator {
     ) -> LocalOperator {
         let work = tempfile::tempdir().expect("workdir");
         let spec = work.path().join("cluster.yaml");
-        write_spec(&spec, healing_mode, healing, tls);
+        write_spec(&spec, healing_mode, healing, tls, "");
         let mut node_args = [
             "--bcrypt-cost=4",
             "--heartbeat-interval=50",
@@ -129,6 +131,7 @@ impl LocalOperator {
             engine,
             healing: healing.to_string(),
             tls,
+            extra_spec: String::new(),
         };
         op.spawn();
         op
@@ -167,7 +170,14 @@ impl LocalOperator {
     /// Changes `spec.healing.mode` in the spec file, as a user would; the operator reads it
     /// again.
     pub fn set_healing_mode(&self, mode: &str) {
-        write_spec(&self.spec, mode, &self.healing, self.tls);
+        write_spec(&self.spec, mode, &self.healing, self.tls, &self.extra_spec);
+    }
+
+    /// Sets `spec.defragmentation.schedule` in the spec file, as a user would; the operator
+    /// reads it again. The healing mode written is `mode`.
+    pub fn set_defragmentation(&mut self, mode: &str, schedule: &str) {
+        self.extra_spec = format!("  defragmentation:\n    schedule: {schedule:?}\n");
+        write_spec(&self.spec, mode, &self.healing, self.tls, &self.extra_spec);
     }
 
     /// The heal in progress as `heal.json` records it.
@@ -363,12 +373,12 @@ impl Drop for LocalOperator {
 
 /// The 3-member spec the tests run, with `healing_mode`, 2 s probes and `healing` (more YAML
 /// lines under `spec.healing`), written atomically (the operator may be reading it).
-fn write_spec(path: &Path, healing_mode: &str, healing: &str, tls: bool) {
+fn write_spec(path: &Path, healing_mode: &str, healing: &str, tls: bool, extra: &str) {
     let tls = if tls { "  tls: {}\n" } else { "" };
     let spec = format!(
         "apiVersion: mend.dev/v1alpha1\nkind: StorageCluster\nmetadata:\n  name: seed\n\
          spec:\n  replicas: 3\n{tls}  healing:\n    mode: {healing_mode}\n    \
-         probeIntervalSeconds: 2\n    consecutiveProbes: 3\n{healing}"
+         probeIntervalSeconds: 2\n    consecutiveProbes: 3\n{healing}{extra}"
     );
     let tmp = path.with_extension("yaml.tmp");
     std::fs::write(&tmp, spec).expect("spec");

@@ -797,6 +797,9 @@ pub fn spec_problem(cluster: &StorageCluster) -> Option<String> {
     if let Some(problem) = super::super::auto_compaction_problem(&cluster.spec) {
         return Some(problem);
     }
+    if let Some(problem) = crate::maintenance::schedule_problem(&cluster.spec) {
+        return Some(problem);
+    }
     if cluster.spec.image.trim().is_empty() {
         return Some("spec.image is empty: set the storage-node image to run".to_string());
     }
