@@ -488,6 +488,8 @@ pub enum Phase {
     Diverged,
     /// A heal is running.
     Healing,
+    /// A member is being added or removed (`spec.replicas` changed).
+    Scaling,
     /// The cluster cannot serve.
     Failed,
 }
@@ -551,6 +553,14 @@ pub struct MemberStatus {
     /// Active alarms raised for it (`NOSPACE`, `CORRUPT`), as etcdctl names them.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub alarms: Vec<String>,
+    /// Revision of the member template (image, storage-node flags, resources) it runs;
+    /// absent when unknown (a pod made before revisions were recorded).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub template_revision: Option<String>,
+    /// Revision of the template it should run: when it differs, a rolling update restarts the
+    /// member on it, one member at a time.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub desired_template_revision: Option<String>,
 }
 
 /// Progress of healing.

@@ -102,29 +102,33 @@ impl Progress {
     }
 
     /// Gives up on the rest of the plan: the steps of other members are dropped, so nothing
-    /// more is removed, while a member already taken out keeps the steps that bring it back.
+    /// more is removed or added, while a member the plan is changing keeps the steps that end
+    /// the change: one taken out or added as a learner keeps those up to its Verify (or, when it
+    /// leaves the cluster, its Retire), and a new member made but not yet added is retired.
     pub fn abandon(&mut self, why: String) {
-        let out = self.plan.steps[..self.next.min(self.plan.steps.len())]
-            .iter()
-            .rev()
-            .find_map(|s| match s {
-                Step::Remove { member } => Some(*member),
-                _ => None,
-            })
-            .filter(|member| {
-                // Out unless its Verify already ran.
-                !self.plan.steps[..self.next].contains(&Step::Verify { member: *member })
-            });
-        let keep = match out {
-            Some(member) => self
-                .plan
-                .steps
-                .iter()
-                .position(|s| *s == Step::Verify { member })
-                .map_or(self.next, |i| i + 1),
-            None => self.next,
-        };
-        self.plan.steps.truncate(keep.max(self.next));
+        let next = self.next.min(self.plan.steps.len());
+        let done = &self.plan.steps[..next];
+        let changing = done.iter().rev().find_map(|s| match s {
+            Step::Remove { member } | Step::AddLearner { member } | Step::Create { member } => {
+                Some(*member)
+            }
+            _ => None,
+        });
+        let ends =
+            |s: &Step, member: u64| *s == Step::Verify { member } || *s == Step::Retire { member };
+        let mut retire = None;
+        let mut keep = next;
+        if let Some(member) = changing.filter(|m| !done.iter().any(|s| ends(s, *m))) {
+            let added = done.contains(&Step::AddLearner { member });
+            let created = done.contains(&Step::Create { member });
+            if created && !added {
+                retire = Some(Step::Retire { member });
+            } else if let Some(i) = self.plan.steps.iter().position(|s| ends(s, member)) {
+                keep = i + 1;
+            }
+        }
+        self.plan.steps.truncate(keep.max(next));
+        self.plan.steps.extend(retire);
         self.abandoned = Some(why);
     }
 
@@ -147,23 +151,25 @@ impl Progress {
         self.retry_at = None;
     }
 
-    /// Names of members this heal has removed and not yet started again: nobody but the
-    /// executor may start them (their data is being moved, or they must join as new members).
+    /// Names of members this plan has removed (or made) and not yet started: nobody but the
+    /// executor may start them (their data is being moved, they must join as new members, or
+    /// they are leaving).
     pub fn held_out(&self) -> Vec<String> {
         let index = |wanted: &Step| self.plan.steps.iter().position(|s| s == wanted);
         self.plan
             .steps
             .iter()
             .filter_map(|step| match step {
-                Step::Remove { member } => Some(*member),
+                Step::Remove { member } | Step::Create { member } => Some(*member),
                 _ => None,
             })
             .filter(|member| {
-                let removed =
-                    index(&Step::Remove { member: *member }).is_some_and(|i| i < self.next);
-                let started =
-                    index(&Step::AddLearner { member: *member }).is_some_and(|i| i < self.next);
-                removed && !started
+                let member = *member;
+                let out = [Step::Remove { member }, Step::Create { member }]
+                    .iter()
+                    .any(|s| index(s).is_some_and(|i| i < self.next));
+                let started = index(&Step::AddLearner { member }).is_some_and(|i| i < self.next);
+                out && !started
             })
             .filter_map(|member| self.names.get(&self.current(member)).cloned())
             .collect()
@@ -185,12 +191,18 @@ impl Progress {
             })
     }
 
-    /// Members rebuilt by the plan.
+    /// Members rebuilt by the plan (removed and added back).
     pub fn rebuilt(&self) -> usize {
         self.plan
             .steps
             .iter()
-            .filter(|s| matches!(s, Step::Remove { .. }))
+            .filter(|s| match s {
+                Step::Remove { member } => self
+                    .plan
+                    .steps
+                    .contains(&Step::AddLearner { member: *member }),
+                _ => false,
+            })
             .count()
     }
 
@@ -363,10 +375,20 @@ impl<P: Platform> Executor<'_, P> {
         let source_endpoint = self.platform.endpoint(&progress.name(source)?)?;
         let id = progress.current(step.member());
         let name = progress.name(id)?;
+        let peer_url = match (step, self.platform.peer_url(&name)) {
+            (_, Ok(url)) => url,
+            // Its place is what this step makes.
+            (Step::Create { .. }, Err(platform::Error::UnknownMember(_))) => String::new(),
+            // A resumed plan that retired it already.
+            (Step::Retire { .. }, Err(platform::Error::UnknownMember(_))) => {
+                return Ok(Outcome::Done(format!("{name} was retired already")));
+            }
+            (_, Err(e)) => return Err(e.into()),
+        };
         let target = Target {
             id,
             name: name.clone(),
-            peer_url: self.platform.peer_url(&name)?,
+            peer_url,
         };
         let blocked = |check: std::result::Result<(), String>| check.err().map(Outcome::Blocked);
         // The step's safety rules on `fresh`: `Some` when they do not hold.
@@ -435,6 +457,9 @@ impl<P: Platform> Executor<'_, P> {
                     return Ok(Outcome::Blocked(format!("Backup: {why}")));
                 }
                 Ok(match self.platform.backup_and_wipe(&name).await? {
+                    Op::Done(backup) if backup.is_empty() => {
+                        Outcome::Done(format!("{name} had no data to move aside"))
+                    }
                     Op::Done(backup) => Outcome::Done(format!("moved {name}'s data to {backup}")),
                     Op::InProgress(what) => Outcome::Waiting(what),
                 })
@@ -463,8 +488,13 @@ impl<P: Platform> Executor<'_, P> {
                 progress.names.insert(new_id, name.clone());
                 progress.renamed.insert(*member, new_id);
                 self.platform.start_joining(&name).await?;
+                let again = if *member == planner::NEW_MEMBER {
+                    ""
+                } else {
+                    " back"
+                };
                 Ok(Outcome::Done(format!(
-                    "added {name} back as learner {new_id:x} and started it"
+                    "added {name}{again} as learner {new_id:x} and started it"
                 )))
             }
             Step::WaitCaughtUp { .. } => {
@@ -509,6 +539,24 @@ impl<P: Platform> Executor<'_, P> {
                     .member_promote(source_endpoint, creds(), id)
                     .await?;
                 Ok(Outcome::Done(format!("promoted {name}")))
+            }
+            Step::Create { .. } => Ok(match self.platform.create(&name).await? {
+                Op::Done(()) => Outcome::Done(format!("made the place of {name}")),
+                Op::InProgress(what) => Outcome::Waiting(what),
+            }),
+            Step::Retire { .. } => {
+                let listed = self.members.member_list(source_endpoint, creds()).await?;
+                let fresh = Fresh {
+                    stopped: Some(self.platform.is_stopped(&name).await?),
+                    ..self.fresh(members, Some(&listed))
+                };
+                if let Some(b) = rules(&fresh) {
+                    return Ok(b);
+                }
+                Ok(match self.platform.retire(&name).await? {
+                    Op::Done(what) => Outcome::Done(format!("retired {name}: {what}")),
+                    Op::InProgress(what) => Outcome::Waiting(what),
+                })
             }
             Step::Verify { .. } => {
                 if let Some(b) = rules(&self.fresh(members, None)) {
@@ -565,6 +613,80 @@ mod tests {
         assert!(progress(5).done());
     }
 
+    fn grow(next: usize) -> Progress {
+        let member = planner::NEW_MEMBER;
+        let plan = Plan {
+            source: 1,
+            steps: vec![
+                Step::Create { member },
+                Step::Backup { member },
+                Step::AddLearner { member },
+                Step::WaitCaughtUp { member },
+                Step::Promote { member },
+                Step::Verify { member },
+            ],
+        };
+        let names = BTreeMap::from([(1, "node1".to_string()), (member, "node4".to_string())]);
+        Progress {
+            next,
+            ..Progress::new(plan, names, 1_800_000_000)
+        }
+    }
+
+    #[test]
+    fn a_new_member_is_held_out_from_its_making_until_it_is_added() {
+        assert!(grow(0).held_out().is_empty());
+        assert_eq!(grow(1).held_out(), ["node4"]);
+        assert_eq!(grow(2).held_out(), ["node4"]);
+        assert!(grow(3).held_out().is_empty());
+        assert_eq!(grow(6).rebuilt(), 0, "adding rebuilds nothing");
+    }
+
+    #[test]
+    fn an_abandoned_resize_ends_the_membership_change_it_began() {
+        let member = planner::NEW_MEMBER;
+        let mut made = grow(2);
+        made.abandon("AddLearner blocked".into());
+        assert_eq!(
+            made.plan.steps[made.next..],
+            [Step::Retire { member }],
+            "made but never added: retired"
+        );
+        let mut added = grow(3);
+        added.abandon("not caught up".into());
+        assert_eq!(
+            added.plan.steps[added.next..],
+            [
+                Step::WaitCaughtUp { member },
+                Step::Promote { member },
+                Step::Verify { member }
+            ],
+            "a learner is brought in"
+        );
+        let leave = Plan {
+            source: 1,
+            steps: vec![
+                Step::MoveLeader { to: 1 },
+                Step::Remove { member: 5 },
+                Step::Retire { member: 5 },
+            ],
+        };
+        let names = BTreeMap::from([(1, "node1".to_string()), (5, "node5".to_string())]);
+        let mut removed = Progress {
+            next: 2,
+            ..Progress::new(leave.clone(), names.clone(), 0)
+        };
+        assert_eq!(removed.held_out(), ["node5"]);
+        removed.abandon("Retire blocked".into());
+        assert_eq!(removed.plan.steps[2..], [Step::Retire { member: 5 }]);
+        let mut not_yet = Progress {
+            next: 1,
+            ..Progress::new(leave, names, 0)
+        };
+        not_yet.abandon("Remove blocked".into());
+        assert!(not_yet.done(), "nothing was removed: nothing more is");
+    }
+
     #[test]
     fn progress_survives_a_round_trip_through_its_file_format() {
         let mut p = progress(3);
@@ -594,6 +716,8 @@ mod tests {
         backups: Vec<String>,
         /// Backups attempted while `failing`.
         failed: usize,
+        /// Members retired.
+        retired: Vec<String>,
         failing: bool,
     }
 
@@ -629,6 +753,19 @@ mod tests {
         async fn start_joining(&mut self, name: &str) -> platform::Result<()> {
             self.stopped.remove(name);
             Ok(())
+        }
+
+        fn next_member(&self) -> String {
+            "node4".into()
+        }
+
+        async fn create(&mut self, _name: &str) -> platform::Result<Op<()>> {
+            Ok(Op::Done(()))
+        }
+
+        async fn retire(&mut self, name: &str) -> platform::Result<Op<String>> {
+            self.retired.push(name.to_string());
+            Ok(Op::Done(format!("backups/{name}")))
         }
 
         fn peer_url(&self, name: &str) -> platform::Result<String> {

@@ -24,7 +24,7 @@ use crate::healer::{Assessment, Healer};
 use crate::maintenance;
 use crate::members::{Credentials, Members};
 use crate::metrics::HealMetrics;
-use crate::planner::{self, Decision, Member, Mode, Step};
+use crate::planner::{self, Decision, Member, Mode, Purpose, Step};
 use crate::platform::Platform;
 use crate::probe::{Scope, Target};
 use crate::status;
@@ -39,6 +39,7 @@ pub fn step_limit(step: &Step) -> Duration {
         Step::Remove { .. } | Step::Backup { .. } | Step::AddLearner { .. } => {
             Duration::from_secs(10 * 60)
         }
+        Step::Create { .. } | Step::Retire { .. } => Duration::from_secs(10 * 60),
         Step::WaitCaughtUp { .. } => Duration::from_secs(30 * 60),
         Step::MoveLeader { .. } | Step::Promote { .. } | Step::Verify { .. } => {
             Duration::from_secs(5 * 60)
@@ -51,9 +52,10 @@ pub fn step_limit(step: &Step) -> Duration {
 pub struct Note {
     /// A warning rather than a normal event.
     pub warning: bool,
-    /// What the operator was doing: `Heal` or `Defragment`.
+    /// What the operator was doing: `Heal`, `Scale` or `Defragment`.
     pub action: &'static str,
-    /// `HealStarted`, `HealStep`, `HealPaused`, `Healed`, `HealFailed`; `DefragmentationStarted`,
+    /// `HealStarted`, `HealStep`, `HealPaused`, `Healed`, `HealFailed`; `ScaleStarted`,
+    /// `ScaleStep`, `ScalePaused`, `Scaled`, `ScaleFailed`; `DefragmentationStarted`,
     /// `MemberDefragmented`, `Defragmented`, `DefragmentationWaiting`, `DefragmentFailed`,
     /// `DefragmentationFailed`.
     pub reason: &'static str,
@@ -75,6 +77,27 @@ impl Note {
         Note {
             warning: true,
             ..Note::normal(reason, message)
+        }
+    }
+
+    fn scaling(reason: &'static str, message: String) -> Note {
+        Note {
+            action: "Scale",
+            ..Note::normal(reason, message)
+        }
+    }
+
+    /// The note as a resize tells it: steps and pauses are the resize's, not a heal's.
+    fn resizing(self) -> Note {
+        let reason = match self.reason {
+            "HealStep" => "ScaleStep",
+            "HealPaused" => "ScalePaused",
+            other => other,
+        };
+        Note {
+            action: "Scale",
+            reason,
+            ..self
         }
     }
 }
@@ -192,6 +215,32 @@ pub async fn pass<P: Platform>(
             tracing::warn!(member = ?lost.first(), "member lost its data: rebuilding it as a new member");
             healer.heal_started(now);
             progress = Some(rebuild);
+        } else if let Some(resize) = plan_resize(&cluster, &round, &assessment, lost) {
+            let plan = &resize.plan;
+            let (verb, name) = match plan.purpose() {
+                Purpose::ScaleOut => ("adding", cluster.platform.next_member()),
+                _ => (
+                    "removing",
+                    plan.steps
+                        .iter()
+                        .find_map(|s| match s {
+                            Step::Remove { member } => resize.names.get(member).cloned(),
+                            _ => None,
+                        })
+                        .unwrap_or_default(),
+                ),
+            };
+            notes.push(Note::scaling(
+                "ScaleStarted",
+                format!(
+                    "{verb} {name} ({} members, spec.replicas {}): {}",
+                    round.members.len(),
+                    cluster.spec.replicas,
+                    status::describe_plan(plan).join(", ")
+                ),
+            ));
+            tracing::info!(member = %name, verb, "resizing the cluster by one member");
+            progress = Some(resize);
         } else if let Decision::Heal(plan) = &assessment.decision {
             let detection = healer
                 .diverged_since()
@@ -222,9 +271,20 @@ pub async fn pass<P: Platform>(
     // A heal decided in this pass is recorded and told before anything acts: its first step
     // runs in the next pass, on a fresh observation.
     if resumed && let Some(mut heal) = progress.take() {
+        let purpose = heal.plan.purpose();
+        let first = notes.len();
+        let diverged = status::divergence(&assessment.findings)
+            .filter(|_| purpose != Purpose::Heal && before_membership_change(&heal));
         if let Some(why) = cluster.auth_untrusted {
             let why = format!("the cluster's auth is not the operator's: {why}");
             pause(&mut heal, why, &mut notes, now);
+        } else if let Some((_, why)) = diverged {
+            pause(
+                &mut heal,
+                format!("the cluster diverged: {why}"),
+                &mut notes,
+                now,
+            );
         } else if mode == Mode::Automatic {
             step(&mut cluster, &mut heal, &round, &mut notes, now).await;
         } else {
@@ -236,6 +296,13 @@ pub async fn pass<P: Platform>(
         }
         match finish(&mut heal, mode, now) {
             None => progress = Some(heal),
+            Some(result) if purpose != Purpose::Heal => {
+                notes.push(match &result {
+                    Ok(()) => Note::normal("Scaled", format!("succeeded at {now}")),
+                    Err(why) => Note::warning("ScaleFailed", format!("failed at {now}: {why}")),
+                });
+                tracing::info!(?result, "resize ended");
+            }
             Some(result) => {
                 let took = match healer.started {
                     Some(start) => now.duration_since(start).unsigned_abs(),
@@ -259,6 +326,11 @@ pub async fn pass<P: Platform>(
                 tracing::info!(?result, ?took, "heal ended");
                 ended = Some((result.is_ok(), times));
                 healer.heal_finished(now, result);
+            }
+        }
+        if purpose != Purpose::Heal {
+            for note in &mut notes[first..] {
+                *note = note.clone().resizing();
             }
         }
     }
@@ -409,7 +481,9 @@ async fn step<P: Platform>(
         platform: &mut *cluster.platform,
         members: cluster.members,
         credentials: cluster.credentials.clone(),
-        replicas: usize::try_from(cluster.spec.replicas).unwrap_or_default(),
+        // The members the cluster has where they live: a member being added is counted from
+        // when its place is made, one leaving until it is retired.
+        replicas: cluster.targets.len(),
         max_lag: crate::detector::Tolerance::default().max_lag,
     };
     match executor.step(heal, round, now.as_second()).await {
@@ -486,6 +560,44 @@ fn finish(heal: &mut Progress, mode: Mode, now: Timestamp) -> Option<Result<(), 
         }
     }
     None
+}
+
+/// Whether `heal`, a resize, has not changed the membership yet (its next step is the first
+/// that would): a resize that has not started waits while the members diverged.
+fn before_membership_change(heal: &Progress) -> bool {
+    heal.plan.steps[..heal.next.min(heal.plan.steps.len())]
+        .iter()
+        .all(|s| matches!(s, Step::MoveLeader { .. }))
+}
+
+/// Plans the next member added or removed towards `spec.replicas`, when nothing else is
+/// wrong: no finding, no member without its data, every member answering and voting.
+fn plan_resize<P: Platform>(
+    cluster: &Cluster<'_, P>,
+    round: &Round,
+    assessment: &Assessment,
+    lost: &[String],
+) -> Option<Progress> {
+    let desired = usize::try_from(cluster.spec.replicas).ok()?;
+    if desired == round.members.len() || !lost.is_empty() || !assessment.findings.is_empty() {
+        return None;
+    }
+    let members: Vec<Member> = round.members.iter().map(Member::observed).collect();
+    match planner::resize(desired, &members) {
+        Ok(Some(plan)) => {
+            let mut names: BTreeMap<u64, String> =
+                members.iter().map(|m| (m.id, m.name.clone())).collect();
+            if plan.purpose() == Purpose::ScaleOut {
+                names.insert(planner::NEW_MEMBER, cluster.platform.next_member());
+            }
+            Some(Progress::new(plan, names, Timestamp::now().as_second()))
+        }
+        Ok(None) => None,
+        Err(why) => {
+            tracing::info!(why, desired, members = members.len(), "resize waits");
+            None
+        }
+    }
 }
 
 /// Plans the rebuild of the first member in `lost` (its data is gone: it can only come back as

@@ -7,7 +7,8 @@
 //!   in flight), [`planner`] (findings in, a recovery plan or a reason to wait out, and the
 //!   safety rules each step is held to right before it runs), [`healer`] (the loop's memory
 //!   between passes: evidence, backoff when drift returns), [`maintenance`] (when scheduled
-//!   defragmentation is due and which member goes next), [`status`] (observations and
+//!   defragmentation is due and which member goes next), [`rollout`] (which member a rolling
+//!   update restarts next), [`status`] (observations and
 //!   decisions to the resource's status).
 //! - I/O that observes and acts: [`probe`] (one probe round of every member; what could not be
 //!   observed stays unknown), [`members`] (the etcd API seam: probes, auth bootstrap,
@@ -36,6 +37,7 @@ pub mod pki;
 pub mod planner;
 pub mod platform;
 pub mod probe;
+pub mod rollout;
 pub mod status;
 pub mod supervisor;
 pub mod yaml;

@@ -128,6 +128,33 @@ pub enum Step {
         /// The member.
         member: u64,
     },
+    /// Make the place of a new member where members live (its name and addresses; nothing
+    /// starts). The member is [`NEW_MEMBER`] until AddLearner gives it an ID.
+    Create {
+        /// The member.
+        member: u64,
+    },
+    /// Forget a member removed from the cluster where members live: its process or pod goes,
+    /// its data is moved to the backups (locally) or its volume kept or deleted as
+    /// `spec.storage.retentionPolicy` says (Kubernetes).
+    Retire {
+        /// The member.
+        member: u64,
+    },
+}
+
+/// The ID a plan gives the member it adds until MemberAdd assigns one (etcd never assigns 0).
+pub const NEW_MEMBER: u64 = 0;
+
+/// What a plan is for, told by its steps.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Purpose {
+    /// Rebuild members from the source.
+    Heal,
+    /// Add one member.
+    ScaleOut,
+    /// Remove one member.
+    ScaleIn,
 }
 
 impl Step {
@@ -140,7 +167,9 @@ impl Step {
             | Step::AddLearner { member }
             | Step::WaitCaughtUp { member }
             | Step::Promote { member }
-            | Step::Verify { member } => member,
+            | Step::Verify { member }
+            | Step::Create { member }
+            | Step::Retire { member } => member,
         }
     }
 
@@ -154,6 +183,8 @@ impl Step {
             Step::WaitCaughtUp { .. } => "WaitCaughtUp",
             Step::Promote { .. } => "Promote",
             Step::Verify { .. } => "Verify",
+            Step::Create { .. } => "Create",
+            Step::Retire { .. } => "Retire",
         }
     }
 
@@ -167,6 +198,8 @@ impl Step {
             "WaitCaughtUp" => Step::WaitCaughtUp { member },
             "Promote" => Step::Promote { member },
             "Verify" => Step::Verify { member },
+            "Create" => Step::Create { member },
+            "Retire" => Step::Retire { member },
             _ => return None,
         })
     }
@@ -184,13 +217,28 @@ impl Step {
     }
 }
 
-/// A recovery plan.
+/// A recovery plan, or the resize of a cluster by one member.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Plan {
-    /// The member whose data every other member is rebuilt from.
+    /// The member whose data every other member is rebuilt from (a new member is compared
+    /// with it; when one leaves, the member leadership stays with or moves to).
     pub source: u64,
     /// Steps in order.
     pub steps: Vec<Step>,
+}
+
+impl Plan {
+    /// What the plan is for: a plan that creates a member adds one, one that retires a member
+    /// removes one, any other rebuilds.
+    pub fn purpose(&self) -> Purpose {
+        if self.steps.iter().any(|s| matches!(s, Step::Create { .. })) {
+            Purpose::ScaleOut
+        } else if self.steps.iter().any(|s| matches!(s, Step::Retire { .. })) {
+            Purpose::ScaleIn
+        } else {
+            Purpose::Heal
+        }
+    }
 }
 
 /// What to do about the findings.
@@ -278,6 +326,73 @@ pub fn rebuild_lost(lost: u64, members: &[Member]) -> Result<Plan, String> {
         source,
         steps: Step::rebuild(lost).to_vec(),
     })
+}
+
+/// Whether the cluster of `members` can change size now: every member answers, is fully
+/// observed and votes, and exactly one leads.
+fn ready_to_resize(members: &[Member]) -> Result<&Member, String> {
+    if let Some(m) = members.iter().find(|m| !m.healthy) {
+        return Err(format!("{} does not answer", m.name));
+    }
+    if let Some(why) = members.iter().find_map(|m| m.incomplete.clone()) {
+        return Err(why);
+    }
+    if let Some(m) = members.iter().find(|m| !m.voter) {
+        return Err(format!("{} is a learner", m.name));
+    }
+    let mut leaders = members.iter().filter(|m| m.is_leader);
+    match (leaders.next(), leaders.next()) {
+        (Some(leader), None) => Ok(leader),
+        (None, _) => Err("no member leads".into()),
+        (Some(_), Some(_)) => Err("two members claim to lead".into()),
+    }
+}
+
+/// The next step towards `desired` members for a cluster of `members` (in member order):
+/// add one member, or remove the last one; `Ok(None)` at that size. One member at a time,
+/// only while every member answers, is fully observed and votes, and one leads, so a quorum
+/// answers throughout; `Err` says why not now.
+///
+/// A new member ([`NEW_MEMBER`]) has its place made, anything left there moved aside, is
+/// added as a learner and started, catches up, is promoted and verified against the leader.
+/// A leaving member hands leadership to the first other member if it leads, is removed, then
+/// retired.
+pub fn resize(desired: usize, members: &[Member]) -> Result<Option<Plan>, String> {
+    if desired == members.len() {
+        return Ok(None);
+    }
+    let leader = ready_to_resize(members)?;
+    if desired > members.len() {
+        let member = NEW_MEMBER;
+        return Ok(Some(Plan {
+            source: leader.id,
+            steps: vec![
+                Step::Create { member },
+                Step::Backup { member },
+                Step::AddLearner { member },
+                Step::WaitCaughtUp { member },
+                Step::Promote { member },
+                Step::Verify { member },
+            ],
+        }));
+    }
+    let leaving = members.last().ok_or("no members")?;
+    let staying = members.first().filter(|m| m.id != leaving.id);
+    let source = match staying {
+        _ if !leaving.is_leader => leader,
+        Some(first) => first,
+        None => return Err("a single member cannot leave".into()),
+    };
+    let mut steps = Vec::new();
+    if leaving.is_leader {
+        steps.push(Step::MoveLeader { to: source.id });
+    }
+    steps.push(Step::Remove { member: leaving.id });
+    steps.push(Step::Retire { member: leaving.id });
+    Ok(Some(Plan {
+        source: source.id,
+        steps,
+    }))
 }
 
 /// Members a CORRUPT alarm names.
@@ -477,7 +592,10 @@ pub fn check(step: &Step, source: u64, target: &Target, fresh: &Fresh<'_>) -> Re
         })
     };
     match step {
-        Step::MoveLeader { .. } | Step::WaitCaughtUp { .. } | Step::Verify { .. } => Ok(()),
+        Step::MoveLeader { .. }
+        | Step::WaitCaughtUp { .. }
+        | Step::Verify { .. }
+        | Step::Create { .. } => Ok(()),
         Step::Remove { .. } => {
             if target.id == source {
                 return Err("Remove: the target is the source".into());
@@ -520,9 +638,10 @@ pub fn check(step: &Step, source: u64, target: &Target, fresh: &Fresh<'_>) -> Re
             }
             Ok(())
         }
-        Step::Backup { .. } => {
+        Step::Backup { .. } | Step::Retire { .. } => {
+            let action = step.action();
             if target.id == source {
-                return Err("Backup: the target is the source".into());
+                return Err(format!("{action}: the target is the source"));
             }
             let listed = listed()?;
             if listed
@@ -530,14 +649,14 @@ pub fn check(step: &Step, source: u64, target: &Target, fresh: &Fresh<'_>) -> Re
                 .any(|l| l.id == target.id || l.peer_urls.contains(&target.peer_url))
             {
                 return Err(format!(
-                    "Backup: {} is still a member of the cluster",
+                    "{action}: {} is still a member of the cluster",
                     target.name
                 ));
             }
             match fresh.stopped {
                 Some(true) => Ok(()),
-                Some(false) => Err(format!("Backup: {} still runs", target.name)),
-                None => Err(format!("Backup: whether {} runs is unknown", target.name)),
+                Some(false) => Err(format!("{action}: {} still runs", target.name)),
+                None => Err(format!("{action}: whether {} runs is unknown", target.name)),
             }
         }
         Step::AddLearner { .. } => {
@@ -718,6 +837,69 @@ mod tests {
                 incomplete: None,
             })
             .collect()
+    }
+
+    #[test]
+    fn growing_adds_one_new_member_through_the_learner_steps_and_compares_it_with_the_leader() {
+        let m = members(&[1, 1, 1], 1);
+        assert_eq!(resize(3, &m), Ok(None));
+        let plan = resize(5, &m).expect("ready").expect("a plan");
+        assert_eq!(plan.purpose(), Purpose::ScaleOut);
+        assert_eq!(plan.source, 2, "the leader");
+        let member = NEW_MEMBER;
+        assert_eq!(
+            plan.steps,
+            [
+                Step::Create { member },
+                Step::Backup { member },
+                Step::AddLearner { member },
+                Step::WaitCaughtUp { member },
+                Step::Promote { member },
+                Step::Verify { member },
+            ]
+        );
+    }
+
+    #[test]
+    fn shrinking_removes_the_last_member_moving_leadership_off_it_first() {
+        let follower_leaves = resize(3, &members(&[1; 5], 0))
+            .expect("ready")
+            .expect("a plan");
+        assert_eq!(follower_leaves.purpose(), Purpose::ScaleIn);
+        assert_eq!(
+            follower_leaves.steps,
+            [Step::Remove { member: 5 }, Step::Retire { member: 5 }]
+        );
+        assert_eq!(follower_leaves.source, 1);
+        let leader_leaves = resize(3, &members(&[1; 5], 4))
+            .expect("ready")
+            .expect("a plan");
+        assert_eq!(
+            leader_leaves.steps,
+            [
+                Step::MoveLeader { to: 1 },
+                Step::Remove { member: 5 },
+                Step::Retire { member: 5 }
+            ]
+        );
+        assert_eq!(leader_leaves.source, 1);
+    }
+
+    #[test]
+    fn no_resize_starts_unless_every_member_answers_votes_and_one_leads() {
+        let mut down = members(&[1, 1, 1], 0);
+        down[2].healthy = false;
+        assert_eq!(resize(5, &down), Err("node3 does not answer".into()));
+        let mut learner = members(&[1, 1, 1], 0);
+        learner[1].voter = false;
+        assert_eq!(resize(1, &learner), Err("node2 is a learner".into()));
+        let mut unknown = members(&[1, 1, 1], 0);
+        unknown[0].incomplete = Some("AuthRevision unknown".into());
+        assert_eq!(resize(5, &unknown), Err("AuthRevision unknown".into()));
+        assert_eq!(
+            resize(5, &members(&[1, 1, 1], 9)),
+            Err("no member leads".into())
+        );
     }
 
     fn drift(members: &[Member]) -> Finding {
@@ -1076,6 +1258,9 @@ mod tests {
                             Step::Backup { member } | Step::AddLearner { member }
                             | Step::WaitCaughtUp { member } | Step::Promote { member } => {
                                 prop_assert_eq!(out, Some(*member));
+                            }
+                            Step::Create { .. } | Step::Retire { .. } => {
+                                prop_assert!(false, "a heal never resizes: {:?}", step);
                             }
                         }
                     }

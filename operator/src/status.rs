@@ -13,7 +13,7 @@ use crds::{
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 
 use crate::detector::{AlarmKind, Finding, Observation};
-use crate::planner::{Decision, Plan, Step};
+use crate::planner::{Decision, NEW_MEMBER, Plan, Step};
 
 /// One member: its name and client URL where it lives, and what the last probe saw.
 #[derive(Clone, Debug)]
@@ -24,6 +24,8 @@ pub struct MemberView {
     pub endpoint: String,
     /// The last probe of it.
     pub observation: Observation,
+    /// The template revision it runs and the one it should run (`None`: unknown).
+    pub revisions: (Option<String>, Option<String>),
 }
 
 /// Everything a status is made of.
@@ -31,7 +33,8 @@ pub struct MemberView {
 pub struct Inputs<'a> {
     /// `metadata.generation` of the resource (none locally).
     pub generation: Option<i64>,
-    /// Members the spec asks for.
+    /// Members the spec asks for (the cluster has `members`, more or fewer while it is
+    /// resized).
     pub replicas: i32,
     /// The members as last probed.
     pub members: &'a [MemberView],
@@ -49,6 +52,9 @@ pub struct Inputs<'a> {
     pub selector: String,
     /// Scheduled defragmentation, as the pass left it.
     pub defragmentation: Option<DefragmentationStatus>,
+    /// A rolling update under way: whether it stalled (a restarted member did not come back),
+    /// and how it stands.
+    pub rollout: Option<(bool, String)>,
     /// The status written last, for condition transition times.
     pub previous: Option<&'a StorageClusterStatus>,
     /// Now.
@@ -63,6 +69,12 @@ pub fn build(inputs: &Inputs<'_>) -> StorageClusterStatus {
         .map(|m| member_status(m, inputs.findings))
         .collect();
     let ready = members.iter().filter(|m| m.healthy).count() as i32;
+    // The members the cluster has (more or fewer than the spec asks for while it is resized);
+    // before any was probed, those the spec asks for.
+    let size = match inputs.members.len() {
+        0 => inputs.replicas,
+        n => n as i32,
+    };
     let leader = inputs
         .members
         .iter()
@@ -78,16 +90,23 @@ pub fn build(inputs: &Inputs<'_>) -> StorageClusterStatus {
         (Some(max), Some(min)) => max - min,
         _ => 0,
     };
-    let healing_now = inputs
+    let running = inputs
         .healing
         .as_ref()
-        .is_some_and(|h| h.step.is_some() && !h.plan.is_empty());
+        .filter(|h| h.step.is_some() && !h.plan.is_empty());
+    // A resize runs through the same record as a heal; its steps tell it apart.
+    let resizing_now = running.and_then(|h| h.progress.as_ref()).is_some_and(|p| {
+        p.steps
+            .iter()
+            .any(|s| s.action == "Create" || s.action == "Retire")
+    });
+    let healing_now = running.is_some() && !resizing_now;
     let diverged = divergence(inputs.findings);
     let member_down = inputs
         .findings
         .iter()
         .any(|f| matches!(f, Finding::Unreachable { .. } | Finding::Lagging { .. }))
-        || ready < inputs.replicas;
+        || ready < size;
     let no_space = inputs.findings.iter().any(|f| {
         matches!(
             f,
@@ -98,12 +117,14 @@ pub fn build(inputs: &Inputs<'_>) -> StorageClusterStatus {
         )
     });
     let degraded = member_down || no_space;
-    let quorum = ready * 2 > inputs.replicas;
+    let quorum = ready * 2 > size;
     let was_starting = inputs
         .previous
         .is_none_or(|p| matches!(p.phase, Phase::Pending | Phase::Bootstrapping));
     let phase = if healing_now {
         Phase::Healing
+    } else if resizing_now {
+        Phase::Scaling
     } else if !quorum && was_starting {
         Phase::Bootstrapping
     } else if !quorum {
@@ -132,14 +153,26 @@ pub fn build(inputs: &Inputs<'_>) -> StorageClusterStatus {
         condition::AVAILABLE,
         quorum,
         if quorum { "QuorumReady" } else { "NoQuorum" },
-        format!("{ready} of {} members answer", inputs.replicas),
+        format!("{ready} of {size} members answer"),
     );
     let starting = !quorum && was_starting;
+    let rolling = inputs
+        .rollout
+        .as_ref()
+        .filter(|_| !healing_now && !resizing_now);
     set(
         condition::PROGRESSING,
-        starting || healing_now,
+        starting || healing_now || resizing_now || rolling.is_some_and(|(stalled, _)| !stalled),
         if healing_now {
             "Healing"
+        } else if resizing_now {
+            "Scaling"
+        } else if let Some((stalled, _)) = rolling {
+            if *stalled {
+                "RolloutStalled"
+            } else {
+                "RollingUpdate"
+            }
         } else if starting {
             "Bootstrapping"
         } else {
@@ -147,6 +180,14 @@ pub fn build(inputs: &Inputs<'_>) -> StorageClusterStatus {
         },
         if healing_now {
             "rebuilding members from the source of truth".to_string()
+        } else if let Some((_, message)) = rolling {
+            message.clone()
+        } else if resizing_now {
+            format!(
+                "resizing to {} members, one member at a time ({size} now, a member being \
+                 added included)",
+                inputs.replicas
+            )
         } else if starting {
             "members are starting".to_string()
         } else {
@@ -181,7 +222,7 @@ pub fn build(inputs: &Inputs<'_>) -> StorageClusterStatus {
             "AllMembersUp"
         },
         if degraded_message.is_empty() {
-            format!("{ready} of {} members answer", inputs.replicas)
+            format!("{ready} of {size} members answer")
         } else {
             degraded_message
         },
@@ -364,6 +405,8 @@ fn member_status(view: &MemberView, findings: &[Finding]) -> MemberStatus {
         hash_kv: o.hash.known().map(|h| h.hash),
         hash_revision: o.hash.known().map(|h| h.revision),
         unknown: o.incomplete(),
+        template_revision: view.revisions.0.clone(),
+        desired_template_revision: view.revisions.1.clone(),
         alarms: findings
             .iter()
             .filter_map(|f| match f {
@@ -403,16 +446,23 @@ fn condition(
 
 /// One line per step of `plan`, as the status lists it.
 pub fn describe_plan(plan: &Plan) -> Vec<String> {
+    let who = |member: u64| match member {
+        NEW_MEMBER => "the new member".to_string(),
+        id => format!("{id:x}"),
+    };
     plan.steps
         .iter()
         .map(|step| match step {
             Step::MoveLeader { to } => format!("move leadership to {to:x}"),
             Step::Remove { member } => format!("remove {member:x}"),
-            Step::Backup { member } => format!("back up and wipe {member:x}"),
+            Step::Backup { member } => format!("back up and wipe {}", who(*member)),
+            Step::AddLearner { member: NEW_MEMBER } => "add the new member as a learner".into(),
             Step::AddLearner { member } => format!("add {member:x} back as a learner"),
-            Step::WaitCaughtUp { member } => format!("wait for {member:x} to catch up"),
-            Step::Promote { member } => format!("promote {member:x}"),
-            Step::Verify { member } => format!("verify {member:x} agrees with the source"),
+            Step::WaitCaughtUp { member } => format!("wait for {} to catch up", who(*member)),
+            Step::Promote { member } => format!("promote {}", who(*member)),
+            Step::Verify { member } => format!("verify {} agrees with the source", who(*member)),
+            Step::Create { .. } => "make the new member's place".to_string(),
+            Step::Retire { member } => format!("retire {member:x}"),
         })
         .collect()
 }
@@ -430,6 +480,7 @@ mod tests {
 
     fn view(id: u64, auth_revision: u64, leader: bool, reachable: bool) -> MemberView {
         MemberView {
+            revisions: (None, None),
             name: format!("node{id}"),
             endpoint: format!("http://127.0.0.1:{}", 2379 + id),
             observation: Observation {
@@ -473,6 +524,7 @@ mod tests {
             auth_untrusted: None,
             selector: "app=x".into(),
             defragmentation: None,
+            rollout: None,
             previous,
             now: now(second),
         }

@@ -76,6 +76,22 @@ pub struct Config {
     pub spec_file: Option<PathBuf>,
 }
 
+/// The flags every member starts with: the operator's `--node-arg`s and what the spec asks.
+fn node_args(config: &Config) -> Vec<String> {
+    config
+        .node_args
+        .iter()
+        .cloned()
+        .chain(config.spec.auto_compaction.iter().flat_map(|c| c.flags()))
+        .collect()
+}
+
+/// What is wrong with `replicas`, when something is.
+fn replicas_problem(replicas: i32) -> Option<String> {
+    (!(1..=7).contains(&replicas) || replicas % 2 == 0)
+        .then(|| format!("replicas must be odd and between 1 and 7, not {replicas}"))
+}
+
 /// The user the operator creates and probes as.
 pub const ROOT_USER: &str = "root";
 /// Bound on every call the supervisor makes to a member.
@@ -83,6 +99,10 @@ const CALL_TIMEOUT: Duration = Duration::from_secs(5);
 const CREDENTIALS_FILE: &str = "root-credentials";
 const HEAL_FILE: &str = "heal.json";
 const STATUS_FILE: &str = "status.json";
+
+/// How long a member a rolling update restarted may stay away before the rollout is reported
+/// stalled (`Progressing=False`, `RolloutStalled`).
+const ROLL_LIMIT: Duration = Duration::from_secs(5 * 60);
 
 /// How soon to look again while a heal runs (each pass runs at most one step).
 const HEAL_PASS: Duration = Duration::from_millis(200);
@@ -108,6 +128,8 @@ pub struct Supervisor {
     metrics: Arc<HealMetrics>,
     /// When the spec file was last read.
     spec_read: Option<std::time::SystemTime>,
+    /// The member a rolling update restarted last, and when.
+    rolling: Option<(String, std::time::Instant)>,
 }
 
 impl Supervisor {
@@ -115,11 +137,8 @@ impl Supervisor {
     /// [`Supervisor::tick`].
     pub fn open(config: Config) -> Result<Supervisor> {
         let spec = &config.spec;
-        if spec.replicas < 1 || spec.replicas > 7 || spec.replicas % 2 == 0 {
-            return Err(Error::Spec(format!(
-                "replicas must be odd and between 1 and 7, not {}",
-                spec.replicas
-            )));
+        if let Some(problem) = replicas_problem(spec.replicas) {
+            return Err(Error::Spec(problem));
         }
         if let Some(problem) = crate::platform::auto_compaction_problem(spec) {
             return Err(Error::Spec(problem));
@@ -135,12 +154,7 @@ impl Supervisor {
             config.storage_node.clone(),
             &config.workdir,
             spec.replicas as usize,
-            config
-                .node_args
-                .iter()
-                .cloned()
-                .chain(spec.auto_compaction.iter().flat_map(|c| c.flags()))
-                .collect(),
+            node_args(&config),
         )?;
         platform.set_backup_retention(spec.healing.backup_retention as usize);
         platform.use_tls(spec.tls.is_some())?;
@@ -189,6 +203,7 @@ impl Supervisor {
             refused_to_start: Vec::new(),
             metrics: Arc::default(),
             spec_read: None,
+            rolling: None,
         })
     }
 
@@ -300,9 +315,95 @@ impl Supervisor {
                 .retain(|n| !progress.names.values().any(|m| m == n));
         }
         self.save_progress()?;
-        self.renew_one_certificate(&pass.round)?;
+        let renewed = self.renew_one_certificate(&pass.round)?;
+        let rollout = if renewed {
+            None
+        } else {
+            self.roll_one(&pass.round, pass.defragmentation.as_ref())
+                .await?
+        };
         self.views = self.views_of(&pass.round);
-        self.write_status(&pass.assessment, pass.healing, pass.defragmentation)
+        self.write_status(
+            &pass.assessment,
+            pass.healing,
+            pass.defragmentation,
+            rollout,
+        )
+    }
+
+    /// One pass of a rolling update: restarts at most one member running an older template
+    /// (flags changed), or hands leadership off the leader before its turn, as
+    /// [`crate::rollout::next`] decides on `round`; nothing while a heal, a resize or a
+    /// defragmentation pass runs, or while the cluster's auth is not the operator's. Returns
+    /// what the status says about it (whether it stalled, and how it stands), `None` when
+    /// every member runs the current template.
+    async fn roll_one(
+        &mut self,
+        round: &Round,
+        defragmentation: Option<&crds::DefragmentationStatus>,
+    ) -> Result<Option<(bool, String)>> {
+        let outdated = self.platform.outdated();
+        if outdated.is_empty() {
+            self.rolling = None;
+            return Ok(None);
+        }
+        let summary = format!(
+            "rolling update: {} of {} members run an older template ({})",
+            outdated.len(),
+            self.platform.members.len(),
+            outdated.join(", ")
+        );
+        let held = if self.progress.is_some() {
+            Some("a heal or resize is under way".to_string())
+        } else if let Some(why) = &self.auth_untrusted {
+            Some(format!("the cluster's auth is not the operator's: {why}"))
+        } else if defragmentation.is_some_and(|d| d.active) {
+            Some("a defragmentation pass is under way".to_string())
+        } else {
+            None
+        };
+        if let Some(why) = held {
+            return Ok(Some((false, format!("{summary}; waits: {why}"))));
+        }
+        let max_lag = crate::detector::Tolerance::default().max_lag;
+        match crate::rollout::next(&outdated, round, max_lag) {
+            crate::rollout::Roll::Done => Ok(None),
+            crate::rollout::Roll::Wait(why) => {
+                // The member restarted last has not come back within the limit.
+                let stalled = self.rolling.as_ref().is_some_and(|(name, at)| {
+                    at.elapsed() > ROLL_LIMIT && why.starts_with(name.as_str())
+                });
+                if stalled {
+                    tracing::warn!(reason = "RolloutStalled", "{summary}; waits: {why}");
+                }
+                Ok(Some((stalled, format!("{summary}; waits: {why}"))))
+            }
+            crate::rollout::Roll::Restart(name) => {
+                tracing::info!(member = %name, reason = "MemberRestarted", "restarting the member on the current template");
+                self.platform.restart_on_template(&name)?;
+                self.rolling = Some((name.clone(), std::time::Instant::now()));
+                Ok(Some((false, format!("{summary}; restarted {name}"))))
+            }
+            crate::rollout::Roll::MoveLeader { from, to_id, to } => {
+                let endpoint = self.platform.endpoint(&from)?;
+                match self
+                    .members
+                    .move_leader(endpoint, self.access(), to_id)
+                    .await
+                {
+                    Ok(()) => {
+                        tracing::info!(from = %from, to = %to, "leadership moved off the leader before its restart")
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "moving leadership before a restart failed; trying again next pass")
+                    }
+                }
+                Ok(Some((
+                    false,
+                    format!("{summary}; moving leadership from {from} to {to}"),
+                )))
+            }
+        }
     }
 
     /// How the operator reaches the members.
@@ -317,25 +418,27 @@ impl Supervisor {
     /// member answering, no learner, one leader and no heal running: so at most one member is
     /// down at a time, and only while the others hold a quorum. The next member waits for a
     /// round where the restarted one answers again.
-    fn renew_one_certificate(&mut self, round: &Round) -> Result<()> {
+    /// Whether it restarted one.
+    fn renew_one_certificate(&mut self, round: &Round) -> Result<bool> {
         let Some(name) = self.platform.certificates_due().into_iter().next() else {
-            return Ok(());
+            return Ok(false);
         };
         if self.progress.is_some()
             || !crate::healing::may_restart_one(round, self.platform.members.len())
         {
             tracing::debug!(member = %name, "certificate due; waiting for every member and a leader");
-            return Ok(());
+            return Ok(false);
         }
         tracing::info!(member = %name, "certificate due for renewal: restarting the member on a new one");
         self.platform.renew_certificate(&name)?;
-        Ok(())
+        Ok(true)
     }
 
-    /// Takes a changed `spec.healing` or `spec.defragmentation` from the spec file. Other
-    /// changes are refused with a log line (the members, their ports and their data are made
-    /// for the spec they started with), and so is a file that no longer parses: the running
-    /// spec stays.
+    /// Takes a changed `spec.replicas` (the healing loop resizes the cluster one member at a
+    /// time), `spec.autoCompaction` (rolled out one member at a time), `spec.healing` or
+    /// `spec.defragmentation` from the spec file. Other changes are
+    /// refused with a log line (the members, their ports and their data are made for the spec
+    /// they started with), and so is a file that no longer parses: the running spec stays.
     fn reload_spec(&mut self) {
         let Some(path) = &self.config.spec_file else {
             return;
@@ -360,12 +463,33 @@ impl Supervisor {
         let mut kept = spec.clone();
         kept.healing = self.config.spec.healing.clone();
         kept.defragmentation = self.config.spec.defragmentation.clone();
+        kept.replicas = self.config.spec.replicas;
+        kept.auto_compaction = self.config.spec.auto_compaction.clone();
         if kept != self.config.spec {
             tracing::error!(
                 file = %path.display(),
-                "only spec.healing and spec.defragmentation can change while operator local \
-                 runs; other changes ignored"
+                "only spec.replicas, spec.healing, spec.defragmentation and spec.autoCompaction \
+                 can change while operator local runs; other changes ignored"
             );
+        }
+        if spec.auto_compaction != self.config.spec.auto_compaction {
+            match crate::platform::auto_compaction_problem(&spec) {
+                Some(problem) => tracing::error!(file = %path.display(), "{problem}; not taken"),
+                None => {
+                    tracing::info!(compaction = ?spec.auto_compaction, "spec.autoCompaction changed: rolling it out one member at a time");
+                    self.config.spec.auto_compaction = spec.auto_compaction.clone();
+                    self.platform.set_node_args(node_args(&self.config));
+                }
+            }
+        }
+        if spec.replicas != self.config.spec.replicas {
+            match replicas_problem(spec.replicas) {
+                Some(problem) => tracing::error!(file = %path.display(), "{problem}; not taken"),
+                None => {
+                    tracing::info!(replicas = spec.replicas, "spec.replicas changed");
+                    self.config.spec.replicas = spec.replicas;
+                }
+            }
         }
         if spec.defragmentation != self.config.spec.defragmentation {
             match crate::maintenance::schedule_problem(&spec) {
@@ -479,15 +603,23 @@ impl Supervisor {
         Ok(())
     }
 
+    /// The members of `round` the platform still has (a member retired in this pass is gone).
     fn views_of(&self, round: &Round) -> Vec<MemberView> {
         round
             .members
             .iter()
-            .zip(&self.platform.members)
-            .map(|(o, m)| MemberView {
-                name: m.name.clone(),
-                endpoint: m.endpoint(),
-                observation: o.clone(),
+            .filter_map(|o| {
+                let endpoint = self.platform.endpoint(&o.name).ok()?;
+                let recorded = self.platform.members.iter().find(|m| m.name == o.name);
+                Some(MemberView {
+                    revisions: (
+                        recorded.and_then(|m| m.template.clone()),
+                        self.platform.desired_template(&o.name).ok(),
+                    ),
+                    name: o.name.clone(),
+                    endpoint,
+                    observation: o.clone(),
+                })
             })
             .collect()
     }
@@ -497,6 +629,7 @@ impl Supervisor {
         assessment: &Assessment,
         healing: HealingStatus,
         defragmentation: Option<crds::DefragmentationStatus>,
+        rollout: Option<(bool, String)>,
     ) -> Result<()> {
         let status = status::build(&status::Inputs {
             generation: None,
@@ -509,6 +642,7 @@ impl Supervisor {
             auth_untrusted: self.auth_untrusted.as_deref(),
             selector: String::new(),
             defragmentation,
+            rollout,
             previous: self.status.as_ref(),
             now: Time(Timestamp::now()),
         });

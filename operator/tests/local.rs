@@ -856,3 +856,266 @@ fn scheduled_defragmentation_goes_member_by_member_leader_last_and_gives_space_b
         assert_eq!(held, "k4\n\n", "{endpoint}");
     }
 }
+
+/// Every member answers and agrees, no heal or resize runs, and the cluster has `n` members.
+fn settled_at(s: &StorageClusterStatus, n: usize) -> bool {
+    s.members.len() == n
+        && operator::supervisor::settled(s)
+        && s.healing.as_ref().is_none_or(|h| h.step.is_none())
+}
+
+#[test]
+fn scaling_three_to_five_and_back_under_write_load_loses_no_acknowledged_write() {
+    let mut op = LocalOperator::start_with("Automatic", false);
+    op.wait_status("the cluster to form with auth on", |s| {
+        settled(s) && op.auth_on()
+    });
+    let root = op.root();
+    // node1 to node3 stay members throughout: three writers write through them, one through
+    // all of them, each write retried up to 5 times.
+    let endpoints = op.endpoints();
+    let done = std::sync::atomic::AtomicBool::new(false);
+    let mut timings = Vec::new();
+    let mut scaling_seen = false;
+    let (attempted, failed, written) = std::thread::scope(|scope| {
+        let writers: Vec<_> = (0..4)
+            .map(|w| {
+                let (root, endpoints, done) = (&root, &endpoints, &done);
+                scope.spawn(move || {
+                    let through = match w {
+                        3 => endpoints.join(","),
+                        i => endpoints[i].clone(),
+                    };
+                    let (mut attempted, mut failed, mut written) = (0, 0, Vec::new());
+                    while !done.load(std::sync::atomic::Ordering::SeqCst) && attempted < 5000 {
+                        let key = format!("load-{w}-{attempted}");
+                        attempted += 1;
+                        let ok = (0..5).any(|_| {
+                            let put = etcdctl(&through, &["--user", root, "put", &key, "v"]);
+                            failed += usize::from(!put.status.success());
+                            put.status.success()
+                        });
+                        if ok {
+                            written.push(key);
+                        }
+                    }
+                    (attempted, failed, written)
+                })
+            })
+            .collect();
+        for (replicas, members) in [
+            (5, ["node1", "node2", "node3", "node4", "node5"].as_slice()),
+            (3, &["node1", "node2", "node3"]),
+        ] {
+            let started = std::time::Instant::now();
+            op.set_replicas("Automatic", replicas);
+            let resized = wait_until(DEADLINE * 3, || {
+                op.status().is_some_and(|s| {
+                    scaling_seen |= s.phase == Phase::Scaling;
+                    settled_at(&s, members.len())
+                        && s.members
+                            .iter()
+                            .map(|m| m.name.as_str())
+                            .eq(members.iter().copied())
+                })
+            });
+            assert!(resized, "never reached {replicas} members:\n{}", op.log());
+            timings.push((replicas, started.elapsed()));
+        }
+        done.store(true, std::sync::atomic::Ordering::SeqCst);
+        writers.into_iter().map(|w| w.join().expect("writer")).fold(
+            (0, 0, Vec::new()),
+            |(a, f, mut all), (wa, wf, ww)| {
+                all.extend(ww);
+                (a + wa, f + wf, all)
+            },
+        )
+    });
+    eprintln!(
+        "3 -> 5 in {:.1} s, 5 -> 3 in {:.1} s under 4 writers: {attempted} writes attempted, {} \
+         acknowledged, {failed} failed attempts (retried)",
+        timings[0].1.as_secs_f64(),
+        timings[1].1.as_secs_f64(),
+        written.len()
+    );
+    assert!(scaling_seen, "the status said Scaling while it resized");
+    let listed = ok(op.etcdctl(&endpoints[0], &["--user", &root, "member", "list"]));
+    assert_eq!(listed.lines().count(), 3, "{listed}");
+    assert!(!listed.contains("true"), "no learner is left: {listed}");
+    assert_eq!(
+        op.backups(),
+        2,
+        "the data of node4 and node5 is kept in backups/"
+    );
+    assert_everywhere(&op, &written);
+}
+
+/// Sets `spec.replicas` to `members.len()` and, until the cluster has exactly `members`,
+/// SIGKILLs the operator right after each step boundary a resize records, starting it again
+/// each time; returns the kills.
+fn resize_killing_the_operator_at_every_step(op: &mut LocalOperator, members: &[&str]) -> usize {
+    op.set_replicas("Automatic", members.len() as u32);
+    let resized = |op: &LocalOperator| {
+        op.status().is_some_and(|s| {
+            settled_at(&s, members.len())
+                && s.members
+                    .iter()
+                    .map(|m| m.name.as_str())
+                    .eq(members.iter().copied())
+        })
+    };
+    let mut kills = 0;
+    loop {
+        let mut record = None;
+        let looked = wait_until(DEADLINE * 2, || {
+            record = op.heal_record();
+            record.is_some() || resized(op)
+        });
+        assert!(looked, "no resize started:\n{}", op.log());
+        let Some(record) = record else {
+            return kills;
+        };
+        let next = record["next"].as_u64().unwrap_or_default();
+        let boundary = wait_until(DEADLINE * 2, || {
+            op.heal_record().is_none_or(|p| {
+                p["started"] != record["started"] || p["next"].as_u64().is_some_and(|n| n > next)
+            })
+        });
+        assert!(boundary, "step {} never ran:\n{}", next + 1, op.log());
+        op.kill_operator();
+        kills += 1;
+        op.spawn();
+    }
+}
+
+#[test]
+fn a_resize_resumes_after_the_operator_is_killed_at_every_step_boundary() {
+    let mut op = LocalOperator::start_with("Automatic", false);
+    op.wait_status("the cluster to form with auth on", |s| {
+        settled(s) && op.auth_on()
+    });
+    let root = op.root();
+    let endpoints = op.endpoints();
+    ok(op.etcdctl(&endpoints[0], &["--user", &root, "put", "before", "v"]));
+    let out = resize_killing_the_operator_at_every_step(
+        &mut op,
+        &["node1", "node2", "node3", "node4", "node5"],
+    );
+    // A restarted `operator local` restarts the members its predecessor left running: the
+    // write is retried until one is acknowledged.
+    let put = || {
+        op.etcdctl(&endpoints[1], &["--user", &root, "put", "between", "v"])
+            .status
+            .success()
+    };
+    assert!(wait_until(DEADLINE, put), "no write acknowledged");
+    let back = resize_killing_the_operator_at_every_step(&mut op, &["node1", "node2", "node3"]);
+    assert!(
+        out >= 10 && back >= 3,
+        "the resizes ran past the kills: {out}, {back}"
+    );
+    let listed = ok(op.etcdctl(&endpoints[0], &["--user", &root, "member", "list"]));
+    assert_eq!(listed.lines().count(), 3, "{listed}");
+    assert!(!listed.contains("true"), "no learner is left: {listed}");
+    assert_eq!(op.backups(), 2, "each member that left is backed up once");
+    assert_everywhere(&op, &["before".to_string(), "between".to_string()]);
+}
+
+/// The command line member `name` runs with now.
+fn cmdline(op: &LocalOperator, name: &str) -> String {
+    let pid = op.member_pid(name).expect("pid");
+    std::fs::read(format!("/proc/{pid}/cmdline"))
+        .map(|c| String::from_utf8_lossy(&c).replace('\0', " "))
+        .unwrap_or_default()
+}
+
+#[test]
+fn a_changed_flag_is_rolled_out_one_member_at_a_time_the_leader_last() {
+    let mut op = LocalOperator::start_with("Automatic", false);
+    op.wait_status("the cluster to form with auth on", |s| {
+        settled(s) && op.auth_on()
+    });
+    let root = op.root();
+    let endpoints = op.endpoints();
+    let before = op.status().expect("status");
+    let desired: Vec<_> = before
+        .members
+        .iter()
+        .map(|m| m.desired_template_revision.clone())
+        .collect();
+    assert!(
+        before
+            .members
+            .iter()
+            .all(|m| m.template_revision.is_some()
+                && m.template_revision == m.desired_template_revision),
+        "every member runs the current template: {:?}",
+        before.members
+    );
+
+    op.set_extra_spec(
+        "Automatic",
+        "  autoCompaction:\n    mode: Revision\n    retention: \"1000\"\n",
+    );
+    // One writer through every member, each write retried up to 5 times, until the rollout
+    // is over.
+    let rolled = |s: &StorageClusterStatus| {
+        settled(s)
+            && s.members.iter().zip(&desired).all(|(m, old)| {
+                m.template_revision.is_some()
+                    && m.template_revision == m.desired_template_revision
+                    && m.desired_template_revision != *old
+            })
+    };
+    let (mut written, mut failed) = (Vec::new(), 0);
+    let mut n = 0;
+    let finished = wait_until(DEADLINE * 2, || {
+        let key = format!("roll-{n}");
+        n += 1;
+        let ok = (0..5).any(|_| {
+            let put = etcdctl(&endpoints.join(","), &["--user", &root, "put", &key, "v"]);
+            failed += usize::from(!put.status.success());
+            put.status.success()
+        });
+        if ok {
+            written.push(key);
+        }
+        op.status().is_some_and(|s| rolled(&s))
+    });
+    assert!(finished, "the rollout never finished:\n{}", op.log());
+    eprintln!(
+        "rolling update of 3 members under 1 writer: {n} writes attempted, {} acknowledged, \
+         {failed} failed attempts (retried)",
+        written.len()
+    );
+    for name in ["node1", "node2", "node3"] {
+        assert!(
+            cmdline(&op, name).contains("--auto-compaction-mode=revision"),
+            "{name} runs the new flag: {}",
+            cmdline(&op, name)
+        );
+    }
+    // Each member restarted once, the one that led last and only after it handed over.
+    let log = op.plain_log();
+    let restarts: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("restarting the member on the current template"))
+        .filter_map(|l| l.split("member=").nth(1)?.split_whitespace().next())
+        .collect();
+    let mut once = restarts.clone();
+    once.sort_unstable();
+    assert_eq!(once, ["node1", "node2", "node3"], "{restarts:?}");
+    let last = restarts[2];
+    let handed_over = log.lines().position(|l| {
+        l.contains("leadership moved off the leader") && l.contains(&format!("from={last}"))
+    });
+    let last_restart = log.lines().position(|l| {
+        l.contains("restarting the member on the current template")
+            && l.contains(&format!("member={last}"))
+    });
+    assert!(
+        handed_over.is_some() && handed_over < last_restart,
+        "{last} led and handed over before its restart:\n{log}"
+    );
+    assert_everywhere(&op, &written);
+}

@@ -514,6 +514,7 @@ impl<'a> Reconciler<'a> {
             .zip(endpoints)
             .enumerate()
             .map(|(i, (name, endpoint))| MemberView {
+                revisions: (None, None),
                 name: name.clone(),
                 endpoint: endpoint.clone(),
                 observation: pass
@@ -535,6 +536,7 @@ impl<'a> Reconciler<'a> {
             auth_untrusted,
             selector: resources::selector(self.cluster),
             defragmentation: pass.defragmentation.clone(),
+            rollout: None,
             previous: self.cluster.status.as_ref(),
             now: Time(Timestamp::now()),
         })

@@ -33,6 +33,9 @@ pub struct LocalMember {
     /// its data names its peer URL).
     #[serde(default)]
     pub tls: bool,
+    /// Revision of the template (binary and flags) it was last started with.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub template: Option<String>,
     #[serde(skip)]
     child: Option<Child>,
 }
@@ -112,6 +115,7 @@ impl LocalPlatform {
                 peer_port: port()?,
                 metrics_port: port()?,
                 tls: false,
+                template: None,
                 child: None,
             });
         }
@@ -124,8 +128,9 @@ impl LocalPlatform {
         })
     }
 
-    /// The platform recorded in `workdir` by an earlier run, or a new one of `replicas`
-    /// members recorded there; members an earlier, killed operator left running are stopped.
+    /// The platform recorded in `workdir` by an earlier run (whatever `replicas` says: the
+    /// healing loop resizes the cluster), or a new one of `replicas` members recorded there;
+    /// members an earlier, killed operator left running are stopped.
     pub fn open(
         binary: PathBuf,
         workdir: &Path,
@@ -142,15 +147,12 @@ impl LocalPlatform {
                     ))
                 })?;
                 if members.len() != replicas {
-                    return Err(Error::Io(std::io::Error::new(
-                        std::io::ErrorKind::InvalidInput,
-                        format!(
-                            "{} holds {} members but the spec asks for {replicas}: local clusters \
-                             do not change size; use a new work directory",
-                            workdir.display(),
-                            members.len()
-                        ),
-                    )));
+                    tracing::info!(
+                        members = members.len(),
+                        replicas,
+                        "the work directory's members differ from spec.replicas: the cluster \
+                         is resized one member at a time"
+                    );
                 }
                 std::fs::create_dir_all(workdir.join("backups")).map_err(Error::Io)?;
                 LocalPlatform {
@@ -343,18 +345,64 @@ impl LocalPlatform {
             .join(",")
     }
 
+    /// The flags member `name` starts with beside its addresses and data directory: what the
+    /// operator and the spec ask of every member, and its TLS flags.
+    fn template_args(&self, name: &str) -> Result<Vec<String>> {
+        let mut args = self.node_args.clone();
+        if self.member(name)?.tls {
+            args.extend(self.tls_args(name)?);
+        }
+        Ok(args)
+    }
+
+    /// The revision of the template member `name` would start with now (its binary and
+    /// [`LocalPlatform::template_args`]; not `--initial-cluster`, which changes with the
+    /// membership and only matters to an empty data directory).
+    pub fn desired_template(&self, name: &str) -> Result<String> {
+        let args = self.template_args(name)?;
+        let binary = self.binary.display().to_string();
+        Ok(crate::rollout::revision(
+            std::iter::once(binary.as_str()).chain(args.iter().map(String::as_str)),
+        ))
+    }
+
+    /// Members running (or last started on) another template than they would start with now,
+    /// in member order: a rolling update restarts them one at a time.
+    pub fn outdated(&self) -> Vec<String> {
+        self.members
+            .iter()
+            .filter(|m| m.template.as_deref() != self.desired_template(&m.name).ok().as_deref())
+            .map(|m| m.name.clone())
+            .collect()
+    }
+
+    /// Replaces the flags every member starts with (a changed spec): members pick them up
+    /// when a rolling update restarts them.
+    pub fn set_node_args(&mut self, node_args: Vec<String>) {
+        self.node_args = node_args;
+    }
+
+    /// Restarts member `name`, which has data, on the current template (a rolling update).
+    pub fn restart_on_template(&mut self, name: &str) -> Result<()> {
+        if !self.has_data(name) {
+            return Err(Error::Io(std::io::Error::other(format!(
+                "{name} has no data: a restart would found a new cluster"
+            ))));
+        }
+        self.stop_member(name)?;
+        self.spawn(name, "new")
+    }
+
     fn spawn(&mut self, name: &str, state: &str) -> Result<()> {
         let initial_cluster = self.initial_cluster();
         let dir = self.data_dir(name);
         let binary = self.binary.clone();
-        let mut node_args = self.node_args.clone();
         let log_path = self.workdir.join(format!("{name}.log"));
         if self.member(name)?.child.is_some() {
             return Ok(());
         }
-        if self.member(name)?.tls {
-            node_args.extend(self.tls_args(name)?);
-        }
+        let node_args = self.template_args(name)?;
+        let template = self.desired_template(name)?;
         let member = self.member_mut(name)?;
         let log = std::fs::OpenOptions::new()
             .create(true)
@@ -381,10 +429,15 @@ impl LocalPlatform {
         let child = cmd.spawn().map_err(Error::Io)?;
         let pid = child.id();
         member.child = Some(child);
+        let recorded = member.template.replace(template.clone()) == Some(template);
         write_atomically(
             &self.workdir.join(format!("{name}.pid")),
             pid.to_string().as_bytes(),
-        )
+        )?;
+        if recorded {
+            return Ok(());
+        }
+        write_json(&self.workdir.join(MEMBERS_FILE), &self.members)
     }
 
     fn pki_dir(&self) -> PathBuf {
@@ -568,12 +621,67 @@ impl Platform for LocalPlatform {
     }
 
     async fn backup_and_wipe(&mut self, name: &str) -> Result<Op<String>> {
+        self.member(name)?;
+        if !self.data_dir(name).exists() {
+            return Ok(Op::Done(String::new()));
+        }
         self.move_data_aside(name)
             .map(|backup| Op::Done(backup.display().to_string()))
     }
 
     async fn start_joining(&mut self, name: &str) -> Result<()> {
         self.spawn(name, "existing")
+    }
+
+    fn next_member(&self) -> String {
+        (1..)
+            .map(|i| format!("node{i}"))
+            .find(|name| self.member(name).is_err())
+            .unwrap_or_default()
+    }
+
+    async fn create(&mut self, name: &str) -> Result<Op<()>> {
+        if self.member(name).is_ok() {
+            return Ok(Op::Done(()));
+        }
+        let mut taken: Vec<u16> = self
+            .members
+            .iter()
+            .flat_map(|m| [m.client_port, m.peer_port, m.metrics_port])
+            .collect();
+        let mut port = || -> Result<u16> {
+            let port = free_port(&taken)?;
+            taken.push(port);
+            Ok(port)
+        };
+        let member = LocalMember {
+            name: name.to_string(),
+            client_port: port()?,
+            peer_port: port()?,
+            metrics_port: port()?,
+            tls: self.tls(),
+            template: None,
+            child: None,
+        };
+        self.members.push(member);
+        write_json(&self.workdir.join(MEMBERS_FILE), &self.members)?;
+        Ok(Op::Done(()))
+    }
+
+    /// Stops the member, moves what data it has into `backups/` and drops it from
+    /// `members.json`.
+    async fn retire(&mut self, name: &str) -> Result<Op<String>> {
+        self.member(name)?;
+        self.stop_member(name)?;
+        let kept = if self.has_data(name) || self.data_dir(name).exists() {
+            let backup = self.move_data_aside(name)?;
+            format!("its data was moved to {}", backup.display())
+        } else {
+            "it had no data".to_string()
+        };
+        self.members.retain(|m| m.name != name);
+        write_json(&self.workdir.join(MEMBERS_FILE), &self.members)?;
+        Ok(Op::Done(kept))
     }
 
     fn peer_url(&self, name: &str) -> Result<String> {
@@ -638,24 +746,64 @@ mod tests {
         );
     }
 
-    #[test]
-    fn a_work_directory_of_another_size_is_refused() {
+    #[tokio::test]
+    async fn members_made_and_retired_are_kept_in_the_work_directory_across_runs() {
         let work = tempfile::tempdir().expect("workdir");
-        let first = LocalPlatform::open(PathBuf::from("storage-node"), work.path(), 3, Vec::new())
-            .expect("platform");
+        let open = |replicas| {
+            LocalPlatform::open(
+                PathBuf::from("storage-node"),
+                work.path(),
+                replicas,
+                Vec::new(),
+            )
+            .expect("platform")
+        };
+        let mut first = open(3);
         let ports: Vec<u16> = first.members.iter().map(|m| m.client_port).collect();
+        assert_eq!(first.next_member(), "node4");
+        assert_eq!(first.create("node4").await.expect("made"), Op::Done(()));
+        assert_eq!(first.create("node4").await.expect("again"), Op::Done(()));
         drop(first);
-        let again = LocalPlatform::open(PathBuf::from("storage-node"), work.path(), 3, Vec::new())
-            .expect("reopened");
-        let reopened: Vec<u16> = again.members.iter().map(|m| m.client_port).collect();
-        assert_eq!(ports, reopened, "ports are kept across runs");
-        let error = LocalPlatform::open(PathBuf::from("storage-node"), work.path(), 5, Vec::new())
-            .expect_err("size change");
-        assert!(
-            error
-                .to_string()
-                .contains("holds 3 members but the spec asks for 5")
+        let mut again = open(5);
+        let names: Vec<&str> = again.members.iter().map(|m| m.name.as_str()).collect();
+        assert_eq!(
+            names,
+            ["node1", "node2", "node3", "node4"],
+            "not what the spec asks"
         );
+        let reopened: Vec<u16> = again
+            .members
+            .iter()
+            .take(3)
+            .map(|m| m.client_port)
+            .collect();
+        assert_eq!(ports, reopened, "ports are kept across runs");
+        let mut all: Vec<u16> = again
+            .members
+            .iter()
+            .flat_map(|m| [m.client_port, m.peer_port, m.metrics_port])
+            .collect();
+        all.sort_unstable();
+        all.dedup();
+        assert_eq!(all.len(), 12, "every port distinct");
+
+        std::fs::create_dir_all(work.path().join("node3")).expect("data");
+        std::fs::write(work.path().join("node3").join("member.json"), "{}").expect("data");
+        let Op::Done(kept) = again.retire("node3").await.expect("retired") else {
+            panic!("retiring a stopped member is immediate");
+        };
+        assert!(kept.contains("backups"), "{kept}");
+        assert!(
+            !work.path().join("node3").exists(),
+            "its directory is emptied"
+        );
+        assert!(matches!(
+            again.retire("node3").await,
+            Err(Error::UnknownMember(_))
+        ));
+        drop(again);
+        let names: Vec<String> = open(3).members.iter().map(|m| m.name.clone()).collect();
+        assert_eq!(names, ["node1", "node2", "node4"]);
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! Where members live: the seam between the healing logic and processes or pods. The
-//! executor asks a platform to stop a member, back up and wipe its data, and start it again
-//! empty to join the cluster; everything else goes through the etcd API.
+//! executor asks a platform to stop a member, back up and wipe its data, start it again empty
+//! to join the cluster, and make or retire a member when the cluster changes size; everything
+//! else goes through the etcd API.
 
 pub mod kube;
 pub mod local;
@@ -33,6 +34,9 @@ pub enum Error {
     /// Moving a member's data aside failed.
     #[error("backup failed: {0}")]
     BackupFailed(String),
+    /// The platform cannot do this.
+    #[error("{0}")]
+    Unsupported(String),
 }
 
 /// What is wrong with `spec.autoCompaction`, in storage-node's (etcd's) words; `None` when
@@ -81,10 +85,19 @@ pub trait Platform: Send {
         data_bytes: u64,
     ) -> impl Future<Output = Result<std::result::Result<(), String>>> + Send;
     /// Moves member `name`'s data aside (the backup) and leaves it empty; returns where the
-    /// backup is. With no data left to move, nothing happens.
+    /// backup is. With no data left to move, nothing happens (and the answer may be empty).
     fn backup_and_wipe(&mut self, name: &str) -> impl Future<Output = Result<Op<String>>> + Send;
     /// Starts member `name` with empty data to join the existing cluster.
     fn start_joining(&mut self, name: &str) -> impl Future<Output = Result<()>> + Send;
+    /// The name the next member added to the cluster gets.
+    fn next_member(&self) -> String;
+    /// Makes the place of a new member `name` (its name and addresses, with no process or pod
+    /// yet); making it again is a no-op.
+    fn create(&mut self, name: &str) -> impl Future<Output = Result<Op<()>>> + Send;
+    /// Forgets member `name`, removed from the cluster and stopped: its process or pod goes
+    /// and its data is kept as backup or deleted as the platform's retention says; returns
+    /// what became of the data. A member no longer known is [`Error::UnknownMember`].
+    fn retire(&mut self, name: &str) -> impl Future<Output = Result<Op<String>>> + Send;
     /// The peer URL member `name` is reached on.
     fn peer_url(&self, name: &str) -> Result<String>;
     /// The client URL of member `name`.

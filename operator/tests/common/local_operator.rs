@@ -40,6 +40,8 @@ pub struct LocalOperator {
     tls: bool,
     /// Extra lines under `spec` (after `healing`).
     extra_spec: String,
+    /// `spec.replicas`.
+    replicas: u32,
 }
 
 impl LocalOperator {
@@ -110,7 +112,7 @@ impl LocalOperator {
     ) -> LocalOperator {
         let work = tempfile::tempdir().expect("workdir");
         let spec = work.path().join("cluster.yaml");
-        write_spec(&spec, healing_mode, healing, tls, "");
+        write_spec(&spec, 3, healing_mode, healing, tls, "");
         let mut node_args = [
             "--bcrypt-cost=4",
             "--heartbeat-interval=50",
@@ -132,6 +134,7 @@ impl LocalOperator {
             healing: healing.to_string(),
             tls,
             extra_spec: String::new(),
+            replicas: 3,
         };
         op.spawn();
         op
@@ -170,14 +173,61 @@ impl LocalOperator {
     /// Changes `spec.healing.mode` in the spec file, as a user would; the operator reads it
     /// again.
     pub fn set_healing_mode(&self, mode: &str) {
-        write_spec(&self.spec, mode, &self.healing, self.tls, &self.extra_spec);
+        self.rewrite_spec(mode);
+    }
+
+    fn rewrite_spec(&self, mode: &str) {
+        write_spec(
+            &self.spec,
+            self.replicas,
+            mode,
+            &self.healing,
+            self.tls,
+            &self.extra_spec,
+        );
+    }
+
+    /// Sets `spec.replicas` in the spec file, as a user would; the operator reads it again and
+    /// resizes the cluster. The healing mode written is `mode`.
+    pub fn set_replicas(&mut self, mode: &str, replicas: u32) {
+        self.replicas = replicas;
+        self.rewrite_spec(mode);
     }
 
     /// Sets `spec.defragmentation.schedule` in the spec file, as a user would; the operator
     /// reads it again. The healing mode written is `mode`.
     pub fn set_defragmentation(&mut self, mode: &str, schedule: &str) {
-        self.extra_spec = format!("  defragmentation:\n    schedule: {schedule:?}\n");
-        write_spec(&self.spec, mode, &self.healing, self.tls, &self.extra_spec);
+        self.set_extra_spec(
+            mode,
+            &format!("  defragmentation:\n    schedule: {schedule:?}\n"),
+        );
+    }
+
+    /// Sets `lines` (YAML under `spec`, after `healing`) in the spec file, as a user would;
+    /// the operator reads it again. The healing mode written is `mode`.
+    pub fn set_extra_spec(&mut self, mode: &str, lines: &str) {
+        self.extra_spec = lines.to_string();
+        self.rewrite_spec(mode);
+    }
+
+    /// The operator's output so far without terminal colours.
+    pub fn plain_log(&self) -> String {
+        let log = self.full_log();
+        let mut plain = String::with_capacity(log.len());
+        let mut chars = log.chars();
+        while let Some(c) = chars.next() {
+            if c == '\u{1b}' {
+                // An SGR sequence: ESC [ ... m.
+                for c in chars.by_ref() {
+                    if c == 'm' {
+                        break;
+                    }
+                }
+            } else {
+                plain.push(c);
+            }
+        }
+        plain
     }
 
     /// The heal in progress as `heal.json` records it.
@@ -373,11 +423,18 @@ impl Drop for LocalOperator {
 
 /// The 3-member spec the tests run, with `healing_mode`, 2 s probes and `healing` (more YAML
 /// lines under `spec.healing`), written atomically (the operator may be reading it).
-fn write_spec(path: &Path, healing_mode: &str, healing: &str, tls: bool, extra: &str) {
+fn write_spec(
+    path: &Path,
+    replicas: u32,
+    healing_mode: &str,
+    healing: &str,
+    tls: bool,
+    extra: &str,
+) {
     let tls = if tls { "  tls: {}\n" } else { "" };
     let spec = format!(
         "apiVersion: mend.dev/v1alpha1\nkind: StorageCluster\nmetadata:\n  name: seed\n\
-         spec:\n  replicas: 3\n{tls}  healing:\n    mode: {healing_mode}\n    \
+         spec:\n  replicas: {replicas}\n{tls}  healing:\n    mode: {healing_mode}\n    \
          probeIntervalSeconds: 2\n    consecutiveProbes: 3\n{healing}{extra}"
     );
     let tmp = path.with_extension("yaml.tmp");

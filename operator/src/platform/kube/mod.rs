@@ -240,6 +240,28 @@ impl Platform for KubePlatform {
         Ok(())
     }
 
+    fn next_member(&self) -> String {
+        let names = resources::member_names(&self.cluster);
+        (0..)
+            .map(|i| format!("{}-{i}", self.cluster.name_any()))
+            .find(|name| !names.contains(name))
+            .unwrap_or_default()
+    }
+
+    /// The controller refuses a changed `spec.replicas` before any pass, so no plan makes or
+    /// retires a member on Kubernetes yet.
+    async fn create(&mut self, name: &str) -> Result<Op<()>> {
+        Err(Error::Unsupported(format!(
+            "making member {name}: resizing is not supported on Kubernetes yet"
+        )))
+    }
+
+    async fn retire(&mut self, name: &str) -> Result<Op<String>> {
+        Err(Error::Unsupported(format!(
+            "retiring member {name}: resizing is not supported on Kubernetes yet"
+        )))
+    }
+
     fn peer_url(&self, name: &str) -> Result<String> {
         self.known(name)?;
         Ok(resources::peer_url(&self.cluster, name))
