@@ -54,6 +54,10 @@ use crate::platform::kube::tls;
 /// How soon to look again at a root credentials Secret that was missing or incomplete.
 const SECRET_RETRY: Action = Action::requeue(Duration::from_secs(30));
 
+/// How long a member a rolling restart evicted may take to be Ready again before the rollout
+/// is reported stalled (`RolloutStalled`).
+const ROLL_LIMIT: Duration = Duration::from_secs(10 * 60);
+
 /// How soon to look again while a heal runs (each reconcile runs at most one step of it).
 const HEAL_PASS: Duration = Duration::from_secs(2);
 
@@ -225,7 +229,7 @@ impl<'a> Reconciler<'a> {
             .and_then(Progress::from_status);
         let held_out = resumed.as_ref().map(Progress::held_out).unwrap_or_default();
         let healing_before = resumed.is_some();
-        let (lost, refused) = self
+        let (lost, refused, created) = self
             .apply_children(&live, &held_out, certificates.as_ref())
             .await?;
         let stall = refused.or_else(|| live.stall.clone());
@@ -301,17 +305,24 @@ impl<'a> Reconciler<'a> {
             }
         }
         let mut stall = stall;
-        if let Some(certificates) = &certificates
-            && untrusted.is_none()
-            && !healing_before
-            && pass.progress.is_none()
-        {
+        let defragmenting = pass.defragmentation.as_ref().is_some_and(|d| d.active);
+        if untrusted.is_none() && !healing_before && pass.progress.is_none() && !defragmenting {
+            let access = crate::members::Credentials {
+                login: credentials.clone(),
+                tls: operator_cert.clone(),
+            };
             let held = self
-                .roll_certificates(&live, &pass.round, certificates)
+                .roll_members(&live, &pass.round, certificates.as_ref(), access)
                 .await?;
             stall = stall.or(held);
         }
-        let status = self.status(&names, &endpoints, &pass, untrusted.as_deref());
+        let status = self.status(
+            &names,
+            &endpoints,
+            (&live, &created),
+            &pass,
+            untrusted.as_deref(),
+        );
         let status = self.report_stall(status, stall).await?;
         self.ctx
             .metrics
@@ -501,11 +512,13 @@ impl<'a> Reconciler<'a> {
             );
     }
 
-    /// The status for `pass` over the members `names` at `endpoints`.
+    /// The status for `pass` over the members `names` at `endpoints`, whose pods are `live`
+    /// or were `created` by this reconcile (from the current template).
     fn status(
         &self,
         names: &[String],
         endpoints: &[String],
+        (live, created): (&Live, &[String]),
         pass: &healing::Pass,
         auth_untrusted: Option<&str>,
     ) -> StorageClusterStatus {
@@ -514,7 +527,14 @@ impl<'a> Reconciler<'a> {
             .zip(endpoints)
             .enumerate()
             .map(|(i, (name, endpoint))| MemberView {
-                revisions: (None, None),
+                revisions: {
+                    let desired = resources::template_revision(self.cluster, name);
+                    let running = match live.pods.get(name) {
+                        Some(pod) => resources::running_revision(pod).map(str::to_string),
+                        None => created.contains(name).then(|| desired.clone()),
+                    };
+                    (running, Some(desired))
+                },
                 name: name.clone(),
                 endpoint: endpoint.clone(),
                 observation: pass
@@ -834,7 +854,7 @@ impl<'a> Reconciler<'a> {
         live: &Live,
         held_out: &[String],
         certificates: Option<&Certificates>,
-    ) -> Result<(Vec<String>, Option<Stall>)> {
+    ) -> Result<(Vec<String>, Option<Stall>, Vec<String>)> {
         let cluster = self.cluster;
         let policy = resources::network_policy(cluster, &self.ctx.operator_namespace);
         self.apply_if_changed(&live.network_policies, &policy)
@@ -938,7 +958,7 @@ impl<'a> Reconciler<'a> {
             )
             .await?;
         }
-        Ok((lost, refused))
+        Ok((lost, refused, created))
     }
 
     /// Applies a member's `object`; the API server refusing it (403 or 422: a ResourceQuota,
@@ -1026,29 +1046,34 @@ impl<'a> Reconciler<'a> {
         Ok(Some(certificates))
     }
 
-    /// Restarts one member whose pod runs on an older certificate than its Secret now holds
-    /// (renewed by the operator or by cert-manager): only when every member pod is Ready and
-    /// none is terminating, and `round` shows every member answering with one leader (see
-    /// [`healing::may_restart_one`]); the caller holds it back while a heal runs. So one member
-    /// at a time is down, and the next waits until it is back. A certificate signed by another
-    /// CA than the one the running members trust is never rolled out (they would not trust
-    /// each other): that is a stall, returned.
-    async fn roll_certificates(
+    /// One pass of a rolling restart: a member whose pod runs an older template (its
+    /// [`resources::TEMPLATE_REVISION`]: image, flags, resources, placement) or, with
+    /// `spec.tls`, an older certificate than its Secret now holds (renewed by the operator or
+    /// by cert-manager) is restarted, by evicting its pod (the next reconcile creates it again
+    /// from the current spec). One member at a time, followers first and the leader last after
+    /// leadership moved off it ([`crate::rollout::next`]), only when every member pod is Ready
+    /// and none is terminating and `round` shows every member answering, voting and caught up;
+    /// the caller holds it back while a heal, a resize or a defragmentation pass runs. The
+    /// stalls it returns: a certificate signed by another CA than the one the running members
+    /// trust is never rolled out (they would not trust each other), and a restarted member
+    /// whose pod has not been Ready for [`ROLL_LIMIT`] stops the rollout.
+    async fn roll_members(
         &self,
         live: &Live,
         round: &crate::detector::Round,
-        certificates: &Certificates,
+        certificates: Option<&Certificates>,
+        access: crate::members::Credentials,
     ) -> Result<Option<Stall>> {
         let names = resources::member_names(self.cluster);
-        let due = names.iter().find_map(|m| {
+        let renewed = |m: &String| {
             let running = tls::Digests::of_pod(live.pods.get(m)?)?;
-            let current = certificates.members.get(m)?;
-            (running != *current).then_some((m, running, current))
-        });
-        let Some((member, running, current)) = due else {
-            return Ok(None);
+            let current = certificates?.members.get(m)?;
+            (running != *current).then_some((running, current.clone()))
         };
-        if running.ca != current.ca {
+        if let Some((member, (running, current))) =
+            names.iter().find_map(|m| Some((m, renewed(m)?)))
+            && running.ca != current.ca
+        {
             return Ok(Some(Stall {
                 reason: "CertificateAuthorityChanged",
                 message: format!(
@@ -1060,6 +1085,44 @@ impl<'a> Reconciler<'a> {
                 ),
             }));
         }
+        let stale_template = |m: &String| {
+            live.pods.get(m).is_some_and(|pod| {
+                resources::running_revision(pod)
+                    != Some(resources::template_revision(self.cluster, m).as_str())
+            })
+        };
+        let outdated: Vec<String> = names
+            .iter()
+            .filter(|m| renewed(m).is_some() || stale_template(m))
+            .cloned()
+            .collect();
+        if outdated.is_empty() {
+            return Ok(None);
+        }
+        let now = Timestamp::now();
+        let not_back = names.iter().find(|m| {
+            !outdated.contains(m)
+                && !live.ready.contains(*m)
+                && live
+                    .pods
+                    .get(*m)
+                    .and_then(|p| p.creation_timestamp.as_ref())
+                    .is_some_and(|created| {
+                        now.duration_since(created.0).unsigned_abs() > ROLL_LIMIT
+                    })
+        });
+        if let Some(member) = not_back {
+            return Ok(Some(Stall {
+                reason: "RolloutStalled",
+                message: format!(
+                    "{member} was restarted on the current template or certificate and has not \
+                     been Ready for {} s; {} left to restart wait ({})",
+                    ROLL_LIMIT.as_secs(),
+                    outdated.len(),
+                    outdated.join(", ")
+                ),
+            }));
+        }
         let settled = names.iter().all(|m| {
             live.ready.contains(m)
                 && live
@@ -1067,10 +1130,39 @@ impl<'a> Reconciler<'a> {
                     .get(m)
                     .is_some_and(|p| p.deletion_timestamp.is_none())
         });
-        if !settled || !healing::may_restart_one(round, names.len()) {
-            info!(member = %member, "certificate renewed; waiting for every member and a leader before restarting it");
+        if !settled {
+            info!(outdated = ?outdated, "rolling restart waits for every member pod to be Ready");
             return Ok(None);
         }
+        let max_lag = crate::detector::Tolerance::default().max_lag;
+        let member = match crate::rollout::next(&outdated, round, max_lag) {
+            crate::rollout::Roll::Done => return Ok(None),
+            crate::rollout::Roll::Wait(why) => {
+                info!(outdated = ?outdated, why, "rolling restart waits");
+                return Ok(None);
+            }
+            crate::rollout::Roll::MoveLeader { from, to_id, to } => {
+                let endpoint = resources::client_url(self.cluster, &from);
+                match self.ctx.members.move_leader(endpoint, access, to_id).await {
+                    Ok(()) => {
+                        self.event(
+                            EventType::Normal,
+                            "LeaderMoved",
+                            "RollingUpdate",
+                            format!(
+                                "moved leadership from {from} to {to} before restarting {from}"
+                            ),
+                        )
+                        .await?;
+                    }
+                    Err(e) => {
+                        warn!(error = %e, "moving leadership before a restart failed; trying again next pass")
+                    }
+                }
+                return Ok(None);
+            }
+            crate::rollout::Roll::Restart(member) => member,
+        };
         // An eviction, not a delete: the PodDisruptionBudget (one member down at most) is
         // checked by the API server at this very moment, so a member drained or lost since
         // the pods were listed makes it refuse (429) rather than take a second one down. Only
@@ -1085,7 +1177,7 @@ impl<'a> Reconciler<'a> {
                 k8s_openapi::apimachinery::pkg::apis::meta::v1::DeleteOptions {
                     preconditions: Some(
                         k8s_openapi::apimachinery::pkg::apis::meta::v1::Preconditions {
-                            uid: live.pods.get(member).and_then(|p| p.uid.clone()),
+                            uid: live.pods.get(&member).and_then(|p| p.uid.clone()),
                             resource_version: None,
                         },
                     ),
@@ -1095,24 +1187,29 @@ impl<'a> Reconciler<'a> {
         };
         let evicted: std::result::Result<serde_json::Value, _> = self
             .api::<Pod>()
-            .create_subresource("eviction", member, &PostParams::default(), &eviction)
+            .create_subresource("eviction", &member, &PostParams::default(), &eviction)
             .await;
         match evicted {
             Ok(_) => {}
             Err(kube::Error::Api(status)) if matches!(status.code, 404 | 409 | 429) => {
-                info!(member = %member, code = status.code, message = %status.message, "restart on the renewed certificate refused for now; trying again next pass");
+                info!(member = %member, code = status.code, message = %status.message, "restart refused for now; trying again next pass");
                 return Ok(None);
             }
             Err(e) => return Err(e.into()),
         }
-        info!(member = %member, "restarting the member on its renewed certificate");
+        let (why, action) = if renewed(&member).is_some() {
+            ("its renewed certificate", "RenewCertificate")
+        } else {
+            ("the current template", "RollingUpdate")
+        };
+        info!(member = %member, why, "restarting the member");
         self.event(
             EventType::Normal,
             "MemberRestarted",
-            "RenewCertificate",
+            action,
             format!(
-                "restarted {member} on its renewed certificate; the next member waits until it \
-                 is back and a leader leads"
+                "restarted {member} on {why}; the next member waits until it is back and a \
+                 leader leads"
             ),
         )
         .await?;

@@ -17,6 +17,7 @@ use super::{API_CALLS, Context, reconcile, resources};
 use crate::detector::Round;
 
 mod maintenance;
+mod rollout;
 mod tls;
 
 const NS: &str = "/api/v1/namespaces/default";

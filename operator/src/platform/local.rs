@@ -346,13 +346,30 @@ impl LocalPlatform {
     }
 
     /// The flags member `name` starts with beside its addresses and data directory: what the
-    /// operator and the spec ask of every member, and its TLS flags.
+    /// operator and the spec ask of every member, and its TLS flags (the files they name are
+    /// not looked at: see [`LocalPlatform::tls_args`]).
     fn template_args(&self, name: &str) -> Result<Vec<String>> {
         let mut args = self.node_args.clone();
         if self.member(name)?.tls {
-            args.extend(self.tls_args(name)?);
+            let files = self.certificate_files(name);
+            let path = |p: &Path| p.display().to_string();
+            args.extend(crate::pki::member_flags(
+                &path(&files.cert),
+                &path(&files.key),
+                &path(&files.ca),
+            ));
         }
         Ok(args)
+    }
+
+    /// Where the certificate `file` in `pki/` and its key are, and the CA's.
+    fn certificate_files(&self, file: &str) -> crate::pki::Issued {
+        let dir = self.pki_dir();
+        crate::pki::Issued {
+            cert: dir.join(format!("{file}.pem")),
+            key: dir.join(format!("{file}-key.pem")),
+            ca: dir.join("ca.pem"),
+        }
     }
 
     /// The revision of the template member `name` would start with now (its binary and
@@ -400,6 +417,10 @@ impl LocalPlatform {
         let log_path = self.workdir.join(format!("{name}.log"));
         if self.member(name)?.child.is_some() {
             return Ok(());
+        }
+        if self.member(name)?.tls {
+            // Issued first when missing or due: the flags name its files.
+            self.tls_args(name)?;
         }
         let node_args = self.template_args(name)?;
         let template = self.desired_template(name)?;
@@ -482,11 +503,7 @@ impl LocalPlatform {
     /// due for renewal (`hosts` are the local ones); whether it was issued now.
     fn certificate(&self, file: &str, common_name: &str) -> Result<(crate::pki::Issued, bool)> {
         let dir = self.pki_dir();
-        let existing = crate::pki::Issued {
-            cert: dir.join(format!("{file}.pem")),
-            key: dir.join(format!("{file}-key.pem")),
-            ca: dir.join("ca.pem"),
-        };
+        let existing = self.certificate_files(file);
         let current = std::fs::read_to_string(&existing.cert).ok();
         let due = current
             .is_none_or(|pem| crate::pki::needs_renewal(&pem, time::OffsetDateTime::now_utc()));

@@ -47,6 +47,10 @@ pub const DATA_MOUNT: &str = "/var/lib/mend";
 pub const DATA_DIR: &str = "/var/lib/mend/data";
 /// Annotation holding the digest of the desired object a child was applied from.
 pub const APPLIED_HASH: &str = "mend.dev/applied-hash";
+/// Annotation on a member pod: the revision of the member template it was made from (see
+/// [`template_revision`]); a pod on another revision than the spec's is restarted by a rolling
+/// update.
+pub const TEMPLATE_REVISION: &str = "mend.dev/template-revision";
 /// Label naming the member a pod or volume belongs to.
 pub const MEMBER_LABEL: &str = "mend.dev/member";
 /// On a member's new volume claim after its old one was lost: the member must be rebuilt as a
@@ -669,7 +673,7 @@ pub fn member_pod(cluster: &StorageCluster, member: &str, state: ClusterState) -
         }),
         ..Container::default()
     };
-    stamp(Pod {
+    let mut pod = Pod {
         metadata,
         spec: Some(PodSpec {
             hostname: Some(member.to_string()),
@@ -725,7 +729,43 @@ pub fn member_pod(cluster: &StorageCluster, member: &str, state: ClusterState) -
             ..PodSpec::default()
         }),
         status: None,
-    })
+    };
+    let revision = template_revision_of_spec(pod.spec.as_ref());
+    pod.metadata
+        .annotations
+        .get_or_insert_with(BTreeMap::new)
+        .insert(TEMPLATE_REVISION.to_string(), revision);
+    stamp(pod)
+}
+
+/// The revision of the member template a pod spec holds: a digest of the spec without the
+/// flags that only matter to an empty data directory and change with the membership
+/// (`--initial-cluster`, `--initial-cluster-state`), so a pod started to join and one started
+/// with the cluster share it, and only a change of image, flags, resources or placement makes
+/// another.
+fn template_revision_of_spec(spec: Option<&PodSpec>) -> String {
+    let mut spec = spec.cloned().unwrap_or_default();
+    for container in &mut spec.containers {
+        if let Some(args) = &mut container.args {
+            args.retain(|a| {
+                !a.starts_with("--initial-cluster=") && !a.starts_with("--initial-cluster-state=")
+            });
+        }
+    }
+    digest(&spec)
+}
+
+/// The template revision member `member` of `cluster` should run.
+pub fn template_revision(cluster: &StorageCluster, member: &str) -> String {
+    template_revision_of_spec(member_pod(cluster, member, ClusterState::New).spec.as_ref())
+}
+
+/// The template revision a live member pod runs, when it carries one.
+pub fn running_revision(pod: &ObjectMeta) -> Option<&str> {
+    pod.annotations
+        .as_ref()
+        .and_then(|a| a.get(TEMPLATE_REVISION))
+        .map(String::as_str)
 }
 
 /// What a member requests when `spec.resources` is absent (the values its documentation
