@@ -439,7 +439,8 @@ impl<P: Platform> Executor<'_, P> {
                     Op::InProgress(what) => Outcome::Waiting(what),
                 })
             }
-            Step::Backup { .. } => {
+            // Both act on a member out of the member list and stopped.
+            Step::Backup { .. } | Step::Retire { .. } => {
                 let listed = self.members.member_list(source_endpoint, creds()).await?;
                 let fresh = Fresh {
                     stopped: Some(self.platform.is_stopped(&name).await?),
@@ -447,6 +448,12 @@ impl<P: Platform> Executor<'_, P> {
                 };
                 if let Some(b) = rules(&fresh) {
                     return Ok(b);
+                }
+                if let Step::Retire { .. } = step {
+                    return Ok(match self.platform.retire(&name).await? {
+                        Op::Done(what) => Outcome::Done(format!("retired {name}: {what}")),
+                        Op::InProgress(what) => Outcome::Waiting(what),
+                    });
                 }
                 // The rebuilt member gets a copy of the source's data.
                 let data = members
@@ -544,20 +551,6 @@ impl<P: Platform> Executor<'_, P> {
                 Op::Done(()) => Outcome::Done(format!("made the place of {name}")),
                 Op::InProgress(what) => Outcome::Waiting(what),
             }),
-            Step::Retire { .. } => {
-                let listed = self.members.member_list(source_endpoint, creds()).await?;
-                let fresh = Fresh {
-                    stopped: Some(self.platform.is_stopped(&name).await?),
-                    ..self.fresh(members, Some(&listed))
-                };
-                if let Some(b) = rules(&fresh) {
-                    return Ok(b);
-                }
-                Ok(match self.platform.retire(&name).await? {
-                    Op::Done(what) => Outcome::Done(format!("retired {name}: {what}")),
-                    Op::InProgress(what) => Outcome::Waiting(what),
-                })
-            }
             Step::Verify { .. } => {
                 if let Some(b) = rules(&self.fresh(members, None)) {
                     return Ok(b);

@@ -195,6 +195,72 @@ fn an_operator_killed_at_every_step_boundary_resumes_and_backs_up_once() {
     assert_everywhere(&op, &acknowledged);
 }
 
+/// What four writers did: writes attempted, failed attempts (each write is retried up to 5
+/// times) and the keys acknowledged.
+struct Load {
+    attempted: usize,
+    failed: usize,
+    written: Vec<String>,
+}
+
+/// Runs `work` while four writers write (as `root`) through `endpoints`: each through its own
+/// member, the fourth through all of them, each write retried up to 5 times, at most `limit`
+/// writes each; returns what `work` returned and what the writers did.
+fn under_load<T>(
+    root: &str,
+    endpoints: &[String],
+    limit: usize,
+    work: impl FnOnce() -> T,
+) -> (T, Load) {
+    let done = std::sync::atomic::AtomicBool::new(false);
+    std::thread::scope(|scope| {
+        let writers: Vec<_> = (0..4)
+            .map(|w| {
+                let done = &done;
+                scope.spawn(move || {
+                    let through = match w {
+                        3 => endpoints.join(","),
+                        i => endpoints[i].clone(),
+                    };
+                    let mut load = Load {
+                        attempted: 0,
+                        failed: 0,
+                        written: Vec::new(),
+                    };
+                    while !done.load(std::sync::atomic::Ordering::SeqCst) && load.attempted < limit
+                    {
+                        let key = format!("load-{w}-{}", load.attempted);
+                        load.attempted += 1;
+                        let ok = (0..5).any(|_| {
+                            let put = etcdctl(&through, &["--user", root, "put", &key, "v"]);
+                            load.failed += usize::from(!put.status.success());
+                            put.status.success()
+                        });
+                        if ok {
+                            load.written.push(key);
+                        }
+                    }
+                    load
+                })
+            })
+            .collect();
+        let result = work();
+        done.store(true, std::sync::atomic::Ordering::SeqCst);
+        let mut all = Load {
+            attempted: 0,
+            failed: 0,
+            written: Vec::new(),
+        };
+        for writer in writers {
+            let load = writer.join().expect("writer");
+            all.attempted += load.attempted;
+            all.failed += load.failed;
+            all.written.extend(load.written);
+        }
+        (result, all)
+    })
+}
+
 #[test]
 fn a_heal_under_load_from_several_writers_loses_no_acknowledged_write() {
     let op = LocalOperator::start("Automatic");
@@ -209,46 +275,16 @@ fn a_heal_under_load_from_several_writers_loses_no_acknowledged_write() {
                 && settled(&s)
         })
     };
-    // Four writers, each through its own member in turn (one through all of them), each write
-    // retried up to 5 times, until the heal is over and the members agree again.
-    let done = std::sync::atomic::AtomicBool::new(false);
-    let (attempted, failed, written) = std::thread::scope(|scope| {
-        let writers: Vec<_> = (0..4)
-            .map(|w| {
-                let (root, endpoints, done) = (&root, &endpoints, &done);
-                scope.spawn(move || {
-                    let through = match w {
-                        3 => endpoints.join(","),
-                        i => endpoints[i].clone(),
-                    };
-                    let (mut attempted, mut failed, mut written) = (0, 0, Vec::new());
-                    while !done.load(std::sync::atomic::Ordering::SeqCst) && attempted < 2000 {
-                        let key = format!("load-{w}-{attempted}");
-                        attempted += 1;
-                        let ok = (0..5).any(|_| {
-                            let put = etcdctl(&through, &["--user", root, "put", &key, "v"]);
-                            failed += usize::from(!put.status.success());
-                            put.status.success()
-                        });
-                        if ok {
-                            written.push(key);
-                        }
-                    }
-                    (attempted, failed, written)
-                })
-            })
-            .collect();
-        let finished = wait_until(DEADLINE * 2, || healed(&op));
-        done.store(true, std::sync::atomic::Ordering::SeqCst);
-        assert!(finished, "the heal never finished:\n{}", op.log());
-        writers.into_iter().map(|w| w.join().expect("writer")).fold(
-            (0, 0, Vec::new()),
-            |(a, f, mut all), (wa, wf, ww)| {
-                all.extend(ww);
-                (a + wa, f + wf, all)
-            },
-        )
+    // Four writers until the heal is over and the members agree again.
+    let (finished, load) = under_load(&root, &endpoints, 2000, || {
+        wait_until(DEADLINE * 2, || healed(&op))
     });
+    assert!(finished, "the heal never finished:\n{}", op.log());
+    let Load {
+        attempted,
+        failed,
+        written,
+    } = load;
     let heal_seconds = op
         .metrics()
         .lines()
@@ -874,35 +910,9 @@ fn scaling_three_to_five_and_back_under_write_load_loses_no_acknowledged_write()
     // node1 to node3 stay members throughout: three writers write through them, one through
     // all of them, each write retried up to 5 times.
     let endpoints = op.endpoints();
-    let done = std::sync::atomic::AtomicBool::new(false);
-    let mut timings = Vec::new();
     let mut scaling_seen = false;
-    let (attempted, failed, written) = std::thread::scope(|scope| {
-        let writers: Vec<_> = (0..4)
-            .map(|w| {
-                let (root, endpoints, done) = (&root, &endpoints, &done);
-                scope.spawn(move || {
-                    let through = match w {
-                        3 => endpoints.join(","),
-                        i => endpoints[i].clone(),
-                    };
-                    let (mut attempted, mut failed, mut written) = (0, 0, Vec::new());
-                    while !done.load(std::sync::atomic::Ordering::SeqCst) && attempted < 5000 {
-                        let key = format!("load-{w}-{attempted}");
-                        attempted += 1;
-                        let ok = (0..5).any(|_| {
-                            let put = etcdctl(&through, &["--user", root, "put", &key, "v"]);
-                            failed += usize::from(!put.status.success());
-                            put.status.success()
-                        });
-                        if ok {
-                            written.push(key);
-                        }
-                    }
-                    (attempted, failed, written)
-                })
-            })
-            .collect();
+    let (timings, load) = under_load(&root, &endpoints, 5000, || {
+        let mut timings = Vec::new();
         for (replicas, members) in [
             (5, ["node1", "node2", "node3", "node4", "node5"].as_slice()),
             (3, &["node1", "node2", "node3"]),
@@ -920,22 +930,20 @@ fn scaling_three_to_five_and_back_under_write_load_loses_no_acknowledged_write()
                 })
             });
             assert!(resized, "never reached {replicas} members:\n{}", op.log());
-            timings.push((replicas, started.elapsed()));
+            timings.push(started.elapsed());
         }
-        done.store(true, std::sync::atomic::Ordering::SeqCst);
-        writers.into_iter().map(|w| w.join().expect("writer")).fold(
-            (0, 0, Vec::new()),
-            |(a, f, mut all), (wa, wf, ww)| {
-                all.extend(ww);
-                (a + wa, f + wf, all)
-            },
-        )
+        timings
     });
+    let Load {
+        attempted,
+        failed,
+        written,
+    } = load;
     eprintln!(
         "3 -> 5 in {:.1} s, 5 -> 3 in {:.1} s under 4 writers: {attempted} writes attempted, {} \
          acknowledged, {failed} failed attempts (retried)",
-        timings[0].1.as_secs_f64(),
-        timings[1].1.as_secs_f64(),
+        timings[0].as_secs_f64(),
+        timings[1].as_secs_f64(),
         written.len()
     );
     assert!(scaling_seen, "the status said Scaling while it resized");
