@@ -59,6 +59,7 @@ pub mod condition {
         label_selector_path = ".status.selector"
     ),
     printcolumn(name = "Replicas", type_ = "integer", json_path = ".spec.replicas"),
+    printcolumn(name = "Members", type_ = "integer", json_path = ".status.replicas"),
     printcolumn(name = "Ready", type_ = "integer", json_path = ".status.readyReplicas"),
     printcolumn(name = "Leader", type_ = "string", json_path = ".status.leader"),
     printcolumn(name = "Phase", type_ = "string", json_path = ".status.phase"),
@@ -657,7 +658,8 @@ pub struct StorageClusterStatus {
     /// Lifecycle phase.
     #[serde(default)]
     pub phase: Phase,
-    /// Members running.
+    /// Members the cluster has (the scale subresource's current replicas): more or fewer than
+    /// `spec.replicas` while it is resized.
     #[serde(default)]
     pub replicas: i32,
     /// Members answering probes.

@@ -106,7 +106,9 @@ fn the_crd_has_names_subresources_and_printer_columns_for_kubectl() {
         .collect();
     assert_eq!(
         columns,
-        ["Replicas", "Ready", "Leader", "Phase", "Drift", "Age"]
+        [
+            "Replicas", "Members", "Ready", "Leader", "Phase", "Drift", "Age"
+        ]
     );
 }
 

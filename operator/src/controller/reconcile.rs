@@ -165,25 +165,6 @@ impl<'a> Reconciler<'a> {
                 .refuse("InvalidSpec", "Validate", problem, Action::await_change())
                 .await;
         }
-        // Resizing a running cluster needs members added or removed one at a time through
-        // the etcd API before pods change; until the operator does that, it refuses rather
-        // than start pods that could never join.
-        let running = self.cluster.status.as_ref().map_or(0, |s| s.replicas);
-        if running > 0 && running != self.cluster.spec.replicas {
-            let problem = format!(
-                "replicas changed from {running} to {}: resizing a running cluster is not \
-                 supported yet; set spec.replicas back to {running}",
-                self.cluster.spec.replicas
-            );
-            return self
-                .refuse(
-                    "ResizeNotSupported",
-                    "Resize",
-                    problem,
-                    Action::await_change(),
-                )
-                .await;
-        }
         let credentials = match self.root_credentials().await {
             // The Secret is not watched: look again after a while.
             Err(Error::Secret { name, reason }) => {
@@ -228,9 +209,25 @@ impl<'a> Reconciler<'a> {
             .and_then(|h| h.progress.as_ref())
             .and_then(Progress::from_status);
         let held_out = resumed.as_ref().map(Progress::held_out).unwrap_or_default();
+        // A member a resize removed is retired next: nothing of it is made again.
+        let leaving: Vec<String> = resumed
+            .as_ref()
+            .map(|p| {
+                p.plan
+                    .steps
+                    .iter()
+                    .filter_map(|s| match s {
+                        crate::planner::Step::Retire { member } => p.names.get(&p.current(*member)),
+                        _ => None,
+                    })
+                    .filter(|name| held_out.contains(name))
+                    .cloned()
+                    .collect()
+            })
+            .unwrap_or_default();
         let healing_before = resumed.is_some();
         let (lost, refused, created) = self
-            .apply_children(&live, &held_out, certificates.as_ref())
+            .apply_children(&live, &held_out, &leaving, certificates.as_ref())
             .await?;
         let stall = refused.or_else(|| live.stall.clone());
         // Whatever woke this reconcile (a child changed, a pod became ready), the members are
@@ -316,13 +313,9 @@ impl<'a> Reconciler<'a> {
                 .await?;
             stall = stall.or(held);
         }
-        let status = self.status(
-            &names,
-            &endpoints,
-            (&live, &created),
-            &pass,
-            untrusted.as_deref(),
-        );
+        // The member table after this pass: a resize may have made or retired a member.
+        let members = platform.members();
+        let status = self.status(&members, (&live, &created), &pass, untrusted.as_deref());
         let status = self.report_stall(status, stall).await?;
         self.ctx
             .metrics
@@ -512,21 +505,18 @@ impl<'a> Reconciler<'a> {
             );
     }
 
-    /// The status for `pass` over the members `names` at `endpoints`, whose pods are `live`
-    /// or were `created` by this reconcile (from the current template).
+    /// The status for `pass` over the members `names`, whose pods are `live` or were `created`
+    /// by this reconcile (from the current template).
     fn status(
         &self,
         names: &[String],
-        endpoints: &[String],
         (live, created): (&Live, &[String]),
         pass: &healing::Pass,
         auth_untrusted: Option<&str>,
     ) -> StorageClusterStatus {
         let views: Vec<MemberView> = names
             .iter()
-            .zip(endpoints)
-            .enumerate()
-            .map(|(i, (name, endpoint))| MemberView {
+            .map(|name| MemberView {
                 revisions: {
                     let desired = resources::template_revision(self.cluster, name);
                     let running = match live.pods.get(name) {
@@ -536,11 +526,12 @@ impl<'a> Reconciler<'a> {
                     (running, Some(desired))
                 },
                 name: name.clone(),
-                endpoint: endpoint.clone(),
+                endpoint: resources::client_url(self.cluster, name),
                 observation: pass
                     .round
                     .members
-                    .get(i)
+                    .iter()
+                    .find(|o| o.name == *name)
                     .cloned()
                     .unwrap_or_else(|| Observation::unreachable(name, "not probed")),
             })
@@ -853,6 +844,7 @@ impl<'a> Reconciler<'a> {
         &self,
         live: &Live,
         held_out: &[String],
+        leaving: &[String],
         certificates: Option<&Certificates>,
     ) -> Result<(Vec<String>, Option<Stall>, Vec<String>)> {
         let cluster = self.cluster;
@@ -905,7 +897,7 @@ impl<'a> Reconciler<'a> {
                 ),
             });
         }
-        for member in &names {
+        for member in names.iter().filter(|m| !leaving.contains(m)) {
             let state = resources::start_state(member, &with_data);
             match live.pvcs.get(&resources::pvc_name(member)) {
                 None => {

@@ -17,6 +17,7 @@ use super::{API_CALLS, Context, reconcile, resources};
 use crate::detector::Round;
 
 mod maintenance;
+mod resize;
 mod rollout;
 mod tls;
 
@@ -1309,31 +1310,6 @@ async fn reconciles_woken_by_status_writes_or_children_probe_once_per_interval_a
         members.probes.load(Ordering::SeqCst),
         1,
         "one probe round per interval"
-    );
-}
-
-#[tokio::test]
-async fn resizing_a_running_cluster_is_refused_with_what_to_do_and_changes_nothing() {
-    let applied = first_reconcile().await;
-    let mut resized = cluster("demo", 5);
-    resized.metadata.generation = Some(2);
-    resized.status = Some(serde_json::from_value(applied.status.clone()).expect("status"));
-    let (ctx, verifier, _) = Context::test();
-    let server = verifier.run(Scenario::Refused("ResizeNotSupported"));
-    reconcile_in_time(resized, &ctx)
-        .await
-        .expect("reported, not retried");
-    drop(ctx);
-    let (applied, verifier) = server.await.expect("scenario");
-    verifier.no_more_requests().await;
-    let progressing = condition(&applied.status, "Progressing");
-    assert_eq!(progressing["status"], "False");
-    assert_eq!(progressing["reason"], "ResizeNotSupported");
-    assert!(
-        progressing["message"]
-            .as_str()
-            .is_some_and(|m| m.contains("set spec.replicas back to 3")),
-        "{progressing}"
     );
 }
 

@@ -34,9 +34,6 @@ pub enum Error {
     /// Moving a member's data aside failed.
     #[error("backup failed: {0}")]
     BackupFailed(String),
-    /// The platform cannot do this.
-    #[error("{0}")]
-    Unsupported(String),
 }
 
 /// What is wrong with `spec.autoCompaction`, in storage-node's (etcd's) words; `None` when

@@ -27,6 +27,10 @@ pub struct KubePlatform {
     /// With `spec.tls`: the digest of each member's current certificate, which a pod started
     /// to join is annotated with.
     certificates: std::collections::BTreeMap<String, tls::Digests>,
+    /// Members made (Create) and retired (Retire) through this platform: the member table the
+    /// status records next has them in and out.
+    made: Vec<String>,
+    retired: Vec<String>,
 }
 
 impl KubePlatform {
@@ -36,6 +40,8 @@ impl KubePlatform {
             client,
             cluster,
             certificates: Default::default(),
+            made: Vec::new(),
+            retired: Vec::new(),
         }
     }
 
@@ -55,15 +61,32 @@ impl KubePlatform {
         )
     }
 
+    /// The members after what this platform did: [`resources::member_names`] with the members
+    /// it made and without those it retired.
+    pub fn members(&self) -> Vec<String> {
+        let mut names = resources::member_names(&self.cluster);
+        for made in &self.made {
+            if !names.contains(made) {
+                names.push(made.clone());
+            }
+        }
+        names.retain(|n| !self.retired.contains(n));
+        names
+    }
+
     fn known(&self, name: &str) -> Result<()> {
-        if resources::member_names(&self.cluster)
-            .iter()
-            .any(|m| m == name)
-        {
+        if self.members().iter().any(|m| m == name) {
             Ok(())
         } else {
             Err(Error::UnknownMember(name.to_string()))
         }
+    }
+
+    fn claims(&self) -> Api<PersistentVolumeClaim> {
+        Api::namespaced(
+            self.client.clone(),
+            &self.cluster.namespace().unwrap_or_default(),
+        )
     }
 
     async fn get(&self, name: &str) -> Result<Option<Pod>> {
@@ -76,6 +99,14 @@ impl KubePlatform {
             Err(kube::Error::Api(status)) if status.code == 404 => Ok(()),
             Err(e) => Err(api(name)(e)),
         }
+    }
+}
+
+fn claim_error(name: &str) -> impl FnOnce(kube::Error) -> Error {
+    let name = name.to_string();
+    move |source| Error::Kube {
+        object: format!("persistentvolumeclaim {name}"),
+        source: Box::new(source),
     }
 }
 
@@ -241,25 +272,78 @@ impl Platform for KubePlatform {
     }
 
     fn next_member(&self) -> String {
-        let names = resources::member_names(&self.cluster);
+        let names = self.members();
         (0..)
             .map(|i| format!("{}-{i}", self.cluster.name_any()))
             .find(|name| !names.contains(name))
             .unwrap_or_default()
     }
 
-    /// The controller refuses a changed `spec.replicas` before any pass, so no plan makes or
-    /// retires a member on Kubernetes yet.
+    /// Applies the new member's volume claim (one kept from an earlier member of that name
+    /// stays as it is: the Backup step moves its data aside); its pod starts at AddLearner.
     async fn create(&mut self, name: &str) -> Result<Op<()>> {
-        Err(Error::Unsupported(format!(
-            "making member {name}: resizing is not supported on Kubernetes yet"
-        )))
+        let claim = resources::pvc(&self.cluster, name);
+        let claim_name = resources::pvc_name(name);
+        let existing = self
+            .claims()
+            .get_opt(&claim_name)
+            .await
+            .map_err(claim_error(&claim_name))?;
+        if existing.is_none() {
+            self.claims()
+                .patch(
+                    &claim_name,
+                    &PatchParams::apply(FIELD_MANAGER).force(),
+                    &Patch::Apply(&claim),
+                )
+                .await
+                .map_err(claim_error(&claim_name))?;
+        }
+        if !self.made.iter().any(|m| m == name) {
+            self.made.push(name.to_string());
+        }
+        Ok(Op::Done(()))
     }
 
+    /// Deletes the member's pod, and its volume claim when `spec.storage.retentionPolicy` is
+    /// `Delete` (only the claim read, by UID, and only one labelled for the cluster); with
+    /// `Retain` the claim and its data stay.
     async fn retire(&mut self, name: &str) -> Result<Op<String>> {
-        Err(Error::Unsupported(format!(
-            "retiring member {name}: resizing is not supported on Kubernetes yet"
-        )))
+        self.known(name)?;
+        if self.get(name).await?.is_some() {
+            self.delete(name).await?;
+            return Ok(Op::InProgress(format!("pod {name} is being deleted")));
+        }
+        let claim_name = resources::pvc_name(name);
+        let claim = self
+            .claims()
+            .get_opt(&claim_name)
+            .await
+            .map_err(claim_error(&claim_name))?;
+        let kept = match claim {
+            None => format!("it had no volume claim {claim_name}"),
+            Some(claim)
+                if self.cluster.spec.storage.retention_policy == crds::RetentionPolicy::Delete
+                    && resources::made_for(&self.cluster, &claim.metadata) =>
+            {
+                let params = DeleteParams {
+                    preconditions: Some(kube::api::Preconditions {
+                        uid: claim.metadata.uid.clone(),
+                        resource_version: None,
+                    }),
+                    ..DeleteParams::default()
+                };
+                match self.claims().delete(&claim_name, &params).await {
+                    Ok(_) => {}
+                    Err(kube::Error::Api(status)) if status.code == 404 => {}
+                    Err(e) => return Err(claim_error(&claim_name)(e)),
+                }
+                format!("its volume claim {claim_name} was deleted (retentionPolicy Delete)")
+            }
+            Some(_) => format!("its volume claim {claim_name} is kept (retentionPolicy Retain)"),
+        };
+        self.retired.push(name.to_string());
+        Ok(Op::Done(kept))
     }
 
     fn peer_url(&self, name: &str) -> Result<String> {

@@ -232,11 +232,33 @@ pub fn selector(cluster: &StorageCluster) -> String {
         .join(",")
 }
 
-/// Member names, `<cluster>-0` to `<cluster>-(replicas-1)`: pod names and `--name`.
+/// The cluster's members, in order (pod names and `--name`): those the status lists (the
+/// member table the operator wrote last, which a resize changes one member at a time), or,
+/// before any, `<cluster>-0` to `<cluster>-(replicas-1)`; and the member a resize in progress
+/// made the place of (`status.healing.progress`) until the table lists it.
 pub fn member_names(cluster: &StorageCluster) -> Vec<String> {
-    (0..cluster.spec.replicas.max(0))
-        .map(|i| format!("{}-{i}", cluster.name_any()))
-        .collect()
+    let status = cluster.status.as_ref();
+    let mut names: Vec<String> = status
+        .map(|s| s.members.iter().map(|m| m.name.clone()).collect())
+        .unwrap_or_default();
+    if names.is_empty() {
+        names = (0..cluster.spec.replicas.max(0))
+            .map(|i| format!("{}-{i}", cluster.name_any()))
+            .collect();
+    }
+    let made = status
+        .and_then(|s| s.healing.as_ref()?.progress.as_ref())
+        .and_then(|p| {
+            let create = p.steps.iter().position(|s| s.action == "Create")?;
+            let new = format!("{:x}", crate::planner::NEW_MEMBER);
+            (create < p.next as usize).then(|| p.names.get(&new).cloned())?
+        });
+    if let Some(name) = made
+        && !names.contains(&name)
+    {
+        names.push(name);
+    }
+    names
 }
 
 /// The headless Service giving each member a stable DNS name.
