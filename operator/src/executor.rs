@@ -610,14 +610,7 @@ mod tests {
         let member = planner::NEW_MEMBER;
         let plan = Plan {
             source: 1,
-            steps: vec![
-                Step::Create { member },
-                Step::Backup { member },
-                Step::AddLearner { member },
-                Step::WaitCaughtUp { member },
-                Step::Promote { member },
-                Step::Verify { member },
-            ],
+            steps: Step::grow(member).to_vec(),
         };
         let names = BTreeMap::from([(1, "node1".to_string()), (member, "node4".to_string())]);
         Progress {

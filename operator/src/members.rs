@@ -161,24 +161,9 @@ impl Grpc {
     }
 
     /// Runs `call` on a channel to `endpoint` with a login token (when `credentials` are set),
-    /// logging in again once when the member no longer knows the token.
+    /// every request bounded by `timeout`, logging in again once when the member no longer
+    /// knows the token.
     fn call<T, F, Fut>(
-        &self,
-        name: &'static str,
-        endpoint: String,
-        credentials: Credentials,
-        call: F,
-    ) -> BoxFuture<'static, CallResult<T>>
-    where
-        T: Send + 'static,
-        F: Fn(Channel, Option<String>) -> Fut + Send + 'static,
-        Fut: Future<Output = Result<T, tonic::Status>> + Send,
-    {
-        self.call_within(self.timeout, name, endpoint, credentials, call)
-    }
-
-    /// [`Grpc::call`] with every request bounded by `timeout` instead.
-    fn call_within<T, F, Fut>(
         &self,
         timeout: Duration,
         name: &'static str,
@@ -314,6 +299,7 @@ impl Members for Grpc {
         credentials: Credentials,
     ) -> BoxFuture<'static, CallResult<Vec<Listed>>> {
         self.call(
+            self.timeout,
             "MemberList",
             endpoint,
             credentials,
@@ -346,6 +332,7 @@ impl Members for Grpc {
         id: u64,
     ) -> BoxFuture<'static, CallResult<()>> {
         self.call(
+            self.timeout,
             "MemberRemove",
             endpoint,
             credentials,
@@ -363,22 +350,26 @@ impl Members for Grpc {
         credentials: Credentials,
         peer_url: String,
     ) -> BoxFuture<'static, CallResult<u64>> {
-        self.call("MemberAdd", endpoint, credentials, move |channel, token| {
-            let peer_url = peer_url.clone();
-            async move {
-                let add = MemberAddRequest {
-                    peer_ur_ls: vec![peer_url],
-                    is_learner: true,
-                };
-                let request = crate::client::request(add, token.as_deref());
-                let reply = ClusterClient::new(channel).member_add(request).await?;
-                reply
-                    .into_inner()
-                    .member
-                    .map(|m| m.id)
-                    .ok_or_else(|| tonic::Status::internal("MemberAdd answered without the member"))
-            }
-        })
+        self.call(
+            self.timeout,
+            "MemberAdd",
+            endpoint,
+            credentials,
+            move |channel, token| {
+                let peer_url = peer_url.clone();
+                async move {
+                    let add = MemberAddRequest {
+                        peer_ur_ls: vec![peer_url],
+                        is_learner: true,
+                    };
+                    let request = crate::client::request(add, token.as_deref());
+                    let reply = ClusterClient::new(channel).member_add(request).await?;
+                    reply.into_inner().member.map(|m| m.id).ok_or_else(|| {
+                        tonic::Status::internal("MemberAdd answered without the member")
+                    })
+                }
+            },
+        )
     }
 
     fn member_promote(
@@ -388,6 +379,7 @@ impl Members for Grpc {
         id: u64,
     ) -> BoxFuture<'static, CallResult<()>> {
         self.call(
+            self.timeout,
             "MemberPromote",
             endpoint,
             credentials,
@@ -406,6 +398,7 @@ impl Members for Grpc {
         to: u64,
     ) -> BoxFuture<'static, CallResult<()>> {
         self.call(
+            self.timeout,
             "MoveLeader",
             endpoint,
             credentials,
@@ -423,7 +416,7 @@ impl Members for Grpc {
         endpoint: String,
         credentials: Credentials,
     ) -> BoxFuture<'static, CallResult<()>> {
-        self.call_within(
+        self.call(
             DEFRAGMENT_TIMEOUT,
             "Defragment",
             endpoint,

@@ -206,8 +206,19 @@ impl Step {
 
     /// The steps that rebuild `member` from the leader, in order.
     pub(crate) fn rebuild(member: u64) -> [Step; 6] {
+        Step::then_join(Step::Remove { member }, member)
+    }
+
+    /// The steps that add `member`, a new one ([`NEW_MEMBER`]), in order.
+    pub(crate) fn grow(member: u64) -> [Step; 6] {
+        Step::then_join(Step::Create { member }, member)
+    }
+
+    /// `first`, then the steps that bring `member` in empty: move aside what its place holds,
+    /// add it as a learner and start it, let it catch up, promote it, verify it.
+    fn then_join(first: Step, member: u64) -> [Step; 6] {
         [
-            Step::Remove { member },
+            first,
             Step::Backup { member },
             Step::AddLearner { member },
             Step::WaitCaughtUp { member },
@@ -363,17 +374,9 @@ pub fn resize(desired: usize, members: &[Member]) -> Result<Option<Plan>, String
     }
     let leader = ready_to_resize(members)?;
     if desired > members.len() {
-        let member = NEW_MEMBER;
         return Ok(Some(Plan {
             source: leader.id,
-            steps: vec![
-                Step::Create { member },
-                Step::Backup { member },
-                Step::AddLearner { member },
-                Step::WaitCaughtUp { member },
-                Step::Promote { member },
-                Step::Verify { member },
-            ],
+            steps: Step::grow(NEW_MEMBER).to_vec(),
         }));
     }
     let leaving = members.last().ok_or("no members")?;
