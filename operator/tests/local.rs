@@ -981,6 +981,12 @@ fn resize_killing_the_operator_at_every_step(op: &mut LocalOperator, members: &[
         });
         assert!(looked, "no resize started:\n{}", op.log());
         let Some(record) = record else {
+            // The status read may be the killed operator's last: the one started after it
+            // restarts the members, so it is waited for settled on its own status.
+            op.wait_rewrites(1);
+            op.wait_status("the restarted operator to settle", |s| {
+                settled_at(s, members.len())
+            });
             return kills;
         };
         let next = record["next"].as_u64().unwrap_or_default();
