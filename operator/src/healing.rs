@@ -153,6 +153,8 @@ pub struct Pass {
     pub healing: HealingStatus,
     /// Scheduled defragmentation, to record (`None`: no schedule).
     pub defragmentation: Option<DefragmentationStatus>,
+    /// Why the resize `spec.replicas` asks for has not started, when it has not.
+    pub resize_waits: Option<String>,
 }
 
 impl Pass {
@@ -201,6 +203,19 @@ pub async fn pass<P: Platform>(
     let mut notes = Vec::new();
     let resumed = progress.is_some();
     let mut progress = progress;
+    let mut resize_waits = None;
+    let resize_wanted =
+        usize::try_from(cluster.spec.replicas).is_ok_and(|desired| desired != round.members.len());
+    if progress.is_none() && resize_wanted {
+        if let Some(why) = cluster.auth_untrusted {
+            resize_waits = Some(format!("the cluster's auth is not the operator's: {why}"));
+        } else if mode != Mode::Automatic {
+            resize_waits = Some(format!(
+                "healing mode is {:?}: resizing waits for Automatic",
+                cluster.spec.healing.mode
+            ));
+        }
+    }
     if progress.is_none() && mode == Mode::Automatic && cluster.auth_untrusted.is_none() {
         if let Some(rebuild) = plan_rebuild(&cluster, &round, lost).await {
             notes.push(Note::warning(
@@ -215,7 +230,9 @@ pub async fn pass<P: Platform>(
             tracing::warn!(member = ?lost.first(), "member lost its data: rebuilding it as a new member");
             healer.heal_started(now);
             progress = Some(rebuild);
-        } else if let Some(resize) = plan_resize(&cluster, &round, &assessment, lost) {
+        } else if let Some(resize) =
+            plan_resize(&cluster, &round, &assessment, lost, &mut resize_waits)
+        {
             let plan = &resize.plan;
             let (verb, name) = match plan.purpose() {
                 Purpose::ScaleOut => ("adding", cluster.platform.next_member()),
@@ -349,6 +366,7 @@ pub async fn pass<P: Platform>(
         }
     };
     let healing = healing_status(healer, progress.as_ref());
+    let resize_waits = resize_waits.filter(|_| progress.is_none());
     Pass {
         round,
         assessment,
@@ -357,6 +375,7 @@ pub async fn pass<P: Platform>(
         ended,
         healing,
         defragmentation,
+        resize_waits,
     }
 }
 
@@ -572,14 +591,31 @@ fn before_membership_change(heal: &Progress) -> bool {
 
 /// Plans the next member added or removed towards `spec.replicas`, when nothing else is
 /// wrong: no finding, no member without its data, every member answering and voting.
+/// When a resize is wanted but may not start now, `waits` says why.
 fn plan_resize<P: Platform>(
     cluster: &Cluster<'_, P>,
     round: &Round,
     assessment: &Assessment,
     lost: &[String],
+    waits: &mut Option<String>,
 ) -> Option<Progress> {
     let desired = usize::try_from(cluster.spec.replicas).ok()?;
-    if desired == round.members.len() || !lost.is_empty() || !assessment.findings.is_empty() {
+    if desired == round.members.len() {
+        return None;
+    }
+    if let Some(name) = lost.first() {
+        *waits = Some(format!("{name} lost its data and is rebuilt first"));
+        return None;
+    }
+    if let Some(finding) = assessment.findings.first() {
+        *waits = Some(match finding {
+            Finding::Unreachable { name } => format!("{name} does not answer"),
+            Finding::Lagging { name, behind } => format!("{name} is {behind} entries behind"),
+            Finding::Alarm { alarm, .. } => format!("the {} alarm is active", alarm.name()),
+            Finding::AuthRevisionDrift { .. } | Finding::DataDivergence { .. } => {
+                "the members diverged".to_string()
+            }
+        });
         return None;
     }
     let members: Vec<Member> = round.members.iter().map(Member::observed).collect();
@@ -595,6 +631,7 @@ fn plan_resize<P: Platform>(
         Ok(None) => None,
         Err(why) => {
             tracing::info!(why, desired, members = members.len(), "resize waits");
+            *waits = Some(why);
             None
         }
     }

@@ -55,6 +55,8 @@ pub struct Inputs<'a> {
     /// A rolling update under way: whether it stalled (a restarted member did not come back),
     /// and how it stands.
     pub rollout: Option<(bool, String)>,
+    /// Why the resize the spec asks for has not started, when it has not.
+    pub resize_waits: Option<String>,
     /// The status written last, for condition transition times.
     pub previous: Option<&'a StorageClusterStatus>,
     /// Now.
@@ -160,6 +162,10 @@ pub fn build(inputs: &Inputs<'_>) -> StorageClusterStatus {
         .rollout
         .as_ref()
         .filter(|_| !healing_now && !resizing_now);
+    let resize_waits = inputs
+        .resize_waits
+        .as_ref()
+        .filter(|_| !healing_now && !resizing_now && rolling.is_none() && !starting);
     set(
         condition::PROGRESSING,
         starting || healing_now || resizing_now || rolling.is_some_and(|(stalled, _)| !stalled),
@@ -173,6 +179,8 @@ pub fn build(inputs: &Inputs<'_>) -> StorageClusterStatus {
             } else {
                 "RollingUpdate"
             }
+        } else if resize_waits.is_some() {
+            "ScaleWaiting"
         } else if starting {
             "Bootstrapping"
         } else {
@@ -182,6 +190,11 @@ pub fn build(inputs: &Inputs<'_>) -> StorageClusterStatus {
             "rebuilding members from the source of truth".to_string()
         } else if let Some((_, message)) = rolling {
             message.clone()
+        } else if let Some(why) = resize_waits {
+            format!(
+                "spec.replicas is {} and the cluster has {size} members; resizing waits: {why}",
+                inputs.replicas
+            )
         } else if resizing_now {
             format!(
                 "resizing to {} members, one member at a time ({size} now, a member being \
@@ -525,6 +538,7 @@ mod tests {
             selector: "app=x".into(),
             defragmentation: None,
             rollout: None,
+            resize_waits: None,
             previous,
             now: now(second),
         }

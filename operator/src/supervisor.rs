@@ -328,6 +328,7 @@ impl Supervisor {
             pass.healing,
             pass.defragmentation,
             rollout,
+            pass.resize_waits,
         )
     }
 
@@ -630,6 +631,7 @@ impl Supervisor {
         healing: HealingStatus,
         defragmentation: Option<crds::DefragmentationStatus>,
         rollout: Option<(bool, String)>,
+        resize_waits: Option<String>,
     ) -> Result<()> {
         let status = status::build(&status::Inputs {
             generation: None,
@@ -643,6 +645,7 @@ impl Supervisor {
             selector: String::new(),
             defragmentation,
             rollout,
+            resize_waits,
             previous: self.status.as_ref(),
             now: Time(Timestamp::now()),
         });

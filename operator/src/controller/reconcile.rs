@@ -548,6 +548,7 @@ impl<'a> Reconciler<'a> {
             selector: resources::selector(self.cluster),
             defragmentation: pass.defragmentation.clone(),
             rollout: None,
+            resize_waits: pass.resize_waits.clone(),
             previous: self.cluster.status.as_ref(),
             now: Time(Timestamp::now()),
         })

@@ -205,3 +205,33 @@ async fn a_shrink_retires_the_removed_member_and_deletes_its_claim_under_the_del
     assert_eq!(names(&status), ["demo-0", "demo-1"], "the table lets it go");
     assert!(status["healing"]["progress"].is_null(), "{status}");
 }
+
+#[tokio::test]
+async fn a_grown_spec_with_a_member_down_waits_and_says_why() {
+    let applied = first_reconcile().await;
+    let mut running = cluster("demo", 5);
+    running.status = Some(serde_json::from_value(applied.status.clone()).expect("status"));
+    let (ctx, mut verifier, members) = Context::test();
+    members.auth_enabled.store(true, Ordering::SeqCst);
+    *members.round.lock().expect("round") = Round {
+        members: vec![
+            observation(0x11, true, 5),
+            observation(0x22, false, 5),
+            Observation::unreachable("demo-2", "connect: refused"),
+        ],
+    };
+    let server = tokio::spawn(async move {
+        verifier.reads(&applied).await;
+        let status = verifier.status().await;
+        (status, verifier)
+    });
+    let status = super::reconciled(running, ctx, server).await;
+    let progressing = super::condition(&status, "Progressing");
+    assert_eq!(progressing["status"], "False");
+    assert_eq!(progressing["reason"], "ScaleWaiting");
+    assert_eq!(
+        progressing["message"],
+        "spec.replicas is 5 and the cluster has 3 members; resizing waits: demo-2 does not answer"
+    );
+    assert!(status["healing"]["progress"].is_null(), "nothing planned");
+}
