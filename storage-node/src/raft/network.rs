@@ -236,6 +236,9 @@ fn peer_url(node: &Member) -> Option<&str> {
 pub struct NetworkFactory {
     /// Shared channels.
     pub peers: Peers,
+    /// The least time an AppendEntries is given (the election timeout): see
+    /// [`Network::append_entries`](RaftNetworkV2::append_entries).
+    pub append_floor: Duration,
 }
 
 impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
@@ -246,6 +249,7 @@ impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
             target,
             url: peer_url(node).map(str::to_string),
             peers: self.peers.clone(),
+            append_floor: self.append_floor,
         }
     }
 }
@@ -255,6 +259,7 @@ pub struct Network {
     target: u64,
     url: Option<String>,
     peers: Peers,
+    append_floor: Duration,
 }
 
 impl Network {
@@ -308,7 +313,13 @@ impl RaftNetworkV2<TypeConfig> for Network {
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<TypeConfig>, RPCError<TypeConfig>> {
-        self.call(Rpc::AppendEntries, &rpc, option.hard_ttl())
+        // openraft bounds an append by the heartbeat interval, but a batch of large entries
+        // (values near the request size limit) takes longer than that to send and make durable
+        // on a busy follower: cut off every time, the follower would never catch up, and a
+        // leader whose followers all trail would commit nothing. A follower that has not
+        // answered within an election timeout has failed anyway.
+        let timeout = option.hard_ttl().max(self.append_floor);
+        self.call(Rpc::AppendEntries, &rpc, timeout)
             .await
             .map_err(rpc_error)
     }

@@ -425,6 +425,7 @@ pub async fn run(args: ServeArgs, shutdown: impl Future<Output = ()>) -> Result<
         config,
         NetworkFactory {
             peers: peers.clone(),
+            append_floor: std::time::Duration::from_millis(args.election_timeout),
         },
         log_store,
         state_machine,
