@@ -234,19 +234,20 @@ pub async fn pass<P: Platform>(
             plan_resize(&cluster, &round, &assessment, lost, &mut resize_waits)
         {
             let plan = &resize.plan;
-            let (verb, name) = match plan.purpose() {
-                Purpose::ScaleOut => ("adding", cluster.platform.next_member()),
-                _ => (
-                    "removing",
-                    plan.steps
-                        .iter()
-                        .find_map(|s| match s {
-                            Step::Remove { member } => resize.names.get(member).cloned(),
-                            _ => None,
-                        })
-                        .unwrap_or_default(),
-                ),
+            let verb = match plan.purpose() {
+                Purpose::ScaleOut => "adding",
+                _ => "removing",
             };
+            // The member the plan adds or removes, as `plan_resize` named it.
+            let name = plan
+                .steps
+                .iter()
+                .find_map(|s| match s {
+                    Step::Create { member } | Step::Remove { member } => resize.names.get(member),
+                    _ => None,
+                })
+                .cloned()
+                .unwrap_or_default();
             notes.push(Note::scaling(
                 "ScaleStarted",
                 format!(

@@ -201,12 +201,27 @@ impl ApiServerVerifier {
 
     /// The reads of a reconcile whose children exist as `applied` holds them.
     async fn reads(&mut self, applied: &Applied) {
+        self.reads_with_pods(applied, applied.items("pods")).await;
+    }
+
+    /// [`ApiServerVerifier::reads`] with `pods` as the member pods.
+    async fn reads_with_pods(&mut self, applied: &Applied, pods: Vec<Value>) {
         self.expect(Method::GET, &format!("{NS}/secrets/demo-root"))
             .await
             .ok(&applied.secret);
+        self.lists(applied, pods).await;
+    }
+
+    /// The lists of a reconcile, with `pods` as the member pods and the rest as `applied`.
+    async fn lists(&mut self, applied: &Applied, pods: Vec<Value>) {
         for (list, path) in LISTS {
+            let items = if list == "pods" {
+                pods.clone()
+            } else {
+                applied.items(list)
+            };
             self.expect(Method::GET, path).await.ok(&json!({
-                "apiVersion": "v1", "kind": "List", "metadata": {}, "items": applied.items(list),
+                "apiVersion": "v1", "kind": "List", "metadata": {}, "items": items,
             }));
         }
     }

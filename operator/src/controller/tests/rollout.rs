@@ -10,7 +10,7 @@ use serde_json::{Value, json};
 
 use super::super::Context;
 use super::super::fixtures::{ApiServerVerifier, FakeMembers, cluster, observation};
-use super::{Applied, EVENTS, LISTS, NS, first_reconcile, reconciled};
+use super::{Applied, EVENTS, NS, first_reconcile, reconciled};
 use crate::detector::Round;
 use crate::platform::kube::resources;
 
@@ -63,24 +63,6 @@ fn answering(members: &FakeMembers, leader: u64) {
     };
 }
 
-/// The reads every valid reconcile starts with, the pods answered with `pods`.
-async fn reads(verifier: &mut ApiServerVerifier, applied: &Applied, pods: &[Value]) {
-    verifier
-        .expect(Method::GET, &format!("{NS}/secrets/demo-root"))
-        .await
-        .ok(&applied.secret);
-    for (list, path) in LISTS {
-        let items = if list == "pods" {
-            pods.to_vec()
-        } else {
-            applied.items(list)
-        };
-        verifier.expect(Method::GET, path).await.ok(&json!({
-            "apiVersion": "v1", "kind": "List", "metadata": {}, "items": items,
-        }));
-    }
-}
-
 /// The next Event: its reason and action; returns its note.
 async fn event(verifier: &mut ApiServerVerifier, reason: &str, action: &str) -> String {
     let seen = verifier.expect(Method::POST, EVENTS).await;
@@ -96,7 +78,7 @@ async fn a_changed_image_restarts_a_follower_first_by_evicting_its_pod() {
     let (applied, running, pods, ctx, mut verifier, members) = changed(&[]).await;
     answering(&members, 0x11);
     let server = tokio::spawn(async move {
-        reads(&mut verifier, &applied, &pods).await;
+        verifier.reads_with_pods(&applied, pods.clone()).await;
         let seen = verifier
             .expect(Method::POST, &format!("{NS}/pods/demo-1/eviction"))
             .await;
@@ -135,7 +117,7 @@ async fn the_leader_hands_over_before_its_turn_and_is_restarted_once_it_follows(
     answering(&members, 0x11);
     let (first_reads, first_pods) = (applied.clone(), pods.clone());
     let server = tokio::spawn(async move {
-        reads(&mut verifier, &first_reads, &first_pods).await;
+        verifier.reads_with_pods(&first_reads, first_pods).await;
         let note = event(&mut verifier, "LeaderMoved", "RollingUpdate").await;
         let status = verifier.status().await;
         ((note, status), verifier)
@@ -156,7 +138,7 @@ async fn the_leader_hands_over_before_its_turn_and_is_restarted_once_it_follows(
     members.auth_enabled.store(true, Ordering::SeqCst);
     answering(&members, 0x22);
     let server = tokio::spawn(async move {
-        reads(&mut verifier, &applied, &pods).await;
+        verifier.reads_with_pods(&applied, pods.clone()).await;
         verifier
             .expect(Method::POST, &format!("{NS}/pods/demo-0/eviction"))
             .await

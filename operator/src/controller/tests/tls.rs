@@ -137,20 +137,6 @@ impl ApiServerVerifier {
         seen.respond(http::StatusCode::CREATED, &body);
         body
     }
-
-    /// The lists of a reconcile, with `pods` as the member pods and the rest as `applied`.
-    async fn lists(&mut self, applied: &Applied, pods: Vec<Value>) {
-        for (list, path) in LISTS {
-            let items = if list == "pods" {
-                pods.clone()
-            } else {
-                applied.items(list)
-            };
-            self.expect(Method::GET, path).await.ok(&json!({
-                "apiVersion": "v1", "kind": "List", "metadata": {}, "items": items,
-            }));
-        }
-    }
 }
 
 /// A first reconcile of a new TLS cluster: what it stored.
