@@ -125,6 +125,123 @@ pub struct StorageClusterSpec {
     /// and the cluster is neither diverged nor healing. Absent (the default): none.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub defragmentation: Option<Defragmentation>,
+    /// Scheduled backups to an object store: a snapshot of a healthy, caught-up member,
+    /// checked whole before it is uploaded, then the store pruned to the retention. Absent
+    /// (the default): none. An on-demand backup is asked for with the annotation
+    /// `mend.dev/backup` (any new value).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backup: Option<Backup>,
+    /// How a new cluster starts. Absent (the default): empty. Read once, when the cluster is
+    /// created.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bootstrap: Option<Bootstrap>,
+}
+
+/// Scheduled backups.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct Backup {
+    /// A five-field cron schedule in UTC, such as `0 */6 * * *` (every six hours). A time
+    /// missed while the operator was down is caught up once.
+    #[schemars(length(min = 1))]
+    pub schedule: String,
+    /// Where backups go.
+    pub store: BackupStore,
+    /// Which backups are kept.
+    #[serde(default)]
+    pub retention: BackupRetention,
+}
+
+/// An object store for backups: exactly one of `s3` and `directory`.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct BackupStore {
+    /// An S3 bucket, on AWS or any S3-compatible service.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub s3: Option<S3Store>,
+    /// A directory on the operator's machine (`operator local` only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub directory: Option<String>,
+}
+
+/// An S3 bucket.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct S3Store {
+    /// The bucket (it must exist).
+    #[schemars(length(min = 1))]
+    pub bucket: String,
+    /// Key prefix of this cluster's backups. Default: `<namespace>/<name>` on Kubernetes,
+    /// `<name>` locally.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prefix: Option<String>,
+    /// URL of an S3-compatible service (`http://` allowed). Default: AWS S3 of the region.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub endpoint: Option<String>,
+    /// The region. Default: `us-east-1`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub region: Option<String>,
+    /// A Secret in the cluster's namespace with keys `accessKeyID` and `secretAccessKey`
+    /// (and optionally `sessionToken`). Locally the operator reads `AWS_ACCESS_KEY_ID`,
+    /// `AWS_SECRET_ACCESS_KEY` and `AWS_SESSION_TOKEN` instead.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credentials_secret_ref: Option<String>,
+}
+
+/// Which backups are kept: the newest `count`, and of those only the ones younger than
+/// `maxAge`; the newest backup is never deleted.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct BackupRetention {
+    /// How many backups are kept at most. Default: 7.
+    #[serde(default = "default_backup_count")]
+    #[schemars(range(min = 1))]
+    pub count: u32,
+    /// Backups older than this are deleted, such as `168h` or `30d` (units `m`, `h`, `d`).
+    /// Default: no age limit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^[0-9]+(m|h|d)$"))]
+    pub max_age: Option<String>,
+}
+
+impl Default for BackupRetention {
+    fn default() -> Self {
+        BackupRetention {
+            count: default_backup_count(),
+            max_age: None,
+        }
+    }
+}
+
+fn default_backup_count() -> u32 {
+    7
+}
+
+/// How a new cluster starts.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct Bootstrap {
+    /// Restore every member from a backup: keys keep their revisions, leases their TTLs, and
+    /// users and roles come along; the members get new IDs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from_backup: Option<FromBackup>,
+}
+
+/// The backup a new cluster starts from.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct FromBackup {
+    /// The store holding it (the same shape as `spec.backup.store`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub store: Option<BackupStore>,
+    /// The backup's key in the store (as `status.backup.lastBackup.key` shows it). Default:
+    /// the newest backup under the store's prefix.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
+    /// A snapshot file on the operator's machine instead of a store (`operator local` only):
+    /// one `etcdctl snapshot save` or a backup wrote.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub file: Option<String>,
 }
 
 /// When to defragment the members.
@@ -685,6 +802,67 @@ pub struct StorageClusterStatus {
     /// Scheduled defragmentation: the last pass, the one under way and the next.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub defragmentation: Option<DefragmentationStatus>,
+    /// Backups: the last one taken, the next scheduled and any failure.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backup: Option<BackupStatus>,
+    /// The backup the cluster was created from, when it was.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restored_from: Option<BackupRecord>,
+}
+
+/// Where backups stand.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct BackupStatus {
+    /// The scheduled time of the last backup started (or, before the first, the last one the
+    /// schedule had when the operator first read it, which is not taken).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_schedule_time: Option<Time>,
+    /// The next scheduled time.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_schedule_time: Option<Time>,
+    /// When the last backup was stored.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_successful_time: Option<Time>,
+    /// The last backup stored.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_backup: Option<BackupRecord>,
+    /// Backups in the store after the last pruning.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stored: Option<u32>,
+    /// Whether a backup is due and not yet taken (it waits for `waiting`, or is running).
+    #[serde(default)]
+    pub active: bool,
+    /// Why the backup due waits, when it does.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub waiting: Option<String>,
+    /// Failed attempts in a row at the backup due.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub failures: u32,
+    /// Why the last failed attempt failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_failure: Option<String>,
+    /// The value of the `mend.dev/backup` annotation last acted on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_request: Option<String>,
+}
+
+/// One backup in a store.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct BackupRecord {
+    /// Its key in the store.
+    pub key: String,
+    /// When the snapshot was taken (RFC 3339).
+    pub time: String,
+    /// The member it was taken from.
+    pub member: String,
+    /// The key-value revision it holds.
+    pub revision: i64,
+    /// Its size in bytes.
+    pub size: u64,
+    /// SHA-256 of the whole object, hex.
+    pub sha256: String,
 }
 
 /// Where scheduled defragmentation stands.

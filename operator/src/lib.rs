@@ -16,12 +16,14 @@
 //!   a time, each re-checked on a fresh observation), [`platform`] (where members live:
 //!   [`platform::local`] processes or [`platform::kube`] pods and volumes), [`bootstrap`]
 //!   (turning auth on), [`metrics`] (healing metrics), [`pki`] (the CA and certificates of
-//!   clusters with `spec.tls`).
+//!   clusters with `spec.tls`), [`backup`] (backups to an object store and restores from one;
+//!   when one is due is decided from values).
 //! - Drivers: [`controller`] (Kubernetes, `operator run`) and [`supervisor`] (`operator
 //!   local`), with [`demo`] (`operator demo`) on top of the supervisor.
 //! - [`yaml`]: strict YAML parsing; [`crd_yaml`]: the `StorageCluster` CRD as YAML, for
 //!   `manifests/crd.yaml`.
 
+pub mod backup;
 pub mod bootstrap;
 pub mod client;
 pub mod controller;

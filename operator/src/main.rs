@@ -170,12 +170,17 @@ fn local(
         .unwrap_or_else(|| "local".into());
     let mut sup = Supervisor::open(Config {
         name,
-        spec: cluster.spec,
+        spec: cluster.spec.clone(),
         workdir,
         storage_node: storage_node_binary(storage_node)?,
         node_args,
         print_table: true,
         spec_file: Some(spec),
+        backup_request: cluster
+            .metadata
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get(operator::backup::REQUEST_ANNOTATION).cloned()),
     })?;
     runtime()?.block_on(async {
         if let Some(addr) = metrics_addr {

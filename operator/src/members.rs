@@ -10,8 +10,8 @@ use std::time::Duration;
 use futures_util::future::BoxFuture;
 use storage_node::pb::etcdserverpb::{
     AuthenticateRequest, DefragmentRequest, MemberAddRequest, MemberListRequest,
-    MemberPromoteRequest, MemberRemoveRequest, MoveLeaderRequest, auth_client::AuthClient,
-    cluster_client::ClusterClient, maintenance_client::MaintenanceClient,
+    MemberPromoteRequest, MemberRemoveRequest, MoveLeaderRequest, SnapshotRequest,
+    auth_client::AuthClient, cluster_client::ClusterClient, maintenance_client::MaintenanceClient,
 };
 use tonic::transport::Channel;
 
@@ -115,7 +115,29 @@ pub trait Members: Send + Sync {
         endpoint: String,
         credentials: Credentials,
     ) -> BoxFuture<'static, CallResult<()>>;
+
+    /// Streams a snapshot of the member at `endpoint` (etcdctl's `snapshot save`) into the
+    /// new file `to`, waiting up to [`SNAPSHOT_TIMEOUT`]; returns its size and SHA-256. The
+    /// file is not checked: [`crate::backup`] does that before it stores it.
+    fn snapshot(
+        &self,
+        endpoint: String,
+        credentials: Credentials,
+        to: std::path::PathBuf,
+    ) -> BoxFuture<'static, CallResult<Saved>>;
 }
+
+/// A snapshot written to a file.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Saved {
+    /// Its size in bytes.
+    pub size: u64,
+    /// SHA-256 of the whole file, hex.
+    pub sha256: String,
+}
+
+/// How long streaming a member's snapshot may take.
+pub const SNAPSHOT_TIMEOUT: Duration = Duration::from_secs(30 * 60);
 
 /// How long a member's defragmentation may take before the call gives up (the member goes
 /// on; the pass tries it again).
@@ -425,6 +447,49 @@ impl Members for Grpc {
                 let request = crate::client::request(DefragmentRequest {}, token.as_deref());
                 MaintenanceClient::new(channel).defragment(request).await?;
                 Ok(())
+            },
+        )
+    }
+
+    fn snapshot(
+        &self,
+        endpoint: String,
+        credentials: Credentials,
+        to: std::path::PathBuf,
+    ) -> BoxFuture<'static, CallResult<Saved>> {
+        self.call(
+            SNAPSHOT_TIMEOUT,
+            "Snapshot",
+            endpoint,
+            credentials,
+            move |channel, token| {
+                let to = to.clone();
+                async move {
+                    use sha2::Digest;
+                    use tokio::io::AsyncWriteExt;
+                    let io = |e: std::io::Error| {
+                        tonic::Status::internal(format!("{}: {e}", to.display()))
+                    };
+                    let request = crate::client::request(SnapshotRequest {}, token.as_deref());
+                    let mut stream = MaintenanceClient::new(channel)
+                        .snapshot(request)
+                        .await?
+                        .into_inner();
+                    // Written afresh by each attempt (a second one follows a new login).
+                    let file = tokio::fs::File::create(&to).await.map_err(io)?;
+                    let mut file = tokio::io::BufWriter::with_capacity(1 << 20, file);
+                    let mut hash = sha2::Sha256::new();
+                    let mut size = 0u64;
+                    while let Some(message) = stream.message().await? {
+                        hash.update(&message.blob);
+                        size += message.blob.len() as u64;
+                        file.write_all(&message.blob).await.map_err(io)?;
+                    }
+                    file.flush().await.map_err(io)?;
+                    file.into_inner().sync_all().await.map_err(io)?;
+                    let sha256 = hash.finalize().iter().map(|b| format!("{b:02x}")).collect();
+                    Ok(Saved { size, sha256 })
+                }
             },
         )
     }

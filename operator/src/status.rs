@@ -326,6 +326,9 @@ pub fn build(inputs: &Inputs<'_>) -> StorageClusterStatus {
         auth_revision_drift: drift,
         healing: inputs.healing.clone(),
         defragmentation: inputs.defragmentation.clone(),
+        // The drivers set what this pass did; until then it stands as recorded.
+        backup: inputs.previous.and_then(|p| p.backup.clone()),
+        restored_from: inputs.previous.and_then(|p| p.restored_from.clone()),
     }
 }
 

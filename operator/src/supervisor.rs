@@ -74,6 +74,8 @@ pub struct Config {
     /// can change `spec.healing` (pause a heal with `mode: Disabled`, for one) as they would
     /// with `kubectl apply`. `None`: the spec is fixed.
     pub spec_file: Option<PathBuf>,
+    /// The resource's `mend.dev/backup` annotation: each new value asks for a backup now.
+    pub backup_request: Option<String>,
 }
 
 /// The flags every member starts with: the operator's `--node-arg`s and what the spec asks.
@@ -98,6 +100,9 @@ pub const ROOT_USER: &str = "root";
 const CALL_TIMEOUT: Duration = Duration::from_secs(5);
 const CREDENTIALS_FILE: &str = "root-credentials";
 const HEAL_FILE: &str = "heal.json";
+/// Present while the members are being built from `spec.bootstrap.fromBackup` (the work
+/// directory was new when it was written): until it is gone no member starts.
+const RESTORE_FILE: &str = "restoring";
 const STATUS_FILE: &str = "status.json";
 
 /// How long a member a rolling update restarted may stay away before the rollout is reported
@@ -111,7 +116,7 @@ const HEAL_PASS: Duration = Duration::from_millis(200);
 pub struct Supervisor {
     config: Config,
     platform: LocalPlatform,
-    members: Grpc,
+    members: Arc<Grpc>,
     healer: Healer,
     credentials: Option<(String, String)>,
     /// The operator's client certificate, with TLS.
@@ -130,6 +135,8 @@ pub struct Supervisor {
     spec_read: Option<std::time::SystemTime>,
     /// The member a rolling update restarted last, and when.
     rolling: Option<(String, std::time::Instant)>,
+    /// The backup being taken, in the background.
+    backup: Option<tokio::task::JoinHandle<crate::backup::Outcome>>,
 }
 
 impl Supervisor {
@@ -146,10 +153,26 @@ impl Supervisor {
         if let Some(problem) = crate::maintenance::schedule_problem(spec) {
             return Err(Error::Spec(problem));
         }
+        if let Some(problem) = crate::backup::spec_problem(spec, true) {
+            return Err(Error::Spec(problem));
+        }
         std::fs::create_dir_all(&config.workdir).map_err(|source| Error::File {
             path: config.workdir.clone(),
             source,
         })?;
+        let new = !crate::platform::local::recorded(&config.workdir);
+        if new
+            && spec
+                .bootstrap
+                .as_ref()
+                .is_some_and(|b| b.from_backup.is_some())
+        {
+            let marker = config.workdir.join(RESTORE_FILE);
+            std::fs::write(&marker, b"").map_err(|source| Error::File {
+                path: marker,
+                source,
+            })?;
+        }
         let mut platform = LocalPlatform::open(
             config.storage_node.clone(),
             &config.workdir,
@@ -189,7 +212,7 @@ impl Supervisor {
         Ok(Supervisor {
             config,
             platform,
-            members: Grpc::new(CALL_TIMEOUT),
+            members: Arc::new(Grpc::new(CALL_TIMEOUT)),
             healer,
             credentials,
             client_cert,
@@ -204,6 +227,7 @@ impl Supervisor {
             metrics: Arc::default(),
             spec_read: None,
             rolling: None,
+            backup: None,
         })
     }
 
@@ -266,6 +290,9 @@ impl Supervisor {
     /// probes, decides and runs at most one step of a heal), record the heal and the status.
     pub async fn tick(&mut self) -> Result<()> {
         self.reload_spec();
+        if self.config.workdir.join(RESTORE_FILE).exists() {
+            self.restore().await?;
+        }
         // Renewed when due (it is read once a tick: a renewal is no restart for the operator).
         self.client_cert = self.platform.client_cert()?;
         self.keep_running()?;
@@ -284,7 +311,7 @@ impl Supervisor {
                 spec: &self.config.spec,
                 targets,
                 platform: &mut self.platform,
-                members: &self.members,
+                members: &*self.members,
                 credentials,
                 metrics: &self.metrics,
                 auth_untrusted: self.auth_untrusted.as_deref(),
@@ -323,13 +350,137 @@ impl Supervisor {
                 .await?
         };
         self.views = self.views_of(&pass.round);
+        let held = crate::backup::held(&pass.assessment.findings, self.progress.is_some());
+        let backup = self.backup_pass(&pass.round, held).await;
         self.write_status(
             &pass.assessment,
             pass.healing,
             pass.defragmentation,
             rollout,
             pass.resize_waits,
+            backup,
         )
+    }
+
+    /// Builds every member from `spec.bootstrap.fromBackup` (the work directory is new): the
+    /// backup is fetched and checked whole, then each member without data is restored from it,
+    /// and only then may members start.
+    async fn restore(&mut self) -> Result<()> {
+        let Some(from) = self
+            .config
+            .spec
+            .bootstrap
+            .as_ref()
+            .and_then(|b| b.from_backup.clone())
+        else {
+            return Err(Error::Spec(
+                "the work directory is marked for a restore, but spec.bootstrap.fromBackup is \
+                 gone"
+                    .to_string(),
+            ));
+        };
+        let scratch = tempfile::Builder::new()
+            .prefix("restore-")
+            .tempdir_in(&self.config.workdir)
+            .map_err(|source| Error::File {
+                path: self.config.workdir.clone(),
+                source,
+            })?;
+        let (file, record) = crate::backup::fetch(&from, &self.config.name, None, scratch.path())
+            .await
+            .map_err(|why| Error::Spec(format!("spec.bootstrap.fromBackup: {why}")))?;
+        tracing::info!(backup = %record.key, revision = record.revision, "restoring every member from a backup");
+        let names: Vec<String> = self
+            .platform
+            .members
+            .iter()
+            .map(|m| m.name.clone())
+            .collect();
+        for name in names {
+            if !self.platform.has_data(&name) {
+                self.platform.restore(&name, &file)?;
+            }
+        }
+        let mut status = self.status.clone().unwrap_or_default();
+        status.restored_from = Some(record);
+        write_json(&self.config.workdir.join(STATUS_FILE), &status)?;
+        self.status = Some(status);
+        let marker = self.config.workdir.join(RESTORE_FILE);
+        std::fs::remove_file(&marker).map_err(|source| Error::File {
+            path: marker,
+            source,
+        })
+    }
+
+    /// This pass's part of scheduled backups: records a backup that ended, starts one when due
+    /// (in the background: the loop goes on while it streams), and returns the status to
+    /// record (`None`: no `spec.backup`).
+    async fn backup_pass(
+        &mut self,
+        round: &Round,
+        held: Option<String>,
+    ) -> Option<crds::BackupStatus> {
+        use crate::backup::{self, Next, Recorded};
+        let spec = self.config.spec.backup.clone()?;
+        let schedule = crate::maintenance::Schedule::parse(&spec.schedule).ok()?;
+        let now = Timestamp::now();
+        let mut previous = self.status.as_ref().and_then(|s| s.backup.clone());
+        if let Some(job) = self.backup.take_if(|job| job.is_finished()) {
+            let outcome = job
+                .await
+                .unwrap_or_else(|e| Err(format!("the backup task failed: {e}")));
+            let status = previous.get_or_insert_default();
+            match (backup::record(status, outcome, now), &status.last_backup) {
+                (Recorded::Stored, Some(stored)) => tracing::info!(
+                    key = %stored.key, size = stored.size, revision = stored.revision,
+                    member = %stored.member, "BackedUp"
+                ),
+                (recorded, _) => tracing::warn!(
+                    ?recorded,
+                    why = status.last_failure.as_deref().unwrap_or(""),
+                    "BackupFailed"
+                ),
+            }
+        }
+        let request = self.config.backup_request.as_deref();
+        let running = self.backup.is_some();
+        let (status, next) = backup::decide(
+            &schedule,
+            previous.as_ref(),
+            request,
+            round,
+            held,
+            running,
+            now,
+        );
+        match next {
+            Next::Take(member) => {
+                let endpoint = self.platform.endpoint(&member).ok()?;
+                let members = self.members.clone();
+                let credentials = self.access();
+                let name = self.config.name.clone();
+                let scratch = self.config.workdir.clone();
+                tracing::info!(%member, "taking a backup");
+                self.backup = Some(tokio::spawn(async move {
+                    let store = backup::Store::open(&spec.store, &name, None)?;
+                    backup::take(
+                        &*members,
+                        &member,
+                        endpoint,
+                        credentials,
+                        &store,
+                        &spec.retention,
+                        &scratch,
+                    )
+                    .await
+                }));
+            }
+            Next::Wait(why) if status.waiting != previous.and_then(|p| p.waiting) => {
+                tracing::info!(%why, "the backup due waits");
+            }
+            _ => {}
+        }
+        Some(status)
     }
 
     /// One pass of a rolling update: restarts at most one member running an older template
@@ -455,7 +606,13 @@ impl Supervisor {
             .map_err(|e| e.to_string())
             .and_then(|yaml| crate::yaml::parse_strict::<crds::StorageCluster>(&yaml));
         let spec = match parsed {
-            Ok(cluster) => cluster.spec,
+            Ok(cluster) => {
+                self.config.backup_request = cluster
+                    .metadata
+                    .annotations
+                    .and_then(|a| a.get(crate::backup::REQUEST_ANNOTATION).cloned());
+                cluster.spec
+            }
             Err(e) => {
                 tracing::error!(file = %path.display(), error = %e, "spec not reloaded");
                 return;
@@ -466,12 +623,26 @@ impl Supervisor {
         kept.defragmentation = self.config.spec.defragmentation.clone();
         kept.replicas = self.config.spec.replicas;
         kept.auto_compaction = self.config.spec.auto_compaction.clone();
+        kept.backup = self.config.spec.backup.clone();
+        // Read once, when the cluster is made.
+        kept.bootstrap = self.config.spec.bootstrap.clone();
         if kept != self.config.spec {
             tracing::error!(
                 file = %path.display(),
-                "only spec.replicas, spec.healing, spec.defragmentation and spec.autoCompaction \
-                 can change while operator local runs; other changes ignored"
+                "only spec.replicas, spec.healing, spec.defragmentation, spec.backup and \
+                 spec.autoCompaction can change while operator local runs; other changes ignored"
             );
+        }
+        if spec.backup != self.config.spec.backup {
+            let mut next = self.config.spec.clone();
+            next.backup = spec.backup.clone();
+            match crate::backup::spec_problem(&next, true) {
+                Some(problem) => tracing::error!(file = %path.display(), "{problem}; not taken"),
+                None => {
+                    tracing::info!(backup = ?spec.backup, "spec.backup changed");
+                    self.config.spec.backup = spec.backup.clone();
+                }
+            }
         }
         if spec.auto_compaction != self.config.spec.auto_compaction {
             match crate::platform::auto_compaction_problem(&spec) {
@@ -632,8 +803,9 @@ impl Supervisor {
         defragmentation: Option<crds::DefragmentationStatus>,
         rollout: Option<(bool, String)>,
         resize_waits: Option<String>,
+        backup: Option<crds::BackupStatus>,
     ) -> Result<()> {
-        let status = status::build(&status::Inputs {
+        let mut status = status::build(&status::Inputs {
             generation: None,
             replicas: self.config.spec.replicas,
             members: &self.views,
@@ -649,6 +821,7 @@ impl Supervisor {
             previous: self.status.as_ref(),
             now: Time(Timestamp::now()),
         });
+        status.backup = backup;
         write_json(&self.config.workdir.join(STATUS_FILE), &status)?;
         self.metrics
             .observe_status(&self.config.name, self.config.spec.replicas, &status);
@@ -844,6 +1017,7 @@ mod tests {
             node_args: Vec::new(),
             print_table: false,
             spec_file: None,
+            backup_request: None,
         };
         let Err(Error::Spec(why)) = Supervisor::open(config) else {
             panic!("a bad spec.autoCompaction was taken");

@@ -304,6 +304,25 @@ impl Members for FakeMembers {
     ) -> BoxFuture<'static, CallResult<()>> {
         self.record(format!("Defragment {endpoint}"), ())
     }
+
+    fn snapshot(
+        &self,
+        endpoint: String,
+        _credentials: Credentials,
+        _to: std::path::PathBuf,
+    ) -> BoxFuture<'static, CallResult<crate::members::Saved>> {
+        self.calls
+            .lock()
+            .expect("calls")
+            .push(format!("Snapshot {endpoint}"));
+        Box::pin(async move {
+            Err(crate::members::CallError {
+                call: "Snapshot",
+                endpoint,
+                message: "the fake members take no snapshots".to_string(),
+            })
+        })
+    }
 }
 
 type Handle = tower_test::mock::Handle<Request<Body>, Response<Body>>;

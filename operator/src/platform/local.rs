@@ -573,6 +573,31 @@ impl LocalPlatform {
         self.spawn(name, state)
     }
 
+    /// Builds member `name`'s data directory from the snapshot `file` as one member of a new
+    /// cluster of every member (`storage-node snapshot restore`); it must have no data.
+    pub fn restore(&mut self, name: &str, file: &Path) -> Result<()> {
+        let member = self.member(name)?;
+        let output = Command::new(&self.binary)
+            .args(["snapshot", "restore"])
+            .arg(file)
+            .args(["--name", name])
+            .arg("--data-dir")
+            .arg(self.data_dir(name))
+            .args(["--initial-cluster", &self.initial_cluster()])
+            .args(["--initial-advertise-peer-urls", &member.peer_url()])
+            .stdin(Stdio::null())
+            .output()
+            .map_err(Error::Io)?;
+        if output.status.success() {
+            return Ok(());
+        }
+        Err(Error::Io(std::io::Error::other(format!(
+            "restoring {name} from {}: {}",
+            file.display(),
+            String::from_utf8_lossy(&output.stderr).trim()
+        ))))
+    }
+
     /// Starts every member as a new cluster.
     pub fn start_all(&mut self) -> Result<()> {
         let names: Vec<String> = self.members.iter().map(|m| m.name.clone()).collect();
@@ -599,6 +624,11 @@ fn pki_error(e: crate::pki::Error) -> Error {
 
 /// Where the members and their ports are recorded in the work directory.
 const MEMBERS_FILE: &str = "members.json";
+
+/// Whether `workdir` records members already (an earlier run made them).
+pub fn recorded(workdir: &Path) -> bool {
+    workdir.join(MEMBERS_FILE).exists()
+}
 
 /// Writes `value` as pretty JSON to `path`, atomically (see [`write_atomically`]).
 pub fn write_json<T: serde::Serialize>(path: &Path, value: &T) -> Result<()> {

@@ -42,6 +42,10 @@ pub struct LocalOperator {
     extra_spec: String,
     /// `spec.replicas`.
     replicas: u32,
+    /// `metadata.annotations` lines.
+    annotations: String,
+    /// Environment of the operator process.
+    env: Vec<(String, String)>,
 }
 
 impl LocalOperator {
@@ -102,6 +106,27 @@ impl LocalOperator {
         LocalOperator::start_full(engine, healing_mode, "", fault_switch, extra, false)
     }
 
+    /// `operator local` on a 3-member spec with `healing_mode` and `extra_spec` (YAML lines
+    /// under `spec`), members with the fault switch off, the operator with `env` added to its
+    /// environment, after `prepare` ran on the work directory (before anything else is in it).
+    pub fn start_prepared(
+        healing_mode: &str,
+        extra_spec: &str,
+        env: &[(&str, &str)],
+        prepare: impl FnOnce(&Path),
+    ) -> LocalOperator {
+        let mut op = LocalOperator::new(storage_node_bin(), "", false, &[], false);
+        op.extra_spec = extra_spec.to_string();
+        op.env = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        prepare(op.dir());
+        op.rewrite_spec(healing_mode);
+        op.spawn();
+        op
+    }
+
     fn start_full(
         engine: PathBuf,
         healing_mode: &str,
@@ -110,9 +135,21 @@ impl LocalOperator {
         extra: &[&str],
         tls: bool,
     ) -> LocalOperator {
+        let mut op = LocalOperator::new(engine, healing, fault_switch, extra, tls);
+        op.rewrite_spec(healing_mode);
+        op.spawn();
+        op
+    }
+
+    fn new(
+        engine: PathBuf,
+        healing: &str,
+        fault_switch: bool,
+        extra: &[&str],
+        tls: bool,
+    ) -> LocalOperator {
         let work = tempfile::tempdir().expect("workdir");
         let spec = work.path().join("cluster.yaml");
-        write_spec(&spec, 3, healing_mode, healing, tls, "");
         let mut node_args = [
             "--bcrypt-cost=4",
             "--heartbeat-interval=50",
@@ -124,7 +161,7 @@ impl LocalOperator {
             node_args.push("--unsafe-reproduce-etcd-11651".to_string());
         }
         node_args.extend(extra.iter().map(|a| a.to_string()));
-        let mut op = LocalOperator {
+        LocalOperator {
             child: None,
             work,
             spec,
@@ -135,9 +172,9 @@ impl LocalOperator {
             tls,
             extra_spec: String::new(),
             replicas: 3,
-        };
-        op.spawn();
-        op
+            annotations: String::new(),
+            env: Vec::new(),
+        }
     }
 
     pub fn dir(&self) -> &Path {
@@ -184,7 +221,15 @@ impl LocalOperator {
             &self.healing,
             self.tls,
             &self.extra_spec,
+            &self.annotations,
         );
+    }
+
+    /// Sets the annotation `key` to `value` in the spec file, as `kubectl annotate` would;
+    /// the operator reads it again. The healing mode written is `mode`.
+    pub fn set_annotation(&mut self, mode: &str, key: &str, value: &str) {
+        self.annotations = format!("    {key}: {value:?}\n");
+        self.rewrite_spec(mode);
     }
 
     /// Sets `spec.replicas` in the spec file, as a user would; the operator reads it again and
@@ -264,6 +309,7 @@ impl LocalOperator {
         for arg in &self.node_args {
             cmd.arg(format!("--node-arg={arg}"));
         }
+        cmd.envs(self.env.iter().map(|(k, v)| (k, v)));
         cmd.stdout(log.try_clone().expect("log")).stderr(log);
         self.child = Some(cmd.spawn().expect("spawn operator"));
     }
@@ -400,6 +446,12 @@ impl LocalOperator {
             .is_some_and(|child| signal_and_wait(child, Signal::SIGINT))
     }
 
+    /// The operator's exit code once it has exited by itself (`None` while it runs).
+    pub fn exited(&mut self) -> Option<Option<i32>> {
+        let child = self.child.as_mut()?;
+        child.try_wait().ok().flatten().map(|status| status.code())
+    }
+
     /// Whether process `pid` still runs one of this test's members.
     pub fn runs_member(&self, pid: i32) -> bool {
         std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|cmdline| {
@@ -430,11 +482,17 @@ fn write_spec(
     healing: &str,
     tls: bool,
     extra: &str,
+    annotations: &str,
 ) {
     let tls = if tls { "  tls: {}\n" } else { "" };
+    let annotations = if annotations.is_empty() {
+        String::new()
+    } else {
+        format!("  annotations:\n{annotations}")
+    };
     let spec = format!(
         "apiVersion: mend.dev/v1alpha1\nkind: StorageCluster\nmetadata:\n  name: seed\n\
-         spec:\n  replicas: {replicas}\n{tls}  healing:\n    mode: {healing_mode}\n    \
+         {annotations}spec:\n  replicas: {replicas}\n{tls}  healing:\n    mode: {healing_mode}\n    \
          probeIntervalSeconds: 2\n    consecutiveProbes: 3\n{healing}{extra}"
     );
     let tmp = path.with_extension("yaml.tmp");
