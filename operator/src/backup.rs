@@ -28,6 +28,7 @@ use object_store::{ObjectStore, ObjectStoreExt, PutPayload, WriteMultipart};
 use sha2::Digest;
 
 use crate::detector::Round;
+use crate::healing::Note;
 use crate::maintenance::Schedule;
 use crate::members::{Credentials, Members};
 
@@ -65,6 +66,13 @@ pub fn spec_problem(spec: &crds::StorageClusterSpec, local: bool) -> Option<Stri
         }
     }
     let from = spec.bootstrap.as_ref()?.from_backup.as_ref()?;
+    if !local {
+        return Some(
+            "spec.bootstrap.fromBackup is not supported on Kubernetes yet (operator local \
+             restores from a backup): remove it, or restore locally and move the data"
+                .to_string(),
+        );
+    }
     match (&from.store, &from.file) {
         (Some(store), None) => {
             store_problem(store, local).map(|why| format!("spec.bootstrap.fromBackup.store: {why}"))
@@ -427,6 +435,77 @@ pub fn choose(round: &Round) -> Result<String, String> {
         .or_else(|| caught_up().next())
         .map(|m| m.name.clone())
         .ok_or_else(|| "no member answers".to_string())
+}
+
+/// A backup running in the background.
+pub type Job = tokio::task::JoinHandle<Outcome>;
+
+/// The drivers' part of a pass before they act: records the backup `job` ran when it has
+/// ended, then [`decide`]s. Returns the status to record, what to do (the driver starts a
+/// [`Job`] of [`take`] on [`Next::Take`]) and what to tell.
+pub async fn pass(
+    job: &mut Option<Job>,
+    schedule: &Schedule,
+    previous: Option<&BackupStatus>,
+    request: Option<&str>,
+    round: &Round,
+    held: Option<String>,
+) -> (BackupStatus, Next, Vec<Note>) {
+    let now = Timestamp::now();
+    let mut notes = Vec::new();
+    let mut recorded = previous.cloned();
+    if let Some(ended) = job.take_if(|job| job.is_finished()) {
+        let outcome = ended
+            .await
+            .unwrap_or_else(|e| Err(format!("the backup task failed: {e}")));
+        let status = recorded.get_or_insert_default();
+        notes.push(match (record(status, outcome, now), &status.last_backup) {
+            (Recorded::Stored, Some(stored)) => Note::backup(
+                false,
+                "BackedUp",
+                format!(
+                    "stored {} ({} bytes, revision {}, from {}); {} backups in the store",
+                    stored.key,
+                    stored.size,
+                    stored.revision,
+                    stored.member,
+                    status.stored.map_or("?".to_string(), |n| n.to_string())
+                ),
+            ),
+            (recorded, _) => Note::backup(
+                true,
+                "BackupFailed",
+                format!(
+                    "{}{}",
+                    status.last_failure.as_deref().unwrap_or("failed"),
+                    if recorded == Recorded::Failed {
+                        format!("; given up after {ATTEMPTS} attempts until the next one is due")
+                    } else {
+                        "; trying again in the next pass".to_string()
+                    }
+                ),
+            ),
+        });
+    }
+    let (status, next) = decide(
+        schedule,
+        recorded.as_ref(),
+        request,
+        round,
+        held,
+        job.is_some(),
+        now,
+    );
+    if let Next::Wait(why) = &next
+        && recorded.and_then(|r| r.waiting).as_ref() != Some(why)
+    {
+        notes.push(Note::backup(
+            false,
+            "BackupWaiting",
+            format!("the backup due waits: {why}"),
+        ));
+    }
+    (status, next, notes)
 }
 
 /// How a backup ended, as [`record`] tells it.

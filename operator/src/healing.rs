@@ -52,12 +52,12 @@ pub fn step_limit(step: &Step) -> Duration {
 pub struct Note {
     /// A warning rather than a normal event.
     pub warning: bool,
-    /// What the operator was doing: `Heal`, `Scale` or `Defragment`.
+    /// What the operator was doing: `Heal`, `Scale`, `Defragment` or `Backup`.
     pub action: &'static str,
     /// `HealStarted`, `HealStep`, `HealPaused`, `Healed`, `HealFailed`; `ScaleStarted`,
     /// `ScaleStep`, `ScalePaused`, `Scaled`, `ScaleFailed`; `DefragmentationStarted`,
     /// `MemberDefragmented`, `Defragmented`, `DefragmentationWaiting`, `DefragmentFailed`,
-    /// `DefragmentationFailed`.
+    /// `DefragmentationFailed`; `BackedUp`, `BackupWaiting`, `BackupFailed`.
     pub reason: &'static str,
     /// What happened, in words.
     pub message: String,
@@ -77,6 +77,16 @@ impl Note {
         Note {
             warning: true,
             ..Note::normal(reason, message)
+        }
+    }
+
+    /// A note of backups (action `Backup`).
+    pub fn backup(warning: bool, reason: &'static str, message: String) -> Note {
+        Note {
+            warning,
+            action: "Backup",
+            reason,
+            message,
         }
     }
 

@@ -420,42 +420,31 @@ impl Supervisor {
         round: &Round,
         held: Option<String>,
     ) -> Option<crds::BackupStatus> {
-        use crate::backup::{self, Next, Recorded};
+        use crate::backup::{self, Next};
         let spec = self.config.spec.backup.clone()?;
         let schedule = crate::maintenance::Schedule::parse(&spec.schedule).ok()?;
-        let now = Timestamp::now();
-        let mut previous = self.status.as_ref().and_then(|s| s.backup.clone());
-        if let Some(job) = self.backup.take_if(|job| job.is_finished()) {
-            let outcome = job
-                .await
-                .unwrap_or_else(|e| Err(format!("the backup task failed: {e}")));
-            let status = previous.get_or_insert_default();
-            match (backup::record(status, outcome, now), &status.last_backup) {
-                (Recorded::Stored, Some(stored)) => tracing::info!(
-                    key = %stored.key, size = stored.size, revision = stored.revision,
-                    member = %stored.member, "BackedUp"
-                ),
-                (recorded, _) => tracing::warn!(
-                    ?recorded,
-                    why = status.last_failure.as_deref().unwrap_or(""),
-                    "BackupFailed"
-                ),
-            }
-        }
-        let request = self.config.backup_request.as_deref();
-        let running = self.backup.is_some();
-        let (status, next) = backup::decide(
+        let previous = self.status.as_ref().and_then(|s| s.backup.clone());
+        let (status, next, notes) = backup::pass(
+            &mut self.backup,
             &schedule,
             previous.as_ref(),
-            request,
+            self.config.backup_request.as_deref(),
             round,
             held,
-            running,
-            now,
-        );
+        )
+        .await;
+        for note in notes {
+            if note.warning {
+                tracing::warn!(reason = note.reason, "{}", note.message);
+            } else {
+                tracing::info!(reason = note.reason, "{}", note.message);
+            }
+        }
         match next {
             Next::Take(member) => {
-                let endpoint = self.platform.endpoint(&member).ok()?;
+                let Ok(endpoint) = self.platform.endpoint(&member) else {
+                    return Some(status);
+                };
                 let members = self.members.clone();
                 let credentials = self.access();
                 let name = self.config.name.clone();
@@ -475,10 +464,7 @@ impl Supervisor {
                     .await
                 }));
             }
-            Next::Wait(why) if status.waiting != previous.and_then(|p| p.waiting) => {
-                tracing::info!(%why, "the backup due waits");
-            }
-            _ => {}
+            Next::Idle | Next::Wait(_) => {}
         }
         Some(status)
     }

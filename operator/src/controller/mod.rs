@@ -234,6 +234,8 @@ pub struct Context {
     /// The healing loop's memory (probe history, findings) per cluster, with the generation
     /// of the spec it was made for.
     healers: Mutex<HashMap<ObjectRef<StorageCluster>, ClusterLoop>>,
+    /// The backup each cluster is taking, in the background.
+    backups: Mutex<HashMap<ObjectRef<StorageCluster>, crate::backup::Job>>,
 }
 
 impl Context {
@@ -254,6 +256,33 @@ impl Context {
             operator_namespace,
             failures: Mutex::default(),
             healers: Mutex::default(),
+            backups: Mutex::default(),
+        }
+    }
+
+    /// Takes the backup `object` is taking, if any (put it back with
+    /// [`Context::put_backup_job`]).
+    pub(crate) fn backup_job(
+        &self,
+        object: &ObjectRef<StorageCluster>,
+    ) -> Option<crate::backup::Job> {
+        self.backups
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(object)
+    }
+
+    /// Keeps `job` as the backup `object` is taking.
+    pub(crate) fn put_backup_job(
+        &self,
+        object: ObjectRef<StorageCluster>,
+        job: Option<crate::backup::Job>,
+    ) {
+        if let Some(job) = job {
+            self.backups
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(object, job);
         }
     }
 

@@ -313,16 +313,24 @@ impl<'a> Reconciler<'a> {
                 .await?;
             stall = stall.or(held);
         }
+        let access = crate::members::Credentials {
+            login: credentials.clone(),
+            tls: operator_cert.clone(),
+        };
+        let (backup, backup_notes) = self.backup_pass(&pass, access).await;
         // The member table after this pass: a resize may have made or retired a member.
         let members = platform.members();
-        let status = self.status(&members, (&live, &created), &pass, untrusted.as_deref());
+        let mut status = self.status(&members, (&live, &created), &pass, untrusted.as_deref());
+        if backup.is_some() {
+            status.backup = backup;
+        }
         let status = self.report_stall(status, stall).await?;
         self.ctx
             .metrics
             .heal
             .observe_status(&key, self.cluster.spec.replicas, &status);
         self.write_status(status).await?;
-        for note in &pass.notes {
+        for note in pass.notes.iter().chain(&backup_notes) {
             let kind = if note.warning {
                 EventType::Warning
             } else {
@@ -678,6 +686,92 @@ impl<'a> Reconciler<'a> {
     /// from the Secret the operator generates (once: an existing one is never overwritten).
     /// These two names are the only Secrets the operator reads: it may neither list nor watch
     /// Secrets (`manifests/rbac.yaml` says why RBAC cannot narrow it further).
+    /// This pass's part of scheduled backups (`spec.backup`): records a backup that ended,
+    /// starts one when due, in the background (the reconcile goes on while it streams), and
+    /// returns the status to record (`None`: no `spec.backup`) and what to tell. The S3
+    /// credentials Secret is read when a backup starts; a Secret that is missing or incomplete
+    /// fails that attempt, saying so.
+    async fn backup_pass(
+        &self,
+        pass: &healing::Pass,
+        access: crate::members::Credentials,
+    ) -> (Option<crds::BackupStatus>, Vec<healing::Note>) {
+        use crate::backup::{self, Next};
+        let Some(spec) = self.cluster.spec.backup.clone() else {
+            return (None, Vec::new());
+        };
+        let Ok(schedule) = crate::maintenance::Schedule::parse(&spec.schedule) else {
+            return (None, Vec::new());
+        };
+        let object = ObjectRef::from_obj(self.cluster);
+        let mut job = self.ctx.backup_job(&object);
+        let held = backup::held(&pass.assessment.findings, pass.progress.is_some());
+        let request = self.cluster.annotations().get(backup::REQUEST_ANNOTATION);
+        let previous = self.cluster.status.as_ref().and_then(|s| s.backup.as_ref());
+        let (status, next, notes) = backup::pass(
+            &mut job,
+            &schedule,
+            previous,
+            request.map(String::as_str),
+            &pass.round,
+            held,
+        )
+        .await;
+        if let Next::Take(member) = next {
+            info!(%member, "taking a backup");
+            let credentials = self.s3_credentials(&spec.store).await;
+            let endpoint = resources::client_url(self.cluster, &member);
+            let prefix = format!("{}/{}", self.namespace, self.cluster.name_any());
+            let members = self.ctx.members.clone();
+            job = Some(tokio::spawn(async move {
+                let store = backup::Store::open(&spec.store, &prefix, credentials?.as_ref())?;
+                backup::take(
+                    &*members,
+                    &member,
+                    endpoint,
+                    access,
+                    &store,
+                    &spec.retention,
+                    &std::env::temp_dir(),
+                )
+                .await
+            }));
+        }
+        self.ctx.put_backup_job(object, job);
+        (Some(status), notes)
+    }
+
+    /// The S3 credentials `store.s3.credentialsSecretRef` names (`None`: none named, the
+    /// operator's environment is used); `Err` says what is wrong with the Secret.
+    async fn s3_credentials(
+        &self,
+        store: &crds::BackupStore,
+    ) -> std::result::Result<Option<crate::backup::S3Credentials>, String> {
+        let Some(name) = store
+            .s3
+            .as_ref()
+            .and_then(|s| s.credentials_secret_ref.clone())
+        else {
+            return Ok(None);
+        };
+        let secrets: Api<Secret> = self.api();
+        let secret = match secrets.get_opt(&name).await {
+            Ok(Some(secret)) => secret,
+            Ok(None) => return Err(format!("the S3 credentials Secret {name} does not exist")),
+            Err(e) => return Err(format!("reading the S3 credentials Secret {name}: {e}")),
+        };
+        let field = |key: &str| {
+            resources::secret_text(&secret, key)
+                .map(str::to_string)
+                .ok_or_else(|| format!("the S3 credentials Secret {name} has no UTF-8 {key}"))
+        };
+        Ok(Some(crate::backup::S3Credentials {
+            access_key_id: field("accessKeyID")?,
+            secret_access_key: field("secretAccessKey")?,
+            session_token: field("sessionToken").ok(),
+        }))
+    }
+
     async fn root_credentials(&self) -> Result<Option<(String, String)>> {
         let auth = &self.cluster.spec.auth;
         if !auth.enabled {

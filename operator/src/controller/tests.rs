@@ -16,6 +16,7 @@ use super::lease::{LeaseLock, Timing};
 use super::{API_CALLS, Context, reconcile, resources};
 use crate::detector::Round;
 
+mod backup;
 mod maintenance;
 mod resize;
 mod rollout;

@@ -859,6 +859,9 @@ pub fn spec_problem(cluster: &StorageCluster) -> Option<String> {
     if let Some(problem) = super::super::auto_compaction_problem(&cluster.spec) {
         return Some(problem);
     }
+    if let Some(problem) = crate::backup::spec_problem(&cluster.spec, false) {
+        return Some(problem);
+    }
     if let Some(problem) = crate::maintenance::schedule_problem(&cluster.spec) {
         return Some(problem);
     }
