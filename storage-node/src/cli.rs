@@ -60,6 +60,11 @@ pub struct ServeArgs {
     /// `new` to bootstrap a cluster, `existing` to join one that already added this member.
     #[arg(long, env = "ETCD_INITIAL_CLUSTER_STATE", value_enum, default_value_t = ClusterState::New)]
     pub initial_cluster_state: ClusterState,
+    /// Restart this member, which has data, as a one-member cluster keeping that data (etcd's
+    /// flag): the way back when a majority of members is gone for good. Start it once with
+    /// the flag, then without: each start with it drops every other member again.
+    #[arg(long, env = "ETCD_FORCE_NEW_CLUSTER")]
+    pub force_new_cluster: bool,
     /// Token that makes member and cluster IDs unique to this cluster.
     #[arg(
         long,

@@ -36,6 +36,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use super::{Entry, Error, LogId, TypeConfig, Vote, blocking};
+use crate::entry::Member;
 
 /// Name of the raft log file inside the data directory.
 pub const LOG_FILE: &str = "raft.redb";
@@ -365,6 +366,55 @@ impl LogStore {
             result
         })
         .await
+    }
+
+    /// etcd's `--force-new-cluster` on this member's log, before raft runs: a membership of
+    /// member `me` alone (as `member`) is appended after the last entry, at a term above every
+    /// term in the log and the vote, with `me`'s vote for itself committed at that term and the
+    /// new entry committed, so raft starts as a one-member cluster that leads at once and
+    /// applies everything it holds. Entries already in the log are kept (etcd drops those past
+    /// its commit index; any of them may have been acknowledged by the majority that is gone).
+    /// Durable when it returns; returns the new entry's ID.
+    pub async fn force_new_cluster(&mut self, me: u64, member: Member) -> Result<LogId, Error> {
+        let (last, vote) = self
+            .read(|txn| {
+                let meta = txn.open_table(META)?;
+                let vote: Option<Vote> = get_meta(&meta, key::VOTE)?;
+                let last_purged: Option<LogId> = get_meta(&meta, key::LAST_PURGED)?;
+                let last = match txn.open_table(LOG)?.last()? {
+                    Some((_, v)) => Some(decode::<Entry>("entry", v.value())?.log_id),
+                    None => last_purged,
+                };
+                Ok((last, vote))
+            })
+            .await?;
+        let term = last
+            .map_or(0, |id| id.committed_leader_id().term)
+            .max(vote.map_or(0, |v| v.leader_id().term))
+            + 1;
+        let index = last.map_or(0, |id| id.index() + 1);
+        let membership = super::Membership::new(
+            vec![std::collections::BTreeSet::from([me])],
+            std::collections::BTreeMap::from([(me, member)]),
+        )
+        .map_err(Error::Membership)?;
+        let entry = Entry {
+            log_id: LogId::new_term_index(term, index),
+            payload: openraft::EntryPayload::Membership(membership),
+        };
+        let log_id = entry.log_id;
+        let vote = Vote::new_committed(term, me);
+        // The write below stores the committed ID the flusher holds, in the same commit.
+        *self.flusher.lock_committed() = Some(Some(log_id));
+        self.write(move |txn| {
+            txn.open_table(LOG)?
+                .insert(index, encode("entry", &entry)?.as_slice())?;
+            put_meta(txn, key::VOTE, &vote)
+        })
+        .await?;
+        // The in-memory tail learns the entry from the table on the next read.
+        self.lock_tail().entries.clear();
+        Ok(log_id)
     }
 
     /// Commits entries without an fsync and hands their callback to the flusher thread.

@@ -387,7 +387,29 @@ pub async fn run(args: ServeArgs, shutdown: impl Future<Output = ()>) -> Result<
         // whose data differs must not take part at all.
         initial_corrupt_check(&store, &peers, identity, request_timeout).await?;
     }
-    let log_store = LogStore::open(&dir).map_err(|e| Error::Log(e.to_string()))?;
+    let mut log_store = LogStore::open(&dir).map_err(|e| Error::Log(e.to_string()))?;
+    if args.force_new_cluster {
+        if !had_data {
+            return Err(Error::Log(
+                "--force-new-cluster needs a member that has data: this data directory is new"
+                    .to_string(),
+            ));
+        }
+        let me = crate::entry::Member {
+            name: args.name.clone(),
+            peer_urls: args.initial_advertise_peer_urls.clone(),
+            client_urls: args.advertise_client_urls.clone(),
+        };
+        let forced = log_store
+            .force_new_cluster(identity.member_id, me)
+            .await
+            .map_err(|e| Error::Log(e.to_string()))?;
+        tracing::warn!(
+            log_id = %forced,
+            "--force-new-cluster: this member now forms a cluster of its own with its data; \
+             every other member was dropped (start it without the flag from now on)"
+        );
+    }
     let instruments = crate::metrics::Metrics {
         wal_fsync: log_store.fsync_durations(),
         backend_commit: store.commit_durations(),

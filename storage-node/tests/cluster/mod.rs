@@ -155,6 +155,11 @@ impl Member {
         format!("{scheme}://127.0.0.1:{}", self.peer_port)
     }
 
+    /// More flags for the next starts of this member alone (beside the cluster's own).
+    pub fn set_extra_args(&mut self, args: &[&str]) {
+        self.options.extra_args = args.iter().map(|a| a.to_string()).collect();
+    }
+
     /// `--initial-cluster-state` for the next start (`new` or `existing`).
     pub fn set_state(&mut self, state: &'static str) {
         self.state = state;
