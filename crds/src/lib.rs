@@ -495,6 +495,24 @@ pub struct Healing {
     /// How long the next heal waits when divergence comes back soon after a heal.
     #[serde(default)]
     pub backoff: HealBackoff,
+    /// What the operator does when a majority of members is gone for good (their data lost):
+    /// `Manual` (the default) reports it, naming the surviving member with the most data, and
+    /// recovers only when the annotation `mend.dev/recover-quorum` names that member;
+    /// `Automatic` recovers without it. Recovering restarts that member as a one-member
+    /// cluster keeping its data (etcd's `--force-new-cluster`) and re-adds the others as new
+    /// members: writes only the lost members had are gone.
+    #[serde(default)]
+    pub quorum_recovery: QuorumRecovery,
+}
+
+/// When a lost majority is recovered.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum QuorumRecovery {
+    /// On approval: the annotation `mend.dev/recover-quorum` names the member to keep.
+    #[default]
+    Manual,
+    /// As soon as the loss is seen.
+    Automatic,
 }
 
 /// The wait between heals when divergence keeps coming back: `minSeconds` after the first
@@ -529,6 +547,7 @@ impl Default for Healing {
             consecutive_probes: default_consecutive_probes(),
             backup_retention: default_backup_retention(),
             backoff: HealBackoff::default(),
+            quorum_recovery: QuorumRecovery::default(),
         }
     }
 }

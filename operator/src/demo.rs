@@ -76,7 +76,7 @@ pub async fn run(workdir: PathBuf, storage_node: PathBuf) -> Result<String> {
             .to_vec(),
         print_table: true,
         spec_file: None,
-        backup_request: None,
+        annotations: Default::default(),
     })?;
     let result = play(&mut sup).await;
     sup.shutdown()?;

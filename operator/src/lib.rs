@@ -8,7 +8,8 @@
 //!   safety rules each step is held to right before it runs), [`healer`] (the loop's memory
 //!   between passes: evidence, backoff when drift returns), [`maintenance`] (when scheduled
 //!   defragmentation is due and which member goes next), [`rollout`] (which member a rolling
-//!   update restarts next), [`status`] (observations and
+//!   update restarts next), [`quorum`] (whether a majority is gone for good and which member
+//!   to recover from), [`status`] (observations and
 //!   decisions to the resource's status).
 //! - I/O that observes and acts: [`probe`] (one probe round of every member; what could not be
 //!   observed stays unknown), [`members`] (the etcd API seam: probes, auth bootstrap,
@@ -39,6 +40,7 @@ pub mod pki;
 pub mod planner;
 pub mod platform;
 pub mod probe;
+pub mod quorum;
 pub mod rollout;
 pub mod status;
 pub mod supervisor;

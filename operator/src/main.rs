@@ -176,11 +176,7 @@ fn local(
         node_args,
         print_table: true,
         spec_file: Some(spec),
-        backup_request: cluster
-            .metadata
-            .annotations
-            .as_ref()
-            .and_then(|a| a.get(operator::backup::REQUEST_ANNOTATION).cloned()),
+        annotations: cluster.metadata.annotations.clone().unwrap_or_default(),
     })?;
     runtime()?.block_on(async {
         if let Some(addr) = metrics_addr {

@@ -57,6 +57,8 @@ pub struct Inputs<'a> {
     pub rollout: Option<(bool, String)>,
     /// Why the resize the spec asks for has not started, when it has not.
     pub resize_waits: Option<String>,
+    /// A majority of members gone for good, in words ([`crate::quorum::Loss::message`]).
+    pub quorum_lost: Option<String>,
     /// The status written last, for condition transition times.
     pub previous: Option<&'a StorageClusterStatus>,
     /// Now.
@@ -151,12 +153,15 @@ pub fn build(inputs: &Inputs<'_>) -> StorageClusterStatus {
             inputs.generation,
         ));
     };
-    set(
-        condition::AVAILABLE,
-        quorum,
-        if quorum { "QuorumReady" } else { "NoQuorum" },
-        format!("{ready} of {size} members answer"),
-    );
+    match &inputs.quorum_lost {
+        Some(why) => set(condition::AVAILABLE, false, "QuorumLost", why.clone()),
+        None => set(
+            condition::AVAILABLE,
+            quorum,
+            if quorum { "QuorumReady" } else { "NoQuorum" },
+            format!("{ready} of {size} members answer"),
+        ),
+    }
     let starting = !quorum && was_starting;
     let rolling = inputs
         .rollout
@@ -542,6 +547,7 @@ mod tests {
             defragmentation: None,
             rollout: None,
             resize_waits: None,
+            quorum_lost: None,
             previous,
             now: now(second),
         }

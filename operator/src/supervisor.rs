@@ -74,8 +74,9 @@ pub struct Config {
     /// can change `spec.healing` (pause a heal with `mode: Disabled`, for one) as they would
     /// with `kubectl apply`. `None`: the spec is fixed.
     pub spec_file: Option<PathBuf>,
-    /// The resource's `mend.dev/backup` annotation: each new value asks for a backup now.
-    pub backup_request: Option<String>,
+    /// The resource's annotations (`mend.dev/backup`: each new value asks for a backup now;
+    /// `mend.dev/recover-quorum`: approves recovering a lost majority from the member named).
+    pub annotations: BTreeMap<String, String>,
 }
 
 /// The flags every member starts with: the operator's `--node-arg`s and what the spec asks.
@@ -103,6 +104,9 @@ const HEAL_FILE: &str = "heal.json";
 /// Present while the members are being built from `spec.bootstrap.fromBackup` (the work
 /// directory was new when it was written): until it is gone no member starts.
 const RESTORE_FILE: &str = "restoring";
+/// Present, naming the member kept, while a lost majority is recovered: from its writing until
+/// that member leads a cluster of its own (a restarted operator finishes the recovery).
+const QUORUM_FILE: &str = "quorum-recovery";
 const STATUS_FILE: &str = "status.json";
 
 /// How long a member a rolling update restarted may stay away before the rollout is reported
@@ -111,6 +115,16 @@ const ROLL_LIMIT: Duration = Duration::from_secs(5 * 60);
 
 /// How soon to look again while a heal runs (each pass runs at most one step).
 const HEAL_PASS: Duration = Duration::from_millis(200);
+
+/// What the supervisor's own parts of a pass (beside the healing loop's) leave for the status.
+struct Parts {
+    /// A rolling update under way: whether it stalled, and how it stands.
+    rollout: Option<(bool, String)>,
+    /// Backups, as the pass left them.
+    backup: Option<crds::BackupStatus>,
+    /// A lost majority, in words.
+    quorum_lost: Option<String>,
+}
 
 /// One local cluster under supervision.
 pub struct Supervisor {
@@ -293,6 +307,12 @@ impl Supervisor {
         if self.config.workdir.join(RESTORE_FILE).exists() {
             self.restore().await?;
         }
+        let recovering = self.quorum_recovery()?;
+        if let Some(source) = &recovering
+            && !self.platform.is_running(source)
+        {
+            self.recover_quorum(source).await?;
+        }
         // Renewed when due (it is read once a tick: a renewal is no restart for the operator).
         self.client_cert = self.platform.client_cert()?;
         self.keep_running()?;
@@ -352,14 +372,114 @@ impl Supervisor {
         self.views = self.views_of(&pass.round);
         let held = crate::backup::held(&pass.assessment.findings, self.progress.is_some());
         let backup = self.backup_pass(&pass.round, held).await;
+        let quorum_lost = self.quorum_pass(&pass.round, recovering).await?;
         self.write_status(
             &pass.assessment,
             pass.healing,
             pass.defragmentation,
-            rollout,
             pass.resize_waits,
-            backup,
+            Parts {
+                rollout,
+                backup,
+                quorum_lost,
+            },
         )
+    }
+
+    /// The member a recovery of a lost majority keeps, while one is under way.
+    fn quorum_recovery(&self) -> Result<Option<String>> {
+        let path = self.config.workdir.join(QUORUM_FILE);
+        match std::fs::read_to_string(&path) {
+            Ok(name) => Ok(Some(name.trim().to_string())),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(source) => Err(Error::File { path, source }),
+        }
+    }
+
+    /// Whether a majority of the members is gone for good (`round` shows no leader and their
+    /// data is gone); starts the recovery when it is approved, ends one whose member now leads.
+    /// Returns what the status says (`None`: no loss).
+    async fn quorum_pass(
+        &mut self,
+        round: &Round,
+        recovering: Option<String>,
+    ) -> Result<Option<String>> {
+        if let Some(source) = recovering {
+            if round
+                .members
+                .iter()
+                .any(|m| m.name == source && m.is_leader)
+            {
+                let path = self.config.workdir.join(QUORUM_FILE);
+                std::fs::remove_file(&path).map_err(|source| Error::File { path, source })?;
+                tracing::info!(member = %source, "QuorumRecovered: it leads a cluster of its own; the others come back as new members");
+                return Ok(None);
+            }
+            return Ok(Some(format!(
+                "recovering a lost majority: {source} restarted as a one-member cluster with \
+                 its data"
+            )));
+        }
+        let names: Vec<String> = self
+            .platform
+            .members
+            .iter()
+            .map(|m| m.name.clone())
+            .collect();
+        let Some(loss) = crate::quorum::assess(&names, &self.refused_to_start, round) else {
+            return Ok(None);
+        };
+        let mode = self.config.spec.healing.quorum_recovery;
+        let approval = self
+            .config
+            .annotations
+            .get(crate::quorum::APPROVAL_ANNOTATION)
+            .map(String::as_str);
+        let message = loss.message(mode);
+        let Some(source) = loss.approved(mode, approval).map(str::to_string) else {
+            tracing::warn!(reason = "QuorumLost", "{message}");
+            return Ok(Some(message));
+        };
+        if self.config.spec.healing.mode != crds::HealingMode::Automatic {
+            return Ok(Some(format!(
+                "{message} (approved, but healing.mode is not Automatic: nothing is changed)"
+            )));
+        }
+        tracing::warn!(member = %source, gone = ?loss.gone, "QuorumRecoveryStarted: restarting it as a one-member cluster with its data");
+        self.recover_quorum(&source).await?;
+        Ok(Some(format!(
+            "recovering a lost majority: {source} restarted as a one-member cluster with its data"
+        )))
+    }
+
+    /// Recovers a lost majority from `source`: records it (a restarted operator goes on),
+    /// stops every member, retires the others (what data they kept goes to `backups/`), and
+    /// starts `source` once with `--force-new-cluster`. The resize to `spec.replicas` then
+    /// brings the others back as new members, one at a time.
+    async fn recover_quorum(&mut self, source: &str) -> Result<()> {
+        let path = self.config.workdir.join(QUORUM_FILE);
+        std::fs::write(&path, source).map_err(|e| Error::File {
+            path: path.clone(),
+            source: e,
+        })?;
+        let names: Vec<String> = self
+            .platform
+            .members
+            .iter()
+            .map(|m| m.name.clone())
+            .collect();
+        for name in &names {
+            self.platform.stop_member(name)?;
+        }
+        for name in names.iter().filter(|n| *n != source) {
+            let kept = platform::Platform::retire(&mut self.platform, name).await?;
+            tracing::info!(member = %name, ?kept, "retired for the recovery: it comes back as a new member");
+        }
+        self.refused_to_start.clear();
+        self.progress = None;
+        self.save_progress()?;
+        self.platform.start_forced(source)?;
+        Ok(())
     }
 
     /// Builds every member from `spec.bootstrap.fromBackup` (the work directory is new): the
@@ -428,7 +548,10 @@ impl Supervisor {
             &mut self.backup,
             &schedule,
             previous.as_ref(),
-            self.config.backup_request.as_deref(),
+            self.config
+                .annotations
+                .get(crate::backup::REQUEST_ANNOTATION)
+                .map(String::as_str),
             round,
             held,
         )
@@ -593,10 +716,7 @@ impl Supervisor {
             .and_then(|yaml| crate::yaml::parse_strict::<crds::StorageCluster>(&yaml));
         let spec = match parsed {
             Ok(cluster) => {
-                self.config.backup_request = cluster
-                    .metadata
-                    .annotations
-                    .and_then(|a| a.get(crate::backup::REQUEST_ANNOTATION).cloned());
+                self.config.annotations = cluster.metadata.annotations.unwrap_or_default();
                 cluster.spec
             }
             Err(e) => {
@@ -787,9 +907,12 @@ impl Supervisor {
         assessment: &Assessment,
         healing: HealingStatus,
         defragmentation: Option<crds::DefragmentationStatus>,
-        rollout: Option<(bool, String)>,
         resize_waits: Option<String>,
-        backup: Option<crds::BackupStatus>,
+        Parts {
+            rollout,
+            backup,
+            quorum_lost,
+        }: Parts,
     ) -> Result<()> {
         let mut status = status::build(&status::Inputs {
             generation: None,
@@ -804,6 +927,7 @@ impl Supervisor {
             defragmentation,
             rollout,
             resize_waits,
+            quorum_lost,
             previous: self.status.as_ref(),
             now: Time(Timestamp::now()),
         });
@@ -1003,7 +1127,7 @@ mod tests {
             node_args: Vec::new(),
             print_table: false,
             spec_file: None,
-            backup_request: None,
+            annotations: BTreeMap::new(),
         };
         let Err(Error::Spec(why)) = Supervisor::open(config) else {
             panic!("a bad spec.autoCompaction was taken");

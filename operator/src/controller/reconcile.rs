@@ -557,6 +557,7 @@ impl<'a> Reconciler<'a> {
             defragmentation: pass.defragmentation.clone(),
             rollout: None,
             resize_waits: pass.resize_waits.clone(),
+            quorum_lost: None,
             previous: self.cluster.status.as_ref(),
             now: Time(Timestamp::now()),
         })

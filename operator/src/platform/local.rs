@@ -411,6 +411,22 @@ impl LocalPlatform {
     }
 
     fn spawn(&mut self, name: &str, state: &str) -> Result<()> {
+        self.spawn_with(name, state, &[])
+    }
+
+    /// Starts member `name`, which has data, once with `--force-new-cluster`: it forms a
+    /// cluster of its own with its data (the flag is not part of its template: a later start
+    /// is without it).
+    pub fn start_forced(&mut self, name: &str) -> Result<()> {
+        if !self.has_data(name) {
+            return Err(Error::Io(std::io::Error::other(format!(
+                "{name} has no data to form a cluster with"
+            ))));
+        }
+        self.spawn_with(name, "new", &["--force-new-cluster"])
+    }
+
+    fn spawn_with(&mut self, name: &str, state: &str, once: &[&str]) -> Result<()> {
         let initial_cluster = self.initial_cluster();
         let dir = self.data_dir(name);
         let binary = self.binary.clone();
@@ -445,6 +461,7 @@ impl LocalPlatform {
             .args(["--initial-cluster", &initial_cluster])
             .args(["--initial-cluster-state", state])
             .args(&node_args)
+            .args(once)
             .stdout(Stdio::null())
             .stderr(log);
         let child = cmd.spawn().map_err(Error::Io)?;
