@@ -60,6 +60,9 @@ fn an_empty_spec_gets_the_documented_defaults() {
     assert_eq!(spec.healing.backup_retention, 3);
     assert_eq!(spec.healing.backoff.min_seconds, 30);
     assert_eq!(spec.healing.backoff.max_seconds, 1800);
+    assert_eq!(spec.healing.quorum_recovery, crate::QuorumRecovery::Manual);
+    assert_eq!(spec.backup, None);
+    assert_eq!(spec.bootstrap, None);
     assert_eq!(spec.placement, Placement::default());
     assert_eq!(spec.network, Network::default());
 }
@@ -81,7 +84,8 @@ fn the_schema_states_the_same_defaults_the_api_server_applies() {
     assert_eq!(
         spec["healing"]["default"],
         json!({"mode": "Automatic", "probeIntervalSeconds": 10, "consecutiveProbes": 3,
-               "backupRetention": 3, "backoff": {"minSeconds": 30, "maxSeconds": 1800}})
+               "backupRetention": 3, "backoff": {"minSeconds": 30, "maxSeconds": 1800},
+               "quorumRecovery": "Manual"})
     );
 }
 

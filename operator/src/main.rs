@@ -67,6 +67,9 @@ fn init_logging(format: LogFormat) {
 }
 
 fn main() -> ExitCode {
+    // Two rustls providers are built in (ring, Mend's and kube's; aws-lc-rs, object_store's
+    // S3 client): clients that ask rustls for the process default (kube's) need one named.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let cli = Cli::parse();
     match cli.command {
         Cmd::Crd => match operator::crd_yaml() {

@@ -420,12 +420,7 @@ impl Supervisor {
                  its data"
             )));
         }
-        let names: Vec<String> = self
-            .platform
-            .members
-            .iter()
-            .map(|m| m.name.clone())
-            .collect();
+        let names = self.platform.names();
         let Some(loss) = crate::quorum::assess(&names, &self.refused_to_start, round) else {
             return Ok(None);
         };
@@ -462,12 +457,7 @@ impl Supervisor {
             path: path.clone(),
             source: e,
         })?;
-        let names: Vec<String> = self
-            .platform
-            .members
-            .iter()
-            .map(|m| m.name.clone())
-            .collect();
+        let names = self.platform.names();
         for name in &names {
             self.platform.stop_member(name)?;
         }
@@ -510,12 +500,7 @@ impl Supervisor {
             .await
             .map_err(|why| Error::Spec(format!("spec.bootstrap.fromBackup: {why}")))?;
         tracing::info!(backup = %record.key, revision = record.revision, "restoring every member from a backup");
-        let names: Vec<String> = self
-            .platform
-            .members
-            .iter()
-            .map(|m| m.name.clone())
-            .collect();
+        let names = self.platform.names();
         for name in names {
             if !self.platform.has_data(&name) {
                 self.platform.restore(&name, &file)?;
@@ -801,12 +786,7 @@ impl Supervisor {
             .as_ref()
             .map(Progress::held_out)
             .unwrap_or_default();
-        let names: Vec<String> = self
-            .platform
-            .members
-            .iter()
-            .map(|m| m.name.clone())
-            .collect();
+        let names = self.platform.names();
         let fresh = !names.iter().any(|n| self.platform.has_data(n));
         for name in names {
             if held_out.contains(&name) || self.platform.is_running(&name) {

@@ -93,11 +93,15 @@ fn a_survivor_forced_into_a_new_cluster_keeps_its_data_and_takes_new_members() {
             && kvs(&cluster, joiner) == kvs(&cluster, 0)
     });
     assert!(caught_up, "node4 did not catch up:\n{}", cluster.logs());
+    // Asked again until the list shows it a voter (an attempt that timed out on a busy machine
+    // may have gone through).
     let promoted = wait_until(DEADLINE, || {
-        cluster
-            .etcdctl(0, &["member", "promote", &new_id])
-            .status
-            .success()
+        let voter = |m: &serde_json::Value| m["name"] == "node4" && m["isLearner"] != true;
+        member_list(&cluster, 0).iter().any(voter)
+            || cluster
+                .etcdctl(0, &["member", "promote", &new_id])
+                .status
+                .success()
     });
     assert!(promoted, "node4 was not promoted:\n{}", cluster.logs());
     assert_eq!(member_list(&cluster, joiner).len(), 2);

@@ -629,6 +629,11 @@ impl LocalPlatform {
         self.spawn(name, "new")
     }
 
+    /// The members' names, in creation order.
+    pub fn names(&self) -> Vec<String> {
+        self.members.iter().map(|m| m.name.clone()).collect()
+    }
+
     /// The client URL of `name`.
     pub fn endpoint(&self, name: &str) -> Result<String> {
         Ok(self.member(name)?.endpoint())
