@@ -69,6 +69,11 @@ pub mod condition {
         json_path = ".status.authRevisionDrift"
     ),
     printcolumn(
+        name = "Backup",
+        type_ = "date",
+        json_path = ".status.backup.lastSuccessfulTime"
+    ),
+    printcolumn(
         name = "Age",
         type_ = "date",
         json_path = ".metadata.creationTimestamp"

@@ -111,7 +111,7 @@ fn the_crd_has_names_subresources_and_printer_columns_for_kubectl() {
     assert_eq!(
         columns,
         [
-            "Replicas", "Members", "Ready", "Leader", "Phase", "Drift", "Age"
+            "Replicas", "Members", "Ready", "Leader", "Phase", "Drift", "Backup", "Age"
         ]
     );
 }
