@@ -440,6 +440,12 @@ impl Supervisor {
                 "{message} (approved, but healing.mode is not Automatic: nothing is changed)"
             )));
         }
+        // Right before anything is stopped or moved: the members gone are still without data
+        // and the member kept still has its own (this pass's probe named it moments ago).
+        if loss.gone.iter().any(|n| self.platform.has_data(n)) || !self.platform.has_data(&source) {
+            tracing::warn!(member = %source, "the members' data changed since this pass began; not recovering now");
+            return Ok(Some(message));
+        }
         tracing::warn!(member = %source, gone = ?loss.gone, "QuorumRecoveryStarted: restarting it as a one-member cluster with its data");
         self.recover_quorum(&source).await?;
         Ok(Some(format!(

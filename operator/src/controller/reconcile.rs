@@ -683,10 +683,6 @@ impl<'a> Reconciler<'a> {
         Ok(status)
     }
 
-    /// The root user's name and password when auth is on: from `spec.auth.rootSecretRef`, or
-    /// from the Secret the operator generates (once: an existing one is never overwritten).
-    /// These two names are the only Secrets the operator reads: it may neither list nor watch
-    /// Secrets (`manifests/rbac.yaml` says why RBAC cannot narrow it further).
     /// This pass's part of scheduled backups (`spec.backup`): records a backup that ended,
     /// starts one when due, in the background (the reconcile goes on while it streams), and
     /// returns the status to record (`None`: no `spec.backup`) and what to tell. The S3
@@ -773,6 +769,11 @@ impl<'a> Reconciler<'a> {
         }))
     }
 
+    /// The root user's name and password when auth is on: from `spec.auth.rootSecretRef`, or
+    /// from the Secret the operator generates (once: an existing one is never overwritten).
+    /// The operator reads Secrets only by name (these, the certificate Secrets and the S3
+    /// credentials Secret `spec.backup` names): it may neither list nor watch Secrets
+    /// (`manifests/rbac.yaml` says why RBAC cannot narrow it further).
     async fn root_credentials(&self) -> Result<Option<(String, String)>> {
         let auth = &self.cluster.spec.auth;
         if !auth.enabled {
